@@ -1,0 +1,43 @@
+//! The `devheal` command. Each subcommand lives in its own module; `main` only dispatches.
+#![forbid(unsafe_code)]
+
+mod classify_log;
+mod explain;
+mod sim;
+
+use clap::{Parser, Subcommand};
+
+/// devheal keeps Kubernetes pods with devices (GPUs and other accelerators) productive when
+/// devices fail, degrade or are misreported.
+#[derive(Parser)]
+#[command(name = "devheal", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the fleet simulator and compare strategies (default: the bundled llama3-16k scenario).
+    Sim(sim::SimArgs),
+    /// Classify device faults in a kernel log (dmesg, journalctl -k, /dev/kmsg records).
+    ClassifyLog(classify_log::ClassifyLogArgs),
+    /// Explain why pods failed and what devheal would do about it.
+    Explain(explain::ExplainArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => sim::run(args),
+        Command::ClassifyLog(args) => classify_log::run(args),
+        Command::Explain(args) => explain::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("devheal: error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! What the engine asks its drivers to do.
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceKey;
+use crate::pod::{FailureClass, GangId};
+
+/// A repair a node or device needs, in increasing order of cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairKind {
+    #[default]
+    None,
+    RestartApp,
+    ResetDevice,
+    RebootNode,
+    InspectHardware,
+}
+
+impl RepairKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepairKind::None => "none",
+            RepairKind::RestartApp => "restart_app",
+            RepairKind::ResetDevice => "reset_device",
+            RepairKind::RebootNode => "reboot_node",
+            RepairKind::InspectHardware => "inspect_hardware",
+        }
+    }
+}
+
+/// A pod reference that survives re-creation: namespace, name and uid.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// An action for a driver (controller actuator, simulator) to carry out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    /// Set a `devheal.io/...` condition on the pod, for a Job's podFailurePolicy to match.
+    MarkPod {
+        pod: PodRef,
+        condition_type: String,
+        reason: String,
+        message: String,
+    },
+    /// Evict the pod through the Eviction API (PDB-aware).
+    EvictPod {
+        pod: PodRef,
+        reason: String,
+    },
+    /// Restart every member of a gang at once.
+    RestartGang {
+        gang: GangId,
+        incident: String,
+        reason: String,
+    },
+    /// Keep new pods off one device.
+    QuarantineDevice {
+        device: DeviceKey,
+        reason: String,
+    },
+    /// Lift a quarantine after probation.
+    ReleaseDevice {
+        device: DeviceKey,
+        reason: String,
+    },
+    CordonNode {
+        node: String,
+        reason: String,
+    },
+    UncordonNode {
+        node: String,
+        reason: String,
+    },
+    RequestRepair {
+        node: String,
+        device: Option<DeviceKey>,
+        kind: RepairKind,
+        reason: String,
+    },
+    /// Fail the workload (the gang's owner) rather than restart it again.
+    FailWorkload {
+        gang: GangId,
+        reason: String,
+    },
+    /// A report to operators (breaker opened, canary signal), nothing changes in the cluster.
+    Report {
+        reason: String,
+        message: String,
+    },
+}
+
+/// An action with the identity that makes it idempotent and the class that caused it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedAction {
+    /// Replays with the same key must not act twice.
+    pub idempotency_key: String,
+    pub action: Action,
+    pub class: FailureClass,
+}

@@ -1,0 +1,2 @@
+//! devheal-sim: the deterministic fleet simulator.
+#![forbid(unsafe_code)]
