@@ -18,6 +18,12 @@ pub struct EngineConfig {}
 /// Everything the engine can be told.
 #[derive(Clone, Debug)]
 pub enum Input {
+    /// The devices a node has (its inventory, from NodeDeviceHealth or the simulator's model),
+    /// so that kernel incidents naming a PCI address can be mapped to a device.
+    Devices {
+        node: String,
+        devices: Vec<Device>,
+    },
     /// A device's health as a source (agent, NodeDeviceHealth, simulator) now reports it.
     DeviceHealth {
         device: DeviceKey,
