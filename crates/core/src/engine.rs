@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::action::PlannedAction;
-use crate::device::{DeviceKey, Health, HealthReason};
+use crate::device::{Device, DeviceKey, Health, HealthReason};
 use crate::incident::KernelIncident;
 use crate::pod::{NodeInfo, PodInfo};
 use crate::time::{Duration, Time};
