@@ -1,19 +1,44 @@
 //! The decision engine: `(state, input, now) -> actions`.
 //!
-//! SKELETON: the signatures below are the contract the simulator, controller and agent code
-//! against. The body is being written (issue 3); keep these names and shapes, extend freely.
+//! The engine keeps an index of devices (by key, by node and PCI address), pods (by uid, device
+//! and node), nodes and gangs, so that every input touches only what it concerns: no input scans
+//! all pods. Iteration that reaches the output is over sorted collections, so the same inputs
+//! always give the same actions.
+//!
+//! What it guarantees (checked by the property tests in `tests/engine_properties.rs`):
+//! - one gang restart per incident, however many members fail or are reported afterwards; the
+//!   restart is planned the moment a member's device fails, not when the others time out;
+//! - `Unknown` health and stale input (an earlier boot, evidence older than the device's last
+//!   recovery) never cause an action;
+//! - budgets (nodes quarantined at once, evictions per minute, gang restarts per gang per hour)
+//!   are never exceeded, and a breaker holds all remediation when failures are correlated across
+//!   many nodes; a driver or device plugin version that concentrates failures is reported and
+//!   its nodes are held rather than cycled;
+//! - every destructive action carries an idempotency key and is never planned twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::PlannedAction;
+use crate::action::{Action, PlannedAction, PodRef, RepairKind};
+use crate::attribution::{DeviceEvidence, IncidentEvidence, Verdict, attribute};
 use crate::device::{Device, DeviceKey, Health, HealthReason};
-use crate::incident::KernelIncident;
-use crate::pod::{NodeInfo, PodInfo};
+use crate::gang::{gang_of, restart_attempt};
+use crate::incident::{Attribution, KernelIncident};
+use crate::pod::{FailureClass, GangId, NodeInfo, PodInfo, PodPhase};
+use crate::policy::{FailurePolicy, PolicyRule, RuleAction, SafetySettings};
 use crate::time::{Duration, Time};
 
 /// Cluster-wide safety settings and the policies in force.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct EngineConfig {}
+#[serde(rename_all = "camelCase", default)]
+pub struct EngineConfig {
+    /// Operator policies; the first (in order) that selects a pod applies to it.
+    pub policies: Vec<FailurePolicy>,
+    /// Applies to pods no operator policy selects. `None`: the built-in default.
+    pub default_policy: Option<FailurePolicy>,
+    pub safety: SafetySettings,
+}
 
 /// Everything the engine can be told.
 #[derive(Clone, Debug)]
@@ -48,22 +73,1688 @@ pub enum Input {
     },
     /// Time passes (budgets refill, probation ends, hangs are noticed).
     Tick,
+    /// Replace the operator policies (the safety settings stay).
+    Policies(Vec<FailurePolicy>),
+}
+
+/// What the policy says about one pod, without carrying anything out (for `explain`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDecision {
+    pub verdict: Verdict,
+    pub policy: String,
+    pub rule: Option<String>,
+    pub action: RuleAction,
+    pub gang: Option<GangId>,
+}
+
+/// Safety state, for reports and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyState {
+    pub breaker_open: bool,
+    pub quarantined_nodes: usize,
+    pub quarantine_node_limit: usize,
+    pub evictions_last_minute: usize,
+    pub held_versions: Vec<String>,
+    pub quarantined_devices: usize,
+}
+
+#[derive(Clone, Debug)]
+struct DeviceState {
+    device: Option<Device>,
+    health: Health,
+    since: Time,
+    reasons: Vec<HealthReason>,
+    incidents: Vec<IncidentEvidence>,
+    open_incident: Option<String>,
+    quarantined: bool,
+    probation_until: Option<Time>,
+    /// Evidence from before this time is stale (last reset, recovery or reboot).
+    recovered_at: Time,
+    incident_times: VecDeque<Time>,
+}
+
+impl DeviceState {
+    fn new(now: Time) -> Self {
+        DeviceState {
+            device: None,
+            health: Health::Healthy,
+            since: now,
+            reasons: Vec::new(),
+            incidents: Vec::new(),
+            open_incident: None,
+            quarantined: false,
+            probation_until: None,
+            recovered_at: Time(i64::MIN),
+            incident_times: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct NodeState {
+    info: Option<NodeInfo>,
+    devices: BTreeSet<DeviceKey>,
+    pci: BTreeMap<String, DeviceKey>,
+    pods: BTreeSet<String>,
+    cordoned: bool,
+    open_incident: Option<String>,
+    probation_until: Option<Time>,
+}
+
+#[derive(Clone, Debug)]
+struct PodState {
+    info: PodInfo,
+    gang: Option<GangId>,
+    /// Failure identities already decided (one decision per failure).
+    decided: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug)]
+struct OpenRestart {
+    incident: String,
+    at: Time,
+    doomed: BTreeSet<String>,
+    attempt: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct GangState {
+    members: BTreeSet<String>,
+    restarts: VecDeque<Time>,
+    open_restart: Option<OpenRestart>,
+    last_progress: Option<Time>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Breaker {
+    events: VecDeque<(Time, String)>,
+    per_node: HashMap<String, u32>,
+    per_version: HashMap<String, u32>,
+    open_since: Option<Time>,
+    last_event: Option<Time>,
 }
 
 /// The engine and all the state it keeps.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Engine {
-    _config: EngineConfig,
+    config: EngineConfig,
+    default_policy: FailurePolicy,
+    gang_label_keys: Vec<String>,
+    devices: HashMap<DeviceKey, DeviceState>,
+    device_pods: HashMap<DeviceKey, BTreeSet<String>>,
+    nodes: BTreeMap<String, NodeState>,
+    pods: HashMap<String, PodState>,
+    gangs: BTreeMap<GangId, GangState>,
+    /// Gangs that reported progress since their last restart (watched for hangs).
+    progressing: BTreeSet<GangId>,
+    /// Gangs with an open restart (watched for settling).
+    restarting: BTreeSet<GangId>,
+    seen_incidents: HashMap<String, Time>,
+    issued: HashMap<String, Time>,
+    quarantined_nodes: BTreeMap<String, u32>,
+    evictions: VecDeque<Time>,
+    pending_devices: BTreeMap<DeviceKey, (String, RepairKind, String)>,
+    pending_evictions: BTreeMap<String, (String, String, FailureClass)>,
+    probation: BTreeSet<DeviceKey>,
+    version_nodes: HashMap<String, u32>,
+    held_versions: BTreeSet<String>,
+    breaker: Breaker,
+    last_prune: Time,
+}
+
+/// How long an open gang restart waits for the gang to make progress before it is closed anyway.
+const RESTART_SETTLE: Duration = Duration::from_mins(20);
+/// Idempotency keys are remembered this long.
+const ISSUED_MEMORY: Duration = Duration::from_hours(24 * 8);
+/// Incidents kept per device as attribution evidence.
+const INCIDENTS_PER_DEVICE: usize = 4;
+
+fn camel(class: FailureClass) -> &'static str {
+    match class {
+        FailureClass::DeviceFailure => "DeviceFailure",
+        FailureClass::DeviceDegraded => "DeviceDegraded",
+        FailureClass::Application => "ApplicationFailure",
+        FailureClass::Oom => "OutOfMemory",
+        FailureClass::Infrastructure => "InfrastructureFailure",
+        FailureClass::Disruption => "Disruption",
+        FailureClass::None => "Unclassified",
+    }
+}
+
+fn pod_ref(p: &PodInfo) -> PodRef {
+    PodRef { namespace: p.namespace.clone(), name: p.name.clone(), uid: p.uid.clone() }
+}
+
+fn version_tags(info: &NodeInfo) -> Vec<String> {
+    let mut tags = Vec::new();
+    if let Some(v) = &info.driver_version {
+        tags.push(format!("driver {v}"));
+    }
+    if let Some(v) = &info.device_plugin_version {
+        tags.push(format!("device plugin {v}"));
+    }
+    tags
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
-        Engine { _config: config }
+        let default_policy = config.default_policy.clone().unwrap_or_else(FailurePolicy::builtin_default);
+        let mut engine = Engine { config, default_policy, ..Engine::default() };
+        engine.refresh_gang_keys();
+        engine
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn refresh_gang_keys(&mut self) {
+        let mut keys: Vec<String> =
+            self.config.policies.iter().filter_map(|p| p.gang_label.clone()).collect();
+        keys.extend(self.default_policy.gang_label.clone());
+        keys.dedup();
+        self.gang_label_keys = keys;
     }
 
     /// Feed one input observed at `now`; returns the actions to carry out, each with an
     /// idempotency key.
-    pub fn handle(&mut self, _input: Input, _now: Time) -> Vec<PlannedAction> {
-        Vec::new()
+    pub fn handle(&mut self, input: Input, now: Time) -> Vec<PlannedAction> {
+        let mut out = Vec::new();
+        match input {
+            Input::Devices { node, devices } => self.on_devices(node, devices, now),
+            Input::DeviceHealth { device, health, reasons } => {
+                self.on_device_health(device, health, reasons, now, &mut out)
+            }
+            Input::KernelIncident(incident) => self.on_incident(incident, now, &mut out),
+            Input::PodUpsert(pod) => self.on_pod(pod, now, &mut out),
+            Input::PodDeleted { uid } => self.on_pod_deleted(&uid),
+            Input::NodeUpsert(info) => self.on_node(info, now),
+            Input::NodeDeleted { name } => self.on_node_deleted(&name),
+            Input::Progress { pod_uid, step: _, step_time: _ } => self.on_progress(&pod_uid, now),
+            Input::Tick => self.on_tick(now, &mut out),
+            Input::Policies(policies) => {
+                self.config.policies = policies;
+                self.refresh_gang_keys();
+            }
+        }
+        out
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    /// Attribute a pod with what the engine knows about its devices now.
+    pub fn verdict(&self, pod: &PodInfo, now: Time) -> Verdict {
+        attribute(pod, &self.evidence_for(pod, now))
+    }
+
+    /// What the policy says about a pod (no state changes, no budgets).
+    pub fn decide(&self, pod: &PodInfo, now: Time) -> PolicyDecision {
+        let verdict = self.verdict(pod, now);
+        let policy = self.policy_for(pod);
+        let rule = if verdict.is_failure() { policy.first_match(pod, &verdict) } else { None };
+        PolicyDecision {
+            policy: policy.name.clone(),
+            rule: rule.map(|r| r.name.clone()),
+            action: rule.map_or(RuleAction::Ignore, |r| r.action),
+            gang: gang_of(pod, &self.gang_label_keys),
+            verdict,
+        }
+    }
+
+    pub fn device_health(&self, key: &DeviceKey) -> Option<Health> {
+        self.devices.get(key).map(|d| d.health)
+    }
+
+    /// The incident of the gang's planned restart, while the gang has not yet restarted.
+    pub fn open_gang_incident(&self, gang: &GangId) -> Option<&str> {
+        self.gangs.get(gang)?.open_restart.as_ref().map(|o| o.incident.as_str())
+    }
+
+    pub fn is_quarantined(&self, key: &DeviceKey) -> bool {
+        self.devices.get(key).is_some_and(|d| d.quarantined)
+    }
+
+    pub fn safety_state(&self, now: Time) -> SafetyState {
+        let window_start = now - Duration::from_mins(1);
+        SafetyState {
+            breaker_open: self.breaker.open_since.is_some(),
+            quarantined_nodes: self.quarantined_nodes.len(),
+            quarantine_node_limit: self.quarantine_node_limit(),
+            evictions_last_minute: self.evictions.iter().filter(|t| **t > window_start).count(),
+            held_versions: self.held_versions.iter().cloned().collect(),
+            quarantined_devices: self.devices.values().filter(|d| d.quarantined).count(),
+        }
+    }
+
+    fn policy_for(&self, pod: &PodInfo) -> &FailurePolicy {
+        self.config.policies.iter().find(|p| p.selects(pod)).unwrap_or(&self.default_policy)
+    }
+
+    fn evidence_for(&self, pod: &PodInfo, now: Time) -> Vec<DeviceEvidence> {
+        let horizon = now - self.config.safety.incident_window;
+        pod.devices
+            .iter()
+            .filter_map(|k| {
+                let d = self.devices.get(k)?;
+                Some(DeviceEvidence {
+                    key: k.clone(),
+                    health: d.health,
+                    reasons: d.reasons.clone(),
+                    incidents: d
+                        .incidents
+                        .iter()
+                        .filter(|i| i.last_seen >= horizon && i.last_seen >= d.recovered_at)
+                        .cloned()
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    fn quarantine_node_limit(&self) -> usize {
+        let s = &self.config.safety;
+        let fleet = self.nodes.len().max(1) as f64;
+        let by_percent = ((s.max_quarantined_nodes_percent / 100.0) * fleet).floor().max(1.0) as usize;
+        by_percent.min(s.max_quarantined_nodes as usize)
+    }
+
+    fn node_held(&self, node: &str) -> Option<String> {
+        if let Some(since) = self.breaker.open_since {
+            return Some(format!("breaker open since {:.0}s", since.as_secs_f64()));
+        }
+        let info = self.nodes.get(node)?.info.as_ref()?;
+        version_tags(info)
+            .into_iter()
+            .find(|t| self.held_versions.contains(t))
+            .map(|t| format!("failures concentrate on {t}"))
+    }
+
+    // ---------------------------------------------------------------- emission
+
+    fn emit(
+        &mut self,
+        out: &mut Vec<PlannedAction>,
+        key: String,
+        action: Action,
+        class: FailureClass,
+        now: Time,
+    ) -> bool {
+        if self.issued.contains_key(&key) {
+            return false;
+        }
+        self.issued.insert(key.clone(), now);
+        out.push(PlannedAction { idempotency_key: key, action, class });
+        true
+    }
+
+    fn report(
+        &mut self,
+        out: &mut Vec<PlannedAction>,
+        key: String,
+        reason: &str,
+        message: String,
+        now: Time,
+    ) {
+        let action = Action::Report { reason: reason.to_string(), message };
+        self.emit(out, key, action, FailureClass::None, now);
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    fn on_devices(&mut self, node: String, devices: Vec<Device>, now: Time) {
+        let ns = self.nodes.entry(node.clone()).or_default();
+        let old: BTreeSet<DeviceKey> = std::mem::take(&mut ns.devices);
+        ns.pci.clear();
+        for d in &devices {
+            ns.devices.insert(d.key.clone());
+            if let Some(pci) = &d.pci_address {
+                ns.pci.insert(pci.to_ascii_lowercase(), d.key.clone());
+            }
+        }
+        for gone in old.difference(&ns.devices) {
+            self.devices.remove(gone);
+            self.probation.remove(gone);
+            self.pending_devices.remove(gone);
+        }
+        for d in devices {
+            let st = self.devices.entry(d.key.clone()).or_insert_with(|| DeviceState::new(now));
+            st.device = Some(d);
+        }
+    }
+
+    fn on_device_health(
+        &mut self,
+        key: DeviceKey,
+        health: Health,
+        reasons: Vec<HealthReason>,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        self.nodes.entry(key.node.clone()).or_default().devices.insert(key.clone());
+        let st = self.devices.entry(key.clone()).or_insert_with(|| DeviceState::new(now));
+        // Stale: every reason predates the device's last recovery.
+        if !reasons.is_empty() && reasons.iter().all(|r| r.last_seen < st.recovered_at) {
+            return;
+        }
+        let previous = st.health;
+        if health == Health::Unknown {
+            // The detector lost sight: record it, change nothing else (no remediation, no release).
+            st.health = Health::Unknown;
+            st.since = now;
+            return;
+        }
+        st.reasons = reasons;
+        if health != previous {
+            st.since = now;
+        }
+        st.health = health;
+        match health {
+            Health::Unhealthy => {
+                if st.open_incident.is_none() {
+                    let code = st.reasons.iter().find_map(|r| r.code);
+                    let incident = match code {
+                        Some(c) => format!("health/{key}/{c}/{}", now.as_nanos()),
+                        None => format!("health/{key}/{}", now.as_nanos()),
+                    };
+                    let summary = st.reasons.first().map(|r| r.message.clone()).unwrap_or_default();
+                    let reason = format!(
+                        "device reported Unhealthy{}",
+                        if summary.is_empty() { String::new() } else { format!(": {summary}") }
+                    );
+                    self.device_failed(&key, incident, RepairKind::ResetDevice, reason, now, out);
+                }
+            }
+            Health::Healthy => self.device_recovered(&key, now),
+            Health::Degraded => self.device_degraded(&key, now, out),
+            Health::Unknown => {}
+        }
+    }
+
+    fn on_incident(&mut self, inc: KernelIncident, now: Time, out: &mut Vec<PlannedAction>) {
+        // Stale: from another boot of the node.
+        let node_boot =
+            self.nodes.get(&inc.node).and_then(|n| n.info.as_ref()).and_then(|i| i.boot_id.clone());
+        if let (Some(current), Some(seen)) = (&node_boot, &inc.boot_id)
+            && current != seen
+        {
+            return;
+        }
+        if self.seen_incidents.contains_key(&inc.id) {
+            return;
+        }
+        let key = inc
+            .pci_address
+            .as_ref()
+            .and_then(|pci| self.nodes.get(&inc.node)?.pci.get(&pci.to_ascii_lowercase()).cloned());
+        let Some(key) = key else {
+            if inc.pci_address.is_none() {
+                self.seen_incidents.insert(inc.id.clone(), now);
+                self.node_incident(inc, now, out);
+            }
+            // A PCI address the inventory does not know: nothing to act on.
+            return;
+        };
+        let Some(st) = self.devices.get_mut(&key) else { return };
+        if inc.last_seen < st.recovered_at {
+            return;
+        }
+        self.seen_incidents.insert(inc.id.clone(), now);
+        st.incidents.push(IncidentEvidence {
+            id: inc.id.clone(),
+            code: inc.code,
+            attribution: inc.attribution,
+            health: inc.health,
+            summary: inc.summary.clone(),
+            last_seen: inc.last_seen,
+        });
+        if st.incidents.len() > INCIDENTS_PER_DEVICE {
+            st.incidents.remove(0);
+        }
+        let device_fault =
+            matches!(inc.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host);
+        if !device_fault {
+            return;
+        }
+        match inc.health {
+            Health::Unhealthy => {
+                if st.open_incident.is_some() {
+                    return;
+                }
+                if st.health != Health::Unhealthy {
+                    st.since = now;
+                }
+                st.health = Health::Unhealthy;
+                let reason = format!("{}: {}", inc.kind, inc.summary);
+                self.device_failed(&key, inc.id, inc.action, reason, now, out);
+            }
+            Health::Degraded if st.health == Health::Healthy => {
+                st.health = Health::Degraded;
+                st.since = now;
+                self.device_degraded(&key, now, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_pod(&mut self, pod: PodInfo, now: Time, out: &mut Vec<PlannedAction>) {
+        let uid = pod.uid.clone();
+        let gang = gang_of(&pod, &self.gang_label_keys);
+        // Re-index.
+        let decided = match self.pods.remove(&uid) {
+            Some(old) => {
+                self.unindex(&uid, &old);
+                old.decided
+            }
+            None => BTreeSet::new(),
+        };
+        for d in &pod.devices {
+            self.device_pods.entry(d.clone()).or_default().insert(uid.clone());
+        }
+        if let Some(n) = &pod.node {
+            self.nodes.entry(n.clone()).or_default().pods.insert(uid.clone());
+        }
+        let mut absorbed = false;
+        if let Some(g) = &gang {
+            let gs = self.gangs.entry(g.clone()).or_default();
+            gs.members.insert(uid.clone());
+            if let Some(open) = &mut gs.open_restart
+                && open.doomed.contains(&uid)
+            {
+                let new_incarnation = pod.start_time.is_some_and(|t| t > open.at)
+                    || restart_attempt(&pod).zip(open.attempt).is_some_and(|(a, b)| a > b);
+                if new_incarnation {
+                    open.doomed.remove(&uid);
+                    if open.doomed.is_empty() {
+                        gs.open_restart = None;
+                        self.restarting.remove(g);
+                    }
+                } else {
+                    // A member of a gang whose restart is already planned: its failure is part
+                    // of that incident.
+                    absorbed = true;
+                }
+            }
+        }
+        self.pods.insert(uid.clone(), PodState { info: pod, gang, decided });
+        if absorbed {
+            return;
+        }
+        let verdict = {
+            let info = &self.pods[&uid].info;
+            self.verdict(info, now)
+        };
+        if verdict.is_failure() && (verdict.failing || verdict.class == FailureClass::DeviceDegraded) {
+            self.decide_pod(&uid, verdict, None, now, out);
+        }
+    }
+
+    fn unindex(&mut self, uid: &str, old: &PodState) {
+        for d in &old.info.devices {
+            if let Some(set) = self.device_pods.get_mut(d) {
+                set.remove(uid);
+                if set.is_empty() {
+                    self.device_pods.remove(d);
+                }
+            }
+        }
+        if let Some(n) = &old.info.node
+            && let Some(ns) = self.nodes.get_mut(n)
+        {
+            ns.pods.remove(uid);
+        }
+        if let Some(g) = &old.gang
+            && let Some(gs) = self.gangs.get_mut(g)
+        {
+            gs.members.remove(uid);
+        }
+    }
+
+    fn on_pod_deleted(&mut self, uid: &str) {
+        let Some(old) = self.pods.remove(uid) else { return };
+        self.unindex(uid, &old);
+        self.pending_evictions.remove(uid);
+        if let Some(g) = &old.gang
+            && let Some(gs) = self.gangs.get_mut(g)
+        {
+            if let Some(open) = &mut gs.open_restart {
+                open.doomed.remove(uid);
+                if open.doomed.is_empty() {
+                    gs.open_restart = None;
+                    self.restarting.remove(g);
+                }
+            }
+            if gs.members.is_empty() && gs.open_restart.is_none() {
+                // Keep the restart history for the budget: only drop gangs with no recent restarts.
+                if gs.restarts.is_empty() {
+                    self.gangs.remove(g);
+                }
+                self.progressing.remove(g);
+            }
+        }
+    }
+
+    fn on_node(&mut self, info: NodeInfo, now: Time) {
+        let ns = self.nodes.entry(info.name.clone()).or_default();
+        let old = ns.info.take();
+        let rebooted = matches!((&old, &info.boot_id), (Some(o), Some(new)) if o.boot_id.as_ref().is_some_and(|b| b != new));
+        let old_tags = old.as_ref().map(version_tags).unwrap_or_default();
+        let new_tags = version_tags(&info);
+        ns.info = Some(info);
+        if rebooted {
+            ns.open_incident = None;
+            if ns.cordoned {
+                ns.probation_until = Some(now + self.config.safety.probation);
+            }
+            let keys: Vec<DeviceKey> = ns.devices.iter().cloned().collect();
+            for k in keys {
+                if let Some(d) = self.devices.get_mut(&k) {
+                    d.recovered_at = now;
+                    d.incidents.clear();
+                }
+            }
+        }
+        if old_tags != new_tags {
+            for t in old_tags {
+                if let Some(c) = self.version_nodes.get_mut(&t) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+            for t in new_tags {
+                *self.version_nodes.entry(t).or_default() += 1;
+            }
+        }
+    }
+
+    fn on_node_deleted(&mut self, name: &str) {
+        let Some(ns) = self.nodes.remove(name) else { return };
+        if let Some(info) = &ns.info {
+            for t in version_tags(info) {
+                if let Some(c) = self.version_nodes.get_mut(&t) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+        }
+        for k in &ns.devices {
+            self.devices.remove(k);
+            self.probation.remove(k);
+            self.pending_devices.remove(k);
+        }
+        self.quarantined_nodes.remove(name);
+    }
+
+    fn on_progress(&mut self, uid: &str, now: Time) {
+        let Some(gang) = self.pods.get(uid).and_then(|p| p.gang.clone()) else { return };
+        let Some(gs) = self.gangs.get_mut(&gang) else { return };
+        if let Some(open) = &gs.open_restart
+            && now > open.at
+            && !open.doomed.contains(uid)
+        {
+            // The restarted gang makes progress again: the incident is over.
+            gs.open_restart = None;
+            self.restarting.remove(&gang);
+        }
+        if gs.open_restart.is_none() {
+            gs.last_progress = Some(now);
+            self.progressing.insert(gang);
+        }
+    }
+
+    fn on_tick(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
+        let s = self.config.safety.clone();
+        // Breaker and version holds age out.
+        self.prune_breaker(now);
+        if let Some(since) = self.breaker.open_since
+            && self.breaker.last_event.is_none_or(|t| now.since(t) >= s.breaker_cooldown)
+        {
+            self.breaker.open_since = None;
+            let key = format!("breaker-closed/{}", since.as_nanos());
+            self.report(
+                out,
+                key,
+                "BreakerClosed",
+                format!(
+                    "no correlated failures for {:.0}s; remediation resumes",
+                    s.breaker_cooldown.as_secs_f64()
+                ),
+                now,
+            );
+        }
+        let released: Vec<String> = self
+            .held_versions
+            .iter()
+            .filter(|t| self.breaker.per_version.get(*t).copied().unwrap_or(0) == 0)
+            .cloned()
+            .collect();
+        for t in released {
+            self.held_versions.remove(&t);
+            let key = format!("version-released/{t}/{}", now.as_nanos());
+            self.report(
+                out,
+                key,
+                "VersionHoldReleased",
+                format!("no recent failures on {t}; its nodes are remediated again"),
+                now,
+            );
+        }
+        // Probation ends.
+        let due: Vec<DeviceKey> = self
+            .probation
+            .iter()
+            .filter(|k| self.devices.get(*k).is_some_and(|d| d.probation_until.is_some_and(|t| t <= now)))
+            .cloned()
+            .collect();
+        for k in due {
+            self.probation.remove(&k);
+            let Some(d) = self.devices.get_mut(&k) else { continue };
+            d.probation_until = None;
+            if d.health != Health::Healthy || !d.quarantined {
+                continue;
+            }
+            d.quarantined = false;
+            let since = d.since;
+            if let Some(c) = self.quarantined_nodes.get_mut(&k.node) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.quarantined_nodes.remove(&k.node);
+                }
+            }
+            let key = format!("release/{k}/{}", since.as_nanos());
+            let action =
+                Action::ReleaseDevice { device: k.clone(), reason: "healthy through probation".into() };
+            self.emit(out, key, action, FailureClass::None, now);
+        }
+        let nodes_due: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.cordoned && n.probation_until.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in nodes_due {
+            let Some(ns) = self.nodes.get_mut(&name) else { continue };
+            ns.cordoned = false;
+            ns.probation_until = None;
+            if let Some(c) = self.quarantined_nodes.get_mut(&name) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.quarantined_nodes.remove(&name);
+                }
+            }
+            let key = format!("uncordon/{name}/{}", now.as_nanos());
+            let action =
+                Action::UncordonNode { node: name.clone(), reason: "rebooted and through probation".into() };
+            self.emit(out, key, action, FailureClass::None, now);
+        }
+        // Held remediation, level-triggered: retry what is still bad.
+        if self.breaker.open_since.is_none() {
+            let pending: Vec<(DeviceKey, (String, RepairKind, String))> =
+                std::mem::take(&mut self.pending_devices).into_iter().collect();
+            for (k, (incident, repair, reason)) in pending {
+                if self.devices.get(&k).is_some_and(|d| d.health == Health::Unhealthy) {
+                    self.remediate_device(&k, &incident, repair, &reason, now, out);
+                }
+            }
+            let evictions: Vec<(String, (String, String, FailureClass))> =
+                std::mem::take(&mut self.pending_evictions).into_iter().collect();
+            for (uid, (identity, reason, class)) in evictions {
+                self.evict(&uid, &identity, &reason, class, now, out);
+            }
+        }
+        // Gangs: settle open restarts, notice hangs.
+        let settled: Vec<GangId> = self
+            .restarting
+            .iter()
+            .filter(|g| {
+                self.gangs
+                    .get(*g)
+                    .and_then(|gs| gs.open_restart.as_ref())
+                    .is_none_or(|o| now.since(o.at) >= RESTART_SETTLE)
+            })
+            .cloned()
+            .collect();
+        for g in settled {
+            self.restarting.remove(&g);
+            if let Some(gs) = self.gangs.get_mut(&g) {
+                gs.open_restart = None;
+            }
+        }
+        if s.hang_timeout > Duration::ZERO {
+            let hung: Vec<(GangId, Time)> = self
+                .progressing
+                .iter()
+                .filter_map(|g| {
+                    let gs = self.gangs.get(g)?;
+                    let last = gs.last_progress?;
+                    (gs.open_restart.is_none() && !gs.members.is_empty() && now.since(last) >= s.hang_timeout)
+                        .then(|| (g.clone(), last))
+                })
+                .collect();
+            for (g, last) in hung {
+                self.progressing.remove(&g);
+                let class = self.gang_device_class(&g);
+                let incident = format!("hang/{g}/{}", last.as_nanos());
+                let reason = format!("no progress for {:.0}s", now.since(last).as_secs_f64());
+                if let Some(gs) = self.gangs.get_mut(&g) {
+                    gs.last_progress = None;
+                }
+                self.restart_gang(&g, &incident, &reason, class, now, out);
+            }
+        }
+        if now.since(self.last_prune) >= Duration::from_hours(1) {
+            self.last_prune = now;
+            let horizon = now - ISSUED_MEMORY;
+            self.issued.retain(|_, t| *t >= horizon);
+            self.seen_incidents.retain(|_, t| *t >= horizon);
+            let hour = now - Duration::from_hours(1);
+            let empty: Vec<GangId> = self
+                .gangs
+                .iter_mut()
+                .filter_map(|(g, gs)| {
+                    while gs.restarts.front().is_some_and(|t| *t < hour) {
+                        gs.restarts.pop_front();
+                    }
+                    (gs.members.is_empty() && gs.restarts.is_empty() && gs.open_restart.is_none())
+                        .then(|| g.clone())
+                })
+                .collect();
+            for g in empty {
+                self.gangs.remove(&g);
+            }
+        }
+    }
+
+    /// The class a hang is blamed on: the worst device health among the gang's members.
+    fn gang_device_class(&self, g: &GangId) -> FailureClass {
+        let Some(gs) = self.gangs.get(g) else { return FailureClass::Application };
+        let mut class = FailureClass::Application;
+        for uid in &gs.members {
+            let Some(p) = self.pods.get(uid) else { continue };
+            for k in &p.info.devices {
+                match self.devices.get(k).map(|d| d.health) {
+                    Some(Health::Unhealthy) => return FailureClass::DeviceFailure,
+                    Some(Health::Degraded) => class = FailureClass::DeviceDegraded,
+                    _ => {}
+                }
+            }
+        }
+        class
+    }
+
+    // ---------------------------------------------------------------- decisions
+
+    fn device_failed(
+        &mut self,
+        key: &DeviceKey,
+        incident: String,
+        repair: RepairKind,
+        reason: String,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let s = &self.config.safety;
+        let lemon_horizon = now - s.lemon_window;
+        let Some(st) = self.devices.get_mut(key) else { return };
+        st.open_incident = Some(incident.clone());
+        st.probation_until = None;
+        self.probation.remove(key);
+        st.incident_times.push_back(now);
+        while st.incident_times.front().is_some_and(|t| *t < lemon_horizon) {
+            st.incident_times.pop_front();
+        }
+        self.record_failure(&key.node, now, out);
+        // Keep new pods off the device first, then recover the workload, then repair.
+        let repair = if self.is_lemon(key) { RepairKind::InspectHardware } else { repair };
+        self.remediate_device(key, &incident, repair, &reason, now, out);
+        let bound: Vec<String> =
+            self.device_pods.get(key).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for uid in bound {
+            let Some(p) = self.pods.get(&uid) else { continue };
+            if matches!(p.info.phase, PodPhase::Succeeded | PodPhase::Failed) {
+                continue;
+            }
+            if !self.config.safety.evict_pods_on_unhealthy_devices && p.gang.is_none() {
+                continue;
+            }
+            let verdict = self.verdict(&p.info, now);
+            if verdict.class == FailureClass::DeviceFailure {
+                self.decide_pod(&uid, verdict, Some(incident.clone()), now, out);
+            }
+        }
+    }
+
+    fn is_lemon(&self, key: &DeviceKey) -> bool {
+        self.devices
+            .get(key)
+            .is_some_and(|d| d.incident_times.len() >= self.config.safety.lemon_incidents.max(1) as usize)
+    }
+
+    fn device_degraded(&mut self, key: &DeviceKey, now: Time, out: &mut Vec<PlannedAction>) {
+        let bound: Vec<String> =
+            self.device_pods.get(key).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for uid in bound {
+            let Some(p) = self.pods.get(&uid) else { continue };
+            if p.info.phase != PodPhase::Running {
+                continue;
+            }
+            let verdict = self.verdict(&p.info, now);
+            if verdict.class == FailureClass::DeviceDegraded {
+                let since = self.devices.get(key).map_or(now, |d| d.since);
+                self.decide_pod(
+                    &uid,
+                    verdict,
+                    Some(format!("degraded/{key}/{}", since.as_nanos())),
+                    now,
+                    out,
+                );
+            }
+        }
+    }
+
+    fn device_recovered(&mut self, key: &DeviceKey, now: Time) {
+        let probation = self.config.safety.probation;
+        let Some(st) = self.devices.get_mut(key) else { return };
+        st.open_incident = None;
+        st.recovered_at = now;
+        st.incidents.clear();
+        self.pending_devices.remove(key);
+        if st.quarantined {
+            st.probation_until = Some(now + probation);
+            self.probation.insert(key.clone());
+        }
+    }
+
+    fn node_incident(&mut self, inc: KernelIncident, now: Time, out: &mut Vec<PlannedAction>) {
+        let device_fault =
+            matches!(inc.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host);
+        if !device_fault || inc.health != Health::Unhealthy {
+            return;
+        }
+        let Some(ns) = self.nodes.get_mut(&inc.node) else { return };
+        if ns.open_incident.is_some() {
+            return;
+        }
+        ns.open_incident = Some(inc.id.clone());
+        let node = inc.node.clone();
+        self.record_failure(&node, now, out);
+        let reason = format!("{}: {}", inc.kind, inc.summary);
+        if let Some(why) = self.node_held(&node) {
+            let key = format!("held/{node}/{}", inc.id);
+            self.report(out, key, "RemediationHeld", format!("node {node}: {reason}; held: {why}"), now);
+            return;
+        }
+        self.cordon(&node, &inc.id, &reason, now, out);
+        if self.config.safety.request_repairs && inc.action > RepairKind::RestartApp {
+            let key = format!("repair/{node}/{}", inc.id);
+            let action = Action::RequestRepair {
+                node: node.clone(),
+                device: None,
+                kind: inc.action,
+                reason: reason.clone(),
+            };
+            self.emit(out, key, action, FailureClass::DeviceFailure, now);
+        }
+        let pods: Vec<String> =
+            self.nodes.get(&node).map(|n| n.pods.iter().cloned().collect()).unwrap_or_default();
+        for uid in pods {
+            let Some(p) = self.pods.get(&uid) else { continue };
+            if matches!(p.info.phase, PodPhase::Succeeded | PodPhase::Failed) || p.info.devices.is_empty() {
+                continue;
+            }
+            let mut verdict = self.verdict(&p.info, now);
+            verdict.class = FailureClass::DeviceFailure;
+            verdict.confidence = verdict.confidence.max(0.8);
+            verdict.failing = true;
+            verdict.evidence.insert(0, format!("node {node} incident {}: {}", inc.id, reason));
+            self.decide_pod(&uid, verdict, Some(inc.id.clone()), now, out);
+        }
+    }
+
+    fn cordon(&mut self, node: &str, incident: &str, reason: &str, now: Time, out: &mut Vec<PlannedAction>) {
+        let already = self.nodes.get(node).is_some_and(|n| n.cordoned);
+        if already {
+            return;
+        }
+        if !self.quarantined_nodes.contains_key(node)
+            && self.quarantined_nodes.len() >= self.quarantine_node_limit()
+        {
+            let key = format!("budget/cordon/{node}/{incident}");
+            let msg = format!(
+                "not cordoning {node}: {} nodes already quarantined (limit {})",
+                self.quarantined_nodes.len(),
+                self.quarantine_node_limit()
+            );
+            self.report(out, key, "QuarantineBudgetExhausted", msg, now);
+            return;
+        }
+        let key = format!("cordon/{node}/{incident}");
+        let action = Action::CordonNode { node: node.to_string(), reason: reason.to_string() };
+        if self.emit(out, key, action, FailureClass::DeviceFailure, now) {
+            *self.quarantined_nodes.entry(node.to_string()).or_default() += 1;
+            if let Some(ns) = self.nodes.get_mut(node) {
+                ns.cordoned = true;
+            }
+        }
+    }
+
+    /// Quarantine a device and request its repair, within the budget and unless held.
+    fn remediate_device(
+        &mut self,
+        key: &DeviceKey,
+        incident: &str,
+        repair: RepairKind,
+        reason: &str,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        if let Some(why) = self.node_held(&key.node) {
+            self.pending_devices.insert(key.clone(), (incident.to_string(), repair, reason.to_string()));
+            let msg = format!("device {key}: {reason}; remediation held: {why}");
+            self.report(out, format!("held/{key}/{incident}"), "RemediationHeld", msg, now);
+            return;
+        }
+        let s = self.config.safety.clone();
+        let quarantined = self.devices.get(key).is_some_and(|d| d.quarantined);
+        if s.quarantine_unhealthy_devices && !quarantined {
+            let node_counted = self.quarantined_nodes.contains_key(&key.node);
+            if !node_counted && self.quarantined_nodes.len() >= self.quarantine_node_limit() {
+                self.pending_devices.insert(key.clone(), (incident.to_string(), repair, reason.to_string()));
+                let msg = format!(
+                    "not quarantining {key}: {} nodes already quarantined (limit {})",
+                    self.quarantined_nodes.len(),
+                    self.quarantine_node_limit()
+                );
+                self.report(
+                    out,
+                    format!("budget/quarantine/{key}/{incident}"),
+                    "QuarantineBudgetExhausted",
+                    msg,
+                    now,
+                );
+                return;
+            }
+            let action = Action::QuarantineDevice { device: key.clone(), reason: reason.to_string() };
+            if self.emit(
+                out,
+                format!("quarantine/{key}/{incident}"),
+                action,
+                FailureClass::DeviceFailure,
+                now,
+            ) {
+                *self.quarantined_nodes.entry(key.node.clone()).or_default() += 1;
+                if let Some(d) = self.devices.get_mut(key) {
+                    d.quarantined = true;
+                }
+            }
+        }
+        if s.request_repairs && repair > RepairKind::RestartApp {
+            let action = Action::RequestRepair {
+                node: key.node.clone(),
+                device: Some(key.clone()),
+                kind: repair,
+                reason: if repair == RepairKind::InspectHardware {
+                    format!(
+                        "{reason} (repeat offender: {} incidents within {:.0}h)",
+                        self.devices.get(key).map_or(0, |d| d.incident_times.len()),
+                        s.lemon_window.as_secs_f64() / 3600.0
+                    )
+                } else {
+                    reason.to_string()
+                },
+            };
+            self.emit(out, format!("repair/{key}/{incident}"), action, FailureClass::DeviceFailure, now);
+        }
+    }
+
+    /// Apply the policy to a pod's failure.
+    fn decide_pod(
+        &mut self,
+        uid: &str,
+        verdict: Verdict,
+        incident: Option<String>,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let Some(p) = self.pods.get(uid) else { return };
+        let info = &p.info;
+        let policy = self.policy_for(info);
+        let Some(rule) = policy.first_match(info, &verdict).cloned() else { return };
+        if rule.action == RuleAction::Ignore {
+            return;
+        }
+        // The failure's identity: the device incident behind it, or the pod's own failure.
+        let device_incident = verdict
+            .suspect_devices
+            .iter()
+            .find_map(|k| self.devices.get(k).and_then(|d| d.open_incident.clone()));
+        let restarts: u32 = info.containers.iter().map(|c| c.restart_count).sum();
+        let identity = incident
+            .or(device_incident.clone())
+            .unwrap_or_else(|| format!("pod/{uid}/{restarts}/{}", verdict.class.as_str()));
+        let gang = p.gang.clone();
+        let terminal = matches!(info.phase, PodPhase::Succeeded | PodPhase::Failed);
+        let pref = pod_ref(info);
+        let node = info.node.clone();
+        let owner = info.owner.clone();
+        let namespace = info.namespace.clone();
+        let Some(p) = self.pods.get_mut(uid) else { return };
+        if !p.decided.insert(identity.clone()) {
+            return;
+        }
+        // Failures not already counted through a device incident feed the breaker.
+        if device_incident.is_none()
+            && matches!(verdict.class, FailureClass::DeviceFailure | FailureClass::Infrastructure)
+            && let Some(n) = &node
+        {
+            self.record_failure(n, now, out);
+        }
+        let class = verdict.class;
+        let summary = verdict.evidence.first().cloned().unwrap_or_default();
+        let reason = format!("{}: {summary}", camel(class));
+        self.mark(&pref, &rule, class, &identity, &summary, now, out);
+        match rule.action {
+            RuleAction::Ignore | RuleAction::MarkPod => {}
+            RuleAction::EvictPod => {
+                if !terminal {
+                    self.evict(uid, &identity, &reason, class, now, out);
+                }
+            }
+            RuleAction::RestartGang => match &gang {
+                Some(g) => self.restart_gang(g, &identity, &reason, class, now, out),
+                None if !terminal => self.evict(uid, &identity, &reason, class, now, out),
+                None => {}
+            },
+            RuleAction::QuarantineDevice => {
+                for k in &verdict.suspect_devices {
+                    self.remediate_device(k, &identity, RepairKind::None, &reason, now, out);
+                }
+            }
+            RuleAction::CordonNode => {
+                if let Some(n) = &node {
+                    if let Some(why) = self.node_held(n) {
+                        self.report(
+                            out,
+                            format!("held/{n}/{identity}"),
+                            "RemediationHeld",
+                            format!("{reason}; held: {why}"),
+                            now,
+                        );
+                    } else {
+                        self.cordon(n, &identity, &reason, now, out);
+                    }
+                }
+            }
+            RuleAction::RequestRepair => {
+                let kind = rule.repair.unwrap_or(RepairKind::ResetDevice);
+                if let Some(n) = &node {
+                    if let Some(why) = self.node_held(n) {
+                        self.report(
+                            out,
+                            format!("held/{n}/{identity}"),
+                            "RemediationHeld",
+                            format!("{reason}; held: {why}"),
+                            now,
+                        );
+                    } else {
+                        let device = verdict.suspect_devices.first().cloned();
+                        let action =
+                            Action::RequestRepair { node: n.clone(), device, kind, reason: reason.clone() };
+                        self.emit(out, format!("repair/{n}/{identity}"), action, class, now);
+                    }
+                }
+            }
+            RuleAction::FailWorkload => {
+                let g = gang.unwrap_or_else(|| {
+                    let (kind, name) = owner.unwrap_or_else(|| ("Pod".to_string(), pref.name.clone()));
+                    GangId { namespace, kind: kind.to_ascii_lowercase(), name }
+                });
+                let action = Action::FailWorkload { gang: g.clone(), reason };
+                self.emit(out, format!("fail-workload/{g}/{identity}"), action, class, now);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mark(
+        &mut self,
+        pod: &PodRef,
+        rule: &PolicyRule,
+        class: FailureClass,
+        identity: &str,
+        summary: &str,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let condition_type = rule.condition_type_for(class);
+        let key = format!("mark/{}/{condition_type}/{identity}", pod.uid);
+        let action = Action::MarkPod {
+            pod: pod.clone(),
+            condition_type,
+            reason: camel(class).to_string(),
+            message: summary.to_string(),
+        };
+        self.emit(out, key, action, class, now);
+    }
+
+    fn evict(
+        &mut self,
+        uid: &str,
+        identity: &str,
+        reason: &str,
+        class: FailureClass,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let Some(p) = self.pods.get(uid) else { return };
+        let pref = pod_ref(&p.info);
+        let node = p.info.node.clone().unwrap_or_default();
+        if let Some(why) = self.node_held(&node) {
+            let msg = format!("not evicting {}/{}: held: {why}", pref.namespace, pref.name);
+            self.report(out, format!("held/evict/{uid}/{identity}"), "RemediationHeld", msg, now);
+            return;
+        }
+        let minute = now - Duration::from_mins(1);
+        while self.evictions.front().is_some_and(|t| *t <= minute) {
+            self.evictions.pop_front();
+        }
+        let key = format!("evict/{uid}/{identity}");
+        if self.issued.contains_key(&key) {
+            return;
+        }
+        if self.evictions.len() >= self.config.safety.max_evictions_per_minute as usize {
+            self.pending_evictions.insert(uid.to_string(), (identity.to_string(), reason.to_string(), class));
+            let msg = format!(
+                "eviction of {}/{} deferred: {} evictions in the last minute (limit {})",
+                pref.namespace,
+                pref.name,
+                self.evictions.len(),
+                self.config.safety.max_evictions_per_minute
+            );
+            self.report(out, format!("budget/evict/{uid}/{identity}"), "EvictionBudgetExhausted", msg, now);
+            return;
+        }
+        let action = Action::EvictPod { pod: pref, reason: reason.to_string() };
+        if self.emit(out, key, action, class, now) {
+            self.evictions.push_back(now);
+        }
+    }
+
+    fn restart_gang(
+        &mut self,
+        g: &GangId,
+        incident: &str,
+        reason: &str,
+        class: FailureClass,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let max = self.config.safety.max_gang_restarts_per_hour as usize;
+        let held = {
+            let Some(gs) = self.gangs.get(g) else { return };
+            if gs.open_restart.is_some() {
+                // One restart per incident: this failure joins the restart already planned.
+                return;
+            }
+            // Held when any member's node is held (breaker, version canary).
+            gs.members
+                .iter()
+                .filter_map(|uid| self.pods.get(uid).and_then(|p| p.info.node.clone()))
+                .find_map(|n| self.node_held(&n))
+        };
+        if let Some(why) = held {
+            let msg = format!("not restarting gang {g}: {reason}; held: {why}");
+            self.report(out, format!("held/gang/{g}/{incident}"), "RemediationHeld", msg, now);
+            return;
+        }
+        let key = format!("restart-gang/{g}/{incident}");
+        if self.issued.contains_key(&key) {
+            return;
+        }
+        let hour = now - Duration::from_hours(1);
+        let Some(gs) = self.gangs.get_mut(g) else { return };
+        while gs.restarts.front().is_some_and(|t| *t <= hour) {
+            gs.restarts.pop_front();
+        }
+        if gs.restarts.len() >= max {
+            let msg = format!(
+                "not restarting gang {g}: {} restarts in the last hour (limit {max}); {reason}",
+                gs.restarts.len()
+            );
+            self.report(out, format!("budget/gang/{g}/{incident}"), "GangRestartBudgetExhausted", msg, now);
+            return;
+        }
+        gs.restarts.push_back(now);
+        let attempt = gs
+            .members
+            .iter()
+            .filter_map(|uid| self.pods.get(uid).and_then(|p| restart_attempt(&p.info)))
+            .max();
+        gs.open_restart = Some(OpenRestart {
+            incident: incident.to_string(),
+            at: now,
+            doomed: gs.members.clone(),
+            attempt,
+        });
+        gs.last_progress = None;
+        self.progressing.remove(g);
+        self.restarting.insert(g.clone());
+        let action = Action::RestartGang {
+            gang: g.clone(),
+            incident: incident.to_string(),
+            reason: reason.to_string(),
+        };
+        self.emit(out, key, action, class, now);
+    }
+
+    // ---------------------------------------------------------------- breaker
+
+    fn prune_breaker(&mut self, now: Time) {
+        let horizon = now - self.config.safety.breaker_window;
+        while let Some((t, _)) = self.breaker.events.front() {
+            if *t >= horizon {
+                break;
+            }
+            let Some((_, node)) = self.breaker.events.pop_front() else { break };
+            let gone = match self.breaker.per_node.get_mut(&node) {
+                Some(c) => {
+                    *c -= 1;
+                    *c == 0
+                }
+                None => false,
+            };
+            if gone {
+                self.breaker.per_node.remove(&node);
+                let tags =
+                    self.nodes.get(&node).and_then(|n| n.info.as_ref()).map(version_tags).unwrap_or_default();
+                for t in tags {
+                    if let Some(c) = self.breaker.per_version.get_mut(&t) {
+                        *c = c.saturating_sub(1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Count a failure on a node; open the breaker or hold a version when failures correlate.
+    fn record_failure(&mut self, node: &str, now: Time, out: &mut Vec<PlannedAction>) {
+        self.prune_breaker(now);
+        let s = self.config.safety.clone();
+        self.breaker.last_event = Some(now);
+        self.breaker.events.push_back((now, node.to_string()));
+        let count = self.breaker.per_node.entry(node.to_string()).or_default();
+        *count += 1;
+        let first_on_node = *count == 1;
+        let tags = self.nodes.get(node).and_then(|n| n.info.as_ref()).map(version_tags).unwrap_or_default();
+        if first_on_node {
+            for t in &tags {
+                *self.breaker.per_version.entry(t.clone()).or_default() += 1;
+            }
+        }
+        let failed_nodes = self.breaker.per_node.len();
+        let fleet = self.nodes.len().max(1);
+        if self.breaker.open_since.is_none() {
+            let by_percent = ((s.breaker_node_percent / 100.0) * fleet as f64).ceil() as usize;
+            let threshold = by_percent.max(s.breaker_min_nodes as usize).max(1);
+            if failed_nodes >= threshold {
+                self.breaker.open_since = Some(now);
+                let mut racks: BTreeMap<&str, usize> = BTreeMap::new();
+                for n in self.breaker.per_node.keys() {
+                    if let Some(r) =
+                        self.nodes.get(n).and_then(|ns| ns.info.as_ref()).and_then(|i| i.rack.as_deref())
+                    {
+                        *racks.entry(r).or_default() += 1;
+                    }
+                }
+                let top_rack = racks
+                    .iter()
+                    .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                    .map(|(r, c)| format!("; most in rack {r} ({c} nodes)"))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "{failed_nodes} nodes failed within {:.0}s (threshold {threshold} of {fleet}){top_rack}: correlated failure (power, network, rollout), not bad devices; remediation held",
+                    s.breaker_window.as_secs_f64()
+                );
+                self.report(out, format!("breaker-open/{}", now.as_nanos()), "BreakerOpen", msg, now);
+            }
+        }
+        if first_on_node {
+            for t in tags {
+                if self.held_versions.contains(&t) {
+                    continue;
+                }
+                let failed_v = self.breaker.per_version.get(&t).copied().unwrap_or(0) as f64;
+                let total_v = self.version_nodes.get(&t).copied().unwrap_or(0).max(1) as f64;
+                let other_total = fleet as f64 - total_v;
+                if other_total <= 0.0 || failed_v < s.canary_min_nodes as f64 {
+                    continue;
+                }
+                let rate_v = failed_v / total_v;
+                let rate_other = (failed_nodes as f64 - failed_v).max(0.0) / other_total;
+                if rate_v >= s.canary_ratio * rate_other && rate_v > rate_other {
+                    self.held_versions.insert(t.clone());
+                    let msg = format!(
+                        "{failed_v:.0} of {total_v:.0} nodes running {t} failed within {:.0}s ({:.1}% vs {:.1}% elsewhere): an infrastructure problem of {t}; its nodes are held, not cycled",
+                        s.breaker_window.as_secs_f64(),
+                        rate_v * 100.0,
+                        rate_other * 100.0
+                    );
+                    self.report(
+                        out,
+                        format!("version/{t}/{}", now.as_nanos()),
+                        "VersionCorrelatedFailures",
+                        msg,
+                        now,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::{ContainerInfo, ContainerState};
+
+    const GPU: &str = "nvidia.com/gpu";
+
+    fn t(s: i64) -> Time {
+        Time::from_secs(s)
+    }
+
+    fn key(node: &str, i: usize) -> DeviceKey {
+        DeviceKey::new(node, GPU, format!("GPU-{node}-{i}"))
+    }
+
+    fn gang_pod(i: usize, node: &str) -> PodInfo {
+        PodInfo {
+            uid: format!("uid-{i}"),
+            namespace: "ml".into(),
+            name: format!("llama-{i}"),
+            node: Some(node.into()),
+            labels: [("jobset.sigs.k8s.io/jobset-name".to_string(), "llama".to_string())].into(),
+            phase: PodPhase::Running,
+            containers: vec![ContainerInfo {
+                name: "pytorch".into(),
+                state: ContainerState::Running { started_at: Some(t(0)) },
+                ..ContainerInfo::default()
+            }],
+            devices: vec![key(node, 0)],
+            start_time: Some(t(0)),
+            ..PodInfo::default()
+        }
+    }
+
+    fn engine_with(nodes: usize) -> Engine {
+        let mut e = Engine::new(EngineConfig::default());
+        for n in 0..nodes {
+            let node = format!("node-{n}");
+            e.handle(
+                Input::NodeUpsert(NodeInfo {
+                    name: node.clone(),
+                    boot_id: Some("b1".into()),
+                    ..NodeInfo::default()
+                }),
+                t(0),
+            );
+            let devices = (0..8)
+                .map(|i| Device {
+                    key: key(&node, i),
+                    pci_address: Some(format!("0000:{:02x}:00.0", i + 1)),
+                    vendor: crate::device::Vendor::Nvidia,
+                    model: None,
+                })
+                .collect();
+            e.handle(Input::Devices { node, devices }, t(0));
+        }
+        e
+    }
+
+    fn failed(mut p: PodInfo, code: i32) -> PodInfo {
+        p.phase = PodPhase::Failed;
+        p.containers[0].state = ContainerState::Terminated {
+            exit_code: code,
+            signal: None,
+            reason: Some("Error".into()),
+            message: None,
+            finished_at: None,
+        };
+        p
+    }
+
+    fn count(actions: &[PlannedAction], f: impl Fn(&Action) -> bool) -> usize {
+        actions.iter().filter(|a| f(&a.action)).count()
+    }
+
+    fn unhealthy(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAction> {
+        e.handle(
+            Input::DeviceHealth {
+                device: k,
+                health: Health::Unhealthy,
+                reasons: vec![HealthReason {
+                    source: crate::device::HealthSource::KernelLog,
+                    code: Some(79),
+                    message: "GPU has fallen off the bus".into(),
+                    first_seen: now,
+                    last_seen: now,
+                    count: 1,
+                }],
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn dead_device_restarts_gang_once_and_quarantines() {
+        let mut e = engine_with(100);
+        for i in 0..4 {
+            e.handle(Input::PodUpsert(gang_pod(i, &format!("node-{i}"))), t(1));
+        }
+        let acts = unhealthy(&mut e, key("node-2", 0), t(10));
+        assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 1, "{acts:#?}");
+        assert_eq!(count(&acts, |a| matches!(a, Action::QuarantineDevice { .. })), 1);
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::RequestRepair { kind: RepairKind::ResetDevice, .. })),
+            1
+        );
+        // The other members now fail (NCCL errors): absorbed into the same incident.
+        let mut later = Vec::new();
+        for i in 0..4 {
+            later.extend(e.handle(Input::PodUpsert(failed(gang_pod(i, &format!("node-{i}")), 1)), t(20)));
+        }
+        assert_eq!(count(&later, |a| matches!(a, Action::RestartGang { .. })), 0, "{later:#?}");
+    }
+
+    #[test]
+    fn application_failure_takes_no_device_action() {
+        let mut e = engine_with(10);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 139)), t(5));
+        assert!(acts.is_empty(), "{acts:#?}");
+    }
+
+    #[test]
+    fn unknown_health_does_nothing() {
+        let mut e = engine_with(10);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let acts = e.handle(
+            Input::DeviceHealth { device: key("node-0", 0), health: Health::Unknown, reasons: vec![] },
+            t(2),
+        );
+        assert!(acts.is_empty());
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 1)), t(3));
+        assert!(acts.is_empty(), "{acts:#?}");
+    }
+
+    #[test]
+    fn kernel_incident_by_pci_address_and_stale_boot() {
+        let mut e = engine_with(10);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let mut inc = KernelIncident {
+            id: "node-0/b0/0000:01:00.0/79/1".into(),
+            node: "node-0".into(),
+            boot_id: Some("b0".into()),
+            pci_address: Some("0000:01:00.0".into()),
+            kind: "nvidia_xid".into(),
+            code: Some(79),
+            attribution: Attribution::Device,
+            health: Health::Unhealthy,
+            action: RepairKind::RebootNode,
+            first_seen: t(2),
+            last_seen: t(2),
+            count: 1,
+            summary: "GPU has fallen off the bus".into(),
+        };
+        assert!(e.handle(Input::KernelIncident(inc.clone()), t(2)).is_empty(), "earlier boot is stale");
+        inc.boot_id = Some("b1".into());
+        inc.id = "node-0/b1/0000:01:00.0/79/1".into();
+        let acts = e.handle(Input::KernelIncident(inc.clone()), t(3));
+        assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 1, "{acts:#?}");
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::RequestRepair { kind: RepairKind::RebootNode, .. })),
+            1
+        );
+        assert!(e.handle(Input::KernelIncident(inc), t(4)).is_empty(), "replayed incident");
+    }
+
+    #[test]
+    fn application_xid_incident_takes_no_device_action() {
+        let mut e = engine_with(10);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let inc = KernelIncident {
+            id: "x13".into(),
+            node: "node-0".into(),
+            boot_id: Some("b1".into()),
+            pci_address: Some("0000:01:00.0".into()),
+            kind: "nvidia_xid".into(),
+            code: Some(13),
+            attribution: Attribution::Application,
+            health: Health::Healthy,
+            action: RepairKind::RestartApp,
+            first_seen: t(2),
+            last_seen: t(2),
+            count: 1,
+            summary: "Graphics Engine Exception".into(),
+        };
+        assert!(e.handle(Input::KernelIncident(inc), t(2)).is_empty());
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 134)), t(3));
+        assert!(acts.is_empty(), "{acts:#?}");
+        assert_eq!(e.verdict(&failed(gang_pod(0, "node-0"), 134), t(3)).class, FailureClass::Application);
+    }
+
+    #[test]
+    fn hang_restarts_gang_after_timeout() {
+        let mut e = engine_with(4);
+        for i in 0..4 {
+            e.handle(Input::PodUpsert(gang_pod(i, &format!("node-{i}"))), t(1));
+        }
+        for i in 0..4 {
+            e.handle(
+                Input::Progress { pod_uid: format!("uid-{i}"), step: 1, step_time: Duration::from_secs(1) },
+                t(10),
+            );
+        }
+        assert!(e.handle(Input::Tick, t(200)).is_empty());
+        let acts = e.handle(Input::Tick, t(10 + 300));
+        assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 1, "{acts:#?}");
+        assert!(e.handle(Input::Tick, t(700)).is_empty(), "no second restart without new progress");
+    }
+
+    #[test]
+    fn lone_pod_on_dead_device_is_marked_and_evicted() {
+        let mut e = engine_with(4);
+        let mut p = gang_pod(0, "node-0");
+        p.labels.clear();
+        e.handle(Input::PodUpsert(p), t(1));
+        let acts = unhealthy(&mut e, key("node-0", 0), t(2));
+        assert_eq!(count(&acts, |a| matches!(a, Action::MarkPod { .. })), 1, "{acts:#?}");
+        assert_eq!(count(&acts, |a| matches!(a, Action::EvictPod { .. })), 1);
+    }
+
+    #[test]
+    fn probation_then_release() {
+        let mut e = engine_with(4);
+        unhealthy(&mut e, key("node-0", 0), t(2));
+        assert!(e.is_quarantined(&key("node-0", 0)));
+        e.handle(
+            Input::DeviceHealth { device: key("node-0", 0), health: Health::Healthy, reasons: vec![] },
+            t(100),
+        );
+        assert!(e.handle(Input::Tick, t(200)).is_empty());
+        let acts = e.handle(Input::Tick, t(100 + 600));
+        assert_eq!(count(&acts, |a| matches!(a, Action::ReleaseDevice { .. })), 1, "{acts:#?}");
+        assert!(!e.is_quarantined(&key("node-0", 0)));
+    }
+
+    #[test]
+    fn repeat_offender_escalates_to_inspection() {
+        let mut e = engine_with(4);
+        let mut last = Vec::new();
+        for round in 0..3 {
+            let base = round * 1000;
+            last = unhealthy(&mut e, key("node-0", 0), t(base + 1));
+            e.handle(
+                Input::DeviceHealth { device: key("node-0", 0), health: Health::Healthy, reasons: vec![] },
+                t(base + 2),
+            );
+        }
+        assert_eq!(
+            count(&last, |a| matches!(a, Action::RequestRepair { kind: RepairKind::InspectHardware, .. })),
+            1,
+            "{last:#?}"
+        );
+    }
+
+    #[test]
+    fn breaker_opens_on_correlated_failures_and_holds() {
+        let mut e = engine_with(100);
+        let mut all = Vec::new();
+        for n in 0..20 {
+            all.extend(unhealthy(&mut e, key(&format!("node-{n}"), 0), t(10 + n as i64)));
+        }
+        assert_eq!(count(&all, |a| matches!(a, Action::Report { reason, .. } if reason == "BreakerOpen")), 1);
+        let quarantines = count(&all, |a| matches!(a, Action::QuarantineDevice { .. }));
+        assert_eq!(quarantines, 9, "the 10th failure trips the breaker");
+        assert!(e.safety_state(t(40)).breaker_open);
+        let acts = e.handle(Input::Tick, t(40 + 15 * 60));
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::Report { reason, .. } if reason == "BreakerClosed")),
+            1
+        );
+        // Still-bad devices are remediated once the breaker closes (level-triggered).
+        assert!(count(&acts, |a| matches!(a, Action::QuarantineDevice { .. })) >= 1, "{acts:#?}");
+    }
+
+    #[test]
+    fn version_canary_holds_its_nodes() {
+        let mut e = engine_with(100);
+        for n in 0..100 {
+            let v = if n < 10 { "570.1" } else { "550.9" };
+            e.handle(
+                Input::NodeUpsert(NodeInfo {
+                    name: format!("node-{n}"),
+                    boot_id: Some("b1".into()),
+                    driver_version: Some(v.into()),
+                    ..NodeInfo::default()
+                }),
+                t(1),
+            );
+        }
+        let mut all = Vec::new();
+        for n in 0..4 {
+            all.extend(unhealthy(&mut e, key(&format!("node-{n}"), 0), t(10 + n as i64)));
+        }
+        assert_eq!(
+            count(
+                &all,
+                |a| matches!(a, Action::Report { reason, .. } if reason == "VersionCorrelatedFailures")
+            ),
+            1,
+            "{all:#?}"
+        );
+        assert_eq!(
+            count(&all, |a| matches!(a, Action::QuarantineDevice { .. })),
+            2,
+            "third failure holds the version"
+        );
+        assert_eq!(e.safety_state(t(20)).held_versions, vec!["driver 570.1".to_string()]);
     }
 }

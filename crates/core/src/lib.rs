@@ -7,17 +7,26 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod attribution;
+pub mod catalog;
 pub mod device;
 pub mod engine;
+pub mod gang;
 pub mod incident;
 pub mod pod;
+pub mod policy;
 pub mod time;
 
 pub use action::{Action, PlannedAction, RepairKind};
+pub use attribution::{DeviceEvidence, IncidentEvidence, Verdict, attribute};
+pub use catalog::ExitCodeCatalog;
 pub use device::{Device, DeviceHealth, DeviceKey, Health, HealthReason, HealthSource, Vendor};
-pub use engine::{Engine, EngineConfig, Input};
+pub use engine::{Engine, EngineConfig, Input, PolicyDecision, SafetyState};
+pub use gang::gang_of;
 pub use incident::{Attribution, KernelIncident};
+pub use pod::ResourceHealth;
 pub use pod::{
     ContainerInfo, ContainerState, FailureClass, GangId, NodeInfo, PodCondition, PodInfo, PodPhase,
 };
+pub use policy::{FailurePolicy, PolicyRule, RuleAction, SafetySettings};
 pub use time::{Duration, Time};

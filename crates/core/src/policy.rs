@@ -1,0 +1,378 @@
+//! The policy model: `FailurePolicy` (a selector and ordered rules; the first matching rule
+//! wins) and the cluster-wide safety settings (budgets, breaker, probation). It generalises a
+//! Job's podFailurePolicy to every workload and restart policy, and adds device evidence.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::RepairKind;
+use crate::attribution::Verdict;
+use crate::device::Health;
+use crate::pod::{ContainerState, FailureClass, PodInfo};
+use crate::time::Duration;
+
+/// What a rule does with the pod (and its gang, devices and node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RuleAction {
+    /// Do nothing.
+    #[default]
+    Ignore,
+    /// Only set a `devheal.io/...` condition on the pod.
+    MarkPod,
+    /// Mark, then evict the pod through the Eviction API (a terminal pod is only marked).
+    EvictPod,
+    /// Mark, then restart the pod's whole gang once per incident; a pod without a gang is
+    /// evicted instead.
+    RestartGang,
+    /// Mark, then quarantine the devices the evidence points at.
+    QuarantineDevice,
+    /// Mark, then cordon the pod's node.
+    CordonNode,
+    /// Mark, then ask for a repair of the pod's devices or node.
+    RequestRepair,
+    /// Mark, then fail the workload (the gang, or the pod's owner).
+    FailWorkload,
+}
+
+impl RuleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Ignore => "ignore",
+            RuleAction::MarkPod => "mark_pod",
+            RuleAction::EvictPod => "evict_pod",
+            RuleAction::RestartGang => "restart_gang",
+            RuleAction::QuarantineDevice => "quarantine_device",
+            RuleAction::CordonNode => "cordon_node",
+            RuleAction::RequestRepair => "request_repair",
+            RuleAction::FailWorkload => "fail_workload",
+        }
+    }
+}
+
+/// Exit codes a rule matches, as in a Job's podFailurePolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitCodeRequirement {
+    #[serde(default)]
+    pub container_name: Option<String>,
+    pub operator: ExitCodeOperator,
+    pub values: Vec<i32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitCodeOperator {
+    In,
+    NotIn,
+}
+
+/// A pod condition a rule matches (status defaults to "True").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionPattern {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default = "default_true")]
+    pub status: String,
+}
+
+fn default_true() -> String {
+    "True".to_string()
+}
+
+/// One rule: every `on*` field that is set must match; an empty rule matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyRule {
+    pub name: String,
+    #[serde(default)]
+    pub on_classes: Vec<FailureClass>,
+    #[serde(default)]
+    pub on_exit_codes: Option<ExitCodeRequirement>,
+    #[serde(default)]
+    pub on_pod_conditions: Vec<ConditionPattern>,
+    #[serde(default)]
+    pub on_device_health: Vec<Health>,
+    #[serde(default)]
+    pub on_xids: Vec<u32>,
+    pub action: RuleAction,
+    /// The pod condition type to set (default `devheal.io/<Class>`, e.g. `devheal.io/DeviceFailure`).
+    #[serde(default)]
+    pub condition_type: Option<String>,
+    /// For `RequestRepair`: which repair (default `reset_device`).
+    #[serde(default)]
+    pub repair: Option<RepairKind>,
+}
+
+/// Which pods a policy applies to: a namespace (or all) and labels that must all match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// A `FailurePolicy` (API group devheal.io/v1alpha1, namespaced).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    pub name: String,
+    /// `None`: applies in every namespace (the built-in default policy).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub selector: PodSelector,
+    /// A label key that defines gangs for the pods this policy selects.
+    #[serde(default)]
+    pub gang_label: Option<String>,
+    pub rules: Vec<PolicyRule>,
+}
+
+impl FailurePolicy {
+    /// The built-in default: a device failure restarts the gang (or evicts a lone pod) and marks
+    /// the pod; a degraded device marks the pod; everything else is left to Kubernetes.
+    pub fn builtin_default() -> FailurePolicy {
+        FailurePolicy {
+            name: "devheal-default".into(),
+            namespace: None,
+            selector: PodSelector::default(),
+            gang_label: None,
+            rules: vec![
+                PolicyRule {
+                    name: "device-failure-restarts-gang".into(),
+                    on_classes: vec![FailureClass::DeviceFailure],
+                    action: RuleAction::RestartGang,
+                    ..PolicyRule::default()
+                },
+                PolicyRule {
+                    name: "degraded-device-marks-pod".into(),
+                    on_classes: vec![FailureClass::DeviceDegraded],
+                    action: RuleAction::MarkPod,
+                    ..PolicyRule::default()
+                },
+                PolicyRule {
+                    name: "otherwise-ignore".into(),
+                    action: RuleAction::Ignore,
+                    ..PolicyRule::default()
+                },
+            ],
+        }
+    }
+
+    pub fn selects(&self, pod: &PodInfo) -> bool {
+        if let Some(ns) = &self.namespace
+            && ns != &pod.namespace
+        {
+            return false;
+        }
+        self.selector.match_labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+
+    /// The first rule that matches, if any.
+    pub fn first_match(&self, pod: &PodInfo, verdict: &Verdict) -> Option<&PolicyRule> {
+        self.rules.iter().find(|r| r.matches(pod, verdict))
+    }
+}
+
+impl PolicyRule {
+    pub fn matches(&self, pod: &PodInfo, verdict: &Verdict) -> bool {
+        if !self.on_classes.is_empty() && !self.on_classes.contains(&verdict.class) {
+            return false;
+        }
+        if let Some(req) = &self.on_exit_codes {
+            let any = pod.containers.iter().chain(pod.init_containers.iter()).any(|c| {
+                if req.container_name.as_ref().is_some_and(|n| n != &c.name) {
+                    return false;
+                }
+                match &c.state {
+                    ContainerState::Terminated { exit_code, .. } if *exit_code != 0 => match req.operator {
+                        ExitCodeOperator::In => req.values.contains(exit_code),
+                        ExitCodeOperator::NotIn => !req.values.contains(exit_code),
+                    },
+                    _ => false,
+                }
+            });
+            if !any {
+                return false;
+            }
+        }
+        if !self.on_pod_conditions.is_empty()
+            && !self
+                .on_pod_conditions
+                .iter()
+                .any(|p| pod.conditions.iter().any(|c| c.type_ == p.type_ && c.status == p.status))
+        {
+            return false;
+        }
+        if !self.on_device_health.is_empty()
+            && !verdict.worst_device_health.is_some_and(|h| self.on_device_health.contains(&h))
+        {
+            return false;
+        }
+        if !self.on_xids.is_empty() && !verdict.xids.iter().any(|x| self.on_xids.contains(x)) {
+            return false;
+        }
+        true
+    }
+
+    /// The condition type this rule sets on a pod.
+    pub fn condition_type_for(&self, class: FailureClass) -> String {
+        self.condition_type.clone().unwrap_or_else(|| default_condition_type(class))
+    }
+}
+
+/// `devheal.io/DeviceFailure`, `devheal.io/DeviceDegraded`, ...
+pub fn default_condition_type(class: FailureClass) -> String {
+    let name = match class {
+        FailureClass::DeviceFailure => "DeviceFailure",
+        FailureClass::DeviceDegraded => "DeviceDegraded",
+        FailureClass::Application => "ApplicationFailure",
+        FailureClass::Oom => "OutOfMemory",
+        FailureClass::Infrastructure => "InfrastructureFailure",
+        FailureClass::Disruption => "Disruption",
+        FailureClass::None => "Unclassified",
+    };
+    format!("devheal.io/{name}")
+}
+
+/// Cluster-wide safety settings: budgets, the breaker, probation and timing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SafetySettings {
+    /// Quarantine a device that turns Unhealthy (DRA DeviceTaintRule or node taint).
+    pub quarantine_unhealthy_devices: bool,
+    /// Ask for the repair an incident calls for.
+    pub request_repairs: bool,
+    /// Evict running non-gang pods bound to a device that turned Unhealthy ("pod watcher").
+    pub evict_pods_on_unhealthy_devices: bool,
+    /// At most this many nodes with quarantined devices or cordons at once...
+    pub max_quarantined_nodes: u32,
+    /// ...and at most this percent of the fleet.
+    pub max_quarantined_nodes_percent: f64,
+    pub max_evictions_per_minute: u32,
+    pub max_gang_restarts_per_hour: u32,
+    /// Open the breaker when this many distinct nodes fail within `breaker_window`...
+    pub breaker_min_nodes: u32,
+    /// ...and they are at least this percent of the fleet.
+    pub breaker_node_percent: f64,
+    pub breaker_window: Duration,
+    /// Close the breaker after this long without a new failure.
+    pub breaker_cooldown: Duration,
+    /// Report a driver/device plugin version when at least this many of its nodes failed in the
+    /// window...
+    pub canary_min_nodes: u32,
+    /// ...and its failure rate is this many times the rest of the fleet's.
+    pub canary_ratio: f64,
+    /// A gang that reported progress and then reports none for this long is hung (0: off).
+    pub hang_timeout: Duration,
+    /// A device that is Healthy again stays quarantined this long before release.
+    pub probation: Duration,
+    /// This many incidents on one device within `lemon_window` escalate to inspect_hardware.
+    pub lemon_incidents: u32,
+    pub lemon_window: Duration,
+    /// Kernel incidents count as evidence for a pod failure for this long.
+    pub incident_window: Duration,
+}
+
+impl Default for SafetySettings {
+    fn default() -> Self {
+        SafetySettings {
+            quarantine_unhealthy_devices: true,
+            request_repairs: true,
+            evict_pods_on_unhealthy_devices: true,
+            max_quarantined_nodes: 32,
+            max_quarantined_nodes_percent: 10.0,
+            max_evictions_per_minute: 30,
+            max_gang_restarts_per_hour: 6,
+            breaker_min_nodes: 10,
+            breaker_node_percent: 2.0,
+            breaker_window: Duration::from_mins(5),
+            breaker_cooldown: Duration::from_mins(15),
+            canary_min_nodes: 3,
+            canary_ratio: 4.0,
+            hang_timeout: Duration::from_mins(5),
+            probation: Duration::from_mins(10),
+            lemon_incidents: 3,
+            lemon_window: Duration::from_hours(24 * 7),
+            incident_window: Duration::from_mins(15),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::{ContainerInfo, PodPhase};
+
+    fn verdict(class: FailureClass) -> Verdict {
+        Verdict { class, ..Verdict::default() }
+    }
+
+    #[test]
+    fn default_policy_restarts_gangs_on_device_failure_only() {
+        let p = FailurePolicy::builtin_default();
+        let pod = PodInfo::default();
+        assert_eq!(
+            p.first_match(&pod, &verdict(FailureClass::DeviceFailure)).map(|r| r.action),
+            Some(RuleAction::RestartGang)
+        );
+        assert_eq!(
+            p.first_match(&pod, &verdict(FailureClass::Application)).map(|r| r.action),
+            Some(RuleAction::Ignore)
+        );
+    }
+
+    #[test]
+    fn exit_code_rules_match_like_pod_failure_policy() {
+        let rule = PolicyRule {
+            name: "r".into(),
+            on_exit_codes: Some(ExitCodeRequirement {
+                container_name: None,
+                operator: ExitCodeOperator::In,
+                values: vec![42],
+            }),
+            action: RuleAction::FailWorkload,
+            ..PolicyRule::default()
+        };
+        let mut pod = PodInfo { phase: PodPhase::Failed, ..PodInfo::default() };
+        pod.containers.push(ContainerInfo {
+            name: "c".into(),
+            state: ContainerState::Terminated {
+                exit_code: 42,
+                signal: None,
+                reason: None,
+                message: None,
+                finished_at: None,
+            },
+            ..ContainerInfo::default()
+        });
+        assert!(rule.matches(&pod, &verdict(FailureClass::Application)));
+        if let ContainerState::Terminated { exit_code, .. } = &mut pod.containers[0].state {
+            *exit_code = 1;
+        }
+        assert!(!rule.matches(&pod, &verdict(FailureClass::Application)));
+    }
+
+    #[test]
+    fn selectors_check_namespace_and_labels() {
+        let mut p = FailurePolicy::builtin_default();
+        p.namespace = Some("ml".into());
+        p.selector.match_labels.insert("team".into(), "a".into());
+        let mut pod = PodInfo { namespace: "ml".into(), ..PodInfo::default() };
+        assert!(!p.selects(&pod));
+        pod.labels.insert("team".into(), "a".into());
+        assert!(p.selects(&pod));
+        pod.namespace = "web".into();
+        assert!(!p.selects(&pod));
+    }
+
+    #[test]
+    fn policies_parse_from_json_and_reject_unknown_rule_fields() {
+        let text =
+            r#"{"name":"p","rules":[{"name":"r","onClasses":["device_failure"],"action":"RestartGang"}]}"#;
+        let p: FailurePolicy = serde_json::from_str(text).expect("parses");
+        assert_eq!(p.rules[0].action, RuleAction::RestartGang);
+        let bad = r#"{"name":"p","rules":[{"name":"r","onClass":["oom"],"action":"Ignore"}]}"#;
+        assert!(serde_json::from_str::<FailurePolicy>(bad).is_err());
+    }
+}
