@@ -1,2 +1,23 @@
-//! devheal-detect: kernel-log parsing, catalogs, correlation and the /dev/kmsg reader.
+//! devheal-detect: kernel-log detection of device faults.
+//!
+//! - [`parse_line`]: one line of `/dev/kmsg`, `dmesg`, `dmesg -T`, `journalctl -k` or a bare
+//!   message → timestamp, sequence number and message text.
+//! - [`Classifier`]: one message → an optional [`DeviceFault`] (NVIDIA Xid/SXid, fallen off the
+//!   bus, RmInitAdapter, PCIe AER, amdgpu, machine checks), with meanings from a versioned
+//!   [`Catalog`] that an operator can override.
+//! - [`Correlator`]: faults → incidents (repeats collapse, Xid 45 folds into 94/95/48).
+//! - [`LogScanner`]: the fast whole-file path behind `devheal classify-log` (literal prefilter
+//!   over big blocks; only candidate lines are parsed).
+//! - [`KmsgReader`]: a streaming `/dev/kmsg` reader for the node agent.
 #![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod classify;
+pub mod correlate;
+pub mod line;
+pub mod pci;
+
+pub use catalog::{Catalog, CatalogEntry, CatalogError};
+pub use classify::{Classifier, DeviceFault, FaultKind};
+pub use correlate::{CorrelationConfig, Correlator, Observation};
+pub use line::{LineError, LineFormat, LogLine, MAX_LINE_BYTES, Timestamp, parse_line, parse_text};

@@ -1,0 +1,329 @@
+//! Correlation and de-duplication of device faults into incidents.
+//!
+//! Rules (see `docs/kernel-log.md`):
+//! - Repeats of the same (node, boot, kind, device, code, variant) while the gap since the last
+//!   repeat stays within `repeat_window` collapse into one incident with a count (an 800K-line
+//!   storm of one Xid 95 is one incident).
+//! - Xid 45 (preemptive cleanup at process teardown) on a device that had another Xid within
+//!   `fold_window` folds into that incident instead of opening its own; a lone Xid 45 is its own
+//!   application-attributed incident.
+//! - Xid 79 and the driver's "GPU has fallen off the bus" line for the same device within
+//!   `fold_window` are one incident.
+//! - A new boot id for a node drops everything known about its earlier boot.
+//!
+//! Pure and I/O-free: time is an argument.
+
+use std::collections::HashMap;
+
+use devheal_core::{Duration, KernelIncident, Time};
+
+use crate::classify::{DeviceFault, FaultKind};
+
+/// Correlation windows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorrelationConfig {
+    /// Repeats closer than this to the previous repeat join the open incident.
+    pub repeat_window: Duration,
+    /// How close an Xid 45 (or a fallen-off-the-bus pair) must be to fold into another incident.
+    pub fold_window: Duration,
+    /// Incidents idle for longer than this are forgotten (bounds memory).
+    pub retention: Duration,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        CorrelationConfig {
+            repeat_window: Duration::from_mins(10),
+            fold_window: Duration::from_secs(30),
+            retention: Duration::from_hours(1),
+        }
+    }
+}
+
+/// What one observed fault did to the incidents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The incident the fault belongs to, after this observation.
+    pub incident: KernelIncident,
+    /// True when the fault opened a new incident.
+    pub is_new: bool,
+    /// True when the fault folded into an incident of another kind or code (Xid 45 beside
+    /// 94/95/48, the fallen-off-the-bus line beside Xid 79).
+    pub folded_into_other: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct IncidentKey {
+    kind: FaultKind,
+    device: Option<String>,
+    code: Option<u32>,
+    variant: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    boot_id: Option<String>,
+    open: HashMap<IncidentKey, KernelIncident>,
+}
+
+/// Groups faults into incidents, per node.
+#[derive(Debug, Default)]
+pub struct Correlator {
+    config: CorrelationConfig,
+    nodes: HashMap<String, NodeState>,
+    incidents_opened: u64,
+    observations_since_prune: u64,
+}
+
+const PRUNE_EVERY: u64 = 4096;
+
+impl Correlator {
+    pub fn new(config: CorrelationConfig) -> Correlator {
+        Correlator { config, nodes: HashMap::new(), incidents_opened: 0, observations_since_prune: 0 }
+    }
+
+    pub fn config(&self) -> &CorrelationConfig {
+        &self.config
+    }
+
+    /// Number of incidents opened so far.
+    pub fn incidents_opened(&self) -> u64 {
+        self.incidents_opened
+    }
+
+    /// Record one fault seen on `node` at `at`.
+    pub fn observe(
+        &mut self,
+        node: &str,
+        boot_id: Option<&str>,
+        at: Time,
+        fault: &DeviceFault,
+    ) -> Observation {
+        self.observations_since_prune += 1;
+        if self.observations_since_prune >= PRUNE_EVERY {
+            self.observations_since_prune = 0;
+            self.prune(at);
+        }
+        let config = self.config.clone();
+        let state = match self.nodes.get_mut(node) {
+            Some(state) => state,
+            None => self.nodes.entry(node.to_string()).or_default(),
+        };
+        if let Some(boot_id) = boot_id
+            && state.boot_id.as_deref() != Some(boot_id)
+        {
+            state.open.clear();
+            state.boot_id = Some(boot_id.to_string());
+        }
+
+        if let Some(target) = fold_target(state, fault, at, config.fold_window)
+            && let Some(incident) = state.open.get_mut(&target)
+        {
+            absorb(incident, at);
+            return Observation { incident: incident.clone(), is_new: false, folded_into_other: true };
+        }
+
+        let key = IncidentKey {
+            kind: fault.kind,
+            device: fault.device.clone(),
+            code: fault.code,
+            variant: fault.variant,
+        };
+        if let Some(incident) = state.open.get_mut(&key)
+            && within(incident.last_seen, at, config.repeat_window)
+        {
+            absorb(incident, at);
+            return Observation { incident: incident.clone(), is_new: false, folded_into_other: false };
+        }
+
+        self.incidents_opened += 1;
+        let incident = KernelIncident {
+            id: incident_id(node, state.boot_id.as_deref(), fault, self.incidents_opened),
+            node: node.to_string(),
+            boot_id: state.boot_id.clone(),
+            pci_address: fault.device.clone(),
+            kind: fault.kind.as_str().to_string(),
+            code: fault.code,
+            attribution: fault.attribution,
+            health: fault.health,
+            action: fault.action,
+            first_seen: at,
+            last_seen: at,
+            count: 1,
+            summary: fault.summary.clone(),
+        };
+        state.open.insert(key, incident.clone());
+        Observation { incident, is_new: true, folded_into_other: false }
+    }
+
+    /// Forget incidents idle for longer than the retention.
+    pub fn prune(&mut self, now: Time) {
+        let retention = self.config.retention;
+        for state in self.nodes.values_mut() {
+            state.open.retain(|_, incident| within(incident.last_seen, now, retention));
+        }
+        self.nodes.retain(|_, state| !state.open.is_empty() || state.boot_id.is_some());
+    }
+
+    /// The incidents currently open on `node`.
+    pub fn open_incidents(&self, node: &str) -> impl Iterator<Item = &KernelIncident> {
+        self.nodes.get(node).into_iter().flat_map(|state| state.open.values())
+    }
+}
+
+/// `|at - seen| <= window` (faults may arrive slightly out of order).
+fn within(seen: Time, at: Time, window: Duration) -> bool {
+    let gap = if at >= seen { at.since(seen) } else { seen.since(at) };
+    gap <= window
+}
+
+fn absorb(incident: &mut KernelIncident, at: Time) {
+    incident.count += 1;
+    if at > incident.last_seen {
+        incident.last_seen = at;
+    }
+}
+
+/// The open incident this fault folds into, if a fold rule applies.
+fn fold_target(state: &NodeState, fault: &DeviceFault, at: Time, window: Duration) -> Option<IncidentKey> {
+    let device = fault.device.as_ref()?;
+    let same_device_recent = |key: &IncidentKey, incident: &KernelIncident| {
+        key.device.as_ref() == Some(device) && within(incident.last_seen, at, window)
+    };
+    let candidates = state.open.iter().filter(|(key, incident)| same_device_recent(key, incident));
+    let wanted: fn(&IncidentKey) -> bool = match (fault.kind, fault.code) {
+        // Xid 45 follows another Xid at teardown: fold into that Xid.
+        (FaultKind::NvidiaXid, Some(45)) => |key| key.kind == FaultKind::NvidiaXid && key.code != Some(45),
+        // Xid 79 and the "fallen off the bus" line describe the same event.
+        (FaultKind::NvidiaXid, Some(79)) => |key| key.kind == FaultKind::NvidiaFallenOffBus,
+        (FaultKind::NvidiaFallenOffBus, _) => |key| key.kind == FaultKind::NvidiaXid && key.code == Some(79),
+        _ => return None,
+    };
+    candidates
+        .filter(|(key, _)| wanted(key))
+        .max_by_key(|(key, incident)| (incident.last_seen, key.code))
+        .map(|(key, _)| key.clone())
+}
+
+/// `node/boot/device/kind[-code|-variant]/n`, with `-` for what is unknown and the boot id cut
+/// to 8 characters.
+fn incident_id(node: &str, boot_id: Option<&str>, fault: &DeviceFault, number: u64) -> String {
+    let boot = boot_id.map(|b| b.get(..8).unwrap_or(b)).unwrap_or("-");
+    let device = fault.device.as_deref().unwrap_or("-");
+    let label = match fault.code {
+        Some(code) => format!("{}-{code}", fault.kind.as_str()),
+        None => format!("{}-{}", fault.kind.as_str(), fault.variant),
+    };
+    format!("{node}/{boot}/{device}/{label}/{number}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Classifier;
+
+    fn fault(message: &str) -> DeviceFault {
+        Classifier::default().classify(message).unwrap()
+    }
+
+    fn xid(code: u32, bus: &str) -> DeviceFault {
+        fault(&format!("NVRM: Xid (PCI:0000:{bus}:00): {code}, pid=42, name=train, detail"))
+    }
+
+    #[test]
+    fn a_storm_of_one_xid_is_one_incident() {
+        let mut correlator = Correlator::default();
+        let storm = xid(95, "3b");
+        let first = correlator.observe("n1", Some("boot-a"), Time::from_secs(0), &storm);
+        assert!(first.is_new);
+        let mut last = first.clone();
+        for i in 1..800_000_i64 {
+            last = correlator.observe("n1", Some("boot-a"), Time::from_nanos(i * 10_000_000), &storm);
+            assert!(!last.is_new);
+        }
+        assert_eq!(last.incident.id, first.incident.id);
+        assert_eq!(last.incident.count, 800_000);
+        assert_eq!(correlator.incidents_opened(), 1);
+    }
+
+    #[test]
+    fn repeats_after_a_quiet_window_open_a_new_incident() {
+        let mut correlator = Correlator::default();
+        let f = xid(95, "3b");
+        let a = correlator.observe("n1", None, Time::from_secs(0), &f);
+        let b = correlator.observe("n1", None, Time::from_secs(11 * 60), &f);
+        assert!(a.is_new && b.is_new);
+        assert_ne!(a.incident.id, b.incident.id);
+    }
+
+    #[test]
+    fn xid_45_folds_into_94_95_48_on_the_same_device() {
+        for code in [94, 95, 48] {
+            let mut correlator = Correlator::default();
+            let main = correlator.observe("n1", None, Time::from_secs(100), &xid(code, "3b"));
+            let teardown = correlator.observe("n1", None, Time::from_secs(101), &xid(45, "3b"));
+            assert!(teardown.folded_into_other, "Xid {code}");
+            assert!(!teardown.is_new);
+            assert_eq!(teardown.incident.id, main.incident.id);
+            assert_eq!(teardown.incident.code, Some(code));
+            assert_eq!(teardown.incident.count, 2);
+        }
+    }
+
+    #[test]
+    fn xid_45_alone_or_elsewhere_is_its_own_application_incident() {
+        let mut correlator = Correlator::default();
+        correlator.observe("n1", None, Time::from_secs(0), &xid(95, "3b"));
+        let other_device = correlator.observe("n1", None, Time::from_secs(1), &xid(45, "5e"));
+        assert!(other_device.is_new && !other_device.folded_into_other);
+        assert_eq!(other_device.incident.attribution, devheal_core::Attribution::Application);
+        let too_late = correlator.observe("n1", None, Time::from_secs(120), &xid(45, "3b"));
+        assert!(too_late.is_new && !too_late.folded_into_other);
+    }
+
+    #[test]
+    fn fallen_off_bus_line_joins_xid_79() {
+        let mut correlator = Correlator::default();
+        let xid79 = correlator.observe("n1", None, Time::from_secs(5), &xid(79, "3b"));
+        let line = fault("NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus.");
+        let joined = correlator.observe("n1", None, Time::from_secs(5), &line);
+        assert!(joined.folded_into_other);
+        assert_eq!(joined.incident.id, xid79.incident.id);
+    }
+
+    #[test]
+    fn a_new_boot_forgets_the_old_one() {
+        let mut correlator = Correlator::default();
+        let f = xid(95, "3b");
+        let a = correlator.observe("n1", Some("boot-a"), Time::from_secs(0), &f);
+        let b = correlator.observe("n1", Some("boot-b"), Time::from_secs(1), &f);
+        assert!(b.is_new);
+        assert_ne!(a.incident.id, b.incident.id);
+        assert_eq!(b.incident.boot_id.as_deref(), Some("boot-b"));
+    }
+
+    #[test]
+    fn nodes_and_devices_are_separate() {
+        let mut correlator = Correlator::default();
+        assert!(correlator.observe("n1", None, Time::ZERO, &xid(95, "3b")).is_new);
+        assert!(correlator.observe("n2", None, Time::ZERO, &xid(95, "3b")).is_new);
+        assert!(correlator.observe("n1", None, Time::ZERO, &xid(95, "5e")).is_new);
+        assert!(correlator.observe("n1", None, Time::ZERO, &xid(94, "3b")).is_new);
+        assert_eq!(correlator.incidents_opened(), 4);
+    }
+
+    #[test]
+    fn prune_forgets_idle_incidents() {
+        let mut correlator = Correlator::default();
+        correlator.observe("n1", None, Time::ZERO, &xid(95, "3b"));
+        correlator.prune(Time::from_secs(2 * 3600));
+        assert_eq!(correlator.open_incidents("n1").count(), 0);
+    }
+
+    #[test]
+    fn incident_ids_name_node_boot_device_and_code() {
+        let mut correlator = Correlator::default();
+        let obs = correlator.observe("gpu-7", Some("0f6ec3d4-a1b8"), Time::ZERO, &xid(79, "3b"));
+        assert_eq!(obs.incident.id, "gpu-7/0f6ec3d4/0000:3b:00.0/nvidia_xid-79/1");
+    }
+}
