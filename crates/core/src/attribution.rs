@@ -170,6 +170,11 @@ pub fn attribute_with(pod: &PodInfo, devices: &[DeviceEvidence], catalog: &ExitC
             }
             _ => c.note(format!("pod reason {reason}{said}")),
         }
+        // What the message itself says ("nvml: GPU is lost" inside an admission error).
+        for m in catalog.messages_in(message) {
+            v.peer_caused |= m.peer_caused;
+            c.add(m.class, m.confidence, format!("pod message: {:?} — {}", m.pattern, m.meaning));
+        }
     }
 
     // Conditions.
@@ -399,6 +404,16 @@ fn judge_container(
                 c.add(FailureClass::Oom, 0.95, format!("{head}: OOMKilled (memory limit reached)"));
                 continue;
             }
+            if reason == "ContainerStatusUnknown" {
+                c.add(
+                    FailureClass::Infrastructure,
+                    0.5,
+                    format!(
+                        "{head}: the kubelet lost track of the container (ContainerStatusUnknown) {message}"
+                    ),
+                );
+                continue;
+            }
             if reason == "ContainerCannotRun" || reason == "StartError" {
                 c.add(FailureClass::Infrastructure, 0.6, format!("{head}: {reason} {message}"));
                 continue;
@@ -437,7 +452,14 @@ fn judge_container(
             );
         } else if reason == "CrashLoopBackOff" {
             failing = true;
-            c.note(format!("{kind} {} is in CrashLoopBackOff after {} restarts", ct.name, ct.restart_count));
+            c.add(
+                FailureClass::Application,
+                0.3,
+                format!(
+                    "{kind} {} keeps exiting (CrashLoopBackOff after {} restarts)",
+                    ct.name, ct.restart_count
+                ),
+            );
         }
     }
     failing
