@@ -404,10 +404,12 @@ impl Classifier {
             let at = text.rfind("[Hardware Error]: ").map(|at| at + "[Hardware Error]: ".len());
             at.map(|at| text[at..].to_string()).unwrap_or_default()
         };
+        let mut detail = String::new();
         let variant = if message.contains("Machine check events logged") {
             "logged"
         } else if let Some(caps) = self.mce_bank.captures(message) {
             let status = caps.get(3).and_then(|m| u64::from_str_radix(m.as_str(), 16).ok())?;
+            detail = detail_after_tag(message);
             let uncorrected = status & (1 << 61) != 0;
             let context_corrupt = status & (1 << 57) != 0;
             match (uncorrected, context_corrupt) {
@@ -421,6 +423,7 @@ impl Classifier {
             let flags_end = message[at..].find(']')?;
             let flags = &message[at + "_STATUS[".len()..at + flags_end];
             let has = |flag: &str| flags.split('|').any(|f| f == flag);
+            detail = detail_after_tag(message);
             if has("PCC") {
                 "fatal"
             } else if has("UE") || has("UC") {
@@ -437,14 +440,14 @@ impl Classifier {
                 "fatal" => "fatal",
                 _ => return None,
             }
-        } else if message.contains("[Hardware Error]: Corrected error") {
+        } else if message.contains("Corrected error, no action required") {
             "corrected"
         } else if message.contains("[Hardware Error]: Uncorrected") {
             if message.contains("fatal") { "fatal" } else { "uncorrected" }
         } else {
             return None;
         };
-        self.event_fault(FaultKind::Mce, variant, None, None, &detail_after_tag(message))
+        self.event_fault(FaultKind::Mce, variant, None, None, &detail)
     }
 }
 

@@ -14,10 +14,14 @@
 pub mod catalog;
 pub mod classify;
 pub mod correlate;
+pub mod kmsg;
 pub mod line;
 pub mod pci;
+pub mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use classify::{Classifier, DeviceFault, FaultKind};
 pub use correlate::{CorrelationConfig, Correlator, Observation};
+pub use kmsg::{KmsgError, KmsgEvent, KmsgReader, KmsgRecord, StartAt, parse_kmsg_record};
 pub use line::{LineError, LineFormat, LogLine, MAX_LINE_BYTES, Timestamp, parse_line, parse_text};
+pub use scan::{FaultLine, LogScanner, ScanStats};

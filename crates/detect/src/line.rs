@@ -145,6 +145,15 @@ pub fn parse_text(text: &str) -> LogLine<'_> {
                 return line;
             }
         }
+        Some(b'a'..=b'z') => {
+            if let Some(rest) = strip_dmesg_level(text) {
+                let mut line = parse_text(rest);
+                if line.format == LineFormat::Bare {
+                    line.message = rest;
+                }
+                return line;
+            }
+        }
         _ => {}
     }
     LogLine { format: LineFormat::Bare, timestamp: None, seq: None, priority: None, message: text }
@@ -207,7 +216,15 @@ fn parse_dmesg(text: &str, priority: Option<u32>) -> Option<LogLine<'_>> {
     let inner_and_rest = text.strip_prefix('[')?;
     let close = inner_and_rest.find(']')?;
     let inner = &inner_and_rest[..close];
-    let message = inner_and_rest[close + 1..].strip_prefix(' ').unwrap_or(&inner_and_rest[close + 1..]);
+    let message = strip_caller_id(
+        inner_and_rest[close + 1..].strip_prefix(' ').unwrap_or(&inner_and_rest[close + 1..]),
+    );
+    // `dmesg -H` / `--time-format delta`: `[  +0.000844] message` carries no absolute time.
+    if let Some(delta) = inner.trim_start().strip_prefix('+')
+        && parse_seconds_since_boot(delta).is_some()
+    {
+        return Some(LogLine { format: LineFormat::Dmesg, timestamp: None, seq: None, priority, message });
+    }
     if let Some(since_boot) = parse_seconds_since_boot(inner.trim_start()) {
         return Some(LogLine {
             format: LineFormat::Dmesg,
@@ -225,6 +242,37 @@ fn parse_dmesg(text: &str, priority: Option<u32>) -> Option<LogLine<'_>> {
         priority,
         message,
     })
+}
+
+/// The printk caller id some kernels add after the time: `[  T125] message`, `[    C3] message`.
+fn strip_caller_id(message: &str) -> &str {
+    if let Some(inner_and_rest) = message.strip_prefix('[')
+        && let Some(close) = inner_and_rest.find(']')
+    {
+        let inner = inner_and_rest[..close].trim_start();
+        let is_caller = matches!(inner.as_bytes().first(), Some(b'T' | b'C'))
+            && inner.len() > 1
+            && inner[1..].bytes().all(|b| b.is_ascii_digit());
+        if is_caller {
+            let rest = &inner_and_rest[close + 1..];
+            return rest.strip_prefix(' ').unwrap_or(rest);
+        }
+    }
+    message
+}
+
+/// `dmesg -x`: `kern  :err   : rest` → rest.
+fn strip_dmesg_level(text: &str) -> Option<&str> {
+    let (facility, rest) = text.split_once(':')?;
+    let (level, rest) = rest.split_once(':')?;
+    let is_word = |s: &str| {
+        let s = s.trim_end();
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase())
+    };
+    (is_word(facility)
+        && is_word(level)
+        && !facility.ends_with(|c: char| c != ' ' && !c.is_ascii_lowercase()))
+    .then(|| rest.strip_prefix(' ').unwrap_or(rest))
 }
 
 /// `123.456789` → duration.
@@ -268,7 +316,7 @@ fn parse_clock(s: &str) -> Option<i64> {
         return None;
     }
     let mut nanos = ((hh * 60 + mm) * 60 + ss) as i64 * 1_000_000_000;
-    if let Some(frac) = rest.strip_prefix('.') {
+    if let Some(frac) = rest.strip_prefix('.').or_else(|| rest.strip_prefix(',')) {
         if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -307,27 +355,39 @@ fn parse_ctime(s: &str) -> Option<Time> {
 
 /// After the time: `host ident[pid]: message`; the kern.log habit `kernel: [ 12.3] message`
 /// is stripped too.
-fn split_host_ident(rest: &str) -> Option<&str> {
+fn split_host_ident(rest: &str, dmesg_iso: bool) -> Option<&str> {
     let rest = rest.strip_prefix(' ')?;
-    let (host, rest) = rest.split_once(' ')?;
+    let (host, after_host) = rest.split_once(' ').unwrap_or((rest, ""));
     if host.is_empty() {
         return None;
     }
+    // No host name: `Mar 29 15:38:59 kernel: message`; or `dmesg --time-format iso`, where the
+    // message itself follows the time.
+    if host.ends_with(':') {
+        if host == "kernel:" || !dmesg_iso {
+            return Some(strip_kern_log_stamp(after_host));
+        }
+        return Some(rest);
+    }
+    let rest = after_host;
     let colon = rest.find(": ").or_else(|| rest.strip_suffix(':').map(|r| r.len()))?;
     let ident = &rest[..colon];
     if ident.is_empty() || ident.contains(' ') {
         return None;
     }
-    let message = rest.get(colon + 2..).unwrap_or("");
-    // kern.log: `kernel: [ 123.456] message`
+    Some(strip_kern_log_stamp(rest.get(colon + 2..).unwrap_or("")))
+}
+
+/// kern.log: `kernel: [ 123.456] message` → `message`.
+fn strip_kern_log_stamp(message: &str) -> &str {
     if let Some(inner) = message.strip_prefix('[')
         && let Some(close) = inner.find(']')
         && parse_seconds_since_boot(inner[..close].trim_start()).is_some()
     {
         let after = &inner[close + 1..];
-        return Some(after.strip_prefix(' ').unwrap_or(after));
+        return after.strip_prefix(' ').unwrap_or(after);
     }
-    Some(message)
+    message
 }
 
 /// `Nov 18 10:11:12[.123456] host ident: message`
@@ -339,7 +399,7 @@ fn parse_short_journal(text: &str) -> Option<LogLine<'_>> {
     let rest = rest.strip_prefix(' ')?;
     let clock_end = rest.find(' ')?;
     let clock = parse_clock(&rest[..clock_end])?;
-    let message = split_host_ident(&rest[clock_end..])?;
+    let message = split_host_ident(&rest[clock_end..], false)?;
     let time = wall_clock(1970, month, u32::try_from(day).ok()?, clock)?;
     Some(LogLine {
         format: LineFormat::Journal,
@@ -364,7 +424,7 @@ fn parse_iso_journal(text: &str) -> Option<LogLine<'_>> {
     let zone_at = clock_and_zone.find(['+', '-', 'Z']).unwrap_or(clock_and_zone.len());
     let clock = parse_clock(&clock_and_zone[..zone_at])?;
     let offset_nanos = parse_zone(&clock_and_zone[zone_at..])?;
-    let message = split_host_ident(&text[stamp.len()..])?;
+    let message = split_host_ident(&text[stamp.len()..], true)?;
     let time = wall_clock(year, month, day, clock)?;
     Some(LogLine {
         format: LineFormat::Journal,
@@ -476,6 +536,22 @@ mod tests {
 
         let daemon = parse_line(b"Nov 18 10:11:12 host nvidia-persistenced[123]: Started (123)").unwrap();
         assert_eq!(daemon.message, "Started (123)");
+    }
+
+    #[test]
+    fn more_real_prefixes() {
+        let no_host = parse_line(b"Mar 29 15:38:59 kernel: NVRM: Xid (PCI:0000:01:00): 120, GSP").unwrap();
+        assert_eq!(no_host.message, "NVRM: Xid (PCI:0000:01:00): 120, GSP");
+        let level = parse_line(b"kern  :err   : 2025-01-25T10:34:54,859532+00:00 nvidia-nvswitch1: SXid (PCI:0000:84:00.0): 12028, Data").unwrap();
+        assert_eq!(level.message, "nvidia-nvswitch1: SXid (PCI:0000:84:00.0): 12028, Data");
+        assert!(matches!(level.timestamp, Some(Timestamp::WallClock(_))));
+        let level_ctime = parse_line(b"kern  :info  : [Fri Apr  7 00:04:33 2023] DMAR: dmar0").unwrap();
+        assert_eq!(level_ctime.message, "DMAR: dmar0");
+        let delta = parse_line(b"[  +0.000844] nvidia 0000:03:00.0: AER: can't recover").unwrap();
+        assert_eq!(delta.message, "nvidia 0000:03:00.0: AER: can't recover");
+        assert_eq!(delta.timestamp, None);
+        let caller = parse_line(b"[   36.117975][  T291] pcieport 0000:00:00.0: AER: x").unwrap();
+        assert_eq!(caller.message, "pcieport 0000:00:00.0: AER: x");
     }
 
     #[test]
