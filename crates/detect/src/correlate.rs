@@ -7,6 +7,9 @@
 //! - Xid 45 (preemptive cleanup at process teardown) on a device that had another Xid within
 //!   `fold_window` folds into that incident instead of opening its own; a lone Xid 45 is its own
 //!   application-attributed incident.
+//! - Xid 154 (the driver announcing the recovery action a GPU now needs) folds into the Xid on
+//!   the same device that caused it, within `fold_window`, and raises that incident's action and
+//!   health to what it announces.
 //! - Xid 79 and the driver's "GPU has fallen off the bus" line for the same device within
 //!   `fold_window` are one incident.
 //! - A new boot id for a node drops everything known about its earlier boot.
@@ -120,6 +123,7 @@ impl Correlator {
             && let Some(incident) = state.open.get_mut(&target)
         {
             absorb(incident, at);
+            escalate(incident, fault);
             return Observation { incident: incident.clone(), is_new: false, folded_into_other: true };
         }
 
@@ -184,6 +188,20 @@ fn absorb(incident: &mut KernelIncident, at: Time) {
     }
 }
 
+/// A folded fault may call for more than the incident it joins (Xid 154 announcing a reset):
+/// keep the more serious action and health. `Unknown` health never overrides a known one.
+fn escalate(incident: &mut KernelIncident, fault: &DeviceFault) {
+    incident.action = incident.action.max(fault.action);
+    let rank = |health: devheal_core::Health| match health {
+        devheal_core::Health::Healthy | devheal_core::Health::Unknown => 0,
+        devheal_core::Health::Degraded => 1,
+        devheal_core::Health::Unhealthy => 2,
+    };
+    if rank(fault.health) > rank(incident.health) {
+        incident.health = fault.health;
+    }
+}
+
 /// The open incident this fault folds into, if a fold rule applies.
 fn fold_target(state: &NodeState, fault: &DeviceFault, at: Time, window: Duration) -> Option<IncidentKey> {
     let device = fault.device.as_ref()?;
@@ -193,7 +211,13 @@ fn fold_target(state: &NodeState, fault: &DeviceFault, at: Time, window: Duratio
     let candidates = state.open.iter().filter(|(key, incident)| same_device_recent(key, incident));
     let wanted: fn(&IncidentKey) -> bool = match (fault.kind, fault.code) {
         // Xid 45 follows another Xid at teardown: fold into that Xid.
-        (FaultKind::NvidiaXid, Some(45)) => |key| key.kind == FaultKind::NvidiaXid && key.code != Some(45),
+        (FaultKind::NvidiaXid, Some(45)) => {
+            |key| key.kind == FaultKind::NvidiaXid && !matches!(key.code, Some(45 | 154))
+        }
+        // Xid 154 announces the recovery action for the Xid that caused it.
+        (FaultKind::NvidiaXid, Some(154)) => {
+            |key| key.kind == FaultKind::NvidiaXid && !matches!(key.code, Some(45 | 154))
+        }
         // Xid 79 and the "fallen off the bus" line describe the same event.
         (FaultKind::NvidiaXid, Some(79)) => |key| key.kind == FaultKind::NvidiaFallenOffBus,
         (FaultKind::NvidiaFallenOffBus, _) => |key| key.kind == FaultKind::NvidiaXid && key.code == Some(79),
@@ -279,6 +303,30 @@ mod tests {
         assert_eq!(other_device.incident.attribution, devheal_core::Attribution::Application);
         let too_late = correlator.observe("n1", None, Time::from_secs(120), &xid(45, "3b"));
         assert!(too_late.is_new && !too_late.folded_into_other);
+    }
+
+    #[test]
+    fn xid_154_folds_into_its_cause_and_raises_the_action() {
+        let mut correlator = Correlator::default();
+        let cause = correlator.observe("n1", None, Time::from_secs(10), &xid(94, "01"));
+        assert_eq!(cause.incident.action, devheal_core::RepairKind::RestartApp);
+        let announce = fault(
+            "NVRM: Xid (PCI:0000:01:00): 154, GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)",
+        );
+        let folded = correlator.observe("n1", None, Time::from_secs(10), &announce);
+        assert!(folded.folded_into_other);
+        assert_eq!(folded.incident.id, cause.incident.id);
+        assert_eq!(folded.incident.action, devheal_core::RepairKind::ResetDevice);
+        assert_eq!(folded.incident.health, devheal_core::Health::Unhealthy);
+        let teardown = correlator.observe("n1", None, Time::from_secs(11), &xid(45, "01"));
+        assert_eq!(teardown.incident.id, cause.incident.id);
+        assert_eq!(teardown.incident.count, 3);
+        // A lone Xid 154 is its own incident.
+        let lone = correlator.observe("n1", None, Time::from_secs(10), &fault(
+            "NVRM: Xid (PCI:0000:02:00): 154, GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)",
+        ));
+        assert!(lone.is_new);
+        assert_eq!(lone.incident.action, devheal_core::RepairKind::RebootNode);
     }
 
     #[test]
