@@ -6,6 +6,11 @@
 //! history; a read fails with `EPIPE` when records were overwritten before we read them, and the
 //! number lost is the gap in the 64-bit sequence numbers. Reads block until a record arrives.
 //!
+//! Wake-up latency: the kernel wakes blocked `/dev/kmsg` readers from deferred work that runs at
+//! the next scheduler tick, so a blocking read sees a record up to one tick (4 ms at HZ=250) after
+//! it was logged. [`KmsgReader::open_polling`] trades a little CPU (one non-blocking read per
+//! interval while idle) for a latency bounded by the interval instead.
+//!
 //! The boot id (`/proc/sys/kernel/random/boot_id`) is read at open and attached to every
 //! record, so that incidents from an earlier boot are never mistaken for current ones.
 
@@ -22,6 +27,9 @@ pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Large enough for any record: the kernel's limit is about 1 KiB of text plus properties.
 const RECORD_BUFFER_BYTES: usize = 16 * 1024;
+
+/// `O_NONBLOCK` for the Linux architectures devheal runs on (x86_64, aarch64, riscv64, arm).
+const O_NONBLOCK: i32 = 0o4000;
 
 /// Where reading starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +110,8 @@ pub struct KmsgReader {
     last_seq: Option<u64>,
     pending: Option<KmsgRecord>,
     lost_total: u64,
+    /// `Some` when the file is non-blocking and idle waits sleep for this long.
+    poll_interval: Option<std::time::Duration>,
 }
 
 impl KmsgReader {
@@ -117,8 +127,35 @@ impl KmsgReader {
         start: StartAt,
         boot_id: Option<String>,
     ) -> Result<KmsgReader, KmsgError> {
+        Self::open_inner(path, start, boot_id, None)
+    }
+
+    /// Open `path` non-blocking: while no record is waiting, sleep `interval` between reads.
+    /// Detection latency is then bounded by `interval` rather than by the kernel's deferred
+    /// wake-up of blocked readers.
+    pub fn open_polling(
+        path: &Path,
+        start: StartAt,
+        interval: std::time::Duration,
+    ) -> Result<KmsgReader, KmsgError> {
+        let boot_id = std::fs::read_to_string(BOOT_ID_PATH).ok().map(|s| s.trim().to_string());
+        Self::open_inner(path, start, boot_id.filter(|id| !id.is_empty()), Some(interval))
+    }
+
+    fn open_inner(
+        path: &Path,
+        start: StartAt,
+        boot_id: Option<String>,
+        poll_interval: Option<std::time::Duration>,
+    ) -> Result<KmsgReader, KmsgError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        if poll_interval.is_some() {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(O_NONBLOCK);
+        }
         let mut file =
-            File::open(path).map_err(|source| KmsgError::Open { path: path.to_path_buf(), source })?;
+            options.open(path).map_err(|source| KmsgError::Open { path: path.to_path_buf(), source })?;
         if start == StartAt::End {
             file.seek(SeekFrom::End(0))
                 .map_err(|source| KmsgError::Open { path: path.to_path_buf(), source })?;
@@ -131,6 +168,7 @@ impl KmsgReader {
             last_seq: None,
             pending: None,
             lost_total: 0,
+            poll_interval,
         })
     }
 
@@ -154,6 +192,13 @@ impl KmsgReader {
                 Ok(0) => return Err(KmsgError::Closed { path: self.path.clone() }),
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    match self.poll_interval {
+                        Some(interval) => std::thread::sleep(interval),
+                        None => return Err(KmsgError::Read { path: self.path.clone(), source: err }),
+                    }
+                    continue;
+                }
                 // EPIPE: records were overwritten; the next read returns the oldest surviving
                 // record and the sequence gap tells how many were lost.
                 Err(err) if err.kind() == io::ErrorKind::BrokenPipe => continue,
