@@ -248,6 +248,7 @@ pub fn attribute_with(pod: &PodInfo, devices: &[DeviceEvidence], catalog: &ExitC
             worst = Some(worst.map_or(d.health, |w| if worse(d.health, w) { d.health } else { w }));
         }
         let reasons = summarize_reasons(&d.reasons);
+        v.xids.extend(d.reasons.iter().filter(|r| is_kernel_code(r)).filter_map(|r| r.code));
         match d.health {
             _ if succeeded => {}
             Health::Unhealthy => {
@@ -337,6 +338,11 @@ pub fn attribute_with(pod: &PodInfo, devices: &[DeviceEvidence], catalog: &ExitC
     }
     v.evidence = evidence;
     v
+}
+
+/// A reason whose code is an Xid/SXid (from the kernel log or NVML).
+fn is_kernel_code(r: &HealthReason) -> bool {
+    matches!(r.source, crate::device::HealthSource::KernelLog | crate::device::HealthSource::Nvml)
 }
 
 /// `a` is worse than `b` (Unknown is not worse than anything: it is not evidence).

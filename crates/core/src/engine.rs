@@ -575,9 +575,41 @@ impl Engine {
                 }
             }
         }
+        // The kubelet's allocatedResourcesStatus is a health source too (KEP-4680): a device it
+        // reports Unhealthy is handled like any other device failure.
+        let reported_unhealthy: Vec<(DeviceKey, String)> = pod
+            .containers
+            .iter()
+            .flat_map(|c| c.allocated_resources_status.iter())
+            .filter(|r| r.health == Health::Unhealthy)
+            .map(|r| {
+                let key = DeviceKey::new(
+                    pod.node.clone().unwrap_or_default(),
+                    r.resource.clone(),
+                    r.device_id.clone(),
+                );
+                let message =
+                    r.message.clone().unwrap_or_else(|| "Unhealthy in allocatedResourcesStatus".to_string());
+                (key, message)
+            })
+            .collect();
         self.pods.insert(uid.clone(), PodState { info: pod, gang, decided });
         if absorbed {
             return;
+        }
+        for (key, message) in reported_unhealthy {
+            if self.devices.get(&key).is_some_and(|d| d.health == Health::Unhealthy) {
+                continue;
+            }
+            let reason = HealthReason {
+                source: crate::device::HealthSource::PodStatus,
+                code: None,
+                message,
+                first_seen: now,
+                last_seen: now,
+                count: 1,
+            };
+            self.on_device_health(key, Health::Unhealthy, vec![reason], now, out);
         }
         let verdict = {
             let info = &self.pods[&uid].info;
