@@ -76,7 +76,7 @@ pub fn run(args: ClassifyLogArgs) -> anyhow::Result<ExitCode> {
     let mut on_fault = |found: FaultLine<'_>| {
         let at = found.line.timestamp.map(|t| t.as_time()).unwrap_or(last_time);
         last_time = at;
-        let observation = correlator.observe(&args.node, None, at, &found.fault);
+        let observation = correlator.observe(&args.node, found.boot_id, at, &found.fault);
         if write_error.is_some() {
             return;
         }

@@ -81,6 +81,8 @@ enum Family {
     Aer,
     Amdgpu,
     Mce,
+    /// `journalctl`'s `-- Boot <id> --` separator: not a fault, but the scanner needs to see it.
+    BootSeparator,
 }
 
 /// The literals that can start a device fault, and the parser each leads to.
@@ -97,6 +99,7 @@ const TRIGGERS: &[(&str, Family)] = &[
     ("Machine check", Family::Mce),
     ("Machine Check", Family::Mce),
     ("[Hardware Error]", Family::Mce),
+    ("-- Boot ", Family::BootSeparator),
 ];
 
 /// The prefilter literals, for tools that build an equivalent `grep` pattern.
@@ -137,14 +140,14 @@ impl Classifier {
     }
 
     /// Offset of the first prefilter literal in `haystack`, if any. Lines without one are never
-    /// device faults.
+    /// device faults (the literals also find `journalctl` boot separators, which scanners track).
     pub fn next_candidate(&self, haystack: &[u8]) -> Option<usize> {
         self.prefilter.find(haystack).map(|m| m.start())
     }
 
     /// Classify one kernel message (without its dmesg/kmsg prefix).
     pub fn classify(&self, message: &str) -> Option<DeviceFault> {
-        let mut tried = [false; 7];
+        let mut tried = [false; 8];
         for found in self.prefilter.find_iter(message) {
             let family = TRIGGERS[found.pattern().as_usize()].1;
             let slot = family as usize;
@@ -160,6 +163,7 @@ impl Classifier {
                 Family::Aer => self.aer(message, found.start()),
                 Family::Amdgpu => self.amdgpu(message),
                 Family::Mce => self.mce(message),
+                Family::BootSeparator => None,
             };
             if fault.is_some() {
                 return fault;

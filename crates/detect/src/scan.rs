@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 
 use crate::classify::{Classifier, DeviceFault};
-use crate::line::{LineError, LogLine, MAX_LINE_BYTES, parse_line};
+use crate::line::{LineError, LineFormat, LogLine, MAX_LINE_BYTES, parse_line};
 
 /// Size of the blocks read at once.
 const BLOCK_BYTES: usize = 1 << 20;
@@ -38,6 +38,8 @@ pub struct FaultLine<'a> {
     pub line_number: u64,
     pub line: LogLine<'a>,
     pub fault: DeviceFault,
+    /// The boot named by the last `journalctl` `-- Boot <id> --` separator before this line.
+    pub boot_id: Option<&'a str>,
 }
 
 /// Scans a log stream for device-fault lines.
@@ -46,11 +48,12 @@ pub struct LogScanner<'c> {
     classifier: &'c Classifier,
     max_line_bytes: usize,
     stats: ScanStats,
+    boot_id: Option<String>,
 }
 
 impl<'c> LogScanner<'c> {
     pub fn new(classifier: &'c Classifier) -> Self {
-        LogScanner { classifier, max_line_bytes: MAX_LINE_BYTES, stats: ScanStats::default() }
+        LogScanner { classifier, max_line_bytes: MAX_LINE_BYTES, stats: ScanStats::default(), boot_id: None }
     }
 
     /// Lines longer than this are skipped (default [`MAX_LINE_BYTES`]).
@@ -145,10 +148,18 @@ impl<'c> LogScanner<'c> {
             } else if is_candidate {
                 self.stats.candidates += 1;
                 match parse_line(line) {
+                    Ok(parsed) if parsed.format == LineFormat::JournalBoot => {
+                        self.boot_id = Some(parsed.message.to_string());
+                    }
                     Ok(parsed) => {
                         if let Some(fault) = self.classifier.classify(parsed.message) {
                             self.stats.faults += 1;
-                            on_fault(FaultLine { line_number: self.stats.lines, line: parsed, fault });
+                            on_fault(FaultLine {
+                                line_number: self.stats.lines,
+                                line: parsed,
+                                fault,
+                                boot_id: self.boot_id.as_deref(),
+                            });
                         }
                     }
                     Err(err) => self.count_error(&err),
@@ -245,6 +256,16 @@ mod tests {
         assert_eq!(stats.lines, 3);
         assert_eq!(stats.skipped_too_long, 1);
         assert_eq!(stats.bytes, input.len() as u64);
+    }
+
+    #[test]
+    fn journal_boot_separators_name_the_boot() {
+        let input = format!("{XID}\n-- Boot 0f6ec3d4a1b84b1c9d6f0e7a9b1c2d3e --\n{XID}\n");
+        let classifier = Classifier::default();
+        let mut scanner = LogScanner::new(&classifier);
+        let mut boots = Vec::new();
+        scanner.scan(input.as_bytes(), |f| boots.push(f.boot_id.map(str::to_string))).unwrap();
+        assert_eq!(boots, vec![None, Some("0f6ec3d4a1b84b1c9d6f0e7a9b1c2d3e".to_string())]);
     }
 
     #[test]
