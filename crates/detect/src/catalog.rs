@@ -147,14 +147,17 @@ impl RawEntry {
 }
 
 impl Catalog {
-    /// The catalog compiled into devheal.
+    /// The catalog compiled into devheal (parsed once per process).
     pub fn builtin() -> Catalog {
-        match Self::parse(BUILTIN_CATALOG_YAML, "built-in xid.yaml", None) {
-            Ok(catalog) => catalog,
-            // The built-in file is checked by the tests below; this is unreachable in a build
-            // whose tests pass, and an empty-but-valid catalog is the safest fallback.
-            Err(_) => Catalog::empty(),
-        }
+        static BUILTIN: std::sync::LazyLock<Catalog> = std::sync::LazyLock::new(|| {
+            match Catalog::parse(BUILTIN_CATALOG_YAML, "built-in xid.yaml", None) {
+                Ok(catalog) => catalog,
+                // The built-in file is checked by the tests below; this is unreachable in a
+                // build whose tests pass, and an empty-but-valid catalog is the safest fallback.
+                Err(_) => Catalog::empty(),
+            }
+        });
+        BUILTIN.clone()
     }
 
     fn empty() -> Catalog {
