@@ -96,11 +96,23 @@ pub struct SafetyState {
     pub evictions_last_minute: usize,
     pub held_versions: Vec<String>,
     pub quarantined_devices: usize,
+    /// Remediation steps the breaker held since the engine started.
+    pub held_by_breaker: u64,
+}
+
+/// Why remediation of a node is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Hold {
+    Breaker,
+    Version(String),
 }
 
 #[derive(Clone, Debug)]
 struct DeviceState {
-    device: Option<Device>,
+    /// PCI address, lower-case, from the inventory.
+    pci: Option<String>,
+    /// Uids of the pods bound to the device.
+    pods: Vec<String>,
     health: Health,
     since: Time,
     reasons: Vec<HealthReason>,
@@ -116,7 +128,8 @@ struct DeviceState {
 impl DeviceState {
     fn new(now: Time) -> Self {
         DeviceState {
-            device: None,
+            pci: None,
+            pods: Vec::new(),
             health: Health::Healthy,
             since: now,
             reasons: Vec::new(),
@@ -133,9 +146,6 @@ impl DeviceState {
 #[derive(Clone, Debug, Default)]
 struct NodeState {
     info: Option<NodeInfo>,
-    devices: BTreeSet<DeviceKey>,
-    pci: BTreeMap<String, DeviceKey>,
-    pods: BTreeSet<String>,
     cordoned: bool,
     open_incident: Option<String>,
     probation_until: Option<Time>,
@@ -143,7 +153,12 @@ struct NodeState {
 
 #[derive(Clone, Debug)]
 struct PodState {
+    /// The pod without what only its own failure needs (containers, conditions, messages,
+    /// annotations, labels no policy selects on): attribution from device evidence and policy
+    /// selection work on it.
     info: PodInfo,
+    restarts: u32,
+    attempt: Option<u64>,
     gang: Option<GangId>,
     /// Failure identities already decided (one decision per failure).
     decided: BTreeSet<String>,
@@ -180,8 +195,12 @@ pub struct Engine {
     config: EngineConfig,
     default_policy: FailurePolicy,
     gang_label_keys: Vec<String>,
-    devices: HashMap<DeviceKey, DeviceState>,
-    device_pods: HashMap<DeviceKey, BTreeSet<String>>,
+    /// Ordered by (node, resource, id): a node's devices are one range.
+    devices: BTreeMap<DeviceKey, DeviceState>,
+    /// Label keys some policy selects on (kept on stored pods).
+    selector_keys: BTreeSet<String>,
+    /// Remediation held by the breaker (not reported one by one).
+    held_by_breaker: u64,
     nodes: BTreeMap<String, NodeState>,
     pods: HashMap<String, PodState>,
     gangs: BTreeMap<GangId, GangState>,
@@ -254,6 +273,43 @@ impl Engine {
         keys.extend(self.default_policy.gang_label.clone());
         keys.dedup();
         self.gang_label_keys = keys;
+        self.selector_keys = self
+            .config
+            .policies
+            .iter()
+            .chain(std::iter::once(&self.default_policy))
+            .flat_map(|p| p.selector.match_labels.keys().cloned())
+            .collect();
+    }
+
+    /// The devices of a node (a range of the ordered device map).
+    fn node_devices(&self, node: &str) -> impl Iterator<Item = (&DeviceKey, &DeviceState)> {
+        self.devices.range(DeviceKey::new(node, "", "")..).take_while(move |(k, _)| k.node == node)
+    }
+
+    fn node_device_keys(&self, node: &str) -> Vec<DeviceKey> {
+        self.node_devices(node).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// What is kept of a pod between inputs.
+    fn lean(&self, pod: &PodInfo) -> PodInfo {
+        PodInfo {
+            uid: pod.uid.clone(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            node: pod.node.clone(),
+            labels: pod
+                .labels
+                .iter()
+                .filter(|(k, _)| self.selector_keys.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            owner: pod.owner.clone(),
+            phase: pod.phase,
+            devices: pod.devices.clone(),
+            start_time: pod.start_time,
+            ..PodInfo::default()
+        }
     }
 
     /// Feed one input observed at `now`; returns the actions to carry out, each with an
@@ -323,6 +379,7 @@ impl Engine {
             evictions_last_minute: self.evictions.iter().filter(|t| **t > window_start).count(),
             held_versions: self.held_versions.iter().cloned().collect(),
             quarantined_devices: self.devices.values().filter(|d| d.quarantined).count(),
+            held_by_breaker: self.held_by_breaker,
         }
     }
 
@@ -358,15 +415,27 @@ impl Engine {
         by_percent.min(s.max_quarantined_nodes as usize)
     }
 
-    fn node_held(&self, node: &str) -> Option<String> {
-        if let Some(since) = self.breaker.open_since {
-            return Some(format!("breaker open since {:.0}s", since.as_secs_f64()));
+    fn node_held(&self, node: &str) -> Option<Hold> {
+        if self.breaker.open_since.is_some() {
+            return Some(Hold::Breaker);
+        }
+        if self.held_versions.is_empty() {
+            return None;
         }
         let info = self.nodes.get(node)?.info.as_ref()?;
-        version_tags(info)
-            .into_iter()
-            .find(|t| self.held_versions.contains(t))
-            .map(|t| format!("failures concentrate on {t}"))
+        version_tags(info).into_iter().find(|t| self.held_versions.contains(t)).map(Hold::Version)
+    }
+
+    /// Say that remediation is held: the breaker's holds are counted (its opening was
+    /// reported once); a version hold is reported once per node and version.
+    fn report_hold(&mut self, out: &mut Vec<PlannedAction>, hold: Hold, node: &str, what: String, now: Time) {
+        match hold {
+            Hold::Breaker => self.held_by_breaker += 1,
+            Hold::Version(tag) => {
+                let msg = format!("{what}; held: failures concentrate on {tag}");
+                self.report(out, format!("held/{node}/{tag}"), "RemediationHeld", msg, now);
+            }
+        }
     }
 
     // ---------------------------------------------------------------- emission
@@ -402,23 +471,18 @@ impl Engine {
     // ---------------------------------------------------------------- inputs
 
     fn on_devices(&mut self, node: String, devices: Vec<Device>, now: Time) {
-        let ns = self.nodes.entry(node.clone()).or_default();
-        let old: BTreeSet<DeviceKey> = std::mem::take(&mut ns.devices);
-        ns.pci.clear();
-        for d in &devices {
-            ns.devices.insert(d.key.clone());
-            if let Some(pci) = &d.pci_address {
-                ns.pci.insert(pci.to_ascii_lowercase(), d.key.clone());
-            }
-        }
-        for gone in old.difference(&ns.devices) {
-            self.devices.remove(gone);
-            self.probation.remove(gone);
-            self.pending_devices.remove(gone);
+        self.nodes.entry(node.clone()).or_default();
+        let listed: BTreeSet<&DeviceKey> = devices.iter().map(|d| &d.key).collect();
+        let gone: Vec<DeviceKey> =
+            self.node_devices(&node).filter(|(k, _)| !listed.contains(k)).map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            self.devices.remove(&k);
+            self.probation.remove(&k);
+            self.pending_devices.remove(&k);
         }
         for d in devices {
-            let st = self.devices.entry(d.key.clone()).or_insert_with(|| DeviceState::new(now));
-            st.device = Some(d);
+            let st = self.devices.entry(d.key).or_insert_with(|| DeviceState::new(now));
+            st.pci = d.pci_address.map(|p| p.to_ascii_lowercase());
         }
     }
 
@@ -430,7 +494,9 @@ impl Engine {
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
-        self.nodes.entry(key.node.clone()).or_default().devices.insert(key.clone());
+        if !self.nodes.contains_key(&key.node) {
+            self.nodes.insert(key.node.clone(), NodeState::default());
+        }
         let st = self.devices.entry(key.clone()).or_insert_with(|| DeviceState::new(now));
         // Stale: every reason predates the device's last recovery.
         if !reasons.is_empty() && reasons.iter().all(|r| r.last_seen < st.recovered_at) {
@@ -482,10 +548,12 @@ impl Engine {
         if self.seen_incidents.contains_key(&inc.id) {
             return;
         }
-        let key = inc
-            .pci_address
-            .as_ref()
-            .and_then(|pci| self.nodes.get(&inc.node)?.pci.get(&pci.to_ascii_lowercase()).cloned());
+        let key = inc.pci_address.as_ref().and_then(|pci| {
+            let pci = pci.to_ascii_lowercase();
+            self.node_devices(&inc.node)
+                .find(|(_, d)| d.pci.as_deref() == Some(pci.as_str()))
+                .map(|(k, _)| k.clone())
+        });
         let Some(key) = key else {
             if inc.pci_address.is_none() {
                 self.seen_incidents.insert(inc.id.clone(), now);
@@ -538,25 +606,50 @@ impl Engine {
 
     fn on_pod(&mut self, pod: PodInfo, now: Time, out: &mut Vec<PlannedAction>) {
         let uid = pod.uid.clone();
-        let gang = gang_of(&pod, &self.gang_label_keys);
-        // Re-index.
-        let decided = match self.pods.remove(&uid) {
-            Some(old) => {
-                self.unindex(&uid, &old);
-                old.decided
-            }
-            None => BTreeSet::new(),
+        // An update of a known pod on the same node and devices changes no index (gang labels
+        // do not change during a pod's life): update it in place.
+        let unchanged =
+            self.pods.get(&uid).is_some_and(|p| p.info.node == pod.node && p.info.devices == pod.devices);
+        let (gang, decided) = if unchanged {
+            let Some(p) = self.pods.get_mut(&uid) else { return };
+            p.info.phase = pod.phase;
+            p.info.start_time = pod.start_time;
+            p.restarts = pod.containers.iter().map(|c| c.restart_count).sum();
+            p.attempt = restart_attempt(&pod);
+            (p.gang.clone(), None)
+        } else {
+            let gang = gang_of(&pod, &self.gang_label_keys);
+            let decided = match self.pods.remove(&uid) {
+                Some(old) => {
+                    self.unindex(&uid, &old);
+                    old.decided
+                }
+                None => BTreeSet::new(),
+            };
+            (gang, Some(decided))
         };
-        for d in &pod.devices {
-            self.device_pods.entry(d.clone()).or_default().insert(uid.clone());
-        }
-        if let Some(n) = &pod.node {
-            self.nodes.entry(n.clone()).or_default().pods.insert(uid.clone());
+        for d in pod.devices.iter().filter(|_| !unchanged) {
+            if !self.devices.contains_key(d) {
+                if !self.nodes.contains_key(&d.node) {
+                    self.nodes.insert(d.node.clone(), NodeState::default());
+                }
+                self.devices.insert(d.clone(), DeviceState::new(now));
+            }
+            if let Some(st) = self.devices.get_mut(d)
+                && !st.pods.contains(&uid)
+            {
+                st.pods.push(uid.clone());
+            }
         }
         let mut absorbed = false;
         if let Some(g) = &gang {
-            let gs = self.gangs.entry(g.clone()).or_default();
-            gs.members.insert(uid.clone());
+            if !self.gangs.contains_key(g) {
+                self.gangs.insert(g.clone(), GangState::default());
+            }
+            let Some(gs) = self.gangs.get_mut(g) else { return };
+            if !gs.members.contains(&uid) {
+                gs.members.insert(uid.clone());
+            }
             if let Some(open) = &mut gs.open_restart
                 && open.doomed.contains(&uid)
             {
@@ -593,7 +686,12 @@ impl Engine {
                 (key, message)
             })
             .collect();
-        self.pods.insert(uid.clone(), PodState { info: pod, gang, decided });
+        if let Some(decided) = decided {
+            let restarts = pod.containers.iter().map(|c| c.restart_count).sum();
+            let state =
+                PodState { info: self.lean(&pod), restarts, attempt: restart_attempt(&pod), gang, decided };
+            self.pods.insert(uid.clone(), state);
+        }
         if absorbed {
             return;
         }
@@ -611,28 +709,17 @@ impl Engine {
             };
             self.on_device_health(key, Health::Unhealthy, vec![reason], now, out);
         }
-        let verdict = {
-            let info = &self.pods[&uid].info;
-            self.verdict(info, now)
-        };
+        let verdict = self.verdict(&pod, now);
         if verdict.is_failure() && (verdict.failing || verdict.class == FailureClass::DeviceDegraded) {
-            self.decide_pod(&uid, verdict, None, now, out);
+            self.decide_pod(&uid, Some(&pod), verdict, None, now, out);
         }
     }
 
     fn unindex(&mut self, uid: &str, old: &PodState) {
         for d in &old.info.devices {
-            if let Some(set) = self.device_pods.get_mut(d) {
-                set.remove(uid);
-                if set.is_empty() {
-                    self.device_pods.remove(d);
-                }
+            if let Some(st) = self.devices.get_mut(d) {
+                st.pods.retain(|p| p != uid);
             }
-        }
-        if let Some(n) = &old.info.node
-            && let Some(ns) = self.nodes.get_mut(n)
-        {
-            ns.pods.remove(uid);
         }
         if let Some(g) = &old.gang
             && let Some(gs) = self.gangs.get_mut(g)
@@ -666,6 +753,7 @@ impl Engine {
     }
 
     fn on_node(&mut self, info: NodeInfo, now: Time) {
+        let node_name = info.name.clone();
         let ns = self.nodes.entry(info.name.clone()).or_default();
         let old = ns.info.take();
         let rebooted = matches!((&old, &info.boot_id), (Some(o), Some(new)) if o.boot_id.as_ref().is_some_and(|b| b != new));
@@ -677,8 +765,7 @@ impl Engine {
             if ns.cordoned {
                 ns.probation_until = Some(now + self.config.safety.probation);
             }
-            let keys: Vec<DeviceKey> = ns.devices.iter().cloned().collect();
-            for k in keys {
+            for k in self.node_device_keys(&node_name) {
                 if let Some(d) = self.devices.get_mut(&k) {
                     d.recovered_at = now;
                     d.incidents.clear();
@@ -706,10 +793,10 @@ impl Engine {
                 }
             }
         }
-        for k in &ns.devices {
-            self.devices.remove(k);
-            self.probation.remove(k);
-            self.pending_devices.remove(k);
+        for k in self.node_device_keys(name) {
+            self.devices.remove(&k);
+            self.probation.remove(&k);
+            self.pending_devices.remove(&k);
         }
         self.quarantined_nodes.remove(name);
     }
@@ -936,8 +1023,7 @@ impl Engine {
         // Keep new pods off the device first, then recover the workload, then repair.
         let repair = if self.is_lemon(key) { RepairKind::InspectHardware } else { repair };
         self.remediate_device(key, &incident, repair, &reason, now, out);
-        let bound: Vec<String> =
-            self.device_pods.get(key).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let bound: Vec<String> = self.devices.get(key).map(|d| d.pods.clone()).unwrap_or_default();
         for uid in bound {
             let Some(p) = self.pods.get(&uid) else { continue };
             if matches!(p.info.phase, PodPhase::Succeeded | PodPhase::Failed) {
@@ -948,7 +1034,7 @@ impl Engine {
             }
             let verdict = self.verdict(&p.info, now);
             if verdict.class == FailureClass::DeviceFailure {
-                self.decide_pod(&uid, verdict, Some(incident.clone()), now, out);
+                self.decide_pod(&uid, None, verdict, Some(incident.clone()), now, out);
             }
         }
     }
@@ -960,8 +1046,7 @@ impl Engine {
     }
 
     fn device_degraded(&mut self, key: &DeviceKey, now: Time, out: &mut Vec<PlannedAction>) {
-        let bound: Vec<String> =
-            self.device_pods.get(key).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let bound: Vec<String> = self.devices.get(key).map(|d| d.pods.clone()).unwrap_or_default();
         for uid in bound {
             let Some(p) = self.pods.get(&uid) else { continue };
             if p.info.phase != PodPhase::Running {
@@ -970,13 +1055,8 @@ impl Engine {
             let verdict = self.verdict(&p.info, now);
             if verdict.class == FailureClass::DeviceDegraded {
                 let since = self.devices.get(key).map_or(now, |d| d.since);
-                self.decide_pod(
-                    &uid,
-                    verdict,
-                    Some(format!("degraded/{key}/{}", since.as_nanos())),
-                    now,
-                    out,
-                );
+                let incident = format!("degraded/{key}/{}", since.as_nanos());
+                self.decide_pod(&uid, None, verdict, Some(incident), now, out);
             }
         }
     }
@@ -1008,9 +1088,8 @@ impl Engine {
         let node = inc.node.clone();
         self.record_failure(&node, now, out);
         let reason = format!("{}: {}", inc.kind, inc.summary);
-        if let Some(why) = self.node_held(&node) {
-            let key = format!("held/{node}/{}", inc.id);
-            self.report(out, key, "RemediationHeld", format!("node {node}: {reason}; held: {why}"), now);
+        if let Some(hold) = self.node_held(&node) {
+            self.report_hold(out, hold, &node, format!("node {node}: {reason}"), now);
             return;
         }
         self.cordon(&node, &inc.id, &reason, now, out);
@@ -1024,8 +1103,10 @@ impl Engine {
             };
             self.emit(out, key, action, FailureClass::DeviceFailure, now);
         }
-        let pods: Vec<String> =
-            self.nodes.get(&node).map(|n| n.pods.iter().cloned().collect()).unwrap_or_default();
+        let mut pods: Vec<String> =
+            self.node_devices(&node).flat_map(|(_, d)| d.pods.iter().cloned()).collect();
+        pods.sort();
+        pods.dedup();
         for uid in pods {
             let Some(p) = self.pods.get(&uid) else { continue };
             if matches!(p.info.phase, PodPhase::Succeeded | PodPhase::Failed) || p.info.devices.is_empty() {
@@ -1036,7 +1117,7 @@ impl Engine {
             verdict.confidence = verdict.confidence.max(0.8);
             verdict.failing = true;
             verdict.evidence.insert(0, format!("node {node} incident {}: {}", inc.id, reason));
-            self.decide_pod(&uid, verdict, Some(inc.id.clone()), now, out);
+            self.decide_pod(&uid, None, verdict, Some(inc.id.clone()), now, out);
         }
     }
 
@@ -1077,10 +1158,9 @@ impl Engine {
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
-        if let Some(why) = self.node_held(&key.node) {
+        if let Some(hold) = self.node_held(&key.node) {
             self.pending_devices.insert(key.clone(), (incident.to_string(), repair, reason.to_string()));
-            let msg = format!("device {key}: {reason}; remediation held: {why}");
-            self.report(out, format!("held/{key}/{incident}"), "RemediationHeld", msg, now);
+            self.report_hold(out, hold, &key.node, format!("device {key}: {reason}"), now);
             return;
         }
         let s = self.config.safety.clone();
@@ -1137,18 +1217,21 @@ impl Engine {
     }
 
     /// Apply the policy to a pod's failure.
+    /// `full` is the pod as just reported (for rules on exit codes and conditions); without
+    /// it the stored lean pod is used.
     fn decide_pod(
         &mut self,
         uid: &str,
+        full: Option<&PodInfo>,
         verdict: Verdict,
         incident: Option<String>,
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
         let Some(p) = self.pods.get(uid) else { return };
-        let info = &p.info;
+        let info = full.unwrap_or(&p.info);
         let policy = self.policy_for(info);
-        let Some(rule) = policy.first_match(info, &verdict).cloned() else { return };
+        let Some(rule) = policy.first_match(info, &verdict) else { return };
         if rule.action == RuleAction::Ignore {
             return;
         }
@@ -1157,10 +1240,14 @@ impl Engine {
             .suspect_devices
             .iter()
             .find_map(|k| self.devices.get(k).and_then(|d| d.open_incident.clone()));
-        let restarts: u32 = info.containers.iter().map(|c| c.restart_count).sum();
+        let restarts = p.restarts;
         let identity = incident
             .or(device_incident.clone())
             .unwrap_or_else(|| format!("pod/{uid}/{restarts}/{}", verdict.class.as_str()));
+        if p.decided.contains(&identity) {
+            return;
+        }
+        let rule = rule.clone();
         let gang = p.gang.clone();
         let terminal = matches!(info.phase, PodPhase::Succeeded | PodPhase::Failed);
         let pref = pod_ref(info);
@@ -1168,9 +1255,7 @@ impl Engine {
         let owner = info.owner.clone();
         let namespace = info.namespace.clone();
         let Some(p) = self.pods.get_mut(uid) else { return };
-        if !p.decided.insert(identity.clone()) {
-            return;
-        }
+        p.decided.insert(identity.clone());
         // Failures not already counted through a device incident feed the breaker.
         if device_incident.is_none()
             && matches!(verdict.class, FailureClass::DeviceFailure | FailureClass::Infrastructure)
@@ -1201,14 +1286,8 @@ impl Engine {
             }
             RuleAction::CordonNode => {
                 if let Some(n) = &node {
-                    if let Some(why) = self.node_held(n) {
-                        self.report(
-                            out,
-                            format!("held/{n}/{identity}"),
-                            "RemediationHeld",
-                            format!("{reason}; held: {why}"),
-                            now,
-                        );
+                    if let Some(hold) = self.node_held(n) {
+                        self.report_hold(out, hold, n, reason.clone(), now);
                     } else {
                         self.cordon(n, &identity, &reason, now, out);
                     }
@@ -1217,14 +1296,8 @@ impl Engine {
             RuleAction::RequestRepair => {
                 let kind = rule.repair.unwrap_or(RepairKind::ResetDevice);
                 if let Some(n) = &node {
-                    if let Some(why) = self.node_held(n) {
-                        self.report(
-                            out,
-                            format!("held/{n}/{identity}"),
-                            "RemediationHeld",
-                            format!("{reason}; held: {why}"),
-                            now,
-                        );
+                    if let Some(hold) = self.node_held(n) {
+                        self.report_hold(out, hold, n, reason.clone(), now);
                     } else {
                         let device = verdict.suspect_devices.first().cloned();
                         let action =
@@ -1278,9 +1351,9 @@ impl Engine {
         let Some(p) = self.pods.get(uid) else { return };
         let pref = pod_ref(&p.info);
         let node = p.info.node.clone().unwrap_or_default();
-        if let Some(why) = self.node_held(&node) {
-            let msg = format!("not evicting {}/{}: held: {why}", pref.namespace, pref.name);
-            self.report(out, format!("held/evict/{uid}/{identity}"), "RemediationHeld", msg, now);
+        if let Some(hold) = self.node_held(&node) {
+            let what = format!("not evicting {}/{}", pref.namespace, pref.name);
+            self.report_hold(out, hold, &node, what, now);
             return;
         }
         let minute = now - Duration::from_mins(1);
@@ -1329,11 +1402,10 @@ impl Engine {
             gs.members
                 .iter()
                 .filter_map(|uid| self.pods.get(uid).and_then(|p| p.info.node.clone()))
-                .find_map(|n| self.node_held(&n))
+                .find_map(|n| self.node_held(&n).map(|h| (n, h)))
         };
-        if let Some(why) = held {
-            let msg = format!("not restarting gang {g}: {reason}; held: {why}");
-            self.report(out, format!("held/gang/{g}/{incident}"), "RemediationHeld", msg, now);
+        if let Some((node, hold)) = held {
+            self.report_hold(out, hold, &node, format!("not restarting gang {g}: {reason}"), now);
             return;
         }
         let key = format!("restart-gang/{g}/{incident}");
@@ -1354,11 +1426,7 @@ impl Engine {
             return;
         }
         gs.restarts.push_back(now);
-        let attempt = gs
-            .members
-            .iter()
-            .filter_map(|uid| self.pods.get(uid).and_then(|p| restart_attempt(&p.info)))
-            .max();
+        let attempt = gs.members.iter().filter_map(|uid| self.pods.get(uid).and_then(|p| p.attempt)).max();
         gs.open_restart = Some(OpenRestart {
             incident: incident.to_string(),
             at: now,

@@ -301,7 +301,9 @@ fn the_harness_reaches_restarts_quarantines_and_budget_limits() {
     let count = |f: &dyn Fn(&Action) -> bool| all.iter().filter(|a| f(a)).count();
     assert_eq!(count(&|a| matches!(a, Action::RestartGang { .. })), 2, "{all:#?}");
     assert_eq!(count(&|a| matches!(a, Action::QuarantineDevice { .. })), 2);
-    assert!(count(&|a| matches!(a, Action::Report { reason, .. } if reason == "QuarantineBudgetExhausted")) >= 1);
+    assert!(
+        count(&|a| matches!(a, Action::Report { reason, .. } if reason == "QuarantineBudgetExhausted")) >= 1
+    );
     // The lone pod on device 8 is evicted (evictions have their own budget) although its device
     // could not be quarantined; pod 9 crashed on a healthy device: nothing.
     assert_eq!(count(&|a| matches!(a, Action::EvictPod { .. })), 1);
