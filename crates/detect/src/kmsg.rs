@@ -206,7 +206,7 @@ impl KmsgReader {
             };
             let record = parse_kmsg_record(&self.buffer[..read])?;
             let lost = match self.last_seq {
-                Some(last) if record.seq > last + 1 => record.seq - last - 1,
+                Some(last) if record.seq > last.saturating_add(1) => record.seq - last - 1,
                 _ => 0,
             };
             self.last_seq = Some(record.seq);

@@ -329,7 +329,8 @@ fn parse_clock(s: &str) -> Option<i64> {
 }
 
 fn wall_clock(year: i64, month: u32, day: u32, clock_nanos: i64) -> Option<Time> {
-    if !(1..=31).contains(&day) {
+    // Years outside 1..=9999 are not log timestamps (and would overflow the day arithmetic).
+    if !(1..=31).contains(&day) || !(1..=12).contains(&month) || !(1..=9999).contains(&year) {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -578,6 +579,15 @@ mod tests {
         assert_eq!(parse_line(b"ab\xffcd"), Err(LineError::InvalidUtf8 { valid_up_to: 2 }));
         let long = vec![b'a'; MAX_LINE_BYTES + 1];
         assert!(matches!(parse_line(&long), Err(LineError::TooLong { .. })));
+    }
+
+    #[test]
+    fn absurd_years_are_not_timestamps() {
+        // Found by the fuzz target: a 25-digit year overflowed the day arithmetic.
+        let line = parse_line(b"[Fri Aug 30 11:43:28 0000008208339013254716514] No 0").unwrap();
+        assert_eq!(line.format, LineFormat::Bare);
+        let iso = parse_line(b"9223372036854775807-11-18T10:11:12+0000 host kernel: msg").unwrap();
+        assert_eq!(iso.format, LineFormat::Bare);
     }
 
     #[test]
