@@ -190,7 +190,7 @@ struct Breaker {
 }
 
 /// The engine and all the state it keeps.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Engine {
     config: EngineConfig,
     default_policy: FailurePolicy,
@@ -255,10 +255,40 @@ fn version_tags(info: &NodeInfo) -> Vec<String> {
     tags
 }
 
+/// The engine with the built-in default policy and safety settings.
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(EngineConfig::default())
+    }
+}
+
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         let default_policy = config.default_policy.clone().unwrap_or_else(FailurePolicy::builtin_default);
-        let mut engine = Engine { config, default_policy, ..Engine::default() };
+        let mut engine = Engine {
+            config,
+            default_policy,
+            gang_label_keys: Vec::new(),
+            devices: BTreeMap::new(),
+            selector_keys: BTreeSet::new(),
+            held_by_breaker: 0,
+            nodes: BTreeMap::new(),
+            pods: HashMap::new(),
+            gangs: BTreeMap::new(),
+            progressing: BTreeSet::new(),
+            restarting: BTreeSet::new(),
+            seen_incidents: HashMap::new(),
+            issued: HashMap::new(),
+            quarantined_nodes: BTreeMap::new(),
+            evictions: VecDeque::new(),
+            pending_devices: BTreeMap::new(),
+            pending_evictions: BTreeMap::new(),
+            probation: BTreeSet::new(),
+            version_nodes: HashMap::new(),
+            held_versions: BTreeSet::new(),
+            breaker: Breaker::default(),
+            last_prune: Time::ZERO,
+        };
         engine.refresh_gang_keys();
         engine
     }
