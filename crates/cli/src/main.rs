@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod classify_log;
+mod crds;
 mod explain;
 mod sim;
 
@@ -24,6 +25,8 @@ enum Command {
     ClassifyLog(classify_log::ClassifyLogArgs),
     /// Explain why pods failed and what devheal would do about it.
     Explain(explain::ExplainArgs),
+    /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth) as YAML.
+    Crds(crds::CrdsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::ClassifyLog(args) => classify_log::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Crds(args) => crds::run(args),
     };
     match result {
         Ok(code) => code,

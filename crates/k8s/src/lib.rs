@@ -10,6 +10,7 @@
 //! This library does not pick a k8s-openapi version feature; the binary does.
 #![forbid(unsafe_code)]
 
+pub mod crd;
 pub mod document;
 pub mod node;
 pub mod node_health;

@@ -1,0 +1,252 @@
+//! devheal's custom resources, group `devheal.io`, version `v1alpha1`, as kube derive types.
+//!
+//! - `NodeDeviceHealth` (cluster-scoped, one per node, named after it): what the node agent knows
+//!   about each device (health, the reasons with their first/last sighting and count, since
+//!   when, the pods bound to it) and about its own sources, kept apart from device health so a
+//!   blind source never reads as a failed device. The agent writes the status; the controller
+//!   reads it.
+//!
+//! The schema carries the validation, so the API server refuses a malformed object before any
+//! of our code sees it: enumerations for health, vendor and reason source, a pattern for PCI
+//! addresses, bounds on lengths and counts, and CEL rules (the object is named after its node;
+//! a device's `since` is not before its reasons' first sighting is left to the agent).
+//! `devheal crds` prints the CustomResourceDefinitions; `deploy/crds/` holds the same output.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The API group of every devheal resource.
+pub const GROUP: &str = "devheal.io";
+/// The version of every devheal resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// The node this object describes (it must also be the object's name).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "devheal.io",
+    version = "v1alpha1",
+    kind = "NodeDeviceHealth",
+    plural = "nodedevicehealths",
+    singular = "nodedevicehealth",
+    shortname = "ndh",
+    status = "NodeDeviceHealthStatus",
+    derive = "PartialEq",
+    doc = "Health of every device on one node, written by the devheal agent on that node.",
+    validation = Rule::new("self.metadata.name == self.spec.nodeName").message("a NodeDeviceHealth is named after its node: metadata.name must equal spec.nodeName"),
+    printcolumn(name = "Devices", type_ = "integer", json_path = ".status.summary.devices"),
+    printcolumn(name = "Unhealthy", type_ = "integer", json_path = ".status.summary.unhealthy"),
+    printcolumn(name = "Degraded", type_ = "integer", json_path = ".status.summary.degraded"),
+    printcolumn(name = "Unknown", type_ = "integer", json_path = ".status.summary.unknown"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDeviceHealthSpec {
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.nodeName is immutable"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub node_name: String,
+}
+
+/// What the agent last published.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDeviceHealthStatus {
+    /// Boot id of the node when this was written; reasons from an earlier boot are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// When the agent last wrote the status (it writes on change and on a heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<HealthSummary>,
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub devices: Vec<DeviceStatus>,
+    /// The agent's sources and the node's device infrastructure (driver, device plugins,
+    /// kubelet sockets): their state says whether the agent can see, not whether devices work.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub sources: Vec<SourceStatus>,
+}
+
+/// Counts for `kubectl get ndh`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSummary {
+    pub devices: u32,
+    pub healthy: u32,
+    pub degraded: u32,
+    pub unhealthy: u32,
+    pub unknown: u32,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceHealthState {
+    #[default]
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// The agent lost sight of the device; this never triggers remediation.
+    Unknown,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceVendor {
+    Nvidia,
+    Amd,
+    Intel,
+    #[default]
+    Other,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonSource {
+    KernelLog,
+    Nvml,
+    DevicePlugin,
+    PodStatus,
+    Progress,
+    Operator,
+}
+
+/// One device.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// The id the device plugin or DRA driver gives the device (for NVIDIA, the GPU UUID).
+    #[schemars(length(min = 1, max = 128))]
+    pub id: String,
+    /// The extended resource (`nvidia.com/gpu`) or DRA driver the device is exposed through.
+    #[schemars(length(min = 1, max = 253))]
+    pub resource: String,
+    #[serde(default)]
+    pub vendor: DeviceVendor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub model: Option<String>,
+    /// `dddd:bb:dd.f`, lower case, as the kernel log prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))]
+    pub pci_address: Option<String>,
+    pub health: DeviceHealthState,
+    /// Since when the device has had this health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub reasons: Vec<HealthReasonStatus>,
+    /// The pods (and containers) the kubelet has bound to this device.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub pods: Vec<BoundPod>,
+}
+
+/// One reason behind a device's health, de-duplicated by (source, code).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthReasonStatus {
+    pub source: ReasonSource,
+    /// Xid/SXid number or another source-specific code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
+    #[schemars(length(max = 1024))]
+    pub message: String,
+    pub first_seen: Time,
+    pub last_seen: Time,
+    #[schemars(range(min = 1))]
+    pub count: u64,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundPod {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// One of the agent's sources or a piece of the node's device infrastructure.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// `kernel_log`, `nvml`, `pod_resources`, `device_plugin:<socket>`, `driver`, ...
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Whether the source currently sees what it watches.
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+    /// A version the source reports (driver version, plugin version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}
+
+/// The CustomResourceDefinitions devheal serves, as YAML documents separated by `---`.
+pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    use kube::CustomResourceExt;
+    Ok(format!("---\n{}", serde_saphyr::to_string(&NodeDeviceHealth::crd())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn node_device_health_crd_is_cluster_scoped_with_status_and_validation() {
+        let crd = NodeDeviceHealth::crd();
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.kind, "NodeDeviceHealth");
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, VERSION);
+        assert!(version.subresources.as_ref().is_some_and(|s| s.status.is_some()));
+        let schema = serde_json::to_string(&version.schema).unwrap_or_default();
+        assert!(schema.contains("self.metadata.name == self.spec.nodeName"), "{schema}");
+        assert!(schema.contains(r#""enum":["Healthy","Degraded","Unhealthy","Unknown"]"#), "{schema}");
+        assert!(schema.contains("kernel_log"), "reason sources are an enumeration");
+        assert!(schema.contains(r#"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\\.[0-7]$"#), "{schema}");
+    }
+
+    #[test]
+    fn status_round_trips_and_rejects_unknown_health() {
+        let json = serde_json::json!({
+            "apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+            "metadata": {"name": "gpu-node-7"},
+            "spec": {"nodeName": "gpu-node-7"},
+            "status": {"devices": [{
+                "id": "GPU-1", "resource": "nvidia.com/gpu", "vendor": "nvidia",
+                "pciAddress": "0000:3b:00.0", "health": "Unhealthy",
+                "reasons": [{"source": "kernel_log", "code": 79, "message": "fallen off the bus",
+                    "firstSeen": "2026-11-28T10:00:00Z", "lastSeen": "2026-11-28T10:00:01Z", "count": 2}],
+                "pods": [{"namespace": "ml", "name": "trainer-0", "container": "trainer"}]
+            }]}
+        });
+        let object: NodeDeviceHealth = serde_json::from_value(json.clone()).expect("valid object");
+        let status = object.status.as_ref().expect("status");
+        assert_eq!(status.devices[0].health, DeviceHealthState::Unhealthy);
+        assert_eq!(status.devices[0].reasons[0].source, ReasonSource::KernelLog);
+        let mut bad = json;
+        bad["status"]["devices"][0]["health"] = "Broken".into();
+        assert!(serde_json::from_value::<NodeDeviceHealth>(bad).is_err());
+    }
+
+    #[test]
+    fn crd_yaml_reads_back_as_the_same_definition() {
+        let yaml = crds_yaml().expect("serialises");
+        let doc = yaml.trim_start_matches("---\n");
+        let back: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+            serde_saphyr::from_str(doc).expect("YAML parses back");
+        assert_eq!(back, NodeDeviceHealth::crd());
+    }
+}
