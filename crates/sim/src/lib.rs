@@ -1,2 +1,88 @@
 //! devheal-sim: the deterministic fleet simulator.
+//!
+//! A discrete-event model of a GPU cluster with training gangs and inference services, driven
+//! by a fault trace calibrated from published data (`../shared/reference/fault-model.md`), that
+//! compares what Kubernetes, peer tools and devheal's real engine do on the same trace.
+//!
+//! ```no_run
+//! let scenario = devheal_sim::Scenario::bundled("llama3-16k")?;
+//! let report = devheal_sim::simulate(&scenario, 1, &mut |_| {});
+//! println!("{}", report.to_table());
+//! # Ok::<(), devheal_sim::ScenarioError>(())
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod daly;
+mod devheal_driver;
+pub mod html;
+mod model;
+pub mod queue;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod strategy;
+pub mod trace;
+
+pub use report::Report;
+pub use scenario::{BUNDLED, DEFAULT_SCENARIO, Scenario, ScenarioError};
+pub use strategy::Strategy;
+pub use trace::FaultTrace;
+
+use report::TraceSummary;
+use trace::TraceKind;
+
+/// The seed `devheal sim` uses when given none.
+pub const DEFAULT_SEED: u64 = 1;
+
+/// Run one strategy over a trace.
+pub fn simulate_strategy(
+    scenario: &Scenario,
+    strategy: Strategy,
+    trace: &FaultTrace,
+) -> report::StrategyReport {
+    model::World::new(scenario, strategy, trace).run(trace)
+}
+
+/// Run the given strategies on one shared trace; `progress` hears each strategy's name as it starts.
+pub fn simulate_strategies(
+    scenario: &Scenario,
+    seed: u64,
+    strategies: &[Strategy],
+    progress: &mut dyn FnMut(&str),
+) -> Report {
+    let trace = FaultTrace::generate(scenario, seed);
+    let mut reports = Vec::new();
+    for &s in strategies {
+        progress(s.name());
+        reports.push(simulate_strategy(scenario, s, &trace));
+    }
+    let counts = trace.fault_counts(scenario.faults.len());
+    let summary = TraceSummary {
+        faults_by_class: scenario.faults.iter().map(|f| f.name.clone()).zip(counts).collect(),
+        straggler_episodes: trace
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, TraceKind::Straggler { .. }))
+            .count() as u64,
+        planned_maintenance: trace
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, TraceKind::PlannedMaintenance { .. }))
+            .count() as u64,
+        lemon_nodes: trace.lemons.iter().filter(|&&l| l).count() as u64,
+    };
+    Report {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        seed,
+        duration_days: scenario.duration_days,
+        gpus: u64::from(scenario.total_nodes()) * u64::from(scenario.cluster.gpus_per_node),
+        trace: summary,
+        strategies: reports,
+    }
+}
+
+/// Run all four strategies on one shared trace.
+pub fn simulate(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(&str)) -> Report {
+    simulate_strategies(scenario, seed, &Strategy::ALL, progress)
+}

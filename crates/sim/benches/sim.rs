@@ -1,0 +1,101 @@
+//! Simulator benchmarks, plain std timing (the machine is noisy: medians of several runs, each
+//! printed beside its baseline from the same run).
+//!
+//! - event throughput: the simulator's events/s on the bundled scenarios, next to a plain
+//!   `BinaryHeap` push/pop loop with the same number of events (the floor a DES core can reach);
+//! - the default scenario (`llama3-16k`, all four strategies) wall time, target ≤ 10 s;
+//! - the 100,000-GPU, 365-day scenario, target ≤ 60 s.
+//!
+//! Run: `cargo bench -p devheal-sim --bench sim` (add `-- quick` for one repetition).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hint::black_box;
+use std::time::Instant;
+
+use devheal_sim::{FaultTrace, Scenario, Strategy, simulate_strategy};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Baseline: push then pop `n` (time, seq) keys through a std BinaryHeap, with a steady queue
+/// depth like the simulator's.
+fn heap_baseline(n: u64) -> f64 {
+    let start = Instant::now();
+    let mut heap = BinaryHeap::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..1024u64 {
+        heap.push(Reverse((i, i, 0u64)));
+    }
+    for i in 0..n {
+        let Reverse((t, _, _)) = heap.pop().unwrap_or(Reverse((0, 0, 0)));
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        heap.push(Reverse((t + (x % 1_000_000), i + 1024, x)));
+    }
+    black_box(&heap);
+    start.elapsed().as_secs_f64()
+}
+
+fn run_scenario(name: &str, reps: usize, target_s: f64) {
+    let scenario = match Scenario::bundled(name) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return;
+        }
+    };
+    println!(
+        "== {name}: all four strategies on one trace (seed 1), {reps} repetition(s), target ≤ {target_s} s"
+    );
+    let mut totals = Vec::new();
+    let mut per_strategy: Vec<Vec<f64>> = vec![Vec::new(); Strategy::ALL.len()];
+    let mut events = vec![0u64; Strategy::ALL.len()];
+    let mut trace_times = Vec::new();
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let trace = FaultTrace::generate(&scenario, 1);
+        trace_times.push(t0.elapsed().as_secs_f64());
+        for (i, &s) in Strategy::ALL.iter().enumerate() {
+            let t = Instant::now();
+            let report = simulate_strategy(&scenario, s, &trace);
+            per_strategy[i].push(t.elapsed().as_secs_f64());
+            events[i] = report.events;
+            black_box(report);
+        }
+        totals.push(t0.elapsed().as_secs_f64());
+    }
+    println!("  trace generation: median {:.3} s", median(trace_times));
+    let all_events: u64 = events.iter().sum();
+    for (i, s) in Strategy::ALL.iter().enumerate() {
+        let m = median(per_strategy[i].clone());
+        let base = median((0..reps).map(|_| heap_baseline(events[i])).collect());
+        println!(
+            "  {:<24} median {:>7.3} s  {:>10} events  {:>12.0} events/s  | baseline BinaryHeap loop {:>12.0} events/s  ratio {:.2}",
+            s.name(),
+            m,
+            events[i],
+            events[i] as f64 / m,
+            events[i] as f64 / base,
+            base / m
+        );
+    }
+    let total = median(totals);
+    let base_all = median((0..reps).map(|_| heap_baseline(all_events)).collect());
+    println!(
+        "  TOTAL                    median {total:>7.3} s  {all_events:>10} events  {:>12.0} events/s  | baseline {:>12.0} events/s  | target {target_s} s: {}",
+        all_events as f64 / total,
+        all_events as f64 / base_all,
+        if total <= target_s { "met" } else { "MISSED" }
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let reps = if quick { 1 } else { 3 };
+    run_scenario("llama3-16k", reps, 10.0);
+    run_scenario("fleet-100k-365d", if quick { 1 } else { 2 }, 60.0);
+}

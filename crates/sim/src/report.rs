@@ -1,0 +1,292 @@
+//! What a run produces: per-strategy figures (ETTR, lost GPU-hours by cause, inference
+//! availability, action counts), as JSON and as the terminal table.
+
+use serde::Serialize;
+
+/// GPU-hours lost, by cause.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LostGpuHours {
+    /// From the fault until something acts on it (hang, crash loop, waiting for a person).
+    pub hang_before_detection: f64,
+    /// Work done since the last checkpoint and thrown away.
+    pub rework_since_checkpoint: f64,
+    /// Restarting: scheduling, start-up, NCCL init, checkpoint load; a new replica starting.
+    pub restart: f64,
+    /// Workloads waiting for healthy capacity (no spare node, no free GPU).
+    pub capacity_held_out: f64,
+    /// Healthy GPUs taken out by over-broad quarantine (node drains for one GPU, false
+    /// positives) and replicas killed on healthy devices.
+    pub collateral_quarantine: f64,
+    /// Blocking checkpoint writes.
+    pub checkpoint_overhead: f64,
+    /// Throughput lost to slow ranks (the slowest rank sets a gang's pace).
+    pub straggler_slowdown: f64,
+    /// Restarts for planned maintenance.
+    pub planned_maintenance: f64,
+}
+
+impl LostGpuHours {
+    pub fn total(&self) -> f64 {
+        self.hang_before_detection
+            + self.rework_since_checkpoint
+            + self.restart
+            + self.capacity_held_out
+            + self.collateral_quarantine
+            + self.checkpoint_overhead
+            + self.straggler_slowdown
+            + self.planned_maintenance
+    }
+
+    /// (name, value) pairs in a fixed order, for tables and charts.
+    pub fn by_cause(&self) -> [(&'static str, f64); 8] {
+        [
+            ("hang_before_detection", self.hang_before_detection),
+            ("rework_since_checkpoint", self.rework_since_checkpoint),
+            ("restart", self.restart),
+            ("capacity_held_out", self.capacity_held_out),
+            ("collateral_quarantine", self.collateral_quarantine),
+            ("checkpoint_overhead", self.checkpoint_overhead),
+            ("straggler_slowdown", self.straggler_slowdown),
+            ("planned_maintenance", self.planned_maintenance),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LostGpuHoursReport {
+    pub total: f64,
+    pub by_cause: LostGpuHours,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Counts {
+    /// Faults that stopped a running training gang.
+    pub training_interruptions: u64,
+    pub gang_restarts: u64,
+    pub pod_evictions: u64,
+    pub node_drains: u64,
+    pub device_quarantines: u64,
+    /// Devices or nodes quarantined, drained or cordoned while their hardware was healthy.
+    pub false_quarantines: u64,
+    pub repairs_reset: u64,
+    pub repairs_reboot: u64,
+    pub repairs_replace: u64,
+    pub operator_interventions: u64,
+    pub replica_failures: u64,
+    /// Actions the devheal engine returned (all kinds), and those the model could not map.
+    pub engine_actions: u64,
+    pub engine_actions_unmapped: u64,
+    pub engine_inputs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TrainingReport {
+    pub name: String,
+    pub gpus: u64,
+    pub ettr: f64,
+    /// Cumulative ETTR at the end of each simulated day.
+    pub ettr_by_day: Vec<f64>,
+    pub interruptions: u64,
+    pub restarts: u64,
+    /// Hours the gang was computing or checkpointing (not hung, restarting or waiting).
+    pub running_hours: f64,
+    /// GPU-hours of this gang by cause (also included in the strategy's total).
+    pub gpu_hours_lost: LostGpuHours,
+    /// Useful GPU-hours (ETTR × GPUs × wall hours).
+    pub productive_gpu_hours: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct InferenceReport {
+    pub name: String,
+    pub replicas: u32,
+    pub needed_replicas: u32,
+    /// Share of time with at least `needed_replicas` replicas serving.
+    pub availability: f64,
+    pub replica_hours_unavailable: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StrategyReport {
+    pub name: String,
+    pub description: String,
+    /// GPU-weighted mean ETTR of the training gangs (1 when there are none).
+    pub ettr: f64,
+    pub gpu_hours_lost: LostGpuHoursReport,
+    /// Time-weighted mean availability over the inference services (1 when there are none).
+    pub inference_availability: f64,
+    pub replica_hours_unavailable: f64,
+    pub training: Vec<TrainingReport>,
+    pub inference: Vec<InferenceReport>,
+    pub counts: Counts,
+    /// Events the simulator processed for this strategy.
+    pub events: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TraceSummary {
+    /// Fault events of each class in the shared trace.
+    pub faults_by_class: Vec<(String, u64)>,
+    pub straggler_episodes: u64,
+    pub planned_maintenance: u64,
+    pub lemon_nodes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    pub scenario: String,
+    pub description: String,
+    pub seed: u64,
+    pub duration_days: f64,
+    pub gpus: u64,
+    pub trace: TraceSummary,
+    pub strategies: Vec<StrategyReport>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of numbers and strings cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The terminal table.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let faults: u64 = self.trace.faults_by_class.iter().map(|(_, n)| n).sum();
+        let _ = writeln!(
+            out,
+            "scenario {} (seed {}): {} GPUs, {} days, {} faults in the shared trace ({} lemon nodes, {} straggler episodes, {} planned maintenances)",
+            self.scenario,
+            self.seed,
+            self.gpus,
+            self.duration_days,
+            faults,
+            self.trace.lemon_nodes,
+            self.trace.straggler_episodes,
+            self.trace.planned_maintenance
+        );
+        let _ = writeln!(out);
+        let header = [
+            "strategy",
+            "ETTR",
+            "GPU-h lost",
+            "hang",
+            "rework",
+            "restart",
+            "capacity",
+            "collateral",
+            "ckpt",
+            "slow",
+            "planned",
+            "inference avail",
+            "replica-h down",
+        ];
+        let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+        for s in &self.strategies {
+            let c = &s.gpu_hours_lost.by_cause;
+            rows.push(vec![
+                s.name.clone(),
+                format!("{:.1}%", s.ettr * 100.0),
+                fmt_thousands(s.gpu_hours_lost.total),
+                fmt_thousands(c.hang_before_detection),
+                fmt_thousands(c.rework_since_checkpoint),
+                fmt_thousands(c.restart),
+                fmt_thousands(c.capacity_held_out),
+                fmt_thousands(c.collateral_quarantine),
+                fmt_thousands(c.checkpoint_overhead),
+                fmt_thousands(c.straggler_slowdown),
+                fmt_thousands(c.planned_maintenance),
+                format!("{:.3}%", s.inference_availability * 100.0),
+                fmt_thousands(s.replica_hours_unavailable),
+            ]);
+        }
+        write_table(&mut out, &rows);
+        let _ = writeln!(out);
+        let header = [
+            "strategy",
+            "interruptions",
+            "gang restarts",
+            "evictions",
+            "node drains",
+            "quarantines",
+            "false quar.",
+            "repairs r/b/x",
+            "operator",
+            "engine actions",
+        ];
+        let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+        for s in &self.strategies {
+            let c = &s.counts;
+            rows.push(vec![
+                s.name.clone(),
+                c.training_interruptions.to_string(),
+                c.gang_restarts.to_string(),
+                c.pod_evictions.to_string(),
+                c.node_drains.to_string(),
+                c.device_quarantines.to_string(),
+                c.false_quarantines.to_string(),
+                format!("{}/{}/{}", c.repairs_reset, c.repairs_reboot, c.repairs_replace),
+                c.operator_interventions.to_string(),
+                if s.name == "devheal" { c.engine_actions.to_string() } else { "-".to_string() },
+            ]);
+        }
+        write_table(&mut out, &rows);
+        let _ = writeln!(
+            out,
+            "\nETTR: useful training time / wall time of the training gangs. GPU-h lost: training and inference, by cause.\n\
+             Repairs r/b/x: device resets / node reboots / hardware replacements. See docs/simulator.md for the model."
+        );
+        out
+    }
+}
+
+fn write_table(out: &mut String, rows: &[Vec<String>]) {
+    use std::fmt::Write;
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    for (i, row) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            if c == 0 {
+                let _ = write!(line, "{cell}{}", " ".repeat(pad));
+            } else {
+                let _ = write!(line, "  {}{cell}", " ".repeat(pad));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+        if i == 0 {
+            let total: usize = widths.iter().sum::<usize>() + 2 * cols.saturating_sub(1);
+            let _ = writeln!(out, "{}", "-".repeat(total));
+        }
+    }
+}
+
+/// `1234567.8` → `1,234,568`.
+pub fn fmt_thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(fmt_thousands(0.4), "0");
+        assert_eq!(fmt_thousands(999.0), "999");
+        assert_eq!(fmt_thousands(1234567.8), "1,234,568");
+        assert_eq!(fmt_thousands(-1000.0), "-1,000");
+    }
+}
