@@ -361,8 +361,8 @@ fn main() {
         );
     };
     println!(
-        "{:<34} {:>12} {:>18} {:>14} {:>9}   found",
-        "contender", "median", "throughput", "", "time/devheal"
+        "{:<34} {:>12} {:>20} {:>14} {:>12}   found",
+        "contender", "median", "lines/s", "MB/s", "time/devheal"
     );
     row("devheal classify-log path", devheal_time, format!("{devheal_faults} fault lines"));
     match grep_count {
