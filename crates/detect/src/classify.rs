@@ -231,11 +231,13 @@ impl Classifier {
         let (entry, listed) = self.catalog.xid(code);
         let mut health = entry.health;
         let mut action = entry.action;
+        let mut announced = None;
         if code == 154
-            && let Some((reported_action, reported_health)) = recovery_action(rest)
+            && let Some((reported_action, reported_health, name)) = recovery_action(rest)
         {
             action = reported_action;
             health = reported_health;
+            announced = Some(name);
         }
         let mut summary = format!("Xid {code}");
         if let Some(mnemonic) = &entry.mnemonic {
@@ -249,6 +251,10 @@ impl Classifier {
         }
         summary.push_str(": ");
         summary.push_str(&entry.summary);
+        if let Some(name) = announced {
+            summary.push_str(" to ");
+            summary.push_str(name);
+        }
         if !listed && !rest.is_empty() {
             summary.push_str(": ");
             summary.push_str(&shorten(rest, 80));
@@ -508,21 +514,24 @@ fn split_pid_and_name(mut text: &str) -> (&str, Option<u32>, Option<String>) {
 }
 
 /// Xid 154: `GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)`.
-fn recovery_action(detail: &str) -> Option<(RepairKind, Health)> {
+/// Returns the repair, the health and the announced action's name.
+fn recovery_action(detail: &str) -> Option<(RepairKind, Health, &str)> {
     let to = detail.rfind(" to ")?;
     let reported = &detail[to..];
     let open = reported.find('(')?;
     let close = reported[open..].find(')')? + open;
-    let name = reported[open + 1..close].to_ascii_lowercase();
-    Some(if name.contains("reboot") {
+    let name = &reported[open + 1..close];
+    let lower = name.to_ascii_lowercase();
+    let (action, health) = if lower.contains("reboot") {
         (RepairKind::RebootNode, Health::Unhealthy)
-    } else if name.contains("reset") || name.contains("drain") {
+    } else if lower.contains("reset") || lower.contains("drain") {
         (RepairKind::ResetDevice, Health::Unhealthy)
-    } else if name == "none" {
+    } else if lower == "none" {
         (RepairKind::None, Health::Healthy)
     } else {
         return None;
-    })
+    };
+    Some((action, health, name))
 }
 
 /// `Corrected`, `Multiple Uncorrected (Non-Fatal)`, `Uncorrectable (Fatal)` → catalog variant.
@@ -616,6 +625,7 @@ mod tests {
         let fault = classify("NVRM: Xid (PCI:0000:9b:00): 154, GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)").unwrap();
         assert_eq!(fault.action, RepairKind::RebootNode);
         assert_eq!(fault.health, Health::Unhealthy);
+        assert!(fault.summary.ends_with("recovery action to Node Reboot Required."), "{}", fault.summary);
     }
 
     #[test]
