@@ -151,12 +151,45 @@ struct NodeState {
     probation_until: Option<Time>,
 }
 
+/// What is kept of a pod between inputs: not what only its own failure needs (containers,
+/// conditions, messages, annotations, labels no policy selects on). Attribution from device
+/// evidence and policy selection work on it.
+#[derive(Clone, Debug)]
+struct LeanPod {
+    namespace: String,
+    name: String,
+    node: Option<String>,
+    labels: BTreeMap<String, String>,
+    owner: Option<(String, String)>,
+    phase: PodPhase,
+    devices: Vec<DeviceKey>,
+    start_time: Option<Time>,
+}
+
+impl LeanPod {
+    fn to_pod_info(&self, uid: &str) -> PodInfo {
+        PodInfo {
+            uid: uid.to_string(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            node: self.node.clone(),
+            labels: self.labels.clone(),
+            owner: self.owner.clone(),
+            phase: self.phase,
+            devices: self.devices.clone(),
+            start_time: self.start_time,
+            ..PodInfo::default()
+        }
+    }
+
+    fn pod_ref(&self, uid: &str) -> PodRef {
+        PodRef { namespace: self.namespace.clone(), name: self.name.clone(), uid: uid.to_string() }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct PodState {
-    /// The pod without what only its own failure needs (containers, conditions, messages,
-    /// annotations, labels no policy selects on): attribution from device evidence and policy
-    /// selection work on it.
-    info: PodInfo,
+    info: LeanPod,
     restarts: u32,
     attempt: Option<u64>,
     gang: Option<GangId>,
@@ -322,9 +355,8 @@ impl Engine {
     }
 
     /// What is kept of a pod between inputs.
-    fn lean(&self, pod: &PodInfo) -> PodInfo {
-        PodInfo {
-            uid: pod.uid.clone(),
+    fn lean(&self, pod: &PodInfo) -> LeanPod {
+        LeanPod {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             node: pod.node.clone(),
@@ -338,7 +370,6 @@ impl Engine {
             phase: pod.phase,
             devices: pod.devices.clone(),
             start_time: pod.start_time,
-            ..PodInfo::default()
         }
     }
 
@@ -1062,7 +1093,7 @@ impl Engine {
             if !self.config.safety.evict_pods_on_unhealthy_devices && p.gang.is_none() {
                 continue;
             }
-            let verdict = self.verdict(&p.info, now);
+            let verdict = self.verdict(&p.info.to_pod_info(&uid), now);
             if verdict.class == FailureClass::DeviceFailure {
                 self.decide_pod(&uid, None, verdict, Some(incident.clone()), now, out);
             }
@@ -1082,7 +1113,7 @@ impl Engine {
             if p.info.phase != PodPhase::Running {
                 continue;
             }
-            let verdict = self.verdict(&p.info, now);
+            let verdict = self.verdict(&p.info.to_pod_info(&uid), now);
             if verdict.class == FailureClass::DeviceDegraded {
                 let since = self.devices.get(key).map_or(now, |d| d.since);
                 let incident = format!("degraded/{key}/{}", since.as_nanos());
@@ -1142,7 +1173,7 @@ impl Engine {
             if matches!(p.info.phase, PodPhase::Succeeded | PodPhase::Failed) || p.info.devices.is_empty() {
                 continue;
             }
-            let mut verdict = self.verdict(&p.info, now);
+            let mut verdict = self.verdict(&p.info.to_pod_info(&uid), now);
             verdict.class = FailureClass::DeviceFailure;
             verdict.confidence = verdict.confidence.max(0.8);
             verdict.failing = true;
@@ -1259,7 +1290,14 @@ impl Engine {
         out: &mut Vec<PlannedAction>,
     ) {
         let Some(p) = self.pods.get(uid) else { return };
-        let info = full.unwrap_or(&p.info);
+        let stored;
+        let info = match full {
+            Some(f) => f,
+            None => {
+                stored = p.info.to_pod_info(uid);
+                &stored
+            }
+        };
         let policy = self.policy_for(info);
         let Some(rule) = policy.first_match(info, &verdict) else { return };
         if rule.action == RuleAction::Ignore {
@@ -1379,7 +1417,7 @@ impl Engine {
         out: &mut Vec<PlannedAction>,
     ) {
         let Some(p) = self.pods.get(uid) else { return };
-        let pref = pod_ref(&p.info);
+        let pref = p.info.pod_ref(uid);
         let node = p.info.node.clone().unwrap_or_default();
         if let Some(hold) = self.node_held(&node) {
             let what = format!("not evicting {}/{}", pref.namespace, pref.name);
