@@ -21,7 +21,7 @@ const GPU_BUS: [&str; 8] = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"];
 const NIC_ADDRESS: &str = "0000:0c:00.0";
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// After an input, the engine is ticked at the active cadence for this long.
-const ACTIVE_WINDOW_S: f64 = 600.0;
+const ACTIVE_WINDOW_S: f64 = 120.0;
 
 /// Who owns a pod uid in the model.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +40,7 @@ pub(crate) struct Controller {
     pub(crate) actions: u64,
     pub(crate) unmapped: u64,
     pub(crate) inputs: u64,
+    pub(crate) ticks: u64,
     kernel_latency: devheal_core::Duration,
     publish: devheal_core::Duration,
     nvml_latency: devheal_core::Duration,
@@ -57,6 +58,7 @@ impl Controller {
             actions: 0,
             unmapped: 0,
             inputs: 0,
+            ticks: 0,
             kernel_latency: secs(d.kernel_log_detect_ms / 1000.0),
             publish: secs(d.publish_s),
             nvml_latency: secs(d.nvml_detect_s),
@@ -265,16 +267,18 @@ impl World<'_> {
 
     pub(crate) fn devheal_tick(&mut self) {
         let now = self.now;
-        // Tick at the active cadence while something is in flight (a recent input, or a gang
-        // that is not computing, whose silence the engine's hang detection must notice); at
+        // Tick at the active cadence while something is in flight (a recent input, or a hung
+        // gang, whose silence the engine's hang detection must notice); at
         // the idle cadence otherwise, when a tick can only refill budgets and end probations.
-        let gang_stalled = (0..self.gangs.len())
-            .any(|g| !matches!(self.gangs[g].state, GangState::Computing | GangState::Checkpointing { .. }));
+        let gang_stalled = (0..self.gangs.len()).any(|g| {
+            matches!(self.gangs[g].state, GangState::Hung { .. } | GangState::WaitingCapacity { .. })
+        });
         let recent = gang_stalled || now.since(self.ctl().last_input).as_secs_f64() < ACTIVE_WINDOW_S;
         let d = &self.scenario.strategies.devheal;
         let next = secs(if recent { d.tick_active_s } else { d.tick_idle_s });
         let ctl = self.ctl();
         ctl.inputs += 1;
+        ctl.ticks += 1;
         let actions = ctl.engine.handle(Input::Tick, now);
         for planned in actions {
             self.ctl().actions += 1;

@@ -1615,6 +1615,7 @@ impl<'a> World<'a> {
             counts.engine_actions = c.actions;
             counts.engine_actions_unmapped = c.unmapped;
             counts.engine_inputs = c.inputs;
+            counts.engine_ticks = c.ticks;
         }
         StrategyReport {
             name: self.strategy.name().to_string(),

@@ -77,6 +77,7 @@ pub struct Counts {
     pub engine_actions: u64,
     pub engine_actions_unmapped: u64,
     pub engine_inputs: u64,
+    pub engine_ticks: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
