@@ -248,6 +248,8 @@ pub struct Engine {
     pending_devices: BTreeMap<DeviceKey, (String, RepairKind, String)>,
     pending_evictions: BTreeMap<String, (String, String, FailureClass)>,
     probation: BTreeSet<DeviceKey>,
+    /// Cordoned nodes that rebooted and wait for probation to end (Ticks look only at these).
+    node_probation: BTreeSet<String>,
     version_nodes: HashMap<String, u32>,
     held_versions: BTreeSet<String>,
     breaker: Breaker,
@@ -317,6 +319,7 @@ impl Engine {
             pending_devices: BTreeMap::new(),
             pending_evictions: BTreeMap::new(),
             probation: BTreeSet::new(),
+            node_probation: BTreeSet::new(),
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),
             breaker: Breaker::default(),
@@ -825,6 +828,7 @@ impl Engine {
             ns.open_incident = None;
             if ns.cordoned {
                 ns.probation_until = Some(now + self.config.safety.probation);
+                self.node_probation.insert(node_name.clone());
             }
             for k in self.node_device_keys(&node_name) {
                 if let Some(d) = self.devices.get_mut(&k) {
@@ -944,13 +948,21 @@ impl Engine {
             self.emit(out, key, action, FailureClass::None, now);
         }
         let nodes_due: Vec<String> = self
-            .nodes
+            .node_probation
             .iter()
-            .filter(|(_, n)| n.cordoned && n.probation_until.is_some_and(|t| t <= now))
-            .map(|(k, _)| k.clone())
+            .filter(|name| {
+                self.nodes
+                    .get(*name)
+                    .is_none_or(|n| !n.cordoned || n.probation_until.is_some_and(|t| t <= now))
+            })
+            .cloned()
             .collect();
         for name in nodes_due {
+            self.node_probation.remove(&name);
             let Some(ns) = self.nodes.get_mut(&name) else { continue };
+            if !ns.cordoned {
+                continue;
+            }
             ns.cordoned = false;
             ns.probation_until = None;
             if let Some(c) = self.quarantined_nodes.get_mut(&name) {
@@ -1869,6 +1881,40 @@ mod tests {
             1,
             "{last:#?}"
         );
+    }
+
+    #[test]
+    fn host_incident_cordons_and_a_reboot_uncordons_after_probation() {
+        let mut e = engine_with(20);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let inc = KernelIncident {
+            id: "mce-1".into(),
+            node: "node-0".into(),
+            boot_id: Some("b1".into()),
+            pci_address: None,
+            kind: "machine_check".into(),
+            code: None,
+            attribution: Attribution::Host,
+            health: Health::Unhealthy,
+            action: RepairKind::RebootNode,
+            first_seen: t(2),
+            last_seen: t(2),
+            count: 1,
+            summary: "Machine check: uncorrected memory error".into(),
+        };
+        let acts = e.handle(Input::KernelIncident(inc), t(2));
+        assert_eq!(count(&acts, |a| matches!(a, Action::CordonNode { .. })), 1, "{acts:#?}");
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::RequestRepair { kind: RepairKind::RebootNode, .. })),
+            1
+        );
+        assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 1);
+        let rebooted = NodeInfo { name: "node-0".into(), boot_id: Some("b2".into()), ..NodeInfo::default() };
+        assert!(e.handle(Input::NodeUpsert(rebooted), t(100)).is_empty());
+        assert!(e.handle(Input::Tick, t(200)).is_empty(), "still in probation");
+        let acts = e.handle(Input::Tick, t(100 + 600));
+        assert_eq!(count(&acts, |a| matches!(a, Action::UncordonNode { .. })), 1, "{acts:#?}");
+        assert!(e.handle(Input::Tick, t(2000)).is_empty(), "uncordoned once");
     }
 
     #[test]
