@@ -1346,13 +1346,13 @@ impl<'a> World<'a> {
     /// Take a node (or, for a reset, a device) out for repair.
     pub(crate) fn start_repair(&mut self, node: u32, kind: Repair, by_strategy: bool) {
         let now = self.now;
+        if self.nodes[node as usize].in_repair.is_some_and(|k| k >= kind) {
+            return;
+        }
         match kind {
             Repair::Reset => self.counts.repairs_reset += 1,
             Repair::Reboot => self.counts.repairs_reboot += 1,
             Repair::Replace => self.counts.repairs_replace += 1,
-        }
-        if self.nodes[node as usize].in_repair.is_some_and(|k| k >= kind) {
-            return;
         }
         // Pods still on the node go (a repair tool drains first).
         self.drain_node(node, false);
