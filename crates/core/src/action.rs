@@ -8,6 +8,7 @@ use crate::pod::{FailureClass, GangId};
 /// A repair a node or device needs, in increasing order of cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum RepairKind {
     #[default]
     None,

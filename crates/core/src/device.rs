@@ -51,6 +51,7 @@ pub struct Device {
 /// `Unknown` means the detector lost sight of the device (a source went blind); it never
 /// triggers remediation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum Health {
     #[default]
     Healthy,

@@ -120,6 +120,7 @@ pub struct NodeInfo {
 /// Whose fault a pod failure is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum FailureClass {
     DeviceFailure,
     DeviceDegraded,

@@ -14,6 +14,7 @@ use crate::time::Duration;
 
 /// What a rule does with the pod (and its gang, devices and node).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum RuleAction {
     /// Do nothing.
     #[default]
@@ -53,6 +54,7 @@ impl RuleAction {
 /// Exit codes a rule matches, as in a Job's podFailurePolicy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct ExitCodeRequirement {
     #[serde(default)]
     pub container_name: Option<String>,
@@ -61,6 +63,7 @@ pub struct ExitCodeRequirement {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum ExitCodeOperator {
     In,
     NotIn,
@@ -69,6 +72,7 @@ pub enum ExitCodeOperator {
 /// A pod condition a rule matches (status defaults to "True").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct ConditionPattern {
     #[serde(rename = "type")]
     pub type_: String,
@@ -83,6 +87,7 @@ fn default_true() -> String {
 /// One rule: every `on*` field that is set must match; an empty rule matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct PolicyRule {
     pub name: String,
     #[serde(default)]
@@ -107,6 +112,7 @@ pub struct PolicyRule {
 /// Which pods a policy applies to: a namespace (or all) and labels that must all match.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct PodSelector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,

@@ -6,12 +6,19 @@
 //!   blind source never reads as a failed device. The agent writes the status; the controller
 //!   reads it.
 //!
+//! - `FailurePolicy` (namespaced): which pods a policy selects and its ordered rules (the engine's
+//!   policy model, `devheal_core::policy`, whose types carry their JSON schema), with a status
+//!   the controller writes: pods matched, actions taken, the last action and the budget state.
+//!
 //! The schema carries the validation, so the API server refuses a malformed object before any
 //! of our code sees it: enumerations for health, vendor and reason source, a pattern for PCI
 //! addresses, bounds on lengths and counts, and CEL rules (the object is named after its node;
 //! a device's `since` is not before its reasons' first sighting is left to the agent).
 //! `devheal crds` prints the CustomResourceDefinitions; `deploy/crds/` holds the same output.
 
+use std::collections::BTreeMap;
+
+use devheal_core::policy::{PodSelector, PolicyRule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -191,10 +198,101 @@ pub struct SourceStatus {
     pub since: Option<Time>,
 }
 
+/// Which pods the policy applies to and what to do when they fail; the first matching rule wins.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "devheal.io",
+    version = "v1alpha1",
+    kind = "FailurePolicy",
+    plural = "failurepolicies",
+    singular = "failurepolicy",
+    shortname = "dhfp",
+    namespaced,
+    status = "FailurePolicyStatus",
+    derive = "PartialEq",
+    doc = "How devheal handles failures of the pods it selects: ordered rules, the first match wins.",
+    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matchedPods"),
+    printcolumn(name = "Last action", type_ = "string", json_path = ".status.lastAction.action"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.rules.all(r, !has(r.repair) || r.action == 'RequestRepair')").message("a rule's repair applies only to the RequestRepair action"))]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicySpec {
+    /// Labels a pod must all carry (empty: every pod in the namespace).
+    #[serde(default)]
+    pub selector: PodSelector,
+    /// A label key whose value names the gang of the selected pods, for workloads whose
+    /// controller devheal does not already know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 317))]
+    pub gang_label: Option<String>,
+    #[schemars(length(min = 1, max = 64))]
+    pub rules: Vec<PolicyRule>,
+}
+
+impl FailurePolicy {
+    /// The engine's policy for this object.
+    pub fn to_policy(&self) -> devheal_core::policy::FailurePolicy {
+        devheal_core::policy::FailurePolicy {
+            name: self.metadata.name.clone().unwrap_or_default(),
+            namespace: self.metadata.namespace.clone(),
+            selector: self.spec.selector.clone(),
+            gang_label: self.spec.gang_label.clone(),
+            rules: self.spec.rules.clone(),
+        }
+    }
+}
+
+/// What the controller reports about a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods the policy currently selects.
+    #[serde(default)]
+    pub matched_pods: u64,
+    /// Actions taken under this policy, by action (`RestartGang`, `EvictPod`, ...).
+    #[serde(default)]
+    pub actions_taken: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<LastAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastAction {
+    pub action: String,
+    /// What it acted on: `namespace/pod`, a gang, `node/resource/device` or a node.
+    pub target: String,
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+    pub at: Time,
+}
+
+/// The cluster-wide safety budgets as the controller last saw them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    pub breaker_open: bool,
+    pub quarantined_nodes: u32,
+    pub quarantine_node_limit: u32,
+    pub evictions_last_minute: u32,
+    /// Driver or device plugin versions whose nodes' remediation is held (canary signal).
+    #[serde(default)]
+    pub held_versions: Vec<String>,
+}
+
 /// The CustomResourceDefinitions devheal serves, as YAML documents separated by `---`.
 pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
-    Ok(format!("---\n{}", serde_saphyr::to_string(&NodeDeviceHealth::crd())?))
+    Ok(format!(
+        "---\n{}---\n{}",
+        serde_saphyr::to_string(&NodeDeviceHealth::crd())?,
+        serde_saphyr::to_string(&FailurePolicy::crd())?
+    ))
 }
 
 #[cfg(test)]
@@ -242,11 +340,51 @@ mod tests {
     }
 
     #[test]
-    fn crd_yaml_reads_back_as_the_same_definition() {
+    fn crd_yaml_reads_back_as_the_same_definitions() {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let yaml = crds_yaml().expect("serialises");
-        let doc = yaml.trim_start_matches("---\n");
-        let back: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
-            serde_saphyr::from_str(doc).expect("YAML parses back");
-        assert_eq!(back, NodeDeviceHealth::crd());
+        let docs: Vec<&str> = yaml.split("---\n").filter(|d| !d.trim().is_empty()).collect();
+        assert_eq!(docs.len(), 2);
+        let back: Vec<CustomResourceDefinition> =
+            docs.iter().map(|d| serde_saphyr::from_str(d).expect("YAML parses back")).collect();
+        assert_eq!(back, vec![NodeDeviceHealth::crd(), FailurePolicy::crd()]);
+    }
+
+    #[test]
+    fn failure_policy_crd_carries_the_engine_policy_schema() {
+        let crd = FailurePolicy::crd();
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.plural, "failurepolicies");
+        let schema = serde_json::to_string(&crd.spec.versions[0].schema).unwrap_or_default();
+        for expected in [
+            "onClasses",
+            "onExitCodes",
+            "onXids",
+            "RestartGang",
+            "device_failure",
+            "Unhealthy",
+            "inspect_hardware",
+        ] {
+            assert!(schema.contains(expected), "{expected} missing from {schema}");
+        }
+        assert!(schema.contains("r.action == 'RequestRepair'"));
+    }
+
+    #[test]
+    fn a_failure_policy_object_becomes_the_engine_policy() {
+        let object: FailurePolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "devheal.io/v1alpha1", "kind": "FailurePolicy",
+            "metadata": {"name": "training", "namespace": "ml"},
+            "spec": {
+                "selector": {"matchLabels": {"team": "llm"}},
+                "rules": [{"name": "dead-gpu", "onClasses": ["device_failure"], "action": "RestartGang"},
+                          {"name": "rest", "action": "Ignore"}]
+            }
+        }))
+        .expect("valid object");
+        let policy = object.to_policy();
+        assert_eq!((policy.name.as_str(), policy.namespace.as_deref()), ("training", Some("ml")));
+        assert_eq!(policy.rules.len(), 2);
+        assert_eq!(policy.rules[0].action, devheal_core::policy::RuleAction::RestartGang);
     }
 }
