@@ -3,4 +3,5 @@
 //! per-device state machine and the publisher follow (issue 6).
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod nvml;
