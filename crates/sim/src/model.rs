@@ -1447,7 +1447,7 @@ impl<'a> World<'a> {
             self.counts.operator_interventions += 1;
             self.nodes[node as usize].cordoned = true;
             let kind = if kind == Repair::Reset { Repair::Reboot } else { kind };
-            self.start_repair(node, kind, false);
+            self.start_repair(node, kind, true);
         }
     }
 
