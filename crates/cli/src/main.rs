@@ -3,6 +3,7 @@
 
 mod classify_log;
 mod crds;
+mod degradation_eval;
 mod explain;
 mod sim;
 
@@ -27,6 +28,8 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth) as YAML.
     Crds(crds::CrdsArgs),
+    /// Score the degradation detectors (stragglers, baseline shifts, hangs) on labelled traces.
+    DegradationEval(degradation_eval::DegradationEvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::ClassifyLog(args) => classify_log::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::DegradationEval(args) => degradation_eval::run(args),
     };
     match result {
         Ok(code) => code,

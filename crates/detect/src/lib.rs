@@ -9,11 +9,14 @@
 //! - [`LogScanner`]: the fast whole-file path behind `devheal classify-log` (literal prefilter
 //!   over big blocks; only candidate lines are parsed).
 //! - [`KmsgReader`]: a streaming `/dev/kmsg` reader for the node agent.
+//! - [`degradation`]: stragglers, baseline shifts and hangs from workload progress reports
+//!   (pure detectors, a labelled trace generator and their evaluation).
 #![forbid(unsafe_code)]
 
 pub mod catalog;
 pub mod classify;
 pub mod correlate;
+pub mod degradation;
 pub mod kmsg;
 pub mod line;
 pub mod pci;

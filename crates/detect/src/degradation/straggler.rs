@@ -1,0 +1,337 @@
+//! Gang straggler detection: each member's median step time per window against the gang's
+//! median, with a robust spread (median absolute deviation, floored), persisting over most of
+//! several windows.
+//!
+//! Per window (aligned to multiples of `window`), for each member with at least `min_samples`
+//! reports, take its median step time `m_i`. The gang median `g` is the median of the `m_i`; the
+//! spread is `max(1.4826 · MAD(m_i), spread_floor · g)`. A member is slow in that window when
+//! `m_i / g − 1 ≥ relative_threshold` **and** `m_i − g ≥ mad_k · spread`. When
+//! `slow_windows` of the last `of_windows` windows were slow it becomes one
+//! [`DegradationFinding`]; the member stays reported (no repeat findings) until `of_windows`
+//! windows in a row were not slow.
+//!
+//! Gang-wide effects (checkpoint pauses, the diurnal swing, a slower data set) move `g` with
+//! every member and so cancel out.
+
+use std::collections::HashMap;
+
+use devheal_core::{Duration, Time};
+
+use super::{
+    DegradationError, DegradationFinding, DegradationKind, human_duration, interquartile_mean_in_place,
+    median_in_place, percent, require, window_index,
+};
+
+/// Parameters of [`GangStragglerDetector`]. Defaults were chosen from `devheal degradation-eval`
+/// (see `docs/degradation.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StragglerConfig {
+    /// Length of one window.
+    pub window: Duration,
+    /// Minimum relative excess over the gang median for a slow window (0.06 = 6 %).
+    pub relative_threshold: f64,
+    /// Minimum excess in robust spreads (1.4826 · MAD) for a slow window.
+    pub mad_k: f64,
+    /// Floor of the spread as a fraction of the gang median, so a very tight gang does not
+    /// flag 1 % noise.
+    pub spread_floor: f64,
+    /// Slow windows among the last `of_windows` before a finding (3 of 4: one noisy window
+    /// does not reset the count).
+    pub slow_windows: u32,
+    /// The span, in windows, that `slow_windows` is counted over; a member stays reported until
+    /// this many windows in a row are not slow.
+    pub of_windows: u32,
+    /// Reports a member needs in a window to take part in it.
+    pub min_samples: usize,
+    /// Members with enough reports a window needs before anyone is compared with the gang.
+    pub min_members: usize,
+}
+
+impl Default for StragglerConfig {
+    fn default() -> Self {
+        StragglerConfig {
+            window: Duration::from_mins(1),
+            relative_threshold: 0.06,
+            mad_k: 3.0,
+            spread_floor: 0.01,
+            slow_windows: 3,
+            of_windows: 4,
+            min_samples: 3,
+            min_members: 4,
+        }
+    }
+}
+
+impl StragglerConfig {
+    pub fn validate(&self) -> Result<(), DegradationError> {
+        require(self.window.as_nanos() > 0, "straggler window", "must be positive")?;
+        require(
+            self.relative_threshold.is_finite() && self.relative_threshold > 0.0,
+            "straggler relative_threshold",
+            "must be a positive fraction",
+        )?;
+        require(self.mad_k.is_finite() && self.mad_k >= 0.0, "straggler mad_k", "must be ≥ 0")?;
+        require(
+            self.spread_floor.is_finite() && self.spread_floor >= 0.0,
+            "straggler spread_floor",
+            "must be ≥ 0",
+        )?;
+        require(self.slow_windows >= 1, "straggler slow_windows", "must be ≥ 1")?;
+        require(
+            self.of_windows >= self.slow_windows && self.of_windows <= 32,
+            "straggler of_windows",
+            "must be between slow_windows and 32",
+        )?;
+        require(self.min_samples >= 1, "straggler min_samples", "must be ≥ 1")?;
+        require(self.min_members >= 3, "straggler min_members", "must be ≥ 3 for a median to mean anything")
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemberState {
+    samples: Vec<f64>,
+    /// One bit per recent window, newest lowest: 1 = slow.
+    history: u32,
+    /// Start of the first slow window of the current episode.
+    episode_since: Time,
+    episode_windows: u32,
+    /// Sum of relative excess over the episode's slow windows (for the magnitude).
+    episode_excess_sum: f64,
+    reported: bool,
+}
+
+/// Detects members of one gang that are persistently slower than the gang's median.
+#[derive(Debug)]
+pub struct GangStragglerDetector {
+    config: StragglerConfig,
+    index: HashMap<String, usize>,
+    names: Vec<String>,
+    members: Vec<MemberState>,
+    /// The window currently collecting reports.
+    open_window: Option<i64>,
+}
+
+impl GangStragglerDetector {
+    pub fn new(config: StragglerConfig) -> Result<Self, DegradationError> {
+        config.validate()?;
+        Ok(GangStragglerDetector {
+            config,
+            index: HashMap::new(),
+            names: Vec::new(),
+            members: Vec::new(),
+            open_window: None,
+        })
+    }
+
+    pub fn config(&self) -> &StragglerConfig {
+        &self.config
+    }
+
+    /// Records that `member` took `step` for a step that ended at `at`. Reports must arrive in
+    /// time order across the gang (within the open window any order is fine). A report in a
+    /// later window closes the open one and returns its findings.
+    pub fn observe(
+        &mut self,
+        member: &str,
+        at: Time,
+        step: Duration,
+    ) -> Result<Vec<DegradationFinding>, DegradationError> {
+        if step.as_nanos() <= 0 {
+            return Err(DegradationError::NonPositiveStep {
+                subject: member.to_string(),
+                nanos: step.as_nanos(),
+            });
+        }
+        let window = window_index(at, self.config.window);
+        let mut findings = Vec::new();
+        match self.open_window {
+            Some(open) if window < open => {
+                return Err(DegradationError::OutOfOrder {
+                    subject: member.to_string(),
+                    at_ns: at.as_nanos(),
+                    closed_ns: open.saturating_mul(self.config.window.as_nanos()),
+                });
+            }
+            Some(open) if window > open => {
+                findings = self.close_window(open);
+                self.open_window = Some(window);
+            }
+            Some(_) => {}
+            None => self.open_window = Some(window),
+        }
+        let slot = match self.index.get(member) {
+            Some(&slot) => slot,
+            None => {
+                self.index.insert(member.to_string(), self.members.len());
+                self.names.push(member.to_string());
+                self.members.push(MemberState::default());
+                self.members.len() - 1
+            }
+        };
+        self.members[slot].samples.push(step.as_secs_f64());
+        Ok(findings)
+    }
+
+    /// Closes the open window (call at the end of a trace, or when reports stop).
+    pub fn flush(&mut self) -> Vec<DegradationFinding> {
+        match self.open_window.take() {
+            Some(open) => self.close_window(open),
+            None => Vec::new(),
+        }
+    }
+
+    fn close_window(&mut self, window: i64) -> Vec<DegradationFinding> {
+        let cfg = &self.config;
+        let window_ns = cfg.window.as_nanos();
+        let window_start = Time::from_nanos(window.saturating_mul(window_ns));
+        let window_end = Time::from_nanos(window.saturating_add(1).saturating_mul(window_ns));
+        let mut medians: Vec<Option<f64>> = Vec::with_capacity(self.members.len());
+        for member in &mut self.members {
+            let m = if member.samples.len() >= cfg.min_samples {
+                interquartile_mean_in_place(&mut member.samples)
+            } else {
+                None
+            };
+            member.samples.clear();
+            medians.push(m);
+        }
+        let mut present: Vec<f64> = medians.iter().flatten().copied().collect();
+        let mut findings = Vec::new();
+        if present.len() < cfg.min_members {
+            return findings;
+        }
+        let Some(gang_median) = median_in_place(&mut present) else { return findings };
+        if gang_median <= 0.0 {
+            return findings;
+        }
+        for v in present.iter_mut() {
+            *v = (*v - gang_median).abs();
+        }
+        let mad = median_in_place(&mut present).unwrap_or(0.0);
+        let spread = (1.4826 * mad).max(cfg.spread_floor * gang_median);
+        let mask = if cfg.of_windows >= 32 { u32::MAX } else { (1u32 << cfg.of_windows) - 1 };
+        for (slot, median) in medians.iter().enumerate() {
+            let member = &mut self.members[slot];
+            let (slow, excess) = match *median {
+                Some(m) => {
+                    let excess = m / gang_median - 1.0;
+                    (excess >= cfg.relative_threshold && (m - gang_median) >= cfg.mad_k * spread, excess)
+                }
+                // No evidence this window counts as a window that was not slow.
+                None => (false, 0.0),
+            };
+            let before = member.history & mask;
+            member.history = ((member.history << 1) | u32::from(slow)) & mask;
+            if !slow {
+                if member.history == 0 {
+                    member.reported = false;
+                    member.episode_windows = 0;
+                    member.episode_excess_sum = 0.0;
+                }
+                continue;
+            }
+            if before == 0 && !member.reported {
+                member.episode_since = window_start;
+                member.episode_windows = 0;
+                member.episode_excess_sum = 0.0;
+            }
+            member.episode_windows = member.episode_windows.saturating_add(1);
+            member.episode_excess_sum += excess;
+            if member.history.count_ones() >= cfg.slow_windows && !member.reported {
+                member.reported = true;
+                let magnitude = member.episode_excess_sum / f64::from(member.episode_windows);
+                let m = median.unwrap_or(gang_median);
+                let spreads = if spread > 0.0 { (m - gang_median) / spread } else { f64::INFINITY };
+                findings.push(DegradationFinding {
+                    subject: self.names[slot].clone(),
+                    kind: DegradationKind::Straggler,
+                    magnitude,
+                    since: member.episode_since,
+                    detected_at: window_end,
+                    windows: member.episode_windows,
+                    evidence: format!(
+                        "{} slower than the gang median for {} ({} slow windows of {}; last window {:.3} s \
+                         against the gang's {:.3} s, {:.1} robust spreads, {} members)",
+                        percent(magnitude),
+                        human_duration(window_end.since(member.episode_since)),
+                        member.episode_windows,
+                        human_duration(cfg.window),
+                        m,
+                        gang_median,
+                        spreads,
+                        medians.iter().flatten().count(),
+                    ),
+                });
+            }
+        }
+        findings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(
+        det: &mut GangStragglerDetector,
+        minutes: i64,
+        slow_member: Option<(usize, f64, i64)>,
+    ) -> Vec<DegradationFinding> {
+        let mut out = Vec::new();
+        for minute in 0..minutes {
+            for step in 0..6 {
+                let at = Time::from_secs(minute * 60 + step * 10);
+                for member in 0..8usize {
+                    // Deterministic ±0.5 % wobble so the gang is not perfectly flat.
+                    let wobble = 1.0 + 0.005 * (((member + step as usize) % 3) as f64 - 1.0);
+                    let mut secs = 1.0 * wobble;
+                    if let Some((slow, factor, from_minute)) = slow_member
+                        && slow == member
+                        && minute >= from_minute
+                    {
+                        secs *= factor;
+                    }
+                    let step_time = Duration::from_nanos((secs * 1e9) as i64);
+                    out.extend(det.observe(&format!("m{member}"), at, step_time).unwrap());
+                }
+            }
+        }
+        out.extend(det.flush());
+        out
+    }
+
+    #[test]
+    fn a_persistently_slow_member_is_found_once_with_its_magnitude() {
+        let mut det = GangStragglerDetector::new(StragglerConfig::default()).unwrap();
+        let findings = feed(&mut det, 20, Some((5, 1.17, 4)));
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let f = &findings[0];
+        assert_eq!(f.subject, "m5");
+        assert_eq!(f.kind, DegradationKind::Straggler);
+        assert!((f.magnitude - 0.17).abs() < 0.01, "{}", f.magnitude);
+        assert_eq!(f.since, Time::from_secs(4 * 60));
+        assert_eq!(f.detected_at, Time::from_secs(7 * 60));
+        assert!(f.evidence.starts_with("17 % slower than the gang median for 3 min"), "{}", f.evidence);
+    }
+
+    #[test]
+    fn a_uniform_gang_and_a_small_offset_give_nothing() {
+        let mut det = GangStragglerDetector::new(StragglerConfig::default()).unwrap();
+        assert!(feed(&mut det, 30, None).is_empty());
+        let mut det = GangStragglerDetector::new(StragglerConfig::default()).unwrap();
+        assert!(feed(&mut det, 30, Some((2, 1.03, 0))).is_empty());
+    }
+
+    #[test]
+    fn bad_reports_and_configs_are_errors_naming_the_problem() {
+        let mut det = GangStragglerDetector::new(StragglerConfig::default()).unwrap();
+        let err = det.observe("m0", Time::from_secs(1), Duration::ZERO).unwrap_err();
+        assert!(err.to_string().contains("\"m0\""), "{err}");
+        det.observe("m0", Time::from_secs(200), Duration::from_secs(1)).unwrap();
+        let err = det.observe("m1", Time::from_secs(10), Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, DegradationError::OutOfOrder { .. }), "{err}");
+        let bad = StragglerConfig { relative_threshold: f64::NAN, ..StragglerConfig::default() };
+        let err = GangStragglerDetector::new(bad).unwrap_err();
+        assert!(err.to_string().contains("relative_threshold"), "{err}");
+    }
+}
