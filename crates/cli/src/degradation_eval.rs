@@ -24,6 +24,9 @@ pub struct DegradationEvalArgs {
     /// Members per gang.
     #[arg(long, default_value_t = 64)]
     members: usize,
+    /// Let the simulated workload not announce its checkpoint pauses to the hang detector.
+    #[arg(long)]
+    unannounced_checkpoints: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     format: OutputFormat,
@@ -50,6 +53,7 @@ pub fn run(args: DegradationEvalArgs) -> anyhow::Result<ExitCode> {
             length: Duration::from_hours(24 * i64::from(args.days)),
             ..TraceConfig::default()
         },
+        announce_checkpoints: !args.unannounced_checkpoints,
         ..EvalConfig::default()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -212,14 +212,11 @@ impl GangStragglerDetector {
         let mask = if cfg.of_windows >= 32 { u32::MAX } else { (1u32 << cfg.of_windows) - 1 };
         for (slot, median) in medians.iter().enumerate() {
             let member = &mut self.members[slot];
-            let (slow, excess) = match *median {
-                Some(m) => {
-                    let excess = m / gang_median - 1.0;
-                    (excess >= cfg.relative_threshold && (m - gang_median) >= cfg.mad_k * spread, excess)
-                }
-                // No evidence this window counts as a window that was not slow.
-                None => (false, 0.0),
-            };
+            // Too few reports this window (a checkpoint pause, a restart): no evidence either
+            // way, so the member's history is left as it was.
+            let Some(m) = *median else { continue };
+            let excess = m / gang_median - 1.0;
+            let slow = excess >= cfg.relative_threshold && (m - gang_median) >= cfg.mad_k * spread;
             let before = member.history & mask;
             member.history = ((member.history << 1) | u32::from(slow)) & mask;
             if !slow {
@@ -240,7 +237,6 @@ impl GangStragglerDetector {
             if member.history.count_ones() >= cfg.slow_windows && !member.reported {
                 member.reported = true;
                 let magnitude = member.episode_excess_sum / f64::from(member.episode_windows);
-                let m = median.unwrap_or(gang_median);
                 let spreads = if spread > 0.0 { (m - gang_median) / spread } else { f64::INFINITY };
                 findings.push(DegradationFinding {
                     subject: self.names[slot].clone(),
