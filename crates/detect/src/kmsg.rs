@@ -76,6 +76,13 @@ pub enum KmsgError {
     Malformed { reason: String },
 }
 
+impl KmsgError {
+    /// A non-blocking reader has read every record that was waiting.
+    pub fn is_caught_up(&self) -> bool {
+        matches!(self, KmsgError::Read { source, .. } if source.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
 /// Parse one record as a `read()` of `/dev/kmsg` returns it.
 pub fn parse_kmsg_record(bytes: &[u8]) -> Result<KmsgRecord, KmsgError> {
     let text = String::from_utf8_lossy(bytes);
@@ -140,6 +147,21 @@ impl KmsgReader {
     ) -> Result<KmsgReader, KmsgError> {
         let boot_id = std::fs::read_to_string(BOOT_ID_PATH).ok().map(|s| s.trim().to_string());
         Self::open_inner(path, start, boot_id.filter(|id| !id.is_empty()), Some(interval))
+    }
+
+    /// Open `path` non-blocking with no waiting: once every waiting record has been read,
+    /// [`KmsgReader::next_record`] returns an error for which [`KmsgError::is_caught_up`] is
+    /// true. For one-shot readers (`devheal agent --once`) that replay the boot and stop.
+    pub fn open_nonblocking(path: &Path, start: StartAt) -> Result<KmsgReader, KmsgError> {
+        let boot_id = std::fs::read_to_string(BOOT_ID_PATH).ok().map(|s| s.trim().to_string());
+        let mut reader = Self::open_inner(
+            path,
+            start,
+            boot_id.filter(|id| !id.is_empty()),
+            Some(std::time::Duration::ZERO),
+        )?;
+        reader.poll_interval = None;
+        Ok(reader)
     }
 
     fn open_inner(

@@ -285,6 +285,11 @@ pub struct BudgetStatus {
     pub held_versions: Vec<String>,
 }
 
+/// A Kubernetes timestamp for one of the engine's times (nanoseconds since the Unix epoch).
+pub fn k8s_time(t: devheal_core::Time) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(t.as_nanos())).unwrap_or_default())
+}
+
 /// The CustomResourceDefinitions devheal serves, as YAML documents separated by `---`.
 pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;

@@ -154,6 +154,32 @@ async fn follow(socket: PathBuf, retry: Duration, events: mpsc::Sender<PluginEve
     }
 }
 
+/// One snapshot of a plugin's devices: open `ListAndWatch`, take its first message, close it.
+/// For one-shot readers; the agent proper follows the stream with [`PluginWatcher`].
+pub async fn list_devices(socket: &Path) -> Result<Vec<PluginDevice>, KubeletError> {
+    let name = socket.display().to_string();
+    let call_error = |status: tonic::Status| KubeletError::Call {
+        call: "DevicePlugin/ListAndWatch",
+        socket: name.clone(),
+        status: Box::new(status),
+    };
+    let mut client = DevicePluginClient::new(uds::channel(socket));
+    let mut stream = client.list_and_watch(Empty {}).await.map_err(call_error)?.into_inner();
+    match stream.next().await {
+        Some(Ok(snapshot)) => {
+            let mut devices: Vec<PluginDevice> = snapshot
+                .devices
+                .into_iter()
+                .map(|d| PluginDevice { healthy: d.health == HEALTHY, id: d.id })
+                .collect();
+            devices.sort();
+            Ok(devices)
+        }
+        Some(Err(status)) => Err(call_error(status)),
+        None => Err(call_error(tonic::Status::unavailable("ListAndWatch ended before its first message"))),
+    }
+}
+
 /// Register a device plugin with the kubelet (the plugin must already be serving `endpoint`).
 pub async fn register(
     kubelet_socket: &Path,

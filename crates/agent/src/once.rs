@@ -1,0 +1,274 @@
+//! One pass over every source, for `devheal agent --once`: read what the node knows now and build
+//! the `NodeDeviceHealth` the agent would publish.
+//!
+//! Each source that cannot be read (no NVIDIA driver, no kubelet socket, no device-plugin
+//! directory, no permission on `/dev/kmsg`) is reported in `status.sources` as unavailable with
+//! the reason, and the pass goes on: a node without a GPU or a kubelet still gets an answer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration as StdDuration;
+
+use devheal_core::{Attribution, Health, HealthSource, Time};
+use devheal_detect::{Catalog, Classifier, CorrelationConfig, Correlator, KmsgEvent, KmsgReader, StartAt};
+use devheal_k8s::crd::{DeviceVendor, NodeDeviceHealth, SourceStatus};
+use devheal_kubelet::podresources::{DeviceBinding, PodResourcesClient};
+
+use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
+use crate::nvml::{GpuTelemetry, NvmlTelemetry};
+use crate::nvml_evidence::evidence_from_sample;
+use crate::snapshot::{InventoryDevice, SnapshotInput, node_device_health};
+
+/// Where the agent finds each source.
+#[derive(Clone, Debug)]
+pub struct SourcePaths {
+    pub kmsg: PathBuf,
+    pub pod_resources_socket: PathBuf,
+    pub device_plugin_dir: PathBuf,
+    /// `libnvidia-ml.so.1` when it is not on the loader's path.
+    pub nvml_library: Option<PathBuf>,
+    pub boot_id_file: PathBuf,
+}
+
+impl Default for SourcePaths {
+    fn default() -> Self {
+        SourcePaths {
+            kmsg: "/dev/kmsg".into(),
+            pod_resources_socket: devheal_kubelet::api::DEFAULT_POD_RESOURCES_SOCKET.into(),
+            device_plugin_dir: devheal_kubelet::api::DEFAULT_DEVICE_PLUGIN_DIR.into(),
+            nvml_library: None,
+            boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
+        }
+    }
+}
+
+/// The resource name NVIDIA's device plugin registers.
+pub const NVIDIA_GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+fn source(name: &str, available: bool, message: String, version: Option<String>) -> SourceStatus {
+    SourceStatus { name: name.to_string(), available, message: Some(message), version, since: None }
+}
+
+/// Read every source once and build the object.
+pub async fn collect_once(
+    node: &str,
+    paths: &SourcePaths,
+    timeout: StdDuration,
+    now: Time,
+) -> NodeDeviceHealth {
+    let boot_id = std::fs::read_to_string(&paths.boot_id_file)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let mut tracker = DeviceHealthTracker::new(TrackerConfig::default(), boot_id.clone());
+    let mut inventory: Vec<InventoryDevice> = Vec::new();
+    let mut sources: Vec<SourceStatus> = Vec::new();
+
+    // NVML: inventory and device-side conditions.
+    match NvmlTelemetry::open_at(paths.nvml_library.as_deref().map(|p| p.as_os_str())) {
+        Ok(nvml) => {
+            let driver = nvml.driver().ok();
+            match nvml.gpus() {
+                Ok(gpus) => {
+                    for gpu in gpus {
+                        tracker.set_watch(&gpu.uuid, HealthSource::Nvml, true, now);
+                        if let Ok(sample) = nvml.sample(gpu.index) {
+                            for e in evidence_from_sample(&sample) {
+                                tracker.observe(&gpu.uuid, e, now);
+                            }
+                        }
+                        inventory.push(InventoryDevice {
+                            id: gpu.uuid,
+                            resource: NVIDIA_GPU_RESOURCE.into(),
+                            vendor: DeviceVendor::Nvidia,
+                            model: Some(gpu.name),
+                            pci_address: Some(gpu.pci_address),
+                        });
+                    }
+                    sources.push(source(
+                        "nvml",
+                        true,
+                        format!("{} GPU(s)", inventory.len()),
+                        driver.map(|d| d.driver_version),
+                    ));
+                }
+                Err(e) => {
+                    sources.push(source("nvml", false, e.to_string(), driver.map(|d| d.driver_version)))
+                }
+            }
+        }
+        Err(e) => sources.push(source("nvml", false, e.to_string(), None)),
+    }
+
+    // PodResources: who holds which device, and the resource of every allocatable device.
+    let mut bindings: Vec<DeviceBinding> = Vec::new();
+    let mut resource_of: BTreeMap<String, String> = BTreeMap::new();
+    if paths.pod_resources_socket.exists() {
+        let mut client = PodResourcesClient::new(&paths.pod_resources_socket, StdDuration::ZERO);
+        match tokio::time::timeout(timeout, client.list()).await {
+            Ok(Ok(list)) => {
+                if let Ok(Ok(allocatable)) = tokio::time::timeout(timeout, client.allocatable()).await {
+                    resource_of = allocatable.into_iter().map(|d| (d.device_id, d.resource)).collect();
+                }
+                sources.push(source(
+                    "pod_resources",
+                    true,
+                    format!("{} device binding(s)", list.len()),
+                    None,
+                ));
+                bindings = list;
+            }
+            Ok(Err(e)) => sources.push(source("pod_resources", false, e.to_string(), None)),
+            Err(_) => {
+                sources.push(source("pod_resources", false, format!("no answer within {timeout:?}"), None))
+            }
+        }
+    } else {
+        sources.push(source(
+            "pod_resources",
+            false,
+            format!("{} does not exist (no kubelet on this node?)", paths.pod_resources_socket.display()),
+            None,
+        ));
+    }
+
+    // Device plugins: each plugin's own view of its devices.
+    match devheal_kubelet::deviceplugin::plugin_sockets(&paths.device_plugin_dir) {
+        Ok(sockets) if sockets.is_empty() => sources.push(source(
+            "device_plugins",
+            false,
+            format!("no device plugin socket in {}", paths.device_plugin_dir.display()),
+            None,
+        )),
+        Ok(sockets) => {
+            for socket in sockets {
+                let name = format!(
+                    "device_plugin:{}",
+                    socket.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                );
+                match tokio::time::timeout(timeout, devheal_kubelet::deviceplugin::list_devices(&socket))
+                    .await
+                {
+                    Ok(Ok(devices)) => {
+                        for d in &devices {
+                            tracker.set_watch(&d.id, HealthSource::DevicePlugin, true, now);
+                            let health = if d.healthy { Health::Healthy } else { Health::Unhealthy };
+                            let message = format!(
+                                "device plugin reports {}",
+                                if d.healthy { "Healthy" } else { "Unhealthy" }
+                            );
+                            tracker.observe(
+                                &d.id,
+                                Evidence { source: HealthSource::DevicePlugin, code: None, health, message },
+                                now,
+                            );
+                            if !inventory.iter().any(|i| i.id == d.id) {
+                                let resource =
+                                    resource_of.get(&d.id).cloned().unwrap_or_else(|| name.clone());
+                                inventory.push(InventoryDevice {
+                                    id: d.id.clone(),
+                                    resource,
+                                    vendor: DeviceVendor::Other,
+                                    model: None,
+                                    pci_address: None,
+                                });
+                            }
+                        }
+                        sources.push(source(&name, true, format!("{} device(s)", devices.len()), None));
+                    }
+                    Ok(Err(e)) => sources.push(source(&name, false, e.to_string(), None)),
+                    Err(_) => {
+                        sources.push(source(&name, false, format!("no answer within {timeout:?}"), None))
+                    }
+                }
+            }
+        }
+        Err(e) => sources.push(source("device_plugins", false, e.to_string(), None)),
+    }
+
+    // Kernel log: replay this boot's records and map device faults to devices by PCI address.
+    sources.push(replay_kernel_log(node, paths, boot_id.as_deref(), &inventory, &mut tracker, now));
+
+    inventory.sort_by(|a, b| (&a.resource, &a.id).cmp(&(&b.resource, &b.id)));
+    node_device_health(SnapshotInput {
+        node,
+        boot_id: boot_id.as_deref(),
+        now,
+        devices: &inventory,
+        tracker: &tracker,
+        bindings: &bindings,
+        sources,
+    })
+}
+
+fn replay_kernel_log(
+    node: &str,
+    paths: &SourcePaths,
+    boot_id: Option<&str>,
+    inventory: &[InventoryDevice],
+    tracker: &mut DeviceHealthTracker,
+    now: Time,
+) -> SourceStatus {
+    let mut reader = match KmsgReader::open_nonblocking(&paths.kmsg, StartAt::Beginning) {
+        Ok(r) => r,
+        Err(e) => return source("kernel_log", false, e.to_string(), None),
+    };
+    // Records carry time since boot; place them on the wall clock through the uptime.
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|u| u.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    let boot_time = now - devheal_core::Duration::from_nanos((uptime * 1e9) as i64);
+    let classifier = Classifier::new(Catalog::builtin());
+    let mut correlator = Correlator::new(CorrelationConfig::default());
+    let (mut records, mut faults, mut unmapped, mut lost) = (0u64, 0u64, 0u64, 0u64);
+    // Bounded: a ring buffer holds far fewer records than this.
+    while records < 1_000_000 {
+        match reader.next_record() {
+            Ok(KmsgEvent::Record(record)) => {
+                records += 1;
+                let Some(fault) = classifier.classify(&record.message) else { continue };
+                faults += 1;
+                let at = boot_time + record.since_boot;
+                let observation = correlator.observe(node, boot_id, at, &fault);
+                let incident = observation.incident;
+                if observation.folded_into_other
+                    || incident.attribution == Attribution::Application
+                    || incident.health == Health::Healthy
+                {
+                    continue;
+                }
+                let device = incident
+                    .pci_address
+                    .as_deref()
+                    .and_then(|pci| inventory.iter().find(|d| d.pci_address.as_deref() == Some(pci)));
+                match device {
+                    Some(d) => tracker.observe(
+                        &d.id,
+                        Evidence {
+                            source: HealthSource::KernelLog,
+                            code: incident.code,
+                            health: incident.health,
+                            message: incident.summary.clone(),
+                        },
+                        at,
+                    ),
+                    None => unmapped += 1,
+                }
+            }
+            Ok(KmsgEvent::Lost { count }) => lost += count,
+            // Caught up with a live /dev/kmsg, or the end of a file holding saved records.
+            Err(e) if e.is_caught_up() || matches!(e, devheal_detect::KmsgError::Closed { .. }) => break,
+            Err(e) => return source("kernel_log", false, e.to_string(), None),
+        }
+    }
+    tracker.tick(now);
+    source(
+        "kernel_log",
+        true,
+        format!(
+            "{records} record(s) of this boot read, {faults} device-fault line(s), {unmapped} on no known device, {lost} lost to overwrite"
+        ),
+        None,
+    )
+}

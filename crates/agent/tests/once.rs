@@ -1,0 +1,133 @@
+//! `collect_once` against a test kubelet and device plugin on temporary Unix sockets, a saved
+//! kernel log, and no NVIDIA library: the object names the unhealthy device with its pod, and
+//! every source that cannot be read says so.
+
+use std::time::Duration;
+
+use devheal_agent::once::{SourcePaths, collect_once};
+use devheal_core::Time;
+use devheal_k8s::crd::DeviceHealthState;
+use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
+use devheal_kubelet::api::podresources_v1 as pr;
+use devheal_kubelet::server::{DevicePluginServer, PodResourcesServer, PodResourcesState, serve};
+
+fn device(id: &str, healthy: bool) -> dp::Device {
+    dp::Device { id: id.into(), health: if healthy { "Healthy" } else { "Unhealthy" }.into(), topology: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_health_pod_map_and_kernel_log_come_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("device-plugins");
+    std::fs::create_dir(&plugins).expect("mkdir");
+    let (plugin, _health) =
+        DevicePluginServer::new(vec![device("fake-0", true), device("fake-1", false)], "FAKE_GPUS");
+    let plugin = serve(&plugins.join("fake.sock"), plugin.router()).expect("serve plugin");
+
+    let state = PodResourcesState::default();
+    state.set_pods(vec![pr::PodResources {
+        name: "trainer-3".into(),
+        namespace: "ml".into(),
+        containers: vec![pr::ContainerResources {
+            name: "trainer".into(),
+            devices: vec![pr::ContainerDevices {
+                resource_name: "devheal.io/fake-gpu".into(),
+                device_ids: vec!["fake-1".into()],
+                topology: None,
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }]);
+    state.set_allocatable(vec![pr::ContainerDevices {
+        resource_name: "devheal.io/fake-gpu".into(),
+        device_ids: vec!["fake-0".into(), "fake-1".into()],
+        topology: None,
+    }]);
+    let kubelet_socket = dir.path().join("pod-resources.sock");
+    let kubelet = serve(&kubelet_socket, PodResourcesServer { state }.router()).expect("serve kubelet");
+
+    // The real kernel log: inject an Xid on a GPU this node's inventory does not know (root in a
+    // VM here); where /dev/kmsg cannot be written, the source must say it is unavailable instead.
+    let kmsg = std::path::PathBuf::from("/dev/kmsg");
+    let injected = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&kmsg)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(b"<4>NVRM: Xid (PCI:0000:ff:1e): 79, pid=4242, name=devheal-once-test, GPU has fallen off the bus.\n")
+        })
+        .is_ok();
+    if !injected {
+        eprintln!("skipping the kernel-log part: /dev/kmsg is not writable here");
+    }
+    let boot_id = dir.path().join("boot_id");
+    std::fs::write(&boot_id, "3c1e0e2a-boot\n").expect("write boot id");
+
+    let paths = SourcePaths {
+        kmsg,
+        pod_resources_socket: kubelet_socket,
+        device_plugin_dir: plugins,
+        nvml_library: Some(dir.path().join("no-libnvidia-ml.so.1")),
+        boot_id_file: boot_id,
+    };
+    let object =
+        collect_once("node-a", &paths, Duration::from_secs(10), Time::from_secs(1_795_000_000)).await;
+    plugin.stop().await;
+    kubelet.stop().await;
+
+    assert_eq!(object.metadata.name.as_deref(), Some("node-a"));
+    let status = object.status.expect("status");
+    assert_eq!(status.boot_id.as_deref(), Some("3c1e0e2a-boot"));
+    let ids: Vec<(&str, &str, DeviceHealthState)> =
+        status.devices.iter().map(|d| (d.resource.as_str(), d.id.as_str(), d.health)).collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("devheal.io/fake-gpu", "fake-0", DeviceHealthState::Healthy),
+            ("devheal.io/fake-gpu", "fake-1", DeviceHealthState::Unhealthy),
+        ]
+    );
+    assert_eq!(status.devices[1].pods.len(), 1);
+    assert_eq!(status.devices[1].pods[0].name, "trainer-3");
+    assert_eq!(status.devices[1].reasons[0].message, "device plugin reports Unhealthy");
+    let source = |name: &str| status.sources.iter().find(|s| s.name == name).cloned().expect(name);
+    assert!(!source("nvml").available, "no NVIDIA library here");
+    assert!(source("pod_resources").available);
+    assert!(source("device_plugin:fake.sock").available);
+    let kernel = source("kernel_log");
+    let message = kernel.message.clone().unwrap_or_default();
+    if injected {
+        assert!(kernel.available, "{message}");
+        // "<n> record(s) of this boot read, <f> device-fault line(s), <u> on no known device, ..."
+        let numbers: Vec<u64> =
+            message.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+        assert!(
+            numbers.len() >= 3 && numbers[1] >= 1 && numbers[2] >= 1,
+            "the injected Xid was seen: {message}"
+        );
+    } else {
+        assert!(!kernel.available, "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_with_nothing_still_gets_an_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = |name: &str| dir.path().join(name);
+    let paths = SourcePaths {
+        kmsg: missing("kmsg"),
+        pod_resources_socket: missing("kubelet.sock"),
+        device_plugin_dir: missing("device-plugins"),
+        nvml_library: Some(missing("libnvidia-ml.so.1")),
+        boot_id_file: missing("boot_id"),
+    };
+    let object = collect_once("bare", &paths, Duration::from_secs(1), Time::from_secs(0)).await;
+    let status = object.status.expect("status");
+    assert!(status.devices.is_empty());
+    let names: Vec<&str> = status.sources.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["nvml", "pod_resources", "device_plugins", "kernel_log"]);
+    assert!(
+        status.sources.iter().all(|s| !s.available && s.message.as_deref().is_some_and(|m| !m.is_empty()))
+    );
+}
