@@ -1,6 +1,7 @@
 //! The `devheal` command. Each subcommand lives in its own module; `main` only dispatches.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod classify_log;
 mod crds;
 mod degradation_eval;
@@ -26,7 +27,9 @@ enum Command {
     ClassifyLog(classify_log::ClassifyLogArgs),
     /// Explain why pods failed and what devheal would do about it.
     Explain(explain::ExplainArgs),
-    /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth) as YAML.
+    /// The node agent (so far `--once`: read every source and print the NodeDeviceHealth).
+    Agent(agent::AgentArgs),
+    /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth, FailurePolicy) as YAML.
     Crds(crds::CrdsArgs),
     /// Score the degradation detectors (stragglers, baseline shifts, hangs) on labelled traces.
     DegradationEval(degradation_eval::DegradationEvalArgs),
@@ -39,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::ClassifyLog(args) => classify_log::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::DegradationEval(args) => degradation_eval::run(args),
     };
     match result {
