@@ -214,10 +214,13 @@ fn replay_kernel_log(
         Err(e) => return source("kernel_log", false, e.to_string(), None),
     };
     // Records carry time since boot; place them on the wall clock through the uptime.
-    let uptime = std::fs::read_to_string("/proc/uptime")
+    let uptime = match std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|u| u.parse::<f64>().ok()))
-        .unwrap_or(0.0);
+    {
+        Some(u) if u.is_finite() && u >= 0.0 => u,
+        _ => return source("kernel_log", false, "cannot read the uptime from /proc/uptime".into(), None),
+    };
     let boot_time = now - devheal_core::Duration::from_nanos((uptime * 1e9) as i64);
     let classifier = Classifier::new(Catalog::builtin());
     let mut correlator = Correlator::new(CorrelationConfig::default());

@@ -79,7 +79,15 @@ impl PluginWatcher {
         tokio::spawn(async move {
             let mut followers: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
             loop {
-                let present = plugin_sockets(&self.dir).unwrap_or_default();
+                // A directory that cannot be read this time (the kubelet re-creating it) says
+                // nothing about the plugins: keep following them and look again later.
+                let Ok(present) = plugin_sockets(&self.dir) else {
+                    if events.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(self.rescan).await;
+                    continue;
+                };
                 for socket in &present {
                     let finished = followers.get(socket).is_some_and(|h| h.is_finished());
                     if finished || !followers.contains_key(socket) {
