@@ -223,9 +223,11 @@ fn fold_target(state: &NodeState, fault: &DeviceFault, at: Time, window: Duratio
         (FaultKind::NvidiaFallenOffBus, _) => |key| key.kind == FaultKind::NvidiaXid && key.code == Some(79),
         _ => return None,
     };
+    // The key is total over the candidates (they share the device; kind, code and variant
+    // complete the incident key), so ties never fall to the map's hash order.
     candidates
         .filter(|(key, _)| wanted(key))
-        .max_by_key(|(key, incident)| (incident.last_seen, key.code))
+        .max_by_key(|(key, incident)| (incident.last_seen, key.code, key.kind.as_str(), key.variant))
         .map(|(key, _)| key.clone())
 }
 
@@ -245,6 +247,7 @@ fn incident_id(node: &str, boot_id: Option<&str>, fault: &DeviceFault, number: u
 mod tests {
     use super::*;
     use crate::classify::Classifier;
+    use std::collections::BTreeSet;
 
     fn fault(message: &str) -> DeviceFault {
         Classifier::default().classify(message).unwrap()
@@ -252,6 +255,28 @@ mod tests {
 
     fn xid(code: u32, bus: &str) -> DeviceFault {
         fault(&format!("NVRM: Xid (PCI:0000:{bus}:00): {code}, pid=42, name=train, detail"))
+    }
+
+    #[test]
+    fn fold_target_ties_are_broken_deterministically() {
+        // Two open fallen-off-the-bus incidents on one device, equal in last_seen and code,
+        // differing only in variant: Xid 79 must fold into the same one every time, whatever
+        // the hash order of the open incidents.
+        let off_bus = fault("NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus.");
+        assert_eq!(off_bus.kind, FaultKind::NvidiaFallenOffBus);
+        let mut other = off_bus.clone();
+        other.variant = "fallen_off_bus_zz";
+        let mut chosen = BTreeSet::new();
+        for _ in 0..64 {
+            let mut correlator = Correlator::default();
+            correlator.observe("n1", None, Time::from_secs(10), &off_bus);
+            correlator.observe("n1", None, Time::from_secs(10), &other);
+            let folded = correlator.observe("n1", None, Time::from_secs(11), &xid(79, "3b"));
+            assert!(folded.folded_into_other);
+            chosen.insert(folded.incident.id);
+        }
+        assert_eq!(chosen.len(), 1, "{chosen:?}");
+        assert!(chosen.iter().all(|id| id.ends_with("/2")), "the greater variant wins: {chosen:?}");
     }
 
     #[test]
