@@ -216,7 +216,9 @@ struct GangState {
 #[derive(Clone, Debug, Default)]
 struct Breaker {
     events: VecDeque<(Time, String)>,
-    per_node: HashMap<String, u32>,
+    /// Failures per node in the window, and the version tags its first one counted in
+    /// `per_version` (decremented exactly, even if the node was upgraded or deleted since).
+    per_node: HashMap<String, (u32, Vec<String>)>,
     per_version: HashMap<String, u32>,
     open_since: Option<Time>,
     last_event: Option<Time>,
@@ -248,6 +250,9 @@ pub struct Engine {
     pending_devices: BTreeMap<DeviceKey, (String, RepairKind, String)>,
     pending_evictions: BTreeMap<String, (String, String, FailureClass)>,
     probation: BTreeSet<DeviceKey>,
+    /// Quarantined devices that dropped out of their node's inventory (Xid 79, "fallen off the
+    /// bus"), with when: they hold no budget while gone and come back quarantined.
+    vanished: BTreeMap<DeviceKey, (Time, DeviceState)>,
     /// Cordoned nodes that rebooted and wait for probation to end (Ticks look only at these).
     node_probation: BTreeSet<String>,
     version_nodes: HashMap<String, u32>,
@@ -319,6 +324,7 @@ impl Engine {
             pending_devices: BTreeMap::new(),
             pending_evictions: BTreeMap::new(),
             probation: BTreeSet::new(),
+            vanished: BTreeMap::new(),
             node_probation: BTreeSet::new(),
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),
@@ -355,6 +361,16 @@ impl Engine {
 
     fn node_device_keys(&self, node: &str) -> Vec<DeviceKey> {
         self.node_devices(node).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// One quarantine (device or cordon) on `node` ended: release its share of the budget.
+    fn unquarantine_node(&mut self, node: &str) {
+        if let Some(c) = self.quarantined_nodes.get_mut(node) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.quarantined_nodes.remove(node);
+            }
+        }
     }
 
     /// What is kept of a pod between inputs.
@@ -540,11 +556,32 @@ impl Engine {
         let gone: Vec<DeviceKey> =
             self.node_devices(&node).filter(|(k, _)| !listed.contains(k)).map(|(k, _)| k.clone()).collect();
         for k in gone {
-            self.devices.remove(&k);
             self.probation.remove(&k);
             self.pending_devices.remove(&k);
+            let Some(mut st) = self.devices.remove(&k) else { continue };
+            if st.quarantined {
+                // A device that is gone keeps no pod off its node: release its budget share as
+                // the release path does, and remember it so that it comes back quarantined.
+                self.unquarantine_node(&k.node);
+                st.pods.clear();
+                st.probation_until = None;
+                self.vanished.insert(k, (now, st));
+            }
         }
         for d in devices {
+            if !self.devices.contains_key(&d.key)
+                && let Some((_, mut st)) = self.vanished.remove(&d.key)
+            {
+                // Back after falling off the bus: still quarantined (the quarantine was never
+                // lifted) until it is Healthy through probation. It counts against the budget
+                // again, even when the budget is full, since the quarantine is already in place.
+                if st.health != Health::Unhealthy {
+                    st.health = Health::Unknown;
+                    st.since = now;
+                }
+                *self.quarantined_nodes.entry(d.key.node.clone()).or_default() += 1;
+                self.devices.insert(d.key.clone(), st);
+            }
             let st = self.devices.entry(d.key).or_insert_with(|| DeviceState::new(now));
             st.pci = d.pci_address.map(|p| p.to_ascii_lowercase());
         }
@@ -594,7 +631,14 @@ impl Engine {
                     self.device_failed(&key, incident, RepairKind::ResetDevice, reason, now, out);
                 }
             }
-            Health::Healthy => self.device_recovered(&key, now),
+            // Only a transition into Healthy is a recovery: a source that republishes its full
+            // state (NodeDeviceHealth heartbeats) must not push probation out forever. A
+            // quarantined device not yet in probation starts it on any Healthy report.
+            Health::Healthy => {
+                if previous != Health::Healthy || (st.quarantined && st.probation_until.is_none()) {
+                    self.device_recovered(&key, now);
+                }
+            }
             Health::Degraded => self.device_degraded(&key, now, out),
             Health::Unknown => {}
         }
@@ -864,6 +908,7 @@ impl Engine {
             self.pending_devices.remove(&k);
         }
         self.quarantined_nodes.remove(name);
+        self.vanished.retain(|k, _| k.node != name);
     }
 
     fn on_progress(&mut self, uid: &str, now: Time) {
@@ -936,12 +981,7 @@ impl Engine {
             }
             d.quarantined = false;
             let since = d.since;
-            if let Some(c) = self.quarantined_nodes.get_mut(&k.node) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    self.quarantined_nodes.remove(&k.node);
-                }
-            }
+            self.unquarantine_node(&k.node);
             let key = format!("release/{k}/{}", since.as_nanos());
             let action =
                 Action::ReleaseDevice { device: k.clone(), reason: "healthy through probation".into() };
@@ -965,12 +1005,7 @@ impl Engine {
             }
             ns.cordoned = false;
             ns.probation_until = None;
-            if let Some(c) = self.quarantined_nodes.get_mut(&name) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    self.quarantined_nodes.remove(&name);
-                }
-            }
+            self.unquarantine_node(&name);
             let key = format!("uncordon/{name}/{}", now.as_nanos());
             let action =
                 Action::UncordonNode { node: name.clone(), reason: "rebooted and through probation".into() };
@@ -1036,6 +1071,7 @@ impl Engine {
             let horizon = now - ISSUED_MEMORY;
             self.issued.retain(|_, t| *t >= horizon);
             self.seen_incidents.retain(|_, t| *t >= horizon);
+            self.vanished.retain(|_, (t, _)| *t >= horizon);
             let hour = now - Duration::from_hours(1);
             let empty: Vec<GangId> = self
                 .gangs
@@ -1534,19 +1570,19 @@ impl Engine {
             }
             let Some((_, node)) = self.breaker.events.pop_front() else { break };
             let gone = match self.breaker.per_node.get_mut(&node) {
-                Some(c) => {
-                    *c -= 1;
+                Some((c, _)) => {
+                    *c = c.saturating_sub(1);
                     *c == 0
                 }
                 None => false,
             };
-            if gone {
-                self.breaker.per_node.remove(&node);
-                let tags =
-                    self.nodes.get(&node).and_then(|n| n.info.as_ref()).map(version_tags).unwrap_or_default();
+            if gone && let Some((_, tags)) = self.breaker.per_node.remove(&node) {
                 for t in tags {
                     if let Some(c) = self.breaker.per_version.get_mut(&t) {
                         *c = c.saturating_sub(1);
+                        if *c == 0 {
+                            self.breaker.per_version.remove(&t);
+                        }
                     }
                 }
             }
@@ -1559,11 +1595,12 @@ impl Engine {
         let s = self.config.safety.clone();
         self.breaker.last_event = Some(now);
         self.breaker.events.push_back((now, node.to_string()));
-        let count = self.breaker.per_node.entry(node.to_string()).or_default();
-        *count += 1;
-        let first_on_node = *count == 1;
         let tags = self.nodes.get(node).and_then(|n| n.info.as_ref()).map(version_tags).unwrap_or_default();
+        let entry = self.breaker.per_node.entry(node.to_string()).or_default();
+        entry.0 += 1;
+        let first_on_node = entry.0 == 1;
         if first_on_node {
+            entry.1 = tags.clone();
             for t in &tags {
                 *self.breaker.per_version.entry(t.clone()).or_default() += 1;
             }
@@ -1720,6 +1757,115 @@ mod tests {
             },
             now,
         )
+    }
+
+    fn inventory(node: &str, skip: Option<usize>) -> Input {
+        let devices = (0..8)
+            .filter(|i| Some(*i) != skip)
+            .map(|i| Device {
+                key: key(node, i),
+                pci_address: Some(format!("0000:{:02x}:00.0", i + 1)),
+                vendor: crate::device::Vendor::Nvidia,
+                model: None,
+            })
+            .collect();
+        Input::Devices { node: node.into(), devices }
+    }
+
+    fn healthy(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAction> {
+        e.handle(Input::DeviceHealth { device: k, health: Health::Healthy, reasons: vec![] }, now)
+    }
+
+    #[test]
+    fn a_device_that_falls_off_the_bus_frees_its_budget_and_returns_quarantined() {
+        // 20 nodes: at most 2 quarantined at once.
+        let mut e = engine_with(20);
+        unhealthy(&mut e, key("node-0", 0), t(2));
+        assert_eq!(e.safety_state(t(2)).quarantined_nodes, 1);
+        // Xid 79: the device drops out of the node's inventory.
+        e.handle(inventory("node-0", Some(0)), t(3));
+        assert_eq!(e.safety_state(t(3)).quarantined_nodes, 0, "a vanished device holds no budget");
+        let a = unhealthy(&mut e, key("node-1", 0), t(4));
+        let b = unhealthy(&mut e, key("node-2", 0), t(5));
+        assert_eq!(count(&a, |a| matches!(a, Action::QuarantineDevice { .. })), 1, "{a:#?}");
+        assert_eq!(count(&b, |a| matches!(a, Action::QuarantineDevice { .. })), 1, "{b:#?}");
+        // It comes back after a reset: still quarantined, counted again, and released only
+        // after probation.
+        e.handle(inventory("node-0", None), t(50));
+        assert!(e.is_quarantined(&key("node-0", 0)));
+        assert_eq!(e.safety_state(t(50)).quarantined_nodes, 3);
+        assert!(healthy(&mut e, key("node-0", 0), t(60)).is_empty());
+        assert!(e.handle(Input::Tick, t(300)).is_empty(), "still in probation");
+        let acts = e.handle(Input::Tick, t(60 + 600));
+        assert_eq!(count(&acts, |a| matches!(a, Action::ReleaseDevice { .. })), 1, "{acts:#?}");
+        assert!(!e.is_quarantined(&key("node-0", 0)));
+        assert_eq!(e.safety_state(t(660)).quarantined_nodes, 2);
+    }
+
+    #[test]
+    fn a_vanished_device_that_never_returns_is_forgotten() {
+        let mut e = engine_with(20);
+        unhealthy(&mut e, key("node-0", 0), t(2));
+        e.handle(inventory("node-0", Some(0)), t(3));
+        assert_eq!(e.vanished.len(), 1);
+        e.handle(Input::Tick, t(3) + ISSUED_MEMORY + Duration::from_hours(2));
+        assert!(e.vanished.is_empty());
+    }
+
+    #[test]
+    fn healthy_heartbeats_do_not_postpone_release() {
+        let mut e = engine_with(4);
+        unhealthy(&mut e, key("node-0", 0), t(2));
+        healthy(&mut e, key("node-0", 0), t(100));
+        // NodeDeviceHealth republishes the full state every minute.
+        for s in (160..700).step_by(60) {
+            assert!(healthy(&mut e, key("node-0", 0), t(s)).is_empty());
+        }
+        let acts = e.handle(Input::Tick, t(100 + 600));
+        assert_eq!(count(&acts, |a| matches!(a, Action::ReleaseDevice { .. })), 1, "{acts:#?}");
+        assert!(!e.is_quarantined(&key("node-0", 0)));
+    }
+
+    #[test]
+    fn version_hold_is_released_after_its_nodes_are_upgraded_or_deleted() {
+        let mut e = engine_with(100);
+        for n in 0..100 {
+            let v = if n < 10 { "570.1" } else { "550.9" };
+            e.handle(
+                Input::NodeUpsert(NodeInfo {
+                    name: format!("node-{n}"),
+                    boot_id: Some("b1".into()),
+                    driver_version: Some(v.into()),
+                    ..NodeInfo::default()
+                }),
+                t(1),
+            );
+        }
+        for n in 0..4 {
+            unhealthy(&mut e, key(&format!("node-{n}"), 0), t(10 + n as i64));
+        }
+        assert_eq!(e.safety_state(t(20)).held_versions, vec!["driver 570.1".to_string()]);
+        // Inside the window, the failed nodes are upgraded or deleted.
+        for n in 0..3 {
+            e.handle(
+                Input::NodeUpsert(NodeInfo {
+                    name: format!("node-{n}"),
+                    boot_id: Some("b1".into()),
+                    driver_version: Some("580.0".into()),
+                    ..NodeInfo::default()
+                }),
+                t(30),
+            );
+        }
+        e.handle(Input::NodeDeleted { name: "node-3".into() }, t(31));
+        let acts = e.handle(Input::Tick, t(13 + 5 * 60 + 1));
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::Report { reason, .. } if reason == "VersionHoldReleased")),
+            1,
+            "{acts:#?}"
+        );
+        assert!(e.safety_state(t(400)).held_versions.is_empty());
+        assert!(e.breaker.per_version.is_empty(), "{:?}", e.breaker.per_version);
     }
 
     #[test]
