@@ -295,6 +295,22 @@ fn version_tags(info: &NodeInfo) -> Vec<String> {
     tags
 }
 
+/// Forget a pod's own failure identities (`pod/<uid>/<restarts>/<class>`) from restarts before
+/// `restarts`: they cannot recur, and a pod crash-looping for weeks would otherwise keep one per
+/// restart.
+fn prune_decided(decided: &mut BTreeSet<String>, uid: &str, restarts: u32) {
+    if decided.is_empty() {
+        return;
+    }
+    let prefix = format!("pod/{uid}/");
+    decided.retain(|id| {
+        id.strip_prefix(prefix.as_str())
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(r, _)| r.parse::<u32>().ok())
+            .is_none_or(|r| r >= restarts)
+    });
+}
+
 /// The engine with the built-in default policy and safety settings.
 impl Default for Engine {
     fn default() -> Self {
@@ -724,6 +740,7 @@ impl Engine {
             p.info.start_time = pod.start_time;
             p.restarts = pod.containers.iter().map(|c| c.restart_count).sum();
             p.attempt = restart_attempt(&pod);
+            prune_decided(&mut p.decided, &uid, p.restarts);
             (p.gang.clone(), None)
         } else {
             let gang = gang_of(&pod, &self.gang_label_keys);
@@ -794,8 +811,9 @@ impl Engine {
                 (key, message)
             })
             .collect();
-        if let Some(decided) = decided {
+        if let Some(mut decided) = decided {
             let restarts = pod.containers.iter().map(|c| c.restart_count).sum();
+            prune_decided(&mut decided, &uid, restarts);
             let state =
                 PodState { info: self.lean(&pod), restarts, attempt: restart_attempt(&pod), gang, decided };
             self.pods.insert(uid.clone(), state);
@@ -1866,6 +1884,35 @@ mod tests {
         );
         assert!(e.safety_state(t(400)).held_versions.is_empty());
         assert!(e.breaker.per_version.is_empty(), "{:?}", e.breaker.per_version);
+    }
+
+    #[test]
+    fn a_crash_looping_pod_keeps_no_identity_per_restart() {
+        let policy = FailurePolicy {
+            name: "mark-app".into(),
+            rules: vec![PolicyRule {
+                name: "mark".into(),
+                on_classes: vec![FailureClass::Application],
+                action: RuleAction::MarkPod,
+                ..PolicyRule::default()
+            }],
+            ..FailurePolicy::builtin_default()
+        };
+        let mut e = Engine::new(EngineConfig { policies: vec![policy], ..EngineConfig::default() });
+        let mut p = gang_pod(0, "node-0");
+        p.labels.clear();
+        e.handle(Input::PodUpsert(p.clone()), t(1));
+        let mut marks = 0;
+        for r in 1..=50 {
+            let mut crashed = failed(p.clone(), 1);
+            crashed.phase = PodPhase::Running;
+            crashed.containers[0].restart_count = r;
+            let acts = e.handle(Input::PodUpsert(crashed), t(i64::from(r) * 300));
+            marks += count(&acts, |a| matches!(a, Action::MarkPod { .. }));
+        }
+        assert_eq!(marks, 50, "every restart is still decided once");
+        let decided = &e.pods["uid-0"].decided;
+        assert!(decided.len() <= 1, "{decided:?}");
     }
 
     #[test]
