@@ -279,6 +279,9 @@ pub struct StragglerSpec {
     pub slowdown: f64,
 }
 
+/// The shortest duration `validate` accepts for anything that schedules a repeating event.
+pub const MIN_INTERVAL_S: f64 = 0.001;
+
 /// Seconds (as written in a scenario) to integer nanoseconds.
 pub fn secs(s: f64) -> Duration {
     Duration((s * 1e9).round() as i64)
@@ -308,12 +311,25 @@ impl Scenario {
         secs(self.duration_days * 86_400.0)
     }
 
+    /// Every node of the cluster. `validate` refuses more than 1,000,000, so on a checked scenario
+    /// the saturating sums here are exact.
     pub fn total_nodes(&self) -> u32 {
-        self.training_nodes() + self.cluster.inference_nodes
+        self.training_nodes().saturating_add(self.cluster.inference_nodes)
     }
 
     pub fn training_nodes(&self) -> u32 {
-        self.training.iter().map(|t| t.nodes).sum::<u32>() + self.cluster.training_spare_nodes
+        self.training.iter().fold(self.cluster.training_spare_nodes, |sum, t| sum.saturating_add(t.nodes))
+    }
+
+    /// The node count in 64 bits with every sum checked, naming the first field whose addition
+    /// overflows.
+    fn node_count(&self) -> Result<u64, String> {
+        let mut sum = u64::from(self.cluster.training_spare_nodes);
+        for (i, t) in self.training.iter().enumerate() {
+            sum = sum.checked_add(u64::from(t.nodes)).ok_or_else(|| format!("training[{i}].nodes"))?;
+        }
+        sum.checked_add(u64::from(self.cluster.inference_nodes))
+            .ok_or_else(|| "cluster.inference_nodes".to_string())
     }
 
     /// Check every value a run relies on, naming the field that is wrong.
@@ -328,6 +344,16 @@ impl Scenario {
                 Ok(())
             } else {
                 Err(bad(field.to_string(), "must be a number above 0"))
+            }
+        };
+        // A duration that schedules a repeating event (a tick, a report, a checkpoint cycle, a
+        // watchdog, a person's next look, a repair) must be at least 1 ms: one that rounds to 0 ns
+        // would re-queue the event at the same instant forever.
+        let interval_s = |field: &str, v: f64| {
+            if v.is_finite() && v >= MIN_INTERVAL_S {
+                Ok(())
+            } else {
+                Err(bad(field.to_string(), "must be a duration of at least 1 ms"))
             }
         };
         let non_negative = |field: &str, v: f64| {
@@ -359,10 +385,11 @@ impl Scenario {
         if !(c.lemon_rate_multiplier.is_finite() && c.lemon_rate_multiplier >= 1.0) {
             return Err(bad("cluster.lemon_rate_multiplier".into(), "must be a number ≥ 1"));
         }
-        if self.total_nodes() == 0 {
+        let nodes = self.node_count().map_err(|field| bad(field, "the node count overflows"))?;
+        if nodes == 0 {
             return Err(bad("cluster".into(), "the cluster has no nodes"));
         }
-        if self.total_nodes() > 1_000_000 {
+        if nodes > 1_000_000 {
             return Err(bad("cluster".into(), "more than 1,000,000 nodes"));
         }
         let mut names = std::collections::BTreeSet::new();
@@ -374,14 +401,16 @@ impl Scenario {
             if t.nodes == 0 {
                 return Err(bad(f("nodes"), "must be at least 1"));
             }
-            positive(&f("checkpoint_interval_min"), t.checkpoint_interval_min)?;
+            interval_s(&f("checkpoint_interval_min"), t.checkpoint_interval_min * 60.0)?;
             non_negative(&f("checkpoint_blocking_s"), t.checkpoint_blocking_s)?;
             positive(&f("step_time_s"), t.step_time_s)?;
-            positive(&f("nccl_watchdog_s"), t.nccl_watchdog_s)?;
+            interval_s(&f("nccl_watchdog_s"), t.nccl_watchdog_s)?;
             non_negative(&f("restart.scheduling_and_pod_start_s"), t.restart.scheduling_and_pod_start_s)?;
             non_negative(&f("restart.framework_init_s"), t.restart.framework_init_s)?;
             non_negative(&f("restart.nccl_init_s"), t.restart.nccl_init_s)?;
             non_negative(&f("restart.checkpoint_load_s"), t.restart.checkpoint_load_s)?;
+            // A restart that lands on still-broken hardware is retried: it must take time.
+            interval_s(&f("restart"), t.restart.total().0 as f64 / 1e9)?;
         }
         let inference_slots = u64::from(c.inference_nodes) * u64::from(c.gpus_per_node);
         let mut used_slots = 0u64;
@@ -414,11 +443,11 @@ impl Scenario {
         non_negative("kubernetes.termination_grace_s", k.termination_grace_s)?;
         non_negative("kubernetes.pod_failure_report_s", k.pod_failure_report_s)?;
         non_negative("kubernetes.liveness_detect_s", k.liveness_detect_s)?;
-        positive("operator.response_min", self.operator.response_min)?;
-        positive("repair.reset_device_min", self.repair.reset_device_min)?;
-        positive("repair.reboot_node_min", self.repair.reboot_node_min)?;
-        positive("repair.replace_hardware_h", self.repair.replace_hardware_h)?;
-        positive(
+        interval_s("operator.response_min", self.operator.response_min * 60.0)?;
+        interval_s("repair.reset_device_min", self.repair.reset_device_min * 60.0)?;
+        interval_s("repair.reboot_node_min", self.repair.reboot_node_min * 60.0)?;
+        interval_s("repair.replace_hardware_h", self.repair.replace_hardware_h * 3600.0)?;
+        interval_s(
             "strategies.node_health_controller.poll_interval_s",
             self.strategies.node_health_controller.poll_interval_s,
         )?;
@@ -426,9 +455,9 @@ impl Scenario {
         non_negative("strategies.devheal.kernel_log_detect_ms", d.kernel_log_detect_ms)?;
         non_negative("strategies.devheal.publish_s", d.publish_s)?;
         non_negative("strategies.devheal.nvml_detect_s", d.nvml_detect_s)?;
-        positive("strategies.devheal.tick_active_s", d.tick_active_s)?;
-        positive("strategies.devheal.tick_idle_s", d.tick_idle_s)?;
-        positive("strategies.devheal.progress_interval_s", d.progress_interval_s)?;
+        interval_s("strategies.devheal.tick_active_s", d.tick_active_s)?;
+        interval_s("strategies.devheal.tick_idle_s", d.tick_idle_s)?;
+        interval_s("strategies.devheal.progress_interval_s", d.progress_interval_s)?;
         let mut fault_names = std::collections::BTreeSet::new();
         for (i, fc) in self.faults.iter().enumerate() {
             let f = |name: &str| format!("faults[{i}].{name}");
@@ -504,5 +533,67 @@ mod tests {
         let text = base.replacen("response_min: 30", "response_min: -1", 1);
         let err = Scenario::from_yaml(&text, "bad.yaml").unwrap_err().to_string();
         assert!(err.contains("operator.response_min"), "{err}");
+    }
+
+    /// Durations that drive repeating events and round to nothing are refused by name, before a
+    /// run could spin at one instant.
+    #[test]
+    fn a_repeating_duration_under_a_millisecond_is_refused() {
+        let base = BUNDLED[0].1;
+        for (from, to, field) in [
+            ("tick_active_s: 5", "tick_active_s: 1.0e-12", "strategies.devheal.tick_active_s"),
+            (
+                "progress_interval_s: 30",
+                "progress_interval_s: 0.0001",
+                "strategies.devheal.progress_interval_s",
+            ),
+            (
+                "checkpoint_interval_min: 30",
+                "checkpoint_interval_min: 1.0e-9",
+                "training[0].checkpoint_interval_min",
+            ),
+            ("nccl_watchdog_s: 600", "nccl_watchdog_s: 1.0e-12", "training[0].nccl_watchdog_s"),
+            ("response_min: 30", "response_min: 1.0e-9", "operator.response_min"),
+        ] {
+            assert!(base.contains(from), "fixture lacks `{from}`");
+            let text = base.replacen(from, to, 1);
+            let err = Scenario::from_yaml(&text, "tiny.yaml").unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("1 ms"), "{field}: {err}");
+        }
+        // Exactly 1 ms is accepted.
+        let text = base.replacen("tick_active_s: 5", "tick_active_s: 0.001", 1);
+        Scenario::from_yaml(&text, "ok.yaml").expect("1 ms is enough");
+    }
+
+    /// A restart that costs nothing would retry at the same instant while a member's hardware is
+    /// still broken.
+    #[test]
+    fn a_zero_restart_cost_is_refused() {
+        let mut s = Scenario::bundled(DEFAULT_SCENARIO).expect("bundled");
+        let r = &mut s.training[0].restart;
+        r.scheduling_and_pod_start_s = 0.0;
+        r.framework_init_s = 0.0;
+        r.nccl_init_s = 0.0;
+        r.checkpoint_load_s = 1.0e-12;
+        let err = s.validate("zero.yaml").unwrap_err().to_string();
+        assert!(err.contains("training[0].restart"), "{err}");
+    }
+
+    /// Node counts that overflow 32 bits are an error naming the cluster, not a panic or a wrap.
+    #[test]
+    fn node_counts_that_overflow_u32_are_refused() {
+        let mut s = Scenario::bundled(DEFAULT_SCENARIO).expect("bundled");
+        s.training[0].nodes = u32::MAX;
+        s.cluster.training_spare_nodes = u32::MAX;
+        s.cluster.inference_nodes = 2;
+        let err = s.validate("huge.yaml").unwrap_err().to_string();
+        assert!(err.contains("`cluster`") && err.contains("1,000,000"), "{err}");
+        // The accessors saturate rather than wrap to a small count.
+        assert_eq!(s.total_nodes(), u32::MAX);
+        s.training[0].nodes = 1_000_000;
+        s.cluster.training_spare_nodes = 0;
+        s.cluster.inference_nodes = 1;
+        let err = s.validate("big.yaml").unwrap_err().to_string();
+        assert!(err.contains("more than 1,000,000 nodes"), "{err}");
     }
 }
