@@ -61,7 +61,7 @@ impl SplitMix64 {
 
     /// Uniform index in [0, n); `n` must be positive.
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * n as f64) as usize % n.max(1)
+        (self.next_f64() * n as f64) as usize % n.max(1)
     }
 }
 
