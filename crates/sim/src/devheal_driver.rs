@@ -84,8 +84,18 @@ fn parse_gpu(key: &DeviceKey) -> Option<(u32, u8)> {
     Some((node.parse().ok()?, dev.parse().ok()?))
 }
 
-fn bus(device: u8) -> &'static str {
-    GPU_BUS[device as usize % GPU_BUS.len()]
+/// The GPU's PCI address without the function (`DDDD:BB:00`, as Xid lines print it). The first
+/// eight devices of a node sit on the HGX board's buses in domain 0000; every further group of
+/// eight gets the next PCI domain, so each of up to 64 devices has its own address.
+fn pci(device: u8) -> String {
+    let domain = usize::from(device) / GPU_BUS.len();
+    let bus = GPU_BUS[usize::from(device) % GPU_BUS.len()];
+    format!("{domain:04x}:{bus}:00")
+}
+
+/// The full address (`DDDD:BB:00.0`), as the inventory and AER lines give it.
+fn bdf(device: u8) -> String {
+    format!("{}.0", pci(device))
 }
 
 fn boot_id(node: u32, boot: u32) -> String {
@@ -216,7 +226,7 @@ impl World<'_> {
             let devices: Vec<Device> = (0..self.gpn as u8)
                 .map(|d| Device {
                     key: self.device_key(node, d),
-                    pci_address: Some(format!("0000:{}:00.0", bus(d))),
+                    pci_address: Some(bdf(d)),
                     vendor: Vendor::Nvidia,
                     model: Some("NVIDIA H100 80GB HBM3".to_string()),
                 })
@@ -314,8 +324,8 @@ impl World<'_> {
             .kernel_lines
             .iter()
             .map(|t| {
-                t.replace("{pci}", &format!("0000:{}:00", bus(device)))
-                    .replace("{bdf}", &format!("0000:{}:00.0", bus(device)))
+                t.replace("{pci}", &pci(device))
+                    .replace("{bdf}", &bdf(device))
                     .replace("{nic}", NIC_ADDRESS)
                     .replace("{pid}", &pid.to_string())
             })
@@ -394,8 +404,6 @@ impl World<'_> {
             Manifestation::NodeDown | Manifestation::Evicted => return,
         };
         let pod = self.member_pod(gang, member, PodPhase::Failed, Some(&message));
-        let epoch = self.gangs[gang as usize].epoch;
-        let _ = epoch;
         self.send(delay, Input::PodUpsert(pod));
     }
 
@@ -430,8 +438,14 @@ impl World<'_> {
         self.deliver_now(Input::PodUpsert(pod));
     }
 
+    /// The restarted gang runs again: the controller's pod watch shows every member Running in
+    /// the new restart attempt (JobSet bumps `restart-attempt` on all of them, moved or not), so
+    /// the engine closes the restart it had open and a new failure is a new incident.
     pub(crate) fn devheal_gang_running(&mut self, gang: u16) {
-        let _ = gang;
+        for member in 0..self.gangs[gang as usize].members.len() as u32 {
+            let pod = self.member_pod(gang, member, PodPhase::Running, None);
+            self.deliver_now(Input::PodUpsert(pod));
+        }
     }
 
     pub(crate) fn devheal_replica_moved(&mut self, service: u16, replica: u32, old_generation: u32) {
@@ -516,7 +530,7 @@ impl World<'_> {
                         if self.devices[i].fault.is_none() && self.nodes[node as usize].host_fault.is_none() {
                             self.counts.false_quarantines += 1;
                         }
-                        self.devices[i].quarantined = Some(now);
+                        self.quarantine_device(i);
                     }
                 }
                 _ => self.ctl().unmapped += 1,
@@ -524,11 +538,7 @@ impl World<'_> {
             Action::ReleaseDevice { device, .. } => match parse_gpu(&device) {
                 Some((node, d)) if (node as usize) < self.nodes.len() && u32::from(d) < self.gpn => {
                     let i = self.dev(node, d);
-                    if let Some(since) = self.devices[i].quarantined.take()
-                        && self.devices[i].fault.is_none()
-                    {
-                        self.fleet_lost.collateral_quarantine += now.since(since).as_secs_f64() / 3600.0;
-                    }
+                    self.release_device(i);
                 }
                 _ => self.ctl().unmapped += 1,
             },
@@ -569,6 +579,35 @@ impl World<'_> {
                     self.ctl().unmapped += 1;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devheal_detect::{Catalog, Classifier};
+
+    #[test]
+    fn every_device_of_a_64_gpu_node_has_its_own_pci_address() {
+        let all: std::collections::BTreeSet<String> = (0..64u8).map(bdf).collect();
+        assert_eq!(all.len(), 64);
+        assert_eq!(bdf(0), "0000:18:00.0");
+        assert_eq!(bdf(7), "0000:db:00.0");
+        assert_eq!(bdf(8), "0001:18:00.0");
+        assert_eq!(bdf(63), "0007:db:00.0");
+    }
+
+    /// The real classifier reads back, from an Xid line, the address the inventory gives.
+    #[test]
+    fn an_xid_line_names_the_inventory_address_of_a_high_device() {
+        let classifier = Classifier::new(Catalog::builtin());
+        for d in [0u8, 8, 17, 63] {
+            let line =
+                format!("NVRM: Xid (PCI:{}): 79, pid=7, name=python3, GPU has fallen off the bus.", pci(d));
+            let fault = classifier.classify(&line).expect("an Xid line classifies");
+            let text = format!("{fault:?}");
+            assert!(text.contains(&bdf(d)), "device {d}: {text}");
         }
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct DeviceState {
     pub fault: Option<ActiveFault>,
     pub plugin_unhealthy: bool,
     pub quarantined: Option<Time>,
+    /// While quarantined and not faulty: since when (collateral is the healthy part only).
+    pub collateral_since: Option<Time>,
     pub resetting: bool,
     pub reset_token: u32,
     pub occupant: Option<(u16, u32)>,
@@ -494,6 +496,10 @@ impl<'a> World<'a> {
             match device {
                 Some(d) if class.scope == FaultScope::Device => {
                     let i = self.dev(node, d);
+                    // A quarantined device that breaks stops counting as collateral.
+                    if let Some(since) = self.devices[i].collateral_since.take() {
+                        self.fleet_lost.collateral_quarantine += hours(self.now.since(since).0);
+                    }
                     self.devices[i].fault = Some(active);
                     if class.device_plugin_detects {
                         self.devices[i].plugin_unhealthy = true;
@@ -661,8 +667,7 @@ impl<'a> World<'a> {
                 if self.devices[i].reset_token == token && self.devices[i].resetting {
                     self.devices[i].resetting = false;
                     if self.devices[i].fault.is_some_and(|f| Repair::Reset.fixes(f.persistence)) {
-                        self.devices[i].fault = None;
-                        self.devices[i].plugin_unhealthy = false;
+                        self.device_fault_cleared(i);
                     }
                     self.refresh_broken(node);
                     if self.strategy == Strategy::Devheal {
@@ -1381,8 +1386,7 @@ impl<'a> World<'a> {
         for d in 0..self.gpn as u8 {
             let i = self.dev(node, d);
             if self.devices[i].fault.is_some_and(|f| kind.fixes(f.persistence)) {
-                self.devices[i].fault = None;
-                self.devices[i].plugin_unhealthy = false;
+                self.device_fault_cleared(i);
             }
         }
         let n = &mut self.nodes[node as usize];
@@ -1534,6 +1538,39 @@ impl<'a> World<'a> {
         self.start_repair(node, Repair::Reboot, true);
     }
 
+    /// Quarantine device `i` (the engine asked). Only the time it is healthy while quarantined
+    /// is collateral.
+    pub(crate) fn quarantine_device(&mut self, i: usize) {
+        let dv = &mut self.devices[i];
+        dv.quarantined = Some(self.now);
+        if dv.fault.is_none() {
+            dv.collateral_since = Some(self.now);
+        }
+    }
+
+    pub(crate) fn release_device(&mut self, i: usize) {
+        self.quarantine_collateral_close(i);
+        self.devices[i].quarantined = None;
+    }
+
+    /// A repair fixed device `i`: from now on a quarantine of it holds out a healthy GPU.
+    fn device_fault_cleared(&mut self, i: usize) {
+        let dv = &mut self.devices[i];
+        dv.fault = None;
+        dv.plugin_unhealthy = false;
+        if dv.quarantined.is_some() && dv.collateral_since.is_none() {
+            dv.collateral_since = Some(self.now);
+        }
+    }
+
+    /// Count the healthy time of device `i`'s quarantine so far as collateral, and stop counting
+    /// (the quarantine ends, or the device faults).
+    pub(crate) fn quarantine_collateral_close(&mut self, i: usize) {
+        if let Some(since) = self.devices[i].collateral_since.take() {
+            self.fleet_lost.collateral_quarantine += hours(self.now.since(since).0);
+        }
+    }
+
     // ---------------------------------------------------------------- results
 
     fn finish(mut self) -> StrategyReport {
@@ -1560,12 +1597,8 @@ impl<'a> World<'a> {
                 self.fleet_lost.collateral_quarantine += hours(now.since(since).0) * f64::from(healthy);
             }
         }
-        for dv in &mut self.devices {
-            if let Some(since) = dv.quarantined
-                && dv.fault.is_none()
-            {
-                self.fleet_lost.collateral_quarantine += hours(now.since(since).0);
-            }
+        for i in 0..self.devices.len() {
+            self.quarantine_collateral_close(i);
         }
         let wall_s = self.end.as_secs_f64();
         let mut lost = self.fleet_lost.clone();
@@ -1641,4 +1674,45 @@ fn add_lost(into: &mut LostGpuHours, from: &LostGpuHours) {
     into.checkpoint_overhead += from.checkpoint_overhead;
     into.straggler_slowdown += from.straggler_slowdown;
     into.planned_maintenance += from.planned_maintenance;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Scenario {
+        Scenario::from_yaml(include_str!("../tests/data/small-cluster.yaml"), "small-cluster.yaml")
+            .expect("fixture parses")
+    }
+
+    /// Collateral from a device quarantine counts only the hours the device was healthy: not
+    /// while it was really broken, and from the moment a repair fixed it.
+    #[test]
+    fn quarantine_collateral_counts_only_healthy_time() {
+        let scenario = small();
+        let trace = FaultTrace { events: Vec::new(), lemons: vec![false; scenario.total_nodes() as usize] };
+        let mut w = World::new(&scenario, Strategy::JobFailurePolicy, &trace);
+        let at = |h: i64| Time::ZERO + Duration::from_hours(h);
+        let (broken, healthy, breaks_later) = (w.dev(2, 1), w.dev(3, 0), w.dev(4, 5));
+        let fault = ActiveFault { class: 1, persistence: Persistence::UntilReset };
+        w.devices[broken].fault = Some(fault);
+        w.now = at(1);
+        w.quarantine_device(broken);
+        w.quarantine_device(healthy);
+        w.quarantine_device(breaks_later);
+        // 1 h → 3 h: the broken one is broken (no collateral); then a reset fixes it.
+        w.now = at(3);
+        w.device_fault_cleared(broken);
+        // The third breaks at 4 h (the fault path closes its collateral) and stays broken.
+        w.now = at(4);
+        w.on_fault(1, FaultTarget::Device { node: 4, device: 5 }, false, 1);
+        assert!(w.devices[breaks_later].fault.is_some(), "class 1 (gpu_hbm) persists until a reset");
+        w.now = at(6);
+        w.release_device(broken); // healthy 3 h → 6 h: 3 GPU-h
+        w.release_device(healthy); // healthy 1 h → 6 h: 5 GPU-h
+        w.now = at(10);
+        w.release_device(breaks_later); // healthy 1 h → 4 h: 3 GPU-h
+        let got = w.fleet_lost.collateral_quarantine;
+        assert!((got - 11.0).abs() < 1e-9, "collateral {got} GPU-h, expected 11");
+    }
 }

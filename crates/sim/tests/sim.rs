@@ -1,7 +1,10 @@
 //! Acceptance tests of the simulator: Daly's analytic model, calibration against the Llama 3
 //! interruption table, determinism, and accounting invariants.
 
+use devheal_core::Time;
 use devheal_sim::daly::{daly_optimal_interval, expected_ettr};
+use devheal_sim::scenario::secs;
+use devheal_sim::trace::{FaultTarget, TraceEvent, TraceKind};
 use devheal_sim::{FaultTrace, Scenario, Strategy, simulate, simulate_strategy};
 
 const DALY: &str = include_str!("data/daly.yaml");
@@ -120,5 +123,65 @@ fn gang_time_is_fully_accounted_for_every_strategy() {
         assert!(s.counts.training_interruptions > 0, "{}: the fixture must interrupt training", s.name);
     }
     let devheal = report.strategies.iter().find(|s| s.name == "devheal").expect("devheal ran");
-    assert!(devheal.counts.engine_inputs > 0, "the devheal strategy feeds the engine");
+    assert!(devheal.counts.engine_actions > 0, "the engine acts on the fixture's faults");
+    assert_eq!(devheal.counts.engine_actions_unmapped, 0, "every engine action maps onto the model");
+}
+
+/// On the default scenario the devheal strategy is driven by the engine: it acts, every action
+/// names something in the model, and it quarantines single devices (with no false quarantines).
+#[test]
+fn devheal_on_the_default_scenario_is_the_engine_at_work() {
+    let scenario = Scenario::bundled("llama3-16k").expect("bundled");
+    let trace = FaultTrace::generate(&scenario, 1);
+    let report = simulate_strategy(&scenario, Strategy::Devheal, &trace);
+    let c = &report.counts;
+    assert!(c.engine_actions > 0, "{c:?}");
+    assert_eq!(c.engine_actions_unmapped, 0, "{c:?}");
+    assert!(c.device_quarantines > 0, "{c:?}");
+    assert_eq!(c.false_quarantines, 0, "{c:?}");
+}
+
+/// The small fixture with no random faults, and a trace of `faults` (class index, target, hours).
+fn hand_made(faults: &[(u16, FaultTarget, f64)]) -> (Scenario, FaultTrace) {
+    let mut scenario = Scenario::from_yaml(SMALL, "tests/data/small-cluster.yaml").expect("fixture parses");
+    scenario.duration_days = 1.0;
+    scenario.stragglers = None;
+    scenario.planned_maintenance = None;
+    for f in &mut scenario.faults {
+        f.rate_per_gpu_hour = 0.0;
+    }
+    let events = faults
+        .iter()
+        .map(|&(class, target, h)| TraceEvent {
+            at: Time::ZERO + secs(h * 3600.0),
+            kind: TraceKind::Fault { class, target, lemon_excess: false, pid: 4242 },
+        })
+        .collect();
+    let lemons = vec![false; scenario.total_nodes() as usize];
+    (scenario, FaultTrace { events, lemons })
+}
+
+/// A rank hangs with no evidence but its silence (class 8, nccl_timeout_unknown) twice: the
+/// second time 6 minutes after the gang came back from the restart the engine ordered for the
+/// first. The engine must see every member in the new restart attempt, close that restart and
+/// notice the second silence after its 5-minute hang timeout; if it kept the first restart open
+/// (all members "doomed", their progress dropped) it would notice nothing and the gang would wait
+/// for the 10-minute NCCL watchdog.
+#[test]
+fn a_second_hang_soon_after_a_restart_is_detected_by_the_engine() {
+    let rank = |member| FaultTarget::GangMember { gang: 0, member };
+    // Gang-a: progress every 30 s, R = 230 s. First hang at 1 h: noticed ≈ 1 h 5.5 min, running
+    // again ≈ 1 h 9.5 min; second hang at 1 h 15.5 min.
+    let (scenario, trace) = hand_made(&[(8, rank(3), 1.0), (8, rank(9), 1.0 + 15.5 / 60.0)]);
+    assert_eq!(scenario.faults[8].name, "nccl_timeout_unknown");
+    let report = simulate_strategy(&scenario, Strategy::Devheal, &trace);
+    let gang = &report.training[0];
+    assert_eq!(gang.interruptions, 2, "{gang:?}");
+    assert_eq!(gang.restarts, 2, "{gang:?}");
+    // Each hang ≈ 5.5 min × 128 GPUs = 11.7 GPU-h when the engine notices it; the watchdog
+    // would make the second 21.3 GPU-h (33 in all).
+    let limit = 2.0 * gang.gpus as f64 * 6.5 / 60.0;
+    let hang = gang.gpu_hours_lost.hang_before_detection;
+    assert!(hang < limit, "hang {hang:.2} GPU-h, expected under {limit:.2}");
+    assert_eq!(report.counts.engine_actions_unmapped, 0);
 }
