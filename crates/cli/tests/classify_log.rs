@@ -1,28 +1,13 @@
 //! End-to-end tests of `devheal classify-log`: the built binary on real kernel log lines
 //! (`crates/detect/tests/data/example-kernel.log`, sources written in the file).
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+
+mod common;
+use common::devheal;
 
 fn example_log() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../detect/tests/data/example-kernel.log")
-}
-
-fn devheal(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devheal"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the devheal binary runs");
-    let mut pipe = child.stdin.take().expect("stdin is piped");
-    if let Some(bytes) = stdin {
-        pipe.write_all(bytes).expect("write stdin");
-    }
-    drop(pipe);
-    child.wait_with_output().expect("devheal finishes")
 }
 
 #[test]

@@ -1,27 +1,14 @@
 //! `devheal explain` end to end: the binary on real pod fixtures (crates/k8s/tests/data/pods,
 //! sources beside each), with NodeDeviceHealth and FailurePolicy files written by the tests.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+mod common;
+use common::devheal;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/tests/data/pods").join(name)
-}
-
-fn devheal(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devheal"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("devheal runs");
-    if let Some(text) = stdin {
-        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("devheal exits")
 }
 
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
@@ -66,7 +53,7 @@ fn reads_a_list_from_stdin_in_order() {
         items.push(serde_json::from_str::<serde_json::Value>(&text).expect("json"));
     }
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
-    let lines = json_lines(&devheal(&["explain", "-", "--format", "json"], Some(&list)));
+    let lines = json_lines(&devheal(&["explain", "-", "--format", "json"], Some(list.as_bytes())));
     let classes: Vec<&str> = lines.iter().map(|l| l["class"].as_str().unwrap_or("")).collect();
     assert_eq!(classes, ["disruption", "infrastructure", "none"]);
     assert!(lines.iter().all(|l| l["action"] == "none"));
@@ -83,8 +70,10 @@ fn node_health_turns_a_running_gang_member_into_a_gang_restart() {
         "ndh.yaml",
         "apiVersion: devheal.io/v1alpha1\nkind: NodeDeviceHealth\nmetadata:\n  name: gpu-node-3\nstatus:\n  devices:\n  - id: GPU-7\n    resource: nvidia.com/gpu\n    pciAddress: 0000:1b:00.0\n    health: Unhealthy\n    since: \"2026-11-28T10:00:00Z\"\n    reasons:\n    - source: kernel_log\n      code: 79\n      message: GPU has fallen off the bus\n    pods: [ml/llama-0]\n",
     );
-    let out =
-        devheal(&["explain", "-", "--node-health", health.to_str().unwrap(), "--format", "json"], Some(pod));
+    let out = devheal(
+        &["explain", "-", "--node-health", health.to_str().unwrap(), "--format", "json"],
+        Some(pod.as_bytes()),
+    );
     let e = &json_lines(&out)[0];
     assert_eq!(e["class"], "device_failure");
     assert_eq!(e["action"], "restart_gang");
@@ -95,8 +84,10 @@ fn node_health_turns_a_running_gang_member_into_a_gang_restart() {
     // The same pod with the device Unknown: nothing to do.
     let unknown = std::fs::read_to_string(&health).unwrap().replace("health: Unhealthy", "health: Unknown");
     let health = temp_file("ndh-unknown.yaml", &unknown);
-    let out =
-        devheal(&["explain", "-", "--node-health", health.to_str().unwrap(), "--format", "json"], Some(pod));
+    let out = devheal(
+        &["explain", "-", "--node-health", health.to_str().unwrap(), "--format", "json"],
+        Some(pod.as_bytes()),
+    );
     let e = &json_lines(&out)[0];
     assert_eq!((e["class"].as_str(), e["action"].as_str()), (Some("none"), Some("none")));
 }
@@ -139,7 +130,7 @@ fn table_output_lists_each_pod_with_evidence() {
 
 #[test]
 fn malformed_input_is_an_error_naming_what_and_where() {
-    let out = devheal(&["explain", "-"], Some("kind: Pod\nmetadata:\n  name: [broken\n"));
+    let out = devheal(&["explain", "-"], Some(b"kind: Pod\nmetadata:\n  name: [broken\n"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("<stdin>: not valid YAML") && err.contains("line"), "{err}");

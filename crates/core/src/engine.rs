@@ -1844,8 +1844,8 @@ mod tests {
         assert!(!e.is_quarantined(&key("node-0", 0)));
     }
 
-    #[test]
-    fn version_hold_is_released_after_its_nodes_are_upgraded_or_deleted() {
+    /// 100 nodes: node-0..9 run driver 570.1 (the canary), the rest 550.9.
+    fn engine_with_canary_fleet() -> Engine {
         let mut e = engine_with(100);
         for n in 0..100 {
             let v = if n < 10 { "570.1" } else { "550.9" };
@@ -1859,6 +1859,12 @@ mod tests {
                 t(1),
             );
         }
+        e
+    }
+
+    #[test]
+    fn version_hold_is_released_after_its_nodes_are_upgraded_or_deleted() {
+        let mut e = engine_with_canary_fleet();
         for n in 0..4 {
             unhealthy(&mut e, key(&format!("node-{n}"), 0), t(10 + n as i64));
         }
@@ -2132,19 +2138,7 @@ mod tests {
 
     #[test]
     fn version_canary_holds_its_nodes() {
-        let mut e = engine_with(100);
-        for n in 0..100 {
-            let v = if n < 10 { "570.1" } else { "550.9" };
-            e.handle(
-                Input::NodeUpsert(NodeInfo {
-                    name: format!("node-{n}"),
-                    boot_id: Some("b1".into()),
-                    driver_version: Some(v.into()),
-                    ..NodeInfo::default()
-                }),
-                t(1),
-            );
-        }
+        let mut e = engine_with_canary_fleet();
         let mut all = Vec::new();
         for n in 0..4 {
             all.extend(unhealthy(&mut e, key(&format!("node-{n}"), 0), t(10 + n as i64)));

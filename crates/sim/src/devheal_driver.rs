@@ -150,16 +150,7 @@ impl World<'_> {
         labels.insert("jobset.sigs.k8s.io/restart-attempt".to_string(), g.attempt.to_string());
         labels.insert("batch.kubernetes.io/job-name".to_string(), format!("{}-workers-0", g.name));
         labels.insert("batch.kubernetes.io/job-completion-index".to_string(), member.to_string());
-        let state = match failure {
-            Some(message) => ContainerState::Terminated {
-                exit_code: 1,
-                signal: None,
-                reason: Some("Error".to_string()),
-                message: Some(message.to_string()),
-                finished_at: Some(self.now),
-            },
-            None => ContainerState::Running { started_at: Some(self.now) },
-        };
+        let state = self.container_state(failure);
         PodInfo {
             uid: self.member_uid(gang, member),
             namespace: g.namespace.clone(),
@@ -180,6 +171,20 @@ impl World<'_> {
         }
     }
 
+    /// A container that failed now with `failure` as its message, or one running since now.
+    fn container_state(&self, failure: Option<&str>) -> ContainerState {
+        match failure {
+            Some(message) => ContainerState::Terminated {
+                exit_code: 1,
+                signal: None,
+                reason: Some("Error".to_string()),
+                message: Some(message.to_string()),
+                finished_at: Some(self.now),
+            },
+            None => ContainerState::Running { started_at: Some(self.now) },
+        }
+    }
+
     fn replica_pod(
         &self,
         service: u16,
@@ -192,16 +197,7 @@ impl World<'_> {
         let node = r.node?;
         let mut labels = BTreeMap::new();
         labels.insert("app.kubernetes.io/name".to_string(), s.name.clone());
-        let state = match failure {
-            Some(message) => ContainerState::Terminated {
-                exit_code: 1,
-                signal: None,
-                reason: Some("Error".to_string()),
-                message: Some(message.to_string()),
-                finished_at: Some(self.now),
-            },
-            None => ContainerState::Running { started_at: Some(self.now) },
-        };
+        let state = self.container_state(failure);
         Some(PodInfo {
             uid: self.replica_uid(service, replica, r.generation),
             namespace: s.namespace.clone(),
