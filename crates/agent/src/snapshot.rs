@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use devheal_core::{Health, HealthSource, Time};
+use devheal_core::Time;
 use devheal_k8s::crd::{
     BoundPod, DeviceHealthState, DeviceStatus, DeviceVendor, HealthReasonStatus, HealthSummary,
-    NodeDeviceHealth, NodeDeviceHealthSpec, NodeDeviceHealthStatus, ReasonSource, SourceStatus, k8s_time,
+    NodeDeviceHealth, NodeDeviceHealthSpec, NodeDeviceHealthStatus, SourceStatus, k8s_time,
 };
 use devheal_kubelet::podresources::DeviceBinding;
 
@@ -33,26 +33,6 @@ pub struct SnapshotInput<'a> {
     pub sources: Vec<SourceStatus>,
 }
 
-fn state(h: Health) -> DeviceHealthState {
-    match h {
-        Health::Healthy => DeviceHealthState::Healthy,
-        Health::Degraded => DeviceHealthState::Degraded,
-        Health::Unhealthy => DeviceHealthState::Unhealthy,
-        Health::Unknown => DeviceHealthState::Unknown,
-    }
-}
-
-fn source(s: HealthSource) -> ReasonSource {
-    match s {
-        HealthSource::KernelLog => ReasonSource::KernelLog,
-        HealthSource::Nvml => ReasonSource::Nvml,
-        HealthSource::DevicePlugin => ReasonSource::DevicePlugin,
-        HealthSource::PodStatus => ReasonSource::PodStatus,
-        HealthSource::Progress => ReasonSource::Progress,
-        HealthSource::Operator => ReasonSource::Operator,
-    }
-}
-
 /// Build the whole object (`apiVersion`, `kind`, `metadata`, `spec`, `status`).
 pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
     let mut pods_by_device: BTreeMap<(&str, &str), Vec<BoundPod>> = BTreeMap::new();
@@ -68,7 +48,7 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
     let mut devices = Vec::with_capacity(input.devices.len());
     for d in input.devices {
         let verdict = input.tracker.verdict(&d.id);
-        let health = verdict.as_ref().map_or(DeviceHealthState::Unknown, |v| state(v.health));
+        let health = verdict.as_ref().map_or(DeviceHealthState::Unknown, |v| v.health);
         summary.devices += 1;
         match health {
             DeviceHealthState::Healthy => summary.healthy += 1,
@@ -89,7 +69,7 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
                     v.reasons
                         .into_iter()
                         .map(|r| HealthReasonStatus {
-                            source: source(r.source),
+                            source: r.source,
                             code: r.code,
                             message: r.message,
                             first_seen: k8s_time(r.first_seen),
@@ -118,6 +98,7 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
 mod tests {
     use super::*;
     use crate::health::{Evidence, TrackerConfig};
+    use devheal_core::{Health, HealthSource};
 
     #[test]
     fn an_unhealthy_device_lists_its_reason_and_pods() {

@@ -28,6 +28,7 @@ impl std::fmt::Display for DeviceKey {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum Vendor {
     Nvidia,
     Amd,
@@ -74,6 +75,7 @@ impl Health {
 /// Where a piece of health evidence came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum HealthSource {
     KernelLog,
     Nvml,

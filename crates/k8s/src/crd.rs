@@ -87,36 +87,9 @@ pub struct HealthSummary {
     pub unknown: u32,
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DeviceHealthState {
-    #[default]
-    Healthy,
-    Degraded,
-    Unhealthy,
-    /// The agent lost sight of the device; this never triggers remediation.
-    Unknown,
-}
-
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceVendor {
-    Nvidia,
-    Amd,
-    Intel,
-    #[default]
-    Other,
-}
-
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonSource {
-    KernelLog,
-    Nvml,
-    DevicePlugin,
-    PodStatus,
-    Progress,
-    Operator,
-}
+/// A device's health, vendor and the source of a reason are the engine's own types (their JSON
+/// schema comes from `devheal-core`), under the names the CRD uses.
+pub use devheal_core::{Health as DeviceHealthState, HealthSource as ReasonSource, Vendor as DeviceVendor};
 
 /// One device.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
