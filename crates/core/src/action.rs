@@ -104,3 +104,52 @@ pub struct PlannedAction {
     pub action: Action,
     pub class: FailureClass,
 }
+
+/// What became of an action a driver (the controller's actuator, a fake cluster) tried to carry
+/// out. The controller counts these by type and outcome and retries only `Retry`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ActionOutcome {
+    /// Done, or already true (a replay of an idempotent action lands here).
+    Done,
+    /// Decided but not carried out (dry run): what would have been sent.
+    WouldDo { description: String },
+    /// Refused for now (a PodDisruptionBudget's 429, conflicts that did not settle, a 5xx);
+    /// try again after this many milliseconds.
+    Retry { after_ms: u64, reason: String },
+    /// Nothing left to act on (the pod or node is gone).
+    Gone,
+    /// Failed for good (forbidden, invalid): reported, not retried.
+    Failed { reason: String },
+}
+
+impl ActionOutcome {
+    /// A short label for metrics: `done`, `would_do`, `retry`, `gone`, `failed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ActionOutcome::Done => "done",
+            ActionOutcome::WouldDo { .. } => "would_do",
+            ActionOutcome::Retry { .. } => "retry",
+            ActionOutcome::Gone => "gone",
+            ActionOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl Action {
+    /// A short label for metrics and logs: `mark_pod`, `evict_pod`, `restart_gang`, ….
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::MarkPod { .. } => "mark_pod",
+            Action::EvictPod { .. } => "evict_pod",
+            Action::RestartGang { .. } => "restart_gang",
+            Action::QuarantineDevice { .. } => "quarantine_device",
+            Action::ReleaseDevice { .. } => "release_device",
+            Action::CordonNode { .. } => "cordon_node",
+            Action::UncordonNode { .. } => "uncordon_node",
+            Action::RequestRepair { .. } => "request_repair",
+            Action::FailWorkload { .. } => "fail_workload",
+            Action::Report { .. } => "report",
+        }
+    }
+}
