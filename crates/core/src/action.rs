@@ -153,3 +153,10 @@ impl Action {
         }
     }
 }
+
+/// Carries out the engine's planned actions: the controller's Kubernetes actuator, an in-memory
+/// fake cluster in tests. Implementations must be idempotent per `idempotency_key` where the
+/// cluster lets them be (a replayed eviction of a pod that is gone is `Gone`, not an error).
+pub trait Actuator: Send + Sync {
+    fn execute(&self, planned: &PlannedAction) -> impl std::future::Future<Output = ActionOutcome> + Send;
+}

@@ -17,7 +17,7 @@ pub mod pod;
 pub mod policy;
 pub mod time;
 
-pub use action::{Action, ActionOutcome, PlannedAction, RepairKind};
+pub use action::{Action, ActionOutcome, Actuator, PlannedAction, RepairKind};
 pub use attribution::{DeviceEvidence, IncidentEvidence, Verdict, attribute};
 pub use catalog::ExitCodeCatalog;
 pub use device::{Device, DeviceHealth, DeviceKey, Health, HealthReason, HealthSource, Vendor};
