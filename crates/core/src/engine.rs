@@ -250,6 +250,9 @@ pub struct Engine {
     pending_devices: BTreeMap<DeviceKey, (String, RepairKind, String)>,
     pending_evictions: BTreeMap<String, (String, String, FailureClass)>,
     probation: BTreeSet<DeviceKey>,
+    /// Every device made Unhealthy or Degraded since the last prune (a superset of those that
+    /// are now): a hang is blamed by looking at these, not at every device of a 2,560-pod gang.
+    unwell: BTreeSet<DeviceKey>,
     /// Quarantined devices that dropped out of their node's inventory (Xid 79, "fallen off the
     /// bus"), with when: they hold no budget while gone and come back quarantined.
     vanished: BTreeMap<DeviceKey, (Time, DeviceState)>,
@@ -340,6 +343,7 @@ impl Engine {
             pending_devices: BTreeMap::new(),
             pending_evictions: BTreeMap::new(),
             probation: BTreeSet::new(),
+            unwell: BTreeSet::new(),
             vanished: BTreeMap::new(),
             node_probation: BTreeSet::new(),
             version_nodes: HashMap::new(),
@@ -436,7 +440,13 @@ impl Engine {
 
     /// Attribute a pod with what the engine knows about its devices now.
     pub fn verdict(&self, pod: &PodInfo, now: Time) -> Verdict {
-        attribute(pod, &self.evidence_for(pod, now))
+        let (evidence, quiet) = self.evidence_for(pod, now);
+        let mut verdict = attribute(pod, &evidence);
+        // A Healthy device with nothing to say changes only the worst health (see evidence_for).
+        if quiet && verdict.worst_device_health.is_none() {
+            verdict.worst_device_health = Some(Health::Healthy);
+        }
+        verdict
     }
 
     /// What the policy says about a pod (no state changes, no budgets).
@@ -483,25 +493,58 @@ impl Engine {
         self.config.policies.iter().find(|p| p.selects(pod)).unwrap_or(&self.default_policy)
     }
 
-    fn evidence_for(&self, pod: &PodInfo, now: Time) -> Vec<DeviceEvidence> {
+    /// Evidence from the pod's devices that can move a verdict: devices that are not Healthy or
+    /// carry reasons or recent incidents, in the pod's order. A Healthy device with nothing to say
+    /// would only make the worst health Healthy; the flag says whether the pod had one. Pods are
+    /// re-sent often (every member of a restarted gang), and most of their devices are quiet:
+    /// this keeps a re-sent pod from cloning eight device keys to find nothing.
+    fn evidence_for(&self, pod: &PodInfo, now: Time) -> (Vec<DeviceEvidence>, bool) {
         let horizon = now - self.config.safety.incident_window;
-        pod.devices
-            .iter()
-            .filter_map(|k| {
-                let d = self.devices.get(k)?;
-                Some(DeviceEvidence {
-                    key: k.clone(),
-                    health: d.health,
-                    reasons: d.reasons.clone(),
-                    incidents: d
-                        .incidents
-                        .iter()
-                        .filter(|i| i.last_seen >= horizon && i.last_seen >= d.recovered_at)
-                        .cloned()
-                        .collect(),
-                })
-            })
-            .collect()
+        let mut quiet = false;
+        let mut evidence = Vec::new();
+        let mut consider = |k: &DeviceKey, d: &DeviceState| {
+            let live = |i: &&IncidentEvidence| i.last_seen >= horizon && i.last_seen >= d.recovered_at;
+            if d.health == Health::Healthy && d.reasons.is_empty() && !d.incidents.iter().any(|i| live(&i)) {
+                quiet = true;
+                return;
+            }
+            evidence.push(DeviceEvidence {
+                key: k.clone(),
+                health: d.health,
+                reasons: d.reasons.clone(),
+                incidents: d.incidents.iter().filter(live).cloned().collect(),
+            });
+        };
+        // The usual pod holds devices of one node in key order: one walk of that range instead
+        // of a tree descent per device.
+        let sorted_one_node = pod.devices.windows(2).all(|w| w[0] < w[1] && w[0].node == w[1].node);
+        match pod.devices.first() {
+            Some(first) if sorted_one_node && pod.devices.len() > 1 => {
+                let mut wanted = pod.devices.iter().peekable();
+                for (k, d) in self.devices.range(first..) {
+                    while wanted.next_if(|w| *w < k).is_some() {}
+                    match wanted.peek() {
+                        None => break,
+                        Some(w) if *w == k => {
+                            consider(k, d);
+                            wanted.next();
+                        }
+                        Some(_) => {}
+                    }
+                    if k.node != first.node {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                for k in &pod.devices {
+                    if let Some(d) = self.devices.get(k) {
+                        consider(k, d);
+                    }
+                }
+            }
+        }
+        (evidence, quiet)
     }
 
     fn quarantine_node_limit(&self) -> usize {
@@ -596,6 +639,9 @@ impl Engine {
                     st.since = now;
                 }
                 *self.quarantined_nodes.entry(d.key.node.clone()).or_default() += 1;
+                if st.health == Health::Unhealthy {
+                    self.unwell.insert(d.key.clone());
+                }
                 self.devices.insert(d.key.clone(), st);
             }
             let st = self.devices.entry(d.key).or_insert_with(|| DeviceState::new(now));
@@ -631,6 +677,9 @@ impl Engine {
             st.since = now;
         }
         st.health = health;
+        if matches!(health, Health::Unhealthy | Health::Degraded) {
+            self.unwell.insert(key.clone());
+        }
         match health {
             Health::Unhealthy => {
                 if st.open_incident.is_none() {
@@ -716,12 +765,14 @@ impl Engine {
                     st.since = now;
                 }
                 st.health = Health::Unhealthy;
+                self.unwell.insert(key.clone());
                 let reason = format!("{}: {}", inc.kind, inc.summary);
                 self.device_failed(&key, inc.id, inc.action, reason, now, out);
             }
             Health::Degraded if st.health == Health::Healthy => {
                 st.health = Health::Degraded;
                 st.since = now;
+                self.unwell.insert(key.clone());
                 self.device_degraded(&key, now, out);
             }
             _ => {}
@@ -1105,21 +1156,30 @@ impl Engine {
             for g in empty {
                 self.gangs.remove(&g);
             }
+            let devices = &self.devices;
+            self.unwell.retain(|k| {
+                devices.get(k).is_some_and(|d| matches!(d.health, Health::Unhealthy | Health::Degraded))
+            });
         }
     }
 
     /// The class a hang is blamed on: the worst device health among the gang's members.
     fn gang_device_class(&self, g: &GangId) -> FailureClass {
-        let Some(gs) = self.gangs.get(g) else { return FailureClass::Application };
+        if !self.gangs.contains_key(g) {
+            return FailureClass::Application;
+        }
         let mut class = FailureClass::Application;
-        for uid in &gs.members {
-            let Some(p) = self.pods.get(uid) else { continue };
-            for k in &p.info.devices {
-                match self.devices.get(k).map(|d| d.health) {
-                    Some(Health::Unhealthy) => return FailureClass::DeviceFailure,
-                    Some(Health::Degraded) => class = FailureClass::DeviceDegraded,
-                    _ => {}
-                }
+        for k in &self.unwell {
+            let Some(d) = self.devices.get(k) else { continue };
+            if !matches!(d.health, Health::Unhealthy | Health::Degraded) {
+                continue;
+            }
+            let held =
+                d.pods.iter().any(|uid| self.pods.get(uid).is_some_and(|p| p.gang.as_ref() == Some(g)));
+            match d.health {
+                Health::Unhealthy if held => return FailureClass::DeviceFailure,
+                Health::Degraded if held => class = FailureClass::DeviceDegraded,
+                _ => {}
             }
         }
         class
@@ -1532,11 +1592,16 @@ impl Engine {
                 // One restart per incident: this failure joins the restart already planned.
                 return;
             }
-            // Held when any member's node is held (breaker, version canary).
-            gs.members
-                .iter()
-                .filter_map(|uid| self.pods.get(uid).and_then(|p| p.info.node.clone()))
-                .find_map(|n| self.node_held(&n).map(|h| (n, h)))
+            // Held when any member's node is held (breaker, version canary); with neither in
+            // force, no node is held and the members need not be looked at.
+            if self.breaker.open_since.is_none() && self.held_versions.is_empty() {
+                None
+            } else {
+                gs.members
+                    .iter()
+                    .filter_map(|uid| self.pods.get(uid).and_then(|p| p.info.node.as_deref()))
+                    .find_map(|n| self.node_held(n).map(|h| (n.to_string(), h)))
+            }
         };
         if let Some((node, hold)) = held {
             self.report_hold(out, hold, &node, format!("not restarting gang {g}: {reason}"), now);

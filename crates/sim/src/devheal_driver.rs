@@ -437,8 +437,15 @@ impl World<'_> {
     /// The restarted gang runs again: the controller's pod watch shows every member Running in
     /// the new restart attempt (JobSet bumps `restart-attempt` on all of them, moved or not), so
     /// the engine closes the restart it had open and a new failure is a new incident.
+    /// With `resend_restarted_members: false` only rank 0 is re-sent (moved members were sent
+    /// when they moved): its progress then closes the restart.
     pub(crate) fn devheal_gang_running(&mut self, gang: u16) {
-        for member in 0..self.gangs[gang as usize].members.len() as u32 {
+        let members = if self.scenario.strategies.devheal.resend_restarted_members {
+            self.gangs[gang as usize].members.len() as u32
+        } else {
+            1
+        };
+        for member in 0..members {
             let pod = self.member_pod(gang, member, PodPhase::Running, None);
             self.deliver_now(Input::PodUpsert(pod));
         }

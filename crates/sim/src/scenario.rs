@@ -175,6 +175,17 @@ pub struct DevhealSpec {
     pub tick_idle_s: f64,
     /// How often rank 0 reports progress.
     pub progress_interval_s: f64,
+    /// After a gang restart, does the controller's pod watch show the engine every member
+    /// Running in the new attempt (what JobSet does), or only rank 0 and the members that moved?
+    /// With `false` the engine closes the restart when rank 0, seen re-created, reports progress;
+    /// it is a simplification for fleet-scale runs (one 20,480-GPU gang restart is 2,560 pod
+    /// updates), documented in docs/simulator.md. Default `true`.
+    #[serde(default = "yes")]
+    pub resend_restarted_members: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Which part of the cluster a fault strikes.

@@ -185,3 +185,33 @@ fn a_second_hang_soon_after_a_restart_is_detected_by_the_engine() {
     assert!(hang < limit, "hang {hang:.2} GPU-h, expected under {limit:.2}");
     assert_eq!(report.counts.engine_actions_unmapped, 0);
 }
+
+/// `resend_restarted_members: false` (the fleet scenario's shortcut: only rank 0 of a restarted
+/// gang is re-sent and its progress closes the restart) must not change what the report
+/// measures, only how many inputs the engine reads.
+#[test]
+fn re_sending_only_rank_0_after_a_restart_changes_no_outcome() {
+    let mut full = Scenario::bundled("llama3-16k").expect("bundled");
+    full.duration_days = 12.0;
+    assert!(full.strategies.devheal.resend_restarted_members, "the default scenario re-sends every member");
+    let mut lean = full.clone();
+    lean.strategies.devheal.resend_restarted_members = false;
+    let trace = FaultTrace::generate(&full, 3);
+    let a = simulate_strategy(&full, Strategy::Devheal, &trace);
+    let b = simulate_strategy(&lean, Strategy::Devheal, &trace);
+    assert!(a.counts.gang_restarts > 3, "the window has restarts to compare: {:?}", a.counts);
+    assert!(
+        b.counts.engine_inputs * 2 < a.counts.engine_inputs,
+        "the shortcut reads far fewer inputs: {} vs {}",
+        b.counts.engine_inputs,
+        a.counts.engine_inputs
+    );
+    assert_eq!(a.ettr, b.ettr);
+    assert_eq!(a.counts.gang_restarts, b.counts.gang_restarts);
+    assert_eq!(a.counts.pod_evictions, b.counts.pod_evictions);
+    assert_eq!(a.counts.device_quarantines, b.counts.device_quarantines);
+    assert_eq!(
+        serde_json::to_string(&a.gpu_hours_lost).expect("json"),
+        serde_json::to_string(&b.gpu_hours_lost).expect("json")
+    );
+}
