@@ -123,6 +123,8 @@ struct DeviceState {
     /// Evidence from before this time is stale (last reset, recovery or reboot).
     recovered_at: Time,
     incident_times: VecDeque<Time>,
+    /// When each recent Degraded episode began (its `since`).
+    degraded_episodes: VecDeque<Time>,
 }
 
 impl DeviceState {
@@ -139,6 +141,7 @@ impl DeviceState {
             probation_until: None,
             recovered_at: Time(i64::MIN),
             incident_times: VecDeque::new(),
+            degraded_episodes: VecDeque::new(),
         }
     }
 }
@@ -262,6 +265,7 @@ pub struct Engine {
     held_versions: BTreeSet<String>,
     breaker: Breaker,
     last_prune: Time,
+    last_tick: Time,
 }
 
 /// How long an open gang restart waits for the gang to make progress before it is closed anyway.
@@ -350,6 +354,7 @@ impl Engine {
             held_versions: BTreeSet::new(),
             breaker: Breaker::default(),
             last_prune: Time::ZERO,
+            last_tick: Time::ZERO,
         };
         engine.refresh_gang_keys();
         engine
@@ -999,6 +1004,22 @@ impl Engine {
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
         let s = self.config.safety.clone();
+        // Degraded devices whose slow-down has now lasted long enough for a replacement.
+        let (last, after) = (self.last_tick, s.degraded_replace_after);
+        self.last_tick = now;
+        let matured: Vec<DeviceKey> = self
+            .unwell
+            .iter()
+            .filter(|k| {
+                self.devices.get(*k).is_some_and(|d| {
+                    d.health == Health::Degraded && d.since + after > last && d.since + after <= now
+                })
+            })
+            .cloned()
+            .collect();
+        for k in matured {
+            self.device_degraded(&k, now, out);
+        }
         // Breaker and version holds age out.
         self.prune_breaker(now);
         if let Some(since) = self.breaker.open_since
@@ -1233,6 +1254,27 @@ impl Engine {
     }
 
     fn device_degraded(&mut self, key: &DeviceKey, now: Time, out: &mut Vec<PlannedAction>) {
+        // Count the episode (once, by its start) and quarantine a device that keeps degrading.
+        let s = &self.config.safety;
+        let (limit, horizon) = (s.degraded_episodes_to_quarantine as usize, now - s.lemon_window);
+        let mut repeat = None;
+        if let Some(d) = self.devices.get_mut(key) {
+            if d.degraded_episodes.back() != Some(&d.since) {
+                d.degraded_episodes.push_back(d.since);
+            }
+            while d.degraded_episodes.front().is_some_and(|t| *t < horizon) {
+                d.degraded_episodes.pop_front();
+            }
+            if limit > 0 && d.degraded_episodes.len() >= limit && !d.quarantined {
+                repeat = Some((d.degraded_episodes.len(), d.since));
+            }
+        }
+        if let Some((episodes, since)) = repeat {
+            let days = self.config.safety.lemon_window.as_secs_f64() / 86_400.0;
+            let reason = format!("Degraded {episodes} times within {days:.0} days");
+            let incident = format!("degraded-repeat/{key}/{}", since.as_nanos());
+            self.remediate_device(key, &incident, RepairKind::InspectHardware, &reason, now, out);
+        }
         let bound: Vec<String> = self.devices.get(key).map(|d| d.pods.clone()).unwrap_or_default();
         for uid in bound {
             let Some(p) = self.pods.get(&uid) else { continue };
@@ -1241,8 +1283,9 @@ impl Engine {
             }
             let verdict = self.verdict(&p.info.to_pod_info(&uid), now);
             if verdict.class == FailureClass::DeviceDegraded {
+                // One decision per pod and episode, however many of its devices are Degraded.
                 let since = self.devices.get(key).map_or(now, |d| d.since);
-                let incident = format!("degraded/{key}/{}", since.as_nanos());
+                let incident = format!("degraded/{uid}/{}", since.as_nanos());
                 self.decide_pod(&uid, None, verdict, Some(incident), now, out);
             }
         }
@@ -1441,6 +1484,18 @@ impl Engine {
         if p.decided.contains(&identity) {
             return;
         }
+        if rule.action == RuleAction::ReplaceAtCheckpoint {
+            // Not before the slow-down has lasted `degraded_replace_after` (a Tick looks again).
+            let after = self.config.safety.degraded_replace_after;
+            let lasted = verdict
+                .suspect_devices
+                .iter()
+                .filter_map(|k| self.devices.get(k))
+                .any(|d| d.health == Health::Degraded && now.since(d.since) >= after);
+            if !lasted {
+                return;
+            }
+        }
         let rule = rule.clone();
         let gang = p.gang.clone();
         let terminal = matches!(info.phase, PodPhase::Succeeded | PodPhase::Failed);
@@ -1466,6 +1521,12 @@ impl Engine {
             RuleAction::EvictPod => {
                 if !terminal {
                     self.evict(uid, &identity, &reason, class, now, out);
+                }
+            }
+            RuleAction::ReplaceAtCheckpoint => {
+                if let (Some(g), false) = (&gang, terminal) {
+                    let devices = verdict.suspect_devices.clone();
+                    self.replace_at_checkpoint(uid, g, devices, &identity, &reason, class, now, out);
                 }
             }
             RuleAction::RestartGang => match &gang {
@@ -1574,6 +1635,66 @@ impl Engine {
         if self.emit(out, key, action, class, now) {
             self.evictions.push_back(now);
         }
+    }
+
+    /// Plan the replacement of a slow gang member at the gang's next checkpoint: one at a time
+    /// per gang and incident, held like any remediation, and within the gang restart budget
+    /// (the replacement is a restart from that checkpoint).
+    #[allow(clippy::too_many_arguments)]
+    fn replace_at_checkpoint(
+        &mut self,
+        uid: &str,
+        g: &GangId,
+        devices: Vec<DeviceKey>,
+        identity: &str,
+        reason: &str,
+        class: FailureClass,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let Some(p) = self.pods.get(uid) else { return };
+        let pref = p.info.pod_ref(uid);
+        let node = p.info.node.clone().unwrap_or_default();
+        if let Some(hold) = self.node_held(&node) {
+            let what = format!("not replacing {}/{} at the next checkpoint", pref.namespace, pref.name);
+            self.report_hold(out, hold, &node, what, now);
+            return;
+        }
+        let key = format!("replace/{uid}/{identity}");
+        if self.issued.contains_key(&key) {
+            return;
+        }
+        let max = self.config.safety.max_gang_restarts_per_hour as usize;
+        let hour = now - Duration::from_hours(1);
+        let Some(gs) = self.gangs.get_mut(g) else { return };
+        if gs.open_restart.is_some() {
+            // The gang is restarting anyway: the member is replaced if its device is quarantined
+            // or it fails again; a second restart is not worth it.
+            return;
+        }
+        while gs.restarts.front().is_some_and(|t| *t <= hour) {
+            gs.restarts.pop_front();
+        }
+        if gs.restarts.len() >= max {
+            let msg = format!(
+                "not replacing {}/{} in gang {g}: {} restarts in the last hour (limit {max}); {reason}",
+                pref.namespace,
+                pref.name,
+                gs.restarts.len()
+            );
+            self.report(
+                out,
+                format!("budget/replace/{uid}/{identity}"),
+                "GangRestartBudgetExhausted",
+                msg,
+                now,
+            );
+            return;
+        }
+        gs.restarts.push_back(now);
+        let action =
+            Action::ReplaceAtCheckpoint { pod: pref, gang: g.clone(), devices, reason: reason.to_string() };
+        self.emit(out, key, action, class, now);
     }
 
     fn restart_gang(
@@ -1857,6 +1978,73 @@ mod tests {
 
     fn healthy(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAction> {
         e.handle(Input::DeviceHealth { device: k, health: Health::Healthy, reasons: vec![] }, now)
+    }
+
+    fn degraded(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAction> {
+        let reason = HealthReason {
+            source: crate::device::HealthSource::Progress,
+            code: None,
+            message: "straggler: 12 % slower than the gang median for 5 min".into(),
+            first_seen: now,
+            last_seen: now,
+            count: 1,
+        };
+        e.handle(Input::DeviceHealth { device: k, health: Health::Degraded, reasons: vec![reason] }, now)
+    }
+
+    /// A slow member whose eight devices all turn Degraded: nothing until the slow-down has
+    /// lasted `degraded_replace_after`, then one mark and one replacement at the next checkpoint
+    /// (not eight), and none again for the same episode.
+    #[test]
+    fn a_lasting_slow_member_is_replaced_at_the_next_checkpoint_once() {
+        let mut e = engine_with(2);
+        for (i, node) in ["node-0", "node-1"].into_iter().enumerate() {
+            let mut p = gang_pod(i, node);
+            p.devices = (0..8).map(|d| key(node, d)).collect();
+            e.handle(Input::PodUpsert(p), t(1));
+        }
+        let mut early = Vec::new();
+        for d in 0..8 {
+            early.extend(degraded(&mut e, key("node-0", d), t(100)));
+        }
+        early.extend(e.handle(Input::Tick, t(100 + 19 * 60)));
+        assert!(early.is_empty(), "a 19-minute slow-down is left alone: {early:?}");
+        let acts = e.handle(Input::Tick, t(100 + 20 * 60));
+        let replaced: Vec<&PlannedAction> =
+            acts.iter().filter(|a| matches!(a.action, Action::ReplaceAtCheckpoint { .. })).collect();
+        assert_eq!(replaced.len(), 1, "{acts:?}");
+        let Action::ReplaceAtCheckpoint { pod, devices, .. } = &replaced[0].action else { unreachable!() };
+        assert_eq!(pod.uid, "uid-0");
+        assert_eq!(devices.len(), 8, "the finding names every Degraded device of the member");
+        assert_eq!(count(&acts, |a| matches!(a, Action::MarkPod { .. })), 1);
+        let mut later = e.handle(Input::Tick, t(100 + 40 * 60));
+        later.extend(degraded(&mut e, key("node-0", 0), t(100 + 41 * 60)));
+        assert!(later.is_empty(), "one replacement per episode: {later:?}");
+        assert!(!e.is_quarantined(&key("node-0", 0)));
+    }
+
+    /// The third Degraded episode of one device within the lemon window quarantines it and asks
+    /// for an inspection; the first two only count.
+    #[test]
+    fn a_device_degraded_three_times_is_quarantined() {
+        let mut e = engine_with(1);
+        let k = key("node-0", 3);
+        for episode in 0..3 {
+            let start = t(episode * 3600);
+            let acts = degraded(&mut e, k.clone(), start);
+            let quarantined = count(&acts, |a| matches!(a, Action::QuarantineDevice { .. }));
+            if episode < 2 {
+                assert_eq!(quarantined, 0, "episode {episode}: {acts:?}");
+                assert!(healthy(&mut e, k.clone(), start + Duration::from_mins(10)).is_empty());
+            } else {
+                assert_eq!(quarantined, 1, "{acts:?}");
+                assert!(acts.iter().any(|a| matches!(
+                    &a.action,
+                    Action::RequestRepair { kind: RepairKind::InspectHardware, .. }
+                )));
+            }
+        }
+        assert!(e.is_quarantined(&k));
     }
 
     #[test]
