@@ -215,3 +215,20 @@ fn re_sending_only_rank_0_after_a_restart_changes_no_outcome() {
         serde_json::to_string(&b.gpu_hours_lost).expect("json")
     );
 }
+
+/// Issue 7: with stragglers in the trace, devheal with its straggler detection (lasting slow
+/// members replaced at a checkpoint) keeps a higher ETTR than devheal without it, and the
+/// report carries the difference.
+#[test]
+fn straggler_detection_raises_devheal_ettr_on_the_default_scenario() {
+    let mut scenario = Scenario::bundled("llama3-16k").expect("bundled");
+    // Identical outcomes, fewer engine inputs (see re_sending_only_rank_0_...).
+    scenario.strategies.devheal.resend_restarted_members = false;
+    let report = devheal_sim::simulate_strategies(&scenario, 1, &[Strategy::Devheal], &mut |_| {});
+    let d = report.straggler_detection.as_ref().expect("the comparison is on by default");
+    assert!(d.replacements > 0, "{d:?}");
+    assert!(d.ettr_with > d.ettr_without, "{d:?}");
+    assert!(d.straggler_gpu_hours_with < d.straggler_gpu_hours_without, "{d:?}");
+    assert!(report.to_table().contains("straggler detection: ETTR"), "{}", report.to_table());
+    assert!(report.to_json().contains("\"straggler_detection\""));
+}
