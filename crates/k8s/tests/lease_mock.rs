@@ -210,3 +210,22 @@ async fn api_failures_are_errors_not_lost_elections() {
         other => panic!("expected two API errors, got {other:?}"),
     }
 }
+
+/// The controller runs the elector on its own task: its futures must be `Send`.
+#[tokio::test]
+async fn the_electors_futures_can_run_on_spawned_tasks() {
+    let clock = TestClock::at(T0);
+    let script = vec![expect("GET", LEASE, None, ok(lease("3", Some("controller-b"), T0_MICROS, 0)))];
+    let out = run(script, |client| async move {
+        let e = std::sync::Arc::new(elector(client, &clock));
+        let task = tokio::spawn({
+            let e = e.clone();
+            async move { e.try_acquire_or_renew().await.ok() }
+        });
+        let held = task.await.expect("task");
+        tokio::spawn(async move { e.release().await }).await.expect("task");
+        held
+    })
+    .await;
+    assert_eq!(out, Some(false));
+}
