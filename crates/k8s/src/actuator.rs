@@ -1140,14 +1140,20 @@ fn same_taint(t: &Value, key: &str) -> bool {
     t["key"] == key && t["effect"] == "NoSchedule"
 }
 
-/// A JSON patch whose `test` failed (the API server answers 422 quoting the test), or a write
-/// conflict.
+/// A JSON patch whose `test` failed, or a write conflict. The API server answers a JSON patch
+/// that does not apply with 422 and only the generic message "the server rejected our request
+/// due to an error in our request" (the patch library's text is not passed on), while a patch
+/// that applies but yields an invalid node gets 422 "Node \"x\" is invalid: ..." with causes.
+/// Our patches only `test` and `add` under `/spec`, so the generic 422 is a failed test; the
+/// patch library's own wording is matched too, should a server pass it on.
 fn is_failed_test(e: &CallError) -> bool {
     match e {
         CallError::Status { code: 409, .. } => true,
-        CallError::Status { code: 422, message, .. } => {
+        CallError::Status { code: 422, message, cause_fields, .. } => {
             let m = message.to_ascii_lowercase();
-            m.contains("testing value") || m.contains("test operation") || m.contains("test failed")
+            (cause_fields.is_empty() && m.contains("the server rejected our request"))
+                || m.contains("testing value")
+                || m.contains("test operation")
         }
         _ => false,
     }

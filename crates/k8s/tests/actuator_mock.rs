@@ -796,14 +796,16 @@ fn cordoned_event() -> Exchange {
     )
 }
 
-const FAILED_TEST: &str = "the server rejected our request due to an error in our request: testing value /spec/taints failed: test failed";
+/// What the API server answers when a JSON patch's `test` fails (`NewGenericServerResponse`
+/// with 422: reason Invalid, a generic message, no causes).
+const FAILED_TEST: &str = "the server rejected our request due to an error in our request";
 
 #[tokio::test]
 async fn cordon_tests_the_taints_it_read_and_retries_when_they_changed() {
     let second = json!([other_taint(), {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}]);
     let script = vec![
         expect("GET", NODE_PATH, None, ok(node(Some(json!([other_taint()])), None))),
-        cordon_patch(json!([other_taint()]), status(422, "", FAILED_TEST)),
+        cordon_patch(json!([other_taint()]), status(422, "Invalid", FAILED_TEST)),
         expect("GET", NODE_PATH, None, ok(node(Some(second.clone()), None))),
         cordon_patch(second, ok(node(None, Some(true)))),
         cordoned_event(),
@@ -843,6 +845,32 @@ async fn cordon_gives_up_for_now_when_the_taints_keep_changing() {
                      been modified"
                 .into()
         }
+    );
+}
+
+#[tokio::test]
+async fn cordon_refused_as_invalid_fails_without_retrying() {
+    let message =
+        "Node \"gpu-node-1\" is invalid: spec.taints[1].key: Invalid value: \"devheal.io/unhealthy\"";
+    let script = vec![
+        expect("GET", NODE_PATH, None, ok(node(None, None))),
+        cordon_patch(Value::Null, invalid_field(message, "spec.taints[1].key")),
+        event_posted(
+            EVENTS_DEFAULT,
+            event(
+                "default",
+                Some(node_regarding(None)),
+                "DevhealActionFailed",
+                "Cordon",
+                &format!("cordon_node failed: patching node gpu-node-1: HTTP 422 Invalid: {message}"),
+                "Warning",
+            ),
+        ),
+    ];
+    let out = run(script, |c| async move { actuator(c, config()).execute(&cordon()).await }).await;
+    assert_eq!(
+        out,
+        ActionOutcome::Failed { reason: format!("patching node gpu-node-1: HTTP 422 Invalid: {message}") }
     );
 }
 
