@@ -275,13 +275,9 @@ impl KubeActuator {
     }
 
     /// The outcome of a request that failed, for a target named `key`; `what` says what was
-    /// being done, for the reason.
+    /// being done, for the reason. A final outcome forgets the target's backoff.
     fn failed_call(&self, key: &str, what: &str, err: &CallError) -> ActionOutcome {
-        match err.code() {
-            Some(404) => ActionOutcome::Gone,
-            Some(429) | Some(500..=599) | None => self.retry(key, format!("{what}: {}", err.describe())).0,
-            Some(_) => ActionOutcome::Failed { reason: format!("{what}: {}", err.describe()) },
-        }
+        self.stop_outcome(key, stop_of(what, err))
     }
 
     // ---- events --------------------------------------------------------------------------
