@@ -1160,3 +1160,46 @@ async fn the_mock_fails_a_test_that_misses_an_expected_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn fail_workload_of_a_volcano_job_only_marks_its_pods() {
+    let mut p = member("mpi-worker-0", "uid-v", json!({"volcano.sh/job-name": "mpi"}), "Running", false);
+    p["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job",
+        "name": "mpi", "uid": "vcjob-uid", "controller": true}]);
+    let fail = Action::FailWorkload { gang: gang("volcano", "mpi"), reason: "r".into() };
+    let script = vec![
+        expect(
+            "GET",
+            "/api/v1/namespaces/ml/pods?labelSelector=volcano.sh%2Fjob-name%3Dmpi",
+            None,
+            ok(json!({"items": [p]})),
+        ),
+        expect(
+            "PATCH",
+            "/api/v1/namespaces/ml/pods/mpi-worker-0/status?fieldManager=devheal-controller",
+            Some(json!({
+                "metadata": {"uid": "uid-v"},
+                "status": {"conditions": [{
+                    "type": "devheal.io/WorkloadFailed", "status": "True", "reason": "DevhealFailedWorkload",
+                    "message": "devheal failed workload ml/volcano/mpi: r", "lastTransitionTime": T0_SECONDS,
+                }]},
+            })),
+            ok(json!({"kind": "Pod"})),
+        ),
+        event_posted(
+            EVENTS_ML,
+            event(
+                "ml",
+                Some(json!({"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", "namespace": "ml",
+                            "name": "mpi", "uid": "vcjob-uid"})),
+                "DevhealWorkloadFailed",
+                "FailWorkload",
+                "failing workload ml/volcano/mpi: 1 pods marked; the owner must be failed by its own policy or an \
+                 operator (devheal.io/WorkloadFailed): r",
+                "Warning",
+            ),
+        ),
+    ];
+    let out = run(script, |c| async move { actuator(c, config()).execute(&planned(fail)).await }).await;
+    assert_eq!(out, ActionOutcome::Done);
+}
