@@ -8,6 +8,7 @@
 //! | `MarkPod` | strategic-merge patch of `pods/status`: one condition, merged by `type` | `DevhealPodMarked` (Warning) | the pod |
 //! | `EvictPod` | `POST pods/{name}/eviction` (policy/v1, UID precondition) | `DevhealEvicted` (Warning); `DevhealEvictionBlocked` (Warning) on the first refusal | the pod |
 //! | `RestartGang` | list the gang's pods, `DELETE` each live one with a UID precondition (LeaderWorkerSet: the group's leader, foreground) | `DevhealGangRestart` (Warning) | the members' controlling owner, else a member pod |
+//! | `ReplaceAtCheckpoint` | condition `devheal.io/ReplaceAtCheckpoint` on the slow member (as `MarkPod`), for the launcher that sees checkpoints | `DevhealPodMarked` (Warning) | the pod |
 //! | `FailWorkload` | condition `devheal.io/WorkloadFailed` on each live member; for Jobs and JobSets the pod is then deleted | `DevhealWorkloadFailed` (Warning) | as for `RestartGang` |
 //! | `QuarantineDevice` | create a DRA `DeviceTaintRule` (NoSchedule), or a node taint where DRA cannot name the device | `DevhealDeviceQuarantined` (Warning) | the rule, or the node |
 //! | `ReleaseDevice` | delete that rule, or remove that node taint | `DevhealDeviceReleased` (Normal) | the rule, or the node |
@@ -54,6 +55,11 @@ pub const REPORTING_CONTROLLER: &str = "devheal.io/controller";
 /// Pod condition set on every member of a workload devheal fails, for a Job's
 /// `podFailurePolicy` rule `{action: FailJob, onPodConditions: [{type: devheal.io/WorkloadFailed}]}`.
 pub const WORKLOAD_FAILED_CONDITION: &str = "devheal.io/WorkloadFailed";
+/// Pod condition asking for a slow gang member to be replaced at the gang's next checkpoint
+/// (`Action::ReplaceAtCheckpoint`). The controller does not see checkpoints: the training
+/// launcher or operator that does acts on the condition (restart from the checkpoint with this
+/// pod deleted); a `podFailurePolicy` cannot, as the pod has not failed.
+pub const REPLACE_AT_CHECKPOINT_CONDITION: &str = "devheal.io/ReplaceAtCheckpoint";
 /// Node condition that asks repair tooling (medik8s NHC, cloud auto-repair) for a repair.
 pub const REPAIR_REQUESTED_CONDITION: &str = "devheal.io/RepairRequested";
 /// Node label naming the repair asked for (`RepairKind::as_str`), for tools that select on labels.
@@ -325,6 +331,14 @@ impl KubeActuator {
                 self.restart_gang(&planned.idempotency_key, gang, incident, reason).await
             }
             Action::FailWorkload { gang, reason } => self.fail_workload(gang, reason).await,
+            Action::ReplaceAtCheckpoint { pod, gang, devices, reason } => {
+                let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+                let message = format!(
+                    "replace this member of gang {gang} at its next checkpoint (slow devices: {}): {reason}",
+                    devices.join(", ")
+                );
+                self.mark_pod(pod, REPLACE_AT_CHECKPOINT_CONDITION, "SlowMember", &message).await
+            }
             Action::QuarantineDevice { device, reason } => self.quarantine(device, reason, true).await,
             Action::ReleaseDevice { device, reason } => self.quarantine(device, reason, false).await,
             Action::CordonNode { node, reason } => self.cordon(node, reason, true).await,
@@ -1072,6 +1086,10 @@ fn would_do(action: &Action, config: &ActuatorConfig) -> String {
         Action::FailWorkload { gang, reason } => {
             format!("would fail workload {gang}, marking its pods {WORKLOAD_FAILED_CONDITION}: {reason}")
         }
+        Action::ReplaceAtCheckpoint { pod, gang, reason, .. } => format!(
+            "would set condition {REPLACE_AT_CHECKPOINT_CONDITION}=True on pod {}/{} (uid {}) of gang {gang}: {reason}",
+            pod.namespace, pod.name, pod.uid
+        ),
         Action::QuarantineDevice { device, reason } => {
             match (&config.device_taint_rules, dra_device(&device.id)) {
                 (DeviceTaintRuleSupport::Served { .. }, Some(_)) => format!(

@@ -134,6 +134,47 @@ async fn mark_pod_merges_one_condition_into_pod_status() {
     assert_eq!(out, ActionOutcome::Done);
 }
 
+/// A slow member gets the `devheal.io/ReplaceAtCheckpoint` condition (the launcher that sees
+/// checkpoints acts on it) and the same Event as a mark.
+#[tokio::test]
+async fn replace_at_checkpoint_marks_the_slow_member() {
+    let message = "replace this member of gang ml/jobset/llama at its next checkpoint (slow devices: \
+                   gpu-node-1/nvidia.com/gpu/GPU-1): DeviceDegraded: straggler";
+    let script = vec![
+        expect(
+            "PATCH",
+            format!("{POD_PATH}/status?fieldManager=devheal-controller"),
+            Some(json!({
+                "metadata": {"uid": "uid-0"},
+                "status": {"conditions": [{
+                    "type": "devheal.io/ReplaceAtCheckpoint", "status": "True", "reason": "SlowMember",
+                    "message": message, "lastTransitionTime": T0_SECONDS,
+                }]},
+            })),
+            ok(json!({"kind": "Pod", "metadata": {"name": "llama-w-0", "uid": "uid-0"}})),
+        ),
+        event_posted(
+            EVENTS_ML,
+            event(
+                "ml",
+                Some(pod_regarding()),
+                "DevhealPodMarked",
+                "MarkPod",
+                &format!("condition devheal.io/ReplaceAtCheckpoint=True (SlowMember): {message}"),
+                "Warning",
+            ),
+        ),
+    ];
+    let action = Action::ReplaceAtCheckpoint {
+        pod: pod(),
+        gang: GangId { namespace: "ml".into(), kind: "jobset".into(), name: "llama".into() },
+        devices: vec![DeviceKey::new("gpu-node-1", "nvidia.com/gpu", "GPU-1")],
+        reason: "DeviceDegraded: straggler".into(),
+    };
+    let out = run(script, |c| async move { actuator(c, config()).execute(&planned(action)).await }).await;
+    assert_eq!(out, ActionOutcome::Done);
+}
+
 #[tokio::test]
 async fn mark_pod_of_a_recreated_pod_is_gone() {
     let mut patch = mark_patch();
