@@ -386,7 +386,7 @@ async fn event_loop(
                 let now = wall_now();
                 state.tracker.tick(now);
                 state.metrics.mark_loop_alive(now.as_nanos() / 1_000_000_000);
-                if turns % 5 == 0 {
+                if turns.is_multiple_of(5) {
                     state.check_plugin_dir(now);
                 }
                 turns += 1;
