@@ -95,7 +95,7 @@ fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
 }
 
 fn storm_line(i: u64) -> String {
-    if i % 100 == 0 {
+    if i.is_multiple_of(100) {
         format!(
             "<4>NVRM: Xid (PCI:fa4e:00:{:02x}): 79, pid=4242, name=devheal-footprint-{i}, GPU has fallen off the bus (devheal benchmark record)\n",
             (i / 100) % 8
