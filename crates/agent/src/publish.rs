@@ -254,7 +254,7 @@ impl KubePublisher {
         if self.existing_condition.is_some() {
             return;
         }
-        let found = self.nodes.get_status(node).await.ok();
+        let found = self.nodes.get(node).await.ok();
         let uid = found.as_ref().and_then(|n| n.metadata.uid.clone());
         self.node_ref = Some(ObjectReference {
             api_version: Some("v1".into()),
