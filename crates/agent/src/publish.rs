@@ -589,6 +589,113 @@ mod tests {
         assert!(c.message.ends_with("d7, ..."), "{}", c.message);
     }
 
+    /// Records every write; fails the first `fail_first` status writes.
+    struct Recording {
+        fail_first: usize,
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Publisher for Recording {
+        async fn apply_status(&mut self, object: &NodeDeviceHealth) -> Result<(), PublishError> {
+            let heartbeat = object.status.as_ref().and_then(|s| s.last_heartbeat.clone());
+            let mut log = self.log.lock().expect("lock");
+            if self.fail_first > 0 {
+                self.fail_first -= 1;
+                log.push("status failed".into());
+                return Err(PublishError::Api { what: "test", message: "503".into(), not_found: false });
+            }
+            log.push(format!("status heartbeat={}", heartbeat.is_some()));
+            Ok(())
+        }
+
+        async fn apply_condition(
+            &mut self,
+            _node: &str,
+            condition: &DevicesCondition,
+            _since: Time,
+            _now: Time,
+        ) -> Result<(), PublishError> {
+            self.log.lock().expect("lock").push(format!("condition {}", condition.status));
+            Ok(())
+        }
+
+        async fn emit_event(&mut self, _node: &str, t: &DeviceTransition) -> Result<(), PublishError> {
+            self.log.lock().expect("lock").push(format!("event {}", t.reason()));
+            Ok(())
+        }
+    }
+
+    fn publication(condition_status: &'static str) -> Publication {
+        let mut object =
+            NodeDeviceHealth::new("n", devheal_k8s::crd::NodeDeviceHealthSpec { node_name: "n".into() });
+        object.status = Some(devheal_k8s::crd::NodeDeviceHealthStatus::default());
+        Publication {
+            object,
+            condition: DevicesCondition { status: condition_status, reason: "R", message: "m".into() },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_retried_the_heartbeat_rewrites_and_the_condition_follows_changes() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = watch::channel(None);
+        let (event_tx, event_rx) = mpsc::channel(8);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let config = PublishConfig {
+            heartbeat: StdDuration::from_millis(2000),
+            min_interval: StdDuration::from_millis(10),
+        };
+        let task = tokio::spawn(run_publisher(
+            Recording { fail_first: 1, log: std::sync::Arc::clone(&log) },
+            "n".into(),
+            rx,
+            event_rx,
+            std::sync::Arc::new(AgentMetrics::new()),
+            config,
+            stop_rx,
+        ));
+        tx.send_replace(Some(publication("True")));
+        // The first write fails; the retry 1 s later succeeds and writes the condition.
+        tokio::time::sleep(StdDuration::from_millis(1500)).await;
+        assert_eq!(
+            *log.lock().expect("lock"),
+            vec!["status failed", "condition True", "status heartbeat=true"]
+        );
+        event_tx
+            .send(DeviceTransition {
+                device: "d".into(),
+                resource: "r".into(),
+                from: Some(Health::Healthy),
+                to: Health::Unhealthy,
+                reasons: String::new(),
+                pods: vec![],
+            })
+            .await
+            .expect("send");
+        tx.send_replace(Some(publication("False")));
+        // The heartbeat (2 s after the last write) writes status and condition again.
+        tokio::time::sleep(StdDuration::from_millis(2700)).await;
+        let _ = stop_tx.send(true);
+        task.await.expect("publisher stops");
+        let log = log.lock().expect("lock").clone();
+        // Events go out beside status writes, in either order.
+        let writes: Vec<&String> = log.iter().filter(|l| !l.starts_with("event")).collect();
+        assert_eq!(
+            writes,
+            vec![
+                "status failed",
+                "condition True",
+                "status heartbeat=true",
+                "status heartbeat=true",
+                "condition False",
+                "status heartbeat=true",
+                "condition False",
+            ],
+            "{log:?}"
+        );
+        assert_eq!(log.iter().filter(|l| *l == "event DeviceUnhealthy").count(), 1, "{log:?}");
+    }
+
     #[test]
     fn transitions_have_stable_reasons_and_bounded_notes() {
         let t = DeviceTransition {

@@ -660,7 +660,7 @@ impl LoopState {
             self.refresh.notify_one();
         }
         let sources: Vec<SourceStatus> = self.sources.values().cloned().collect();
-        let object: NodeDeviceHealth = node_device_health(SnapshotInput {
+        let mut object: NodeDeviceHealth = node_device_health(SnapshotInput {
             node: &self.node,
             boot_id: self.boot_id.as_deref(),
             now,
@@ -669,6 +669,9 @@ impl LoopState {
             bindings: &self.bindings,
             sources,
         });
+        if let Some(status) = object.status.as_mut() {
+            within_schema(status);
+        }
         let Some(status) = object.status.as_ref() else { return };
 
         // Transitions, for Events.
@@ -746,6 +749,38 @@ fn source_word(source: HealthSource) -> &'static str {
         HealthSource::Progress => "progress",
         HealthSource::Operator => "agent",
     }
+}
+
+/// The CRD's bounds (the API server refuses an object beyond them): at most 256 devices, 32
+/// reasons (worst first, so the worst are kept) and 64 pods per device, 64 sources, 1,024
+/// characters per message, 128 per model.
+fn within_schema(status: &mut NodeDeviceHealthStatus) {
+    status.devices.truncate(256);
+    for d in &mut status.devices {
+        d.reasons.truncate(32);
+        d.pods.truncate(64);
+        for r in &mut d.reasons {
+            truncate_chars(&mut r.message, 1024);
+        }
+        if let Some(model) = d.model.as_mut() {
+            truncate_chars(model, 128);
+        }
+    }
+    status.sources.truncate(64);
+    for s in &mut status.sources {
+        if let Some(message) = s.message.as_mut() {
+            truncate_chars(message, 1024);
+        }
+    }
+}
+
+/// Cut `text` to at most `max` characters, ending in "..." when cut.
+fn truncate_chars(text: &mut String, max: usize) {
+    if text.chars().count() <= max {
+        return;
+    }
+    let keep: String = text.chars().take(max.saturating_sub(3)).collect();
+    *text = keep + "...";
 }
 
 /// The status without what changes on every write (heartbeat, a reason's count and last sighting).
@@ -954,6 +989,45 @@ fn sleep_unless_stopped(total: StdDuration, stop: &AtomicBool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_is_cut_to_the_crd_bounds() {
+        use devheal_k8s::crd::{BoundPod, DeviceStatus, HealthReasonStatus};
+        let reason = HealthReasonStatus {
+            source: HealthSource::KernelLog,
+            code: Some(79),
+            message: "é".repeat(2000),
+            first_seen: k8s_time(Time::from_secs(1)),
+            last_seen: k8s_time(Time::from_secs(1)),
+            count: 1,
+        };
+        let pod = BoundPod { namespace: "ml".into(), name: "p".into(), uid: None, container: None };
+        let device = DeviceStatus {
+            id: "d".into(),
+            resource: "r".into(),
+            reasons: vec![reason; 40],
+            pods: vec![pod; 70],
+            ..DeviceStatus::default()
+        };
+        let mut status = NodeDeviceHealthStatus {
+            devices: vec![device; 300],
+            sources: vec![
+                SourceStatus {
+                    name: "s".into(),
+                    message: Some("x".repeat(5000)),
+                    ..SourceStatus::default()
+                };
+                70
+            ],
+            ..NodeDeviceHealthStatus::default()
+        };
+        within_schema(&mut status);
+        assert_eq!((status.devices.len(), status.sources.len()), (256, 64));
+        assert_eq!((status.devices[0].reasons.len(), status.devices[0].pods.len()), (32, 64));
+        assert_eq!(status.devices[0].reasons[0].message.chars().count(), 1024);
+        assert!(status.devices[0].reasons[0].message.ends_with("..."));
+        assert_eq!(status.sources[0].message.as_deref().map(|m| m.chars().count()), Some(1024));
+    }
 
     #[test]
     fn significance_ignores_heartbeat_counts_and_last_sightings() {
