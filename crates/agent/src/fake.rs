@@ -12,8 +12,10 @@
 //!
 //! The plugin serves `<device-plugin-dir>/devheal-fake-gpu.sock` and registers with the
 //! kubelet's `kubelet.sock` there. A kubelet that restarts deletes every socket in that
-//! directory; the plugin notices its socket is gone, serves it again and registers again.
+//! directory; the plugin notices its socket is gone, serves it again and registers again. It also
+//! registers again when `kubelet.sock` itself was re-created (a new inode or change time).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
@@ -186,7 +188,15 @@ impl FakeDevicePlugin {
         let mut server: Option<ServerHandle> = None;
         let mut registered = false;
         let mut reported_failure = false;
+        // The kubelet's socket we registered on: a new one (another inode or creation time) is a
+        // restarted kubelet.
+        let mut registered_with: Option<(u64, i64, i64)> = None;
         loop {
+            let kubelet_inode =
+                std::fs::metadata(&kubelet).ok().map(|m| (m.ino(), m.ctime(), m.ctime_nsec()));
+            if registered && kubelet_inode != registered_with {
+                registered = false;
+            }
             if server.is_none() || !socket.exists() {
                 if let Some(old) = server.take() {
                     old.stop().await;
@@ -218,6 +228,7 @@ impl FakeDevicePlugin {
                             "fake device plugin registered with the kubelet"
                         );
                         registered = true;
+                        registered_with = kubelet_inode;
                         reported_failure = false;
                     }
                     Err(e) => {

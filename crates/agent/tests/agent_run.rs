@@ -429,6 +429,17 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
     assert_eq!(again.resource_name, RESOURCE);
     assert!(config.paths.device_plugin_dir.join("devheal-fake-gpu.sock").exists());
 
+    // The kubelet restarts and re-creates only its own socket: the plugin registers again.
+    registration.stop().await;
+    let registration =
+        serve(&registration_socket, RegistrationServer { registrations: reg_tx.clone() }.router())
+            .expect("serve again");
+    let again = tokio::time::timeout(WAIT, registrations.recv())
+        .await
+        .expect("registered with the new kubelet")
+        .expect("open");
+    assert_eq!(again.endpoint, "devheal-fake-gpu.sock");
+
     agent.stop().await;
     registration.stop().await;
     kubelet.stop().await;
