@@ -27,7 +27,8 @@ enum Command {
     ClassifyLog(classify_log::ClassifyLogArgs),
     /// Explain why pods failed and what devheal would do about it.
     Explain(explain::ExplainArgs),
-    /// The node agent (so far `--once`: read every source and print the NodeDeviceHealth).
+    /// The node agent: follow every device health source and publish NodeDeviceHealth
+    /// (`--once`: read every source one time and print it).
     Agent(agent::AgentArgs),
     /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth, FailurePolicy) as YAML.
     Crds(crds::CrdsArgs),
