@@ -20,11 +20,11 @@ use devheal_k8s::crd::{
     NodeDeviceHealthSpec, NodeDeviceHealthStatus, ReasonSource, k8s_time,
 };
 use futures::StreamExt;
+use futures::channel::mpsc;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use tokio::sync::mpsc;
 
 use crate::controller::{Clock, ManualClock, describe};
 use crate::index::{ClusterEvent, ObjectKind};
@@ -225,7 +225,7 @@ impl FakeState {
     }
 
     fn send(&mut self, make: impl Fn() -> ClusterEvent) {
-        self.subscribers.retain(|s| s.send(make()).is_ok());
+        self.subscribers.retain(|s| s.unbounded_send(make()).is_ok());
     }
 
     fn put_pod(&mut self, mut pod: Pod) {
@@ -498,7 +498,12 @@ impl FakeCluster {
     }
 
     fn list_of(s: &FakeState) -> Vec<ClusterEvent> {
-        let mut out = vec![ClusterEvent::Node(watcher::Event::Init)];
+        // Pods first: the watches are independent, and pods listed before the device health
+        // that condemns their devices is the order in which a replayed decision would bite.
+        let mut out = vec![ClusterEvent::Pod(watcher::Event::Init)];
+        out.extend(s.pods.values().map(|p| ClusterEvent::Pod(watcher::Event::InitApply(p.clone()))));
+        out.push(ClusterEvent::Pod(watcher::Event::InitDone));
+        out.push(ClusterEvent::Node(watcher::Event::Init));
         out.extend(s.nodes.values().map(|n| ClusterEvent::Node(watcher::Event::InitApply(n.clone()))));
         out.push(ClusterEvent::Node(watcher::Event::InitDone));
         out.push(ClusterEvent::NodeHealth(watcher::Event::Init));
@@ -507,9 +512,6 @@ impl FakeCluster {
         out.push(ClusterEvent::Policy(watcher::Event::Init));
         out.extend(s.policies.values().map(|p| ClusterEvent::Policy(watcher::Event::InitApply(p.clone()))));
         out.push(ClusterEvent::Policy(watcher::Event::InitDone));
-        out.push(ClusterEvent::Pod(watcher::Event::Init));
-        out.extend(s.pods.values().map(|p| ClusterEvent::Pod(watcher::Event::InitApply(p.clone()))));
-        out.push(ClusterEvent::Pod(watcher::Event::InitDone));
         out
     }
 
@@ -633,13 +635,15 @@ impl Actuator for FakeActuator {
 
 impl Cluster for FakeCluster {
     fn events(&self) -> BoxStream<'static, ClusterEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        // futures' channel rather than tokio's: tokio's cooperative budget would make a test
+        // that drains events without yielding see an empty channel.
+        let (tx, rx) = mpsc::unbounded();
         let mut s = self.lock();
         for ev in Self::list_of(&s) {
-            let _ = tx.send(ev);
+            let _ = tx.unbounded_send(ev);
         }
         s.subscribers.push(tx);
         drop(s);
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) }).boxed()
+        rx.boxed()
     }
 }
