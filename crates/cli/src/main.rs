@@ -3,6 +3,7 @@
 
 mod agent;
 mod classify_log;
+mod controller;
 mod crds;
 mod degradation_eval;
 mod explain;
@@ -29,6 +30,8 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// The node agent (so far `--once`: read every source and print the NodeDeviceHealth).
     Agent(agent::AgentArgs),
+    /// The cluster controller: watches, decides, and (while leader) acts; serves metrics.
+    Controller(controller::ControllerArgs),
     /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth, FailurePolicy) as YAML.
     Crds(crds::CrdsArgs),
     /// Score the degradation detectors (stragglers, baseline shifts, hangs) on labelled traces.
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::DegradationEval(args) => degradation_eval::run(args),
     };
     match result {
