@@ -63,7 +63,12 @@ impl ObjectKind {
 }
 
 /// One thing a watch reported.
+///
+/// The variants differ in size (a Pod is larger than a Status message); each event is moved a
+/// few times from its watcher to the index, so boxing would cost more (an allocation per event)
+/// than it saves.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum ClusterEvent {
     Pod(watcher::Event<Pod>),
     Node(watcher::Event<Node>),
