@@ -4,11 +4,11 @@
 //! The index is pure (no I/O, no clock): it is fed kube-runtime [`watcher::Event`]s and answers
 //! with the inputs the engine must see. It keeps a compact record per object, never the object:
 //!
-//! - per pod, a digest of its conversion (`devheal_k8s::pod_from_k8s`) and a trimmed copy of the
-//!   fields the engine keeps between inputs (identity, node, labels, owner, phase, devices), so
-//!   that an update that changes nothing the engine reads (a resourceVersion bump, a heartbeat, a
-//!   managed-fields change) emits nothing, and a pod can be re-sent when the agent binds it to
-//!   a device;
+//! - per pod, its uid and a digest of its conversion (`devheal_k8s::pod_from_k8s`), so that an
+//!   update that changes nothing the engine reads (a resourceVersion bump, a heartbeat, a
+//!   managed-fields change) emits nothing; for a pod that reports no devices of its own, a
+//!   trimmed copy of what the engine keeps (identity, node, labels, owner, phase), so it can be
+//!   re-sent when the agent binds it to a device;
 //! - per node, a digest of `devheal_k8s::node_from_k8s`;
 //! - per NodeDeviceHealth, a digest of the device inventory, one per device's health and
 //!   reasons, and the pods the agent binds to each device;
@@ -128,8 +128,12 @@ struct PodEntry {
     epoch: u32,
     /// Deletion requested: deleted in the engine, not sent again.
     withheld: bool,
-    /// The trimmed pod: no container states, conditions or messages; its own devices only.
-    view: PodInfo,
+    /// For a pod whose devices only NodeDeviceHealth names (no allocatedResourcesStatus): the
+    /// trimmed pod (no container states, conditions or messages), re-sent when the agent binds
+    /// it to a device. A pod that reports its own devices keeps none (memory: see
+    /// docs/controller.md); a binding that adds a device to it reaches the engine with the
+    /// pod's next change.
+    view: Option<Box<PodInfo>>,
     /// Devices NodeDeviceHealth binds the pod to beyond its own (as last sent).
     bound: Vec<DeviceKey>,
 }
@@ -375,7 +379,7 @@ impl ClusterIndex {
             }
         }
         let was_sent = self.pods.get(&key).is_some_and(|o| o.uid == info.uid && !o.withheld);
-        let view = trimmed(&info);
+        let view = info.devices.is_empty().then(|| Box::new(trimmed(&info)));
         let uid = info.uid.clone();
         if withheld {
             if was_sent {
@@ -396,9 +400,13 @@ impl ClusterIndex {
             if entry.bound == bound {
                 continue;
             }
+            // Without a view the binding waits for the pod's next change (`bound` stays as last
+            // sent, so that change is seen as one).
+            let Some(view) = &entry.view else { continue };
+            let pod = with_devices((**view).clone(), &bound);
             entry.bound = bound;
             if !entry.withheld {
-                up.inputs.push(Input::PodUpsert(with_devices(entry.view.clone(), &entry.bound)));
+                up.inputs.push(Input::PodUpsert(pod));
             }
         }
     }
@@ -782,6 +790,18 @@ mod tests {
         // The object goes away: its devices are Unknown (never remediated), the binding ends.
         let gone = index.apply(ClusterEvent::NodeHealth(watcher::Event::Delete(health("node-0", json!([])))));
         assert_eq!(names(&gone.inputs), ["upsert p 0", "health G0 Unknown", "health G1 Unknown"]);
+    }
+
+    #[test]
+    fn a_binding_for_a_pod_with_its_own_devices_arrives_with_its_next_change() {
+        let mut index = ClusterIndex::new();
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "1", "G0", "Running"))));
+        let bind = json!([{"id": "G5", "resource": "nvidia.com/gpu", "health": "Healthy",
+                           "pods": [{"namespace": "ml", "name": "a"}]}]);
+        let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(health("node-0", bind))));
+        assert_eq!(names(&up.inputs), ["devices node-0 1", "health G5 Healthy"]);
+        let next = index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "2", "G0", "Failed"))));
+        assert_eq!(names(&next.inputs), ["upsert a 2"]);
     }
 
     #[test]
