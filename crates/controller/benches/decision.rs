@@ -206,19 +206,19 @@ fn build(clock: &ManualClock, recording: &Recording) -> Bench {
 
 /// Update `k`: even, a pod's container restarts; odd, a GPU fails (on a different gang each time).
 enum Update {
-    Pod(Pod),
-    Gpu(usize, usize, NodeDeviceHealth),
+    Pod(Box<Pod>),
+    Gpu(usize, usize, Box<NodeDeviceHealth>),
 }
 
 fn update(k: usize, at: Time) -> Update {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let p = (k * 104_729) % PODS;
-        Update::Pod(pod(p, 1 + (k / 2) as i32))
+        Update::Pod(Box::new(pod(p, 1 + (k / 2) as i32)))
     } else {
         // Nodes 8 apart are in different gangs.
         let n = ((k / 2) * 8 * 97) % NODES;
         let i = k % GPUS;
-        Update::Gpu(n, i, health(n, Some((i, at))))
+        Update::Gpu(n, i, Box::new(health(n, Some((i, at)))))
     }
 }
 
@@ -350,8 +350,8 @@ fn main() {
         clock.advance(Duration::from_secs(60));
         let up = update(k, clock.now());
         let event = match &up {
-            Update::Pod(obj) => ClusterEvent::Pod(Event::Apply(obj.clone())),
-            Update::Gpu(_, _, obj) => ClusterEvent::NodeHealth(Event::Apply(obj.clone())),
+            Update::Pod(obj) => ClusterEvent::Pod(Event::Apply((**obj).clone())),
+            Update::Gpu(_, _, obj) => ClusterEvent::NodeHealth(Event::Apply((**obj).clone())),
         };
         if let Ok(mut l) = recording.last.lock() {
             *l = None;
@@ -376,7 +376,7 @@ fn main() {
                 std::hint::black_box(pod_from_k8s(obj).ok());
             }
             Update::Gpu(_, _, obj) => {
-                let json = serde_json::to_value(obj).unwrap_or_default();
+                let json = serde_json::to_value(&**obj).unwrap_or_default();
                 let doc: Option<devheal_k8s::node_health::NodeDeviceHealth> =
                     serde_json::from_value(json).ok();
                 std::hint::black_box(doc.map(|d| d.reports().ok()));
