@@ -341,6 +341,9 @@ impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
                 tracing::info!(key = %planned.idempotency_key, "done: {}", describe(&planned.action));
             }
             ActionOutcome::WouldDo { description } => {
+                if !self.settings.dry_run {
+                    tracing::warn!("the actuator answered WouldDo although the controller is not in dry run");
+                }
                 tracing::info!(key = %planned.idempotency_key, "dry run: would {description}");
             }
             ActionOutcome::Gone => {
@@ -400,6 +403,7 @@ impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
         let mut ticks = tokio::time::interval(self.settings.tick_every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.metrics.set_leader(self.leadership.is_leader().await);
+        tracing::info!(dry_run = self.settings.dry_run, "controller loop started");
         for kind in ObjectKind::ALL {
             self.metrics.indexed(kind, 0);
         }
