@@ -6,14 +6,25 @@
 //! - [`snapshot`]: the `NodeDeviceHealth` object built from inventory, verdicts, the kubelet's
 //!   device ↔ pod map and the sources' state.
 //! - [`once`]: one pass over every source (`devheal agent --once`).
+//! - [`run`]: the long-running agent: every source as a task or thread, one event loop that owns
+//!   the tracker, and the publisher; [`kernel`] is its kernel-log source.
+//! - [`publish`]: the `NodeDeviceHealth` status (server-side apply, on change and on a
+//!   heartbeat), the node condition `devheal.io/DevicesHealthy` and Events; or JSON lines.
+//! - [`metrics`] and [`http`]: `/metrics`, `/healthz` and the fake devices' `/fake/*`.
+//! - [`fake`]: fake devices (`--fake-devices N`) with fault injection.
 //!
 //! The kernel-log reader comes from `devheal-detect` and the kubelet clients from
-//! `devheal-kubelet`. Still to come (issue 6): the long-running event loop and the publisher that
-//! server-side-applies the object, the node condition, Events and `/metrics`.
+//! `devheal-kubelet`. See `docs/agent.md`.
 #![forbid(unsafe_code)]
 
+pub mod fake;
 pub mod health;
+pub mod http;
+pub mod kernel;
+pub mod metrics;
 pub mod nvml;
 pub mod nvml_evidence;
 pub mod once;
+pub mod publish;
+pub mod run;
 pub mod snapshot;

@@ -1,12 +1,25 @@
-//! `devheal agent`: the node agent. `--once` reads every source one time and prints the
-//! NodeDeviceHealth object the agent would publish (JSON), then exits; it works on a machine with
-//! no kubelet and no GPU, reporting those sources as unavailable.
+//! `devheal agent`: the node agent.
+//!
+//! - `--once` reads every source one time and prints the NodeDeviceHealth object the agent would
+//!   publish (JSON), then exits; it works on a machine with no kubelet and no GPU, reporting those
+//!   sources as unavailable.
+//! - Without `--once` it runs until SIGTERM or ctrl-c: every source followed, the per-device
+//!   state machine, the NodeDeviceHealth status server-side-applied on change and on a heartbeat,
+//!   the node condition `devheal.io/DevicesHealthy`, Events, and `/metrics` + `/healthz`.
+//!   `--no-kube` prints what it would write as JSON lines instead of talking to an API server.
+//! - `--fake-devices N` serves N fake devices (`devheal.io/fake-gpu`) through the device plugin
+//!   API and takes fault injection on `POST /fake/{fail,degrade,recover}?device=ID`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
+use devheal_agent::health::TrackerConfig;
 use devheal_agent::once::{SourcePaths, collect_once};
+use devheal_agent::publish::{JsonLinesPublisher, KubePublisher, PublishConfig, Publisher};
+use devheal_agent::run::{AgentConfig, GpuSource, start};
 use devheal_core::Time;
 
 #[derive(clap::Args)]
@@ -23,15 +36,49 @@ pub struct AgentArgs {
     /// The kubelet's PodResources socket.
     #[arg(long, default_value = devheal_kubelet::api::DEFAULT_POD_RESOURCES_SOCKET)]
     pod_resources_socket: PathBuf,
-    /// The kubelet's device-plugin directory (plugin sockets live here).
+    /// The kubelet's device-plugin directory (plugin sockets and the kubelet's kubelet.sock).
     #[arg(long, default_value = devheal_kubelet::api::DEFAULT_DEVICE_PLUGIN_DIR)]
     device_plugin_dir: PathBuf,
     /// libnvidia-ml.so.1, when it is not on the loader's path (e.g. a driver mounted elsewhere).
     #[arg(long)]
     nvml_library: Option<PathBuf>,
-    /// How long to wait for each kubelet or plugin socket.
+    /// Do not load NVML at all.
+    #[arg(long)]
+    no_nvml: bool,
+    /// How long to wait for each kubelet or plugin call.
     #[arg(long, default_value_t = 5)]
     source_timeout_secs: u64,
+    /// A kubeconfig file (default: in-cluster credentials, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Run without an API server: print each write as a JSON line on stdout.
+    #[arg(long)]
+    no_kube: bool,
+    /// Where /metrics, /healthz (and /fake/* with --fake-devices) are served.
+    #[arg(long, default_value = "0.0.0.0:9101")]
+    metrics_addr: SocketAddr,
+    /// Serve N fake devices (devheal.io/fake-gpu) through the device plugin API, with fault
+    /// injection on POST /fake/{fail,degrade,recover}?device=fake-gpu-<i>.
+    #[arg(long, default_value_t = 0)]
+    fake_devices: usize,
+    /// Write the status at least this often even when nothing changed.
+    #[arg(long, default_value_t = 60)]
+    heartbeat_secs: u64,
+    /// Least time between two status writes (changes within it are coalesced).
+    #[arg(long, default_value_t = 100)]
+    publish_min_interval_ms: u64,
+    /// How long a device stays Degraded (probation) after its last fault cleared.
+    #[arg(long, default_value_t = 600)]
+    probation_secs: u64,
+    /// Read PodResources at least this often (it is also read on every device change).
+    #[arg(long, default_value_t = 10)]
+    pod_resources_interval_secs: u64,
+    /// Least time between two PodResources calls (the kubelet rate-limits the API).
+    #[arg(long, default_value_t = 1000)]
+    pod_resources_min_interval_ms: u64,
+    /// How often NVML is sampled.
+    #[arg(long, default_value_t = 10)]
+    nvml_interval_secs: u64,
 }
 
 fn node_name(args: &AgentArgs) -> String {
@@ -44,12 +91,6 @@ fn node_name(args: &AgentArgs) -> String {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    if !args.once {
-        anyhow::bail!(
-            "the long-running agent (event loop and NodeDeviceHealth publisher) is not built yet; \
-             use `devheal agent --once` to read every source and print what it would publish"
-        );
-    }
     let paths = SourcePaths {
         kmsg: args.kmsg.clone(),
         pod_resources_socket: args.pod_resources_socket.clone(),
@@ -57,14 +98,90 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         nvml_library: args.nvml_library.clone(),
         ..SourcePaths::default()
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let object = runtime.block_on(collect_once(
-        &node_name(&args),
-        &paths,
-        Duration::from_secs(args.source_timeout_secs),
-        Time::from_nanos(now),
-    ));
-    println!("{}", serde_json::to_string_pretty(&object)?);
+    if args.once {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let object = runtime.block_on(collect_once(
+            &node_name(&args),
+            &paths,
+            Duration::from_secs(args.source_timeout_secs),
+            Time::from_nanos(now),
+        ));
+        println!("{}", serde_json::to_string_pretty(&object)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logging();
+    let mut config = AgentConfig::new(&node_name(&args));
+    config.paths = paths;
+    config.gpus = if args.no_nvml { GpuSource::Off } else { GpuSource::Nvml };
+    config.fake_devices = args.fake_devices;
+    config.metrics_addr = Some(args.metrics_addr);
+    config.tracker = TrackerConfig {
+        probation: devheal_core::Duration::from_secs(
+            args.probation_secs.min(i64::MAX as u64 / 1_000_000_000) as i64,
+        ),
+    };
+    config.publish = PublishConfig {
+        heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
+        min_interval: Duration::from_millis(args.publish_min_interval_ms),
+    };
+    config.pod_resources_interval = Duration::from_secs(args.pod_resources_interval_secs.max(1));
+    config.pod_resources_min_interval = Duration::from_millis(args.pod_resources_min_interval_ms);
+    config.nvml_interval = Duration::from_secs(args.nvml_interval_secs.max(1));
+    config.source_timeout = Duration::from_secs(args.source_timeout_secs.max(1));
+
+    // Two worker threads: the loop and the publisher never wait on each other.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        if args.no_kube {
+            run_until_signal(config, JsonLinesPublisher::new(std::io::stdout())).await
+        } else {
+            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            run_until_signal(config, KubePublisher::new(client)).await
+        }
+    })
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes credentials (in-cluster, $KUBECONFIG or ~/.kube/config); use --kubeconfig or --no-kube")?,
+    };
+    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+async fn run_until_signal<P: Publisher>(config: AgentConfig, publisher: P) -> anyhow::Result<ExitCode> {
+    let node = config.node.clone();
+    let agent = start(config, publisher).await?;
+    if let Some(addr) = agent.metrics_addr {
+        eprintln!("devheal agent: node {node}, metrics on http://{addr}/metrics");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => eprintln!("devheal agent: SIGTERM, stopping"),
+        _ = tokio::signal::ctrl_c() => eprintln!("devheal agent: interrupted, stopping"),
+    }
+    agent.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    let filter = std::env::var("DEVHEAL_LOG").unwrap_or_else(|_| "info".into());
+    let level = match filter.as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).try_init();
 }

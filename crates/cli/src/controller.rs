@@ -14,7 +14,8 @@ use devheal_controller::{
     Cluster, Controller, ControllerSettings, KubeCluster, LeaderFlag, LoopHealth, Metrics, SystemClock,
     WatchSettings, keep_lease, serve,
 };
-use devheal_core::Actuator;
+use devheal_k8s::actuator::{ActuatorConfig, KubeActuator};
+use devheal_k8s::lease::LeaseElector;
 use kube::Client;
 
 #[derive(clap::Args)]
@@ -67,48 +68,25 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
             "no Kubernetes configuration: not in a cluster, and no $KUBECONFIG or ~/.kube/config (or pass --kubeconfig)",
         )?,
     };
+    // The actuator backs off on a PodDisruptionBudget's 429 itself; kube's own retries would
+    // hide the refusal behind minutes of silent retries.
+    let mut config = config;
+    config.default_retry = false;
     Client::try_from(config).context("building the Kubernetes client")
 }
 
-// ================================ MERGE POINT ================================================
-// The Kubernetes actuator (`devheal_k8s::actuator::KubeActuator`) and the Lease elector
-// (`devheal_k8s::lease::LeaseElector`) are written on another branch. At merge, replace the two
-// functions below: `actuator` returns the KubeActuator built from `client` (told `dry_run`), and
-// `renew_lease` calls `elector.try_acquire_or_renew()`. Nothing else in this file changes.
-
-/// The actuator that carries out actions on the cluster. Not merged yet: an error, so the
-/// controller never runs without one (it never fakes actions).
-fn actuator(_client: &Client, _dry_run: bool) -> anyhow::Result<NotMerged> {
-    anyhow::bail!(
-        "the Kubernetes actuator is not merged yet (devheal_k8s::actuator::KubeActuator); \
-         the controller cannot act on a cluster in this build"
-    )
+/// The actuator that carries out actions on the cluster: the Kubernetes actuator, told whether
+/// this is a dry run, with DRA DeviceTaintRule support discovered from the API server.
+async fn actuator(client: &Client, dry_run: bool, identity: &str) -> anyhow::Result<KubeActuator> {
+    let mut config = ActuatorConfig::new(identity);
+    config.dry_run = dry_run;
+    KubeActuator::discover(client.clone(), config)
+        .await
+        .context("discovering whether the cluster serves DRA DeviceTaintRules")
 }
 
-/// One renewal of the Lease: whether this replica holds it now. Not merged yet.
-async fn renew_lease(_client: &Client, lease: &LeaseSettings) -> Result<bool, String> {
-    Err(format!(
-        "cannot take Lease {}/{} as {}: the Lease elector is not merged yet (devheal_k8s::lease::LeaseElector)",
-        lease.namespace, lease.name, lease.identity
-    ))
-}
-
-/// No value of this type exists: it stands for the actuator until it is merged.
-enum NotMerged {}
-
-impl Actuator for NotMerged {
-    async fn execute(&self, _planned: &devheal_core::PlannedAction) -> devheal_core::ActionOutcome {
-        match *self {}
-    }
-}
-// ============================== END MERGE POINT ==============================================
-
-/// Which Lease this replica competes for.
-struct LeaseSettings {
-    namespace: String,
-    name: String,
-    identity: String,
-}
+/// How long a held Lease lasts without renewal (renewed every 2 s).
+const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -132,7 +110,7 @@ async fn shutdown_signal() {
 
 async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let client = client(args.kubeconfig.as_ref()).await?;
-    let actuator = actuator(&client, args.dry_run)?;
+    let actuator = actuator(&client, args.dry_run, &identity(&args)).await?;
     let settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(LoopHealth::new(settings.tick_every * 6));
@@ -148,17 +126,20 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     };
     let server = tokio::spawn(serve(listener, metrics.clone(), health.clone(), wait_stop()));
     let leader = LeaderFlag::new(false);
-    let lease_client = client.clone();
-    let lease = LeaseSettings {
-        namespace: args.lease_namespace.clone(),
-        name: args.lease_name.clone(),
-        identity: identity(&args),
-    };
+    let elector = LeaseElector::new(
+        client.clone(),
+        args.lease_namespace.clone(),
+        args.lease_name.clone(),
+        identity(&args),
+        LEASE_DURATION,
+    );
     let lease_task = {
         let leader = leader.clone();
         let stop = wait_stop();
         tokio::spawn(async move {
-            keep_lease(|| renew_lease(&lease_client, &lease), leader, Duration::from_secs(2), stop).await;
+            keep_lease(|| elector.try_acquire_or_renew(), leader, Duration::from_secs(2), stop).await;
+            // Hand the Lease over at once on shutdown rather than after it expires.
+            elector.release().await;
         })
     };
     let cluster = KubeCluster::new(

@@ -71,27 +71,13 @@ fn read_stdin() -> anyhow::Result<(String, String)> {
     Ok((text, "<stdin>".to_string()))
 }
 
-fn action_name(a: &Action) -> &'static str {
-    match a {
-        Action::MarkPod { .. } => "mark_pod",
-        Action::EvictPod { .. } => "evict_pod",
-        Action::RestartGang { .. } => "restart_gang",
-        Action::QuarantineDevice { .. } => "quarantine_device",
-        Action::ReleaseDevice { .. } => "release_device",
-        Action::CordonNode { .. } => "cordon_node",
-        Action::UncordonNode { .. } => "uncordon_node",
-        Action::RequestRepair { .. } => "request_repair",
-        Action::FailWorkload { .. } => "fail_workload",
-        Action::Report { .. } => "report",
-    }
-}
-
 /// The action that matters most among those planned for the pod.
 fn main_action(actions: &[PlannedAction]) -> String {
     let order = [
         "restart_gang",
         "fail_workload",
         "evict_pod",
+        "replace_at_checkpoint",
         "cordon_node",
         "request_repair",
         "quarantine_device",
@@ -100,7 +86,7 @@ fn main_action(actions: &[PlannedAction]) -> String {
     ];
     order
         .iter()
-        .find(|name| actions.iter().any(|a| action_name(&a.action) == **name))
+        .find(|name| actions.iter().any(|a| a.action.label() == **name))
         .map_or("none", |n| n)
         .to_string()
 }
@@ -208,6 +194,9 @@ fn describe(a: &Action) -> String {
             None => format!("request {} of {node}", kind.as_str()),
         },
         Action::FailWorkload { gang, .. } => format!("fail workload {gang}"),
+        Action::ReplaceAtCheckpoint { pod, gang, .. } => {
+            format!("replace {}/{} in gang {gang} at its next checkpoint", pod.namespace, pod.name)
+        }
         Action::Report { reason, message } => format!("report {reason}: {message}"),
     }
 }

@@ -28,7 +28,8 @@ enum Command {
     ClassifyLog(classify_log::ClassifyLogArgs),
     /// Explain why pods failed and what devheal would do about it.
     Explain(explain::ExplainArgs),
-    /// The node agent (so far `--once`: read every source and print the NodeDeviceHealth).
+    /// The node agent: follow every device health source and publish NodeDeviceHealth
+    /// (`--once`: read every source one time and print it).
     Agent(agent::AgentArgs),
     /// The cluster controller: watches, decides, and (while leader) acts; serves metrics.
     Controller(controller::ControllerArgs),

@@ -84,6 +84,14 @@ pub enum Action {
         kind: RepairKind,
         reason: String,
     },
+    /// At the gang's next checkpoint, restart it from that checkpoint with this member placed
+    /// off `devices` (a slow member of a synchronous gang). Until then nothing changes.
+    ReplaceAtCheckpoint {
+        pod: PodRef,
+        gang: GangId,
+        devices: Vec<DeviceKey>,
+        reason: String,
+    },
     /// Fail the workload (the gang's owner) rather than restart it again.
     FailWorkload {
         gang: GangId,
@@ -148,6 +156,7 @@ impl Action {
             Action::CordonNode { .. } => "cordon_node",
             Action::UncordonNode { .. } => "uncordon_node",
             Action::RequestRepair { .. } => "request_repair",
+            Action::ReplaceAtCheckpoint { .. } => "replace_at_checkpoint",
             Action::FailWorkload { .. } => "fail_workload",
             Action::Report { .. } => "report",
         }

@@ -123,6 +123,8 @@ struct DeviceState {
     /// Evidence from before this time is stale (last reset, recovery or reboot).
     recovered_at: Time,
     incident_times: VecDeque<Time>,
+    /// When each recent Degraded episode began (its `since`).
+    degraded_episodes: VecDeque<Time>,
 }
 
 impl DeviceState {
@@ -139,6 +141,7 @@ impl DeviceState {
             probation_until: None,
             recovered_at: Time(i64::MIN),
             incident_times: VecDeque::new(),
+            degraded_episodes: VecDeque::new(),
         }
     }
 }
@@ -250,6 +253,9 @@ pub struct Engine {
     pending_devices: BTreeMap<DeviceKey, (String, RepairKind, String)>,
     pending_evictions: BTreeMap<String, (String, String, FailureClass)>,
     probation: BTreeSet<DeviceKey>,
+    /// Every device made Unhealthy or Degraded since the last prune (a superset of those that
+    /// are now): a hang is blamed by looking at these, not at every device of a 2,560-pod gang.
+    unwell: BTreeSet<DeviceKey>,
     /// Quarantined devices that dropped out of their node's inventory (Xid 79, "fallen off the
     /// bus"), with when: they hold no budget while gone and come back quarantined.
     vanished: BTreeMap<DeviceKey, (Time, DeviceState)>,
@@ -259,6 +265,7 @@ pub struct Engine {
     held_versions: BTreeSet<String>,
     breaker: Breaker,
     last_prune: Time,
+    last_tick: Time,
 }
 
 /// How long an open gang restart waits for the gang to make progress before it is closed anyway.
@@ -340,12 +347,14 @@ impl Engine {
             pending_devices: BTreeMap::new(),
             pending_evictions: BTreeMap::new(),
             probation: BTreeSet::new(),
+            unwell: BTreeSet::new(),
             vanished: BTreeMap::new(),
             node_probation: BTreeSet::new(),
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),
             breaker: Breaker::default(),
             last_prune: Time::ZERO,
+            last_tick: Time::ZERO,
         };
         engine.refresh_gang_keys();
         engine
@@ -436,7 +445,13 @@ impl Engine {
 
     /// Attribute a pod with what the engine knows about its devices now.
     pub fn verdict(&self, pod: &PodInfo, now: Time) -> Verdict {
-        attribute(pod, &self.evidence_for(pod, now))
+        let (evidence, quiet) = self.evidence_for(pod, now);
+        let mut verdict = attribute(pod, &evidence);
+        // A Healthy device with nothing to say changes only the worst health (see evidence_for).
+        if quiet && verdict.worst_device_health.is_none() {
+            verdict.worst_device_health = Some(Health::Healthy);
+        }
+        verdict
     }
 
     /// What the policy says about a pod (no state changes, no budgets).
@@ -483,25 +498,58 @@ impl Engine {
         self.config.policies.iter().find(|p| p.selects(pod)).unwrap_or(&self.default_policy)
     }
 
-    fn evidence_for(&self, pod: &PodInfo, now: Time) -> Vec<DeviceEvidence> {
+    /// Evidence from the pod's devices that can move a verdict: devices that are not Healthy or
+    /// carry reasons or recent incidents, in the pod's order. A Healthy device with nothing to say
+    /// would only make the worst health Healthy; the flag says whether the pod had one. Pods are
+    /// re-sent often (every member of a restarted gang), and most of their devices are quiet:
+    /// this keeps a re-sent pod from cloning eight device keys to find nothing.
+    fn evidence_for(&self, pod: &PodInfo, now: Time) -> (Vec<DeviceEvidence>, bool) {
         let horizon = now - self.config.safety.incident_window;
-        pod.devices
-            .iter()
-            .filter_map(|k| {
-                let d = self.devices.get(k)?;
-                Some(DeviceEvidence {
-                    key: k.clone(),
-                    health: d.health,
-                    reasons: d.reasons.clone(),
-                    incidents: d
-                        .incidents
-                        .iter()
-                        .filter(|i| i.last_seen >= horizon && i.last_seen >= d.recovered_at)
-                        .cloned()
-                        .collect(),
-                })
-            })
-            .collect()
+        let mut quiet = false;
+        let mut evidence = Vec::new();
+        let mut consider = |k: &DeviceKey, d: &DeviceState| {
+            let live = |i: &&IncidentEvidence| i.last_seen >= horizon && i.last_seen >= d.recovered_at;
+            if d.health == Health::Healthy && d.reasons.is_empty() && !d.incidents.iter().any(|i| live(&i)) {
+                quiet = true;
+                return;
+            }
+            evidence.push(DeviceEvidence {
+                key: k.clone(),
+                health: d.health,
+                reasons: d.reasons.clone(),
+                incidents: d.incidents.iter().filter(live).cloned().collect(),
+            });
+        };
+        // The usual pod holds devices of one node in key order: one walk of that range instead
+        // of a tree descent per device.
+        let sorted_one_node = pod.devices.windows(2).all(|w| w[0] < w[1] && w[0].node == w[1].node);
+        match pod.devices.first() {
+            Some(first) if sorted_one_node && pod.devices.len() > 1 => {
+                let mut wanted = pod.devices.iter().peekable();
+                for (k, d) in self.devices.range(first..) {
+                    while wanted.next_if(|w| *w < k).is_some() {}
+                    match wanted.peek() {
+                        None => break,
+                        Some(w) if *w == k => {
+                            consider(k, d);
+                            wanted.next();
+                        }
+                        Some(_) => {}
+                    }
+                    if k.node != first.node {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                for k in &pod.devices {
+                    if let Some(d) = self.devices.get(k) {
+                        consider(k, d);
+                    }
+                }
+            }
+        }
+        (evidence, quiet)
     }
 
     fn quarantine_node_limit(&self) -> usize {
@@ -596,6 +644,9 @@ impl Engine {
                     st.since = now;
                 }
                 *self.quarantined_nodes.entry(d.key.node.clone()).or_default() += 1;
+                if st.health == Health::Unhealthy {
+                    self.unwell.insert(d.key.clone());
+                }
                 self.devices.insert(d.key.clone(), st);
             }
             let st = self.devices.entry(d.key).or_insert_with(|| DeviceState::new(now));
@@ -631,6 +682,9 @@ impl Engine {
             st.since = now;
         }
         st.health = health;
+        if matches!(health, Health::Unhealthy | Health::Degraded) {
+            self.unwell.insert(key.clone());
+        }
         match health {
             Health::Unhealthy => {
                 if st.open_incident.is_none() {
@@ -716,12 +770,14 @@ impl Engine {
                     st.since = now;
                 }
                 st.health = Health::Unhealthy;
+                self.unwell.insert(key.clone());
                 let reason = format!("{}: {}", inc.kind, inc.summary);
                 self.device_failed(&key, inc.id, inc.action, reason, now, out);
             }
             Health::Degraded if st.health == Health::Healthy => {
                 st.health = Health::Degraded;
                 st.since = now;
+                self.unwell.insert(key.clone());
                 self.device_degraded(&key, now, out);
             }
             _ => {}
@@ -948,6 +1004,22 @@ impl Engine {
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
         let s = self.config.safety.clone();
+        // Degraded devices whose slow-down has now lasted long enough for a replacement.
+        let (last, after) = (self.last_tick, s.degraded_replace_after);
+        self.last_tick = now;
+        let matured: Vec<DeviceKey> = self
+            .unwell
+            .iter()
+            .filter(|k| {
+                self.devices.get(*k).is_some_and(|d| {
+                    d.health == Health::Degraded && d.since + after > last && d.since + after <= now
+                })
+            })
+            .cloned()
+            .collect();
+        for k in matured {
+            self.device_degraded(&k, now, out);
+        }
         // Breaker and version holds age out.
         self.prune_breaker(now);
         if let Some(since) = self.breaker.open_since
@@ -1105,21 +1177,30 @@ impl Engine {
             for g in empty {
                 self.gangs.remove(&g);
             }
+            let devices = &self.devices;
+            self.unwell.retain(|k| {
+                devices.get(k).is_some_and(|d| matches!(d.health, Health::Unhealthy | Health::Degraded))
+            });
         }
     }
 
     /// The class a hang is blamed on: the worst device health among the gang's members.
     fn gang_device_class(&self, g: &GangId) -> FailureClass {
-        let Some(gs) = self.gangs.get(g) else { return FailureClass::Application };
+        if !self.gangs.contains_key(g) {
+            return FailureClass::Application;
+        }
         let mut class = FailureClass::Application;
-        for uid in &gs.members {
-            let Some(p) = self.pods.get(uid) else { continue };
-            for k in &p.info.devices {
-                match self.devices.get(k).map(|d| d.health) {
-                    Some(Health::Unhealthy) => return FailureClass::DeviceFailure,
-                    Some(Health::Degraded) => class = FailureClass::DeviceDegraded,
-                    _ => {}
-                }
+        for k in &self.unwell {
+            let Some(d) = self.devices.get(k) else { continue };
+            if !matches!(d.health, Health::Unhealthy | Health::Degraded) {
+                continue;
+            }
+            let held =
+                d.pods.iter().any(|uid| self.pods.get(uid).is_some_and(|p| p.gang.as_ref() == Some(g)));
+            match d.health {
+                Health::Unhealthy if held => return FailureClass::DeviceFailure,
+                Health::Degraded if held => class = FailureClass::DeviceDegraded,
+                _ => {}
             }
         }
         class
@@ -1173,6 +1254,27 @@ impl Engine {
     }
 
     fn device_degraded(&mut self, key: &DeviceKey, now: Time, out: &mut Vec<PlannedAction>) {
+        // Count the episode (once, by its start) and quarantine a device that keeps degrading.
+        let s = &self.config.safety;
+        let (limit, horizon) = (s.degraded_episodes_to_quarantine as usize, now - s.lemon_window);
+        let mut repeat = None;
+        if let Some(d) = self.devices.get_mut(key) {
+            if d.degraded_episodes.back() != Some(&d.since) {
+                d.degraded_episodes.push_back(d.since);
+            }
+            while d.degraded_episodes.front().is_some_and(|t| *t < horizon) {
+                d.degraded_episodes.pop_front();
+            }
+            if limit > 0 && d.degraded_episodes.len() >= limit && !d.quarantined {
+                repeat = Some((d.degraded_episodes.len(), d.since));
+            }
+        }
+        if let Some((episodes, since)) = repeat {
+            let days = self.config.safety.lemon_window.as_secs_f64() / 86_400.0;
+            let reason = format!("Degraded {episodes} times within {days:.0} days");
+            let incident = format!("degraded-repeat/{key}/{}", since.as_nanos());
+            self.remediate_device(key, &incident, RepairKind::InspectHardware, &reason, now, out);
+        }
         let bound: Vec<String> = self.devices.get(key).map(|d| d.pods.clone()).unwrap_or_default();
         for uid in bound {
             let Some(p) = self.pods.get(&uid) else { continue };
@@ -1181,8 +1283,9 @@ impl Engine {
             }
             let verdict = self.verdict(&p.info.to_pod_info(&uid), now);
             if verdict.class == FailureClass::DeviceDegraded {
+                // One decision per pod and episode, however many of its devices are Degraded.
                 let since = self.devices.get(key).map_or(now, |d| d.since);
-                let incident = format!("degraded/{key}/{}", since.as_nanos());
+                let incident = format!("degraded/{uid}/{}", since.as_nanos());
                 self.decide_pod(&uid, None, verdict, Some(incident), now, out);
             }
         }
@@ -1381,6 +1484,18 @@ impl Engine {
         if p.decided.contains(&identity) {
             return;
         }
+        if rule.action == RuleAction::ReplaceAtCheckpoint {
+            // Not before the slow-down has lasted `degraded_replace_after` (a Tick looks again).
+            let after = self.config.safety.degraded_replace_after;
+            let lasted = verdict
+                .suspect_devices
+                .iter()
+                .filter_map(|k| self.devices.get(k))
+                .any(|d| d.health == Health::Degraded && now.since(d.since) >= after);
+            if !lasted {
+                return;
+            }
+        }
         let rule = rule.clone();
         let gang = p.gang.clone();
         let terminal = matches!(info.phase, PodPhase::Succeeded | PodPhase::Failed);
@@ -1406,6 +1521,12 @@ impl Engine {
             RuleAction::EvictPod => {
                 if !terminal {
                     self.evict(uid, &identity, &reason, class, now, out);
+                }
+            }
+            RuleAction::ReplaceAtCheckpoint => {
+                if let (Some(g), false) = (&gang, terminal) {
+                    let devices = verdict.suspect_devices.clone();
+                    self.replace_at_checkpoint(uid, g, devices, &identity, &reason, class, now, out);
                 }
             }
             RuleAction::RestartGang => match &gang {
@@ -1516,6 +1637,66 @@ impl Engine {
         }
     }
 
+    /// Plan the replacement of a slow gang member at the gang's next checkpoint: one at a time
+    /// per gang and incident, held like any remediation, and within the gang restart budget
+    /// (the replacement is a restart from that checkpoint).
+    #[allow(clippy::too_many_arguments)]
+    fn replace_at_checkpoint(
+        &mut self,
+        uid: &str,
+        g: &GangId,
+        devices: Vec<DeviceKey>,
+        identity: &str,
+        reason: &str,
+        class: FailureClass,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let Some(p) = self.pods.get(uid) else { return };
+        let pref = p.info.pod_ref(uid);
+        let node = p.info.node.clone().unwrap_or_default();
+        if let Some(hold) = self.node_held(&node) {
+            let what = format!("not replacing {}/{} at the next checkpoint", pref.namespace, pref.name);
+            self.report_hold(out, hold, &node, what, now);
+            return;
+        }
+        let key = format!("replace/{uid}/{identity}");
+        if self.issued.contains_key(&key) {
+            return;
+        }
+        let max = self.config.safety.max_gang_restarts_per_hour as usize;
+        let hour = now - Duration::from_hours(1);
+        let Some(gs) = self.gangs.get_mut(g) else { return };
+        if gs.open_restart.is_some() {
+            // The gang is restarting anyway: the member is replaced if its device is quarantined
+            // or it fails again; a second restart is not worth it.
+            return;
+        }
+        while gs.restarts.front().is_some_and(|t| *t <= hour) {
+            gs.restarts.pop_front();
+        }
+        if gs.restarts.len() >= max {
+            let msg = format!(
+                "not replacing {}/{} in gang {g}: {} restarts in the last hour (limit {max}); {reason}",
+                pref.namespace,
+                pref.name,
+                gs.restarts.len()
+            );
+            self.report(
+                out,
+                format!("budget/replace/{uid}/{identity}"),
+                "GangRestartBudgetExhausted",
+                msg,
+                now,
+            );
+            return;
+        }
+        gs.restarts.push_back(now);
+        let action =
+            Action::ReplaceAtCheckpoint { pod: pref, gang: g.clone(), devices, reason: reason.to_string() };
+        self.emit(out, key, action, class, now);
+    }
+
     fn restart_gang(
         &mut self,
         g: &GangId,
@@ -1532,11 +1713,16 @@ impl Engine {
                 // One restart per incident: this failure joins the restart already planned.
                 return;
             }
-            // Held when any member's node is held (breaker, version canary).
-            gs.members
-                .iter()
-                .filter_map(|uid| self.pods.get(uid).and_then(|p| p.info.node.clone()))
-                .find_map(|n| self.node_held(&n).map(|h| (n, h)))
+            // Held when any member's node is held (breaker, version canary); with neither in
+            // force, no node is held and the members need not be looked at.
+            if self.breaker.open_since.is_none() && self.held_versions.is_empty() {
+                None
+            } else {
+                gs.members
+                    .iter()
+                    .filter_map(|uid| self.pods.get(uid).and_then(|p| p.info.node.as_deref()))
+                    .find_map(|n| self.node_held(n).map(|h| (n.to_string(), h)))
+            }
         };
         if let Some((node, hold)) = held {
             self.report_hold(out, hold, &node, format!("not restarting gang {g}: {reason}"), now);
@@ -1792,6 +1978,73 @@ mod tests {
 
     fn healthy(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAction> {
         e.handle(Input::DeviceHealth { device: k, health: Health::Healthy, reasons: vec![] }, now)
+    }
+
+    fn degraded(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAction> {
+        let reason = HealthReason {
+            source: crate::device::HealthSource::Progress,
+            code: None,
+            message: "straggler: 12 % slower than the gang median for 5 min".into(),
+            first_seen: now,
+            last_seen: now,
+            count: 1,
+        };
+        e.handle(Input::DeviceHealth { device: k, health: Health::Degraded, reasons: vec![reason] }, now)
+    }
+
+    /// A slow member whose eight devices all turn Degraded: nothing until the slow-down has
+    /// lasted `degraded_replace_after`, then one mark and one replacement at the next checkpoint
+    /// (not eight), and none again for the same episode.
+    #[test]
+    fn a_lasting_slow_member_is_replaced_at_the_next_checkpoint_once() {
+        let mut e = engine_with(2);
+        for (i, node) in ["node-0", "node-1"].into_iter().enumerate() {
+            let mut p = gang_pod(i, node);
+            p.devices = (0..8).map(|d| key(node, d)).collect();
+            e.handle(Input::PodUpsert(p), t(1));
+        }
+        let mut early = Vec::new();
+        for d in 0..8 {
+            early.extend(degraded(&mut e, key("node-0", d), t(100)));
+        }
+        early.extend(e.handle(Input::Tick, t(100 + 19 * 60)));
+        assert!(early.is_empty(), "a 19-minute slow-down is left alone: {early:?}");
+        let acts = e.handle(Input::Tick, t(100 + 20 * 60));
+        let replaced: Vec<&PlannedAction> =
+            acts.iter().filter(|a| matches!(a.action, Action::ReplaceAtCheckpoint { .. })).collect();
+        assert_eq!(replaced.len(), 1, "{acts:?}");
+        let Action::ReplaceAtCheckpoint { pod, devices, .. } = &replaced[0].action else { unreachable!() };
+        assert_eq!(pod.uid, "uid-0");
+        assert_eq!(devices.len(), 8, "the finding names every Degraded device of the member");
+        assert_eq!(count(&acts, |a| matches!(a, Action::MarkPod { .. })), 1);
+        let mut later = e.handle(Input::Tick, t(100 + 40 * 60));
+        later.extend(degraded(&mut e, key("node-0", 0), t(100 + 41 * 60)));
+        assert!(later.is_empty(), "one replacement per episode: {later:?}");
+        assert!(!e.is_quarantined(&key("node-0", 0)));
+    }
+
+    /// The third Degraded episode of one device within the lemon window quarantines it and asks
+    /// for an inspection; the first two only count.
+    #[test]
+    fn a_device_degraded_three_times_is_quarantined() {
+        let mut e = engine_with(1);
+        let k = key("node-0", 3);
+        for episode in 0..3 {
+            let start = t(episode * 3600);
+            let acts = degraded(&mut e, k.clone(), start);
+            let quarantined = count(&acts, |a| matches!(a, Action::QuarantineDevice { .. }));
+            if episode < 2 {
+                assert_eq!(quarantined, 0, "episode {episode}: {acts:?}");
+                assert!(healthy(&mut e, k.clone(), start + Duration::from_mins(10)).is_empty());
+            } else {
+                assert_eq!(quarantined, 1, "{acts:?}");
+                assert!(acts.iter().any(|a| matches!(
+                    &a.action,
+                    Action::RequestRepair { kind: RepairKind::InspectHardware, .. }
+                )));
+            }
+        }
+        assert!(e.is_quarantined(&k));
     }
 
     #[test]

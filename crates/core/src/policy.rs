@@ -34,6 +34,11 @@ pub enum RuleAction {
     RequestRepair,
     /// Mark, then fail the workload (the gang, or the pod's owner).
     FailWorkload,
+    /// Mark, then replace the pod at its gang's next checkpoint: the driver restarts the gang
+    /// from that checkpoint with this member placed elsewhere, so no work is thrown away. For a
+    /// slow (Degraded) member of a synchronous gang, whose pace every rank pays. A pod without a
+    /// gang is only marked. Counts against the gang restart budget.
+    ReplaceAtCheckpoint,
 }
 
 impl RuleAction {
@@ -47,6 +52,7 @@ impl RuleAction {
             RuleAction::CordonNode => "cordon_node",
             RuleAction::RequestRepair => "request_repair",
             RuleAction::FailWorkload => "fail_workload",
+            RuleAction::ReplaceAtCheckpoint => "replace_at_checkpoint",
         }
     }
 }
@@ -136,7 +142,8 @@ pub struct FailurePolicy {
 
 impl FailurePolicy {
     /// The built-in default: a device failure restarts the gang (or evicts a lone pod) and marks
-    /// the pod; a degraded device marks the pod; everything else is left to Kubernetes.
+    /// the pod; a degraded device marks the pod and, in a gang, replaces the member at the next
+    /// checkpoint; everything else is left to Kubernetes.
     pub fn builtin_default() -> FailurePolicy {
         FailurePolicy {
             name: "devheal-default".into(),
@@ -151,9 +158,9 @@ impl FailurePolicy {
                     ..PolicyRule::default()
                 },
                 PolicyRule {
-                    name: "degraded-device-marks-pod".into(),
+                    name: "degraded-device-replaces-member-at-checkpoint".into(),
                     on_classes: vec![FailureClass::DeviceDegraded],
-                    action: RuleAction::MarkPod,
+                    action: RuleAction::ReplaceAtCheckpoint,
                     ..PolicyRule::default()
                 },
                 PolicyRule {
@@ -276,6 +283,13 @@ pub struct SafetySettings {
     /// This many incidents on one device within `lemon_window` escalate to inspect_hardware.
     pub lemon_incidents: u32,
     pub lemon_window: Duration,
+    /// This many Degraded episodes of one device within `lemon_window` quarantine it (within
+    /// the quarantine budget) and ask for an inspection (0: never).
+    pub degraded_episodes_to_quarantine: u32,
+    /// A member's device must have been Degraded this long before `ReplaceAtCheckpoint` acts:
+    /// most slow-downs end within minutes (Falcon: tens of seconds to hours), and replacing a
+    /// member costs the gang a restart.
+    pub degraded_replace_after: Duration,
     /// Kernel incidents count as evidence for a pod failure for this long.
     pub incident_window: Duration,
 }
@@ -300,6 +314,8 @@ impl Default for SafetySettings {
             probation: Duration::from_mins(10),
             lemon_incidents: 3,
             lemon_window: Duration::from_hours(24 * 7),
+            degraded_episodes_to_quarantine: 3,
+            degraded_replace_after: Duration::from_mins(20),
             incident_window: Duration::from_mins(15),
         }
     }

@@ -44,6 +44,10 @@ pub(crate) struct Controller {
     kernel_latency: devheal_core::Duration,
     publish: devheal_core::Duration,
     nvml_latency: devheal_core::Duration,
+    /// Every node's name and every GPU's key, made once: a restarted 2,048-pod gang is re-sent
+    /// whole, and formatting 16,384 keys each time was a third of the run.
+    node_names: Vec<String>,
+    device_keys: Vec<DeviceKey>,
 }
 
 impl Controller {
@@ -62,6 +66,13 @@ impl Controller {
             kernel_latency: secs(d.kernel_log_detect_ms / 1000.0),
             publish: secs(d.publish_s),
             nvml_latency: secs(d.nvml_detect_s),
+            node_names: (0..scenario.total_nodes()).map(node_name).collect(),
+            device_keys: (0..scenario.total_nodes())
+                .flat_map(|n| {
+                    (0..scenario.cluster.gpus_per_node)
+                        .map(move |d| DeviceKey::new(node_name(n), GPU_RESOURCE, gpu_id(n, d as u8)))
+                })
+                .collect(),
         }
     }
 }
@@ -115,7 +126,18 @@ impl World<'_> {
     }
 
     fn device_key(&self, node: u32, device: u8) -> DeviceKey {
-        DeviceKey::new(node_name(node), GPU_RESOURCE, gpu_id(node, device))
+        let i = node as usize * self.gpn as usize + usize::from(device);
+        match self.controller.as_ref().and_then(|c| c.device_keys.get(i)) {
+            Some(k) => k.clone(),
+            None => DeviceKey::new(node_name(node), GPU_RESOURCE, gpu_id(node, device)),
+        }
+    }
+
+    fn node_name(&self, node: u32) -> String {
+        match self.controller.as_ref().and_then(|c| c.node_names.get(node as usize)) {
+            Some(n) => n.clone(),
+            None => node_name(node),
+        }
     }
 
     fn node_info(&self, node: u32) -> NodeInfo {
@@ -155,7 +177,7 @@ impl World<'_> {
             uid: self.member_uid(gang, member),
             namespace: g.namespace.clone(),
             name: format!("{}-workers-0-{}", g.name, member),
-            node: Some(node_name(node)),
+            node: Some(self.node_name(node)),
             labels,
             owner: Some(("Job".to_string(), format!("{}-workers-0", g.name))),
             restart_policy: Some("Never".to_string()),
@@ -202,7 +224,7 @@ impl World<'_> {
             uid: self.replica_uid(service, replica, r.generation),
             namespace: s.namespace.clone(),
             name: format!("{}-{}", s.name, replica),
-            node: Some(node_name(node)),
+            node: Some(self.node_name(node)),
             labels,
             owner: Some(("ReplicaSet".to_string(), s.name.clone())),
             restart_policy: Some("Always".to_string()),
@@ -437,8 +459,15 @@ impl World<'_> {
     /// The restarted gang runs again: the controller's pod watch shows every member Running in
     /// the new restart attempt (JobSet bumps `restart-attempt` on all of them, moved or not), so
     /// the engine closes the restart it had open and a new failure is a new incident.
+    /// With `resend_restarted_members: false` only rank 0 is re-sent (moved members were sent
+    /// when they moved): its progress then closes the restart.
     pub(crate) fn devheal_gang_running(&mut self, gang: u16) {
-        for member in 0..self.gangs[gang as usize].members.len() as u32 {
+        let members = if self.scenario.strategies.devheal.resend_restarted_members {
+            self.gangs[gang as usize].members.len() as u32
+        } else {
+            1
+        };
+        for member in 0..members {
             let pod = self.member_pod(gang, member, PodPhase::Running, None);
             self.deliver_now(Input::PodUpsert(pod));
         }
@@ -475,10 +504,86 @@ impl World<'_> {
         }
     }
 
+    /// The straggler detector found the node's member slow: the agent publishes its devices
+    /// Degraded (a device with an active fault keeps that health).
+    pub(crate) fn devheal_straggler_found(&mut self, node: u32) {
+        let now = self.now;
+        let slowdown = self.nodes[node as usize].slowdown;
+        self.nodes[node as usize].straggler_reported = true;
+        let publish = self.ctl().publish;
+        let message = format!("straggler: {:.0} % slower than the gang median", (slowdown - 1.0) * 100.0);
+        for d in 0..self.gpn as u8 {
+            if self.devices[self.dev(node, d)].fault.is_some() {
+                continue;
+            }
+            let reason = HealthReason {
+                source: HealthSource::Progress,
+                code: None,
+                message: message.clone(),
+                first_seen: now,
+                last_seen: now,
+                count: 1,
+            };
+            let device = self.device_key(node, d);
+            self.send(
+                publish,
+                Input::DeviceHealth { device, health: Health::Degraded, reasons: vec![reason] },
+            );
+        }
+    }
+
+    /// The slow-down ended and the detector saw it: the devices are published Healthy again.
+    pub(crate) fn devheal_straggler_gone(&mut self, node: u32) {
+        if !std::mem::take(&mut self.nodes[node as usize].straggler_reported) {
+            return;
+        }
+        let publish = self.ctl().publish;
+        for d in 0..self.gpn as u8 {
+            if self.devices[self.dev(node, d)].fault.is_some() {
+                continue;
+            }
+            let device = self.device_key(node, d);
+            self.send(publish, Input::DeviceHealth { device, health: Health::Healthy, reasons: Vec::new() });
+        }
+    }
+
+    /// A checkpoint just completed with replacements pending: as the controller would, move the
+    /// members whose devices the engine still holds Degraded and restart the gang from this
+    /// checkpoint (nothing to redo, only the restart).
+    pub(crate) fn devheal_replace_at_checkpoint(&mut self, gang: u16) {
+        let wanted = std::mem::take(&mut self.gangs[gang as usize].replace_at_checkpoint);
+        if self.gangs[gang as usize].state != GangState::Computing {
+            return;
+        }
+        let still: Vec<u32> = wanted
+            .into_iter()
+            .filter(|&m| {
+                let node = self.gangs[gang as usize].members[m as usize];
+                (0..self.gpn as u8).any(|d| {
+                    let key = self.device_key(node, d);
+                    self.controller.as_ref().and_then(|c| c.engine.device_health(&key))
+                        == Some(Health::Degraded)
+                })
+            })
+            .collect();
+        if still.is_empty() {
+            return;
+        }
+        self.counts.straggler_replacements += still.len() as u64;
+        self.gangs[gang as usize].pending_moves.extend(still);
+        self.begin_restart(gang, false);
+    }
+
     /// Carry out one engine action on the model.
     fn apply(&mut self, action: Action) {
         let now = self.now;
         match action {
+            Action::ReplaceAtCheckpoint { pod, .. } => match self.ctl().pods.get(&pod.uid).copied() {
+                Some(PodOwner::GangMember { gang, member }) => {
+                    self.gangs[gang as usize].replace_at_checkpoint.insert(member);
+                }
+                _ => self.ctl().unmapped += 1,
+            },
             Action::MarkPod { .. } | Action::Report { .. } => {}
             Action::EvictPod { pod, .. } => {
                 let owner = self.ctl().pods.get(&pod.uid).copied();

@@ -56,6 +56,26 @@ pub fn simulate_strategies(
         progress(s.name());
         reports.push(simulate_strategy(scenario, s, &trace));
     }
+    let d = &scenario.strategies.devheal;
+    let straggler_detection = reports
+        .iter()
+        .find(|r| r.name == Strategy::Devheal.name())
+        .filter(|_| d.detect_stragglers && d.compare_without_straggler_detection)
+        .map(|with| {
+            progress("devheal (without straggler detection)");
+            let mut off = scenario.clone();
+            off.strategies.devheal.detect_stragglers = false;
+            let without = simulate_strategy(&off, Strategy::Devheal, &trace);
+            report::StragglerDetectionReport {
+                ettr_with: with.ettr,
+                ettr_without: without.ettr,
+                straggler_gpu_hours_with: with.gpu_hours_lost.by_cause.straggler_slowdown,
+                straggler_gpu_hours_without: without.gpu_hours_lost.by_cause.straggler_slowdown,
+                gpu_hours_lost_with: with.gpu_hours_lost.total,
+                gpu_hours_lost_without: without.gpu_hours_lost.total,
+                replacements: with.counts.straggler_replacements,
+            }
+        });
     let counts = trace.fault_counts(scenario.faults.len());
     let summary = TraceSummary {
         faults_by_class: scenario.faults.iter().map(|f| f.name.clone()).zip(counts).collect(),
@@ -79,6 +99,7 @@ pub fn simulate_strategies(
         gpus: u64::from(scenario.total_nodes()) * u64::from(scenario.cluster.gpus_per_node),
         trace: summary,
         strategies: reports,
+        straggler_detection,
     }
 }
 

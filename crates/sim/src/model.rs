@@ -65,6 +65,8 @@ pub(crate) struct NodeState {
     /// Straggler slowdown while an episode lasts (1.0 when none).
     pub slowdown: f64,
     pub straggler_token: u32,
+    /// devheal: the detector reported this node's member slow (its devices Degraded).
+    pub straggler_reported: bool,
     /// When the node was taken out of service by a strategy's action, and how many of its
     /// devices were healthy then (for collateral accounting).
     pub held_out_since: Option<(Time, u32)>,
@@ -122,6 +124,8 @@ pub(crate) struct Gang {
     pub streak: u32,
     pub streak_active: bool,
     pub pending_moves: BTreeSet<u32>,
+    /// devheal: members to move elsewhere at the next checkpoint (slow ones).
+    pub replace_at_checkpoint: BTreeSet<u32>,
     pub interruptions: u64,
     pub restarts: u64,
     pub lost: LostGpuHours,
@@ -236,6 +240,14 @@ pub(crate) enum Event {
         node: u32,
         token: u32,
     },
+    /// devheal's straggler detector finds the slow-down (or sees it end).
+    StragglerFound {
+        node: u32,
+        token: u32,
+    },
+    StragglerGone {
+        node: u32,
+    },
     DaySample,
     Deliver(Box<Input>),
     EngineTick,
@@ -287,6 +299,7 @@ impl<'a> World<'a> {
                 gang_member: None,
                 slowdown: 1.0,
                 straggler_token: 0,
+                straggler_reported: false,
                 held_out_since: None,
                 ticket_open: false,
                 nhc_pending: false,
@@ -341,6 +354,7 @@ impl<'a> World<'a> {
                 streak: 0,
                 streak_active: false,
                 pending_moves: BTreeSet::new(),
+                replace_at_checkpoint: BTreeSet::new(),
                 interruptions: 0,
                 restarts: 0,
                 lost: LostGpuHours::default(),
@@ -446,6 +460,14 @@ impl<'a> World<'a> {
                 n.slowdown = slowdown;
                 let token = n.straggler_token;
                 self.queue.push(self.now + duration, Event::StragglerEnd { node, token });
+                let d = &self.scenario.strategies.devheal;
+                if self.strategy == Strategy::Devheal
+                    && d.detect_stragglers
+                    && slowdown >= d.straggler_min_slowdown
+                {
+                    let at = self.now + secs(d.straggler_detect_s);
+                    self.queue.push(at, Event::StragglerFound { node, token });
+                }
                 if let Some((g, _)) = n.gang_member {
                     self.gang_slow(g, node, Some(slowdown));
                 }
@@ -604,6 +626,9 @@ impl<'a> World<'a> {
                     g.cycle_work = 0.0;
                     g.streak_active = false;
                     self.start_computing(gang);
+                    if !self.gangs[gang as usize].replace_at_checkpoint.is_empty() {
+                        self.devheal_replace_at_checkpoint(gang);
+                    }
                 }
             }
             Event::RestartDone { gang, epoch } => {
@@ -680,9 +705,25 @@ impl<'a> World<'a> {
                 let n = &mut self.nodes[node as usize];
                 if n.straggler_token == token {
                     n.slowdown = 1.0;
+                    let reported = n.straggler_reported;
                     if let Some((g, _)) = n.gang_member {
                         self.gang_slow(g, node, None);
                     }
+                    if reported {
+                        let at = self.now + secs(self.scenario.strategies.devheal.straggler_detect_s);
+                        self.queue.push(at, Event::StragglerGone { node });
+                    }
+                }
+            }
+            Event::StragglerFound { node, token } => {
+                let n = &self.nodes[node as usize];
+                if n.straggler_token == token && n.slowdown > 1.0 && n.gang_member.is_some() {
+                    self.devheal_straggler_found(node);
+                }
+            }
+            Event::StragglerGone { node } => {
+                if self.nodes[node as usize].slowdown <= 1.0 {
+                    self.devheal_straggler_gone(node);
                 }
             }
             Event::DaySample => {

@@ -78,6 +78,8 @@ pub struct Counts {
     pub engine_actions_unmapped: u64,
     pub engine_inputs: u64,
     pub engine_ticks: u64,
+    /// Slow members moved elsewhere at a checkpoint (devheal's degradation policy).
+    pub straggler_replacements: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -142,6 +144,25 @@ pub struct Report {
     pub gpus: u64,
     pub trace: TraceSummary,
     pub strategies: Vec<StrategyReport>,
+    /// devheal with and without its straggler detection, on the same trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub straggler_detection: Option<StragglerDetectionReport>,
+}
+
+/// What devheal's degradation detection is worth on this trace: the devheal strategy run again
+/// with straggler detection off.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StragglerDetectionReport {
+    pub ettr_with: f64,
+    pub ettr_without: f64,
+    /// GPU-hours lost to slow ranks, with and without.
+    pub straggler_gpu_hours_with: f64,
+    pub straggler_gpu_hours_without: f64,
+    /// All GPU-hours lost, with and without (replacements cost restarts).
+    pub gpu_hours_lost_with: f64,
+    pub gpu_hours_lost_without: f64,
+    /// Slow members moved at a checkpoint.
+    pub replacements: u64,
 }
 
 impl Report {
@@ -233,6 +254,26 @@ impl Report {
             ]);
         }
         write_table(&mut out, &rows);
+        if let Some(d) = &self.straggler_detection {
+            let _ = writeln!(
+                out,
+                "\ndevheal's straggler detection: ETTR {:.2}% with, {:.2}% without ({:+.2} points); slow-rank GPU-h {} with, {} without; \
+                 {} slow members replaced at a checkpoint; all GPU-h lost {} with, {} without ({}).",
+                d.ettr_with * 100.0,
+                d.ettr_without * 100.0,
+                (d.ettr_with - d.ettr_without) * 100.0,
+                fmt_thousands(d.straggler_gpu_hours_with),
+                fmt_thousands(d.straggler_gpu_hours_without),
+                d.replacements,
+                fmt_thousands(d.gpu_hours_lost_with),
+                fmt_thousands(d.gpu_hours_lost_without),
+                if d.gpu_hours_lost_with <= d.gpu_hours_lost_without {
+                    format!("{} saved", fmt_thousands(d.gpu_hours_lost_without - d.gpu_hours_lost_with))
+                } else {
+                    format!("{} more", fmt_thousands(d.gpu_hours_lost_with - d.gpu_hours_lost_without))
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "\nETTR: useful training time / wall time of the training gangs. GPU-h lost: training and inference, by cause.\n\

@@ -175,6 +175,40 @@ pub struct DevhealSpec {
     pub tick_idle_s: f64,
     /// How often rank 0 reports progress.
     pub progress_interval_s: f64,
+    /// After a gang restart, does the controller's pod watch show the engine every member
+    /// Running in the new attempt (what JobSet does), or only rank 0 and the members that moved?
+    /// With `false` the engine closes the restart when rank 0, seen re-created, reports progress;
+    /// it is a simplification for fleet-scale runs (one 20,480-GPU gang restart is 2,560 pod
+    /// updates), documented in docs/simulator.md. Default `true`.
+    #[serde(default = "yes")]
+    pub resend_restarted_members: bool,
+    /// Degradation detection: a straggler episode slowing a gang member by at least
+    /// `straggler_min_slowdown` is found `straggler_detect_s` after it starts (and its end that
+    /// long after it ends), and reported as the member's devices turning Degraded. Both from
+    /// `devheal degradation-eval` (docs/degradation.md): recall ≥ 0.97 from 10 % slow-downs on,
+    /// p95 delay 284 s; smaller slow-downs are taken as not found.
+    #[serde(default = "yes")]
+    pub detect_stragglers: bool,
+    #[serde(default = "straggler_min_slowdown")]
+    pub straggler_min_slowdown: f64,
+    #[serde(default = "straggler_detect_s")]
+    pub straggler_detect_s: f64,
+    /// Also run devheal with straggler detection off on the same trace, and report the
+    /// difference (doubles devheal's run time; the fleet scenario turns it off).
+    #[serde(default = "yes")]
+    pub compare_without_straggler_detection: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn straggler_min_slowdown() -> f64 {
+    1.10
+}
+
+fn straggler_detect_s() -> f64 {
+    284.0
 }
 
 /// Which part of the cluster a fault strikes.
@@ -458,6 +492,13 @@ impl Scenario {
         interval_s("strategies.devheal.tick_active_s", d.tick_active_s)?;
         interval_s("strategies.devheal.tick_idle_s", d.tick_idle_s)?;
         interval_s("strategies.devheal.progress_interval_s", d.progress_interval_s)?;
+        interval_s("strategies.devheal.straggler_detect_s", d.straggler_detect_s)?;
+        if !(d.straggler_min_slowdown.is_finite() && d.straggler_min_slowdown > 1.0) {
+            return Err(bad(
+                "strategies.devheal.straggler_min_slowdown".into(),
+                "must be a slow-down factor above 1 (1.10 = 10 % slower)",
+            ));
+        }
         let mut fault_names = std::collections::BTreeSet::new();
         for (i, fc) in self.faults.iter().enumerate() {
             let f = |name: &str| format!("faults[{i}].{name}");

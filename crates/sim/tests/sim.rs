@@ -185,3 +185,50 @@ fn a_second_hang_soon_after_a_restart_is_detected_by_the_engine() {
     assert!(hang < limit, "hang {hang:.2} GPU-h, expected under {limit:.2}");
     assert_eq!(report.counts.engine_actions_unmapped, 0);
 }
+
+/// `resend_restarted_members: false` (the fleet scenario's shortcut: only rank 0 of a restarted
+/// gang is re-sent and its progress closes the restart) must not change what the report
+/// measures, only how many inputs the engine reads.
+#[test]
+fn re_sending_only_rank_0_after_a_restart_changes_no_outcome() {
+    let mut full = Scenario::bundled("llama3-16k").expect("bundled");
+    full.duration_days = 12.0;
+    assert!(full.strategies.devheal.resend_restarted_members, "the default scenario re-sends every member");
+    let mut lean = full.clone();
+    lean.strategies.devheal.resend_restarted_members = false;
+    let trace = FaultTrace::generate(&full, 3);
+    let a = simulate_strategy(&full, Strategy::Devheal, &trace);
+    let b = simulate_strategy(&lean, Strategy::Devheal, &trace);
+    assert!(a.counts.gang_restarts > 3, "the window has restarts to compare: {:?}", a.counts);
+    assert!(
+        b.counts.engine_inputs * 2 < a.counts.engine_inputs,
+        "the shortcut reads far fewer inputs: {} vs {}",
+        b.counts.engine_inputs,
+        a.counts.engine_inputs
+    );
+    assert_eq!(a.ettr, b.ettr);
+    assert_eq!(a.counts.gang_restarts, b.counts.gang_restarts);
+    assert_eq!(a.counts.pod_evictions, b.counts.pod_evictions);
+    assert_eq!(a.counts.device_quarantines, b.counts.device_quarantines);
+    assert_eq!(
+        serde_json::to_string(&a.gpu_hours_lost).expect("json"),
+        serde_json::to_string(&b.gpu_hours_lost).expect("json")
+    );
+}
+
+/// Issue 7: with stragglers in the trace, devheal with its straggler detection (lasting slow
+/// members replaced at a checkpoint) keeps a higher ETTR than devheal without it, and the
+/// report carries the difference.
+#[test]
+fn straggler_detection_raises_devheal_ettr_on_the_default_scenario() {
+    let mut scenario = Scenario::bundled("llama3-16k").expect("bundled");
+    // Identical outcomes, fewer engine inputs (see re_sending_only_rank_0_...).
+    scenario.strategies.devheal.resend_restarted_members = false;
+    let report = devheal_sim::simulate_strategies(&scenario, 1, &[Strategy::Devheal], &mut |_| {});
+    let d = report.straggler_detection.as_ref().expect("the comparison is on by default");
+    assert!(d.replacements > 0, "{d:?}");
+    assert!(d.ettr_with > d.ettr_without, "{d:?}");
+    assert!(d.straggler_gpu_hours_with < d.straggler_gpu_hours_without, "{d:?}");
+    assert!(report.to_table().contains("straggler detection: ETTR"), "{}", report.to_table());
+    assert!(report.to_json().contains("\"straggler_detection\""));
+}

@@ -1,0 +1,173 @@
+//! The agent's Prometheus metrics (`/metrics`), all prefixed `devheal_agent_`.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `devheal_agent_devices` | gauge | `health` | devices by their current health |
+//! | `devheal_agent_source_available` | gauge | `source` | 1 while a source sees what it watches |
+//! | `devheal_agent_kmsg_lines_total` | counter | | kernel-log records read |
+//! | `devheal_agent_kmsg_faults_total` | counter | | records that are device faults |
+//! | `devheal_agent_kmsg_lost_total` | counter | | records overwritten before they were read |
+//! | `devheal_agent_kmsg_unmapped_faults_total` | counter | | device faults on no known device |
+//! | `devheal_agent_pod_resources_calls_total` | counter | | calls to the kubelet's PodResources API |
+//! | `devheal_agent_publishes_total` | counter | `kind` | successful writes (`status`, `condition`, `event`) |
+//! | `devheal_agent_publish_failures_total` | counter | `kind` | failed writes |
+//! | `devheal_agent_last_publish_timestamp_seconds` | gauge | | Unix time of the last status write |
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabel {
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// Every metric the agent exports, and the registry that renders them.
+pub struct AgentMetrics {
+    registry: Registry,
+    pub devices: Family<HealthLabel, Gauge>,
+    pub source_available: Family<SourceLabel, Gauge>,
+    pub kmsg_lines: Counter,
+    pub kmsg_faults: Counter,
+    pub kmsg_lost: Counter,
+    pub kmsg_unmapped: Counter,
+    pub pod_resources_calls: Counter,
+    pub publishes: Family<KindLabel, Counter>,
+    pub publish_failures: Family<KindLabel, Counter>,
+    pub last_publish: Gauge<f64, AtomicU64>,
+    /// Unix seconds of the event loop's last turn, for `/healthz` (not exported).
+    pub loop_alive_unix_s: AtomicI64,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("devheal_agent");
+        let devices = Family::<HealthLabel, Gauge>::default();
+        registry.register("devices", "Devices on this node by their current health", devices.clone());
+        let source_available = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_available",
+            "1 while a source (kernel log, NVML, a device plugin, PodResources) sees what it watches",
+            source_available.clone(),
+        );
+        let kmsg_lines = Counter::default();
+        registry.register("kmsg_lines", "Kernel-log records read", kmsg_lines.clone());
+        let kmsg_faults = Counter::default();
+        registry.register("kmsg_faults", "Kernel-log records that are device faults", kmsg_faults.clone());
+        let kmsg_lost = Counter::default();
+        registry.register(
+            "kmsg_lost",
+            "Kernel-log records overwritten before they were read",
+            kmsg_lost.clone(),
+        );
+        let kmsg_unmapped = Counter::default();
+        registry.register(
+            "kmsg_unmapped_faults",
+            "Device faults in the kernel log on no device this node knows",
+            kmsg_unmapped.clone(),
+        );
+        let pod_resources_calls = Counter::default();
+        registry.register(
+            "pod_resources_calls",
+            "Calls to the kubelet's PodResources API",
+            pod_resources_calls.clone(),
+        );
+        let publishes = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "publishes",
+            "Successful writes to the API server by kind (status, condition, event)",
+            publishes.clone(),
+        );
+        let publish_failures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "publish_failures",
+            "Failed writes to the API server by kind",
+            publish_failures.clone(),
+        );
+        let last_publish = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_publish_timestamp_seconds",
+            "Unix time of the last NodeDeviceHealth status write",
+            last_publish.clone(),
+        );
+        AgentMetrics {
+            registry,
+            devices,
+            source_available,
+            kmsg_lines,
+            kmsg_faults,
+            kmsg_lost,
+            kmsg_unmapped,
+            pod_resources_calls,
+            publishes,
+            publish_failures,
+            last_publish,
+            loop_alive_unix_s: AtomicI64::new(0),
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn published(&self, kind: &str, ok: bool) {
+        let label = KindLabel { kind: kind.to_string() };
+        if ok {
+            self.publishes.get_or_create(&label).inc();
+        } else {
+            self.publish_failures.get_or_create(&label).inc();
+        }
+    }
+
+    pub fn mark_loop_alive(&self, unix_s: i64) {
+        self.loop_alive_unix_s.store(unix_s, Ordering::Relaxed);
+    }
+
+    pub fn loop_alive(&self) -> i64 {
+        self.loop_alive_unix_s.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_the_prefix() {
+        let m = AgentMetrics::new();
+        m.devices.get_or_create(&HealthLabel { health: "Unhealthy".into() }).set(2);
+        m.kmsg_lines.inc_by(5);
+        m.published("status", true);
+        m.published("event", false);
+        let text = m.render();
+        assert!(text.contains("devheal_agent_devices{health=\"Unhealthy\"} 2"), "{text}");
+        assert!(text.contains("devheal_agent_kmsg_lines_total 5"), "{text}");
+        assert!(text.contains("devheal_agent_publishes_total{kind=\"status\"} 1"), "{text}");
+        assert!(text.contains("devheal_agent_publish_failures_total{kind=\"event\"} 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,1063 @@
+//! The long-running agent: every source as its own task or thread, one event loop that owns the
+//! per-device health state machine, and the publisher.
+//!
+//! ```text
+//!  kmsg reader thread ──(device faults only)──┐
+//!  NVML thread (inventory, samples, Xids) ────┤
+//!  device plugin watcher (ListAndWatch) ──────┼──► event loop: tracker + device↔pod map ──watch──► publisher task
+//!  PodResources refresher (on change, ≤1/s) ──┤       │ (batch, snapshot, diff)              └─► Events
+//!  fake devices (kernel lines, resets) ───────┘       └──► /metrics gauges
+//! ```
+//!
+//! The loop drains every event that is waiting, then builds the `NodeDeviceHealth` once and
+//! hands it to the publisher only when it changed in substance. It turns at least once a second
+//! (probation ends on time; `/healthz` sees it alive). Sources never decide health on their own:
+//! a source that goes blind makes its devices' health `Unknown` through the tracker, never
+//! `Unhealthy`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration as StdDuration;
+
+use devheal_core::{Health, HealthSource, Time};
+use devheal_k8s::crd::{DeviceVendor, NodeDeviceHealth, NodeDeviceHealthStatus, SourceStatus, k8s_time};
+use devheal_kubelet::deviceplugin::{PluginDevice, PluginEvent, PluginWatcher};
+use devheal_kubelet::podresources::{AllocatableDevice, DeviceBinding, PodResourcesClient};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::fake::{FakeControl, FakeSignal, fake_devices};
+use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
+use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
+use crate::metrics::{AgentMetrics, HealthLabel, SourceLabel};
+use crate::nvml::{FakeGpuTelemetry, GpuTelemetry, NvmlTelemetry, XidEvent};
+use crate::nvml_evidence::evidence_from_sample;
+use crate::once::{NVIDIA_GPU_RESOURCE, SourcePaths};
+use crate::publish::{
+    DeviceTransition, Publication, PublishConfig, Publisher, devices_condition, run_publisher, wall_now,
+};
+use crate::snapshot::{InventoryDevice, SnapshotInput, node_device_health};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the {what} thread: {source}")]
+    Thread { what: &'static str, source: std::io::Error },
+}
+
+/// Where GPU telemetry comes from.
+#[derive(Clone, Debug)]
+pub enum GpuSource {
+    /// NVML, loaded at run time (retried while the driver is absent).
+    Nvml,
+    /// Scripted GPUs (tests, demos).
+    Fake(FakeGpuTelemetry),
+    /// No GPU telemetry.
+    Off,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub paths: SourcePaths,
+    pub gpus: GpuSource,
+    /// Serve this many fake devices (`devheal.io/fake-gpu`) and accept fault injection.
+    pub fake_devices: usize,
+    /// `/metrics`, `/healthz` and `/fake/*`; `None` serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
+    pub tracker: TrackerConfig,
+    pub publish: PublishConfig,
+    /// PodResources is read on every change and at least this often.
+    pub pod_resources_interval: StdDuration,
+    /// Least time between two PodResources calls (the kubelet rate-limits the API).
+    pub pod_resources_min_interval: StdDuration,
+    /// How often NVML is sampled.
+    pub nvml_interval: StdDuration,
+    /// How often the device-plugin directory is re-read for plugins that came or went.
+    pub plugin_rescan: StdDuration,
+    /// How long one kubelet or plugin call may take.
+    pub source_timeout: StdDuration,
+}
+
+impl AgentConfig {
+    pub fn new(node: &str) -> Self {
+        AgentConfig {
+            node: node.to_string(),
+            paths: SourcePaths::default(),
+            gpus: GpuSource::Nvml,
+            fake_devices: 0,
+            metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9101))),
+            tracker: TrackerConfig::default(),
+            publish: PublishConfig::default(),
+            pod_resources_interval: StdDuration::from_secs(10),
+            pod_resources_min_interval: StdDuration::from_secs(1),
+            nvml_interval: StdDuration::from_secs(10),
+            plugin_rescan: StdDuration::from_secs(1),
+            source_timeout: StdDuration::from_secs(5),
+        }
+    }
+}
+
+/// Everything the sources tell the loop.
+#[derive(Debug)]
+enum SourceEvent {
+    Kernel(KernelEvent),
+    Plugin(PluginEvent),
+    Fake(FakeSignal),
+    Nvml(NvmlEvent),
+    PodResources(PodResourcesEvent),
+}
+
+#[derive(Debug)]
+enum NvmlEvent {
+    Inventory { driver_version: Option<String>, gpus: Vec<InventoryDevice> },
+    Sample { uuid: String, evidence: Vec<Evidence> },
+    SampleFailed { uuid: String, message: String },
+    Xid(XidEvent),
+    Unavailable { message: String },
+}
+
+#[derive(Debug)]
+enum PodResourcesEvent {
+    Listed(Vec<DeviceBinding>),
+    Allocatable(Vec<AllocatableDevice>),
+    Unavailable(String),
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    /// Where `/metrics` is served (the bound address, when the configured port was 0).
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<AgentMetrics>,
+    /// Fault injection, with `fake_devices > 0`.
+    pub fake: Option<FakeControl>,
+    shutdown: watch::Sender<bool>,
+    stop_threads: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    /// Stop every task (the publisher makes one last write of a pending change) and wait.
+    pub async fn stop(self) {
+        drop(self.fake);
+        let _ = self.shutdown.send(true);
+        self.stop_threads.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            if tokio::time::timeout(StdDuration::from_secs(10), task).await.is_err() {
+                tracing::warn!("an agent task did not stop within 10 s");
+            }
+        }
+    }
+}
+
+/// Start the agent on the current tokio runtime.
+pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<AgentHandle, AgentError> {
+    let metrics = Arc::new(AgentMetrics::new());
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let stop_threads = Arc::new(AtomicBool::new(false));
+    let (events_tx, events_rx) = mpsc::channel::<SourceEvent>(4096);
+    let mut tasks = Vec::new();
+
+    // Fake devices first: the HTTP endpoint needs their control handle.
+    let mut fake = None;
+    let mut static_devices = Vec::new();
+    if config.fake_devices > 0 {
+        let (signals_tx, signals_rx) = mpsc::channel::<FakeSignal>(256);
+        let (plugin, control) =
+            fake_devices(config.fake_devices, config.paths.device_plugin_dir.clone(), signals_tx);
+        static_devices = control.devices().to_vec();
+        tasks.push(tokio::spawn(plugin.run(shutdown.clone())));
+        tasks.push(tokio::spawn(forward(signals_rx, events_tx.clone(), SourceEvent::Fake, shutdown.clone())));
+        fake = Some(control);
+    }
+
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr, source })?;
+        let bound = listener.local_addr().map_err(|source| AgentError::Listen { addr, source })?;
+        metrics_addr = Some(bound);
+        let app =
+            crate::http::router(crate::http::HttpState { metrics: Arc::clone(&metrics), fake: fake.clone() });
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the metrics endpoint stopped");
+            }
+        }));
+    }
+
+    // Kernel log.
+    let (kernel_tx, kernel_rx) = mpsc::channel::<KernelEvent>(4096);
+    spawn_kmsg_reader(config.paths.kmsg.clone(), kernel_tx, Arc::clone(&metrics), Arc::clone(&stop_threads))
+        .map_err(|source| AgentError::Thread { what: "kernel log", source })?;
+    tasks.push(tokio::spawn(forward(kernel_rx, events_tx.clone(), SourceEvent::Kernel, shutdown.clone())));
+
+    // GPU telemetry.
+    if !matches!(config.gpus, GpuSource::Off) {
+        spawn_gpu_telemetry(
+            config.gpus.clone(),
+            config.paths.nvml_library.clone(),
+            config.nvml_interval,
+            events_tx.clone(),
+            Arc::clone(&stop_threads),
+        )
+        .map_err(|source| AgentError::Thread { what: "NVML", source })?;
+    }
+
+    // Device plugins.
+    let (plugin_tx, plugin_rx) = mpsc::channel::<PluginEvent>(1024);
+    let mut watcher = PluginWatcher::new(&config.paths.device_plugin_dir);
+    watcher.rescan = config.plugin_rescan;
+    let watcher_task = watcher.spawn(plugin_tx);
+    let forwarder = forward(plugin_rx, events_tx.clone(), SourceEvent::Plugin, shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        forwarder.await;
+        watcher_task.abort();
+    }));
+
+    // PodResources.
+    let refresh = Arc::new(Notify::new());
+    let want_allocatable = Arc::new(AtomicBool::new(true));
+    tasks.push(tokio::spawn(pod_resources_task(
+        config.clone(),
+        Arc::clone(&refresh),
+        Arc::clone(&want_allocatable),
+        events_tx.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    )));
+    drop(events_tx);
+
+    // Publisher.
+    let (publication_tx, publication_rx) = watch::channel::<Option<Publication>>(None);
+    let (transition_tx, transition_rx) = mpsc::channel::<DeviceTransition>(1024);
+    tasks.push(tokio::spawn(run_publisher(
+        publisher,
+        config.node.clone(),
+        publication_rx,
+        transition_rx,
+        Arc::clone(&metrics),
+        config.publish.clone(),
+        shutdown.clone(),
+    )));
+
+    // The loop.
+    let boot_id = std::fs::read_to_string(&config.paths.boot_id_file)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let now = wall_now();
+    let boot_time = match uptime() {
+        Some(up) => now - devheal_core::Duration::from_nanos((up * 1e9) as i64),
+        None => now,
+    };
+    let state = LoopState {
+        node: config.node.clone(),
+        boot_id: boot_id.clone(),
+        device_plugin_dir: config.paths.device_plugin_dir.clone(),
+        tracker: DeviceHealthTracker::new(config.tracker.clone(), boot_id.clone()),
+        kernel: KernelPipeline::new(&config.node, boot_id, boot_time),
+        static_devices,
+        nvml_devices: Vec::new(),
+        plugins: BTreeMap::new(),
+        bindings: Vec::new(),
+        resource_of: BTreeMap::new(),
+        sources: BTreeMap::new(),
+        last_health: BTreeMap::new(),
+        last_sent: None,
+        metrics: Arc::clone(&metrics),
+        refresh,
+        want_allocatable,
+        inventory_ids: BTreeSet::new(),
+        ready: false,
+        started: tokio::time::Instant::now(),
+    };
+    tasks.push(tokio::spawn(event_loop(state, events_rx, publication_tx, transition_tx, shutdown.clone())));
+
+    Ok(AgentHandle { metrics_addr, metrics, fake, shutdown: shutdown_tx, stop_threads, tasks })
+}
+
+/// Pass a source's events on to the loop until either side is gone or the agent stops.
+async fn forward<T>(
+    mut from: mpsc::Receiver<T>,
+    to: mpsc::Sender<SourceEvent>,
+    wrap: fn(T) -> SourceEvent,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            item = from.recv() => {
+                let Some(item) = item else { return };
+                if to.send(wrap(item)).await.is_err() {
+                    return;
+                }
+            }
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Resolves once the agent is told to stop (or its handle is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn uptime() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let up: f64 = text.split_whitespace().next()?.parse().ok()?;
+    (up.is_finite() && up >= 0.0).then_some(up)
+}
+
+struct PluginState {
+    devices: Vec<PluginDevice>,
+}
+
+struct LoopState {
+    node: String,
+    boot_id: Option<String>,
+    device_plugin_dir: PathBuf,
+    tracker: DeviceHealthTracker,
+    kernel: KernelPipeline,
+    /// Fake devices.
+    static_devices: Vec<InventoryDevice>,
+    nvml_devices: Vec<InventoryDevice>,
+    plugins: BTreeMap<String, PluginState>,
+    bindings: Vec<DeviceBinding>,
+    /// The resource of each allocatable device, from PodResources.
+    resource_of: BTreeMap<String, String>,
+    sources: BTreeMap<String, SourceStatus>,
+    last_health: BTreeMap<String, Health>,
+    /// The last status handed to the publisher, without what changes on every write.
+    last_sent: Option<NodeDeviceHealthStatus>,
+    metrics: Arc<AgentMetrics>,
+    refresh: Arc<Notify>,
+    want_allocatable: Arc<AtomicBool>,
+    inventory_ids: BTreeSet<String>,
+    /// Nothing is published before PodResources first answered (or failed) or the warm-up
+    /// passed, so the first status and Events already list the pods.
+    ready: bool,
+    started: tokio::time::Instant,
+}
+
+/// The longest the first publication waits for PodResources.
+const WARM_UP: StdDuration = StdDuration::from_secs(2);
+
+/// How many waiting events one turn takes before it publishes.
+const BATCH: usize = 4096;
+
+async fn event_loop(
+    mut state: LoopState,
+    mut events: mpsc::Receiver<SourceEvent>,
+    publications: watch::Sender<Option<Publication>>,
+    transitions: mpsc::Sender<DeviceTransition>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(StdDuration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut turns: u64 = 0;
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                state.handle(event);
+                let mut taken = 1;
+                while taken < BATCH {
+                    match events.try_recv() {
+                        Ok(event) => {
+                            state.handle(event);
+                            taken += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = wall_now();
+                state.tracker.tick(now);
+                state.metrics.mark_loop_alive(now.as_nanos() / 1_000_000_000);
+                if turns.is_multiple_of(5) {
+                    state.check_plugin_dir(now);
+                }
+                turns += 1;
+            }
+            _ = shutdown.changed() => break,
+        }
+        state.publish(&publications, &transitions);
+    }
+}
+
+impl LoopState {
+    fn handle(&mut self, event: SourceEvent) {
+        let now = wall_now();
+        match event {
+            SourceEvent::Kernel(KernelEvent::Following { path }) => {
+                self.set_source("kernel_log", true, format!("following {path}"), None, now);
+            }
+            SourceEvent::Kernel(KernelEvent::Unavailable { message }) => {
+                self.set_source("kernel_log", false, message, None, now);
+            }
+            SourceEvent::Kernel(KernelEvent::Fault { fault, since_boot }) => {
+                let at = self.kernel.wall_time(since_boot);
+                let mapped = self.kernel.fault(&fault, at);
+                self.apply_kernel(mapped);
+            }
+            SourceEvent::Fake(FakeSignal::KernelLine(line)) => {
+                if let Some(mapped) = self.kernel.line(&line, now) {
+                    self.apply_kernel(mapped);
+                }
+            }
+            SourceEvent::Fake(FakeSignal::Reset { device }) => self.tracker.device_reset(&device, now),
+            SourceEvent::Nvml(event) => self.handle_nvml(event, now),
+            SourceEvent::Plugin(event) => self.handle_plugin(event, now),
+            SourceEvent::PodResources(PodResourcesEvent::Listed(bindings)) => {
+                let message = format!("{} device binding(s)", bindings.len());
+                self.bindings = bindings;
+                self.set_source("pod_resources", true, message, None, now);
+            }
+            SourceEvent::PodResources(PodResourcesEvent::Allocatable(devices)) => {
+                self.resource_of = devices.into_iter().map(|d| (d.device_id, d.resource)).collect();
+            }
+            SourceEvent::PodResources(PodResourcesEvent::Unavailable(message)) => {
+                self.set_source("pod_resources", false, message, None, now);
+            }
+        }
+    }
+
+    fn apply_kernel(&mut self, mapped: Mapped) {
+        match mapped {
+            Mapped::Device { pci_address, evidence, at } => {
+                let device = self.device_at(&pci_address);
+                match device {
+                    Some(id) => self.tracker.observe(&id, evidence, at),
+                    None => {
+                        self.metrics.kmsg_unmapped.inc();
+                        self.kernel.hold(pci_address, evidence, at);
+                    }
+                }
+            }
+            Mapped::NoAddress => {
+                self.metrics.kmsg_unmapped.inc();
+            }
+            Mapped::Ignored => {}
+        }
+    }
+
+    fn device_at(&self, pci_address: &str) -> Option<String> {
+        self.static_devices
+            .iter()
+            .chain(self.nvml_devices.iter())
+            .find(|d| d.pci_address.as_deref() == Some(pci_address))
+            .map(|d| d.id.clone())
+    }
+
+    fn handle_nvml(&mut self, event: NvmlEvent, now: Time) {
+        match event {
+            NvmlEvent::Inventory { driver_version, gpus } => {
+                let message = format!("{} GPU(s)", gpus.len());
+                for gpu in &gpus {
+                    self.tracker.set_watch(&gpu.id, HealthSource::Nvml, true, now);
+                }
+                self.nvml_devices = gpus;
+                self.set_source("nvml", true, message, driver_version, now);
+            }
+            NvmlEvent::Sample { uuid, evidence } => {
+                self.tracker.set_watch(&uuid, HealthSource::Nvml, true, now);
+                let codes: Vec<Option<u32>> = evidence.iter().map(|e| e.code).collect();
+                for e in evidence {
+                    self.tracker.observe(&uuid, e, now);
+                }
+                self.tracker.clear_source_except(&uuid, HealthSource::Nvml, &codes, now);
+            }
+            NvmlEvent::SampleFailed { uuid, message } => {
+                tracing::debug!(gpu = %uuid, %message, "NVML sample failed");
+                self.tracker.set_watch(&uuid, HealthSource::Nvml, false, now);
+            }
+            NvmlEvent::Xid(xid) => {
+                // The driver's own report of the Xid the kernel log prints: it joins the
+                // kernel-log reason for that Xid, so a node whose /dev/kmsg cannot be read still
+                // sees Xids.
+                let Some(code) = xid.xid else { return };
+                let short = xid.pci_address.rsplit_once('.').map_or(xid.pci_address.as_str(), |(h, _)| h);
+                let line = format!("NVRM: Xid (PCI:{short}): {code}, reported through NVML events");
+                if let Some(mapped) = self.kernel.line(&line, now) {
+                    self.apply_kernel(mapped);
+                }
+            }
+            NvmlEvent::Unavailable { message } => {
+                for gpu in &self.nvml_devices {
+                    self.tracker.set_watch(&gpu.id, HealthSource::Nvml, false, now);
+                }
+                self.set_source("nvml", false, message, None, now);
+            }
+        }
+    }
+
+    fn handle_plugin(&mut self, event: PluginEvent, now: Time) {
+        match event {
+            PluginEvent::Devices { socket, devices } => {
+                let name = plugin_source_name(&socket);
+                let before: BTreeSet<String> = self
+                    .plugins
+                    .get(&socket)
+                    .map(|p| p.devices.iter().map(|d| d.id.clone()).collect())
+                    .unwrap_or_default();
+                let after: BTreeSet<String> = devices.iter().map(|d| d.id.clone()).collect();
+                for gone in before.difference(&after) {
+                    self.tracker.set_watch(gone, HealthSource::DevicePlugin, false, now);
+                }
+                let unhealthy = devices.iter().filter(|d| !d.healthy).count();
+                for d in &devices {
+                    self.tracker.set_watch(&d.id, HealthSource::DevicePlugin, true, now);
+                    let (health, word) = if d.healthy {
+                        (Health::Healthy, "Healthy")
+                    } else {
+                        (Health::Unhealthy, "Unhealthy")
+                    };
+                    self.tracker.observe(
+                        &d.id,
+                        Evidence {
+                            source: HealthSource::DevicePlugin,
+                            code: None,
+                            health,
+                            message: format!("device plugin reports {word}"),
+                        },
+                        now,
+                    );
+                }
+                let message = format!("{} device(s), {unhealthy} reported Unhealthy", devices.len());
+                self.plugins.insert(socket, PluginState { devices });
+                self.set_source(&name, true, message, None, now);
+                self.sources.remove("device_plugins");
+                if before != after {
+                    self.want_allocatable.store(true, Ordering::Relaxed);
+                    self.refresh.notify_one();
+                }
+            }
+            PluginEvent::Disconnected { socket, reason } => self.plugin_blind(&socket, reason, now),
+            PluginEvent::Removed { socket } => {
+                self.plugin_blind(&socket, "socket removed (plugin stopped or kubelet restarted)".into(), now)
+            }
+        }
+    }
+
+    /// A plugin lost: its devices stay known and go blind for this source.
+    fn plugin_blind(&mut self, socket: &str, reason: String, now: Time) {
+        if let Some(plugin) = self.plugins.get(socket) {
+            for d in &plugin.devices {
+                self.tracker.set_watch(&d.id, HealthSource::DevicePlugin, false, now);
+            }
+        }
+        self.set_source(&plugin_source_name(socket), false, reason, None, now);
+    }
+
+    fn check_plugin_dir(&mut self, now: Time) {
+        if !self.plugins.is_empty() {
+            return;
+        }
+        let message = match devheal_kubelet::deviceplugin::plugin_sockets(&self.device_plugin_dir) {
+            Ok(_) => format!("no device plugin socket in {}", self.device_plugin_dir.display()),
+            Err(e) => e.to_string(),
+        };
+        self.set_source("device_plugins", false, message, None, now);
+    }
+
+    fn set_source(
+        &mut self,
+        name: &str,
+        available: bool,
+        message: String,
+        version: Option<String>,
+        now: Time,
+    ) {
+        let since = match self.sources.get(name) {
+            Some(old) if old.available == available => old.since.clone(),
+            _ => Some(k8s_time(now)),
+        };
+        self.sources.insert(
+            name.to_string(),
+            SourceStatus { name: name.to_string(), available, message: Some(message), version, since },
+        );
+    }
+
+    /// Every device the node has: fake devices, NVML's GPUs, then what plugins report.
+    fn inventory(&self) -> Vec<InventoryDevice> {
+        let mut devices: Vec<InventoryDevice> = Vec::new();
+        for d in self.static_devices.iter().chain(self.nvml_devices.iter()) {
+            if !devices.iter().any(|x| x.id == d.id) {
+                let mut d = d.clone();
+                if let Some(resource) = self.resource_of.get(&d.id) {
+                    d.resource = resource.clone();
+                }
+                devices.push(d);
+            }
+        }
+        for (socket, plugin) in &self.plugins {
+            for pd in &plugin.devices {
+                if devices.iter().any(|x| x.id == pd.id) {
+                    continue;
+                }
+                // The resource from the kubelet (allocatable, else the pod holding the device),
+                // else named after the plugin's socket.
+                let resource = self
+                    .resource_of
+                    .get(&pd.id)
+                    .cloned()
+                    .or_else(|| {
+                        self.bindings.iter().find(|b| b.device_id == pd.id).map(|b| b.resource.clone())
+                    })
+                    .unwrap_or_else(|| plugin_source_name(socket));
+                devices.push(InventoryDevice {
+                    id: pd.id.clone(),
+                    resource,
+                    vendor: DeviceVendor::Other,
+                    model: None,
+                    pci_address: None,
+                });
+            }
+        }
+        devices.sort_by(|a, b| (&a.resource, &a.id).cmp(&(&b.resource, &b.id)));
+        devices
+    }
+
+    fn publish(
+        &mut self,
+        publications: &watch::Sender<Option<Publication>>,
+        transitions: &mpsc::Sender<DeviceTransition>,
+    ) {
+        if !self.ready {
+            let heard = self.sources.contains_key("pod_resources");
+            if !heard && self.started.elapsed() < WARM_UP {
+                return;
+            }
+            self.ready = true;
+        }
+        let now = wall_now();
+        let inventory = self.inventory();
+        // Evidence that waited for a device now known.
+        if self.kernel.has_held() {
+            for d in &inventory {
+                if let Some(pci) = d.pci_address.as_deref() {
+                    for (evidence, at) in self.kernel.take_held(pci) {
+                        self.tracker.observe(&d.id, evidence, at);
+                    }
+                }
+            }
+        }
+        let ids: BTreeSet<String> = inventory.iter().map(|d| d.id.clone()).collect();
+        if ids != self.inventory_ids {
+            self.inventory_ids = ids;
+            self.refresh.notify_one();
+        }
+        let sources: Vec<SourceStatus> = self.sources.values().cloned().collect();
+        let mut object: NodeDeviceHealth = node_device_health(SnapshotInput {
+            node: &self.node,
+            boot_id: self.boot_id.as_deref(),
+            now,
+            devices: &inventory,
+            tracker: &self.tracker,
+            bindings: &self.bindings,
+            sources,
+        });
+        if let Some(status) = object.status.as_mut() {
+            within_schema(status);
+        }
+        let Some(status) = object.status.as_ref() else { return };
+
+        // Transitions, for Events.
+        let mut changed_device = false;
+        for d in &status.devices {
+            let previous = self.last_health.insert(d.id.clone(), d.health);
+            if previous == Some(d.health) || (previous.is_none() && d.health == Health::Healthy) {
+                continue;
+            }
+            changed_device = true;
+            let reasons: Vec<String> = d
+                .reasons
+                .iter()
+                .map(|r| match r.code {
+                    Some(code) => format!("{} (code {code}): {}", source_word(r.source), r.message),
+                    None => format!("{}: {}", source_word(r.source), r.message),
+                })
+                .collect();
+            let transition = DeviceTransition {
+                device: d.id.clone(),
+                resource: d.resource.clone(),
+                from: previous,
+                to: d.health,
+                reasons: reasons.join("; "),
+                pods: d.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+            };
+            if transitions.try_send(transition).is_err() {
+                tracing::warn!(device = %d.id, "event queue full: transition not reported as an Event");
+            }
+        }
+        if changed_device {
+            // A device changed health: make sure the pods listed with it are current.
+            self.refresh.notify_one();
+        }
+
+        self.update_gauges(status);
+        let significant = significant(status);
+        if self.last_sent.as_ref() == Some(&significant) {
+            return;
+        }
+        self.last_sent = Some(significant);
+        let summary = status.summary.clone().unwrap_or_default();
+        let of = |h: Health| -> Vec<String> {
+            status.devices.iter().filter(|d| d.health == h).map(|d| d.id.clone()).collect()
+        };
+        let condition = devices_condition(&summary, &of(Health::Unhealthy), &of(Health::Unknown));
+        publications.send_replace(Some(Publication { object, condition }));
+    }
+
+    fn update_gauges(&self, status: &NodeDeviceHealthStatus) {
+        let summary = status.summary.clone().unwrap_or_default();
+        for (health, n) in [
+            ("Healthy", summary.healthy),
+            ("Degraded", summary.degraded),
+            ("Unhealthy", summary.unhealthy),
+            ("Unknown", summary.unknown),
+        ] {
+            self.metrics.devices.get_or_create(&HealthLabel { health: health.into() }).set(i64::from(n));
+        }
+        for s in &status.sources {
+            self.metrics
+                .source_available
+                .get_or_create(&SourceLabel { source: s.name.clone() })
+                .set(i64::from(s.available));
+        }
+    }
+}
+
+fn source_word(source: HealthSource) -> &'static str {
+    match source {
+        HealthSource::KernelLog => "kernel log",
+        HealthSource::Nvml => "NVML",
+        HealthSource::DevicePlugin => "device plugin",
+        HealthSource::PodStatus => "pod status",
+        HealthSource::Progress => "progress",
+        HealthSource::Operator => "agent",
+    }
+}
+
+/// The CRD's bounds (the API server refuses an object beyond them): at most 256 devices, 32
+/// reasons (worst first, so the worst are kept) and 64 pods per device, 64 sources, 1,024
+/// characters per message, 128 per model.
+fn within_schema(status: &mut NodeDeviceHealthStatus) {
+    status.devices.truncate(256);
+    for d in &mut status.devices {
+        d.reasons.truncate(32);
+        d.pods.truncate(64);
+        for r in &mut d.reasons {
+            truncate_chars(&mut r.message, 1024);
+        }
+        if let Some(model) = d.model.as_mut() {
+            truncate_chars(model, 128);
+        }
+    }
+    status.sources.truncate(64);
+    for s in &mut status.sources {
+        if let Some(message) = s.message.as_mut() {
+            truncate_chars(message, 1024);
+        }
+    }
+}
+
+/// Cut `text` to at most `max` characters, ending in "..." when cut.
+fn truncate_chars(text: &mut String, max: usize) {
+    if text.chars().count() <= max {
+        return;
+    }
+    let keep: String = text.chars().take(max.saturating_sub(3)).collect();
+    *text = keep + "...";
+}
+
+/// The status without what changes on every write (heartbeat, a reason's count and last sighting).
+fn significant(status: &NodeDeviceHealthStatus) -> NodeDeviceHealthStatus {
+    let mut s = status.clone();
+    s.last_heartbeat = None;
+    for d in &mut s.devices {
+        for r in &mut d.reasons {
+            r.count = 1;
+            r.last_seen = r.first_seen.clone();
+        }
+    }
+    s
+}
+
+/// `device_plugin:<socket file name>`.
+fn plugin_source_name(socket: &str) -> String {
+    let file = std::path::Path::new(socket).file_name().map(|n| n.to_string_lossy().into_owned());
+    format!("device_plugin:{}", file.unwrap_or_else(|| socket.to_string()))
+}
+
+async fn pod_resources_task(
+    config: AgentConfig,
+    refresh: Arc<Notify>,
+    want_allocatable: Arc<AtomicBool>,
+    events: mpsc::Sender<SourceEvent>,
+    metrics: Arc<AgentMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let socket = config.paths.pod_resources_socket.clone();
+    let timeout = config.source_timeout;
+    let mut client = PodResourcesClient::new(&socket, config.pod_resources_min_interval);
+    loop {
+        let event = if !socket.exists() {
+            want_allocatable.store(true, Ordering::Relaxed);
+            PodResourcesEvent::Unavailable(format!(
+                "{} does not exist (no kubelet on this node?)",
+                socket.display()
+            ))
+        } else {
+            metrics.pod_resources_calls.inc();
+            match tokio::time::timeout(timeout, client.list()).await {
+                Ok(Ok(bindings)) => PodResourcesEvent::Listed(bindings),
+                Ok(Err(e)) => {
+                    want_allocatable.store(true, Ordering::Relaxed);
+                    PodResourcesEvent::Unavailable(e.to_string())
+                }
+                Err(_) => {
+                    want_allocatable.store(true, Ordering::Relaxed);
+                    PodResourcesEvent::Unavailable(format!("no answer within {timeout:?}"))
+                }
+            }
+        };
+        let listed = matches!(event, PodResourcesEvent::Listed(_));
+        if events.send(SourceEvent::PodResources(event)).await.is_err() {
+            return;
+        }
+        if listed && want_allocatable.swap(false, Ordering::Relaxed) {
+            metrics.pod_resources_calls.inc();
+            match tokio::time::timeout(timeout, client.allocatable()).await {
+                Ok(Ok(devices)) => {
+                    if events
+                        .send(SourceEvent::PodResources(PodResourcesEvent::Allocatable(devices)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                _ => want_allocatable.store(true, Ordering::Relaxed),
+            }
+        }
+        tokio::select! {
+            _ = refresh.notified() => {}
+            _ = tokio::time::sleep(config.pod_resources_interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How long the NVML thread waits before trying to load the library again.
+const NVML_RETRY: StdDuration = StdDuration::from_secs(30);
+
+fn spawn_gpu_telemetry(
+    source: GpuSource,
+    library: Option<PathBuf>,
+    interval: StdDuration,
+    events: mpsc::Sender<SourceEvent>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("gpu-telemetry".into()).spawn(move || {
+        let send = |e: NvmlEvent| events.blocking_send(SourceEvent::Nvml(e)).is_ok();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let ended = match &source {
+                GpuSource::Off => return,
+                GpuSource::Fake(fake) => {
+                    let (_keep, xids) = std::sync::mpsc::channel();
+                    follow_gpus(fake, &xids, interval, &send, &stop)
+                }
+                GpuSource::Nvml => match NvmlTelemetry::open_at(library.as_deref().map(|p| p.as_os_str())) {
+                    Ok(nvml) => {
+                        let (xid_tx, xids) = std::sync::mpsc::channel();
+                        let watcher = nvml.spawn_xid_watcher(xid_tx, Arc::clone(&stop), 500);
+                        if let Err(e) = &watcher {
+                            tracing::warn!(error = %e, "NVML Xid events unavailable; the kernel log still has them");
+                        }
+                        follow_gpus(&nvml, &xids, interval, &send, &stop)
+                    }
+                    Err(e) => Some(e.to_string()),
+                },
+            };
+            match ended {
+                Some(message) => {
+                    if !send(NvmlEvent::Unavailable { message }) {
+                        return;
+                    }
+                }
+                None => return,
+            }
+            if !sleep_unless_stopped(NVML_RETRY, &stop) {
+                return;
+            }
+        }
+    })
+}
+
+/// Inventory, then a sample of every GPU each `interval`, forwarding Xid events as they come.
+/// Returns why it stopped following (`None`: told to stop).
+fn follow_gpus(
+    telemetry: &dyn GpuTelemetry,
+    xids: &std::sync::mpsc::Receiver<XidEvent>,
+    interval: StdDuration,
+    send: &dyn Fn(NvmlEvent) -> bool,
+    stop: &AtomicBool,
+) -> Option<String> {
+    let driver_version = telemetry.driver().ok().map(|d| d.driver_version);
+    let gpus = match telemetry.gpus() {
+        Ok(gpus) => gpus,
+        Err(e) => return Some(e.to_string()),
+    };
+    let inventory = gpus
+        .iter()
+        .map(|g| InventoryDevice {
+            id: g.uuid.clone(),
+            resource: NVIDIA_GPU_RESOURCE.into(),
+            vendor: DeviceVendor::Nvidia,
+            model: Some(g.name.clone()),
+            pci_address: Some(g.pci_address.clone()),
+        })
+        .collect();
+    if !send(NvmlEvent::Inventory { driver_version, gpus: inventory }) {
+        return None;
+    }
+    loop {
+        for gpu in &gpus {
+            let event = match telemetry.sample(gpu.index) {
+                Ok(sample) => {
+                    NvmlEvent::Sample { uuid: gpu.uuid.clone(), evidence: evidence_from_sample(&sample) }
+                }
+                Err(e) => NvmlEvent::SampleFailed { uuid: gpu.uuid.clone(), message: e.to_string() },
+            };
+            if !send(event) {
+                return None;
+            }
+        }
+        let until = std::time::Instant::now() + interval;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match xids.recv_timeout(left.min(StdDuration::from_secs(1))) {
+                Ok(xid) => {
+                    if !send(NvmlEvent::Xid(xid)) {
+                        return None;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // The Xid thread ended (an NVML error): keep sampling; the kernel log has Xids.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left.min(StdDuration::from_secs(1)))
+                }
+            }
+        }
+    }
+}
+
+/// Sleep `total` in short steps; `false` when told to stop meanwhile.
+fn sleep_unless_stopped(total: StdDuration, stop: &AtomicBool) -> bool {
+    let until = std::time::Instant::now() + total;
+    while std::time::Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(StdDuration::from_millis(200));
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_is_cut_to_the_crd_bounds() {
+        use devheal_k8s::crd::{BoundPod, DeviceStatus, HealthReasonStatus};
+        let reason = HealthReasonStatus {
+            source: HealthSource::KernelLog,
+            code: Some(79),
+            message: "é".repeat(2000),
+            first_seen: k8s_time(Time::from_secs(1)),
+            last_seen: k8s_time(Time::from_secs(1)),
+            count: 1,
+        };
+        let pod = BoundPod { namespace: "ml".into(), name: "p".into(), uid: None, container: None };
+        let device = DeviceStatus {
+            id: "d".into(),
+            resource: "r".into(),
+            reasons: vec![reason; 40],
+            pods: vec![pod; 70],
+            ..DeviceStatus::default()
+        };
+        let mut status = NodeDeviceHealthStatus {
+            devices: vec![device; 300],
+            sources: vec![
+                SourceStatus {
+                    name: "s".into(),
+                    message: Some("x".repeat(5000)),
+                    ..SourceStatus::default()
+                };
+                70
+            ],
+            ..NodeDeviceHealthStatus::default()
+        };
+        within_schema(&mut status);
+        assert_eq!((status.devices.len(), status.sources.len()), (256, 64));
+        assert_eq!((status.devices[0].reasons.len(), status.devices[0].pods.len()), (32, 64));
+        assert_eq!(status.devices[0].reasons[0].message.chars().count(), 1024);
+        assert!(status.devices[0].reasons[0].message.ends_with("..."));
+        assert_eq!(status.sources[0].message.as_deref().map(|m| m.chars().count()), Some(1024));
+    }
+
+    #[test]
+    fn significance_ignores_heartbeat_counts_and_last_sightings() {
+        use devheal_k8s::crd::{DeviceStatus, HealthReasonStatus};
+        let reason = |count: u64, last: i64| HealthReasonStatus {
+            source: HealthSource::KernelLog,
+            code: Some(79),
+            message: "m".into(),
+            first_seen: k8s_time(Time::from_secs(1)),
+            last_seen: k8s_time(Time::from_secs(last)),
+            count,
+        };
+        let status = |count, last, heartbeat| NodeDeviceHealthStatus {
+            last_heartbeat: Some(k8s_time(Time::from_secs(heartbeat))),
+            devices: vec![DeviceStatus {
+                id: "d".into(),
+                resource: "r".into(),
+                health: Health::Unhealthy,
+                reasons: vec![reason(count, last)],
+                ..DeviceStatus::default()
+            }],
+            ..NodeDeviceHealthStatus::default()
+        };
+        assert_eq!(significant(&status(1, 1, 5)), significant(&status(40, 9, 6)));
+        let mut healthy = status(1, 1, 5);
+        healthy.devices[0].health = Health::Healthy;
+        assert_ne!(significant(&status(1, 1, 5)), significant(&healthy));
+        assert_eq!(
+            plugin_source_name("/var/lib/kubelet/device-plugins/nvidia-gpu.sock"),
+            "device_plugin:nvidia-gpu.sock"
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! The long-running agent against in-process servers on temporary Unix sockets playing the
+//! kubelet (PodResources, Registration) and device plugins, and a mock API server on 127.0.0.1
+//! for the real Kubernetes publisher: the device map and health are right, a plugin restart and a
+//! kubelet socket re-creation are survived, a `ListAndWatch` stream that ends is re-opened, and
+//! the fake devices register, re-register and fail, degrade and recover on request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ChannelPublisher, MockApiServer, applied_status, http};
+use devheal_agent::health::TrackerConfig;
+use devheal_agent::once::SourcePaths;
+use devheal_agent::publish::{KubePublisher, PublishConfig};
+use devheal_agent::run::{AgentConfig, GpuSource, start};
+use devheal_core::HealthSource;
+use devheal_k8s::crd::{DeviceHealthState, NodeDeviceHealth, NodeDeviceHealthStatus};
+use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
+use devheal_kubelet::api::podresources_v1 as pr;
+use devheal_kubelet::server::{
+    DevicePluginServer, PodResourcesServer, PodResourcesState, RegistrationServer, serve,
+};
+use tokio::sync::mpsc;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Liveness bound for every wait, not a performance target.
+const WAIT: Duration = Duration::from_secs(20);
+const RESOURCE: &str = "devheal.io/fake-gpu";
+
+fn device(id: &str, healthy: bool) -> dp::Device {
+    dp::Device { id: id.into(), health: if healthy { "Healthy" } else { "Unhealthy" }.into(), topology: None }
+}
+
+fn pod(name: &str, ids: &[&str]) -> pr::PodResources {
+    pr::PodResources {
+        name: name.into(),
+        namespace: "ml".into(),
+        containers: vec![pr::ContainerResources {
+            name: "trainer".into(),
+            devices: vec![pr::ContainerDevices {
+                resource_name: RESOURCE.into(),
+                device_ids: ids.iter().map(|s| s.to_string()).collect(),
+                topology: None,
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn kubelet_state(pods: Vec<pr::PodResources>) -> PodResourcesState {
+    let state = PodResourcesState::default();
+    state.set_pods(pods);
+    state.set_allocatable(vec![pr::ContainerDevices {
+        resource_name: RESOURCE.into(),
+        device_ids: vec!["fake-0".into(), "fake-1".into()],
+        topology: None,
+    }]);
+    state
+}
+
+fn test_config(dir: &Path, node: &str) -> AgentConfig {
+    let kmsg = dir.join("kmsg");
+    std::fs::write(&kmsg, b"").expect("an empty saved kernel log");
+    let boot_id = dir.join("boot_id");
+    std::fs::write(&boot_id, "test-boot\n").expect("boot id");
+    let mut config = AgentConfig::new(node);
+    config.paths = SourcePaths {
+        kmsg,
+        pod_resources_socket: dir.join("pod-resources.sock"),
+        device_plugin_dir: dir.join("device-plugins"),
+        nvml_library: None,
+        boot_id_file: boot_id,
+    };
+    config.gpus = GpuSource::Off;
+    config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.publish =
+        PublishConfig { heartbeat: Duration::from_secs(60), min_interval: Duration::from_millis(10) };
+    config.pod_resources_interval = Duration::from_millis(200);
+    config.pod_resources_min_interval = Duration::from_millis(20);
+    config.plugin_rescan = Duration::from_millis(50);
+    config.source_timeout = Duration::from_secs(2);
+    config
+}
+
+/// Health and pods of each device, sorted by id.
+fn view(status: &NodeDeviceHealthStatus) -> Vec<(String, DeviceHealthState, Vec<String>)> {
+    status
+        .devices
+        .iter()
+        .map(|d| (d.id.clone(), d.health, d.pods.iter().map(|p| p.name.clone()).collect()))
+        .collect()
+}
+
+/// Wait for a published status for which `ok` holds; the last one seen is in the panic message.
+async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<NodeDeviceHealth>,
+    what: &str,
+    ok: impl Fn(&NodeDeviceHealthStatus) -> bool,
+) -> NodeDeviceHealthStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(object)) => {
+                let status = object.status.expect("a status");
+                if ok(&status) {
+                    return status;
+                }
+                last = Some(view(&status));
+            }
+            _ => panic!("never published: {what}; last seen {last:?}"),
+        }
+    }
+}
+
+fn health_of(status: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceHealthState> {
+    status.devices.iter().find(|d| d.id == id).map(|d| d.health)
+}
+
+fn pods_of(status: &NodeDeviceHealthStatus, id: &str) -> Vec<String> {
+    status
+        .devices
+        .iter()
+        .find(|d| d.id == id)
+        .map(|d| d.pods.iter().map(|p| p.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Poll what the mock API server recorded until `ok` holds.
+async fn wait_recorded(
+    api: &MockApiServer,
+    what: &str,
+    ok: impl Fn(&[common::Recorded]) -> bool,
+) -> Vec<common::Recorded> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = api.recorded();
+        if ok(&all) {
+            return all;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let summary: Vec<String> = all.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+            panic!("never recorded: {what}; requests: {summary:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn source_available(status: &NodeDeviceHealthStatus, name: &str) -> Option<bool> {
+    status.sources.iter().find(|s| s.name == name).map(|s| s.available)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_and_health_survive_kubelet_and_plugin_restarts_and_ended_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = test_config(dir.path(), "node-a");
+    std::fs::create_dir(&config.paths.device_plugin_dir).expect("mkdir");
+    let plugin_socket = config.paths.device_plugin_dir.join("fake.sock");
+    let (plugin, plugin_health) =
+        DevicePluginServer::new(vec![device("fake-0", true), device("fake-1", false)], "X");
+    let plugin_server = serve(&plugin_socket, plugin.router()).expect("serve plugin");
+    let kubelet = serve(
+        &config.paths.pod_resources_socket,
+        PodResourcesServer { state: kubelet_state(vec![pod("trainer-3", &["fake-1"])]) }.router(),
+    )
+    .expect("serve kubelet");
+
+    let (statuses, mut rx) = mpsc::unbounded_channel();
+    let (events, mut event_rx) = mpsc::unbounded_channel();
+    let agent = start(config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
+
+    // The map and health: fake-1 is Unhealthy (the plugin says so) and held by trainer-3.
+    let status = wait_for(&mut rx, "fake-1 Unhealthy with trainer-3", |s| {
+        health_of(s, "fake-0") == Some(DeviceHealthState::Healthy)
+            && health_of(s, "fake-1") == Some(DeviceHealthState::Unhealthy)
+            && pods_of(s, "fake-1") == ["trainer-3"]
+            && s.devices.iter().all(|d| d.resource == RESOURCE)
+    })
+    .await;
+    assert!(
+        status.devices.iter().all(|d| d.resource == RESOURCE),
+        "resource from allocatable: {:?}",
+        view(&status)
+    );
+    let fake1 = status.devices.iter().find(|d| d.id == "fake-1").expect("fake-1");
+    assert_eq!(fake1.reasons[0].source, HealthSource::DevicePlugin);
+    assert_eq!(source_available(&status, "pod_resources"), Some(true));
+    assert_eq!(source_available(&status, "device_plugin:fake.sock"), Some(true));
+    let transition = tokio::time::timeout(WAIT, event_rx.recv()).await.expect("an event").expect("open");
+    assert_eq!((transition.device.as_str(), transition.reason()), ("fake-1", "DeviceUnhealthy"));
+    assert_eq!(transition.pods, vec!["ml/trainer-3"]);
+
+    // /metrics and /healthz.
+    let addr = agent.metrics_addr.expect("metrics served");
+    let (code, body) =
+        tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
+    assert_eq!(code, 200);
+    assert!(body.contains("devheal_agent_devices{health=\"Unhealthy\"} 1"), "{body}");
+    assert!(body.contains("devheal_agent_source_available{source=\"pod_resources\"} 1"), "{body}");
+    assert!(body.contains("devheal_agent_publishes_total{kind=\"status\"}"), "{body}");
+    let (code, _) = tokio::task::spawn_blocking(move || http(addr, "GET", "/healthz")).await.expect("join");
+    assert_eq!(code, 200);
+    let (code, _) = tokio::task::spawn_blocking(move || http(addr, "POST", "/fake/fail?device=fake-0"))
+        .await
+        .expect("join");
+    assert_eq!(code, 404, "no fake devices in this agent");
+
+    // The kubelet restarts: its socket is re-created with a new map (trainer-4 on fake-0).
+    kubelet.stop().await;
+    let kubelet = serve(
+        &config.paths.pod_resources_socket,
+        PodResourcesServer { state: kubelet_state(vec![pod("trainer-4", &["fake-0"])]) }.router(),
+    )
+    .expect("serve kubelet again");
+    wait_for(&mut rx, "the new kubelet's map", |s| {
+        pods_of(s, "fake-0") == ["trainer-4"] && pods_of(s, "fake-1").is_empty()
+    })
+    .await;
+
+    // The plugin restarts: while it is gone its devices are blind (a clean device is Unknown, the
+    // one with a standing fault keeps it), never failed by the outage itself.
+    drop(plugin_health);
+    plugin_server.stop().await;
+    let status = wait_for(&mut rx, "fake-0 Unknown while the plugin is gone", |s| {
+        health_of(s, "fake-0") == Some(DeviceHealthState::Unknown)
+    })
+    .await;
+    assert_eq!(health_of(&status, "fake-1"), Some(DeviceHealthState::Unhealthy));
+    assert_eq!(source_available(&status, "device_plugin:fake.sock"), Some(false));
+    let (plugin, plugin_health) =
+        DevicePluginServer::new(vec![device("fake-0", true), device("fake-1", true)], "X");
+    let plugin_server = serve(&plugin_socket, plugin.router()).expect("serve plugin again");
+    let status = wait_for(&mut rx, "the restarted plugin followed", |s| {
+        health_of(s, "fake-0") == Some(DeviceHealthState::Healthy)
+            && health_of(s, "fake-1") == Some(DeviceHealthState::Degraded)
+    })
+    .await;
+    let fake1 = status.devices.iter().find(|d| d.id == "fake-1").expect("fake-1");
+    assert!(fake1.reasons[0].message.starts_with("probation"), "{:?}", fake1.reasons);
+
+    // A plugin whose first ListAndWatch stream ends after one message (both devices Healthy) and
+    // whose next one reports fake-1 Unhealthy: only a re-opened stream can publish that.
+    drop(plugin_health);
+    plugin_server.stop().await;
+    let ending = EndingPlugin { calls: Arc::new(AtomicUsize::new(0)) };
+    let calls = Arc::clone(&ending.calls);
+    let plugin_server = serve(
+        &plugin_socket,
+        tonic::transport::Server::builder()
+            .add_service(dp::device_plugin_server::DevicePluginServer::new(ending)),
+    )
+    .expect("serve the ending plugin");
+    wait_for(&mut rx, "fake-1 Unhealthy, reported on the re-opened stream", |s| {
+        health_of(s, "fake-1") == Some(DeviceHealthState::Unhealthy)
+            && health_of(s, "fake-0") == Some(DeviceHealthState::Healthy)
+    })
+    .await;
+    assert!(calls.load(Ordering::SeqCst) >= 2, "ListAndWatch was opened again");
+
+    agent.stop().await;
+    plugin_server.stop().await;
+    kubelet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path(), "node-b");
+    config.fake_devices = 2;
+    config.tracker = TrackerConfig { probation: devheal_core::Duration::from_secs(600) };
+    std::fs::create_dir(&config.paths.device_plugin_dir).expect("mkdir");
+    // The kubelet: Registration on device-plugins/kubelet.sock and PodResources.
+    let (reg_tx, mut registrations) = mpsc::unbounded_channel();
+    let registration_socket = config.paths.device_plugin_dir.join("kubelet.sock");
+    let registration =
+        serve(&registration_socket, RegistrationServer { registrations: reg_tx.clone() }.router())
+            .expect("serve");
+    let state = PodResourcesState::default();
+    state.set_pods(vec![pr::PodResources {
+        name: "infer-0".into(),
+        namespace: "serving".into(),
+        containers: vec![pr::ContainerResources {
+            name: "server".into(),
+            devices: vec![pr::ContainerDevices {
+                resource_name: RESOURCE.into(),
+                device_ids: vec!["fake-gpu-1".into()],
+                topology: None,
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }]);
+    let kubelet = serve(&config.paths.pod_resources_socket, PodResourcesServer { state }.router())
+        .expect("serve kubelet");
+
+    let mut api = MockApiServer::start().await;
+    let agent = start(config.clone(), KubePublisher::new(api.client())).await.expect("agent starts");
+
+    // The fake plugin registers with the kubelet.
+    let request =
+        tokio::time::timeout(WAIT, registrations.recv()).await.expect("registered in time").expect("open");
+    assert_eq!(
+        (request.resource_name.as_str(), request.endpoint.as_str()),
+        (RESOURCE, "devheal-fake-gpu.sock")
+    );
+
+    // Healthy first.
+    api.next_matching(WAIT, |r| {
+        applied_status(r).filter(|s| {
+            s.devices.len() == 2 && s.devices.iter().all(|d| d.health == DeviceHealthState::Healthy)
+        })
+    })
+    .await
+    .expect("both fake devices published Healthy");
+
+    // Fail fake-gpu-1 through the HTTP endpoint.
+    let addr = agent.metrics_addr.expect("served");
+    let (code, body) =
+        tokio::task::spawn_blocking(move || http(addr, "POST", "/fake/fail?device=fake-gpu-1"))
+            .await
+            .expect("join");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Xid (PCI:fa4e:00:01): 79"), "{body}");
+    let (_, status) = api
+        .next_matching(WAIT, |r| {
+            applied_status(r).filter(|s| {
+                s.devices.iter().any(|d| {
+                    d.id == "fake-gpu-1"
+                        && d.health == DeviceHealthState::Unhealthy
+                        && d.reasons.iter().any(|x| x.source == HealthSource::KernelLog && x.code == Some(79))
+                        && d.reasons.iter().any(|x| x.source == HealthSource::DevicePlugin)
+                })
+            })
+        })
+        .await
+        .expect("fake-gpu-1 published Unhealthy with the Xid and the plugin's report");
+    let failed = status.devices.iter().find(|d| d.id == "fake-gpu-1").expect("device");
+    assert_eq!(failed.pci_address.as_deref(), Some("fa4e:00:01.0"));
+    assert_eq!(failed.pods[0].name, "infer-0");
+    assert_eq!(status.summary.as_ref().map(|s| s.unhealthy), Some(1));
+
+    // The exact requests: SSA of the object, of its status, of the node condition; the Event.
+    let recorded = wait_recorded(&api, "the condition False and a DeviceUnhealthy event", |all| {
+        all.iter().any(|r| {
+            r.path == "/api/v1/nodes/node-b/status" && r.body["status"]["conditions"][0]["status"] == "False"
+        }) && all.iter().any(|r| r.method == "POST" && r.body["reason"] == "DeviceUnhealthy")
+    })
+    .await;
+    let ssa = |path: &str| {
+        recorded
+            .iter()
+            .find(|r| r.method == "PATCH" && r.path == path)
+            .unwrap_or_else(|| panic!("no PATCH {path}"))
+    };
+    let create = ssa("/apis/devheal.io/v1alpha1/nodedevicehealths/node-b");
+    assert_eq!(create.content_type, "application/apply-patch+yaml");
+    assert!(
+        create.query.contains("fieldManager=devheal-agent") && create.query.contains("force=true"),
+        "{}",
+        create.query
+    );
+    assert_eq!(create.body["spec"]["nodeName"], "node-b");
+    assert!(create.body.get("status").is_none());
+    let status_patch = ssa("/apis/devheal.io/v1alpha1/nodedevicehealths/node-b/status");
+    assert!(status_patch.query.contains("fieldManager=devheal-agent"), "{}", status_patch.query);
+    assert_eq!(status_patch.body["kind"], "NodeDeviceHealth");
+    let condition_patch = ssa("/api/v1/nodes/node-b/status");
+    assert_eq!(condition_patch.content_type, "application/apply-patch+yaml");
+    let conditions: Vec<&serde_json::Value> = recorded
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-b/status")
+        .map(|r| &r.body["status"]["conditions"][0])
+        .collect();
+    assert_eq!(conditions[0]["type"], "devheal.io/DevicesHealthy");
+    assert_eq!(conditions[0]["status"], "True", "{conditions:?}");
+    let failed_condition = conditions.iter().find(|c| c["status"] == "False").expect("False condition");
+    assert_eq!(failed_condition["reason"], "DevicesUnhealthy");
+    assert!(failed_condition["message"].as_str().unwrap_or("").contains("fake-gpu-1"), "{failed_condition}");
+    let event =
+        recorded.iter().find(|r| r.method == "POST" && r.body["reason"] == "DeviceUnhealthy").expect("event");
+    assert_eq!(event.path, "/apis/events.k8s.io/v1/namespaces/default/events");
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["regarding"]["kind"], "Node");
+    assert_eq!(event.body["regarding"]["uid"], "node-uid-1");
+    assert!(event.body["note"].as_str().unwrap_or("").contains("serving/infer-0"), "{}", event.body);
+
+    // Degrade fake-gpu-0; recover fake-gpu-1 (a reset: probation, Degraded).
+    let (code, _) =
+        tokio::task::spawn_blocking(move || http(addr, "POST", "/fake/degrade?device=fake-gpu-0"))
+            .await
+            .expect("join");
+    assert_eq!(code, 200);
+    let (code, _) =
+        tokio::task::spawn_blocking(move || http(addr, "POST", "/fake/recover?device=fake-gpu-1"))
+            .await
+            .expect("join");
+    assert_eq!(code, 200);
+    api.next_matching(WAIT, |r| {
+        applied_status(r).filter(|s| {
+            s.devices.iter().all(|d| d.health == DeviceHealthState::Degraded)
+                && s.devices
+                    .iter()
+                    .any(|d| d.id == "fake-gpu-0" && d.reasons.iter().any(|x| x.code == Some(92)))
+        })
+    })
+    .await
+    .expect("fake-gpu-0 degraded by Xid 92, fake-gpu-1 on probation after its reset");
+    let (code, _) = tokio::task::spawn_blocking(move || http(addr, "POST", "/fake/fail?device=gpu-9"))
+        .await
+        .expect("join");
+    assert_eq!(code, 404);
+    let (code, _) =
+        tokio::task::spawn_blocking(move || http(addr, "POST", "/fake/fail")).await.expect("join");
+    assert_eq!(code, 400);
+
+    // A kubelet restart deletes every socket in the directory: the plugin serves and registers again.
+    std::fs::remove_file(config.paths.device_plugin_dir.join("devheal-fake-gpu.sock"))
+        .expect("remove the plugin socket");
+    let again =
+        tokio::time::timeout(WAIT, registrations.recv()).await.expect("re-registered in time").expect("open");
+    assert_eq!(again.resource_name, RESOURCE);
+    assert!(config.paths.device_plugin_dir.join("devheal-fake-gpu.sock").exists());
+
+    // The kubelet restarts and re-creates only its own socket: the plugin registers again.
+    registration.stop().await;
+    let registration =
+        serve(&registration_socket, RegistrationServer { registrations: reg_tx.clone() }.router())
+            .expect("serve again");
+    let again = tokio::time::timeout(WAIT, registrations.recv())
+        .await
+        .expect("registered with the new kubelet")
+        .expect("open");
+    assert_eq!(again.endpoint, "devheal-fake-gpu.sock");
+
+    agent.stop().await;
+    registration.stop().await;
+    kubelet.stop().await;
+}
+
+/// A device plugin whose first `ListAndWatch` stream sends both devices Healthy and ends; every
+/// later one sends fake-1 Unhealthy and stays open.
+#[derive(Clone)]
+struct EndingPlugin {
+    calls: Arc<AtomicUsize>,
+}
+
+type DeviceStream = Pin<Box<dyn Stream<Item = Result<dp::ListAndWatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl dp::device_plugin_server::DevicePlugin for EndingPlugin {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<dp::Empty>,
+    ) -> Result<Response<dp::DevicePluginOptions>, Status> {
+        Ok(Response::new(dp::DevicePluginOptions::default()))
+    }
+
+    type ListAndWatchStream = DeviceStream;
+
+    async fn list_and_watch(&self, _: Request<dp::Empty>) -> Result<Response<DeviceStream>, Status> {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        let devices = vec![device("fake-0", true), device("fake-1", first)];
+        let once = tokio_stream::once(Ok(dp::ListAndWatchResponse { devices }));
+        let stream: DeviceStream = if first {
+            Box::pin(once)
+        } else {
+            use tokio_stream::StreamExt;
+            Box::pin(once.chain(tokio_stream::pending()))
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        _: Request<dp::PreferredAllocationRequest>,
+    ) -> Result<Response<dp::PreferredAllocationResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    async fn allocate(
+        &self,
+        _: Request<dp::AllocateRequest>,
+    ) -> Result<Response<dp::AllocateResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    async fn pre_start_container(
+        &self,
+        _: Request<dp::PreStartContainerRequest>,
+    ) -> Result<Response<dp::PreStartContainerResponse>, Status> {
+        Ok(Response::new(dp::PreStartContainerResponse {}))
+    }
+}
