@@ -541,7 +541,21 @@ impl FakeCluster {
         let live = |s: &FakeState, ns: &str, name: &str, uid: &str| {
             s.pods.get(&key(ns, name)).is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
         };
-        match &planned.action {
+        // A replacement at the next checkpoint is, for the cluster, a condition on the pod.
+        let replace;
+        let action = match &planned.action {
+            Action::ReplaceAtCheckpoint { pod, reason, .. } => {
+                replace = Action::MarkPod {
+                    pod: pod.clone(),
+                    condition_type: "devheal.io/ReplaceAtCheckpoint".into(),
+                    reason: "SlowMember".into(),
+                    message: reason.clone(),
+                };
+                &replace
+            }
+            other => other,
+        };
+        match action {
             Action::MarkPod { pod, condition_type, reason, message } => {
                 if !live(&s, &pod.namespace, &pod.name, &pod.uid) {
                     return ActionOutcome::Gone;
@@ -616,6 +630,8 @@ impl FakeCluster {
             }
             Action::FailWorkload { gang, .. } => s.record.failed_workloads.push(gang.to_string()),
             Action::Report { reason, .. } => s.record.reports.push(reason.clone()),
+            // Turned into a MarkPod above.
+            Action::ReplaceAtCheckpoint { .. } => {}
         }
         ActionOutcome::Done
     }

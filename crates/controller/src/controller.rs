@@ -197,6 +197,12 @@ pub fn describe(action: &Action) -> String {
             None => format!("request {} of node {node} ({reason})", kind.as_str()),
         },
         Action::FailWorkload { gang, reason } => format!("fail workload {gang} ({reason})"),
+        Action::ReplaceAtCheckpoint { pod, gang, reason, .. } => {
+            format!(
+                "replace pod {}/{} of gang {gang} at its next checkpoint ({reason})",
+                pod.namespace, pod.name
+            )
+        }
         Action::Report { reason, message } => format!("report {reason}: {message}"),
     }
 }
