@@ -3,6 +3,7 @@
 
 mod agent;
 mod classify_log;
+mod controller;
 mod crds;
 mod degradation_eval;
 mod explain;
@@ -30,6 +31,8 @@ enum Command {
     /// The node agent: follow every device health source and publish NodeDeviceHealth
     /// (`--once`: read every source one time and print it).
     Agent(agent::AgentArgs),
+    /// The cluster controller: watches, decides, and (while leader) acts; serves metrics.
+    Controller(controller::ControllerArgs),
     /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth, FailurePolicy) as YAML.
     Crds(crds::CrdsArgs),
     /// Score the degradation detectors (stragglers, baseline shifts, hangs) on labelled traces.
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::DegradationEval(args) => degradation_eval::run(args),
     };
     match result {

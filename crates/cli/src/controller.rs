@@ -1,0 +1,173 @@
+//! `devheal controller`: the cluster controller. It watches Pods, Nodes, NodeDeviceHealth and
+//! FailurePolicy objects, decides with the engine, and — while it holds the Lease — carries out
+//! the actions through the Kubernetes actuator. `/metrics`, `/healthz` and `/readyz` are served
+//! on `--metrics-addr`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use devheal_controller::{
+    Cluster, Controller, ControllerSettings, KubeCluster, LeaderFlag, LoopHealth, Metrics, SystemClock,
+    WatchSettings, keep_lease, serve,
+};
+use devheal_k8s::actuator::{ActuatorConfig, KubeActuator};
+use devheal_k8s::lease::LeaseElector;
+use kube::Client;
+
+#[derive(clap::Args)]
+pub struct ControllerArgs {
+    /// Decide and log what would be done ("would evict …"), change nothing in the cluster.
+    #[arg(long)]
+    dry_run: bool,
+    /// A kubeconfig file (default: in-cluster service account, else $KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the Lease that elects the acting replica.
+    #[arg(long, default_value = "devheal-system")]
+    lease_namespace: String,
+    /// Name of that Lease.
+    #[arg(long, default_value = "devheal-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9100")]
+    metrics_addr: SocketAddr,
+    /// Watch only pods with these labels (a label selector, e.g. `devheal.io/managed=true`).
+    #[arg(long)]
+    pod_selector: Option<String>,
+    /// Read FailurePolicies from this namespace only (default: all namespaces).
+    #[arg(long)]
+    policy_namespace: Option<String>,
+}
+
+fn identity(args: &ControllerArgs) -> String {
+    args.identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()))
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "devheal-controller".to_string())
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: not in a cluster, and no $KUBECONFIG or ~/.kube/config (or pass --kubeconfig)",
+        )?,
+    };
+    // The actuator backs off on a PodDisruptionBudget's 429 itself; kube's own retries would
+    // hide the refusal behind minutes of silent retries.
+    let mut config = config;
+    config.default_retry = false;
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The actuator that carries out actions on the cluster: the Kubernetes actuator, told whether
+/// this is a dry run, with DRA DeviceTaintRule support discovered from the API server.
+async fn actuator(client: &Client, dry_run: bool, identity: &str) -> anyhow::Result<KubeActuator> {
+    let mut config = ActuatorConfig::new(identity);
+    config.dry_run = dry_run;
+    KubeActuator::discover(client.clone(), config)
+        .await
+        .context("discovering whether the cluster serves DRA DeviceTaintRules")
+}
+
+/// How long a held Lease lasts without renewal (renewed every 2 s).
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let client = client(args.kubeconfig.as_ref()).await?;
+    let actuator = actuator(&client, args.dry_run, &identity(&args)).await?;
+    let settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(LoopHealth::new(settings.tick_every * 6));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait_stop = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let server = tokio::spawn(serve(listener, metrics.clone(), health.clone(), wait_stop()));
+    let leader = LeaderFlag::new(false);
+    let elector = LeaseElector::new(
+        client.clone(),
+        args.lease_namespace.clone(),
+        args.lease_name.clone(),
+        identity(&args),
+        LEASE_DURATION,
+    );
+    let lease_task = {
+        let leader = leader.clone();
+        let stop = wait_stop();
+        tokio::spawn(async move {
+            keep_lease(|| elector.try_acquire_or_renew(), leader, Duration::from_secs(2), stop).await;
+            // Hand the Lease over at once on shutdown rather than after it expires.
+            elector.release().await;
+        })
+    };
+    let cluster = KubeCluster::new(
+        client,
+        WatchSettings {
+            pod_label_selector: args.pod_selector.clone(),
+            pod_field_selector: None,
+            policy_namespace: args.policy_namespace.clone(),
+        },
+    );
+    eprintln!(
+        "devheal controller: {} as {} (lease {}/{}), metrics on {}",
+        if args.dry_run { "dry run" } else { "acting" },
+        identity(&args),
+        args.lease_namespace,
+        args.lease_name,
+        args.metrics_addr
+    );
+    let controller = Controller::new(settings, actuator, leader, SystemClock, metrics, health);
+    let result = controller.run(cluster.events(), shutdown_signal()).await;
+    let _ = stop.send(true);
+    let _ = lease_task.await;
+    server.await.context("the metrics server task")?.context("serving metrics")?;
+    result.context("the controller loop")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_async(args))
+}

@@ -1,0 +1,52 @@
+//! `devheal controller` end to end, without a cluster: bad input is named, and the binary refuses
+//! to run (rather than fake actions) while the Kubernetes actuator is not in this build.
+
+mod common;
+use common::devheal;
+
+#[test]
+fn a_missing_kubeconfig_is_named() {
+    let out = devheal(&["controller", "--kubeconfig", "/nonexistent/devheal-kubeconfig"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/devheal-kubeconfig"), "{err}");
+}
+
+#[test]
+fn without_the_actuator_the_controller_does_not_start() {
+    let dir = std::env::temp_dir().join(format!("devheal-controller-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("kubeconfig");
+    let kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+        clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+        users: [{name: u, user: {token: t}}]\n\
+        contexts: [{name: c, context: {cluster: k, user: u}}]\n";
+    std::fs::write(&path, kubeconfig).expect("write kubeconfig");
+    let path = path.to_string_lossy().to_string();
+    let out =
+        devheal(&["controller", "--kubeconfig", &path, "--dry-run", "--metrics-addr", "127.0.0.1:0"], None);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the Kubernetes actuator is not merged yet"), "{err}");
+}
+
+#[test]
+fn help_lists_the_flags() {
+    let out = devheal(&["controller", "--help"], None);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--dry-run",
+        "--kubeconfig",
+        "--lease-namespace",
+        "--lease-name",
+        "--identity",
+        "--metrics-addr",
+        "--pod-selector",
+        "--policy-namespace",
+    ] {
+        assert!(text.contains(flag), "{flag} missing: {text}");
+    }
+    assert!(text.contains("devheal-system") && text.contains("0.0.0.0:9100"));
+}

@@ -1,0 +1,436 @@
+//! The controller loop: watch events → [`ClusterIndex`] → [`Engine`] (with the wall clock) →
+//! actions through an [`Actuator`], only while this replica is the leader.
+//!
+//! - Every replica indexes and decides, so a standby that takes over has a warm engine; only the
+//!   leader hands actions to the actuator. What a standby decides is counted and dropped: the
+//!   leader, seeing the same cluster, carried it out, and a takeover must not repeat a gang
+//!   restart (see docs/controller.md, "Restart safety").
+//! - Ticks are sent periodically (budgets refill, probation ends, hangs are noticed).
+//! - `ActionOutcome::Retry { after_ms }` is retried after the delay, up to a limit.
+//! - In dry run the actuator is told so and answers `WouldDo`, which is logged ("would evict …")
+//!   and counted; nothing in the cluster changes.
+//!
+//! The loop is also usable step by step ([`Controller::handle_event`], [`Controller::tick`],
+//! [`Controller::run_due_retries`]) with a [`ManualClock`], which is how the tests drive it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
+
+use devheal_core::{
+    Action, ActionOutcome, Actuator, Duration, Engine, EngineConfig, Input, PlannedAction, SafetyState, Time,
+};
+use futures::{Stream, StreamExt};
+
+use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
+use crate::metrics::{LoopHealth, Metrics};
+
+/// Where the loop reads the time from.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Time;
+}
+
+/// The wall clock (nanoseconds since the Unix epoch).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Time::from_nanos(ns)
+    }
+}
+
+/// A clock that moves only when told (tests, benchmarks).
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn new(start: Time) -> Self {
+        ManualClock(Arc::new(AtomicI64::new(start.as_nanos())))
+    }
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_nanos(), Ordering::SeqCst);
+    }
+    pub fn set(&self, t: Time) {
+        self.0.store(t.as_nanos(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Time {
+        Time::from_nanos(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Whether this replica may act. The real one wraps the Lease elector (see [`keep_lease`]).
+pub trait Leadership: Send + Sync {
+    fn is_leader(&self) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// A single replica without a lease: always the leader.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlwaysLeader;
+
+impl Leadership for AlwaysLeader {
+    async fn is_leader(&self) -> bool {
+        true
+    }
+}
+
+/// Leadership as a shared flag: set by [`keep_lease`] (or a test), read by the loop without I/O.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderFlag(Arc<AtomicBool>);
+
+impl LeaderFlag {
+    pub fn new(leader: bool) -> Self {
+        LeaderFlag(Arc::new(AtomicBool::new(leader)))
+    }
+    pub fn set(&self, leader: bool) {
+        self.0.store(leader, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Leadership for LeaderFlag {
+    async fn is_leader(&self) -> bool {
+        self.get()
+    }
+}
+
+/// Keep a lease and mirror it into `flag`: call `renew` (e.g.
+/// `|| elector.try_acquire_or_renew()`) every `every`; `Ok(true)` makes this replica the
+/// leader, `Ok(false)` or an error makes it a standby (fail safe: an error never keeps
+/// leadership). Returns when `shutdown` completes, leaving the flag false.
+pub async fn keep_lease<F, Fut, E>(
+    mut renew: F,
+    flag: LeaderFlag,
+    every: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, E>>,
+    E: std::fmt::Display,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = interval.tick() => {
+                let leader = match renew().await {
+                    Ok(leader) => leader,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease renewal failed; acting as a standby");
+                        false
+                    }
+                };
+                if leader != flag.get() {
+                    tracing::info!(leader, "leadership changed");
+                }
+                flag.set(leader);
+            }
+        }
+    }
+    flag.set(false);
+}
+
+/// How the loop runs.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    pub engine: EngineConfig,
+    /// Whether the actuator was told to only say what it would do (for logs).
+    pub dry_run: bool,
+    /// How often the engine gets a Tick.
+    pub tick_every: std::time::Duration,
+    /// Attempts per action (the first and its retries) before it is given up.
+    pub max_attempts: u32,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings {
+            engine: EngineConfig::default(),
+            dry_run: false,
+            tick_every: std::time::Duration::from_secs(5),
+            max_attempts: 8,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("the watch streams ended")]
+    EventsEnded,
+}
+
+#[derive(Debug)]
+struct PendingRetry {
+    planned: PlannedAction,
+    attempt: u32,
+}
+
+/// A human sentence for an action: "evict ml/trainer-3 (…)" — used for dry-run logs and
+/// `WouldDo` descriptions.
+pub fn describe(action: &Action) -> String {
+    match action {
+        Action::MarkPod { pod, condition_type, reason, .. } => {
+            format!("mark pod {}/{} with condition {condition_type} ({reason})", pod.namespace, pod.name)
+        }
+        Action::EvictPod { pod, reason } => format!("evict pod {}/{} ({reason})", pod.namespace, pod.name),
+        Action::RestartGang { gang, incident, reason } => {
+            format!("restart gang {gang} for incident {incident} ({reason})")
+        }
+        Action::QuarantineDevice { device, reason } => format!("quarantine device {device} ({reason})"),
+        Action::ReleaseDevice { device, reason } => format!("release device {device} ({reason})"),
+        Action::CordonNode { node, reason } => format!("cordon node {node} ({reason})"),
+        Action::UncordonNode { node, reason } => format!("uncordon node {node} ({reason})"),
+        Action::RequestRepair { node, device, kind, reason } => match device {
+            Some(d) => format!("request {} of device {d} ({reason})", kind.as_str()),
+            None => format!("request {} of node {node} ({reason})", kind.as_str()),
+        },
+        Action::FailWorkload { gang, reason } => format!("fail workload {gang} ({reason})"),
+        Action::ReplaceAtCheckpoint { pod, gang, reason, .. } => {
+            format!(
+                "replace pod {}/{} of gang {gang} at its next checkpoint ({reason})",
+                pod.namespace, pod.name
+            )
+        }
+        Action::Report { reason, message } => format!("report {reason}: {message}"),
+    }
+}
+
+/// The loop's state: index, engine, pending retries. See the module documentation.
+pub struct Controller<A, L, C> {
+    index: ClusterIndex,
+    engine: Engine,
+    actuator: A,
+    leadership: L,
+    clock: C,
+    metrics: Arc<Metrics>,
+    health: Arc<LoopHealth>,
+    settings: ControllerSettings,
+    /// Retries by due time (and a sequence number, so equal times keep their order).
+    retries: BTreeMap<(Time, u64), PendingRetry>,
+    retry_seq: u64,
+}
+
+impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
+    pub fn new(
+        settings: ControllerSettings,
+        actuator: A,
+        leadership: L,
+        clock: C,
+        metrics: Arc<Metrics>,
+        health: Arc<LoopHealth>,
+    ) -> Self {
+        Controller {
+            index: ClusterIndex::new(),
+            engine: Engine::new(settings.engine.clone()),
+            actuator,
+            leadership,
+            clock,
+            metrics,
+            health,
+            settings,
+            retries: BTreeMap::new(),
+            retry_seq: 0,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn index(&self) -> &ClusterIndex {
+        &self.index
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn actuator(&self) -> &A {
+        &self.actuator
+    }
+
+    pub fn safety_state(&self) -> SafetyState {
+        self.engine.safety_state(self.clock.now())
+    }
+
+    /// When the earliest pending retry is due.
+    pub fn next_retry_at(&self) -> Option<Time> {
+        self.retries.keys().next().map(|(t, _)| *t)
+    }
+
+    pub fn pending_retries(&self) -> usize {
+        self.retries.len()
+    }
+
+    /// One watch event: index it, decide, and hand the actions to the actuator if leader.
+    pub async fn handle_event(&mut self, event: ClusterEvent) {
+        let arrival = Instant::now();
+        let kind = event.kind();
+        let update = self.index.apply(event);
+        if update.watch_error {
+            self.metrics.watch_error(kind);
+        } else {
+            self.metrics.watch_event(kind);
+        }
+        if update.relisted {
+            self.metrics.relist(kind);
+            tracing::info!(kind = kind.label(), "relist finished");
+        }
+        if !update.rejected.is_empty() {
+            self.metrics.rejected(kind, update.rejected.len());
+            for e in &update.rejected {
+                tracing::warn!(error = %e, "skipped an invalid object");
+            }
+        }
+        self.metrics.indexed(kind, self.index.len(kind));
+        self.metrics.inputs(kind, update.inputs.len());
+        let now = self.clock.now();
+        let mut planned = Vec::new();
+        for input in update.inputs {
+            planned.extend(self.engine.handle(input, now));
+        }
+        self.dispatch(planned, arrival).await;
+        self.health.set_ready(self.index.ready(), &self.index.waiting_for());
+        self.health.beat();
+    }
+
+    /// Time passes: the engine's Tick, then any due retries, then the safety gauges.
+    pub async fn tick(&mut self) {
+        let arrival = Instant::now();
+        let now = self.clock.now();
+        let planned = self.engine.handle(Input::Tick, now);
+        self.dispatch(planned, arrival).await;
+        self.run_due_retries().await;
+        self.metrics.safety(&self.engine.safety_state(now));
+        self.health.beat();
+    }
+
+    /// Hand the engine's actions to the actuator, in order, if this replica leads.
+    async fn dispatch(&mut self, planned: Vec<PlannedAction>, arrival: Instant) {
+        if planned.is_empty() {
+            return;
+        }
+        let leader = self.leadership.is_leader().await;
+        self.metrics.set_leader(leader);
+        if !leader {
+            for p in &planned {
+                self.metrics.standby_action(p.action.label());
+                tracing::debug!(key = %p.idempotency_key, "standby: decided, not sent: {}", describe(&p.action));
+            }
+            return;
+        }
+        self.metrics.decision_latency(arrival.elapsed());
+        for p in planned {
+            self.execute(p, 1).await;
+        }
+        self.metrics.safety(&self.engine.safety_state(self.clock.now()));
+    }
+
+    async fn execute(&mut self, planned: PlannedAction, attempt: u32) {
+        let label = planned.action.label();
+        let outcome = self.actuator.execute(&planned).await;
+        self.metrics.action(label, outcome.label());
+        match outcome {
+            ActionOutcome::Done => {
+                tracing::info!(key = %planned.idempotency_key, "done: {}", describe(&planned.action));
+            }
+            ActionOutcome::WouldDo { description } => {
+                if !self.settings.dry_run {
+                    tracing::warn!("the actuator answered WouldDo although the controller is not in dry run");
+                }
+                tracing::info!(key = %planned.idempotency_key, "dry run: would {description}");
+            }
+            ActionOutcome::Gone => {
+                tracing::info!(key = %planned.idempotency_key, "nothing left to act on: {}", describe(&planned.action));
+            }
+            ActionOutcome::Failed { reason } => {
+                tracing::warn!(key = %planned.idempotency_key, %reason, "failed: {}", describe(&planned.action));
+            }
+            ActionOutcome::Retry { after_ms, reason } => {
+                if attempt >= self.settings.max_attempts {
+                    self.metrics.retries_exhausted(label);
+                    tracing::warn!(key = %planned.idempotency_key, %reason, attempt,
+                        "giving up after {attempt} attempts: {}", describe(&planned.action));
+                    return;
+                }
+                let after = Duration::from_millis(i64::try_from(after_ms).unwrap_or(i64::MAX / 1_000_000));
+                let due = self.clock.now() + after;
+                tracing::info!(key = %planned.idempotency_key, %reason, after_ms,
+                    "refused for now, retrying: {}", describe(&planned.action));
+                self.retry_seq += 1;
+                self.retries.insert((due, self.retry_seq), PendingRetry { planned, attempt: attempt + 1 });
+            }
+        }
+    }
+
+    /// Carry out the retries that are due (only as leader; a standby drops them).
+    pub async fn run_due_retries(&mut self) {
+        let now = self.clock.now();
+        let due: Vec<(Time, u64)> = self.retries.range(..(now, u64::MAX)).map(|(k, _)| *k).collect();
+        if due.is_empty() {
+            return;
+        }
+        let leader = self.leadership.is_leader().await;
+        self.metrics.set_leader(leader);
+        for k in due {
+            let Some(r) = self.retries.remove(&k) else { continue };
+            if leader {
+                self.execute(r.planned, r.attempt).await;
+            } else {
+                self.metrics.standby_action(r.planned.action.label());
+            }
+        }
+    }
+
+    /// Run until `shutdown` completes: events as they come, a Tick every `tick_every`, retries
+    /// when due. Returns an error if the event stream ends.
+    pub async fn run<S>(
+        mut self,
+        events: S,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<Self, ControllerError>
+    where
+        S: Stream<Item = ClusterEvent>,
+    {
+        let mut events = std::pin::pin!(events);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut ticks = tokio::time::interval(self.settings.tick_every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.metrics.set_leader(self.leadership.is_leader().await);
+        tracing::info!(dry_run = self.settings.dry_run, "controller loop started");
+        for kind in ObjectKind::ALL {
+            self.metrics.indexed(kind, 0);
+        }
+        loop {
+            let retry_wait = self.next_retry_at().map(|t| {
+                let ns = t.since(self.clock.now()).as_nanos().max(0);
+                std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+            });
+            tokio::select! {
+                _ = &mut shutdown => return Ok(self),
+                event = events.next() => match event {
+                    Some(event) => self.handle_event(event).await,
+                    None => return Err(ControllerError::EventsEnded),
+                },
+                _ = ticks.tick() => {
+                    self.metrics.set_leader(self.leadership.is_leader().await);
+                    self.tick().await;
+                }
+                _ = tokio::time::sleep(retry_wait.unwrap_or(std::time::Duration::from_secs(3600))),
+                    if retry_wait.is_some() => self.run_due_retries().await,
+            }
+        }
+    }
+}

@@ -1,0 +1,849 @@
+//! The controller's index: what the watches of Pods, Nodes, NodeDeviceHealth and FailurePolicy
+//! report, reduced to what the decision engine reads, and turned into engine [`Input`]s.
+//!
+//! The index is pure (no I/O, no clock): it is fed kube-runtime [`watcher::Event`]s and answers
+//! with the inputs the engine must see. It keeps a compact record per object, never the object:
+//!
+//! - per pod, its uid and a digest of its conversion (`devheal_k8s::pod_from_k8s`), so that an
+//!   update that changes nothing the engine reads (a resourceVersion bump, a heartbeat, a
+//!   managed-fields change) emits nothing; for a pod that reports no devices of its own, a
+//!   trimmed copy of what the engine keeps (identity, node, labels, owner, phase), so it can be
+//!   re-sent when the agent binds it to a device;
+//! - per node, a digest of `devheal_k8s::node_from_k8s`;
+//! - per NodeDeviceHealth, a digest of the device inventory, one per device's health and
+//!   reasons, and the pods the agent binds to each device;
+//! - the FailurePolicies, converted.
+//!
+//! A relist (`Init`, `InitApply`…, `InitDone`, as the watcher does at start and after a 410 Gone)
+//! marks what it sees with a new epoch; at `InitDone` whatever the relist did not see vanished
+//! during the gap and is deleted. Unchanged objects emit nothing, so a relist never repeats an
+//! input the engine already acted on.
+//!
+//! A pod whose deletion was requested (it has a deletionTimestamp) is withheld from the engine
+//! (it is deleted there): it will not run again, and a restarted controller must not restart a
+//! gang again because the members its first incarnation restarted are still terminating.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hasher;
+
+use devheal_core::{Device, DeviceKey, Health, HealthReason, Input, PodInfo};
+use devheal_k8s::crd::{FailurePolicy as FailurePolicyObject, NodeDeviceHealth as NodeDeviceHealthObject};
+use devheal_k8s::node_health::{DeviceReport, NodeDeviceHealth as NodeDeviceHealthDocument, PodBinding};
+use devheal_k8s::{node_from_k8s, pod_from_k8s};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::watcher;
+use serde::Serialize;
+
+/// The kinds of object the controller watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Pod,
+    Node,
+    NodeDeviceHealth,
+    FailurePolicy,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 4] =
+        [ObjectKind::Pod, ObjectKind::Node, ObjectKind::NodeDeviceHealth, ObjectKind::FailurePolicy];
+
+    /// A short label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Pod => "pod",
+            ObjectKind::Node => "node",
+            ObjectKind::NodeDeviceHealth => "node_device_health",
+            ObjectKind::FailurePolicy => "failure_policy",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// One thing a watch reported.
+///
+/// The variants differ in size (a Pod is larger than a Status message); each event is moved a
+/// few times from its watcher to the index, so boxing would cost more (an allocation per event)
+/// than it saves.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum ClusterEvent {
+    Pod(watcher::Event<Pod>),
+    Node(watcher::Event<Node>),
+    NodeHealth(watcher::Event<NodeDeviceHealthObject>),
+    Policy(watcher::Event<FailurePolicyObject>),
+    /// A watch failed; the watcher retries (with backoff) and, after a 410 Gone, relists.
+    WatchError {
+        kind: ObjectKind,
+        message: String,
+    },
+}
+
+impl ClusterEvent {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            ClusterEvent::Pod(_) => ObjectKind::Pod,
+            ClusterEvent::Node(_) => ObjectKind::Node,
+            ClusterEvent::NodeHealth(_) => ObjectKind::NodeDeviceHealth,
+            ClusterEvent::Policy(_) => ObjectKind::FailurePolicy,
+            ClusterEvent::WatchError { kind, .. } => *kind,
+        }
+    }
+}
+
+/// An object the index could not use (it is skipped; the rest of the watch goes on).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IndexError {
+    #[error("pod {0}")]
+    Pod(#[from] devheal_k8s::ConversionError),
+    #[error("node without metadata.name")]
+    NodeWithoutName,
+    #[error("NodeDeviceHealth {name}: {reason}")]
+    NodeHealth { name: String, reason: String },
+    #[error("FailurePolicy without metadata.name")]
+    PolicyWithoutName,
+}
+
+/// What one event changed.
+#[derive(Debug, Default)]
+pub struct IndexUpdate {
+    /// Inputs for the engine, in order.
+    pub inputs: Vec<Input>,
+    /// Objects skipped because they are invalid.
+    pub rejected: Vec<IndexError>,
+    /// A relist finished (`InitDone` after the first list of this kind).
+    pub relisted: bool,
+    /// A watch error was reported.
+    pub watch_error: bool,
+}
+
+/// The fields of a pod the engine keeps between inputs, plus what re-sending it needs.
+#[derive(Debug)]
+struct PodEntry {
+    uid: String,
+    /// Digest of the pod as converted, with its own devices (allocatedResourcesStatus).
+    digest: u64,
+    epoch: u32,
+    /// Deletion requested: deleted in the engine, not sent again.
+    withheld: bool,
+    /// For a pod whose devices only NodeDeviceHealth names (no allocatedResourcesStatus): the
+    /// trimmed pod (no container states, conditions or messages), re-sent when the agent binds
+    /// it to a device. A pod that reports its own devices keeps none (memory: see
+    /// docs/controller.md); a binding that adds a device to it reaches the engine with the
+    /// pod's next change.
+    view: Option<Box<PodInfo>>,
+    /// Devices NodeDeviceHealth binds the pod to beyond its own (as last sent).
+    bound: Vec<DeviceKey>,
+}
+
+#[derive(Debug, Default)]
+struct HealthEntry {
+    epoch: u32,
+    inventory: u64,
+    devices: BTreeMap<DeviceKey, u64>,
+    /// Pods bound to each device, as (pod key `namespace/name`, uid if given).
+    bindings: Vec<(String, Option<String>, DeviceKey)>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ListState {
+    epoch: u32,
+    listing: bool,
+    listed_once: bool,
+}
+
+/// The index. See the module documentation.
+#[derive(Debug, Default)]
+pub struct ClusterIndex {
+    /// By `namespace/name` (unique at any moment; the uid changes when a pod is re-created).
+    pods: HashMap<String, PodEntry>,
+    nodes: HashMap<String, (u64, u32)>,
+    health: HashMap<String, HealthEntry>,
+    policies: BTreeMap<String, (devheal_core::FailurePolicy, u32)>,
+    /// Devices NodeDeviceHealth binds to each pod key, with the uid the binding names.
+    bound: HashMap<String, Vec<(DeviceKey, Option<String>)>>,
+    /// Digest of the policy set the engine last got (`None`: none sent, the engine's own).
+    sent_policies: Option<u64>,
+    lists: [ListState; 4],
+}
+
+/// A stable 64-bit digest of a value's JSON form.
+fn digest<T: Serialize>(value: &T) -> u64 {
+    struct HashWriter(std::hash::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(std::hash::DefaultHasher::new());
+    // The engine's types serialise infallibly (string map keys only); a failure would only make
+    // every update look changed, which is safe.
+    if serde_json::to_writer(&mut w, value).is_err() {
+        w.0.write_u8(0xff);
+    }
+    w.0.finish()
+}
+
+fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// What of a pod is kept: the engine re-reads labels (gangs, selectors), owner, phase, node and
+/// devices; container states, conditions and messages matter only in the input that carries them.
+fn trimmed(pod: &PodInfo) -> PodInfo {
+    PodInfo {
+        uid: pod.uid.clone(),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        node: pod.node.clone(),
+        labels: pod.labels.clone(),
+        annotations: pod
+            .annotations
+            .iter()
+            .filter(|(k, v)| v.len() <= 253 && !k.starts_with("kubectl.kubernetes.io/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        owner: pod.owner.clone(),
+        restart_policy: pod.restart_policy.clone(),
+        phase: pod.phase,
+        start_time: pod.start_time,
+        devices: pod.devices.clone(),
+        deletion_requested: pod.deletion_requested,
+        // Restart counts keep the engine's failure identities stable when the pod is re-sent.
+        containers: pod
+            .containers
+            .iter()
+            .map(|c| devheal_core::ContainerInfo {
+                name: c.name.clone(),
+                restart_count: c.restart_count,
+                ..devheal_core::ContainerInfo::default()
+            })
+            .collect(),
+        ..PodInfo::default()
+    }
+}
+
+fn with_devices(mut pod: PodInfo, bound: &[DeviceKey]) -> PodInfo {
+    if !bound.is_empty() {
+        pod.devices.extend(bound.iter().cloned());
+        pod.devices.sort();
+        pod.devices.dedup();
+    }
+    pod
+}
+
+impl ClusterIndex {
+    pub fn new() -> Self {
+        ClusterIndex::default()
+    }
+
+    /// Has every kind finished its first list?
+    pub fn ready(&self) -> bool {
+        self.lists.iter().all(|l| l.listed_once)
+    }
+
+    /// The kinds whose first list has not finished.
+    pub fn waiting_for(&self) -> Vec<ObjectKind> {
+        ObjectKind::ALL.into_iter().filter(|k| !self.lists[k.slot()].listed_once).collect()
+    }
+
+    /// Objects held, by kind.
+    pub fn len(&self, kind: ObjectKind) -> usize {
+        match kind {
+            ObjectKind::Pod => self.pods.len(),
+            ObjectKind::Node => self.nodes.len(),
+            ObjectKind::NodeDeviceHealth => self.health.len(),
+            ObjectKind::FailurePolicy => self.policies.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        ObjectKind::ALL.into_iter().all(|k| self.len(k) == 0)
+    }
+
+    /// Apply one watch event; returns the engine inputs it causes.
+    pub fn apply(&mut self, event: ClusterEvent) -> IndexUpdate {
+        let mut up = IndexUpdate::default();
+        match event {
+            ClusterEvent::Pod(ev) => self.on_pod_event(ev, &mut up),
+            ClusterEvent::Node(ev) => self.on_node_event(ev, &mut up),
+            ClusterEvent::NodeHealth(ev) => self.on_health_event(ev, &mut up),
+            ClusterEvent::Policy(ev) => self.on_policy_event(ev, &mut up),
+            ClusterEvent::WatchError { .. } => up.watch_error = true,
+        }
+        up
+    }
+
+    /// Start of a (re)list: objects seen from now on carry a new epoch.
+    fn begin_list(&mut self, kind: ObjectKind) {
+        let l = &mut self.lists[kind.slot()];
+        l.epoch = l.epoch.wrapping_add(1);
+        l.listing = true;
+    }
+
+    /// The epoch an object seen now is marked with.
+    fn epoch(&self, kind: ObjectKind) -> u32 {
+        self.lists[kind.slot()].epoch
+    }
+
+    /// End of a (re)list; returns whether it was a relist.
+    fn end_list(&mut self, kind: ObjectKind) -> bool {
+        let l = &mut self.lists[kind.slot()];
+        let relist = l.listed_once;
+        l.listing = false;
+        l.listed_once = true;
+        relist
+    }
+
+    // ------------------------------------------------------------------ pods
+
+    fn on_pod_event(&mut self, ev: watcher::Event<Pod>, up: &mut IndexUpdate) {
+        match ev {
+            watcher::Event::Init => self.begin_list(ObjectKind::Pod),
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => self.upsert_pod(&pod, up),
+            watcher::Event::Delete(pod) => {
+                let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+                let Some(name) = pod.metadata.name.as_deref() else { return };
+                let key = pod_key(namespace, name);
+                let same = |e: &PodEntry| pod.metadata.uid.as_ref().is_none_or(|u| *u == e.uid);
+                if self.pods.get(&key).is_some_and(same)
+                    && let Some(old) = self.pods.remove(&key)
+                    && !old.withheld
+                {
+                    up.inputs.push(Input::PodDeleted { uid: old.uid });
+                }
+            }
+            watcher::Event::InitDone => {
+                up.relisted = self.end_list(ObjectKind::Pod);
+                let epoch = self.epoch(ObjectKind::Pod);
+                let mut gone: Vec<String> =
+                    self.pods.iter().filter(|(_, e)| e.epoch != epoch).map(|(k, _)| k.clone()).collect();
+                gone.sort();
+                for key in gone {
+                    if let Some(old) = self.pods.remove(&key)
+                        && !old.withheld
+                    {
+                        up.inputs.push(Input::PodDeleted { uid: old.uid });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Devices NodeDeviceHealth binds to a pod.
+    fn bound_devices(&self, key: &str, uid: &str) -> Vec<DeviceKey> {
+        let Some(list) = self.bound.get(key) else { return Vec::new() };
+        let mut out: Vec<DeviceKey> = list
+            .iter()
+            .filter(|(_, u)| u.as_deref().is_none_or(|u| u == uid))
+            .map(|(d, _)| d.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn upsert_pod(&mut self, pod: &Pod, up: &mut IndexUpdate) {
+        let info = match pod_from_k8s(pod) {
+            Ok(info) => info,
+            Err(e) => {
+                up.rejected.push(e.into());
+                return;
+            }
+        };
+        let epoch = self.epoch(ObjectKind::Pod);
+        let key = pod_key(&info.namespace, &info.name);
+        let d = digest(&info);
+        let bound = self.bound_devices(&key, &info.uid);
+        let withheld = info.deletion_requested;
+        if let Some(old) = self.pods.get_mut(&key) {
+            old.epoch = epoch;
+            if old.uid == info.uid {
+                if old.digest == d && old.bound == bound {
+                    return;
+                }
+                if old.withheld {
+                    // A pod being deleted stays out of the engine.
+                    old.digest = d;
+                    return;
+                }
+            } else if !old.withheld {
+                // Re-created under the same name while we were not looking.
+                up.inputs.push(Input::PodDeleted { uid: old.uid.clone() });
+            }
+        }
+        let was_sent = self.pods.get(&key).is_some_and(|o| o.uid == info.uid && !o.withheld);
+        let view = info.devices.is_empty().then(|| Box::new(trimmed(&info)));
+        let uid = info.uid.clone();
+        if withheld {
+            if was_sent {
+                up.inputs.push(Input::PodDeleted { uid: uid.clone() });
+            }
+        } else {
+            up.inputs.push(Input::PodUpsert(with_devices(info, &bound)));
+        }
+        self.pods.insert(key, PodEntry { uid, digest: d, epoch, withheld, view, bound });
+    }
+
+    /// Re-send the pods whose NodeDeviceHealth bindings changed.
+    fn rebind(&mut self, keys: BTreeSet<String>, up: &mut IndexUpdate) {
+        for key in keys {
+            let Some(uid) = self.pods.get(&key).map(|e| e.uid.clone()) else { continue };
+            let bound = self.bound_devices(&key, &uid);
+            let Some(entry) = self.pods.get_mut(&key) else { continue };
+            if entry.bound == bound {
+                continue;
+            }
+            // Without a view the binding waits for the pod's next change (`bound` stays as last
+            // sent, so that change is seen as one).
+            let Some(view) = &entry.view else { continue };
+            let pod = with_devices((**view).clone(), &bound);
+            entry.bound = bound;
+            if !entry.withheld {
+                up.inputs.push(Input::PodUpsert(pod));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ nodes
+
+    fn on_node_event(&mut self, ev: watcher::Event<Node>, up: &mut IndexUpdate) {
+        match ev {
+            watcher::Event::Init => self.begin_list(ObjectKind::Node),
+            watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
+                let info = node_from_k8s(&node);
+                if info.name.is_empty() {
+                    up.rejected.push(IndexError::NodeWithoutName);
+                    return;
+                }
+                let epoch = self.epoch(ObjectKind::Node);
+                let d = digest(&info);
+                match self.nodes.get_mut(&info.name) {
+                    Some(entry) if entry.0 == d => entry.1 = epoch,
+                    _ => {
+                        self.nodes.insert(info.name.clone(), (d, epoch));
+                        up.inputs.push(Input::NodeUpsert(info));
+                    }
+                }
+            }
+            watcher::Event::Delete(node) => {
+                if let Some(name) = node.metadata.name
+                    && self.nodes.remove(&name).is_some()
+                {
+                    up.inputs.push(Input::NodeDeleted { name });
+                }
+            }
+            watcher::Event::InitDone => {
+                up.relisted = self.end_list(ObjectKind::Node);
+                let epoch = self.epoch(ObjectKind::Node);
+                let mut gone: Vec<String> =
+                    self.nodes.iter().filter(|(_, e)| e.1 != epoch).map(|(k, _)| k.clone()).collect();
+                gone.sort();
+                for name in gone {
+                    self.nodes.remove(&name);
+                    up.inputs.push(Input::NodeDeleted { name });
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ device health
+
+    fn on_health_event(&mut self, ev: watcher::Event<NodeDeviceHealthObject>, up: &mut IndexUpdate) {
+        match ev {
+            watcher::Event::Init => self.begin_list(ObjectKind::NodeDeviceHealth),
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => self.upsert_health(&obj, up),
+            watcher::Event::Delete(obj) => {
+                if let Some(name) = obj.metadata.name.clone() {
+                    self.remove_health(&name, up);
+                }
+            }
+            watcher::Event::InitDone => {
+                up.relisted = self.end_list(ObjectKind::NodeDeviceHealth);
+                let epoch = self.epoch(ObjectKind::NodeDeviceHealth);
+                let mut gone: Vec<String> =
+                    self.health.iter().filter(|(_, e)| e.epoch != epoch).map(|(k, _)| k.clone()).collect();
+                gone.sort();
+                for name in gone {
+                    self.remove_health(&name, up);
+                }
+            }
+        }
+    }
+
+    /// The object's devices through devheal-k8s's NodeDeviceHealth conversion.
+    fn reports(obj: &NodeDeviceHealthObject) -> Result<(String, Vec<DeviceReport>), IndexError> {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let fail = |reason: String| IndexError::NodeHealth { name: name.clone(), reason };
+        let json = serde_json::to_value(obj).map_err(|e| fail(e.to_string()))?;
+        let doc: NodeDeviceHealthDocument = serde_json::from_value(json).map_err(|e| fail(e.to_string()))?;
+        let reports = doc.reports().map_err(|e| fail(e.to_string()))?;
+        Ok((name, reports))
+    }
+
+    fn upsert_health(&mut self, obj: &NodeDeviceHealthObject, up: &mut IndexUpdate) {
+        let (node, reports) = match Self::reports(obj) {
+            Ok(r) => r,
+            Err(e) => {
+                up.rejected.push(e);
+                return;
+            }
+        };
+        let epoch = self.epoch(ObjectKind::NodeDeviceHealth);
+        let devices: Vec<Device> = reports.iter().map(|r| r.device.clone()).collect();
+        let inventory = digest(&devices);
+        let mut bindings: Vec<(String, Option<String>, DeviceKey)> = Vec::new();
+        for r in &reports {
+            for b in &r.pods {
+                let (key, uid) = match b {
+                    PodBinding::Name(s) => match s.split_once('/') {
+                        Some((ns, n)) => (pod_key(ns, n), None),
+                        None => (pod_key("default", s), None),
+                    },
+                    PodBinding::Ref { namespace, name, uid } => (pod_key(namespace, name), uid.clone()),
+                };
+                bindings.push((key, uid, r.device.key.clone()));
+            }
+        }
+        bindings.sort();
+        bindings.dedup();
+        let mut entry = self.health.remove(&node).unwrap_or_default();
+        entry.epoch = epoch;
+        // Inventory first, then bindings (so pods are on their devices), then health.
+        if entry.inventory != inventory || entry.devices.is_empty() != devices.is_empty() {
+            entry.inventory = inventory;
+            up.inputs.push(Input::Devices { node: node.clone(), devices });
+        }
+        if entry.bindings != bindings {
+            let old = std::mem::replace(&mut entry.bindings, bindings);
+            self.replace_bindings(&old, &entry.bindings, up);
+        }
+        let mut health: BTreeMap<DeviceKey, u64> = BTreeMap::new();
+        for r in reports {
+            let d = digest(&(r.health, &r.reasons));
+            let key = r.device.key;
+            let changed = entry.devices.get(&key) != Some(&d);
+            health.insert(key.clone(), d);
+            if changed {
+                up.inputs.push(Input::DeviceHealth { device: key, health: r.health, reasons: r.reasons });
+            }
+        }
+        entry.devices = health;
+        self.health.insert(node, entry);
+    }
+
+    fn replace_bindings(
+        &mut self,
+        old: &[(String, Option<String>, DeviceKey)],
+        new: &[(String, Option<String>, DeviceKey)],
+        up: &mut IndexUpdate,
+    ) {
+        let mut touched = BTreeSet::new();
+        for (key, uid, dev) in old {
+            if let Some(list) = self.bound.get_mut(key) {
+                if let Some(i) = list.iter().position(|(d, u)| d == dev && u == uid) {
+                    list.swap_remove(i);
+                }
+                if list.is_empty() {
+                    self.bound.remove(key);
+                }
+            }
+            touched.insert(key.clone());
+        }
+        for (key, uid, dev) in new {
+            self.bound.entry(key.clone()).or_default().push((dev.clone(), uid.clone()));
+            touched.insert(key.clone());
+        }
+        self.rebind(touched, up);
+    }
+
+    /// The node's NodeDeviceHealth is gone: its agent lost sight of the devices (Unknown, which
+    /// never remediates) and its bindings no longer hold.
+    fn remove_health(&mut self, node: &str, up: &mut IndexUpdate) {
+        let Some(entry) = self.health.remove(node) else { return };
+        self.replace_bindings(&entry.bindings, &[], up);
+        for device in entry.devices.into_keys() {
+            up.inputs.push(Input::DeviceHealth {
+                device,
+                health: Health::Unknown,
+                reasons: Vec::<HealthReason>::new(),
+            });
+        }
+    }
+
+    // ------------------------------------------------------------------ policies
+
+    fn on_policy_event(&mut self, ev: watcher::Event<FailurePolicyObject>, up: &mut IndexUpdate) {
+        match ev {
+            watcher::Event::Init => self.begin_list(ObjectKind::FailurePolicy),
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let epoch = self.epoch(ObjectKind::FailurePolicy);
+                let policy = obj.to_policy();
+                if policy.name.is_empty() {
+                    up.rejected.push(IndexError::PolicyWithoutName);
+                    return;
+                }
+                let key = pod_key(policy.namespace.as_deref().unwrap_or(""), &policy.name);
+                self.policies.insert(key, (policy, epoch));
+            }
+            watcher::Event::Delete(obj) => {
+                let key = pod_key(
+                    obj.metadata.namespace.as_deref().unwrap_or(""),
+                    obj.metadata.name.as_deref().unwrap_or(""),
+                );
+                self.policies.remove(&key);
+            }
+            watcher::Event::InitDone => {
+                up.relisted = self.end_list(ObjectKind::FailurePolicy);
+                let epoch = self.epoch(ObjectKind::FailurePolicy);
+                self.policies.retain(|_, (_, e)| *e == epoch);
+            }
+        }
+        // The engine gets the whole set, when it differs from what it has; during a list, once
+        // the list is complete.
+        if self.lists[ObjectKind::FailurePolicy.slot()].listing {
+            return;
+        }
+        let list: Vec<devheal_core::FailurePolicy> = self.policies.values().map(|(p, _)| p.clone()).collect();
+        let d = digest(&list);
+        if self.sent_policies != Some(d) && !(self.sent_policies.is_none() && list.is_empty()) {
+            self.sent_policies = Some(d);
+            up.inputs.push(Input::Policies(list));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, uid: &str, rv: &str, device: &str, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ml", "uid": uid, "resourceVersion": rv,
+                         "labels": {"jobset.sigs.k8s.io/jobset-name": "llama"}},
+            "spec": {"nodeName": "node-0", "containers": [{"name": "c"}]},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                "allocatedResourcesStatus": [{"name": "nvidia.com/gpu", "resources": [{"resourceID": device, "health": "Healthy"}]}]
+            }]}
+        }))
+        .expect("valid pod")
+    }
+
+    fn health(node: &str, devices: serde_json::Value) -> NodeDeviceHealthObject {
+        serde_json::from_value(json!({
+            "apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+            "metadata": {"name": node}, "spec": {"nodeName": node},
+            "status": {"devices": devices}
+        }))
+        .expect("valid object")
+    }
+
+    fn names(inputs: &[Input]) -> Vec<String> {
+        inputs
+            .iter()
+            .map(|i| match i {
+                Input::PodUpsert(p) => format!("upsert {} {:?}", p.name, p.devices.len()),
+                Input::PodDeleted { uid } => format!("deleted {uid}"),
+                Input::Devices { node, devices } => format!("devices {node} {}", devices.len()),
+                Input::DeviceHealth { device, health, .. } => format!("health {} {health:?}", device.id),
+                Input::NodeUpsert(n) => format!("node {}", n.name),
+                Input::NodeDeleted { name } => format!("node deleted {name}"),
+                Input::Policies(p) => format!("policies {}", p.len()),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn list(index: &mut ClusterIndex, pods: Vec<Pod>) -> Vec<String> {
+        let mut out = names(&index.apply(ClusterEvent::Pod(watcher::Event::Init)).inputs);
+        for p in pods {
+            out.extend(names(&index.apply(ClusterEvent::Pod(watcher::Event::InitApply(p))).inputs));
+        }
+        let done = index.apply(ClusterEvent::Pod(watcher::Event::InitDone));
+        out.extend(names(&done.inputs));
+        out
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_the_engine_reads_emits_nothing() {
+        let mut index = ClusterIndex::new();
+        let first =
+            index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "1", "G0", "Running"))));
+        assert_eq!(names(&first.inputs), ["upsert a 1"]);
+        // A new resourceVersion and a managed-fields change only.
+        let mut same = pod("a", "u1", "2", "G0", "Running");
+        same.metadata.managed_fields = Some(vec![Default::default()]);
+        assert!(index.apply(ClusterEvent::Pod(watcher::Event::Apply(same))).inputs.is_empty());
+        let changed =
+            index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "3", "G0", "Failed"))));
+        assert_eq!(names(&changed.inputs), ["upsert a 1"]);
+    }
+
+    #[test]
+    fn a_relist_deletes_what_vanished_in_the_gap_and_repeats_nothing() {
+        let mut index = ClusterIndex::new();
+        let pods = vec![pod("a", "u1", "1", "G0", "Running"), pod("b", "u2", "1", "G1", "Running")];
+        assert_eq!(list(&mut index, pods), ["upsert a 1", "upsert b 1"]);
+        assert!(index.ready() || index.waiting_for().len() == 3);
+        // During the gap: b was deleted, c created, a unchanged (new resourceVersion).
+        let relist = vec![pod("a", "u1", "9", "G0", "Running"), pod("c", "u3", "9", "G2", "Running")];
+        let mut index2 = index;
+        let out = list(&mut index2, relist);
+        assert_eq!(out, ["upsert c 1", "deleted u2"]);
+        assert_eq!(index2.len(ObjectKind::Pod), 2);
+    }
+
+    #[test]
+    fn an_interrupted_relist_keeps_objects_until_a_complete_one() {
+        let mut index = ClusterIndex::new();
+        list(&mut index, vec![pod("a", "u1", "1", "G0", "Running"), pod("b", "u2", "1", "G1", "Running")]);
+        // Init, part of a list, then a 410 again: nothing is deleted until an InitDone.
+        index.apply(ClusterEvent::Pod(watcher::Event::Init));
+        index.apply(ClusterEvent::Pod(watcher::Event::InitApply(pod("a", "u1", "5", "G0", "Running"))));
+        let err = index.apply(ClusterEvent::WatchError { kind: ObjectKind::Pod, message: "410".into() });
+        assert!(err.watch_error && err.inputs.is_empty());
+        let out = list(
+            &mut index,
+            vec![pod("a", "u1", "6", "G0", "Running"), pod("b", "u2", "6", "G1", "Running")],
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_pod_recreated_under_the_same_name_replaces_the_old_uid() {
+        let mut index = ClusterIndex::new();
+        list(&mut index, vec![pod("a", "u1", "1", "G0", "Running")]);
+        let out = list(&mut index, vec![pod("a", "u9", "7", "G0", "Running")]);
+        assert_eq!(out, ["deleted u1", "upsert a 1"]);
+        // A late Delete of the old incarnation does not remove the new one.
+        let late =
+            index.apply(ClusterEvent::Pod(watcher::Event::Delete(pod("a", "u1", "8", "G0", "Running"))));
+        assert!(late.inputs.is_empty());
+        assert_eq!(index.len(ObjectKind::Pod), 1);
+    }
+
+    #[test]
+    fn a_pod_being_deleted_leaves_the_engine_and_does_not_come_back() {
+        let mut index = ClusterIndex::new();
+        list(&mut index, vec![pod("a", "u1", "1", "G0", "Running")]);
+        let mut terminating = pod("a", "u1", "2", "G0", "Running");
+        terminating.metadata.deletion_timestamp = Some(devheal_k8s::crd::k8s_time(devheal_core::Time(1)));
+        let out = index.apply(ClusterEvent::Pod(watcher::Event::Apply(terminating.clone())));
+        assert_eq!(names(&out.inputs), ["deleted u1"]);
+        terminating.metadata.resource_version = Some("3".into());
+        let status = terminating.status.as_mut().expect("status");
+        status.phase = Some("Failed".into());
+        assert!(index.apply(ClusterEvent::Pod(watcher::Event::Apply(terminating.clone()))).inputs.is_empty());
+        assert!(index.apply(ClusterEvent::Pod(watcher::Event::Delete(terminating))).inputs.is_empty());
+        // Seen first while terminating (a restarted controller): never sent.
+        let mut fresh = ClusterIndex::new();
+        let mut t = pod("b", "u2", "1", "G1", "Running");
+        t.metadata.deletion_timestamp = Some(devheal_k8s::crd::k8s_time(devheal_core::Time(1)));
+        assert!(list(&mut fresh, vec![t]).is_empty());
+    }
+
+    #[test]
+    fn node_device_health_sends_inventory_bindings_and_changed_health_only() {
+        let mut index = ClusterIndex::new();
+        // A pod without allocatedResourcesStatus: NodeDeviceHealth binds it to its device.
+        let bare: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ml", "uid": "u1"},
+            "spec": {"nodeName": "node-0", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("valid pod");
+        assert_eq!(
+            names(&index.apply(ClusterEvent::Pod(watcher::Event::Apply(bare))).inputs),
+            ["upsert p 0"]
+        );
+        let dev = |h: &str, pods: serde_json::Value| {
+            json!([{"id": "G0", "resource": "nvidia.com/gpu", "health": h, "pods": pods},
+                   {"id": "G1", "resource": "nvidia.com/gpu", "health": "Healthy"}])
+        };
+        let first = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(health(
+            "node-0",
+            dev("Healthy", json!([{"namespace": "ml", "name": "p", "uid": "u1"}])),
+        ))));
+        assert_eq!(
+            names(&first.inputs),
+            ["devices node-0 2", "upsert p 1", "health G0 Healthy", "health G1 Healthy"]
+        );
+        // A heartbeat that changes nothing the engine reads.
+        let mut again =
+            health("node-0", dev("Healthy", json!([{"namespace": "ml", "name": "p", "uid": "u1"}])));
+        again.status.as_mut().expect("status").last_heartbeat =
+            Some(devheal_k8s::crd::k8s_time(devheal_core::Time(5)));
+        assert!(index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(again))).inputs.is_empty());
+        let failed = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(health(
+            "node-0",
+            dev("Unhealthy", json!([{"namespace": "ml", "name": "p", "uid": "u1"}])),
+        ))));
+        assert_eq!(names(&failed.inputs), ["health G0 Unhealthy"]);
+        // The object goes away: its devices are Unknown (never remediated), the binding ends.
+        let gone = index.apply(ClusterEvent::NodeHealth(watcher::Event::Delete(health("node-0", json!([])))));
+        assert_eq!(names(&gone.inputs), ["upsert p 0", "health G0 Unknown", "health G1 Unknown"]);
+    }
+
+    #[test]
+    fn a_binding_for_a_pod_with_its_own_devices_arrives_with_its_next_change() {
+        let mut index = ClusterIndex::new();
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "1", "G0", "Running"))));
+        let bind = json!([{"id": "G5", "resource": "nvidia.com/gpu", "health": "Healthy",
+                           "pods": [{"namespace": "ml", "name": "a"}]}]);
+        let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(health("node-0", bind))));
+        assert_eq!(names(&up.inputs), ["devices node-0 1", "health G5 Healthy"]);
+        let next = index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "2", "G0", "Failed"))));
+        assert_eq!(names(&next.inputs), ["upsert a 2"]);
+    }
+
+    #[test]
+    fn invalid_objects_are_rejected_not_fatal() {
+        let mut index = ClusterIndex::new();
+        let nameless: Pod = serde_json::from_value(json!({"metadata": {"namespace": "ml"}})).expect("pod");
+        let up = index.apply(ClusterEvent::Pod(watcher::Event::Apply(nameless)));
+        assert_eq!(up.rejected.len(), 1);
+        assert!(up.inputs.is_empty());
+        let mut bad =
+            health("node-1", json!([{"id": "G0", "resource": "nvidia.com/gpu", "health": "Healthy"}]));
+        bad.metadata.name = Some(String::new());
+        let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(bad)));
+        assert_eq!(up.rejected.len(), 1, "{:?}", up.rejected);
+    }
+
+    #[test]
+    fn policies_are_sent_as_a_set_once_per_change() {
+        let mut index = ClusterIndex::new();
+        let policy = |name: &str, action: &str| -> FailurePolicyObject {
+            serde_json::from_value(json!({
+                "apiVersion": "devheal.io/v1alpha1", "kind": "FailurePolicy",
+                "metadata": {"name": name, "namespace": "ml"},
+                "spec": {"rules": [{"name": "r", "action": action}]}
+            }))
+            .expect("valid policy")
+        };
+        let mut out = Vec::new();
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(policy("a", "MarkPod")),
+            watcher::Event::InitApply(policy("b", "Ignore")),
+            watcher::Event::InitDone,
+        ] {
+            out.extend(names(&index.apply(ClusterEvent::Policy(ev)).inputs));
+        }
+        assert_eq!(out, ["policies 2"]);
+        let same = index.apply(ClusterEvent::Policy(watcher::Event::Apply(policy("a", "MarkPod"))));
+        assert!(same.inputs.is_empty());
+        let changed = index.apply(ClusterEvent::Policy(watcher::Event::Apply(policy("a", "EvictPod"))));
+        assert_eq!(names(&changed.inputs), ["policies 2"]);
+        let gone = index.apply(ClusterEvent::Policy(watcher::Event::Delete(policy("b", "Ignore"))));
+        assert_eq!(names(&gone.inputs), ["policies 1"]);
+    }
+}

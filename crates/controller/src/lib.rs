@@ -1,0 +1,26 @@
+//! devheal-controller: the cluster controller.
+//!
+//! - [`index`]: a pure index fed by the watches (Pods, Nodes, NodeDeviceHealth, FailurePolicy)
+//!   that turns what changed into the decision engine's inputs, and survives relists;
+//! - [`cluster`]: the small trait the loop reads the cluster through ([`cluster::Cluster`]), its
+//!   Kubernetes implementation over kube-runtime watchers ([`cluster::KubeCluster`]) and an
+//!   in-memory fake that also carries out actions like Kubernetes would ([`cluster::FakeCluster`]);
+//! - [`controller`]: the loop — index, engine with the wall clock, periodic ticks, actions through
+//!   a [`devheal_core::Actuator`] only while leader, retries, dry run;
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
+//!
+//! The controller does not pick a k8s-openapi version feature; the binary does.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod controller;
+pub mod index;
+pub mod metrics;
+
+pub use cluster::{Cluster, FakeCluster, KubeCluster, WatchSettings};
+pub use controller::{
+    AlwaysLeader, Clock, Controller, ControllerError, ControllerSettings, LeaderFlag, Leadership,
+    ManualClock, SystemClock, describe, keep_lease,
+};
+pub use index::{ClusterEvent, ClusterIndex, IndexError, IndexUpdate, ObjectKind};
+pub use metrics::{LoopHealth, Metrics, serve};

@@ -1,0 +1,277 @@
+//! The controller loop against the in-memory fake cluster: the acceptance scenarios of a dead
+//! GPU under a 64-pod JobSet gang, a controller restart in the middle of the incident, a
+//! correlated failure that opens the breaker, dry run, a 429 on eviction, and a standby replica.
+
+use std::sync::Arc;
+
+use devheal_controller::cluster::FakeActuator;
+use devheal_controller::{
+    AlwaysLeader, Clock, Cluster, ClusterEvent, Controller, ControllerSettings, FakeCluster, LeaderFlag,
+    Leadership, LoopHealth, ManualClock, Metrics, ObjectKind,
+};
+use devheal_core::{Duration, GangId, Health, Time};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+
+const START: Time = Time::from_secs(1_800_000_000);
+
+struct Harness<L: Leadership> {
+    controller: Controller<FakeActuator, L, ManualClock>,
+    events: BoxStream<'static, ClusterEvent>,
+}
+
+impl<L: Leadership> Harness<L> {
+    /// A freshly started controller process: a new index and engine, lists from the fake's
+    /// current state, then its changes.
+    fn start(fake: &FakeCluster, clock: &ManualClock, leadership: L, dry_run: bool) -> Self {
+        let settings = ControllerSettings { dry_run, ..ControllerSettings::default() };
+        let controller = Controller::new(
+            settings,
+            fake.actuator(dry_run),
+            leadership,
+            clock.clone(),
+            Arc::new(Metrics::new()),
+            Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
+        );
+        Harness { controller, events: fake.events() }
+    }
+
+    /// Handle every event that is waiting (actions make more; they are handled too).
+    async fn pump(&mut self) {
+        while let Some(Some(event)) = self.events.next().now_or_never() {
+            self.controller.handle_event(event).await;
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.controller.tick().await;
+        self.pump().await;
+    }
+}
+
+fn gang() -> GangId {
+    GangId { namespace: "ml".into(), kind: "jobset".into(), name: "llama".into() }
+}
+
+fn restart_attempts(fake: &FakeCluster) -> Vec<String> {
+    let mut v: Vec<String> = fake
+        .pods()
+        .iter()
+        .filter_map(|p| p.metadata.labels.as_ref()?.get("jobset.sigs.k8s.io/restart-attempt").cloned())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Gang restarts handed to the actuator, whatever they found (a second one is the bug).
+fn restarts_sent(fake: &FakeCluster) -> usize {
+    fake.record().executed.iter().filter(|(a, _)| a == "restart_gang").count()
+}
+
+fn phases(fake: &FakeCluster) -> (usize, usize) {
+    let pods = fake.pods();
+    let running =
+        pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
+    (running, pods.len() - running)
+}
+
+/// 8 nodes × 8 GPUs, all used by one 64-pod JobSet.
+fn gang_cluster() -> (FakeCluster, ManualClock) {
+    let clock = ManualClock::new(START);
+    let fake = FakeCluster::new(clock.clone());
+    fake.add_gpu_nodes(8, 8);
+    fake.add_jobset("ml", "llama", 64);
+    (fake, clock)
+}
+
+async fn kill_gpu<L: Leadership>(h: &mut Harness<L>, fake: &FakeCluster, clock: &ManualClock) {
+    clock.advance(Duration::from_secs(10));
+    fake.set_gpu_health("node-03", 5, Health::Unhealthy, 79, "GPU has fallen off the bus");
+    h.pump().await;
+}
+
+#[tokio::test]
+async fn a_dead_gpu_under_a_gang_is_one_restart_and_one_quarantine_even_across_a_controller_restart() {
+    let (fake, clock) = gang_cluster();
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    assert!(h.controller.index().ready());
+    assert_eq!(h.controller.index().len(ObjectKind::Pod), 64);
+    assert!(fake.record().executed.is_empty(), "a healthy cluster needs nothing");
+
+    kill_gpu(&mut h, &fake, &clock).await;
+    let record = fake.record();
+    assert_eq!(record.gang_restarts.get("ml/jobset/llama"), Some(&1), "{record:?}");
+    assert_eq!(fake.quarantined().len(), 1);
+    assert_eq!(record.quarantine_calls, 1);
+    assert!(fake.quarantined().iter().all(|d| d.node == "node-03" && d.id == "GPU-node-03-5"));
+    // The gang was re-created with the next restart attempt; the member whose GPU is
+    // quarantined waits for a device.
+    assert_eq!(restart_attempts(&fake), ["1"]);
+    assert_eq!(phases(&fake), (63, 1));
+    assert_eq!(h.controller.metrics().action_count("restart_gang", "done"), 1);
+
+    // Time passes: ticks plan nothing more.
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(60));
+        h.tick().await;
+    }
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1));
+
+    // The controller process restarts mid-incident (the GPU is still Unhealthy): a new index and
+    // engine from the cluster as it is now.
+    drop(h);
+    clock.advance(Duration::from_secs(30));
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(60));
+        h.tick().await;
+    }
+    let record = fake.record();
+    assert_eq!(record.gang_restarts.get("ml/jobset/llama"), Some(&1), "restarted twice: {record:?}");
+    assert_eq!(restarts_sent(&fake), 1);
+    assert_eq!(fake.quarantined().len(), 1);
+    assert_eq!(restart_attempts(&fake), ["1"]);
+    assert_eq!(h.controller.metrics().action_count("restart_gang", "done"), 0);
+}
+
+#[tokio::test]
+async fn a_controller_restarted_while_the_old_members_terminate_does_not_restart_the_gang_again() {
+    let (fake, clock) = gang_cluster();
+    fake.set_graceful_deletion(true);
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    kill_gpu(&mut h, &fake, &clock).await;
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1));
+    // The old members are terminating, still bound to the dead GPU; none re-created yet.
+    let terminating = fake.pods().iter().filter(|p| p.metadata.deletion_timestamp.is_some()).count();
+    assert_eq!(terminating, 64);
+
+    // Crash and restart now: the new process sees the dead GPU and the pod on it.
+    drop(h);
+    clock.advance(Duration::from_secs(5));
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    assert_eq!(restarts_sent(&fake), 1, "{:?}", fake.record());
+    assert!(h.controller.engine().open_gang_incident(&gang()).is_none());
+
+    // The old members go; JobSet re-creates the gang; still one restart.
+    fake.finish_terminations();
+    h.pump().await;
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(60));
+        h.tick().await;
+    }
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1));
+    assert_eq!(restarts_sent(&fake), 1);
+    assert_eq!(restart_attempts(&fake), ["1"]);
+    assert_eq!(phases(&fake), (63, 1));
+    assert_eq!(fake.quarantined().len(), 1);
+}
+
+#[tokio::test]
+async fn a_correlated_failure_across_30_percent_of_nodes_opens_the_breaker_within_budget() {
+    let clock = ManualClock::new(START);
+    let fake = FakeCluster::new(clock.clone());
+    fake.add_gpu_nodes(40, 8);
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    // 12 of 40 nodes lose a GPU within a minute (a power event).
+    for n in 0..12 {
+        clock.advance(Duration::from_secs(5));
+        fake.set_gpu_health(&format!("node-{n:02}"), 0, Health::Unhealthy, 79, "GPU has fallen off the bus");
+        h.pump().await;
+    }
+    let safety = h.controller.safety_state();
+    assert!(safety.breaker_open, "{safety:?}");
+    assert_eq!(safety.quarantine_node_limit, 4);
+    let quarantined = fake.quarantined();
+    assert!(quarantined.len() <= safety.quarantine_node_limit, "{quarantined:?}");
+    assert_eq!(quarantined.len(), 4);
+    assert!(safety.held_by_breaker > 0);
+    let record = fake.record();
+    assert!(record.reports.iter().any(|r| r == "BreakerOpen"), "{:?}", record.reports);
+    assert!(record.reports.iter().any(|r| r == "QuarantineBudgetExhausted"));
+    h.tick().await;
+    let text = h.controller.metrics().encode();
+    assert!(text.contains("devheal_controller_breaker_open 1"), "{text}");
+    assert!(text.contains("devheal_controller_quarantined_devices 4"), "{text}");
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_says_what_it_would_do() {
+    let (fake, clock) = gang_cluster();
+    let before: Vec<_> = fake.pods();
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, true);
+    h.pump().await;
+    kill_gpu(&mut h, &fake, &clock).await;
+    let record = fake.record();
+    assert!(record.gang_restarts.is_empty() && fake.quarantined().is_empty(), "{record:?}");
+    assert_eq!(fake.pods(), before);
+    assert!(record.executed.iter().any(|(a, o)| a == "restart_gang" && *o == "would_do"));
+    assert!(record.executed.iter().all(|(_, o)| *o == "would_do"));
+    let m = h.controller.metrics();
+    assert_eq!(m.action_count("restart_gang", "would_do"), 1);
+    assert_eq!(m.action_count("quarantine_device", "would_do"), 1);
+    assert_eq!(m.action_count("restart_gang", "done"), 0);
+}
+
+#[tokio::test]
+async fn an_eviction_refused_with_429_is_retried_after_the_delay() {
+    let clock = ManualClock::new(START);
+    let fake = FakeCluster::new(clock.clone());
+    fake.add_gpu_nodes(2, 8);
+    fake.add_lone_pod("web", "infer-0");
+    fake.refuse("evict_pod", 1, 5_000);
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    clock.advance(Duration::from_secs(1));
+    fake.set_gpu_health("node-00", 0, Health::Unhealthy, 48, "double bit ECC error");
+    h.pump().await;
+    let m = h.controller.metrics().clone();
+    assert_eq!(m.action_count("evict_pod", "retry"), 1);
+    assert!(fake.pod("web", "infer-0").is_some());
+    assert_eq!(h.controller.pending_retries(), 1);
+    assert_eq!(h.controller.next_retry_at(), Some(clock.now() + Duration::from_millis(5_000)));
+
+    clock.advance(Duration::from_millis(4_000));
+    h.tick().await;
+    assert!(fake.pod("web", "infer-0").is_some(), "retried before the delay");
+    clock.advance(Duration::from_millis(1_000));
+    h.tick().await;
+    assert!(fake.pod("web", "infer-0").is_none(), "not retried after the delay");
+    assert_eq!(fake.record().evicted, ["web/infer-0"]);
+    assert_eq!(m.action_count("evict_pod", "done"), 1);
+    assert_eq!(h.controller.pending_retries(), 0);
+}
+
+#[tokio::test]
+async fn a_standby_decides_but_sends_nothing_and_acts_once_it_leads() {
+    let clock = ManualClock::new(START);
+    let fake = FakeCluster::new(clock.clone());
+    fake.add_gpu_nodes(9, 8);
+    fake.add_jobset("ml", "llama", 64);
+    fake.add_lone_pod("web", "infer-0");
+    let leader = LeaderFlag::new(false);
+    let mut h = Harness::start(&fake, &clock, leader.clone(), false);
+    h.pump().await;
+    kill_gpu(&mut h, &fake, &clock).await;
+    // Decided (the engine holds the planned restart) but nothing reached the cluster.
+    assert!(h.controller.engine().open_gang_incident(&gang()).is_some());
+    assert_eq!(h.controller.metrics().standby_count("restart_gang"), 1);
+    assert!(fake.record().executed.is_empty());
+    assert!(fake.quarantined().is_empty());
+    assert!(h.controller.metrics().encode().contains("devheal_controller_leader 0"));
+
+    // Takeover: what the standby decided is not replayed; new failures are acted on.
+    leader.set(true);
+    h.tick().await;
+    assert!(fake.record().gang_restarts.is_empty());
+    clock.advance(Duration::from_secs(10));
+    fake.set_gpu_health("node-08", 0, Health::Unhealthy, 79, "GPU has fallen off the bus");
+    h.pump().await;
+    assert_eq!(fake.record().evicted, ["web/infer-0"]);
+    assert!(h.controller.metrics().encode().contains("devheal_controller_leader 1"));
+}
