@@ -1,5 +1,5 @@
-//! `devheal controller` end to end, without a cluster: bad input is named, and the binary refuses
-//! to run (rather than fake actions) while the Kubernetes actuator is not in this build.
+//! `devheal controller` end to end, without a cluster: bad input and an API server that does not
+//! answer are named, and the process exits rather than run blind.
 
 mod common;
 use common::devheal;
@@ -13,7 +13,7 @@ fn a_missing_kubeconfig_is_named() {
 }
 
 #[test]
-fn without_the_actuator_the_controller_does_not_start() {
+fn an_api_server_that_does_not_answer_is_named() {
     let dir = std::env::temp_dir().join(format!("devheal-controller-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("kubeconfig");
@@ -28,7 +28,9 @@ fn without_the_actuator_the_controller_does_not_start() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the Kubernetes actuator is not merged yet"), "{err}");
+    // The actuator first asks the API server which DRA version it serves.
+    assert!(err.contains("no answer from the API server"), "{err}");
+    assert!(err.contains("DeviceTaintRules"), "{err}");
 }
 
 #[test]
