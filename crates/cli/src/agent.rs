@@ -82,12 +82,7 @@ pub struct AgentArgs {
 }
 
 fn node_name(args: &AgentArgs) -> String {
-    args.node
-        .clone()
-        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "unknown-node".to_string())
+    crate::kube_env::own_name(args.node.as_deref(), "NODE_NAME", "unknown-node")
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -136,26 +131,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         if args.no_kube {
             run_until_signal(config, JsonLinesPublisher::new(std::io::stdout())).await
         } else {
-            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let client =
+                crate::kube_env::client(args.kubeconfig.as_deref(), true, "use --kubeconfig or --no-kube")
+                    .await?;
             run_until_signal(config, KubePublisher::new(client)).await
         }
     })
-}
-
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes credentials (in-cluster, $KUBECONFIG or ~/.kube/config); use --kubeconfig or --no-kube")?,
-    };
-    kube::Client::try_from(config).context("cannot build the Kubernetes client")
 }
 
 async fn run_until_signal<P: Publisher>(config: AgentConfig, publisher: P) -> anyhow::Result<ExitCode> {

@@ -47,32 +47,7 @@ pub struct ControllerArgs {
 }
 
 fn identity(args: &ControllerArgs) -> String {
-    args.identity
-        .clone()
-        .or_else(|| std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()))
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "devheal-controller".to_string())
-}
-
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration: not in a cluster, and no $KUBECONFIG or ~/.kube/config (or pass --kubeconfig)",
-        )?,
-    };
-    // The actuator backs off on a PodDisruptionBudget's 429 itself; kube's own retries would
-    // hide the refusal behind minutes of silent retries.
-    let mut config = config;
-    config.default_retry = false;
-    Client::try_from(config).context("building the Kubernetes client")
+    crate::kube_env::own_name(args.identity.as_deref(), "POD_NAME", "devheal-controller")
 }
 
 /// The actuator that carries out actions on the cluster: the Kubernetes actuator, told whether
@@ -109,7 +84,8 @@ async fn shutdown_signal() {
 }
 
 async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let client = client(args.kubeconfig.as_ref()).await?;
+    // The actuator backs off on a PodDisruptionBudget's 429 itself: no retries inside the client.
+    let client = crate::kube_env::client(args.kubeconfig.as_deref(), false, "pass --kubeconfig").await?;
     let actuator = actuator(&client, args.dry_run, &identity(&args)).await?;
     let settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
     let metrics = Arc::new(Metrics::new());

@@ -7,6 +7,7 @@ mod controller;
 mod crds;
 mod degradation_eval;
 mod explain;
+mod kube_env;
 mod sim;
 
 use clap::{Parser, Subcommand};

@@ -1594,6 +1594,41 @@ impl Engine {
         self.emit(out, key, action, class, now);
     }
 
+    /// The pod's reference, unless remediation of its node is held (then the hold is reported
+    /// as "not <doing> ns/name" and there is nothing to do).
+    fn pod_unless_held(
+        &mut self,
+        uid: &str,
+        doing: &str,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) -> Option<PodRef> {
+        let p = self.pods.get(uid)?;
+        let pref = p.info.pod_ref(uid);
+        let node = p.info.node.clone().unwrap_or_default();
+        if let Some(hold) = self.node_held(&node) {
+            let what = format!("not {doing} {}/{}", pref.namespace, pref.name);
+            self.report_hold(out, hold, &node, what, now);
+            return None;
+        }
+        Some(pref)
+    }
+
+    /// Take one restart from the gang's hourly budget, or say how many it already had.
+    fn take_gang_restart(&mut self, g: &GangId, now: Time) -> Result<(), usize> {
+        let max = self.config.safety.max_gang_restarts_per_hour as usize;
+        let hour = now - Duration::from_hours(1);
+        let Some(gs) = self.gangs.get_mut(g) else { return Err(0) };
+        while gs.restarts.front().is_some_and(|t| *t <= hour) {
+            gs.restarts.pop_front();
+        }
+        if gs.restarts.len() >= max {
+            return Err(gs.restarts.len());
+        }
+        gs.restarts.push_back(now);
+        Ok(())
+    }
+
     fn evict(
         &mut self,
         uid: &str,
@@ -1603,14 +1638,7 @@ impl Engine {
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
-        let Some(p) = self.pods.get(uid) else { return };
-        let pref = p.info.pod_ref(uid);
-        let node = p.info.node.clone().unwrap_or_default();
-        if let Some(hold) = self.node_held(&node) {
-            let what = format!("not evicting {}/{}", pref.namespace, pref.name);
-            self.report_hold(out, hold, &node, what, now);
-            return;
-        }
+        let Some(pref) = self.pod_unless_held(uid, "evicting", now, out) else { return };
         let minute = now - Duration::from_mins(1);
         while self.evictions.front().is_some_and(|t| *t <= minute) {
             self.evictions.pop_front();
@@ -1652,35 +1680,23 @@ impl Engine {
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
-        let Some(p) = self.pods.get(uid) else { return };
-        let pref = p.info.pod_ref(uid);
-        let node = p.info.node.clone().unwrap_or_default();
-        if let Some(hold) = self.node_held(&node) {
-            let what = format!("not replacing {}/{} at the next checkpoint", pref.namespace, pref.name);
-            self.report_hold(out, hold, &node, what, now);
+        let Some(pref) = self.pod_unless_held(uid, "replacing at the next checkpoint", now, out) else {
             return;
-        }
+        };
         let key = format!("replace/{uid}/{identity}");
         if self.issued.contains_key(&key) {
             return;
         }
-        let max = self.config.safety.max_gang_restarts_per_hour as usize;
-        let hour = now - Duration::from_hours(1);
-        let Some(gs) = self.gangs.get_mut(g) else { return };
-        if gs.open_restart.is_some() {
-            // The gang is restarting anyway: the member is replaced if its device is quarantined
-            // or it fails again; a second restart is not worth it.
+        // The gang restarting anyway: the member is replaced if its device is quarantined or it
+        // fails again; a second restart is not worth it.
+        if self.gangs.get(g).is_none_or(|gs| gs.open_restart.is_some()) {
             return;
         }
-        while gs.restarts.front().is_some_and(|t| *t <= hour) {
-            gs.restarts.pop_front();
-        }
-        if gs.restarts.len() >= max {
+        if let Err(restarts) = self.take_gang_restart(g, now) {
+            let max = self.config.safety.max_gang_restarts_per_hour;
             let msg = format!(
-                "not replacing {}/{} in gang {g}: {} restarts in the last hour (limit {max}); {reason}",
-                pref.namespace,
-                pref.name,
-                gs.restarts.len()
+                "not replacing {}/{} in gang {g}: {restarts} restarts in the last hour (limit {max}); {reason}",
+                pref.namespace, pref.name
             );
             self.report(
                 out,
@@ -1691,7 +1707,6 @@ impl Engine {
             );
             return;
         }
-        gs.restarts.push_back(now);
         let action =
             Action::ReplaceAtCheckpoint { pod: pref, gang: g.clone(), devices, reason: reason.to_string() };
         self.emit(out, key, action, class, now);
@@ -1732,20 +1747,14 @@ impl Engine {
         if self.issued.contains_key(&key) {
             return;
         }
-        let hour = now - Duration::from_hours(1);
-        let Some(gs) = self.gangs.get_mut(g) else { return };
-        while gs.restarts.front().is_some_and(|t| *t <= hour) {
-            gs.restarts.pop_front();
-        }
-        if gs.restarts.len() >= max {
+        if let Err(restarts) = self.take_gang_restart(g, now) {
             let msg = format!(
-                "not restarting gang {g}: {} restarts in the last hour (limit {max}); {reason}",
-                gs.restarts.len()
+                "not restarting gang {g}: {restarts} restarts in the last hour (limit {max}); {reason}"
             );
             self.report(out, format!("budget/gang/{g}/{incident}"), "GangRestartBudgetExhausted", msg, now);
             return;
         }
-        gs.restarts.push_back(now);
+        let Some(gs) = self.gangs.get_mut(g) else { return };
         let attempt = gs.members.iter().filter_map(|uid| self.pods.get(uid).and_then(|p| p.attempt)).max();
         gs.open_restart = Some(OpenRestart {
             incident: incident.to_string(),
