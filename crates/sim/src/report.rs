@@ -257,7 +257,7 @@ impl Report {
         if let Some(d) = &self.straggler_detection {
             let _ = writeln!(
                 out,
-                "\ndevheal's straggler detection: ETTR {:.2}% with, {:.2}% without ({:+.2} points); slow-rank GPU-h {} with, {} without; \
+                "\ndevheal's straggler detection: ETTR {:.2}% with, {:.2}% without ({:+.2} points); slow-rank GPU-h {} with, {} without;\n\
                  {} slow members replaced at a checkpoint; all GPU-h lost {} with, {} without ({}).",
                 d.ettr_with * 100.0,
                 d.ettr_without * 100.0,
