@@ -24,6 +24,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod nvml;
 pub mod nvml_evidence;
+pub mod nvml_trends;
 pub mod once;
 pub mod publish;
 pub mod run;

@@ -22,6 +22,11 @@ pub mod codes {
     pub const PCIE_LINK_DOWNTRAINED: u32 = 5;
     pub const HARDWARE_SLOWDOWN: u32 = 6;
     pub const NVLINK_DOWN: u32 = 7;
+    // Rates and trends over several samples (`crate::nvml_trends`).
+    pub const PCIE_REPLAY_RATE: u32 = 8;
+    pub const NVLINK_ERROR_RATE: u32 = 9;
+    pub const CORRECTED_ECC_RATE: u32 = 10;
+    pub const TEMPERATURE_RISING: u32 = 11;
 }
 
 /// Throttle reasons that mean the hardware is holding the GPU back (not idling or a setting).
@@ -88,7 +93,14 @@ pub fn evidence_from_sample(s: &GpuSample) -> Vec<Evidence> {
         out.push(evidence(
             codes::HARDWARE_SLOWDOWN,
             Health::Degraded,
-            format!("clocks held back by {}", slowdowns.join(", ")),
+            match (s.clocks.sm_mhz, s.clocks.sm_application_mhz) {
+                (Some(sm), Some(app)) if app > 0 && sm < app => format!(
+                    "clocks held back by {}: SM at {sm} MHz, {:.0} % below its application clock of {app} MHz",
+                    slowdowns.join(", "),
+                    f64::from(app - sm) * 100.0 / f64::from(app)
+                ),
+                _ => format!("clocks held back by {}", slowdowns.join(", ")),
+            },
         ));
     }
     let active = s.nvlinks.iter().filter(|l| l.active).count();

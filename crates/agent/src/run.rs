@@ -35,6 +35,7 @@ use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
 use crate::metrics::{AgentMetrics, HealthLabel, SourceLabel};
 use crate::nvml::{FakeGpuTelemetry, GpuTelemetry, NvmlTelemetry, XidEvent};
 use crate::nvml_evidence::evidence_from_sample;
+use crate::nvml_trends::{NvmlTrends, TrendConfig};
 use crate::once::{NVIDIA_GPU_RESOURCE, SourcePaths};
 use crate::publish::{
     DeviceTransition, Publication, PublishConfig, Publisher, devices_condition, run_publisher, wall_now,
@@ -937,11 +938,15 @@ fn follow_gpus(
     if !send(NvmlEvent::Inventory { driver_version, gpus: inventory }) {
         return None;
     }
+    // Rates and trends need the samples before this one.
+    let mut trends = NvmlTrends::new(TrendConfig::default());
     loop {
         for gpu in &gpus {
             let event = match telemetry.sample(gpu.index) {
                 Ok(sample) => {
-                    NvmlEvent::Sample { uuid: gpu.uuid.clone(), evidence: evidence_from_sample(&sample) }
+                    let mut evidence = evidence_from_sample(&sample);
+                    evidence.extend(trends.observe(&sample));
+                    NvmlEvent::Sample { uuid: gpu.uuid.clone(), evidence }
                 }
                 Err(e) => NvmlEvent::SampleFailed { uuid: gpu.uuid.clone(), message: e.to_string() },
             };
