@@ -8,8 +8,9 @@
 //!   [`FakeActuator`] changes it as Kubernetes would: an eviction deletes the pod, a gang restart
 //!   deletes the members and re-creates them with the next `jobset.sigs.k8s.io/restart-attempt`
 //!   (on their devices, unless quarantined), quarantine records the device, cordon sets the
-//!   node unschedulable. It can refuse actions with 429s and keep deleted pods terminating, and
-//!   it reports every change as a watch event.
+//!   node unschedulable, a FailurePolicy status write sets the policy's status (and is recorded
+//!   in [`FakeRecord::status_writes`]). It can refuse actions with 429s and keep deleted pods
+//!   terminating, and it reports every change as a watch event.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
