@@ -145,6 +145,18 @@ struct Recording {
     count: Arc<Mutex<usize>>,
 }
 
+/// The benchmark has no FailurePolicy objects: no status is ever due.
+impl devheal_controller::PolicyStatusWriter for Recording {
+    async fn write_policy_status(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _status: &devheal_k8s::crd::FailurePolicyStatus,
+    ) -> Result<(), devheal_k8s::StatusWriteError> {
+        Ok(())
+    }
+}
+
 impl Actuator for Recording {
     async fn execute(&self, _planned: &PlannedAction) -> ActionOutcome {
         let now = Instant::now();

@@ -8,16 +8,18 @@
 //!   [`FakeActuator`] changes it as Kubernetes would: an eviction deletes the pod, a gang restart
 //!   deletes the members and re-creates them with the next `jobset.sigs.k8s.io/restart-attempt`
 //!   (on their devices, unless quarantined), quarantine records the device, cordon sets the
-//!   node unschedulable. It can refuse actions with 429s and keep deleted pods terminating, and
-//!   it reports every change as a watch event.
+//!   node unschedulable, a FailurePolicy status write sets the policy's status (and is recorded
+//!   in [`FakeRecord::status_writes`]). It can refuse actions with 429s and keep deleted pods
+//!   terminating, and it reports every change as a watch event.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devheal_core::{Action, ActionOutcome, Actuator, DeviceKey, GangId, Health, PlannedAction, RepairKind};
+use devheal_k8s::StatusWriteError;
 use devheal_k8s::crd::{
-    DeviceStatus, FailurePolicy as FailurePolicyObject, HealthReasonStatus, NodeDeviceHealth,
-    NodeDeviceHealthSpec, NodeDeviceHealthStatus, ReasonSource, k8s_time,
+    DeviceStatus, FailurePolicy as FailurePolicyObject, FailurePolicyStatus, HealthReasonStatus,
+    NodeDeviceHealth, NodeDeviceHealthSpec, NodeDeviceHealthStatus, ReasonSource, k8s_time,
 };
 use futures::StreamExt;
 use futures::channel::mpsc;
@@ -28,6 +30,7 @@ use kube::{Api, Client};
 
 use crate::controller::{Clock, ManualClock, describe};
 use crate::index::{ClusterEvent, ObjectKind};
+use crate::status::PolicyStatusWriter;
 
 /// Where the controller's events come from.
 pub trait Cluster {
@@ -118,7 +121,7 @@ const RESTART_ATTEMPT: &str = "jobset.sigs.k8s.io/restart-attempt";
 const JOB_INDEX: &str = "jobset.sigs.k8s.io/job-index";
 
 /// What the fake has done, for tests to check.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FakeRecord {
     /// Gang restarts carried out, per gang.
     pub gang_restarts: BTreeMap<String, u32>,
@@ -130,6 +133,9 @@ pub struct FakeRecord {
     pub reports: Vec<String>,
     /// Every action the actuator was handed, with its outcome label.
     pub executed: Vec<(String, &'static str)>,
+    /// Every FailurePolicy status the actuator was handed (`namespace/name`, status), in dry
+    /// run too (where it changes nothing).
+    pub status_writes: Vec<(String, FailurePolicyStatus)>,
 }
 
 #[derive(Debug, Default)]
@@ -255,6 +261,14 @@ impl FakeState {
         let name = obj.metadata.name.clone().unwrap_or_default();
         self.health.insert(name, obj.clone());
         self.send(|| ClusterEvent::NodeHealth(watcher::Event::Apply(obj.clone())));
+    }
+
+    fn put_policy(&mut self, mut obj: FailurePolicyObject) {
+        obj.metadata.resource_version = Some(self.bump());
+        let k =
+            key(obj.metadata.namespace.as_deref().unwrap_or(""), obj.metadata.name.as_deref().unwrap_or(""));
+        self.policies.insert(k, obj.clone());
+        self.send(|| ClusterEvent::Policy(watcher::Event::Apply(obj.clone())));
     }
 
     /// Delete a pod as the API server would: at once, or (graceful) by setting its
@@ -436,6 +450,23 @@ impl FakeCluster {
             };
         }
         s.put_health(obj);
+    }
+
+    /// Create or replace a FailurePolicy (its spec: a new `metadata.generation`, as the API
+    /// server counts; the status kept).
+    pub fn apply_policy(&self, mut obj: FailurePolicyObject) {
+        let mut s = self.lock();
+        let k =
+            key(obj.metadata.namespace.as_deref().unwrap_or(""), obj.metadata.name.as_deref().unwrap_or(""));
+        let old = s.policies.get(&k);
+        obj.metadata.generation = Some(old.and_then(|o| o.metadata.generation).unwrap_or(0) + 1);
+        obj.status = old.and_then(|o| o.status.clone());
+        s.put_policy(obj);
+    }
+
+    /// A FailurePolicy as the API server holds it.
+    pub fn policy(&self, namespace: &str, name: &str) -> Option<FailurePolicyObject> {
+        self.lock().policies.get(&key(namespace, name)).cloned()
     }
 
     /// Keep deleted pods terminating (deletionTimestamp set) until [`Self::finish_terminations`].
@@ -646,6 +677,28 @@ impl Actuator for FakeActuator {
         };
         self.cluster.lock().record.executed.push((planned.action.label().to_string(), outcome.label()));
         outcome
+    }
+}
+
+impl PolicyStatusWriter for FakeActuator {
+    /// Records the write; outside dry run, sets the status of the policy (a status write
+    /// changes no generation) and reports it as a watch event, or answers `Gone`.
+    async fn write_policy_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &FailurePolicyStatus,
+    ) -> Result<(), StatusWriteError> {
+        let k = key(namespace, name);
+        let mut s = self.cluster.lock();
+        s.record.status_writes.push((k.clone(), status.clone()));
+        if self.dry_run {
+            return Ok(());
+        }
+        let Some(mut obj) = s.policies.get(&k).cloned() else { return Err(StatusWriteError::Gone(k)) };
+        obj.status = Some(status.clone());
+        s.put_policy(obj);
+        Ok(())
     }
 }
 

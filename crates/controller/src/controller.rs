@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 
 use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
 use crate::metrics::{LoopHealth, Metrics};
+use crate::status::{PolicyStatusBook, PolicyStatusWriter};
 
 /// Where the loop reads the time from.
 pub trait Clock: Send + Sync {
@@ -152,6 +153,9 @@ pub struct ControllerSettings {
     pub tick_every: std::time::Duration,
     /// Attempts per action (the first and its retries) before it is given up.
     pub max_attempts: u32,
+    /// FailurePolicy statuses are written at most this often (changes in between coalesce);
+    /// they are looked at with each Tick.
+    pub status_every: std::time::Duration,
 }
 
 impl Default for ControllerSettings {
@@ -161,6 +165,7 @@ impl Default for ControllerSettings {
             dry_run: false,
             tick_every: std::time::Duration::from_secs(5),
             max_attempts: 8,
+            status_every: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -220,9 +225,11 @@ pub struct Controller<A, L, C> {
     /// Retries by due time (and a sequence number, so equal times keep their order).
     retries: BTreeMap<(Time, u64), PendingRetry>,
     retry_seq: u64,
+    /// What to report on each FailurePolicy object.
+    status: PolicyStatusBook,
 }
 
-impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
+impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L, C> {
     pub fn new(
         settings: ControllerSettings,
         actuator: A,
@@ -242,6 +249,7 @@ impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
             settings,
             retries: BTreeMap::new(),
             retry_seq: 0,
+            status: PolicyStatusBook::new(),
         }
     }
 
@@ -278,7 +286,18 @@ impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
     pub async fn handle_event(&mut self, event: ClusterEvent) {
         let arrival = Instant::now();
         let kind = event.kind();
+        if let ClusterEvent::Policy(
+            kube::runtime::watcher::Event::Apply(obj) | kube::runtime::watcher::Event::InitApply(obj),
+        ) = &event
+        {
+            self.status.observe(obj);
+        }
         let update = self.index.apply(event);
+        if matches!(kind, ObjectKind::Pod | ObjectKind::FailurePolicy)
+            && (!update.inputs.is_empty() || update.relisted)
+        {
+            self.status.pods_or_policies_changed();
+        }
         if update.watch_error {
             self.metrics.watch_error(kind);
         } else {
@@ -314,7 +333,54 @@ impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
         self.dispatch(planned, arrival).await;
         self.run_due_retries().await;
         self.metrics.safety(&self.engine.safety_state(now));
+        self.flush_status().await;
         self.health.beat();
+    }
+
+    /// Write the FailurePolicy statuses that changed, if this replica leads and the last
+    /// flush was at least `status_every` ago; in dry run, log them instead. A write that fails
+    /// is tried again at the next flush.
+    pub async fn flush_status(&mut self) {
+        let now = self.clock.now();
+        if !self.leadership.is_leader().await {
+            self.status.standby();
+            return;
+        }
+        let every = i64::try_from(self.settings.status_every.as_nanos()).unwrap_or(i64::MAX);
+        if !self.status.due(now, Duration::from_nanos(every)) {
+            return;
+        }
+        let policies: Vec<(String, String, String)> = self
+            .index
+            .policies()
+            .map(|(k, p)| (k.to_string(), p.namespace.clone().unwrap_or_default(), p.name.clone()))
+            .collect();
+        let index = &self.index;
+        let safety = self.engine.safety_state(now);
+        let writes = self.status.changed(&policies, || index.matched_pods(), &safety, now);
+        for w in writes {
+            let policy = format!("{}/{}", w.namespace, w.name);
+            if self.settings.dry_run {
+                let status = serde_json::to_string(&w.status).unwrap_or_default();
+                tracing::info!(%policy, %status, "dry run: would update status");
+                self.status.written(w);
+                continue;
+            }
+            match self.actuator.write_policy_status(&w.namespace, &w.name, &w.status).await {
+                Ok(()) => {
+                    self.metrics.status_write("done");
+                    self.status.written(w);
+                }
+                Err(devheal_k8s::StatusWriteError::Gone(_)) => {
+                    self.metrics.status_write("gone");
+                    tracing::debug!(%policy, "policy gone before its status was written");
+                }
+                Err(e) => {
+                    self.metrics.status_write("failed");
+                    tracing::warn!(error = %e, "status not written; trying again at the next flush");
+                }
+            }
+        }
     }
 
     /// Hand the engine's actions to the actuator, in order, if this replica leads.
@@ -344,6 +410,7 @@ impl<A: Actuator, L: Leadership, C: Clock> Controller<A, L, C> {
         self.metrics.action(label, outcome.label());
         match outcome {
             ActionOutcome::Done => {
+                self.status.record(&planned, self.clock.now());
                 tracing::info!(key = %planned.idempotency_key, "done: {}", describe(&planned.action));
             }
             ActionOutcome::WouldDo { description } => {

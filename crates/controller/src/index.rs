@@ -136,6 +136,9 @@ struct PodEntry {
     view: Option<Box<PodInfo>>,
     /// Devices NodeDeviceHealth binds the pod to beyond its own (as last sent).
     bound: Vec<DeviceKey>,
+    /// The pod's labels as sorted hashes of `key=value` ([`label_hash`]): enough to count the
+    /// pods each FailurePolicy selects ([`ClusterIndex::matched_pods`]) at 8 bytes a label.
+    labels: Box<[u64]>,
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +191,23 @@ fn digest<T: Serialize>(value: &T) -> u64 {
         w.0.write_u8(0xff);
     }
     w.0.finish()
+}
+
+/// The hash a label `key=value` is kept as (a stable, keyless SipHash: equal pairs hash equal in
+/// every process; a false match needs a 64-bit collision).
+fn label_hash(key: &str, value: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(key.as_bytes());
+    h.write_u8(0xff);
+    h.write(value.as_bytes());
+    h.finish()
+}
+
+fn label_hashes(labels: &BTreeMap<String, String>) -> Box<[u64]> {
+    let mut v: Vec<u64> = labels.iter().map(|(k, v)| label_hash(k, v)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.into_boxed_slice()
 }
 
 fn pod_key(namespace: &str, name: &str) -> String {
@@ -265,6 +285,42 @@ impl ClusterIndex {
 
     pub fn is_empty(&self) -> bool {
         ObjectKind::ALL.into_iter().all(|k| self.len(k) == 0)
+    }
+
+    /// The FailurePolicy objects held, by `namespace/name`, in the order the engine gets them.
+    pub fn policies(&self) -> impl Iterator<Item = (&str, &devheal_core::FailurePolicy)> {
+        self.policies.iter().map(|(k, (p, _))| (k.as_str(), p))
+    }
+
+    /// How many pods each FailurePolicy object selects (its namespace and all its
+    /// `matchLabels`), by `namespace/name`; pods being deleted are not counted. A pod two
+    /// policies select counts for both (the engine applies the first, in name order). One pass
+    /// over the pods per call: callers recompute it when pods or policies changed, not per event.
+    pub fn matched_pods(&self) -> BTreeMap<String, u64> {
+        let selectors: Vec<(&str, Option<&str>, Vec<u64>)> = self
+            .policies
+            .iter()
+            .map(|(k, (p, _))| {
+                let wanted = p.selector.match_labels.iter().map(|(k, v)| label_hash(k, v)).collect();
+                (k.as_str(), p.namespace.as_deref(), wanted)
+            })
+            .collect();
+        let mut hits = vec![0u64; selectors.len()];
+        for (key, entry) in &self.pods {
+            if entry.withheld {
+                continue;
+            }
+            let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
+            for (i, (_, ns, wanted)) in selectors.iter().enumerate() {
+                if ns.is_some_and(|ns| ns != namespace) {
+                    continue;
+                }
+                if wanted.iter().all(|h| entry.labels.binary_search(h).is_ok()) {
+                    hits[i] += 1;
+                }
+            }
+        }
+        selectors.iter().zip(hits).map(|((k, ..), n)| (k.to_string(), n)).collect()
     }
 
     /// Apply one watch event; returns the engine inputs it causes.
@@ -381,6 +437,7 @@ impl ClusterIndex {
         let was_sent = self.pods.get(&key).is_some_and(|o| o.uid == info.uid && !o.withheld);
         let view = info.devices.is_empty().then(|| Box::new(trimmed(&info)));
         let uid = info.uid.clone();
+        let labels = label_hashes(&info.labels);
         if withheld {
             if was_sent {
                 up.inputs.push(Input::PodDeleted { uid: uid.clone() });
@@ -388,7 +445,7 @@ impl ClusterIndex {
         } else {
             up.inputs.push(Input::PodUpsert(with_devices(info, &bound)));
         }
-        self.pods.insert(key, PodEntry { uid, digest: d, epoch, withheld, view, bound });
+        self.pods.insert(key, PodEntry { uid, digest: d, epoch, withheld, view, bound, labels });
     }
 
     /// Re-send the pods whose NodeDeviceHealth bindings changed.
@@ -816,6 +873,51 @@ mod tests {
         bad.metadata.name = Some(String::new());
         let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(bad)));
         assert_eq!(up.rejected.len(), 1, "{:?}", up.rejected);
+    }
+
+    #[test]
+    fn matched_pods_count_each_policys_namespace_and_labels() {
+        let mut index = ClusterIndex::new();
+        let policy = |name: &str, ns: &str, labels: serde_json::Value| -> FailurePolicyObject {
+            serde_json::from_value(json!({
+                "apiVersion": "devheal.io/v1alpha1", "kind": "FailurePolicy",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"selector": {"matchLabels": labels}, "rules": [{"name": "r", "action": "MarkPod"}]}
+            }))
+            .expect("valid policy")
+        };
+        for p in [
+            policy("llama", "ml", json!({"jobset.sigs.k8s.io/jobset-name": "llama"})),
+            policy("other-jobset", "ml", json!({"jobset.sigs.k8s.io/jobset-name": "gpt"})),
+            policy("everything", "ml", json!({})),
+            policy("elsewhere", "web", json!({})),
+        ] {
+            index.apply(ClusterEvent::Policy(watcher::Event::Apply(p)));
+        }
+        list(&mut index, vec![pod("a", "u1", "1", "G0", "Running"), pod("b", "u2", "1", "G1", "Running")]);
+        let mut other = pod("c", "u3", "1", "G2", "Running");
+        other.metadata.labels =
+            Some([("jobset.sigs.k8s.io/jobset-name".to_string(), "gpt".to_string())].into());
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(other)));
+        let counts =
+            |index: &ClusterIndex| -> Vec<(String, u64)> { index.matched_pods().into_iter().collect() };
+        let expected = |llama: u64, everything: u64| {
+            vec![
+                ("ml/everything".to_string(), everything),
+                ("ml/llama".to_string(), llama),
+                ("ml/other-jobset".to_string(), 1),
+                ("web/elsewhere".to_string(), 0),
+            ]
+        };
+        assert_eq!(counts(&index), expected(2, 3));
+        // A pod being deleted no longer counts; a relabelled one moves.
+        let mut terminating = pod("a", "u1", "2", "G0", "Running");
+        terminating.metadata.deletion_timestamp = Some(devheal_k8s::crd::k8s_time(devheal_core::Time(1)));
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(terminating)));
+        let mut moved = pod("b", "u2", "2", "G1", "Running");
+        moved.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(moved)));
+        assert_eq!(counts(&index), expected(0, 2));
     }
 
     #[test]

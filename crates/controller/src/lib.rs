@@ -7,7 +7,9 @@
 //!   in-memory fake that also carries out actions like Kubernetes would ([`cluster::FakeCluster`]);
 //! - [`controller`]: the loop — index, engine with the wall clock, periodic ticks, actions through
 //!   a [`devheal_core::Actuator`] only while leader, retries, dry run;
-//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server;
+//! - [`status`]: the FailurePolicy status the leader writes (actions taken per policy, matched
+//!   pods, budgets), through a [`status::PolicyStatusWriter`].
 //!
 //! The controller does not pick a k8s-openapi version feature; the binary does.
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@ pub mod cluster;
 pub mod controller;
 pub mod index;
 pub mod metrics;
+pub mod status;
 
 pub use cluster::{Cluster, FakeCluster, KubeCluster, WatchSettings};
 pub use controller::{
@@ -24,3 +27,4 @@ pub use controller::{
 };
 pub use index::{ClusterEvent, ClusterIndex, IndexError, IndexUpdate, ObjectKind};
 pub use metrics::{LoopHealth, Metrics, serve};
+pub use status::{PolicyStatusBook, PolicyStatusWriter};

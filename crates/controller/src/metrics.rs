@@ -51,6 +51,7 @@ pub struct Metrics {
     actions: Family<Labels2, Counter>,
     standby: Family<Labels1, Counter>,
     retries_exhausted: Family<Labels1, Counter>,
+    status_writes: Family<Labels1, Counter>,
     decision_latency: Histogram,
     watch_events: Family<Labels1, Counter>,
     inputs: Family<Labels1, Counter>,
@@ -86,6 +87,7 @@ impl Metrics {
             actions: Family::default(),
             standby: Family::default(),
             retries_exhausted: Family::default(),
+            status_writes: Family::default(),
             // 50 µs … ~26 s.
             decision_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
             watch_events: Family::default(),
@@ -117,6 +119,11 @@ impl Metrics {
             "controller_retries_exhausted",
             "Actions that were still refused after the last retry",
             m.retries_exhausted.clone(),
+        );
+        registry.register(
+            "controller_policy_status_writes",
+            "FailurePolicy status writes, by outcome (done, gone, failed)",
+            m.status_writes.clone(),
         );
         registry.register(
             "controller_decision_latency_seconds",
@@ -207,6 +214,14 @@ impl Metrics {
 
     pub fn standby_count(&self, action: &'static str) -> u64 {
         self.standby.get_or_create(&[("action", action)]).get()
+    }
+
+    pub fn status_write(&self, outcome: &'static str) {
+        self.status_writes.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn status_write_count(&self, outcome: &'static str) -> u64 {
+        self.status_writes.get_or_create(&[("outcome", outcome)]).get()
     }
 
     pub fn retries_exhausted(&self, action: &'static str) {

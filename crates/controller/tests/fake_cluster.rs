@@ -275,3 +275,99 @@ async fn a_standby_decides_but_sends_nothing_and_acts_once_it_leads() {
     assert_eq!(fake.record().evicted, ["web/infer-0"]);
     assert!(h.controller.metrics().encode().contains("devheal_controller_leader 1"));
 }
+
+/// A FailurePolicy in `namespace` that selects every pod there and restarts the gang on a
+/// device failure.
+fn policy(namespace: &str, name: &str) -> devheal_k8s::crd::FailurePolicy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "devheal.io/v1alpha1", "kind": "FailurePolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"rules": [{"name": "device-failure", "onClasses": ["device_failure"], "action": "RestartGang"}]}
+    }))
+    .expect("valid policy")
+}
+
+/// The status writes the fake was handed for one policy.
+fn status_writes(fake: &FakeCluster, policy: &str) -> Vec<devheal_k8s::crd::FailurePolicyStatus> {
+    fake.record().status_writes.into_iter().filter(|(p, _)| p == policy).map(|(_, s)| s).collect()
+}
+
+#[tokio::test]
+async fn a_policys_status_shows_the_pods_it_selects_and_what_its_rules_did() {
+    let (fake, clock) = gang_cluster();
+    fake.apply_policy(policy("ml", "training"));
+    fake.apply_policy(policy("web", "serving"));
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    kill_gpu(&mut h, &fake, &clock).await;
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1));
+    h.tick().await;
+
+    let status = fake.policy("ml", "training").and_then(|p| p.status).expect("status written");
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.matched_pods, 64, "{status:?}");
+    // The mark and the restart are the rule's; quarantine and repair are the engine's own.
+    let taken: Vec<(&str, u64)> = status.actions_taken.iter().map(|(a, n)| (a.as_str(), *n)).collect();
+    assert_eq!(taken, [("MarkPod", 1), ("RestartGang", 1)]);
+    let last = status.last_action.clone().expect("last action");
+    assert_eq!((last.action.as_str(), last.target.as_str()), ("RestartGang", "ml/jobset/llama"));
+    assert!(last.reason.starts_with("DeviceFailure"), "{last:?}");
+    assert_eq!(last.at, devheal_k8s::crd::k8s_time(clock.now()));
+    let budget = status.budget.clone().expect("budget");
+    assert_eq!((budget.breaker_open, budget.quarantined_nodes), (false, 1));
+    let serving = fake.policy("web", "serving").and_then(|p| p.status).expect("status written");
+    assert_eq!((serving.matched_pods, serving.actions_taken.len()), (0, 0));
+    assert_eq!(h.controller.metrics().status_write_count("done"), 2);
+
+    // Nothing changed: nothing is written again.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(10));
+        h.tick().await;
+    }
+    assert_eq!(status_writes(&fake, "ml/training").len(), 1);
+
+    // A new spec is a new generation, reported once the flush is due.
+    fake.apply_policy(policy("ml", "training"));
+    h.pump().await;
+    clock.advance(Duration::from_secs(10));
+    h.tick().await;
+    let writes = status_writes(&fake, "ml/training");
+    assert_eq!(writes.len(), 2);
+    assert_eq!(writes[1].observed_generation, Some(2));
+
+    // A restarted controller keeps the counts it finds on the object, without counting twice.
+    drop(h);
+    clock.advance(Duration::from_secs(30));
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    h.tick().await;
+    let status = fake.policy("ml", "training").and_then(|p| p.status).expect("status");
+    assert_eq!(status.actions_taken.get("RestartGang"), Some(&1), "{status:?}");
+    assert_eq!(status.last_action.map(|l| l.action), Some("RestartGang".to_string()));
+}
+
+#[tokio::test]
+async fn no_status_is_written_in_dry_run_or_by_a_standby() {
+    let (fake, clock) = gang_cluster();
+    fake.apply_policy(policy("ml", "training"));
+    let mut dry = Harness::start(&fake, &clock, AlwaysLeader, true);
+    dry.pump().await;
+    kill_gpu(&mut dry, &fake, &clock).await;
+    dry.tick().await;
+    assert!(fake.record().status_writes.is_empty(), "{:?}", fake.record().status_writes);
+    assert!(fake.policy("ml", "training").is_some_and(|p| p.status.is_none()));
+    drop(dry);
+
+    let leader = LeaderFlag::new(false);
+    let mut h = Harness::start(&fake, &clock, leader.clone(), false);
+    h.pump().await;
+    clock.advance(Duration::from_secs(10));
+    h.tick().await;
+    assert!(fake.record().status_writes.is_empty(), "{:?}", fake.record().status_writes);
+    // Once it leads, it reports (what it did as a standby is nothing).
+    leader.set(true);
+    h.tick().await;
+    let writes = status_writes(&fake, "ml/training");
+    assert_eq!(writes.len(), 1);
+    assert_eq!((writes[0].matched_pods, writes[0].actions_taken.len()), (64, 0));
+}

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use devheal_controller::{
     AlwaysLeader, Cluster, Controller, ControllerSettings, KubeCluster, LoopHealth, Metrics, ObjectKind,
-    SystemClock, WatchSettings,
+    PolicyStatusWriter, SystemClock, WatchSettings,
 };
 use devheal_core::{ActionOutcome, Actuator, PlannedAction};
+use devheal_k8s::StatusWriteError;
+use devheal_k8s::crd::FailurePolicyStatus;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
@@ -24,6 +26,19 @@ impl Actuator for Recording {
     async fn execute(&self, planned: &PlannedAction) -> ActionOutcome {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(planned.clone());
         ActionOutcome::Done
+    }
+}
+
+/// The mock API serves no FailurePolicy, so no status is ever due; one that were would be
+/// taken as written.
+impl PolicyStatusWriter for Recording {
+    async fn write_policy_status(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _status: &FailurePolicyStatus,
+    ) -> Result<(), StatusWriteError> {
+        Ok(())
     }
 }
 

@@ -111,6 +111,12 @@ pub struct PlannedAction {
     pub idempotency_key: String,
     pub action: Action,
     pub class: FailureClass,
+    /// The policy whose rule produced the action: `namespace/name` of a FailurePolicy object,
+    /// or the name of a policy without a namespace (the built-in `devheal-default`). `None`
+    /// for the engine's own safety actions (device quarantine from health, hang restarts,
+    /// breaker and budget reports, probation releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// What became of an action a driver (the controller's actuator, a fake cluster) tried to carry

@@ -190,6 +190,16 @@ impl LeanPod {
     }
 }
 
+/// An eviction held back by the eviction budget, sent by a later Tick.
+#[derive(Clone, Debug)]
+struct PendingEviction {
+    identity: String,
+    reason: String,
+    class: FailureClass,
+    /// The policy whose rule asked for it.
+    policy: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 struct PodState {
     info: LeanPod,
@@ -251,7 +261,11 @@ pub struct Engine {
     quarantined_nodes: BTreeMap<String, u32>,
     evictions: VecDeque<Time>,
     pending_devices: BTreeMap<DeviceKey, (String, RepairKind, String)>,
-    pending_evictions: BTreeMap<String, (String, String, FailureClass)>,
+    /// Deferred evictions, by pod uid.
+    pending_evictions: BTreeMap<String, PendingEviction>,
+    /// The policy whose rule is being applied (set while `decide_pod` carries out a rule, and
+    /// while a deferred eviction is retried): what `emit` attributes actions to.
+    acting_for: Option<String>,
     probation: BTreeSet<DeviceKey>,
     /// Every device made Unhealthy or Degraded since the last prune (a superset of those that
     /// are now): a hang is blamed by looking at these, not at every device of a 2,560-pod gang.
@@ -346,6 +360,7 @@ impl Engine {
             evictions: VecDeque::new(),
             pending_devices: BTreeMap::new(),
             pending_evictions: BTreeMap::new(),
+            acting_for: None,
             probation: BTreeSet::new(),
             unwell: BTreeSet::new(),
             vanished: BTreeMap::new(),
@@ -596,7 +611,7 @@ impl Engine {
             return false;
         }
         self.issued.insert(key.clone(), now);
-        out.push(PlannedAction { idempotency_key: key, action, class });
+        out.push(PlannedAction { idempotency_key: key, action, class, policy: self.acting_for.clone() });
         true
     }
 
@@ -1110,10 +1125,12 @@ impl Engine {
                     self.remediate_device(&k, &incident, repair, &reason, now, out);
                 }
             }
-            let evictions: Vec<(String, (String, String, FailureClass))> =
+            let evictions: Vec<(String, PendingEviction)> =
                 std::mem::take(&mut self.pending_evictions).into_iter().collect();
-            for (uid, (identity, reason, class)) in evictions {
+            for (uid, PendingEviction { identity, reason, class, policy }) in evictions {
+                self.acting_for = policy;
                 self.evict(&uid, &identity, &reason, class, now, out);
+                self.acting_for = None;
             }
         }
         // Gangs: settle open restarts, notice hangs.
@@ -1472,6 +1489,7 @@ impl Engine {
         if rule.action == RuleAction::Ignore {
             return;
         }
+        let policy_id = policy.id();
         // The failure's identity: the device incident behind it, or the pod's own failure.
         let device_incident = verdict
             .suspect_devices
@@ -1515,6 +1533,9 @@ impl Engine {
         let class = verdict.class;
         let summary = verdict.evidence.first().cloned().unwrap_or_default();
         let reason = format!("{}: {summary}", camel(class));
+        // What follows carries out the rule: attributed to its policy (the breaker's report
+        // above is the engine's own).
+        self.acting_for = Some(policy_id);
         self.mark(&pref, &rule, class, &identity, &summary, now, out);
         match rule.action {
             RuleAction::Ignore | RuleAction::MarkPod => {}
@@ -1570,6 +1591,7 @@ impl Engine {
                 self.emit(out, format!("fail-workload/{g}/{identity}"), action, class, now);
             }
         }
+        self.acting_for = None;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1648,7 +1670,13 @@ impl Engine {
             return;
         }
         if self.evictions.len() >= self.config.safety.max_evictions_per_minute as usize {
-            self.pending_evictions.insert(uid.to_string(), (identity.to_string(), reason.to_string(), class));
+            let pending = PendingEviction {
+                identity: identity.to_string(),
+                reason: reason.to_string(),
+                class,
+                policy: self.acting_for.clone(),
+            };
+            self.pending_evictions.insert(uid.to_string(), pending);
             let msg = format!(
                 "eviction of {}/{} deferred: {} evictions in the last minute (limit {})",
                 pref.namespace,
@@ -2202,6 +2230,40 @@ mod tests {
             later.extend(e.handle(Input::PodUpsert(failed(gang_pod(i, &format!("node-{i}")), 1)), t(20)));
         }
         assert_eq!(count(&later, |a| matches!(a, Action::RestartGang { .. })), 0, "{later:#?}");
+    }
+
+    #[test]
+    fn rule_actions_are_attributed_to_their_policy_and_safety_actions_to_none() {
+        let mut e = engine_with(10);
+        let training = FailurePolicy {
+            name: "training".into(),
+            namespace: Some("ml".into()),
+            ..FailurePolicy::builtin_default()
+        };
+        e.handle(Input::Policies(vec![training]), t(0));
+        for i in 0..2 {
+            e.handle(Input::PodUpsert(gang_pod(i, &format!("node-{i}"))), t(1));
+        }
+        let mut lone = gang_pod(9, "node-9");
+        lone.namespace = "web".into();
+        lone.labels.clear();
+        e.handle(Input::PodUpsert(lone), t(1));
+        let acts = unhealthy(&mut e, key("node-1", 0), t(10));
+        let policy_of = |f: &dyn Fn(&Action) -> bool| -> Vec<Option<String>> {
+            acts.iter().filter(|a| f(&a.action)).map(|a| a.policy.clone()).collect()
+        };
+        let ml = || Some("ml/training".to_string());
+        assert_eq!(policy_of(&|a| matches!(a, Action::RestartGang { .. })), [ml()], "{acts:#?}");
+        assert_eq!(policy_of(&|a| matches!(a, Action::MarkPod { .. })), [ml()]);
+        assert_eq!(policy_of(&|a| matches!(a, Action::QuarantineDevice { .. })), [None]);
+        // The pod in another namespace falls to the built-in default.
+        let acts = unhealthy(&mut e, key("node-9", 0), t(20));
+        let evicted: Vec<_> =
+            acts.iter().filter(|a| matches!(a.action, Action::EvictPod { .. })).map(|a| &a.policy).collect();
+        assert_eq!(evicted, [&Some("devheal-default".to_string())], "{acts:#?}");
+        // The field is left out of the serialised form when there is none.
+        let quarantine = acts.iter().find(|a| a.policy.is_none()).map(serde_json::to_value);
+        assert!(quarantine.is_some_and(|v| v.is_ok_and(|v| v.get("policy").is_none())));
     }
 
     #[test]

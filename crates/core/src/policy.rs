@@ -172,6 +172,15 @@ impl FailurePolicy {
         }
     }
 
+    /// How actions are attributed to this policy ([`crate::PlannedAction::policy`]):
+    /// `namespace/name`, or the name alone for a policy without a namespace.
+    pub fn id(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     pub fn selects(&self, pod: &PodInfo) -> bool {
         if let Some(ns) = &self.namespace
             && ns != &pod.namespace

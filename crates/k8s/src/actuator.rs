@@ -136,6 +136,17 @@ pub enum ActuatorError {
     Discovery(String),
 }
 
+/// Why a FailurePolicy's status was not written.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StatusWriteError {
+    /// The policy is gone (404): there is nothing to write to.
+    #[error("FailurePolicy {0} is gone")]
+    Gone(String),
+    /// Any other failure (refused, no answer); the caller tries again with its next write.
+    #[error("writing the status of FailurePolicy {policy}: {message}")]
+    Failed { policy: String, message: String },
+}
+
 /// Asks the API server whether `DeviceTaintRule` is served, and at which version: a GET of
 /// `/apis/resource.k8s.io`, then of each offered version's resource list, newest first.
 pub async fn discover_device_taint_rules(
@@ -1047,6 +1058,41 @@ impl KubeActuator {
             note: format!("{} failed: {reason}", action.label()),
             warning: true,
         })
+    }
+}
+
+impl KubeActuator {
+    /// Writes the status of the FailurePolicy `namespace/name`: a JSON merge patch of its
+    /// `status` subresource (`{"status": …}`) under the actuator's field manager. Merge patch
+    /// because only the leader writes it and it always writes the whole status it keeps: no
+    /// resourceVersion precondition, and no field ownership to force. With `dry_run` nothing is
+    /// sent (the controller does not call it then either).
+    pub async fn write_policy_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &crate::crd::FailurePolicyStatus,
+    ) -> Result<(), StatusWriteError> {
+        let policy = format!("{namespace}/{name}");
+        if self.config.dry_run {
+            return Ok(());
+        }
+        let body = serde_json::to_value(status)
+            .map(|s| json!({ "status": s }))
+            .map_err(|e| StatusWriteError::Failed { policy: policy.clone(), message: e.to_string() })?;
+        let path = format!(
+            "/apis/{}/{}/namespaces/{}/failurepolicies/{}/status{}",
+            crate::crd::GROUP,
+            crate::crd::VERSION,
+            path_segment(namespace),
+            path_segment(name),
+            self.write_query()
+        );
+        match call(&self.client, Method::PATCH, &path, Some((Body::MergePatch, &body))).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(404) => Err(StatusWriteError::Gone(policy)),
+            Err(e) => Err(StatusWriteError::Failed { policy, message: e.describe() }),
+        }
     }
 }
 

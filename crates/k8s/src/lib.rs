@@ -22,7 +22,7 @@ pub mod node_health;
 pub mod pod;
 mod wire;
 
-pub use actuator::{ActuatorConfig, ActuatorError, DeviceTaintRuleSupport, KubeActuator};
+pub use actuator::{ActuatorConfig, ActuatorError, DeviceTaintRuleSupport, KubeActuator, StatusWriteError};
 pub use document::{DocumentError, parse_node_health, parse_pods, parse_policies};
 pub use lease::{LeaseElector, LeaseError};
 pub use node::node_from_k8s;

@@ -31,6 +31,7 @@ fn planned(action: Action) -> PlannedAction {
         idempotency_key: format!("key-{}", action.label()),
         action,
         class: FailureClass::DeviceFailure,
+        policy: None,
     }
 }
 

@@ -1,0 +1,100 @@
+//! The FailurePolicy status write against a scripted API server: the exact request (method,
+//! path with query, JSON body) and what each answer becomes.
+
+mod mock_api;
+
+use std::collections::BTreeMap;
+
+use devheal_k8s::StatusWriteError;
+use devheal_k8s::actuator::{ActuatorConfig, KubeActuator};
+use devheal_k8s::crd::{BudgetStatus, FailurePolicyStatus, LastAction, k8s_time};
+use mock_api::*;
+use serde_json::json;
+
+const STATUS_PATH: &str =
+    "/apis/devheal.io/v1alpha1/namespaces/ml/failurepolicies/training/status?fieldManager=devheal-controller";
+
+fn actuator(client: kube::Client, dry_run: bool) -> KubeActuator {
+    let mut config = ActuatorConfig::new("devheal-controller-7d9f-abc");
+    config.dry_run = dry_run;
+    KubeActuator::new(client, config).with_clock(TestClock::at(T0).clock())
+}
+
+fn policy_status() -> FailurePolicyStatus {
+    FailurePolicyStatus {
+        observed_generation: Some(3),
+        matched_pods: 64,
+        actions_taken: BTreeMap::from([("MarkPod".to_string(), 1), ("RestartGang".to_string(), 1)]),
+        last_action: Some(LastAction {
+            action: "RestartGang".into(),
+            target: "ml/jobset/llama".into(),
+            reason: "DeviceFailure: Xid 79".into(),
+            at: k8s_time(T0),
+        }),
+        budget: Some(BudgetStatus {
+            breaker_open: false,
+            quarantined_nodes: 1,
+            quarantine_node_limit: 2,
+            evictions_last_minute: 0,
+            held_versions: vec![],
+        }),
+    }
+}
+
+fn status_body() -> serde_json::Value {
+    json!({"status": {
+        "observedGeneration": 3,
+        "matchedPods": 64,
+        "actionsTaken": {"MarkPod": 1, "RestartGang": 1},
+        "lastAction": {"action": "RestartGang", "target": "ml/jobset/llama",
+                       "reason": "DeviceFailure: Xid 79", "at": T0_SECONDS},
+        "budget": {"breakerOpen": false, "quarantinedNodes": 1, "quarantineNodeLimit": 2,
+                   "evictionsLastMinute": 0, "heldVersions": []},
+    }})
+}
+
+#[tokio::test]
+async fn the_status_is_one_merge_patch_of_the_status_subresource() {
+    let script = vec![expect(
+        "PATCH",
+        STATUS_PATH,
+        Some(status_body()),
+        ok(json!({"kind": "FailurePolicy", "metadata": {"name": "training", "namespace": "ml"}})),
+    )];
+    let out = run(script, |c| async move {
+        actuator(c, false).write_policy_status("ml", "training", &policy_status()).await
+    })
+    .await;
+    assert_eq!(out, Ok(()));
+}
+
+#[tokio::test]
+async fn a_deleted_policy_is_gone_and_other_refusals_fail() {
+    let script = vec![
+        expect("PATCH", STATUS_PATH, Some(status_body()), status(404, "NotFound", "not found")),
+        expect("PATCH", STATUS_PATH, Some(status_body()), status(500, "InternalError", "etcd timeout")),
+    ];
+    let out = run(script, |c| async move {
+        let a = actuator(c, false);
+        let first = a.write_policy_status("ml", "training", &policy_status()).await;
+        let second = a.write_policy_status("ml", "training", &policy_status()).await;
+        (first, second)
+    })
+    .await;
+    assert_eq!(out.0, Err(StatusWriteError::Gone("ml/training".into())));
+    assert!(
+        matches!(&out.1, Err(StatusWriteError::Failed { policy, message })
+            if policy == "ml/training" && message.contains("etcd timeout")),
+        "{:?}",
+        out.1
+    );
+}
+
+#[tokio::test]
+async fn dry_run_sends_nothing() {
+    let out = run(Vec::new(), |c| async move {
+        actuator(c, true).write_policy_status("ml", "training", &policy_status()).await
+    })
+    .await;
+    assert_eq!(out, Ok(()));
+}
