@@ -32,37 +32,9 @@ use devheal_kubelet::api::podresources_v1 as pr;
 use devheal_kubelet::server::{PodResourcesServer, PodResourcesState, serve};
 
 const RUNS: usize = 100;
-const DEVKMSG_POLICY: &str = "/proc/sys/kernel/printk_devkmsg";
 /// Pause between runs: longer than the publisher's 100 ms spacing, so each run measures one
 /// fault on its own rather than a fault coalesced into the previous write.
 const BETWEEN_RUNS: Duration = Duration::from_millis(150);
-
-/// Restores `printk_devkmsg` when dropped.
-struct DevkmsgPolicy {
-    previous: String,
-}
-
-impl DevkmsgPolicy {
-    fn allow_writes() -> Result<DevkmsgPolicy, String> {
-        let previous = std::fs::read_to_string(DEVKMSG_POLICY)
-            .map_err(|e| format!("cannot read {DEVKMSG_POLICY}: {e}"))?
-            .trim()
-            .to_string();
-        if previous != "on" {
-            std::fs::write(DEVKMSG_POLICY, "on\n")
-                .map_err(|e| format!("{DEVKMSG_POLICY} is {previous:?} and cannot be set to \"on\": {e}"))?;
-        }
-        Ok(DevkmsgPolicy { previous })
-    }
-}
-
-impl Drop for DevkmsgPolicy {
-    fn drop(&mut self) {
-        if self.previous != "on" {
-            let _ = std::fs::write(DEVKMSG_POLICY, format!("{}\n", self.previous));
-        }
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -80,7 +52,7 @@ async fn a_kernel_xid_is_published_unhealthy_with_its_pod() {
             return;
         }
     };
-    let _policy = match DevkmsgPolicy::allow_writes() {
+    let _policy = match devheal_detect::kmsg::UnlimitedKmsgWrites::enable() {
         Ok(policy) => policy,
         Err(reason) => {
             eprintln!("SKIPPED agent kmsg end-to-end test: {reason}");

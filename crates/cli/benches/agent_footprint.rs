@@ -20,34 +20,6 @@ use std::time::{Duration, Instant};
 
 use devheal_detect::Classifier;
 
-const DEVKMSG_POLICY: &str = "/proc/sys/kernel/printk_devkmsg";
-
-struct DevkmsgPolicy {
-    previous: String,
-}
-
-impl DevkmsgPolicy {
-    fn allow_writes() -> Result<DevkmsgPolicy, String> {
-        let previous = std::fs::read_to_string(DEVKMSG_POLICY)
-            .map_err(|e| format!("cannot read {DEVKMSG_POLICY}: {e}"))?
-            .trim()
-            .to_string();
-        if previous != "on" {
-            std::fs::write(DEVKMSG_POLICY, "on\n")
-                .map_err(|e| format!("cannot set {DEVKMSG_POLICY}: {e}"))?;
-        }
-        Ok(DevkmsgPolicy { previous })
-    }
-}
-
-impl Drop for DevkmsgPolicy {
-    fn drop(&mut self) {
-        if self.previous != "on" {
-            let _ = std::fs::write(DEVKMSG_POLICY, format!("{}\n", self.previous));
-        }
-    }
-}
-
 /// CPU ticks (user + system) and RSS/peak RSS in KiB of a process.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -123,7 +95,7 @@ fn main() {
             return;
         }
     };
-    let _policy = match DevkmsgPolicy::allow_writes() {
+    let _policy = match devheal_detect::kmsg::UnlimitedKmsgWrites::enable() {
         Ok(p) => p,
         Err(e) => {
             println!("SKIPPED agent footprint: {e}");

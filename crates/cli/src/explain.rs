@@ -180,27 +180,6 @@ pub fn explain(
     Ok(out)
 }
 
-fn describe(a: &Action) -> String {
-    match a {
-        Action::MarkPod { condition_type, reason, .. } => format!("mark pod {condition_type}={reason}"),
-        Action::EvictPod { pod, .. } => format!("evict {}/{}", pod.namespace, pod.name),
-        Action::RestartGang { gang, incident, .. } => format!("restart gang {gang} (incident {incident})"),
-        Action::QuarantineDevice { device, .. } => format!("quarantine device {device}"),
-        Action::ReleaseDevice { device, .. } => format!("release device {device}"),
-        Action::CordonNode { node, .. } => format!("cordon {node}"),
-        Action::UncordonNode { node, .. } => format!("uncordon {node}"),
-        Action::RequestRepair { node, device, kind, .. } => match device {
-            Some(d) => format!("request {} of {d}", kind.as_str()),
-            None => format!("request {} of {node}", kind.as_str()),
-        },
-        Action::FailWorkload { gang, .. } => format!("fail workload {gang}"),
-        Action::ReplaceAtCheckpoint { pod, gang, .. } => {
-            format!("replace {}/{} in gang {gang} at its next checkpoint", pod.namespace, pod.name)
-        }
-        Action::Report { reason, message } => format!("report {reason}: {message}"),
-    }
-}
-
 fn write_table(out: &mut impl Write, explanations: &[Explanation]) -> std::io::Result<()> {
     let width = explanations.iter().map(|e| e.pod.len()).max().unwrap_or(3).max(3);
     writeln!(out, "{:<width$}  {:<15} {:>4}  ACTION", "POD", "CLASS", "CONF")?;
@@ -212,7 +191,7 @@ fn write_table(out: &mut impl Write, explanations: &[Explanation]) -> std::io::R
         let rule = e.rule.as_deref().map(|r| format!(", rule {r}")).unwrap_or_default();
         writeln!(out, "    policy {}{rule}", e.policy)?;
         for a in &e.actions {
-            writeln!(out, "    would: {}", describe(&a.action))?;
+            writeln!(out, "    would: {}", a.action.summary())?;
         }
     }
     Ok(())

@@ -186,29 +186,9 @@ struct PendingRetry {
 /// `WouldDo` descriptions.
 pub fn describe(action: &Action) -> String {
     match action {
-        Action::MarkPod { pod, condition_type, reason, .. } => {
-            format!("mark pod {}/{} with condition {condition_type} ({reason})", pod.namespace, pod.name)
-        }
-        Action::EvictPod { pod, reason } => format!("evict pod {}/{} ({reason})", pod.namespace, pod.name),
-        Action::RestartGang { gang, incident, reason } => {
-            format!("restart gang {gang} for incident {incident} ({reason})")
-        }
-        Action::QuarantineDevice { device, reason } => format!("quarantine device {device} ({reason})"),
-        Action::ReleaseDevice { device, reason } => format!("release device {device} ({reason})"),
-        Action::CordonNode { node, reason } => format!("cordon node {node} ({reason})"),
-        Action::UncordonNode { node, reason } => format!("uncordon node {node} ({reason})"),
-        Action::RequestRepair { node, device, kind, reason } => match device {
-            Some(d) => format!("request {} of device {d} ({reason})", kind.as_str()),
-            None => format!("request {} of node {node} ({reason})", kind.as_str()),
-        },
-        Action::FailWorkload { gang, reason } => format!("fail workload {gang} ({reason})"),
-        Action::ReplaceAtCheckpoint { pod, gang, reason, .. } => {
-            format!(
-                "replace pod {}/{} of gang {gang} at its next checkpoint ({reason})",
-                pod.namespace, pod.name
-            )
-        }
-        Action::Report { reason, message } => format!("report {reason}: {message}"),
+        // A report's summary already says it all.
+        Action::Report { .. } => action.summary(),
+        _ => format!("{} ({})", action.summary(), action.reason()),
     }
 }
 

@@ -151,6 +151,49 @@ impl ActionOutcome {
 }
 
 impl Action {
+    /// A short sentence: "evict ml/trainer-3", "quarantine device node/gpu/GPU-1", ….
+    pub fn summary(&self) -> String {
+        match self {
+            Action::MarkPod { pod, condition_type, reason, .. } => {
+                format!("mark {}/{} {condition_type}={reason}", pod.namespace, pod.name)
+            }
+            Action::EvictPod { pod, .. } => format!("evict {}/{}", pod.namespace, pod.name),
+            Action::RestartGang { gang, incident, .. } => {
+                format!("restart gang {gang} (incident {incident})")
+            }
+            Action::QuarantineDevice { device, .. } => format!("quarantine device {device}"),
+            Action::ReleaseDevice { device, .. } => format!("release device {device}"),
+            Action::CordonNode { node, .. } => format!("cordon {node}"),
+            Action::UncordonNode { node, .. } => format!("uncordon {node}"),
+            Action::RequestRepair { node, device, kind, .. } => match device {
+                Some(d) => format!("request {} of {d}", kind.as_str()),
+                None => format!("request {} of {node}", kind.as_str()),
+            },
+            Action::FailWorkload { gang, .. } => format!("fail workload {gang}"),
+            Action::ReplaceAtCheckpoint { pod, gang, .. } => {
+                format!("replace {}/{} in gang {gang} at its next checkpoint", pod.namespace, pod.name)
+            }
+            Action::Report { reason, message } => format!("report {reason}: {message}"),
+        }
+    }
+
+    /// Why the engine planned it.
+    pub fn reason(&self) -> &str {
+        match self {
+            Action::MarkPod { reason, .. }
+            | Action::EvictPod { reason, .. }
+            | Action::RestartGang { reason, .. }
+            | Action::QuarantineDevice { reason, .. }
+            | Action::ReleaseDevice { reason, .. }
+            | Action::CordonNode { reason, .. }
+            | Action::UncordonNode { reason, .. }
+            | Action::RequestRepair { reason, .. }
+            | Action::ReplaceAtCheckpoint { reason, .. }
+            | Action::FailWorkload { reason, .. }
+            | Action::Report { reason, .. } => reason,
+        }
+    }
+
     /// A short label for metrics and logs: `mark_pod`, `evict_pod`, `restart_gang`, ….
     pub fn label(&self) -> &'static str {
         match self {

@@ -294,3 +294,45 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/kmsg"), "{err}");
     }
 }
+
+/// Where the kernel's rate limit on user-space writes to `/dev/kmsg` is set.
+pub const DEVKMSG_POLICY: &str = "/proc/sys/kernel/printk_devkmsg";
+
+/// Why user-space writes to `/dev/kmsg` could not be made unlimited.
+#[derive(Debug, thiserror::Error)]
+pub enum DevkmsgPolicyError {
+    #[error("cannot read {DEVKMSG_POLICY}: {source}")]
+    Read { source: io::Error },
+    #[error("{DEVKMSG_POLICY} is {previous:?} and cannot be set to \"on\": {source}")]
+    Set { previous: String, source: io::Error },
+}
+
+/// While held, user-space writes to `/dev/kmsg` are not rate limited (`printk_devkmsg` is `on`);
+/// dropping it restores the previous setting. For tests and benchmarks that inject kernel-log
+/// lines (needs root).
+#[derive(Debug)]
+pub struct UnlimitedKmsgWrites {
+    previous: String,
+}
+
+impl UnlimitedKmsgWrites {
+    pub fn enable() -> Result<UnlimitedKmsgWrites, DevkmsgPolicyError> {
+        let previous = std::fs::read_to_string(DEVKMSG_POLICY)
+            .map_err(|source| DevkmsgPolicyError::Read { source })?
+            .trim()
+            .to_string();
+        if previous != "on" {
+            std::fs::write(DEVKMSG_POLICY, "on\n")
+                .map_err(|source| DevkmsgPolicyError::Set { previous: previous.clone(), source })?;
+        }
+        Ok(UnlimitedKmsgWrites { previous })
+    }
+}
+
+impl Drop for UnlimitedKmsgWrites {
+    fn drop(&mut self) {
+        if self.previous != "on" {
+            let _ = std::fs::write(DEVKMSG_POLICY, format!("{}\n", self.previous));
+        }
+    }
+}

@@ -21,35 +21,6 @@ use devheal_core::Time;
 use devheal_detect::{Classifier, Correlator, FaultKind, KmsgEvent, KmsgReader, StartAt};
 
 const RECORDS: usize = 1000;
-const DEVKMSG_POLICY: &str = "/proc/sys/kernel/printk_devkmsg";
-
-/// Restores `printk_devkmsg` when dropped.
-struct DevkmsgPolicy {
-    previous: String,
-}
-
-impl DevkmsgPolicy {
-    /// Make sure writes are not rate limited; `Err` says why that is not possible.
-    fn allow_writes() -> Result<DevkmsgPolicy, String> {
-        let previous = std::fs::read_to_string(DEVKMSG_POLICY)
-            .map_err(|e| format!("cannot read {DEVKMSG_POLICY}: {e}"))?
-            .trim()
-            .to_string();
-        if previous != "on" {
-            std::fs::write(DEVKMSG_POLICY, "on\n")
-                .map_err(|e| format!("{DEVKMSG_POLICY} is {previous:?} and cannot be set to \"on\": {e}"))?;
-        }
-        Ok(DevkmsgPolicy { previous })
-    }
-}
-
-impl Drop for DevkmsgPolicy {
-    fn drop(&mut self) {
-        if self.previous != "on" {
-            let _ = std::fs::write(DEVKMSG_POLICY, format!("{}\n", self.previous));
-        }
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -68,7 +39,7 @@ fn injected_xid_records_are_detected_by_the_streaming_reader() {
             return;
         }
     };
-    let _policy = match DevkmsgPolicy::allow_writes() {
+    let _policy = match devheal_detect::kmsg::UnlimitedKmsgWrites::enable() {
         Ok(policy) => policy,
         Err(reason) => {
             eprintln!("SKIPPED kmsg end-to-end test: {reason}");

@@ -5,25 +5,9 @@
 //! stream on every platform and every version of this crate's dependencies (`rand`'s `StdRng`
 //! makes no such promise).
 
-/// SplitMix64 (Steele, Lea and Flood 2014): expands one 64-bit seed into well-mixed words.
-#[derive(Clone, Debug)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+/// SplitMix64 (Steele, Lea and Flood 2014) expands one 64-bit seed into well-mixed words; the
+/// degradation trace generator uses the same one.
+pub use devheal_detect::degradation::trace::SplitMix64;
 
 /// xoshiro256** 1.0 (Blackman and Vigna 2018).
 #[derive(Clone, Debug)]
