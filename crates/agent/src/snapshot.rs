@@ -90,6 +90,7 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
         summary: Some(summary),
         devices,
         sources: input.sources,
+        workloads: Vec::new(),
     });
     object
 }

@@ -71,6 +71,14 @@ pub enum Input {
         step: u64,
         step_time: Duration,
     },
+    /// A pod's workload stopped making progress at `since` (the agent's hang detector, confirmed
+    /// across the pod's gang by the controller). The pod's gang is restarted at once, within
+    /// the budgets; a pod outside any gang is reported.
+    Hung {
+        pod_uid: String,
+        since: Time,
+        evidence: String,
+    },
     /// Time passes (budgets refill, probation ends, hangs are noticed).
     Tick,
     /// Replace the operator policies (the safety settings stay).
@@ -447,6 +455,7 @@ impl Engine {
             Input::NodeUpsert(info) => self.on_node(info, now),
             Input::NodeDeleted { name } => self.on_node_deleted(&name),
             Input::Progress { pod_uid, step: _, step_time: _ } => self.on_progress(&pod_uid, now),
+            Input::Hung { pod_uid, since, evidence } => self.on_hung(&pod_uid, since, &evidence, now, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
             Input::Policies(policies) => {
                 self.config.policies = policies;
@@ -481,6 +490,21 @@ impl Engine {
             gang: gang_of(pod, &self.gang_label_keys),
             verdict,
         }
+    }
+
+    /// The gang a pod belongs to, if the engine knows the pod and it is in one.
+    pub fn pod_gang(&self, uid: &str) -> Option<&GangId> {
+        self.pods.get(uid).and_then(|p| p.gang.as_ref())
+    }
+
+    /// The devices a pod is bound to (empty for an unknown pod).
+    pub fn pod_devices(&self, uid: &str) -> &[DeviceKey] {
+        self.pods.get(uid).map(|p| p.info.devices.as_slice()).unwrap_or(&[])
+    }
+
+    /// How many pods the engine counts in a gang.
+    pub fn gang_size(&self, gang: &GangId) -> usize {
+        self.gangs.get(gang).map_or(0, |gs| gs.members.len())
     }
 
     pub fn device_health(&self, key: &DeviceKey) -> Option<Health> {
@@ -1015,6 +1039,26 @@ impl Engine {
             gs.last_progress = Some(now);
             self.progressing.insert(gang);
         }
+    }
+
+    fn on_hung(&mut self, uid: &str, since: Time, evidence: &str, now: Time, out: &mut Vec<PlannedAction>) {
+        let Some(p) = self.pods.get(uid) else { return };
+        let Some(g) = p.gang.clone() else {
+            let key = format!("hang/{uid}/{}", since.as_nanos());
+            let msg = format!("{}/{} makes no progress: {evidence}", p.info.namespace, p.info.name);
+            self.report(out, key, "WorkloadHung", msg, now);
+            return;
+        };
+        if self.gangs.get(&g).is_none_or(|gs| gs.open_restart.is_some()) {
+            return;
+        }
+        self.progressing.remove(&g);
+        let class = self.gang_device_class(&g);
+        let incident = format!("hang/{g}/{}", since.as_nanos());
+        if let Some(gs) = self.gangs.get_mut(&g) {
+            gs.last_progress = None;
+        }
+        self.restart_gang(&g, &incident, evidence, class, now, out);
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<PlannedAction>) {

@@ -74,6 +74,93 @@ pub struct NodeDeviceHealthStatus {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub sources: Vec<SourceStatus>,
+    /// Training progress of the pods on this node that report it (to the agent's
+    /// `POST /v1/progress`, or through a metric their `devheal.io/progress-metric` annotation
+    /// names). The controller compares a gang's members across nodes with these windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub workloads: Vec<WorkloadProgress>,
+}
+
+/// How the agent learns a pod's progress.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ProgressReporter {
+    /// The pod posts its steps to the agent (`POST /v1/progress`).
+    #[default]
+    Endpoint,
+    /// The agent scrapes the metric the pod's `devheal.io/progress-metric` annotation names.
+    Scrape,
+}
+
+/// One pod's training progress, as the agent on its node saw it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadProgress {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub reporter: ProgressReporter,
+    /// When the last reported step ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress: Option<Time>,
+    /// The step number the workload last gave, if it gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// Steps the agent has counted since it began following the pod.
+    #[serde(default)]
+    pub steps: u64,
+    /// Length of each window, in seconds; windows start at multiples of it since the Unix epoch,
+    /// so the windows of a gang's members on different nodes line up.
+    #[schemars(range(min = 1, max = 3600))]
+    pub window_seconds: u32,
+    /// The latest closed windows, oldest first.
+    #[serde(default)]
+    #[schemars(length(max = 10))]
+    pub windows: Vec<ProgressWindow>,
+    /// The workload announced it makes no progress until then (a checkpoint save).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<Time>,
+    /// The pod stopped making progress (the agent's hang detector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hang: Option<ProgressFinding>,
+    /// The pod runs slower than its own baseline (the agent's change detector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_shift: Option<ProgressFinding>,
+    /// Why the agent cannot read the pod's progress now (a failed scrape, a missing metric):
+    /// silence with an error here is blindness, not a hang.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub error: Option<String>,
+}
+
+/// One closed window of a pod's steps.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressWindow {
+    pub start: Time,
+    /// Steps reported in the window.
+    pub samples: u32,
+    /// The interquartile mean of the window's step times, in seconds (the pod's own compute
+    /// time per step, not the gang's wall-clock step).
+    pub step_seconds: f64,
+}
+
+/// A finding of one of the agent's progress detectors.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressFinding {
+    /// When the silence or the slow-down began.
+    pub since: Time,
+    pub detected_at: Time,
+    /// Relative slow-down (0.17 = 17 % slower); 1 for a hang.
+    pub magnitude: f64,
+    #[schemars(length(max = 1024))]
+    pub message: String,
 }
 
 /// Counts for `kubectl get ndh`.

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use devheal_core::{Duration, Time};
 
 use super::{
-    DegradationError, DegradationFinding, DegradationKind, human_duration, interquartile_mean_in_place,
-    percent, require, window_index,
+    DegradationError, DegradationFinding, DegradationKind, StepWindow, human_duration,
+    interquartile_mean_in_place, percent, require, window_index,
 };
 
 /// Parameters of [`BaselineShiftDetector`]. Defaults from `devheal degradation-eval`.
@@ -137,23 +137,7 @@ impl BaselineShiftDetector {
         let window = window_index(at, self.config.window);
         let slot = match self.index.get(subject) {
             Some(&slot) => slot,
-            None => {
-                self.index.insert(subject.to_string(), self.subjects.len());
-                self.names.push(subject.to_string());
-                self.subjects.push(SubjectState {
-                    window,
-                    samples: Vec::new(),
-                    baseline: None,
-                    windows_seen: 0,
-                    cusum: 0.0,
-                    run_since: Time::ZERO,
-                    run_windows: 0,
-                    run_excess_sum: 0.0,
-                    standing: false,
-                    calm_windows: 0,
-                });
-                self.subjects.len() - 1
-            }
+            None => self.add(subject, window),
         };
         let open = self.subjects[slot].window;
         if window < open {
@@ -170,23 +154,91 @@ impl BaselineShiftDetector {
         Ok(finding)
     }
 
+    /// Judges one window of `subject` summarised elsewhere (by [`super::WindowAggregator`] on
+    /// the subject's node). Each subject's windows must come in increasing order. Do not mix
+    /// with [`Self::observe`] for one subject.
+    pub fn observe_window(
+        &mut self,
+        subject: &str,
+        window: &StepWindow,
+    ) -> Result<Option<DegradationFinding>, DegradationError> {
+        let slot = match self.index.get(subject) {
+            Some(&slot) => {
+                let open = self.subjects[slot].window;
+                if window.index <= open {
+                    return Err(DegradationError::OutOfOrder {
+                        subject: subject.to_string(),
+                        at_ns: window.index.saturating_mul(self.config.window.as_nanos()),
+                        closed_ns: open.saturating_add(1).saturating_mul(self.config.window.as_nanos()),
+                    });
+                }
+                slot
+            }
+            None => self.add(subject, window.index),
+        };
+        self.subjects[slot].window = window.index;
+        let location = (window.samples as usize >= self.config.min_samples && window.location_secs.is_finite())
+            .then_some(window.location_secs);
+        Ok(self.judge(slot, location))
+    }
+
+    /// Whether `subject` has a standing finding.
+    pub fn is_standing(&self, subject: &str) -> bool {
+        self.index.get(subject).is_some_and(|&slot| self.subjects[slot].standing)
+    }
+
+    /// Stops tracking `subject`.
+    pub fn forget(&mut self, subject: &str) {
+        let Some(slot) = self.index.remove(subject) else { return };
+        self.subjects.swap_remove(slot);
+        self.names.swap_remove(slot);
+        if let Some(moved) = self.names.get(slot) {
+            self.index.insert(moved.clone(), slot);
+        }
+    }
+
+    fn add(&mut self, subject: &str, window: i64) -> usize {
+        self.index.insert(subject.to_string(), self.subjects.len());
+        self.names.push(subject.to_string());
+        self.subjects.push(SubjectState {
+            window,
+            samples: Vec::new(),
+            baseline: None,
+            windows_seen: 0,
+            cusum: 0.0,
+            run_since: Time::ZERO,
+            run_windows: 0,
+            run_excess_sum: 0.0,
+            standing: false,
+            calm_windows: 0,
+        });
+        self.subjects.len() - 1
+    }
+
     /// Closes every subject's open window (end of a trace).
     pub fn flush(&mut self) -> Vec<DegradationFinding> {
         (0..self.subjects.len()).filter_map(|slot| self.close_window(slot)).collect()
     }
 
     fn close_window(&mut self, slot: usize) -> Option<DegradationFinding> {
-        let cfg = &self.config;
+        let min_samples = self.config.min_samples;
         let state = &mut self.subjects[slot];
-        let window_ns = cfg.window.as_nanos();
-        let window_start = Time::from_nanos(state.window.saturating_mul(window_ns));
-        let window_end = Time::from_nanos(state.window.saturating_add(1).saturating_mul(window_ns));
-        let median = if state.samples.len() >= cfg.min_samples {
+        let median = if state.samples.len() >= min_samples {
             interquartile_mean_in_place(&mut state.samples)
         } else {
             None
         };
         state.samples.clear();
+        self.judge(slot, median)
+    }
+
+    /// The judgement of the subject's current window, given its location (`None`: no evidence).
+    fn judge(&mut self, slot: usize, median: Option<f64>) -> Option<DegradationFinding> {
+        let cfg = &self.config;
+        let state = &mut self.subjects[slot];
+        let window_ns = cfg.window.as_nanos();
+        let window_start = Time::from_nanos(state.window.saturating_mul(window_ns));
+        let window_end = Time::from_nanos(state.window.saturating_add(1).saturating_mul(window_ns));
         let m = median?;
         let Some(baseline) = state.baseline else {
             state.baseline = Some(m);
@@ -278,6 +330,34 @@ mod tests {
         }
         out.extend(det.flush());
         out
+    }
+
+    /// Windows summarised on the subject's node give what the step-by-step path gives.
+    #[test]
+    fn window_summaries_give_the_same_finding_as_steps() {
+        let factor = |minute: i64| if minute >= 60 { 1.2 } else { 1.0 };
+        let expected = run(240, factor);
+        let mut det = BaselineShiftDetector::new(BaselineConfig::default()).unwrap();
+        let mut agg = super::super::WindowAggregator::new(Duration::from_mins(1));
+        let mut found = Vec::new();
+        for minute in 0..240 {
+            for step in 0..6 {
+                let at = Time::from_secs(minute * 60 + step * 10);
+                let secs = factor(minute) * (1.0 + 0.004 * ((step % 3) as f64 - 1.0));
+                if let Some(w) = agg.push("gpu0", at, Duration::from_nanos((secs * 1e9) as i64)).unwrap() {
+                    found.extend(det.observe_window("gpu0", &w).unwrap());
+                }
+            }
+        }
+        if let Some(w) = agg.close() {
+            found.extend(det.observe_window("gpu0", &w).unwrap());
+        }
+        assert_eq!(found, expected);
+        assert!(det.is_standing("gpu0"));
+        let stale = StepWindow { index: 3, samples: 6, location_secs: 1.0 };
+        assert!(matches!(det.observe_window("gpu0", &stale), Err(DegradationError::OutOfOrder { .. })));
+        det.forget("gpu0");
+        assert!(!det.is_standing("gpu0"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod eval;
 pub mod hang;
 pub mod straggler;
 pub mod trace;
+pub mod window;
 
 use std::fmt::Write as _;
 
@@ -27,6 +28,7 @@ pub use baseline::{BaselineConfig, BaselineShiftDetector};
 pub use eval::{BucketScore, CleanScore, EvalConfig, EvalReport, HangScore, evaluate};
 pub use hang::{HangConfig, HangDetector};
 pub use straggler::{GangStragglerDetector, StragglerConfig};
+pub use window::{StepWindow, WindowAggregator};
 pub use trace::{
     CheckpointPause, InjectedHang, InjectedSlowdown, StepReport, Trace, TraceConfig, TraceLabels,
 };

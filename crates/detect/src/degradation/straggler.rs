@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use devheal_core::{Duration, Time};
 
 use super::{
-    DegradationError, DegradationFinding, DegradationKind, human_duration, interquartile_mean_in_place,
-    median_in_place, percent, require, window_index,
+    DegradationError, DegradationFinding, DegradationKind, StepWindow, human_duration,
+    interquartile_mean_in_place, median_in_place, percent, require, window_index,
 };
 
 /// Parameters of [`GangStragglerDetector`]. Defaults were chosen from `devheal degradation-eval`
@@ -89,6 +89,7 @@ impl StragglerConfig {
 
 #[derive(Debug, Default)]
 struct MemberState {
+    /// This window's step times (the step-by-step path only).
     samples: Vec<f64>,
     /// One bit per recent window, newest lowest: 1 = slow.
     history: u32,
@@ -107,8 +108,10 @@ pub struct GangStragglerDetector {
     index: HashMap<String, usize>,
     names: Vec<String>,
     members: Vec<MemberState>,
-    /// The window currently collecting reports.
+    /// The window currently collecting reports (the step-by-step path).
     open_window: Option<i64>,
+    /// The last window judged (the window-by-window path).
+    last_judged: Option<i64>,
 }
 
 impl GangStragglerDetector {
@@ -120,6 +123,7 @@ impl GangStragglerDetector {
             names: Vec::new(),
             members: Vec::new(),
             open_window: None,
+            last_judged: None,
         })
     }
 
@@ -159,7 +163,73 @@ impl GangStragglerDetector {
             Some(_) => {}
             None => self.open_window = Some(window),
         }
-        let slot = match self.index.get(member) {
+        let slot = self.slot(member);
+        self.members[slot].samples.push(step.as_secs_f64());
+        Ok(findings)
+    }
+
+    /// Judges one window from summaries made elsewhere (by [`super::WindowAggregator`] on each
+    /// member's node): `members` holds each reporting member's summary of window `window`.
+    /// Windows must be judged in increasing order; a member missing from `members` has no
+    /// evidence this window, as with too few samples. Do not mix with [`Self::observe`] on one
+    /// detector.
+    pub fn observe_window(
+        &mut self,
+        window: i64,
+        members: &[(String, StepWindow)],
+    ) -> Result<Vec<DegradationFinding>, DegradationError> {
+        if let Some(last) = self.last_judged
+            && window <= last
+        {
+            let subject = members.first().map(|(m, _)| m.clone()).unwrap_or_default();
+            return Err(DegradationError::OutOfOrder {
+                subject,
+                at_ns: window.saturating_mul(self.config.window.as_nanos()),
+                closed_ns: last.saturating_add(1).saturating_mul(self.config.window.as_nanos()),
+            });
+        }
+        self.last_judged = Some(window);
+        let mut locations = vec![None; self.members.len()];
+        for (member, summary) in members {
+            if summary.index != window {
+                continue;
+            }
+            let slot = self.slot(member);
+            locations.resize(self.members.len(), None);
+            if summary.samples as usize >= self.config.min_samples && summary.location_secs.is_finite() {
+                locations[slot] = Some(summary.location_secs);
+            }
+        }
+        Ok(self.judge(window, &locations))
+    }
+
+    /// Whether `member` has a standing finding (found, and not yet `of_windows` normal windows
+    /// in a row since).
+    pub fn is_reported(&self, member: &str) -> bool {
+        self.index.get(member).is_some_and(|&slot| self.members[slot].reported)
+    }
+
+    /// Stops tracking `member` (it left the gang).
+    pub fn forget(&mut self, member: &str) {
+        let Some(slot) = self.index.remove(member) else { return };
+        self.members.swap_remove(slot);
+        self.names.swap_remove(slot);
+        if let Some(moved) = self.names.get(slot) {
+            self.index.insert(moved.clone(), slot);
+        }
+    }
+
+    /// Members tracked.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn slot(&mut self, member: &str) -> usize {
+        match self.index.get(member) {
             Some(&slot) => slot,
             None => {
                 self.index.insert(member.to_string(), self.members.len());
@@ -167,9 +237,7 @@ impl GangStragglerDetector {
                 self.members.push(MemberState::default());
                 self.members.len() - 1
             }
-        };
-        self.members[slot].samples.push(step.as_secs_f64());
-        Ok(findings)
+        }
     }
 
     /// Closes the open window (call at the end of a trace, or when reports stop).
@@ -181,13 +249,10 @@ impl GangStragglerDetector {
     }
 
     fn close_window(&mut self, window: i64) -> Vec<DegradationFinding> {
-        let cfg = &self.config;
-        let window_ns = cfg.window.as_nanos();
-        let window_start = Time::from_nanos(window.saturating_mul(window_ns));
-        let window_end = Time::from_nanos(window.saturating_add(1).saturating_mul(window_ns));
+        let min_samples = self.config.min_samples;
         let mut medians: Vec<Option<f64>> = Vec::with_capacity(self.members.len());
         for member in &mut self.members {
-            let m = if member.samples.len() >= cfg.min_samples {
+            let m = if member.samples.len() >= min_samples {
                 interquartile_mean_in_place(&mut member.samples)
             } else {
                 None
@@ -195,6 +260,16 @@ impl GangStragglerDetector {
             member.samples.clear();
             medians.push(m);
         }
+        self.judge(window, &medians)
+    }
+
+    /// The judgement of one window, given each member's location (by slot; `None`: no
+    /// evidence this window).
+    fn judge(&mut self, window: i64, medians: &[Option<f64>]) -> Vec<DegradationFinding> {
+        let cfg = &self.config;
+        let window_ns = cfg.window.as_nanos();
+        let window_start = Time::from_nanos(window.saturating_mul(window_ns));
+        let window_end = Time::from_nanos(window.saturating_add(1).saturating_mul(window_ns));
         let mut present: Vec<f64> = medians.iter().flatten().copied().collect();
         let mut findings = Vec::new();
         if present.len() < cfg.min_members {
@@ -316,6 +391,47 @@ mod tests {
         assert!(feed(&mut det, 30, None).is_empty());
         let mut det = GangStragglerDetector::new(StragglerConfig::default()).unwrap();
         assert!(feed(&mut det, 30, Some((2, 1.03, 0))).is_empty());
+    }
+
+    /// The window-by-window path (summaries made on each member's node) finds what the
+    /// step-by-step path finds, and forgets members that left.
+    #[test]
+    fn window_summaries_give_the_same_finding_as_steps() {
+        use super::super::WindowAggregator;
+        let cfg = StragglerConfig::default();
+        let mut by_steps = GangStragglerDetector::new(cfg.clone()).unwrap();
+        let expected = feed(&mut by_steps, 20, Some((5, 1.17, 4)));
+        let mut by_windows = GangStragglerDetector::new(cfg.clone()).unwrap();
+        let mut aggs: Vec<WindowAggregator> = (0..8).map(|_| WindowAggregator::new(cfg.window)).collect();
+        let mut found = Vec::new();
+        for minute in 0..21 {
+            let mut closed = Vec::new();
+            for (member, agg) in aggs.iter_mut().enumerate() {
+                if minute == 20 {
+                    closed.extend(agg.close().map(|w| (format!("m{member}"), w)));
+                    continue;
+                }
+                for step in 0..6 {
+                    let at = Time::from_secs(minute * 60 + step * 10);
+                    let wobble = 1.0 + 0.005 * (((member + step as usize) % 3) as f64 - 1.0);
+                    let secs = if member == 5 && minute >= 4 { 1.17 * wobble } else { wobble };
+                    let w = agg.push("m", at, Duration::from_nanos((secs * 1e9) as i64)).unwrap();
+                    closed.extend(w.map(|w| (format!("m{member}"), w)));
+                }
+            }
+            if let Some((_, w)) = closed.first() {
+                found.extend(by_windows.observe_window(w.index, &closed).unwrap());
+            }
+        }
+        assert_eq!(found, expected);
+        assert!(by_windows.is_reported("m5") && !by_windows.is_reported("m4"));
+        let err = by_windows.observe_window(3, &[]).unwrap_err();
+        assert!(matches!(err, DegradationError::OutOfOrder { .. }), "{err}");
+        by_windows.forget("m5");
+        by_windows.forget("m0");
+        assert_eq!(by_windows.len(), 6);
+        assert!(!by_windows.is_reported("m5"));
+        assert!(!by_windows.is_reported("m7") && by_windows.index.get("m7").is_some());
     }
 
     #[test]
