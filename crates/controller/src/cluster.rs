@@ -452,6 +452,16 @@ impl FakeCluster {
         s.put_health(obj);
     }
 
+    /// The agent on `node` publishes the progress of its pods (`status.workloads`).
+    pub fn set_workloads(&self, node: &str, workloads: Vec<devheal_k8s::crd::WorkloadProgress>) {
+        let mut s = self.lock();
+        let Some(mut obj) = s.health.get(node).cloned() else { return };
+        if let Some(status) = obj.status.as_mut() {
+            status.workloads = workloads;
+        }
+        s.put_health(obj);
+    }
+
     /// Create or replace a FailurePolicy (its spec: a new `metadata.generation`, as the API
     /// server counts; the status kept).
     pub fn apply_policy(&self, mut obj: FailurePolicyObject) {

@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 
 use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
 use crate::metrics::{LoopHealth, Metrics};
+use crate::progress::{ProgressEffects, ProgressMonitor, ProgressSettings};
 use crate::status::{PolicyStatusBook, PolicyStatusWriter};
 
 /// Where the loop reads the time from.
@@ -156,6 +157,8 @@ pub struct ControllerSettings {
     /// FailurePolicy statuses are written at most this often (changes in between coalesce);
     /// they are looked at with each Tick.
     pub status_every: std::time::Duration,
+    /// Workload progress across gangs (stragglers, hangs) from the agents' reports.
+    pub progress: ProgressSettings,
 }
 
 impl Default for ControllerSettings {
@@ -166,6 +169,7 @@ impl Default for ControllerSettings {
             tick_every: std::time::Duration::from_secs(5),
             max_attempts: 8,
             status_every: std::time::Duration::from_secs(5),
+            progress: ProgressSettings::default(),
         }
     }
 }
@@ -207,6 +211,8 @@ pub struct Controller<A, L, C> {
     retry_seq: u64,
     /// What to report on each FailurePolicy object.
     status: PolicyStatusBook,
+    /// Gang-wide comparison of the agents' progress reports.
+    progress: ProgressMonitor,
 }
 
 impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L, C> {
@@ -218,9 +224,21 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         metrics: Arc<Metrics>,
         health: Arc<LoopHealth>,
     ) -> Self {
+        let progress = match ProgressMonitor::new(settings.progress.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid progress settings; using the defaults");
+                ProgressMonitor::default()
+            }
+        };
+        // Hangs come from the agents, which time each pod's silence where it runs; the engine's
+        // own check times the silence of its Progress inputs, and in the controller those stop
+        // when agents stop publishing (a DaemonSet rollout), which is not a hung workload.
+        let mut engine_config = settings.engine.clone();
+        engine_config.safety.hang_timeout = Duration::ZERO;
         Controller {
             index: ClusterIndex::new(),
-            engine: Engine::new(settings.engine.clone()),
+            engine: Engine::new(engine_config),
             actuator,
             leadership,
             clock,
@@ -230,6 +248,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             retries: BTreeMap::new(),
             retry_seq: 0,
             status: PolicyStatusBook::new(),
+            progress,
         }
     }
 
@@ -247,6 +266,10 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
 
     pub fn actuator(&self) -> &A {
         &self.actuator
+    }
+
+    pub fn progress(&self) -> &ProgressMonitor {
+        &self.progress
     }
 
     pub fn safety_state(&self) -> SafetyState {
@@ -297,8 +320,20 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         self.metrics.inputs(kind, update.inputs.len());
         let now = self.clock.now();
         let mut planned = Vec::new();
+        let mut gone = Vec::new();
         for input in update.inputs {
+            if let Input::PodDeleted { uid } = &input {
+                gone.push(uid.clone());
+            }
             planned.extend(self.engine.handle(input, now));
+        }
+        for uid in gone {
+            let fx = self.progress.forget_pod(&uid);
+            self.apply_progress(fx, now, &mut planned);
+        }
+        for (node, workloads) in update.progress {
+            let fx = self.progress.observe_node(&node, &workloads, &self.engine, now);
+            self.apply_progress(fx, now, &mut planned);
         }
         self.dispatch(planned, arrival).await;
         self.health.set_ready(self.index.ready(), &self.index.waiting_for());
@@ -309,7 +344,10 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
     pub async fn tick(&mut self) {
         let arrival = Instant::now();
         let now = self.clock.now();
-        let planned = self.engine.handle(Input::Tick, now);
+        let mut planned = Vec::new();
+        let fx = self.progress.tick(&self.engine, now);
+        self.apply_progress(fx, now, &mut planned);
+        planned.extend(self.engine.handle(Input::Tick, now));
         self.dispatch(planned, arrival).await;
         self.run_due_retries().await;
         self.metrics.safety(&self.engine.safety_state(now));
@@ -360,6 +398,30 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
                     tracing::warn!(error = %e, "status not written; trying again at the next flush");
                 }
             }
+        }
+    }
+
+    /// What the progress monitor concluded: device reasons through the index (merged with the
+    /// agents' reports), then its inputs, to the engine.
+    fn apply_progress(&mut self, fx: ProgressEffects, now: Time, planned: &mut Vec<PlannedAction>) {
+        if fx.is_empty() {
+            return;
+        }
+        for f in &fx.findings {
+            self.metrics.progress_finding(f.kind.as_str());
+            tracing::info!(subject = %f.subject, kind = f.kind.as_str(), "progress finding: {}", f.evidence);
+        }
+        for (device, reason) in fx.device_reasons {
+            if let Some(input) = self.index.set_progress_reason(&device, reason) {
+                planned.extend(self.engine.handle(input, now));
+            }
+        }
+        for input in fx.inputs {
+            if let Input::Hung { evidence, .. } = &input {
+                self.metrics.progress_finding("hang");
+                tracing::warn!("workload hung: {evidence}");
+            }
+            planned.extend(self.engine.handle(input, now));
         }
     }
 

@@ -14,6 +14,14 @@
 //!   reasons, and the pods the agent binds to each device;
 //! - the FailurePolicies, converted.
 //!
+//! NodeDeviceHealth also carries the progress of the node's pods (`status.workloads`): the
+//! index hands it on ([`IndexUpdate::progress`], with each pod's uid filled in) for the
+//! controller's [`crate::progress::ProgressMonitor`], and merges what that monitor finds about
+//! a pod (a straggler, a baseline shift) into the health of the pod's devices as a
+//! `progress` reason ([`ClusterIndex::set_progress_reason`]): the agent's report of a device and
+//! the gang-wide comparison are two sources for one device health, and the engine gets their
+//! merge (Healthy plus a progress reason is Degraded; Unhealthy and Unknown stay as they are).
+//!
 //! A relist (`Init`, `InitApply`…, `InitDone`, as the watcher does at start and after a 410 Gone)
 //! marks what it sees with a new epoch; at `InitDone` whatever the relist did not see vanished
 //! during the gap and is deleted. Unchanged objects emit nothing, so a relist never repeats an
@@ -27,7 +35,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
 
 use devheal_core::{Device, DeviceKey, Health, HealthReason, Input, PodInfo};
-use devheal_k8s::crd::{FailurePolicy as FailurePolicyObject, NodeDeviceHealth as NodeDeviceHealthObject};
+use devheal_k8s::crd::{
+    FailurePolicy as FailurePolicyObject, NodeDeviceHealth as NodeDeviceHealthObject, WorkloadProgress,
+};
 use devheal_k8s::node_health::{DeviceReport, NodeDeviceHealth as NodeDeviceHealthDocument, PodBinding};
 use devheal_k8s::{node_from_k8s, pod_from_k8s};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -117,6 +127,9 @@ pub struct IndexUpdate {
     pub relisted: bool,
     /// A watch error was reported.
     pub watch_error: bool,
+    /// NodeDeviceHealth workload progress: per node, the workloads with their uids filled in
+    /// where the index knows the pod; an empty list when the object went away.
+    pub progress: Vec<(String, Vec<WorkloadProgress>)>,
 }
 
 /// The fields of a pod the engine keeps between inputs, plus what re-sending it needs.
@@ -145,9 +158,35 @@ struct PodEntry {
 struct HealthEntry {
     epoch: u32,
     inventory: u64,
-    devices: BTreeMap<DeviceKey, u64>,
+    devices: BTreeMap<DeviceKey, DeviceEntry>,
     /// Pods bound to each device, as (pod key `namespace/name`, uid if given).
     bindings: Vec<(String, Option<String>, DeviceKey)>,
+}
+
+/// A device as its NodeDeviceHealth last reported it, and the digest of what the engine last
+/// got for it (the report merged with any progress reason).
+#[derive(Debug)]
+struct DeviceEntry {
+    health: Health,
+    reasons: Vec<HealthReason>,
+    sent: u64,
+}
+
+/// A device's health as the agent reported it, with a progress finding merged in.
+fn merged(
+    health: Health,
+    reasons: &[HealthReason],
+    progress: Option<&HealthReason>,
+) -> (Health, Vec<HealthReason>) {
+    let mut reasons = reasons.to_vec();
+    let Some(p) = progress else { return (health, reasons) };
+    reasons.push(p.clone());
+    let health = match health {
+        Health::Healthy | Health::Degraded => Health::Degraded,
+        // A failed device is already worse; a device nobody can see is never acted on.
+        Health::Unhealthy | Health::Unknown => health,
+    };
+    (health, reasons)
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -167,6 +206,8 @@ pub struct ClusterIndex {
     policies: BTreeMap<String, (devheal_core::FailurePolicy, u32)>,
     /// Devices NodeDeviceHealth binds to each pod key, with the uid the binding names.
     bound: HashMap<String, Vec<(DeviceKey, Option<String>)>>,
+    /// Progress findings on devices (see [`ClusterIndex::set_progress_reason`]).
+    progress_reasons: HashMap<DeviceKey, HealthReason>,
     /// Digest of the policy set the engine last got (`None`: none sent, the engine's own).
     sent_policies: Option<u64>,
     lists: [ListState; 4],
@@ -581,18 +622,41 @@ impl ClusterIndex {
             let old = std::mem::replace(&mut entry.bindings, bindings);
             self.replace_bindings(&old, &entry.bindings, up);
         }
-        let mut health: BTreeMap<DeviceKey, u64> = BTreeMap::new();
+        let mut health: BTreeMap<DeviceKey, DeviceEntry> = BTreeMap::new();
         for r in reports {
-            let d = digest(&(r.health, &r.reasons));
             let key = r.device.key;
-            let changed = entry.devices.get(&key) != Some(&d);
-            health.insert(key.clone(), d);
-            if changed {
-                up.inputs.push(Input::DeviceHealth { device: key, health: r.health, reasons: r.reasons });
+            let (h, reasons) = merged(r.health, &r.reasons, self.progress_reasons.get(&key));
+            let sent = digest(&(h, &reasons));
+            if entry.devices.get(&key).map(|d| d.sent) != Some(sent) {
+                up.inputs.push(Input::DeviceHealth { device: key.clone(), health: h, reasons });
             }
+            health.insert(key, DeviceEntry { health: r.health, reasons: r.reasons, sent });
         }
         entry.devices = health;
-        self.health.insert(node, entry);
+        self.health.insert(node.clone(), entry);
+        let mut workloads = obj.status.as_ref().map(|s| s.workloads.clone()).unwrap_or_default();
+        for w in workloads.iter_mut().filter(|w| w.uid.is_none()) {
+            w.uid = self.pods.get(&pod_key(&w.namespace, &w.name)).map(|p| p.uid.clone());
+        }
+        up.progress.push((node, workloads));
+    }
+
+    /// Sets (or, with `None`, clears) the progress finding on `device` and returns the input
+    /// that gives the engine the device's merged health, if it changed. A device no
+    /// NodeDeviceHealth reports keeps the reason until one does.
+    pub fn set_progress_reason(&mut self, device: &DeviceKey, reason: Option<HealthReason>) -> Option<Input> {
+        match reason {
+            Some(r) => self.progress_reasons.insert(device.clone(), r),
+            None => self.progress_reasons.remove(device),
+        };
+        let entry = self.health.get_mut(&device.node)?.devices.get_mut(device)?;
+        let (health, reasons) = merged(entry.health, &entry.reasons, self.progress_reasons.get(device));
+        let sent = digest(&(health, &reasons));
+        if entry.sent == sent {
+            return None;
+        }
+        entry.sent = sent;
+        Some(Input::DeviceHealth { device: device.clone(), health, reasons })
     }
 
     fn replace_bindings(
@@ -624,6 +688,7 @@ impl ClusterIndex {
     /// never remediates) and its bindings no longer hold.
     fn remove_health(&mut self, node: &str, up: &mut IndexUpdate) {
         let Some(entry) = self.health.remove(node) else { return };
+        up.progress.push((node.to_string(), Vec::new()));
         self.replace_bindings(&entry.bindings, &[], up);
         for device in entry.devices.into_keys() {
             up.inputs.push(Input::DeviceHealth {
@@ -847,6 +912,60 @@ mod tests {
         // The object goes away: its devices are Unknown (never remediated), the binding ends.
         let gone = index.apply(ClusterEvent::NodeHealth(watcher::Event::Delete(health("node-0", json!([])))));
         assert_eq!(names(&gone.inputs), ["upsert p 0", "health G0 Unknown", "health G1 Unknown"]);
+    }
+
+    /// A progress finding and the agent's report are merged: Healthy plus the finding is
+    /// Degraded, Unhealthy and Unknown stay, a heartbeat repeats nothing, and withdrawing the
+    /// finding gives the agent's report back. The workloads are handed on with their uids.
+    #[test]
+    fn progress_reasons_merge_with_the_agents_report() {
+        let mut index = ClusterIndex::new();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ml", "uid": "u1"},
+            "spec": {"nodeName": "node-0", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("valid pod");
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod)));
+        let object = |h: &str| {
+            let mut o = health("node-0", json!([{"id": "G0", "resource": "nvidia.com/gpu", "health": h}]));
+            o.status.as_mut().expect("status").workloads = vec![devheal_k8s::crd::WorkloadProgress {
+                namespace: "ml".into(),
+                name: "p".into(),
+                window_seconds: 60,
+                ..Default::default()
+            }];
+            o
+        };
+        let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(object("Healthy"))));
+        assert_eq!(up.progress.len(), 1);
+        assert_eq!(up.progress[0].1[0].uid.as_deref(), Some("u1"), "the uid is filled in from the pod");
+        let g0 = DeviceKey { node: "node-0".into(), resource: "nvidia.com/gpu".into(), id: "G0".into() };
+        let reason = HealthReason {
+            source: devheal_core::HealthSource::Progress,
+            code: None,
+            message: "straggler ml/p: 17 % slower".into(),
+            first_seen: devheal_core::Time(1),
+            last_seen: devheal_core::Time(2),
+            count: 1,
+        };
+        let set = index.set_progress_reason(&g0, Some(reason.clone()));
+        assert_eq!(names(set.as_slice()), ["health G0 Degraded"]);
+        assert!(index.set_progress_reason(&g0, Some(reason.clone())).is_none(), "unchanged");
+        let heartbeat = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(object("Healthy"))));
+        assert!(heartbeat.inputs.is_empty(), "{:?}", names(&heartbeat.inputs));
+        let failed = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(object("Unhealthy"))));
+        assert_eq!(names(&failed.inputs), ["health G0 Unhealthy"]);
+        let Input::DeviceHealth { reasons, .. } = &failed.inputs[0] else { unreachable!() };
+        assert_eq!(reasons.last(), Some(&reason), "the finding stays as evidence");
+        let blind = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(object("Unknown"))));
+        assert_eq!(names(&blind.inputs), ["health G0 Unknown"]);
+        index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(object("Healthy"))));
+        let cleared = index.set_progress_reason(&g0, None);
+        assert_eq!(names(cleared.as_slice()), ["health G0 Healthy"]);
+        // A device no NodeDeviceHealth reports keeps the reason until one does.
+        let elsewhere = DeviceKey { node: "node-9".into(), ..g0 };
+        assert!(index.set_progress_reason(&elsewhere, Some(reason)).is_none());
     }
 
     #[test]

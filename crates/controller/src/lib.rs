@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod controller;
 pub mod index;
 pub mod metrics;
+pub mod progress;
 pub mod status;
 
 pub use cluster::{Cluster, FakeCluster, KubeCluster, WatchSettings};

@@ -58,6 +58,7 @@ pub struct Metrics {
     watch_relists: Family<Labels1, Counter>,
     watch_errors: Family<Labels1, Counter>,
     rejected: Family<Labels1, Counter>,
+    progress_findings: Family<Labels1, Counter>,
     indexed: Family<Labels1, Gauge>,
     leader: Gauge,
     breaker_open: Gauge,
@@ -95,6 +96,7 @@ impl Metrics {
             watch_relists: Family::default(),
             watch_errors: Family::default(),
             rejected: Family::default(),
+            progress_findings: Family::default(),
             indexed: Family::default(),
             leader: Gauge::default(),
             breaker_open: Gauge::default(),
@@ -109,6 +111,11 @@ impl Metrics {
             "controller_actions",
             "Actions handed to the actuator, by action and outcome",
             m.actions.clone(),
+        );
+        registry.register(
+            "controller_progress_findings",
+            "Findings from workload progress, by kind (straggler, baseline_shift, hang)",
+            m.progress_findings.clone(),
         );
         registry.register(
             "controller_standby_actions",
@@ -262,6 +269,14 @@ impl Metrics {
 
     pub fn rejected(&self, kind: ObjectKind, n: usize) {
         self.rejected.get_or_create(&[("kind", kind.label())]).inc_by(n as u64);
+    }
+
+    pub fn progress_finding(&self, kind: &'static str) {
+        self.progress_findings.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn progress_findings(&self, kind: &'static str) -> u64 {
+        self.progress_findings.get_or_create(&[("kind", kind)]).get()
     }
 
     pub fn indexed(&self, kind: ObjectKind, n: usize) {

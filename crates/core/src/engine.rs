@@ -455,7 +455,9 @@ impl Engine {
             Input::NodeUpsert(info) => self.on_node(info, now),
             Input::NodeDeleted { name } => self.on_node_deleted(&name),
             Input::Progress { pod_uid, step: _, step_time: _ } => self.on_progress(&pod_uid, now),
-            Input::Hung { pod_uid, since, evidence } => self.on_hung(&pod_uid, since, &evidence, now, &mut out),
+            Input::Hung { pod_uid, since, evidence } => {
+                self.on_hung(&pod_uid, since, &evidence, now, &mut out)
+            }
             Input::Tick => self.on_tick(now, &mut out),
             Input::Policies(policies) => {
                 self.config.policies = policies;
@@ -1344,10 +1346,9 @@ impl Engine {
             }
             let verdict = self.verdict(&p.info.to_pod_info(&uid), now);
             if verdict.class == FailureClass::DeviceDegraded {
-                // One decision per pod and episode, however many of its devices are Degraded.
-                let since = self.devices.get(key).map_or(now, |d| d.since);
-                let incident = format!("degraded/{uid}/{}", since.as_nanos());
-                self.decide_pod(&uid, None, verdict, Some(incident), now, out);
+                // One decision per pod and episode, however many of its devices are Degraded
+                // (decide_pod names the episode by its earliest Degraded device).
+                self.decide_pod(&uid, None, verdict, None, now, out);
             }
         }
     }
@@ -1540,8 +1541,23 @@ impl Engine {
             .iter()
             .find_map(|k| self.devices.get(k).and_then(|d| d.open_incident.clone()));
         let restarts = p.restarts;
+        // A slow-down is one episode of its device, however the pod comes to be decided (the
+        // device turning Degraded, a Tick once it lasted, an update of the pod itself).
+        let degraded_episode = (verdict.class == FailureClass::DeviceDegraded)
+            .then(|| {
+                verdict
+                    .suspect_devices
+                    .iter()
+                    .filter_map(|k| self.devices.get(k))
+                    .filter(|d| d.health == Health::Degraded)
+                    .map(|d| d.since)
+                    .min()
+            })
+            .flatten()
+            .map(|since| format!("degraded/{uid}/{}", since.as_nanos()));
         let identity = incident
             .or(device_incident.clone())
+            .or(degraded_episode)
             .unwrap_or_else(|| format!("pod/{uid}/{restarts}/{}", verdict.class.as_str()));
         if p.decided.contains(&identity) {
             return;
@@ -2100,6 +2116,10 @@ mod tests {
         assert_eq!(count(&acts, |a| matches!(a, Action::MarkPod { .. })), 1);
         let mut later = e.handle(Input::Tick, t(100 + 40 * 60));
         later.extend(degraded(&mut e, key("node-0", 0), t(100 + 41 * 60)));
+        // The mark updates the pod; that update is the same episode, not a new decision.
+        let mut p = gang_pod(0, "node-0");
+        p.devices = (0..8).map(|d| key("node-0", d)).collect();
+        later.extend(e.handle(Input::PodUpsert(p), t(100 + 42 * 60)));
         assert!(later.is_empty(), "one replacement per episode: {later:?}");
         assert!(!e.is_quarantined(&key("node-0", 0)));
     }

@@ -177,8 +177,9 @@ impl BaselineShiftDetector {
             None => self.add(subject, window.index),
         };
         self.subjects[slot].window = window.index;
-        let location = (window.samples as usize >= self.config.min_samples && window.location_secs.is_finite())
-            .then_some(window.location_secs);
+        let location = (window.samples as usize >= self.config.min_samples
+            && window.location_secs.is_finite())
+        .then_some(window.location_secs);
         Ok(self.judge(slot, location))
     }
 

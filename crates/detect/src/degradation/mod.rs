@@ -28,10 +28,10 @@ pub use baseline::{BaselineConfig, BaselineShiftDetector};
 pub use eval::{BucketScore, CleanScore, EvalConfig, EvalReport, HangScore, evaluate};
 pub use hang::{HangConfig, HangDetector};
 pub use straggler::{GangStragglerDetector, StragglerConfig};
-pub use window::{StepWindow, WindowAggregator};
 pub use trace::{
     CheckpointPause, InjectedHang, InjectedSlowdown, StepReport, Trace, TraceConfig, TraceLabels,
 };
+pub use window::{StepWindow, WindowAggregator};
 
 /// What a finding says is wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -48,7 +48,11 @@ pub struct WindowAggregator {
 impl WindowAggregator {
     /// `window` must be positive (the detectors' configs check theirs).
     pub fn new(window: Duration) -> Self {
-        WindowAggregator { window: Duration::from_nanos(window.as_nanos().max(1)), open: None, samples: Vec::new() }
+        WindowAggregator {
+            window: Duration::from_nanos(window.as_nanos().max(1)),
+            open: None,
+            samples: Vec::new(),
+        }
     }
 
     pub fn window(&self) -> Duration {
@@ -63,9 +67,17 @@ impl WindowAggregator {
     /// Records a step of `step` that ended at `at`. A step in a later window than the open one
     /// closes it and returns its summary; a step in an earlier window is an error (`subject`
     /// names the reporter in it). Non-positive or non-finite step times are errors too.
-    pub fn push(&mut self, subject: &str, at: Time, step: Duration) -> Result<Option<StepWindow>, DegradationError> {
+    pub fn push(
+        &mut self,
+        subject: &str,
+        at: Time,
+        step: Duration,
+    ) -> Result<Option<StepWindow>, DegradationError> {
         if step.as_nanos() <= 0 {
-            return Err(DegradationError::NonPositiveStep { subject: subject.to_string(), nanos: step.as_nanos() });
+            return Err(DegradationError::NonPositiveStep {
+                subject: subject.to_string(),
+                nanos: step.as_nanos(),
+            });
         }
         let index = window_index(at, self.window);
         let closed = match self.open {
@@ -109,7 +121,10 @@ mod tests {
     fn windows_close_when_a_later_step_or_the_clock_passes_them() {
         let mut agg = WindowAggregator::new(Duration::from_mins(1));
         for (s, secs) in [(1, 1.0), (10, 1.2), (20, 40.0), (30, 1.1), (40, 0.9), (50, 0.8)] {
-            assert_eq!(agg.push("p", Time::from_secs(s), Duration::from_nanos((secs * 1e9) as i64)).unwrap(), None);
+            assert_eq!(
+                agg.push("p", Time::from_secs(s), Duration::from_nanos((secs * 1e9) as i64)).unwrap(),
+                None
+            );
         }
         let closed = agg.push("p", Time::from_secs(61), Duration::from_secs(1)).unwrap().unwrap();
         assert_eq!(closed.index, 0);

@@ -1,0 +1,501 @@
+//! Workload progress across a gang: the agents summarise each pod's steps per window and watch
+//! each pod for silence (NodeDeviceHealth `status.workloads`); only the controller sees every
+//! member of a gang, so it compares them here.
+//!
+//! - **Stragglers.** Each gang gets a [`GangStragglerDetector`] fed with its members' window
+//!   summaries. Window `w` is judged once every member that reports windows has sent `w`, or
+//!   `close_grace` after `w` ended (a member whose agent is late or gone is left out of that
+//!   window, as with too few samples). A finding marks the member's devices Degraded with a
+//!   `progress` reason ("straggler: 17 % slower than the gang median for 3 min …"), through the
+//!   index, which merges it with the agent's own report of the device; the engine's
+//!   `device_degraded` rules then decide (by default, replace the member at the next checkpoint
+//!   once the slow-down has lasted `degraded_replace_after`). The reason is withdrawn when the
+//!   detector clears the member or the pod goes away.
+//! - **Baseline shifts.** The agent compares each pod with its own past. That is a device
+//!   signal only where there is no gang to compare with (a pod outside any gang, or a gang with
+//!   fewer reporting members than the straggler detector needs): a gang-wide slow-down (a slower
+//!   data phase, network congestion) shifts every member's baseline and is nobody's device.
+//! - **Hangs.** A gang is hung when every member that reports progress has a hang finding from
+//!   its agent (each agent times the silence of its own pods, so the controller's view is not
+//!   delayed by publishing). One member going quiet while others progress is its reporter, not
+//!   a hang. A member whose agent reports an error reading its progress is blind, not hung, and
+//!   is left out. The engine gets [`Input::Hung`] once per silence and restarts the gang.
+//!
+//! The monitor is pure: the controller passes the engine (for gangs and devices) and the time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use devheal_core::{DeviceKey, Duration, Engine, GangId, HealthReason, HealthSource, Input, Time};
+use devheal_detect::degradation::{
+    DegradationError, DegradationFinding, DegradationKind, GangStragglerDetector, StepWindow, StragglerConfig,
+};
+use devheal_k8s::crd::{ProgressFinding, WorkloadProgress};
+use devheal_k8s::pod::time_from_k8s;
+
+/// Parameters of the [`ProgressMonitor`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressSettings {
+    /// The gang comparison. Its `window` is replaced by the agents' published window length.
+    pub straggler: StragglerConfig,
+    /// A window is judged this long after it ended even if some member has not sent it (the
+    /// agents publish a closed window within seconds, or at worst with their 60 s heartbeat).
+    pub close_grace: Duration,
+}
+
+impl Default for ProgressSettings {
+    fn default() -> Self {
+        ProgressSettings { straggler: StragglerConfig::default(), close_grace: Duration::from_secs(90) }
+    }
+}
+
+impl ProgressSettings {
+    pub fn validate(&self) -> Result<(), DegradationError> {
+        self.straggler.validate()?;
+        if self.close_grace.as_nanos() <= 0 {
+            return Err(DegradationError::InvalidConfig {
+                what: "progress close_grace",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the monitor concluded from one update or tick.
+#[derive(Debug, Default)]
+pub struct ProgressEffects {
+    /// For the engine: `Progress` (a member's last step advanced) and `Hung`.
+    pub inputs: Vec<Input>,
+    /// Progress reasons to set (`Some`) or withdraw (`None`) on devices, through
+    /// [`crate::index::ClusterIndex::set_progress_reason`].
+    pub device_reasons: Vec<(DeviceKey, Option<HealthReason>)>,
+    /// New findings, for logs and metrics.
+    pub findings: Vec<DegradationFinding>,
+}
+
+impl ProgressEffects {
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty() && self.device_reasons.is_empty() && self.findings.is_empty()
+    }
+}
+
+/// One pod that reports progress, as its agent last published it.
+#[derive(Debug)]
+struct Member {
+    node: String,
+    label: String,
+    gang: Option<GangId>,
+    last_progress: Option<Time>,
+    hang: Option<(Time, String)>,
+    baseline: Option<ProgressFinding>,
+    blind: bool,
+    /// The hang already sent to the engine (by its `since`).
+    hang_sent: Option<Time>,
+}
+
+/// The progress reason a member's devices carry, and why.
+#[derive(Debug)]
+struct Marked {
+    devices: Vec<DeviceKey>,
+    straggler: bool,
+}
+
+#[derive(Debug)]
+struct GangWatch {
+    detector: GangStragglerDetector,
+    window: Duration,
+    /// Window summaries not yet judged, by window index then member uid.
+    pending: BTreeMap<i64, BTreeMap<String, StepWindow>>,
+    judged: Option<i64>,
+    /// Members that send windows.
+    reporters: BTreeSet<String>,
+    /// Members with a standing straggler finding.
+    flagged: BTreeSet<String>,
+    hang_sent: Option<Time>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct ProgressMonitor {
+    settings: ProgressSettings,
+    members: HashMap<String, Member>,
+    by_node: HashMap<String, BTreeSet<String>>,
+    gangs: HashMap<GangId, GangWatch>,
+    marked: HashMap<String, Marked>,
+}
+
+impl Default for ProgressMonitor {
+    /// The default settings (valid: a test checks it).
+    fn default() -> Self {
+        ProgressMonitor {
+            settings: ProgressSettings::default(),
+            members: HashMap::new(),
+            by_node: HashMap::new(),
+            gangs: HashMap::new(),
+            marked: HashMap::new(),
+        }
+    }
+}
+
+impl ProgressMonitor {
+    pub fn new(settings: ProgressSettings) -> Result<Self, DegradationError> {
+        settings.validate()?;
+        Ok(ProgressMonitor {
+            settings,
+            members: HashMap::new(),
+            by_node: HashMap::new(),
+            gangs: HashMap::new(),
+            marked: HashMap::new(),
+        })
+    }
+
+    /// Pods followed.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether a pod has a standing straggler finding (for tests and `explain`).
+    pub fn is_straggler(&self, uid: &str) -> bool {
+        self.marked.get(uid).is_some_and(|m| m.straggler)
+    }
+
+    /// A node's agent published its workloads (an empty list: the node's object went away).
+    pub fn observe_node(
+        &mut self,
+        node: &str,
+        workloads: &[WorkloadProgress],
+        engine: &Engine,
+        now: Time,
+    ) -> ProgressEffects {
+        let mut fx = ProgressEffects::default();
+        let seen: BTreeSet<String> = workloads.iter().filter_map(|w| w.uid.clone()).collect();
+        let before = self.by_node.remove(node).unwrap_or_default();
+        for gone in before.difference(&seen) {
+            self.forget_into(gone, &mut fx);
+        }
+        let mut touched: BTreeSet<GangId> = BTreeSet::new();
+        for w in workloads {
+            let Some(uid) = w.uid.clone() else { continue };
+            let gang = engine.pod_gang(&uid).cloned();
+            let member = self.members.entry(uid.clone()).or_insert_with(|| Member {
+                node: node.to_string(),
+                label: format!("{}/{}", w.namespace, w.name),
+                gang: None,
+                last_progress: None,
+                hang: None,
+                baseline: None,
+                blind: false,
+                hang_sent: None,
+            });
+            member.node = node.to_string();
+            if member.gang != gang {
+                if let Some(old) = member.gang.take()
+                    && let Some(gw) = self.gangs.get_mut(&old)
+                {
+                    gw.reporters.remove(&uid);
+                    gw.detector.forget(&uid);
+                }
+                member.gang = gang.clone();
+            }
+            let last = w.last_progress.as_ref().map(time_from_k8s);
+            if let Some(t) = last
+                && member.last_progress.is_none_or(|old| t > old)
+            {
+                member.last_progress = Some(t);
+                let step_time = w
+                    .windows
+                    .last()
+                    .map(|x| Duration::from_nanos((x.step_seconds * 1e9) as i64))
+                    .unwrap_or(Duration::ZERO);
+                fx.inputs.push(Input::Progress {
+                    pod_uid: uid.clone(),
+                    step: w.step.unwrap_or(w.steps),
+                    step_time,
+                });
+            }
+            member.hang = w.hang.as_ref().map(|h| (time_from_k8s(&h.since), h.message.clone()));
+            if member.hang.is_none() {
+                member.hang_sent = None;
+            }
+            member.baseline = w.baseline_shift.clone();
+            member.blind = w.error.is_some();
+            if let Some(g) = gang {
+                if !self.gangs.contains_key(&g) {
+                    let window = Duration::from_secs(i64::from(w.window_seconds.max(1)));
+                    let cfg = StragglerConfig { window, ..self.settings.straggler.clone() };
+                    // Validated with the settings; only the window length (≥ 1 s) changed.
+                    let Ok(detector) = GangStragglerDetector::new(cfg) else { continue };
+                    let watch = GangWatch {
+                        detector,
+                        window,
+                        pending: BTreeMap::new(),
+                        judged: None,
+                        reporters: BTreeSet::new(),
+                        flagged: BTreeSet::new(),
+                        hang_sent: None,
+                    };
+                    self.gangs.insert(g.clone(), watch);
+                }
+                let Some(gw) = self.gangs.get_mut(&g) else { continue };
+                let secs = i64::from(w.window_seconds);
+                if secs > 0 && Duration::from_secs(secs) == gw.window {
+                    for x in &w.windows {
+                        let start = time_from_k8s(&x.start);
+                        let index = start.as_nanos().div_euclid(gw.window.as_nanos());
+                        if gw.judged.is_some_and(|j| index <= j) {
+                            continue;
+                        }
+                        let summary = StepWindow { index, samples: x.samples, location_secs: x.step_seconds };
+                        gw.pending.entry(index).or_default().insert(uid.clone(), summary);
+                        gw.reporters.insert(uid.clone());
+                    }
+                }
+                touched.insert(g);
+            } else {
+                self.standalone(&uid, engine, now, &mut fx);
+            }
+        }
+        self.by_node.insert(node.to_string(), seen);
+        for g in touched {
+            self.judge_gang(&g, engine, now, &mut fx);
+            self.check_hang(&g, &mut fx);
+        }
+        fx
+    }
+
+    /// The pod is gone (deleted, or replaced under the same name).
+    pub fn forget_pod(&mut self, uid: &str) -> ProgressEffects {
+        let mut fx = ProgressEffects::default();
+        if let Some(m) = self.members.get(uid)
+            && let Some(set) = self.by_node.get_mut(&m.node)
+        {
+            set.remove(uid);
+        }
+        self.forget_into(uid, &mut fx);
+        fx
+    }
+
+    /// Time passes: windows whose grace ran out are judged.
+    pub fn tick(&mut self, engine: &Engine, now: Time) -> ProgressEffects {
+        let mut fx = ProgressEffects::default();
+        let grace = self.settings.close_grace;
+        let due: Vec<GangId> = self
+            .gangs
+            .iter()
+            .filter(|(_, gw)| {
+                gw.pending.keys().next().is_some_and(|&w| window_end(w, gw.window) + grace <= now)
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in due {
+            self.judge_gang(&g, engine, now, &mut fx);
+        }
+        // Gangs nobody reports for any more.
+        self.gangs.retain(|_, gw| !gw.reporters.is_empty() || !gw.flagged.is_empty());
+        fx
+    }
+
+    fn forget_into(&mut self, uid: &str, fx: &mut ProgressEffects) {
+        let Some(m) = self.members.remove(uid) else { return };
+        if let Some(g) = &m.gang
+            && let Some(gw) = self.gangs.get_mut(g)
+        {
+            gw.reporters.remove(uid);
+            gw.flagged.remove(uid);
+            gw.detector.forget(uid);
+            for w in gw.pending.values_mut() {
+                w.remove(uid);
+            }
+        }
+        self.unmark(uid, fx);
+    }
+
+    /// Judges the gang's pending windows that are complete (every reporter sent them) or past
+    /// their grace, oldest first; stops at the first that is neither.
+    fn judge_gang(&mut self, g: &GangId, engine: &Engine, now: Time, fx: &mut ProgressEffects) {
+        let grace = self.settings.close_grace;
+        let min_members = self.settings.straggler.min_members;
+        let Some(gw) = self.gangs.get_mut(g) else { return };
+        let mut found = Vec::new();
+        while let Some((&w, members)) = gw.pending.first_key_value() {
+            let complete = gw.reporters.iter().all(|r| members.contains_key(r));
+            if !complete && window_end(w, gw.window) + grace > now {
+                break;
+            }
+            let Some((_, members)) = gw.pending.pop_first() else { break };
+            gw.judged = Some(w);
+            let summaries: Vec<(String, StepWindow)> = members.into_iter().collect();
+            // Windows are judged in order, so this cannot be out of order.
+            found.extend(gw.detector.observe_window(w, &summaries).unwrap_or_default());
+        }
+        let cleared: Vec<String> =
+            gw.flagged.iter().filter(|m| !gw.detector.is_reported(m)).cloned().collect();
+        for m in &cleared {
+            gw.flagged.remove(m);
+        }
+        for f in &found {
+            gw.flagged.insert(f.subject.clone());
+        }
+        let comparable = gw.reporters.len() >= min_members;
+        let members: Vec<String> =
+            self.members.iter().filter(|(_, m)| m.gang.as_ref() == Some(g)).map(|(u, _)| u.clone()).collect();
+        for m in cleared {
+            self.unmark(&m, fx);
+        }
+        for mut f in found {
+            let uid = f.subject.clone();
+            let label = self.members.get(&uid).map(|m| m.label.clone()).unwrap_or_else(|| uid.clone());
+            let reason = HealthReason {
+                source: HealthSource::Progress,
+                code: None,
+                message: format!("straggler {label}: {}", f.evidence),
+                first_seen: f.since,
+                last_seen: f.detected_at,
+                count: 1,
+            };
+            self.mark(&uid, engine, reason, true, fx);
+            f.subject = label;
+            fx.findings.push(f);
+        }
+        // Where the gang can be compared, the members' own baselines say nothing about devices.
+        for m in members {
+            if comparable {
+                if self.marked.get(&m).is_some_and(|x| !x.straggler) {
+                    self.unmark(&m, fx);
+                }
+            } else {
+                self.standalone(&m, engine, now, fx);
+            }
+        }
+    }
+
+    /// A member with no gang to compare with: its agent's baseline-shift finding marks its
+    /// devices, and its hang is its own.
+    fn standalone(&mut self, uid: &str, engine: &Engine, _now: Time, fx: &mut ProgressEffects) {
+        let Some(m) = self.members.get_mut(uid) else { return };
+        if m.gang.is_none()
+            && let Some((since, message)) = m.hang.clone()
+            && !m.blind
+            && m.hang_sent != Some(since)
+        {
+            m.hang_sent = Some(since);
+            fx.inputs.push(Input::Hung { pod_uid: uid.to_string(), since, evidence: message });
+        }
+        let baseline = m.baseline.clone();
+        let label = m.label.clone();
+        match baseline {
+            Some(b) => {
+                if self.marked.get(uid).is_some_and(|x| x.straggler) {
+                    return;
+                }
+                let reason = HealthReason {
+                    source: HealthSource::Progress,
+                    code: None,
+                    message: format!("baseline shift {label}: {}", b.message),
+                    first_seen: time_from_k8s(&b.since),
+                    last_seen: time_from_k8s(&b.detected_at),
+                    count: 1,
+                };
+                if !self.marked.contains_key(uid) {
+                    fx.findings.push(DegradationFinding {
+                        subject: label,
+                        kind: DegradationKind::BaselineShift,
+                        magnitude: b.magnitude,
+                        since: reason.first_seen,
+                        detected_at: reason.last_seen,
+                        windows: 0,
+                        evidence: b.message.clone(),
+                    });
+                    self.mark(uid, engine, reason, false, fx);
+                }
+            }
+            None => {
+                if self.marked.get(uid).is_some_and(|x| !x.straggler) {
+                    self.unmark(uid, fx);
+                }
+            }
+        }
+    }
+
+    /// Every member of the gang that reports progress (and whose agent can read it) has a hang
+    /// finding: the gang is hung, once per silence.
+    fn check_hang(&mut self, g: &GangId, fx: &mut ProgressEffects) {
+        let Some(gw) = self.gangs.get_mut(g) else { return };
+        let mut reporting = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.gang.as_ref() == Some(g) && m.last_progress.is_some() && !m.blind)
+            .peekable();
+        if reporting.peek().is_none() {
+            return;
+        }
+        let mut n = 0usize;
+        let mut last: Option<Time> = None;
+        let mut first: Option<(&String, &Member)> = None;
+        for (uid, m) in reporting {
+            if m.hang.is_none() {
+                return;
+            }
+            n += 1;
+            last = last.max(m.last_progress);
+            if first.is_none_or(|(u, _)| uid < u) {
+                first = Some((uid, m));
+            }
+        }
+        let (Some(since), Some((uid, m))) = (last, first) else { return };
+        if gw.hang_sent == Some(since) {
+            return;
+        }
+        gw.hang_sent = Some(since);
+        let agent_says = m.hang.as_ref().map(|(_, msg)| msg.as_str()).unwrap_or_default();
+        let evidence = format!(
+            "no progress from any of gang {g}'s {n} reporting members since their last step ({}: {agent_says})",
+            m.label
+        );
+        fx.inputs.push(Input::Hung { pod_uid: uid.clone(), since, evidence });
+    }
+
+    fn mark(
+        &mut self,
+        uid: &str,
+        engine: &Engine,
+        reason: HealthReason,
+        straggler: bool,
+        fx: &mut ProgressEffects,
+    ) {
+        let devices = engine.pod_devices(uid).to_vec();
+        for d in &devices {
+            fx.device_reasons.push((d.clone(), Some(reason.clone())));
+        }
+        self.marked.insert(uid.to_string(), Marked { devices, straggler });
+    }
+
+    fn unmark(&mut self, uid: &str, fx: &mut ProgressEffects) {
+        if let Some(m) = self.marked.remove(uid) {
+            for d in m.devices {
+                fx.device_reasons.push((d, None));
+            }
+        }
+    }
+}
+
+fn window_end(index: i64, window: Duration) -> Time {
+    Time::from_nanos(index.saturating_add(1).saturating_mul(window.as_nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_settings_are_valid_and_a_bad_grace_is_named() {
+        assert!(ProgressSettings::default().validate().is_ok());
+        let bad = ProgressSettings { close_grace: Duration::ZERO, ..ProgressSettings::default() };
+        let err = ProgressMonitor::new(bad).unwrap_err();
+        assert!(err.to_string().contains("close_grace"), "{err}");
+    }
+}
