@@ -107,11 +107,26 @@ struct GangWatch {
     /// Window summaries not yet judged, by window index then member uid.
     pending: BTreeMap<i64, BTreeMap<String, StepWindow>>,
     judged: Option<i64>,
+    /// Members the monitor follows (their agents publish their progress).
+    members: BTreeSet<String>,
     /// Members that send windows.
     reporters: BTreeSet<String>,
     /// Members with a standing straggler finding.
     flagged: BTreeSet<String>,
     hang_sent: Option<Time>,
+}
+
+impl GangWatch {
+    /// `uid` is no longer a member (gone, or moved to another gang).
+    fn leave(&mut self, uid: &str) {
+        self.members.remove(uid);
+        self.reporters.remove(uid);
+        self.flagged.remove(uid);
+        self.detector.forget(uid);
+        for w in self.pending.values_mut() {
+            w.remove(uid);
+        }
+    }
 }
 
 /// See the module documentation.
@@ -196,11 +211,12 @@ impl ProgressMonitor {
                 if let Some(old) = member.gang.take()
                     && let Some(gw) = self.gangs.get_mut(&old)
                 {
-                    gw.reporters.remove(&uid);
-                    gw.detector.forget(&uid);
+                    gw.leave(&uid);
                 }
                 member.gang = gang.clone();
+                self.unmark(&uid, &mut fx);
             }
+            let Some(member) = self.members.get_mut(&uid) else { continue };
             let last = w.last_progress.as_ref().map(time_from_k8s);
             if let Some(t) = last
                 && member.last_progress.is_none_or(|old| t > old)
@@ -234,6 +250,7 @@ impl ProgressMonitor {
                         window,
                         pending: BTreeMap::new(),
                         judged: None,
+                        members: BTreeSet::new(),
                         reporters: BTreeSet::new(),
                         flagged: BTreeSet::new(),
                         hang_sent: None,
@@ -241,6 +258,7 @@ impl ProgressMonitor {
                     self.gangs.insert(g.clone(), watch);
                 }
                 let Some(gw) = self.gangs.get_mut(&g) else { continue };
+                gw.members.insert(uid.clone());
                 let secs = i64::from(w.window_seconds);
                 if secs > 0 && Duration::from_secs(secs) == gw.window {
                     for x in &w.windows {
@@ -295,7 +313,7 @@ impl ProgressMonitor {
             self.judge_gang(&g, engine, now, &mut fx);
         }
         // Gangs nobody reports for any more.
-        self.gangs.retain(|_, gw| !gw.reporters.is_empty() || !gw.flagged.is_empty());
+        self.gangs.retain(|_, gw| !gw.members.is_empty() || !gw.flagged.is_empty());
         fx
     }
 
@@ -304,12 +322,7 @@ impl ProgressMonitor {
         if let Some(g) = &m.gang
             && let Some(gw) = self.gangs.get_mut(g)
         {
-            gw.reporters.remove(uid);
-            gw.flagged.remove(uid);
-            gw.detector.forget(uid);
-            for w in gw.pending.values_mut() {
-                w.remove(uid);
-            }
+            gw.leave(uid);
         }
         self.unmark(uid, fx);
     }
@@ -341,8 +354,7 @@ impl ProgressMonitor {
             gw.flagged.insert(f.subject.clone());
         }
         let comparable = gw.reporters.len() >= min_members;
-        let members: Vec<String> =
-            self.members.iter().filter(|(_, m)| m.gang.as_ref() == Some(g)).map(|(u, _)| u.clone()).collect();
+        let members: Vec<String> = gw.members.iter().cloned().collect();
         for m in cleared {
             self.unmark(&m, fx);
         }
@@ -425,10 +437,12 @@ impl ProgressMonitor {
     /// finding: the gang is hung, once per silence.
     fn check_hang(&mut self, g: &GangId, fx: &mut ProgressEffects) {
         let Some(gw) = self.gangs.get_mut(g) else { return };
-        let mut reporting = self
+        let members = &self.members;
+        let mut reporting = gw
             .members
             .iter()
-            .filter(|(_, m)| m.gang.as_ref() == Some(g) && m.last_progress.is_some() && !m.blind)
+            .filter_map(|uid| members.get(uid).map(|m| (uid, m)))
+            .filter(|(_, m)| m.last_progress.is_some() && !m.blind)
             .peekable();
         if reporting.peek().is_none() {
             return;
