@@ -172,7 +172,7 @@ pub fn parse(text: &str) -> Result<Exposition, PromTextError> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(PromTextError::TooLarge { size: text.len(), limit: MAX_TEXT_BYTES });
     }
-    let openmetrics = last_line(text) == "# EOF";
+    let openmetrics = is_eof(last_line(text));
     let mut expo = Exposition::default();
     let mut eof_line: Option<usize> = None;
     for (index, raw) in text.split('\n').enumerate() {
@@ -188,12 +188,12 @@ pub fn parse(text: &str) -> Result<Exposition, PromTextError> {
         if let Some(eof) = eof_line {
             return Err(malformed(line, format!("text after the '# EOF' on line {eof}")));
         }
+        if is_eof(trimmed) {
+            eof_line = Some(line);
+            continue;
+        }
         if let Some(comment) = trimmed.strip_prefix('#') {
-            if comment.trim_matches(is_blank) == "EOF" {
-                eof_line = Some(line);
-            } else {
-                parse_comment(comment, line, &mut expo)?;
-            }
+            parse_comment(comment, line, &mut expo)?;
             continue;
         }
         expo.samples.push(parse_sample(trimmed, line, openmetrics)?);
@@ -295,6 +295,11 @@ fn last_line(text: &str) -> &str {
     let text = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
     let start = text.rfind('\n').map_or(0, |i| i + 1);
     text.get(start..).unwrap_or("").trim_matches(is_blank)
+}
+
+/// Whether a trimmed line is OpenMetrics' `# EOF` (blanks between `#` and `EOF` allowed).
+fn is_eof(trimmed: &str) -> bool {
+    trimmed.strip_prefix('#').is_some_and(|rest| rest.trim_start_matches(is_blank) == "EOF")
 }
 
 fn is_blank(c: char) -> bool {

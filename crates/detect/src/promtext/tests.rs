@@ -306,6 +306,9 @@ fn eof_ends_the_text() {
     assert_eq!(parse("a 1\n# EOF\n\n").unwrap().samples.len(), 1);
     assert_eq!(parse("a 1\n# EOF").unwrap().samples.len(), 1);
     assert_eq!(parse("a 1\r\n# EOF\r\n").unwrap().samples.len(), 1);
+    // Blanks between '#' and 'EOF' still mark OpenMetrics text (integer timestamps are seconds).
+    assert_eq!(parse("a 1 2\n#EOF\n").unwrap().samples[0].timestamp_ms, Some(2000));
+    assert_eq!(parse("a 1 2\n#  EOF \n").unwrap().samples[0].timestamp_ms, Some(2000));
     let e = err("a 1\n# EOF\nb 2\n# EOF\n");
     assert_eq!(e.line(), Some(3));
     assert!(e.to_string().contains("after the '# EOF' on line 2"), "{e}");
