@@ -18,6 +18,12 @@
 //! the same pods held as k8s-openapi objects (what a kube reflector store keeps), and the engine
 //! alone for the breakdown.
 //!
+//! Then workload progress: every node publishes its NodeDeviceHealth with its 8 pods' progress
+//! (`status.workloads`, the latest 5 one-minute windows each, as the agent does) once a minute for
+//! `--progress-minutes` minutes (default 6), one member of gang 0 running 20 % slow. Each update
+//! is timed as above; the same-run baseline is a minute of the same objects without workloads (a
+//! plain heartbeat). The run checks the slow member was found and no one else.
+//!
 //! Run: `cargo bench -p devheal-controller --bench decision` (`-- --updates N`). Targets: p99 ≤ 10 ms;
 //! RSS ≤ 300 MiB.
 
@@ -33,7 +39,7 @@ use devheal_core::{
 };
 use devheal_k8s::crd::{
     DeviceStatus, HealthReasonStatus, NodeDeviceHealth, NodeDeviceHealthSpec, NodeDeviceHealthStatus,
-    ReasonSource, k8s_time,
+    ProgressReporter, ProgressWindow, ReasonSource, WorkloadProgress, k8s_time,
 };
 use devheal_k8s::pod_from_k8s;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -53,6 +59,10 @@ fn gpu(n: usize, i: usize) -> String {
     format!("GPU-{n:05}-{i}-3f9a2c1e-8d2b-4f6a")
 }
 
+fn pod_uid(p: usize) -> String {
+    format!("0c5e{p:08}-8d2b-4f6a-9c1e-5b7d3a2f1e0d")
+}
+
 fn pod(p: usize, restarts: i32) -> Pod {
     let n = p / GPUS;
     let g = p / GANG;
@@ -65,7 +75,7 @@ fn pod(p: usize, restarts: i32) -> Pod {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": format!("train-{g:04}-workers-{}-0-x7k2p", p % GANG), "namespace": "training",
-            "uid": format!("0c5e{p:08}-8d2b-4f6a-9c1e-5b7d3a2f1e0d"), "resourceVersion": format!("{}", 1000 + restarts),
+            "uid": pod_uid(p), "resourceVersion": format!("{}", 1000 + restarts),
             "labels": {
                 "jobset.sigs.k8s.io/jobset-name": format!("train-{g:04}"),
                 "jobset.sigs.k8s.io/replicatedjob-name": "workers",
@@ -135,6 +145,44 @@ fn health(n: usize, failed: Option<(usize, Time)>) -> NodeDeviceHealth {
         .collect();
     let mut obj = NodeDeviceHealth::new(&name, NodeDeviceHealthSpec { node_name: name.clone() });
     obj.status = Some(NodeDeviceHealthStatus { devices, ..NodeDeviceHealthStatus::default() });
+    obj
+}
+
+/// Node `n`'s NodeDeviceHealth at minute `minute` of the progress phase: its pods' latest five
+/// closed windows (with `progress`), or none (the baseline heartbeat). Pod 5 (gang 0) runs 20 %
+/// slow; everyone else within ±0.5 %.
+fn health_with_progress(n: usize, now: Time, progress: bool) -> NodeDeviceHealth {
+    let mut obj = health(n, None);
+    let status = obj.status.get_or_insert_with(NodeDeviceHealthStatus::default);
+    status.last_heartbeat = Some(k8s_time(now));
+    if !progress {
+        return obj;
+    }
+    let window = now.as_nanos() / 60_000_000_000;
+    status.workloads = (0..GPUS)
+        .map(|i| {
+            let p = n * GPUS + i;
+            let factor = if p == 5 { 1.2 } else { 1.0 + 0.005 * ((p % 3) as f64 - 1.0) };
+            WorkloadProgress {
+                namespace: "training".into(),
+                name: format!("train-{:04}-workers-{}-0-x7k2p", p / GANG, p % GANG),
+                uid: Some(pod_uid(p)),
+                reporter: ProgressReporter::Endpoint,
+                last_progress: Some(k8s_time(now - Duration::from_secs(1))),
+                step: Some(window as u64 * 6),
+                steps: window as u64 * 6,
+                window_seconds: 60,
+                windows: (window - 5..window)
+                    .map(|w| ProgressWindow {
+                        start: k8s_time(Time::from_secs(w * 60)),
+                        samples: 60,
+                        step_seconds: factor,
+                    })
+                    .collect(),
+                ..WorkloadProgress::default()
+            }
+        })
+        .collect();
     obj
 }
 
@@ -443,6 +491,60 @@ fn main() {
     println!("  ratio naive/controller: p50 {:.1}x  p99 {:.1}x", s50 / p50.max(1e-9), s99 / p99.max(1e-9));
     println!("  latency within target (p99 <= 10 ms): {}", if p99 <= 10.0 { "yes" } else { "NO" });
     drop(pods);
+
+    let minutes: i64 = args
+        .iter()
+        .position(|a| a == "--progress-minutes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
+        .max(1);
+    println!(
+        "progress: {NODES} NodeDeviceHealth updates a minute, each with its {GPUS} pods' last 5 windows, {minutes} minutes"
+    );
+    let base = START + Duration::from_hours(24 * 30);
+    let time_updates = |controller: &mut Bench, minute: i64, progress: bool| -> (Vec<f64>, f64) {
+        let now = base + Duration::from_mins(minute);
+        clock.set(now + Duration::from_secs(2));
+        let mut lat = Vec::with_capacity(NODES);
+        let t = Instant::now();
+        for n in 0..NODES {
+            let obj = health_with_progress(n, now, progress);
+            let arrival = Instant::now();
+            block_on(controller.handle_event(ClusterEvent::NodeHealth(Event::Apply(obj))));
+            lat.push(arrival.elapsed().as_secs_f64() * 1e3);
+        }
+        let total = t.elapsed().as_secs_f64();
+        block_on(controller.tick());
+        (lat, total)
+    };
+    let (mut plain, plain_total) = time_updates(&mut controller, 0, false);
+    let mut with = Vec::new();
+    let mut with_total = 0.0;
+    for minute in 1..=minutes {
+        let (lat, total) = time_updates(&mut controller, minute, true);
+        with.extend(lat);
+        with_total += total;
+    }
+    let (b50, b99) = (percentile(&mut plain, 0.5), percentile(&mut plain, 0.99));
+    let (w50, w99) = (percentile(&mut with, 0.5), percentile(&mut with, 0.99));
+    println!(
+        "  baseline, the same objects without workloads (heartbeat): p50 {b50:7.3} ms  p99 {b99:7.3} ms"
+    );
+    println!(
+        "  with workloads (index + progress monitor + engine):      p50 {w50:7.3} ms  p99 {w99:7.3} ms  max {:7.3} ms",
+        with.last().copied().unwrap_or(0.0)
+    );
+    println!("  ratio with/without: p50 {:.2}x  p99 {:.2}x", w50 / b50.max(1e-9), w99 / b99.max(1e-9));
+    println!(
+        "  one minute of the fleet's publications: {:.2} s with workloads, {plain_total:.2} s without (one core)",
+        with_total / minutes as f64
+    );
+    let found = controller.metrics().progress_findings("straggler");
+    println!(
+        "  stragglers found: {found} (expected 1: train-0000-workers-5 once 3 of 4 windows are slow); marked: {}",
+        controller.progress().is_straggler(&pod_uid(5))
+    );
     drop(controller);
 
     println!("memory: child processes, /proc/self/status");
