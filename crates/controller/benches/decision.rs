@@ -313,6 +313,23 @@ fn memory_child(what: &str) {
             println!("{} {} {}", rss, rss.saturating_sub(before), status_kib("VmHWM:"));
             std::hint::black_box(&c);
         }
+        "progress" => {
+            // Every pod reports progress: two minutes of publications, so the monitor holds
+            // every member, every gang's detector and its pending windows.
+            let clock = ManualClock::new(START);
+            let mut c = build(&clock, &Recording::default());
+            for minute in 1..=2 {
+                let now = START + Duration::from_mins(minute);
+                clock.set(now + Duration::from_secs(2));
+                for n in 0..NODES {
+                    let obj = health_with_progress(n, now, true);
+                    block_on(c.handle_event(ClusterEvent::NodeHealth(Event::Apply(obj))));
+                }
+            }
+            let rss = status_kib("VmRSS:");
+            println!("{} {} {}", rss, rss.saturating_sub(before), status_kib("VmHWM:"));
+            std::hint::black_box(&c);
+        }
         "engine" => {
             let mut e = devheal_core::Engine::new(settings().engine);
             for n in 0..NODES {
@@ -563,6 +580,11 @@ fn main() {
                 );
             }
             println!("  memory within target: {}", if c_rss <= 300.0 { "yes" } else { "NO" });
+            if let Some((p_rss, p_growth, _)) = measure_memory("progress") {
+                println!(
+                    "  controller with every pod reporting progress (2 minutes of windows): VmRSS {p_rss:7.1} MiB (growth {p_growth:7.1})"
+                );
+            }
         }
         _ => println!("  memory: could not run the child process or read /proc/self/status"),
     }

@@ -24,6 +24,7 @@
 //! The monitor is pure: the controller passes the engine (for gangs and devices) and the time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use devheal_core::{DeviceKey, Duration, Engine, GangId, HealthReason, HealthSource, Input, Time};
 use devheal_detect::degradation::{
@@ -79,12 +80,15 @@ impl ProgressEffects {
     }
 }
 
+/// A pod's uid, shared by every set that holds the pod (100,000 pods report progress in a large
+/// fleet; see docs/benchmarks.md §6 for the memory).
+type Uid = Arc<str>;
+
 /// One pod that reports progress, as its agent last published it.
 #[derive(Debug)]
 struct Member {
-    node: String,
-    label: String,
-    gang: Option<GangId>,
+    node: Arc<str>,
+    gang: Option<Arc<GangId>>,
     last_progress: Option<Time>,
     hang: Option<(Time, String)>,
     baseline: Option<ProgressFinding>,
@@ -102,17 +106,18 @@ struct Marked {
 
 #[derive(Debug)]
 struct GangWatch {
+    id: Arc<GangId>,
     detector: GangStragglerDetector,
     window: Duration,
     /// Window summaries not yet judged, by window index then member uid.
-    pending: BTreeMap<i64, BTreeMap<String, StepWindow>>,
+    pending: BTreeMap<i64, BTreeMap<Uid, StepWindow>>,
     judged: Option<i64>,
     /// Members the monitor follows (their agents publish their progress).
-    members: BTreeSet<String>,
+    members: BTreeSet<Uid>,
     /// Members that send windows.
-    reporters: BTreeSet<String>,
+    reporters: BTreeSet<Uid>,
     /// Members with a standing straggler finding.
-    flagged: BTreeSet<String>,
+    flagged: BTreeSet<Uid>,
     hang_sent: Option<Time>,
 }
 
@@ -133,10 +138,10 @@ impl GangWatch {
 #[derive(Debug)]
 pub struct ProgressMonitor {
     settings: ProgressSettings,
-    members: HashMap<String, Member>,
-    by_node: HashMap<String, BTreeSet<String>>,
+    members: HashMap<Uid, Member>,
+    by_node: HashMap<Arc<str>, BTreeSet<Uid>>,
     gangs: HashMap<GangId, GangWatch>,
-    marked: HashMap<String, Marked>,
+    marked: HashMap<Uid, Marked>,
 }
 
 impl Default for ProgressMonitor {
@@ -187,18 +192,24 @@ impl ProgressMonitor {
         now: Time,
     ) -> ProgressEffects {
         let mut fx = ProgressEffects::default();
-        let seen: BTreeSet<String> = workloads.iter().filter_map(|w| w.uid.clone()).collect();
-        let before = self.by_node.remove(node).unwrap_or_default();
+        let (node, before) = match self.by_node.remove_entry(node) {
+            Some((k, set)) => (k, set),
+            None => (Arc::from(node), BTreeSet::new()),
+        };
+        let seen: BTreeSet<Uid> = workloads
+            .iter()
+            .filter_map(|w| w.uid.as_deref())
+            .map(|u| self.members.get_key_value(u).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(u)))
+            .collect();
         for gone in before.difference(&seen) {
             self.forget_into(gone, &mut fx);
         }
-        let mut touched: BTreeSet<GangId> = BTreeSet::new();
+        let mut touched: BTreeSet<Arc<GangId>> = BTreeSet::new();
         for w in workloads {
-            let Some(uid) = w.uid.clone() else { continue };
-            let gang = engine.pod_gang(&uid).cloned();
+            let Some(uid) = w.uid.as_deref().and_then(|u| seen.get(u)).cloned() else { continue };
+            let gang = engine.pod_gang(&uid);
             let member = self.members.entry(uid.clone()).or_insert_with(|| Member {
-                node: node.to_string(),
-                label: format!("{}/{}", w.namespace, w.name),
+                node: node.clone(),
                 gang: None,
                 last_progress: None,
                 hang: None,
@@ -206,14 +217,17 @@ impl ProgressMonitor {
                 blind: false,
                 hang_sent: None,
             });
-            member.node = node.to_string();
-            if member.gang != gang {
+            member.node = node.clone();
+            if member.gang.as_deref() != gang {
                 if let Some(old) = member.gang.take()
-                    && let Some(gw) = self.gangs.get_mut(&old)
+                    && let Some(gw) = self.gangs.get_mut(&*old)
                 {
                     gw.leave(&uid);
                 }
-                member.gang = gang.clone();
+                member.gang = gang.map(|g| match self.gangs.get(g) {
+                    Some(gw) => gw.id.clone(),
+                    None => Arc::new(g.clone()),
+                });
                 self.unmark(&uid, &mut fx);
             }
             let Some(member) = self.members.get_mut(&uid) else { continue };
@@ -228,7 +242,7 @@ impl ProgressMonitor {
                     .map(|x| Duration::from_nanos((x.step_seconds * 1e9) as i64))
                     .unwrap_or(Duration::ZERO);
                 fx.inputs.push(Input::Progress {
-                    pod_uid: uid.clone(),
+                    pod_uid: uid.to_string(),
                     step: w.step.unwrap_or(w.steps),
                     step_time,
                 });
@@ -239,13 +253,14 @@ impl ProgressMonitor {
             }
             member.baseline = w.baseline_shift.clone();
             member.blind = w.error.is_some();
-            if let Some(g) = gang {
-                if !self.gangs.contains_key(&g) {
+            if let Some(g) = member.gang.clone() {
+                if !self.gangs.contains_key(&*g) {
                     let window = Duration::from_secs(i64::from(w.window_seconds.max(1)));
                     let cfg = StragglerConfig { window, ..self.settings.straggler.clone() };
                     // Validated with the settings; only the window length (≥ 1 s) changed.
                     let Ok(detector) = GangStragglerDetector::new(cfg) else { continue };
                     let watch = GangWatch {
+                        id: g.clone(),
                         detector,
                         window,
                         pending: BTreeMap::new(),
@@ -255,9 +270,9 @@ impl ProgressMonitor {
                         flagged: BTreeSet::new(),
                         hang_sent: None,
                     };
-                    self.gangs.insert(g.clone(), watch);
+                    self.gangs.insert((*g).clone(), watch);
                 }
-                let Some(gw) = self.gangs.get_mut(&g) else { continue };
+                let Some(gw) = self.gangs.get_mut(&*g) else { continue };
                 gw.members.insert(uid.clone());
                 let secs = i64::from(w.window_seconds);
                 if secs > 0 && Duration::from_secs(secs) == gw.window {
@@ -274,13 +289,15 @@ impl ProgressMonitor {
                 }
                 touched.insert(g);
             } else {
-                self.standalone(&uid, engine, now, &mut fx);
+                self.standalone(&uid, engine, &mut fx);
             }
         }
-        self.by_node.insert(node.to_string(), seen);
+        if !seen.is_empty() {
+            self.by_node.insert(node, seen);
+        }
         for g in touched {
             self.judge_gang(&g, engine, now, &mut fx);
-            self.check_hang(&g, &mut fx);
+            self.check_hang(&g, engine, &mut fx);
         }
         fx
     }
@@ -341,26 +358,28 @@ impl ProgressMonitor {
             }
             let Some((_, members)) = gw.pending.pop_first() else { break };
             gw.judged = Some(w);
-            let summaries: Vec<(String, StepWindow)> = members.into_iter().collect();
+            let summaries: Vec<(Uid, StepWindow)> = members.into_iter().collect();
             // Windows are judged in order, so this cannot be out of order.
             found.extend(gw.detector.observe_window(w, &summaries).unwrap_or_default());
         }
-        let cleared: Vec<String> =
-            gw.flagged.iter().filter(|m| !gw.detector.is_reported(m)).cloned().collect();
+        let cleared: Vec<Uid> = gw.flagged.iter().filter(|m| !gw.detector.is_reported(m)).cloned().collect();
         for m in &cleared {
             gw.flagged.remove(m);
         }
+        let mut flagged = Vec::with_capacity(found.len());
         for f in &found {
-            gw.flagged.insert(f.subject.clone());
+            if let Some(uid) = gw.members.get(f.subject.as_str()) {
+                gw.flagged.insert(uid.clone());
+                flagged.push(uid.clone());
+            }
         }
         let comparable = gw.reporters.len() >= min_members;
-        let members: Vec<String> = gw.members.iter().cloned().collect();
+        let members: Vec<Uid> = gw.members.iter().cloned().collect();
         for m in cleared {
             self.unmark(&m, fx);
         }
-        for mut f in found {
-            let uid = f.subject.clone();
-            let label = self.members.get(&uid).map(|m| m.label.clone()).unwrap_or_else(|| uid.clone());
+        for (mut f, uid) in found.into_iter().zip(flagged) {
+            let label = engine.pod_name(&uid).unwrap_or_else(|| uid.to_string());
             let reason = HealthReason {
                 source: HealthSource::Progress,
                 code: None,
@@ -380,14 +399,14 @@ impl ProgressMonitor {
                     self.unmark(&m, fx);
                 }
             } else {
-                self.standalone(&m, engine, now, fx);
+                self.standalone(&m, engine, fx);
             }
         }
     }
 
     /// A member with no gang to compare with: its agent's baseline-shift finding marks its
     /// devices, and its hang is its own.
-    fn standalone(&mut self, uid: &str, engine: &Engine, _now: Time, fx: &mut ProgressEffects) {
+    fn standalone(&mut self, uid: &Uid, engine: &Engine, fx: &mut ProgressEffects) {
         let Some(m) = self.members.get_mut(uid) else { return };
         if m.gang.is_none()
             && let Some((since, message)) = m.hang.clone()
@@ -397,13 +416,12 @@ impl ProgressMonitor {
             m.hang_sent = Some(since);
             fx.inputs.push(Input::Hung { pod_uid: uid.to_string(), since, evidence: message });
         }
-        let baseline = m.baseline.clone();
-        let label = m.label.clone();
-        match baseline {
+        match m.baseline.clone() {
             Some(b) => {
-                if self.marked.get(uid).is_some_and(|x| x.straggler) {
+                if self.marked.contains_key(uid) {
                     return;
                 }
+                let label = engine.pod_name(uid).unwrap_or_else(|| uid.to_string());
                 let reason = HealthReason {
                     source: HealthSource::Progress,
                     code: None,
@@ -412,18 +430,16 @@ impl ProgressMonitor {
                     last_seen: time_from_k8s(&b.detected_at),
                     count: 1,
                 };
-                if !self.marked.contains_key(uid) {
-                    fx.findings.push(DegradationFinding {
-                        subject: label,
-                        kind: DegradationKind::BaselineShift,
-                        magnitude: b.magnitude,
-                        since: reason.first_seen,
-                        detected_at: reason.last_seen,
-                        windows: 0,
-                        evidence: b.message.clone(),
-                    });
-                    self.mark(uid, engine, reason, false, fx);
-                }
+                fx.findings.push(DegradationFinding {
+                    subject: label,
+                    kind: DegradationKind::BaselineShift,
+                    magnitude: b.magnitude,
+                    since: reason.first_seen,
+                    detected_at: reason.last_seen,
+                    windows: 0,
+                    evidence: b.message,
+                });
+                self.mark(uid, engine, reason, false, fx);
             }
             None => {
                 if self.marked.get(uid).is_some_and(|x| !x.straggler) {
@@ -435,22 +451,16 @@ impl ProgressMonitor {
 
     /// Every member of the gang that reports progress (and whose agent can read it) has a hang
     /// finding: the gang is hung, once per silence.
-    fn check_hang(&mut self, g: &GangId, fx: &mut ProgressEffects) {
+    fn check_hang(&mut self, g: &GangId, engine: &Engine, fx: &mut ProgressEffects) {
         let Some(gw) = self.gangs.get_mut(g) else { return };
         let members = &self.members;
-        let mut reporting = gw
-            .members
-            .iter()
-            .filter_map(|uid| members.get(uid).map(|m| (uid, m)))
-            .filter(|(_, m)| m.last_progress.is_some() && !m.blind)
-            .peekable();
-        if reporting.peek().is_none() {
-            return;
-        }
         let mut n = 0usize;
         let mut last: Option<Time> = None;
-        let mut first: Option<(&String, &Member)> = None;
-        for (uid, m) in reporting {
+        let mut first: Option<(&Uid, &Member)> = None;
+        for (uid, m) in gw.members.iter().filter_map(|uid| members.get(uid).map(|m| (uid, m))) {
+            if m.last_progress.is_none() || m.blind {
+                continue;
+            }
             if m.hang.is_none() {
                 return;
             }
@@ -466,16 +476,16 @@ impl ProgressMonitor {
         }
         gw.hang_sent = Some(since);
         let agent_says = m.hang.as_ref().map(|(_, msg)| msg.as_str()).unwrap_or_default();
+        let label = engine.pod_name(uid).unwrap_or_else(|| uid.to_string());
         let evidence = format!(
-            "no progress from any of gang {g}'s {n} reporting members since their last step ({}: {agent_says})",
-            m.label
+            "no progress from any of gang {g}'s {n} reporting members since their last step ({label}: {agent_says})"
         );
-        fx.inputs.push(Input::Hung { pod_uid: uid.clone(), since, evidence });
+        fx.inputs.push(Input::Hung { pod_uid: uid.to_string(), since, evidence });
     }
 
     fn mark(
         &mut self,
-        uid: &str,
+        uid: &Uid,
         engine: &Engine,
         reason: HealthReason,
         straggler: bool,
@@ -485,7 +495,7 @@ impl ProgressMonitor {
         for d in &devices {
             fx.device_reasons.push((d.clone(), Some(reason.clone())));
         }
-        self.marked.insert(uid.to_string(), Marked { devices, straggler });
+        self.marked.insert(uid.clone(), Marked { devices, straggler });
     }
 
     fn unmark(&mut self, uid: &str, fx: &mut ProgressEffects) {

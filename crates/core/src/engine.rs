@@ -499,6 +499,11 @@ impl Engine {
         self.pods.get(uid).and_then(|p| p.gang.as_ref())
     }
 
+    /// `namespace/name` of a pod the engine knows.
+    pub fn pod_name(&self, uid: &str) -> Option<String> {
+        self.pods.get(uid).map(|p| format!("{}/{}", p.info.namespace, p.info.name))
+    }
+
     /// The devices a pod is bound to (empty for an unknown pod).
     pub fn pod_devices(&self, uid: &str) -> &[DeviceKey] {
         self.pods.get(uid).map(|p| p.info.devices.as_slice()).unwrap_or(&[])

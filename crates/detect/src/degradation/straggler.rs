@@ -173,15 +173,15 @@ impl GangStragglerDetector {
     /// Windows must be judged in increasing order; a member missing from `members` has no
     /// evidence this window, as with too few samples. Do not mix with [`Self::observe`] on one
     /// detector.
-    pub fn observe_window(
+    pub fn observe_window<S: AsRef<str>>(
         &mut self,
         window: i64,
-        members: &[(String, StepWindow)],
+        members: &[(S, StepWindow)],
     ) -> Result<Vec<DegradationFinding>, DegradationError> {
         if let Some(last) = self.last_judged
             && window <= last
         {
-            let subject = members.first().map(|(m, _)| m.clone()).unwrap_or_default();
+            let subject = members.first().map(|(m, _)| m.as_ref().to_string()).unwrap_or_default();
             return Err(DegradationError::OutOfOrder {
                 subject,
                 at_ns: window.saturating_mul(self.config.window.as_nanos()),
@@ -194,7 +194,7 @@ impl GangStragglerDetector {
             if summary.index != window {
                 continue;
             }
-            let slot = self.slot(member);
+            let slot = self.slot(member.as_ref());
             locations.resize(self.members.len(), None);
             if summary.samples as usize >= self.config.min_samples && summary.location_secs.is_finite() {
                 locations[slot] = Some(summary.location_secs);
@@ -425,7 +425,7 @@ mod tests {
         }
         assert_eq!(found, expected);
         assert!(by_windows.is_reported("m5") && !by_windows.is_reported("m4"));
-        let err = by_windows.observe_window(3, &[]).unwrap_err();
+        let err = by_windows.observe_window::<&str>(3, &[]).unwrap_err();
         assert!(matches!(err, DegradationError::OutOfOrder { .. }), "{err}");
         by_windows.forget("m5");
         by_windows.forget("m0");
