@@ -14,6 +14,7 @@
 //! every member and so cancel out.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use devheal_core::{Duration, Time};
 
@@ -105,8 +106,10 @@ struct MemberState {
 #[derive(Debug)]
 pub struct GangStragglerDetector {
     config: StragglerConfig,
-    index: HashMap<String, usize>,
-    names: Vec<String>,
+    /// Member names, shared between the index and the slots (and with the caller, when it passes
+    /// `Arc<str>` names to [`Self::observe_window`]).
+    index: HashMap<Arc<str>, usize>,
+    names: Vec<Arc<str>>,
     members: Vec<MemberState>,
     /// The window currently collecting reports (the step-by-step path).
     open_window: Option<i64>,
@@ -173,7 +176,7 @@ impl GangStragglerDetector {
     /// Windows must be judged in increasing order; a member missing from `members` has no
     /// evidence this window, as with too few samples. Do not mix with [`Self::observe`] on one
     /// detector.
-    pub fn observe_window<S: AsRef<str>>(
+    pub fn observe_window<S: AsRef<str> + Clone + Into<Arc<str>>>(
         &mut self,
         window: i64,
         members: &[(S, StepWindow)],
@@ -194,7 +197,10 @@ impl GangStragglerDetector {
             if summary.index != window {
                 continue;
             }
-            let slot = self.slot(member.as_ref());
+            let slot = match self.index.get(member.as_ref()) {
+                Some(&slot) => slot,
+                None => self.add(member.clone().into()),
+            };
             locations.resize(self.members.len(), None);
             if summary.samples as usize >= self.config.min_samples && summary.location_secs.is_finite() {
                 locations[slot] = Some(summary.location_secs);
@@ -231,13 +237,15 @@ impl GangStragglerDetector {
     fn slot(&mut self, member: &str) -> usize {
         match self.index.get(member) {
             Some(&slot) => slot,
-            None => {
-                self.index.insert(member.to_string(), self.members.len());
-                self.names.push(member.to_string());
-                self.members.push(MemberState::default());
-                self.members.len() - 1
-            }
+            None => self.add(Arc::from(member)),
         }
+    }
+
+    fn add(&mut self, member: Arc<str>) -> usize {
+        self.index.insert(member.clone(), self.members.len());
+        self.names.push(member);
+        self.members.push(MemberState::default());
+        self.members.len() - 1
     }
 
     /// Closes the open window (call at the end of a trace, or when reports stop).
@@ -314,7 +322,7 @@ impl GangStragglerDetector {
                 let magnitude = member.episode_excess_sum / f64::from(member.episode_windows);
                 let spreads = if spread > 0.0 { (m - gang_median) / spread } else { f64::INFINITY };
                 findings.push(DegradationFinding {
-                    subject: self.names[slot].clone(),
+                    subject: self.names[slot].to_string(),
                     kind: DegradationKind::Straggler,
                     magnitude,
                     since: member.episode_since,
