@@ -90,8 +90,9 @@ struct Member {
     node: Arc<str>,
     gang: Option<Arc<GangId>>,
     last_progress: Option<Time>,
-    hang: Option<(Time, String)>,
-    baseline: Option<ProgressFinding>,
+    /// Boxed: rare, and every followed pod would otherwise carry their size.
+    hang: Option<Box<(Time, String)>>,
+    baseline: Option<Box<ProgressFinding>>,
     blind: bool,
     /// The hang already sent to the engine (by its `since`).
     hang_sent: Option<Time>,
@@ -247,11 +248,11 @@ impl ProgressMonitor {
                     step_time,
                 });
             }
-            member.hang = w.hang.as_ref().map(|h| (time_from_k8s(&h.since), h.message.clone()));
+            member.hang = w.hang.as_ref().map(|h| Box::new((time_from_k8s(&h.since), h.message.clone())));
             if member.hang.is_none() {
                 member.hang_sent = None;
             }
-            member.baseline = w.baseline_shift.clone();
+            member.baseline = w.baseline_shift.clone().map(Box::new);
             member.blind = w.error.is_some();
             if let Some(g) = member.gang.clone() {
                 if !self.gangs.contains_key(&*g) {
@@ -409,14 +410,14 @@ impl ProgressMonitor {
     fn standalone(&mut self, uid: &Uid, engine: &Engine, fx: &mut ProgressEffects) {
         let Some(m) = self.members.get_mut(uid) else { return };
         if m.gang.is_none()
-            && let Some((since, message)) = m.hang.clone()
+            && let Some((since, message)) = m.hang.as_deref().cloned()
             && !m.blind
             && m.hang_sent != Some(since)
         {
             m.hang_sent = Some(since);
             fx.inputs.push(Input::Hung { pod_uid: uid.to_string(), since, evidence: message });
         }
-        match m.baseline.clone() {
+        match m.baseline.as_deref().cloned() {
             Some(b) => {
                 if self.marked.contains_key(uid) {
                     return;
@@ -475,7 +476,7 @@ impl ProgressMonitor {
             return;
         }
         gw.hang_sent = Some(since);
-        let agent_says = m.hang.as_ref().map(|(_, msg)| msg.as_str()).unwrap_or_default();
+        let agent_says = m.hang.as_deref().map(|(_, msg)| msg.as_str()).unwrap_or_default();
         let label = engine.pod_name(uid).unwrap_or_else(|| uid.to_string());
         let evidence = format!(
             "no progress from any of gang {g}'s {n} reporting members since their last step ({label}: {agent_says})"
