@@ -26,6 +26,7 @@ pub mod nvml;
 pub mod nvml_evidence;
 pub mod nvml_trends;
 pub mod once;
+pub mod progress;
 pub mod publish;
 pub mod run;
 pub mod snapshot;
