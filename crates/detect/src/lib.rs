@@ -11,6 +11,8 @@
 //! - [`KmsgReader`]: a streaming `/dev/kmsg` reader for the node agent.
 //! - [`degradation`]: stragglers, baseline shifts and hangs from workload progress reports
 //!   (pure detectors, a labelled trace generator and their evaluation).
+//! - [`promtext`]: the Prometheus / OpenMetrics text format, and a workload's step metric read
+//!   from one scrape.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
@@ -20,6 +22,7 @@ pub mod degradation;
 pub mod kmsg;
 pub mod line;
 pub mod pci;
+pub mod promtext;
 pub mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};

@@ -431,7 +431,7 @@ mod tests {
         by_windows.forget("m0");
         assert_eq!(by_windows.len(), 6);
         assert!(!by_windows.is_reported("m5"));
-        assert!(!by_windows.is_reported("m7") && by_windows.index.get("m7").is_some());
+        assert!(!by_windows.is_reported("m7") && by_windows.index.contains_key("m7"));
     }
 
     #[test]
