@@ -21,12 +21,7 @@ use devheal_detect::degradation::{
 use devheal_k8s::crd::{ProgressFinding, ProgressReporter, ProgressWindow, WorkloadProgress, k8s_time};
 
 /// A cumulative progress reading from a pod's metrics (values summed over label sets).
-/// TEMPORARY until h-prom lands: the same shape as `devheal_detect::promtext::StepReading`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum StepReading {
-    Durations { count: f64, sum_seconds: f64 },
-    Steps { count: f64 },
-}
+pub use devheal_detect::promtext::StepReading;
 
 /// The CRD's bound on `status.workloads`.
 pub const MAX_WORKLOADS: usize = 256;
