@@ -65,7 +65,7 @@ impl ProgressConfig {
     pub fn validate(&self) -> Result<(), ProgressError> {
         let invalid = |what: &'static str, reason: String| Err(ProgressError::InvalidConfig { what, reason });
         let window = self.window.as_nanos();
-        if window < 1_000_000_000 || window > 3_600_000_000_000 || window % 1_000_000_000 != 0 {
+        if !(1_000_000_000..=3_600_000_000_000).contains(&window) || window % 1_000_000_000 != 0 {
             return invalid(
                 "progress window",
                 format!("must be whole seconds from 1 s to 1 h, not {} s", self.window.as_secs_f64()),
@@ -379,6 +379,12 @@ impl ProgressBook {
 
     fn progressed(hang: &mut HangDetector, subject: &str, state: &mut PodProgress, at: Time) {
         hang.progress(subject, at);
+        if !state.in_hang_detector
+            && let Some(until) = state.paused_until.filter(|until| *until > at)
+        {
+            // A pause announced before the first progress: the detector did not know the pod.
+            hang.announce_pause(subject, until);
+        }
         state.in_hang_detector = true;
         state.hang = None;
         if state.last_progress.is_none_or(|t| at > t) {
@@ -588,6 +594,17 @@ mod tests {
         book.tick(t(590));
         assert!(book.workloads()[0].hang.is_none());
         book.tick(t(591));
+        assert!(book.workloads()[0].hang.is_some());
+    }
+
+    #[test]
+    fn a_pause_announced_before_the_first_step_still_counts() {
+        let mut book = book();
+        book.report(&pod(), &[], Some(t(300)), t(0)).expect("room");
+        book.report(&pod(), &[step(1.0, 10.0)], None, t(10)).expect("room");
+        book.tick(t(300 + 90));
+        assert!(book.workloads()[0].hang.is_none(), "paused until 300 s, then 90 s of grace");
+        book.tick(t(300 + 91));
         assert!(book.workloads()[0].hang.is_some());
     }
 

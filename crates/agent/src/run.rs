@@ -1208,4 +1208,55 @@ mod tests {
             "device_plugin:nvidia-gpu.sock"
         );
     }
+
+    #[test]
+    fn workload_progress_is_significant_for_windows_hangs_shifts_and_errors_only() {
+        use devheal_k8s::crd::{ProgressFinding, ProgressWindow, WorkloadProgress};
+        let workload = |last: i64, steps: u64, error: Option<&str>| WorkloadProgress {
+            namespace: "ml".into(),
+            name: "trainer-3".into(),
+            last_progress: Some(k8s_time(Time::from_secs(last))),
+            step: Some(steps),
+            steps,
+            window_seconds: 60,
+            error: error.map(str::to_string),
+            ..WorkloadProgress::default()
+        };
+        let status =
+            |w: WorkloadProgress| NodeDeviceHealthStatus { workloads: vec![w], ..Default::default() };
+        let base = significant(&status(workload(10, 5, None)));
+        assert_eq!(base, significant(&status(workload(70, 900, None))), "progress rides the heartbeat");
+        assert_eq!(
+            significant(&status(workload(10, 5, Some("connection refused")))),
+            significant(&status(workload(10, 5, Some("HTTP 500")))),
+            "the error's wording is not a change"
+        );
+        assert_ne!(base, significant(&status(workload(10, 5, Some("HTTP 500")))), "an error appearing is");
+        let mut windowed = workload(10, 5, None);
+        windowed.windows.push(ProgressWindow {
+            start: k8s_time(Time::from_secs(0)),
+            samples: 6,
+            step_seconds: 1.0,
+        });
+        assert_ne!(base, significant(&status(windowed)), "a new window is");
+        let mut hung = workload(10, 5, None);
+        hung.hang = Some(ProgressFinding {
+            since: k8s_time(Time::from_secs(10)),
+            detected_at: k8s_time(Time::from_secs(101)),
+            magnitude: 1.0,
+            message: "no progress".into(),
+        });
+        assert_ne!(base, significant(&status(hung.clone())), "a hang is");
+        let mut shifted = workload(10, 5, None);
+        shifted.baseline_shift = hung.hang.clone();
+        assert_ne!(base, significant(&status(shifted)), "a baseline shift is");
+
+        let mut long = workload(10, 5, Some(&"e".repeat(3000)));
+        long.windows =
+            vec![ProgressWindow { start: k8s_time(Time::from_secs(0)), samples: 1, step_seconds: 1.0 }; 12];
+        let mut cut = NodeDeviceHealthStatus { workloads: vec![long; 300], ..Default::default() };
+        within_schema(&mut cut);
+        assert_eq!((cut.workloads.len(), cut.workloads[0].windows.len()), (256, 10));
+        assert_eq!(cut.workloads[0].error.as_deref().map(|e| e.chars().count()), Some(1024));
+    }
 }
