@@ -530,6 +530,9 @@ impl LoopState {
     ) -> Result<crate::progress::ReportOutcome, ProgressRefusal> {
         let pod = &request.post.pod;
         if !self.bound.contains(pod) {
+            // A pod that just started is not in the last PodResources list yet: read it again
+            // (at most once a second), so its next report finds it.
+            self.refresh.notify_one();
             return Err(match self.sources.get("pod_resources") {
                 Some(s) if s.available => ProgressRefusal::NotOnNode(pod.to_string()),
                 Some(s) => ProgressRefusal::NoBindings(s.message.clone().unwrap_or_default()),
