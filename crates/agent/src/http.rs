@@ -3,18 +3,48 @@
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text);
 //! - `GET /healthz`: 200 while the event loop has turned within the last 30 s, else 503;
 //! - with `--fake-devices N` only: `POST /fake/fail?device=ID`, `POST /fake/degrade?device=ID`,
-//!   `POST /fake/recover?device=ID` (see [`crate::fake`]); 404 for an unknown device.
+//!   `POST /fake/recover?device=ID` (see [`crate::fake`]); 404 for an unknown device;
+//! - `POST /v1/progress`: a pod's training steps (below).
+//!
+//! # `POST /v1/progress`
+//!
+//! A pod bound to a device on this node reports the steps it finished, as JSON (at most 1 MiB):
+//!
+//! ```json
+//! {"namespace":"ml","pod":"trainer-3",
+//!  "steps":[{"seconds":1.02,"step":1200,"endTime":"2026-11-28T10:00:00.5Z"}],
+//!  "pauseSeconds":300}
+//! ```
+//!
+//! - `namespace`, `pod` (required): the reporting pod.
+//! - `steps` (optional, at most 1,000): `seconds` (required, > 0) is the pod's *own* compute time
+//!   for the step (e.g. CUDA-event timing of forward and backward, before the collective), not
+//!   the wall-clock step, which is the same on every member of a synchronous gang; `step` the
+//!   workload's step number; `endTime` (RFC 3339) when the step ended, default: on arrival.
+//! - `pauseSeconds` (optional, 0 to 86,400): no progress is to be expected for this long (a
+//!   checkpoint save); the hang timeout counts from the end of the pause.
+//!
+//! Answers (JSON): 202 `{"accepted":N,"rejected":[{"index":i,"error":"..."}]}` (a step that ended
+//! in a window already closed, or in the future, is rejected, the others kept); 400
+//! `{"error":"..."}` naming the field (and step index) for a malformed body; 404 when the pod holds
+//! no device on this node; 413 for a body over 1 MiB; 503 when the agent cannot take it now.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use devheal_core::Time;
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+
 use crate::fake::{FakeControl, FakeError, FakeFault};
 use crate::metrics::AgentMetrics;
+use crate::progress::{PodRef, ReportOutcome, StepReport};
 use crate::publish::wall_now;
 
 /// The event loop turns at least once a second; this much silence means it is stuck.
@@ -24,6 +54,8 @@ const LOOP_STALE_SECS: i64 = 30;
 pub struct HttpState {
     pub metrics: Arc<AgentMetrics>,
     pub fake: Option<FakeControl>,
+    /// Where `POST /v1/progress` hands reports (the event loop); `None`: 503.
+    pub progress: Option<ProgressControl>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -31,6 +63,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/fake/{action}", post(fake))
+        .route("/v1/progress", post(progress).layer(DefaultBodyLimit::max(MAX_PROGRESS_BODY)))
         .with_state(state)
 }
 
@@ -75,6 +108,202 @@ async fn fake(State(state): State<HttpState>, Path(action): Path<String>, uri: U
     }
 }
 
+/// The largest body `POST /v1/progress` takes.
+pub const MAX_PROGRESS_BODY: usize = 1 << 20;
+/// The most steps one report may carry.
+pub const MAX_PROGRESS_STEPS: usize = 1000;
+/// The longest pause a report may announce (a day).
+pub const MAX_PAUSE_SECONDS: f64 = 86_400.0;
+/// How long a report waits for the event loop.
+const PROGRESS_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A well-formed `POST /v1/progress` body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressPost {
+    pub pod: PodRef,
+    pub steps: Vec<StepReport>,
+    pub pause_seconds: Option<f64>,
+}
+
+/// Why the event loop did not take a report.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProgressRefusal {
+    #[error("pod {0} holds no device on this node")]
+    NotOnNode(String),
+    #[error("the agent cannot tell which pods hold devices here yet: {0}")]
+    NoBindings(String),
+    #[error("{0}")]
+    Full(String),
+}
+
+/// A report on its way to the event loop, with where to answer.
+#[derive(Debug)]
+pub struct ProgressRequest {
+    pub post: ProgressPost,
+    pub now: Time,
+    pub reply: oneshot::Sender<Result<ReportOutcome, ProgressRefusal>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Refused(ProgressRefusal),
+    #[error("the agent is busy (its event loop has a backlog); retry shortly")]
+    Busy,
+    #[error("the agent is shutting down")]
+    Closed,
+}
+
+/// The HTTP side of the channel that carries reports to the event loop (never blocks on it).
+#[derive(Clone, Debug)]
+pub struct ProgressControl {
+    requests: mpsc::Sender<ProgressRequest>,
+}
+
+impl ProgressControl {
+    pub fn new(requests: mpsc::Sender<ProgressRequest>) -> Self {
+        ProgressControl { requests }
+    }
+
+    pub async fn submit(&self, post: ProgressPost, now: Time) -> Result<ReportOutcome, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.try_send(ProgressRequest { post, now, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })?;
+        match tokio::time::timeout(PROGRESS_REPLY_TIMEOUT, answer).await {
+            Ok(Ok(Ok(outcome))) => Ok(outcome),
+            Ok(Ok(Err(refusal))) => Err(SubmitError::Refused(refusal)),
+            Ok(Err(_)) => Err(SubmitError::Closed),
+            Err(_) => Err(SubmitError::Busy),
+        }
+    }
+}
+
+fn json_response(code: StatusCode, body: Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
+}
+
+async fn progress(State(state): State<HttpState>, body: Bytes) -> Response {
+    let answer = |code: StatusCode, body: Value| {
+        state.metrics.progress_report(code.as_u16());
+        json_response(code, body)
+    };
+    let post = match parse_progress(&body) {
+        Ok(post) => post,
+        Err(message) => return answer(StatusCode::BAD_REQUEST, json!({ "error": message })),
+    };
+    let Some(control) = state.progress.as_ref() else {
+        return answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "progress reports are not taken" }));
+    };
+    match control.submit(post, wall_now()).await {
+        Ok(outcome) => {
+            state.metrics.progress_steps(outcome.accepted, outcome.rejected.len());
+            let rejected: Vec<Value> = outcome
+                .rejected
+                .iter()
+                .map(|(index, error)| json!({ "index": index, "error": error }))
+                .collect();
+            answer(StatusCode::ACCEPTED, json!({ "accepted": outcome.accepted, "rejected": rejected }))
+        }
+        Err(SubmitError::Refused(e @ ProgressRefusal::NotOnNode(_))) => {
+            answer(StatusCode::NOT_FOUND, json!({ "error": e.to_string() }))
+        }
+        Err(e) => answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e.to_string() })),
+    }
+}
+
+/// Checks a `POST /v1/progress` body; the error names the field (and the step) that is wrong.
+pub fn parse_progress(body: &[u8]) -> Result<ProgressPost, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let Value::Object(fields) = value else {
+        return Err("the body must be a JSON object with namespace, pod and steps".into());
+    };
+    only_known(&fields, &["namespace", "pod", "steps", "pauseSeconds"], "")?;
+    let namespace = name_field(&fields, "namespace", 63)?;
+    let pod = name_field(&fields, "pod", 253)?;
+    let steps = match fields.get("steps") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_PROGRESS_STEPS {
+                return Err(format!("steps: {} steps, at most {MAX_PROGRESS_STEPS} per report", items.len()));
+            }
+            items.iter().enumerate().map(|(i, item)| parse_step(i, item)).collect::<Result<_, _>>()?
+        }
+        Some(other) => return Err(format!("steps must be an array, not {}", kind(other))),
+    };
+    let pause_seconds = match fields.get("pauseSeconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(s) if s.is_finite() && (0.0..=MAX_PAUSE_SECONDS).contains(&s) => Some(s),
+            _ => return Err(format!("pauseSeconds must be a number from 0 to {MAX_PAUSE_SECONDS}, not {v}")),
+        },
+    };
+    Ok(ProgressPost { pod: PodRef { namespace, name: pod }, steps, pause_seconds })
+}
+
+fn parse_step(index: usize, item: &Value) -> Result<StepReport, String> {
+    let Value::Object(fields) = item else {
+        return Err(format!("steps[{index}] must be an object with seconds, not {}", kind(item)));
+    };
+    only_known(fields, &["seconds", "step", "endTime"], &format!("steps[{index}]."))?;
+    let seconds = match fields.get("seconds") {
+        None => return Err(format!("steps[{index}].seconds is missing (the step's own compute time)")),
+        Some(v) => match v.as_f64() {
+            Some(s) if s.is_finite() && s > 0.0 => s,
+            _ => return Err(format!("steps[{index}].seconds must be a positive number, not {v}")),
+        },
+    };
+    let step = match fields.get("step") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64().ok_or_else(|| format!("steps[{index}].step must be a whole number ≥ 0, not {v}"))?,
+        ),
+    };
+    let end = match fields.get("endTime") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(parse_rfc3339(text).ok_or_else(|| {
+            format!("steps[{index}].endTime {text:?} is not an RFC 3339 time (2026-11-28T10:00:00.5Z)")
+        })?),
+        Some(v) => return Err(format!("steps[{index}].endTime must be an RFC 3339 string, not {v}")),
+    };
+    Ok(StepReport { seconds, step, end })
+}
+
+fn parse_rfc3339(text: &str) -> Option<Time> {
+    let ts: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    i64::try_from(ts.as_nanosecond()).ok().map(Time::from_nanos)
+}
+
+fn only_known(fields: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), String> {
+    match fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => {
+            Err(format!("unknown field {prefix}{unknown} (the fields are {})", known.join(", ")))
+        }
+        None => Ok(()),
+    }
+}
+
+fn name_field(fields: &Map<String, Value>, name: &str, max: usize) -> Result<String, String> {
+    match fields.get(name) {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Ok(s.clone()),
+        Some(Value::String(s)) => Err(format!("{name} must be 1 to {max} characters, not {} long", s.len())),
+        None => Err(format!("{name} is missing")),
+        Some(other) => Err(format!("{name} must be a string, not {}", kind(other))),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The value of `name` in a query string, percent-decoded (`+` is a space).
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
@@ -110,6 +339,58 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_progress_body_is_parsed() {
+        let body = br#"{"namespace":"ml","pod":"trainer-3","steps":[{"seconds":1.02,"step":1200,"endTime":"2026-11-28T10:00:00.5Z"},{"seconds":0.9}],"pauseSeconds":300}"#;
+        let post = parse_progress(body).expect("valid");
+        assert_eq!(post.pod, PodRef::new("ml", "trainer-3"));
+        assert_eq!(post.pause_seconds, Some(300.0));
+        assert_eq!(post.steps.len(), 2);
+        assert_eq!(post.steps[0].step, Some(1200));
+        let end = post.steps[0].end.expect("an end");
+        assert_eq!(end.as_nanos() % 1_000_000_000, 500_000_000);
+        assert_eq!(end, parse_rfc3339("2026-11-28T11:00:00.5+01:00").expect("offset form"));
+        assert_eq!(post.steps[1], StepReport { seconds: 0.9, step: None, end: None });
+        let pause_only = parse_progress(br#"{"namespace":"ml","pod":"p","pauseSeconds":60}"#).expect("valid");
+        assert!(pause_only.steps.is_empty());
+    }
+
+    #[test]
+    fn a_bad_progress_body_names_what_is_wrong_and_where() {
+        let err = |body: &str| parse_progress(body.as_bytes()).expect_err("refused");
+        assert!(err("{nope").starts_with("the body is not JSON"));
+        assert!(err("[]").contains("JSON object"));
+        assert_eq!(err(r#"{"pod":"p"}"#), "namespace is missing");
+        assert!(err(r#"{"namespace":"ml","pod":7}"#).contains("pod must be a string"));
+        assert!(err(r#"{"namespace":"ml","pod":""}"#).contains("pod must be 1 to 253"));
+        let e = err(r#"{"namespace":"ml","pod":"p","steps":[{"seconds":1},{"seconds":0}]}"#);
+        assert_eq!(e, "steps[1].seconds must be a positive number, not 0");
+        let e = err(r#"{"namespace":"ml","pod":"p","steps":[{"seconds":-1.5}]}"#);
+        assert!(e.starts_with("steps[0].seconds must be a positive number"), "{e}");
+        assert!(
+            err(r#"{"namespace":"ml","pod":"p","steps":[{"seconds":"1"}]}"#).contains("steps[0].seconds")
+        );
+        assert!(err(r#"{"namespace":"ml","pod":"p","steps":[{}]}"#).contains("steps[0].seconds is missing"));
+        let e = err(r#"{"namespace":"ml","pod":"p","steps":[{"seconds":1,"endTime":"yesterday"}]}"#);
+        assert!(e.starts_with("steps[0].endTime \"yesterday\" is not an RFC 3339 time"), "{e}");
+        assert!(
+            err(r#"{"namespace":"ml","pod":"p","steps":[{"seconds":1,"step":-2}]}"#)
+                .contains("steps[0].step")
+        );
+        assert!(
+            err(r#"{"namespace":"ml","pod":"p","steps":[{"seconds":1,"endtime":"x"}]}"#)
+                .contains("unknown field steps[0].endtime")
+        );
+        assert!(err(r#"{"namespace":"ml","pod":"p","stepz":[]}"#).contains("unknown field stepz"));
+        assert!(err(r#"{"namespace":"ml","pod":"p","steps":{}}"#).contains("steps must be an array"));
+        assert!(err(r#"{"namespace":"ml","pod":"p","pauseSeconds":-1}"#).contains("pauseSeconds"));
+        let many = format!(
+            r#"{{"namespace":"ml","pod":"p","steps":[{}]}}"#,
+            vec![r#"{"seconds":1}"#; 1001].join(",")
+        );
+        assert!(err(&many).contains("at most 1000"));
+    }
 
     #[test]
     fn query_parameters_are_found_and_decoded() {

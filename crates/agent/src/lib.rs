@@ -12,6 +12,9 @@
 //!   heartbeat), the node condition `devheal.io/DevicesHealthy` and Events; or JSON lines.
 //! - [`metrics`] and [`http`]: `/metrics`, `/healthz` and the fake devices' `/fake/*`.
 //! - [`fake`]: fake devices (`--fake-devices N`) with fault injection.
+//! - [`progress`]: workload progress (each pod's step windows, hangs, shifts from its own
+//!   baseline) for `status.workloads`; pods post steps to `POST /v1/progress` ([`http`]) or
+//!   name a metric that [`scrape`] reads.
 //!
 //! The kernel-log reader comes from `devheal-detect` and the kubelet clients from
 //! `devheal-kubelet`. See `docs/agent.md`.
@@ -26,6 +29,8 @@ pub mod nvml;
 pub mod nvml_evidence;
 pub mod nvml_trends;
 pub mod once;
+pub mod progress;
 pub mod publish;
 pub mod run;
+pub mod scrape;
 pub mod snapshot;

@@ -12,6 +12,10 @@
 //! | `devheal_agent_publishes_total` | counter | `kind` | successful writes (`status`, `condition`, `event`) |
 //! | `devheal_agent_publish_failures_total` | counter | `kind` | failed writes |
 //! | `devheal_agent_last_publish_timestamp_seconds` | gauge | | Unix time of the last status write |
+//! | `devheal_agent_progress_reports_total` | counter | `code` | `POST /v1/progress` answers by HTTP status |
+//! | `devheal_agent_progress_steps_total` | counter | `result` | reported steps `accepted` or `rejected` |
+//! | `devheal_agent_progress_scrapes_total` | counter | `result` | progress-metric reads `ok` or `failed` |
+//! | `devheal_agent_progress_pods` | gauge | | pods whose progress the agent follows |
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -36,6 +40,16 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
 /// Every metric the agent exports, and the registry that renders them.
 pub struct AgentMetrics {
     registry: Registry,
@@ -49,6 +63,10 @@ pub struct AgentMetrics {
     pub publishes: Family<KindLabel, Counter>,
     pub publish_failures: Family<KindLabel, Counter>,
     pub last_publish: Gauge<f64, AtomicU64>,
+    pub progress_reports: Family<CodeLabel, Counter>,
+    pub progress_steps: Family<ResultLabel, Counter>,
+    pub progress_scrapes: Family<ResultLabel, Counter>,
+    pub progress_pods: Gauge,
     /// Unix seconds of the event loop's last turn, for `/healthz` (not exported).
     pub loop_alive_unix_s: AtomicI64,
 }
@@ -110,6 +128,26 @@ impl AgentMetrics {
             "Unix time of the last NodeDeviceHealth status write",
             last_publish.clone(),
         );
+        let progress_reports = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "progress_reports",
+            "POST /v1/progress requests by the HTTP status of the answer",
+            progress_reports.clone(),
+        );
+        let progress_steps = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "progress_steps",
+            "Steps reported to POST /v1/progress, accepted or rejected",
+            progress_steps.clone(),
+        );
+        let progress_scrapes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "progress_scrapes",
+            "Reads of pods' progress metrics (devheal.io/progress-metric), ok or failed",
+            progress_scrapes.clone(),
+        );
+        let progress_pods = Gauge::default();
+        registry.register("progress_pods", "Pods whose progress the agent follows", progress_pods.clone());
         AgentMetrics {
             registry,
             devices,
@@ -122,6 +160,10 @@ impl AgentMetrics {
             publishes,
             publish_failures,
             last_publish,
+            progress_reports,
+            progress_steps,
+            progress_scrapes,
+            progress_pods,
             loop_alive_unix_s: AtomicI64::new(0),
         }
     }
@@ -141,6 +183,21 @@ impl AgentMetrics {
         } else {
             self.publish_failures.get_or_create(&label).inc();
         }
+    }
+
+    pub fn progress_report(&self, code: u16) {
+        self.progress_reports.get_or_create(&CodeLabel { code: code.to_string() }).inc();
+    }
+
+    pub fn progress_steps(&self, accepted: usize, rejected: usize) {
+        for (result, n) in [("accepted", accepted), ("rejected", rejected)] {
+            self.progress_steps.get_or_create(&ResultLabel { result: result.into() }).inc_by(n as u64);
+        }
+    }
+
+    pub fn scraped(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.progress_scrapes.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 
     pub fn mark_loop_alive(&self, unix_s: i64) {
@@ -163,11 +220,19 @@ mod tests {
         m.kmsg_lines.inc_by(5);
         m.published("status", true);
         m.published("event", false);
+        m.progress_report(202);
+        m.progress_steps(3, 1);
+        m.scraped(false);
+        m.progress_pods.set(2);
         let text = m.render();
         assert!(text.contains("devheal_agent_devices{health=\"Unhealthy\"} 2"), "{text}");
         assert!(text.contains("devheal_agent_kmsg_lines_total 5"), "{text}");
         assert!(text.contains("devheal_agent_publishes_total{kind=\"status\"} 1"), "{text}");
         assert!(text.contains("devheal_agent_publish_failures_total{kind=\"event\"} 1"), "{text}");
+        assert!(text.contains("devheal_agent_progress_reports_total{code=\"202\"} 1"), "{text}");
+        assert!(text.contains("devheal_agent_progress_steps_total{result=\"rejected\"} 1"), "{text}");
+        assert!(text.contains("devheal_agent_progress_scrapes_total{result=\"failed\"} 1"), "{text}");
+        assert!(text.contains("devheal_agent_progress_pods 2"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

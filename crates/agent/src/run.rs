@@ -6,7 +6,9 @@
 //!  NVML thread (inventory, samples, Xids) ────┤
 //!  device plugin watcher (ListAndWatch) ──────┼──► event loop: tracker + device↔pod map ──watch──► publisher task
 //!  PodResources refresher (on change, ≤1/s) ──┤       │ (batch, snapshot, diff)              └─► Events
-//!  fake devices (kernel lines, resets) ───────┘       └──► /metrics gauges
+//!  fake devices (kernel lines, resets) ───────┤       └──► /metrics gauges
+//!  POST /v1/progress (reply on a oneshot) ────┤   + progress book (status.workloads)
+//!  progress scraper (annotated, bound pods) ──┘
 //! ```
 //!
 //! The loop drains every event that is waiting, then builds the `NodeDeviceHealth` once and
@@ -31,15 +33,18 @@ use tokio::task::JoinHandle;
 
 use crate::fake::{FakeControl, FakeSignal, fake_devices};
 use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
+use crate::http::{ProgressControl, ProgressRefusal, ProgressRequest};
 use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
 use crate::metrics::{AgentMetrics, HealthLabel, SourceLabel};
 use crate::nvml::{FakeGpuTelemetry, GpuTelemetry, NvmlTelemetry, XidEvent};
 use crate::nvml_evidence::evidence_from_sample;
 use crate::nvml_trends::{NvmlTrends, TrendConfig};
 use crate::once::{NVIDIA_GPU_RESOURCE, SourcePaths};
+use crate::progress::{PodRef, ProgressBook, ProgressConfig, ProgressError};
 use crate::publish::{
     DeviceTransition, Publication, PublishConfig, Publisher, devices_condition, run_publisher, wall_now,
 };
+use crate::scrape::{ScrapeConfig, ScrapeEvent, ScrapeTarget, run_scraper};
 use crate::snapshot::{InventoryDevice, SnapshotInput, node_device_health};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub enum AgentError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the {what} thread: {source}")]
     Thread { what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
 }
 
 /// Where GPU telemetry comes from.
@@ -82,6 +89,13 @@ pub struct AgentConfig {
     pub plugin_rescan: StdDuration,
     /// How long one kubelet or plugin call may take.
     pub source_timeout: StdDuration,
+    /// Workload progress: windows, hang timeout, scrape interval.
+    pub progress: ProgressConfig,
+    /// Pods that name a progress metric (from the pod watch, [`crate::scrape::watch_pods`]);
+    /// `None`: no scraping (`--no-kube`).
+    pub scrape_targets: Option<watch::Receiver<Vec<ScrapeTarget>>>,
+    /// How long one scrape may take.
+    pub scrape_timeout: StdDuration,
 }
 
 impl AgentConfig {
@@ -99,6 +113,9 @@ impl AgentConfig {
             nvml_interval: StdDuration::from_secs(10),
             plugin_rescan: StdDuration::from_secs(1),
             source_timeout: StdDuration::from_secs(5),
+            progress: ProgressConfig::default(),
+            scrape_targets: None,
+            scrape_timeout: StdDuration::from_secs(5),
         }
     }
 }
@@ -111,6 +128,8 @@ enum SourceEvent {
     Fake(FakeSignal),
     Nvml(NvmlEvent),
     PodResources(PodResourcesEvent),
+    Progress(ProgressRequest),
+    Scrape(ScrapeEvent),
 }
 
 #[derive(Debug)]
@@ -157,6 +176,7 @@ impl AgentHandle {
 
 /// Start the agent on the current tokio runtime.
 pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<AgentHandle, AgentError> {
+    let progress = ProgressBook::new(config.progress.clone())?;
     let metrics = Arc::new(AgentMetrics::new());
     let (shutdown_tx, shutdown) = watch::channel(false);
     let stop_threads = Arc::new(AtomicBool::new(false));
@@ -176,6 +196,31 @@ pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<Ag
         fake = Some(control);
     }
 
+    // Progress reports from the HTTP endpoint, answered by the loop.
+    let (progress_tx, progress_rx) = mpsc::channel::<ProgressRequest>(256);
+    tasks.push(tokio::spawn(forward(
+        progress_rx,
+        events_tx.clone(),
+        SourceEvent::Progress,
+        shutdown.clone(),
+    )));
+    let (bound_tx, bound_rx) = watch::channel(BTreeSet::<PodRef>::new());
+    if let Some(targets) = config.scrape_targets.clone() {
+        let (scrape_tx, scrape_rx) = mpsc::channel::<ScrapeEvent>(1024);
+        let scrape = ScrapeConfig {
+            every: StdDuration::from_nanos(config.progress.scrape_every.as_nanos().max(1) as u64),
+            timeout: config.scrape_timeout,
+            ..ScrapeConfig::default()
+        };
+        tasks.push(tokio::spawn(run_scraper(scrape, targets, bound_rx, scrape_tx, shutdown.clone())));
+        tasks.push(tokio::spawn(forward(
+            scrape_rx,
+            events_tx.clone(),
+            SourceEvent::Scrape,
+            shutdown.clone(),
+        )));
+    }
+
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -183,8 +228,11 @@ pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<Ag
             .map_err(|source| AgentError::Listen { addr, source })?;
         let bound = listener.local_addr().map_err(|source| AgentError::Listen { addr, source })?;
         metrics_addr = Some(bound);
-        let app =
-            crate::http::router(crate::http::HttpState { metrics: Arc::clone(&metrics), fake: fake.clone() });
+        let app = crate::http::router(crate::http::HttpState {
+            metrics: Arc::clone(&metrics),
+            fake: fake.clone(),
+            progress: Some(ProgressControl::new(progress_tx.clone())),
+        });
         let mut stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -283,7 +331,11 @@ pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<Ag
         inventory_ids: BTreeSet::new(),
         ready: false,
         started: tokio::time::Instant::now(),
+        progress,
+        bound: BTreeSet::new(),
+        bound_tx,
     };
+    drop(progress_tx);
     tasks.push(tokio::spawn(event_loop(state, events_rx, publication_tx, transition_tx, shutdown.clone())));
 
     Ok(AgentHandle { metrics_addr, metrics, fake, shutdown: shutdown_tx, stop_threads, tasks })
@@ -349,6 +401,11 @@ struct LoopState {
     /// passed, so the first status and Events already list the pods.
     ready: bool,
     started: tokio::time::Instant,
+    /// Workload progress of the pods bound to devices here.
+    progress: ProgressBook,
+    /// Pods bound to a device on this node (PodResources), for the scraper too.
+    bound: BTreeSet<PodRef>,
+    bound_tx: watch::Sender<BTreeSet<PodRef>>,
 }
 
 /// The longest the first publication waits for PodResources.
@@ -386,6 +443,7 @@ async fn event_loop(
             _ = tick.tick() => {
                 let now = wall_now();
                 state.tracker.tick(now);
+                state.progress.tick(now);
                 state.metrics.mark_loop_alive(now.as_nanos() / 1_000_000_000);
                 if turns.is_multiple_of(5) {
                     state.check_plugin_dir(now);
@@ -423,6 +481,16 @@ impl LoopState {
             SourceEvent::Plugin(event) => self.handle_plugin(event, now),
             SourceEvent::PodResources(PodResourcesEvent::Listed(bindings)) => {
                 let message = format!("{} device binding(s)", bindings.len());
+                self.bound = bindings.iter().map(|b| PodRef::new(&b.namespace, &b.pod)).collect();
+                let bound = &self.bound;
+                self.progress.retain(|pod| bound.contains(pod));
+                self.bound_tx.send_if_modified(|old| {
+                    let changed = old != bound;
+                    if changed {
+                        old.clone_from(bound);
+                    }
+                    changed
+                });
                 self.bindings = bindings;
                 self.set_source("pod_resources", true, message, None, now);
             }
@@ -432,7 +500,51 @@ impl LoopState {
             SourceEvent::PodResources(PodResourcesEvent::Unavailable(message)) => {
                 self.set_source("pod_resources", false, message, None, now);
             }
+            SourceEvent::Progress(request) => {
+                let answer = self.progress_report(&request);
+                let _ = request.reply.send(answer);
+            }
+            SourceEvent::Scrape(ScrapeEvent::Read { pod, uid, reading, at }) => {
+                self.metrics.scraped(reading.is_ok());
+                if !self.bound.contains(&pod) {
+                    return;
+                }
+                if let Err(e) = self.progress.scrape(&pod, uid.as_deref(), reading, at) {
+                    tracing::warn!(%pod, error = %e, "progress of a pod not followed");
+                }
+            }
+            SourceEvent::Scrape(ScrapeEvent::Stopped { pod }) => {
+                if self.progress.reporter(&pod) == Some(devheal_k8s::crd::ProgressReporter::Scrape) {
+                    self.progress.forget(&pod);
+                }
+            }
         }
+        self.metrics.progress_pods.set(self.progress.len() as i64);
+    }
+
+    /// A pod's `POST /v1/progress`, for pods bound to a device here only (which also bounds
+    /// the book).
+    fn progress_report(
+        &mut self,
+        request: &ProgressRequest,
+    ) -> Result<crate::progress::ReportOutcome, ProgressRefusal> {
+        let pod = &request.post.pod;
+        if !self.bound.contains(pod) {
+            // A pod that just started is not in the last PodResources list yet: read it again
+            // (at most once a second), so its next report finds it.
+            self.refresh.notify_one();
+            return Err(match self.sources.get("pod_resources") {
+                Some(s) if s.available => ProgressRefusal::NotOnNode(pod.to_string()),
+                Some(s) => ProgressRefusal::NoBindings(s.message.clone().unwrap_or_default()),
+                None => ProgressRefusal::NoBindings("PodResources has not answered yet".into()),
+            });
+        }
+        let now = request.now;
+        let pause_until =
+            request.post.pause_seconds.map(|s| now + devheal_core::Duration::from_nanos((s * 1e9) as i64));
+        self.progress
+            .report(pod, &request.post.steps, pause_until, now)
+            .map_err(|e| ProgressRefusal::Full(e.to_string()))
     }
 
     fn apply_kernel(&mut self, mapped: Mapped) {
@@ -671,6 +783,7 @@ impl LoopState {
             sources,
         });
         if let Some(status) = object.status.as_mut() {
+            status.workloads = self.progress.workloads();
             within_schema(status);
         }
         let Some(status) = object.status.as_ref() else { return };
@@ -710,16 +823,25 @@ impl LoopState {
 
         self.update_gauges(status);
         let significant = significant(status);
-        if self.last_sent.as_ref() == Some(&significant) {
-            return;
-        }
-        self.last_sent = Some(significant);
         let summary = status.summary.clone().unwrap_or_default();
         let of = |h: Health| -> Vec<String> {
             status.devices.iter().filter(|d| d.health == h).map(|d| d.id.clone()).collect()
         };
         let condition = devices_condition(&summary, &of(Health::Unhealthy), &of(Health::Unknown));
-        publications.send_replace(Some(Publication { object, condition }));
+        let publication = Some(Publication { object, condition });
+        if self.last_sent.as_ref() == Some(&significant) {
+            // Nothing that needs a write now; the heartbeat's write carries the latest counts,
+            // sightings and progress (the value is replaced without waking the publisher).
+            publications.send_if_modified(|latest| {
+                if latest.is_some() {
+                    *latest = publication;
+                }
+                false
+            });
+            return;
+        }
+        self.last_sent = Some(significant);
+        publications.send_replace(publication);
     }
 
     fn update_gauges(&self, status: &NodeDeviceHealthStatus) {
@@ -773,6 +895,18 @@ fn within_schema(status: &mut NodeDeviceHealthStatus) {
             truncate_chars(message, 1024);
         }
     }
+    status.workloads.truncate(256);
+    for w in &mut status.workloads {
+        truncate_chars(&mut w.namespace, 63);
+        truncate_chars(&mut w.name, 253);
+        w.windows.truncate(10);
+        for finding in [w.hang.as_mut(), w.baseline_shift.as_mut()].into_iter().flatten() {
+            truncate_chars(&mut finding.message, 1024);
+        }
+        if let Some(error) = w.error.as_mut() {
+            truncate_chars(error, 1024);
+        }
+    }
 }
 
 /// Cut `text` to at most `max` characters, ending in "..." when cut.
@@ -784,7 +918,10 @@ fn truncate_chars(text: &mut String, max: usize) {
     *text = keep + "...";
 }
 
-/// The status without what changes on every write (heartbeat, a reason's count and last sighting).
+/// The status without what changes on every write (heartbeat, a reason's count and last
+/// sighting) or rides the heartbeat (a workload's last progress, step numbers and counts,
+/// announced pause, and the wording of its error): a new window, a hang or a baseline shift
+/// appearing or clearing, an error appearing or clearing, a pod coming or going are changes.
 fn significant(status: &NodeDeviceHealthStatus) -> NodeDeviceHealthStatus {
     let mut s = status.clone();
     s.last_heartbeat = None;
@@ -792,6 +929,15 @@ fn significant(status: &NodeDeviceHealthStatus) -> NodeDeviceHealthStatus {
         for r in &mut d.reasons {
             r.count = 1;
             r.last_seen = r.first_seen.clone();
+        }
+    }
+    for w in &mut s.workloads {
+        w.last_progress = None;
+        w.step = None;
+        w.steps = 0;
+        w.paused_until = None;
+        if let Some(error) = w.error.as_mut() {
+            error.clear();
         }
     }
     s
@@ -1064,5 +1210,56 @@ mod tests {
             plugin_source_name("/var/lib/kubelet/device-plugins/nvidia-gpu.sock"),
             "device_plugin:nvidia-gpu.sock"
         );
+    }
+
+    #[test]
+    fn workload_progress_is_significant_for_windows_hangs_shifts_and_errors_only() {
+        use devheal_k8s::crd::{ProgressFinding, ProgressWindow, WorkloadProgress};
+        let workload = |last: i64, steps: u64, error: Option<&str>| WorkloadProgress {
+            namespace: "ml".into(),
+            name: "trainer-3".into(),
+            last_progress: Some(k8s_time(Time::from_secs(last))),
+            step: Some(steps),
+            steps,
+            window_seconds: 60,
+            error: error.map(str::to_string),
+            ..WorkloadProgress::default()
+        };
+        let status =
+            |w: WorkloadProgress| NodeDeviceHealthStatus { workloads: vec![w], ..Default::default() };
+        let base = significant(&status(workload(10, 5, None)));
+        assert_eq!(base, significant(&status(workload(70, 900, None))), "progress rides the heartbeat");
+        assert_eq!(
+            significant(&status(workload(10, 5, Some("connection refused")))),
+            significant(&status(workload(10, 5, Some("HTTP 500")))),
+            "the error's wording is not a change"
+        );
+        assert_ne!(base, significant(&status(workload(10, 5, Some("HTTP 500")))), "an error appearing is");
+        let mut windowed = workload(10, 5, None);
+        windowed.windows.push(ProgressWindow {
+            start: k8s_time(Time::from_secs(0)),
+            samples: 6,
+            step_seconds: 1.0,
+        });
+        assert_ne!(base, significant(&status(windowed)), "a new window is");
+        let mut hung = workload(10, 5, None);
+        hung.hang = Some(ProgressFinding {
+            since: k8s_time(Time::from_secs(10)),
+            detected_at: k8s_time(Time::from_secs(101)),
+            magnitude: 1.0,
+            message: "no progress".into(),
+        });
+        assert_ne!(base, significant(&status(hung.clone())), "a hang is");
+        let mut shifted = workload(10, 5, None);
+        shifted.baseline_shift = hung.hang.clone();
+        assert_ne!(base, significant(&status(shifted)), "a baseline shift is");
+
+        let mut long = workload(10, 5, Some(&"e".repeat(3000)));
+        long.windows =
+            vec![ProgressWindow { start: k8s_time(Time::from_secs(0)), samples: 1, step_seconds: 1.0 }; 12];
+        let mut cut = NodeDeviceHealthStatus { workloads: vec![long; 300], ..Default::default() };
+        within_schema(&mut cut);
+        assert_eq!((cut.workloads.len(), cut.workloads[0].windows.len()), (256, 10));
+        assert_eq!(cut.workloads[0].error.as_deref().map(|e| e.chars().count()), Some(1024));
     }
 }

@@ -9,6 +9,10 @@
 //!   `--no-kube` prints what it would write as JSON lines instead of talking to an API server.
 //! - `--fake-devices N` serves N fake devices (`devheal.io/fake-gpu`) through the device plugin
 //!   API and takes fault injection on `POST /fake/{fail,degrade,recover}?device=ID`.
+//! - Workload progress: pods post steps to `POST /v1/progress`, or name a metric in the
+//!   `devheal.io/progress-metric` annotation, which is scraped (not with `--no-kube`: the pods
+//!   and their annotations come from the API server); `--progress-window`, `--hang-timeout` and
+//!   `--scrape-every` take `90s`, `2m`, `1m30s` or plain seconds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +83,47 @@ pub struct AgentArgs {
     /// How often NVML is sampled.
     #[arg(long, default_value_t = 10)]
     nvml_interval_secs: u64,
+    /// Length of a workload's progress windows (whole seconds, 1s to 1h; aligned to the epoch).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    progress_window: Duration,
+    /// A pod that reported progress and then none for this long (after an announced pause: past
+    /// its end) is reported hung.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    hang_timeout: Duration,
+    /// How often pods that name a progress metric are scraped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    scrape_every: Duration,
+}
+
+/// `90s`, `2m`, `1m30s`, `1h`, `500ms`, or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (write 90s, 2m, 1m30s, 500ms, or seconds)");
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let part = match &rest[..unit] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(bad)?),
+            "h" => Duration::from_secs(number.checked_mul(3600).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[unit..];
+    }
+    if text.is_empty() { Err(bad()) } else { Ok(total) }
+}
+
+fn core_duration(d: Duration) -> devheal_core::Duration {
+    devheal_core::Duration::from_nanos(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn node_name(args: &AgentArgs) -> String {
@@ -124,6 +169,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.pod_resources_min_interval = Duration::from_millis(args.pod_resources_min_interval_ms);
     config.nvml_interval = Duration::from_secs(args.nvml_interval_secs.max(1));
     config.source_timeout = Duration::from_secs(args.source_timeout_secs.max(1));
+    config.progress.window = core_duration(args.progress_window);
+    config.progress.hang_timeout = core_duration(args.hang_timeout);
+    config.progress.scrape_every = core_duration(args.scrape_every);
+    config.progress.validate()?;
 
     // Two worker threads: the loop and the publisher never wait on each other.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -134,6 +183,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let client =
                 crate::kube_env::client(args.kubeconfig.as_deref(), true, "use --kubeconfig or --no-kube")
                     .await?;
+            // The pods on this node and their progress annotations, for the scraper.
+            let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
+            tokio::spawn(devheal_agent::scrape::watch_pods(client.clone(), config.node.clone(), targets_tx));
+            let mut config = config;
+            config.scrape_targets = Some(targets_rx);
             run_until_signal(config, KubePublisher::new(client)).await
         }
     })
@@ -165,4 +219,23 @@ fn init_logging() {
         _ => tracing::Level::INFO,
     };
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_read_with_units_or_as_seconds() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "s", "1.5s", "10x", "-3s", "m5"] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains("is not a duration"), "{err}");
+        }
+    }
 }

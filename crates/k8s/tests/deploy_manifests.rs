@@ -766,6 +766,7 @@ fn the_agent_runs_with_only_what_it_needs() {
 
     let metrics = port_named(container, "metrics").expect("a port named metrics");
     assert_eq!(metrics["containerPort"], 9101);
+    assert_eq!(metrics["hostPort"], 9101, "pods post progress to the agent on their node's IP");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["resources"]["limits"]["memory"], "256Mi");
     assert!(container["resources"]["requests"]["cpu"].is_string(), "requests set");

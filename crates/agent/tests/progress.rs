@@ -1,0 +1,431 @@
+//! Workload progress through the running agent: steps posted to the real HTTP router over TCP,
+//! and a step-time histogram scraped from a real HTTP server on 127.0.0.1, reach the published
+//! `status.workloads` (windows, then a hang once the pod goes quiet); a pod holding no device
+//! here is 404, a malformed body 400 naming the problem, and a failing scrape is blindness, not
+//! a hang. The kubelet (PodResources) and a device plugin are in-process servers on temporary
+//! Unix sockets binding `ml/trainer-3` to `fake-0`. Windows are 1 s and the hang timeout 2 s so
+//! each test takes a few seconds; every wait polls with a deadline. The pod watch that finds
+//! annotated pods runs against a small scripted API server (a list, then a watch event).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use common::{ChannelPublisher, http};
+use devheal_agent::once::SourcePaths;
+use devheal_agent::progress::PodRef;
+use devheal_agent::publish::PublishConfig;
+use devheal_agent::run::{AgentConfig, AgentHandle, GpuSource, start};
+use devheal_agent::scrape::{ScrapeTarget, ScrapeUrl};
+use devheal_k8s::crd::{NodeDeviceHealth, NodeDeviceHealthStatus, ProgressReporter, WorkloadProgress};
+use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
+use devheal_kubelet::api::podresources_v1 as pr;
+use devheal_kubelet::server::{
+    DevicePluginServer, PodResourcesServer, PodResourcesState, ServerHandle, serve,
+};
+use tokio::sync::{mpsc, watch};
+
+/// Liveness bound for every wait, not a performance target.
+const WAIT: Duration = Duration::from_secs(20);
+const RESOURCE: &str = "devheal.io/fake-gpu";
+
+struct Node {
+    _dir: tempfile::TempDir,
+    config: AgentConfig,
+    _kubelet: ServerHandle,
+    _plugin: ServerHandle,
+}
+
+/// A kubelet binding `ml/trainer-3` to `fake-0`, a plugin serving it, and a config for a fast
+/// agent (1 s windows, 2 s hang timeout).
+fn node() -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path: &Path = dir.path();
+    let kmsg = path.join("kmsg");
+    std::fs::write(&kmsg, b"").expect("an empty saved kernel log");
+    let boot_id = path.join("boot_id");
+    std::fs::write(&boot_id, "test-boot\n").expect("boot id");
+    let mut config = AgentConfig::new("node-a");
+    config.paths = SourcePaths {
+        kmsg,
+        pod_resources_socket: path.join("pod-resources.sock"),
+        device_plugin_dir: path.join("device-plugins"),
+        nvml_library: None,
+        boot_id_file: boot_id,
+    };
+    config.gpus = GpuSource::Off;
+    config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.publish =
+        PublishConfig { heartbeat: Duration::from_secs(60), min_interval: Duration::from_millis(10) };
+    config.pod_resources_interval = Duration::from_millis(200);
+    config.pod_resources_min_interval = Duration::from_millis(20);
+    config.plugin_rescan = Duration::from_millis(50);
+    config.source_timeout = Duration::from_secs(2);
+    config.progress.window = devheal_core::Duration::from_secs(1);
+    config.progress.hang_timeout = devheal_core::Duration::from_secs(2);
+    config.progress.scrape_every = devheal_core::Duration::from_millis(200);
+    config.scrape_timeout = Duration::from_secs(2);
+
+    std::fs::create_dir(&config.paths.device_plugin_dir).expect("mkdir");
+    let (plugin, _health) = DevicePluginServer::new(
+        vec![dp::Device { id: "fake-0".into(), health: "Healthy".into(), topology: None }],
+        "X",
+    );
+    let plugin =
+        serve(&config.paths.device_plugin_dir.join("fake.sock"), plugin.router()).expect("serve plugin");
+    let state = PodResourcesState::default();
+    state.set_pods(vec![pr::PodResources {
+        name: "trainer-3".into(),
+        namespace: "ml".into(),
+        containers: vec![pr::ContainerResources {
+            name: "trainer".into(),
+            devices: vec![pr::ContainerDevices {
+                resource_name: RESOURCE.into(),
+                device_ids: vec!["fake-0".into()],
+                topology: None,
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }]);
+    state.set_allocatable(vec![pr::ContainerDevices {
+        resource_name: RESOURCE.into(),
+        device_ids: vec!["fake-0".into()],
+        topology: None,
+    }]);
+    let kubelet = serve(&config.paths.pod_resources_socket, PodResourcesServer { state }.router())
+        .expect("serve kubelet");
+    Node { _dir: dir, config, _kubelet: kubelet, _plugin: plugin }
+}
+
+/// Wait for a published status whose `ml/trainer-3` workload satisfies `ok`; also checks every
+/// status seen on the way with `always`.
+async fn wait_workload(
+    rx: &mut mpsc::UnboundedReceiver<NodeDeviceHealth>,
+    what: &str,
+    always: impl Fn(&WorkloadProgress),
+    ok: impl Fn(&WorkloadProgress) -> bool,
+) -> WorkloadProgress {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last: Option<NodeDeviceHealthStatus> = None;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(object)) => {
+                let status = object.status.expect("a status");
+                if let Some(w) =
+                    status.workloads.iter().find(|w| w.namespace == "ml" && w.name == "trainer-3")
+                {
+                    always(w);
+                    if ok(w) {
+                        return w.clone();
+                    }
+                }
+                last = Some(status);
+            }
+            _ => panic!("never published: {what}; last workloads {:?}", last.map(|s| s.workloads)),
+        }
+    }
+}
+
+/// One HTTP/1.1 POST with a JSON body; the status code and the body.
+fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+async fn post_async(addr: SocketAddr, body: String) -> (u16, String) {
+    tokio::task::spawn_blocking(move || post(addr, "/v1/progress", &body)).await.expect("join")
+}
+
+/// Post until the agent knows the pod is bound here (PodResources answered), then return the
+/// answer to the first accepted post.
+async fn post_when_bound(addr: SocketAddr, body: &str) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, answer) = post_async(addr, body.to_string()).await;
+        if code != 503 && code != 404 {
+            return (code, answer);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never accepted: {code} {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stop(agent: AgentHandle) {
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_steps_are_published_as_windows_then_a_hang() {
+    let node = node();
+    let (statuses, mut rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent =
+        start(node.config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
+    let addr = agent.metrics_addr.expect("served");
+
+    // Three steps of 0.5 s, one with a step number; the window closes at the next second.
+    let body = r#"{"namespace":"ml","pod":"trainer-3","steps":[{"seconds":0.5},{"seconds":0.5,"step":41},{"seconds":0.5,"step":42}]}"#;
+    let (code, answer) = post_when_bound(addr, body).await;
+    assert_eq!(code, 202, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
+    assert_eq!(answer, serde_json::json!({ "accepted": 3, "rejected": [] }));
+
+    let w = wait_workload(&mut rx, "a closed window", |_| {}, |w| !w.windows.is_empty()).await;
+    assert_eq!(w.reporter, ProgressReporter::Endpoint);
+    assert_eq!(w.window_seconds, 1);
+    assert_eq!((w.windows[0].samples, w.windows[0].step_seconds), (3, 0.5), "{w:?}");
+    assert!(w.hang.is_none() && w.error.is_none(), "{w:?}");
+
+    // Not a pod holding a device here; malformed bodies.
+    let (code, answer) = post_async(addr, r#"{"namespace":"ml","pod":"elsewhere","steps":[]}"#.into()).await;
+    assert_eq!(code, 404, "{answer}");
+    assert!(answer.contains("ml/elsewhere holds no device on this node"), "{answer}");
+    let (code, answer) = post_async(addr, "{garbage".into()).await;
+    assert_eq!(code, 400);
+    assert!(answer.contains("the body is not JSON"), "{answer}");
+    let (code, answer) = post_async(
+        addr,
+        r#"{"namespace":"ml","pod":"trainer-3","steps":[{"seconds":1},{"seconds":"NaN"}]}"#.into(),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(answer.contains("steps[1].seconds must be a positive number"), "{answer}");
+    // One byte over 1 MiB (exactly one, so the server has read all of it when it answers and no
+    // unread bytes make the closing connection reset).
+    let padding = (1 << 20) + 1 - r#"{"namespace":"ml","pod":""}"#.len();
+    let (code, _) =
+        post_async(addr, format!(r#"{{"namespace":"ml","pod":"{}"}}"#, "x".repeat(padding))).await;
+    assert_eq!(code, 413, "a body over 1 MiB");
+
+    // Silent for longer than the 2 s hang timeout: hung, since the last step.
+    let w = wait_workload(&mut rx, "a hang", |_| {}, |w| w.hang.is_some()).await;
+    let hang = w.hang.as_ref().expect("hang");
+    assert_eq!(Some(&hang.since), w.last_progress.as_ref());
+    assert_eq!(w.steps, 3);
+    assert_eq!(w.step, Some(42));
+
+    let (code, metrics) =
+        tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
+    assert_eq!(code, 200);
+    for line in [
+        "devheal_agent_progress_reports_total{code=\"202\"} 1",
+        "devheal_agent_progress_reports_total{code=\"404\"} 1",
+        "devheal_agent_progress_reports_total{code=\"400\"} 2",
+        "devheal_agent_progress_steps_total{result=\"accepted\"} 3",
+        "devheal_agent_progress_pods 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    stop(agent).await;
+}
+
+/// What the fake trainer's `/metrics` does.
+const ADVANCING: u8 = 0;
+const FAILING: u8 = 1;
+const STUCK: u8 = 2;
+
+struct Trainer {
+    mode: AtomicU8,
+    steps: AtomicU64,
+}
+
+/// A prometheus_client-style histogram of step seconds: 4 more steps of 0.25 s per read.
+async fn trainer_metrics(State(trainer): State<Arc<Trainer>>) -> (StatusCode, String) {
+    let mode = trainer.mode.load(Ordering::SeqCst);
+    if mode == FAILING {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "oops\n".into());
+    }
+    let n = if mode == ADVANCING {
+        trainer.steps.fetch_add(4, Ordering::SeqCst) + 4
+    } else {
+        trainer.steps.load(Ordering::SeqCst)
+    };
+    let sum = n as f64 * 0.25;
+    let text = format!(
+        "# HELP train_step_seconds Own compute time per step.\n\
+         # TYPE train_step_seconds histogram\n\
+         train_step_seconds_bucket{{le=\"0.5\"}} {n}\n\
+         train_step_seconds_bucket{{le=\"+Inf\"}} {n}\n\
+         train_step_seconds_sum {sum}\n\
+         train_step_seconds_count {n}\n\
+         # EOF\n"
+    );
+    (StatusCode::OK, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scraped_histogram_gives_windows_a_failing_scrape_is_blind_and_a_stuck_one_hangs() {
+    let trainer = Arc::new(Trainer { mode: AtomicU8::new(ADVANCING), steps: AtomicU64::new(100) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let trainer_addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route("/metrics", get(trainer_metrics)).with_state(Arc::clone(&trainer));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut node = node();
+    let target = |pod: &str| ScrapeTarget {
+        pod: PodRef::new("ml", pod),
+        uid: Some(format!("uid-{pod}")),
+        url: Ok(ScrapeUrl { address: trainer_addr, path: "/metrics".into() }),
+        metric: "train_step_seconds".into(),
+    };
+    // A second annotated pod holds no device here: it is never scraped or published.
+    let (_targets_tx, targets) = watch::channel(vec![target("trainer-3"), target("not-here")]);
+    node.config.scrape_targets = Some(targets);
+    let (statuses, mut rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent =
+        start(node.config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
+
+    let w = wait_workload(&mut rx, "a scraped window", |_| {}, |w| w.windows.iter().any(|x| x.samples >= 3))
+        .await;
+    assert_eq!(w.reporter, ProgressReporter::Scrape);
+    assert_eq!(w.uid.as_deref(), Some("uid-trainer-3"));
+    let full = w.windows.iter().find(|x| x.samples >= 3).expect("a full window");
+    assert!((full.step_seconds - 0.25).abs() < 1e-9, "{w:?}");
+
+    // The pod's metrics fail: an error, and however long it lasts (well past the 2 s timeout),
+    // never a hang.
+    trainer.mode.store(FAILING, Ordering::SeqCst);
+    let w = wait_workload(&mut rx, "the scrape error", |_| {}, |w| w.error.is_some()).await;
+    let error = w.error.clone().expect("error");
+    assert!(error.contains("HTTP 500") && error.contains(&trainer_addr.to_string()), "{error}");
+    let blind_until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < blind_until {
+        if let Ok(Some(object)) = tokio::time::timeout_at(blind_until, rx.recv()).await {
+            let status = object.status.expect("status");
+            assert!(
+                status.workloads.iter().all(|w| w.hang.is_none()),
+                "a blind pod reported hung: {:?}",
+                status.workloads
+            );
+        }
+    }
+
+    // Reads work again but the count stands still: hung, 2 s after reads resumed.
+    trainer.mode.store(STUCK, Ordering::SeqCst);
+    let w = wait_workload(
+        &mut rx,
+        "a hang once reads work and show no progress",
+        |w| assert!(w.hang.is_none() || w.error.is_none(), "hung while blind: {w:?}"),
+        |w| w.hang.is_some(),
+    )
+    .await;
+    assert!(w.error.is_none(), "{w:?}");
+    assert!(w.hang.as_ref().is_some_and(|h| h.message.contains("no progress")), "{w:?}");
+
+    let addr = agent.metrics_addr.expect("served");
+    let (_, metrics) =
+        tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
+    assert!(metrics.contains("devheal_agent_progress_scrapes_total{result=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("devheal_agent_progress_scrapes_total{result=\"failed\"}"), "{metrics}");
+    assert!(metrics.contains("devheal_agent_progress_pods 1"), "only the bound pod: {metrics}");
+    stop(agent).await;
+    server.abort();
+}
+
+/// A pod as the API server returns it.
+fn pod_json(name: &str, annotations: serde_json::Value, version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": "ml", "uid": format!("uid-{name}"),
+            "resourceVersion": version, "annotations": annotations,
+        },
+        "spec": { "nodeName": "node-a", "containers": [{ "name": "trainer", "image": "t" }] },
+        "status": { "phase": "Running", "podIP": "10.0.0.5" },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_watch_turns_annotations_into_scrape_targets() {
+    use axum::body::Body;
+    use axum::http::Uri;
+    use axum::response::IntoResponse;
+    use futures::StreamExt;
+    use std::sync::Mutex;
+
+    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&queries);
+    let app = axum::Router::new().route(
+        "/api/v1/pods",
+        get(move |uri: Uri| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let query = uri.query().unwrap_or("").to_string();
+                seen.lock().expect("lock").push(query.clone());
+                if query.contains("watch=true") {
+                    // The annotation is removed: the pod is no longer a target.
+                    let event = serde_json::json!({
+                        "type": "MODIFIED",
+                        "object": pod_json("trainer-3", serde_json::json!({}), "11"),
+                    });
+                    let lines = futures::stream::iter(vec![Ok::<_, std::io::Error>(format!("{event}\n"))])
+                        .chain(futures::stream::pending());
+                    return Body::from_stream(lines).into_response();
+                }
+                let list = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "PodList",
+                    "metadata": { "resourceVersion": "10" },
+                    "items": [
+                        pod_json("trainer-3", serde_json::json!({
+                            "devheal.io/progress-metric": "train_step_seconds",
+                            "devheal.io/progress-port": "8000",
+                        }), "9"),
+                        pod_json("no-annotation", serde_json::json!({}), "9"),
+                    ],
+                });
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], list.to_string()).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().expect("url")))
+        .expect("client");
+
+    let (tx, mut targets) = watch::channel(Vec::new());
+    let watcher = tokio::spawn(devheal_agent::scrape::watch_pods(client, "node-a".into(), tx));
+    let listed = tokio::time::timeout(WAIT, targets.wait_for(|t| !t.is_empty()))
+        .await
+        .expect("the listed pod becomes a target")
+        .expect("sender alive")
+        .clone();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].pod, PodRef::new("ml", "trainer-3"));
+    assert_eq!(listed[0].uid.as_deref(), Some("uid-trainer-3"));
+    assert_eq!(listed[0].metric, "train_step_seconds");
+    assert_eq!(listed[0].url.as_ref().map(|u| u.to_string()).as_deref(), Ok("http://10.0.0.5:8000/metrics"));
+    tokio::time::timeout(WAIT, targets.wait_for(|t| t.is_empty()))
+        .await
+        .expect("the watch event removes the target")
+        .expect("sender alive");
+    let queries = queries.lock().expect("lock").clone();
+    assert!(
+        queries.iter().all(|q| q.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "only this node's pods: {queries:?}"
+    );
+    watcher.abort();
+    server.abort();
+}
