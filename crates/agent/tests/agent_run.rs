@@ -6,15 +6,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use common::{ChannelPublisher, MockApiServer, applied_status, http};
+use common::{ChannelPublisher, MockApiServer, applied_status, http, pod_resources, test_config};
 use devheal_agent::health::TrackerConfig;
-use devheal_agent::once::SourcePaths;
-use devheal_agent::publish::{KubePublisher, PublishConfig};
-use devheal_agent::run::{AgentConfig, GpuSource, start};
+use devheal_agent::publish::KubePublisher;
+use devheal_agent::run::start;
 use devheal_core::HealthSource;
 use devheal_k8s::crd::{DeviceHealthState, NodeDeviceHealth, NodeDeviceHealthStatus};
 use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
@@ -39,20 +36,7 @@ fn device(id: &str, healthy: bool) -> dp::Device {
 }
 
 fn pod(name: &str, ids: &[&str]) -> pr::PodResources {
-    pr::PodResources {
-        name: name.into(),
-        namespace: "ml".into(),
-        containers: vec![pr::ContainerResources {
-            name: "trainer".into(),
-            devices: vec![pr::ContainerDevices {
-                resource_name: RESOURCE.into(),
-                device_ids: ids.iter().map(|s| s.to_string()).collect(),
-                topology: None,
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    pod_resources("ml", name, "trainer", RESOURCE, ids)
 }
 
 fn kubelet_state(pods: Vec<pr::PodResources>) -> PodResourcesState {
@@ -64,30 +48,6 @@ fn kubelet_state(pods: Vec<pr::PodResources>) -> PodResourcesState {
         topology: None,
     }]);
     state
-}
-
-fn test_config(dir: &Path, node: &str) -> AgentConfig {
-    let kmsg = dir.join("kmsg");
-    std::fs::write(&kmsg, b"").expect("an empty saved kernel log");
-    let boot_id = dir.join("boot_id");
-    std::fs::write(&boot_id, "test-boot\n").expect("boot id");
-    let mut config = AgentConfig::new(node);
-    config.paths = SourcePaths {
-        kmsg,
-        pod_resources_socket: dir.join("pod-resources.sock"),
-        device_plugin_dir: dir.join("device-plugins"),
-        nvml_library: None,
-        boot_id_file: boot_id,
-    };
-    config.gpus = GpuSource::Off;
-    config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    config.publish =
-        PublishConfig { heartbeat: Duration::from_secs(60), min_interval: Duration::from_millis(10) };
-    config.pod_resources_interval = Duration::from_millis(200);
-    config.pod_resources_min_interval = Duration::from_millis(20);
-    config.plugin_rescan = Duration::from_millis(50);
-    config.source_timeout = Duration::from_secs(2);
-    config
 }
 
 /// Health and pods of each device, sorted by id.
@@ -284,20 +244,7 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
         serve(&registration_socket, RegistrationServer { registrations: reg_tx.clone() }.router())
             .expect("serve");
     let state = PodResourcesState::default();
-    state.set_pods(vec![pr::PodResources {
-        name: "infer-0".into(),
-        namespace: "serving".into(),
-        containers: vec![pr::ContainerResources {
-            name: "server".into(),
-            devices: vec![pr::ContainerDevices {
-                resource_name: RESOURCE.into(),
-                device_ids: vec!["fake-gpu-1".into()],
-                topology: None,
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }]);
+    state.set_pods(vec![pod_resources("serving", "infer-0", "server", RESOURCE, &["fake-gpu-1"])]);
     let kubelet = serve(&config.paths.pod_resources_socket, PodResourcesServer { state }.router())
         .expect("serve kubelet");
 
@@ -379,9 +326,14 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
         .filter(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-b/status")
         .map(|r| &r.body["status"]["conditions"][0])
         .collect();
-    assert_eq!(conditions[0]["type"], "devheal.io/DevicesHealthy");
-    assert_eq!(conditions[0]["status"], "True", "{conditions:?}");
-    let failed_condition = conditions.iter().find(|c| c["status"] == "False").expect("False condition");
+    assert!(conditions.iter().all(|c| c["type"] == "devheal.io/DevicesHealthy"), "{conditions:?}");
+    // Healthy before the failure. (Before the plugin's first ListAndWatch answer the devices can
+    // be Unknown, so an "Unknown" condition may come first: the agent could not see them yet.)
+    let first_true = conditions.iter().position(|c| c["status"] == "True").expect("a True condition");
+    let first_false = conditions.iter().position(|c| c["status"] == "False").expect("a False condition");
+    assert!(first_true < first_false, "{conditions:?}");
+    assert!(conditions[..first_true].iter().all(|c| c["status"] == "Unknown"), "{conditions:?}");
+    let failed_condition = conditions[first_false];
     assert_eq!(failed_condition["reason"], "DevicesUnhealthy");
     assert!(failed_condition["message"].as_str().unwrap_or("").contains("fake-gpu-1"), "{failed_condition}");
     let event =

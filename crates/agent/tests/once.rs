@@ -2,6 +2,8 @@
 //! kernel log, and no NVIDIA library: the object names the unhealthy device with its pod, and
 //! every source that cannot be read says so.
 
+mod common;
+
 use std::time::Duration;
 
 use devheal_agent::once::{SourcePaths, collect_once};
@@ -25,20 +27,13 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
     let plugin = serve(&plugins.join("fake.sock"), plugin.router()).expect("serve plugin");
 
     let state = PodResourcesState::default();
-    state.set_pods(vec![pr::PodResources {
-        name: "trainer-3".into(),
-        namespace: "ml".into(),
-        containers: vec![pr::ContainerResources {
-            name: "trainer".into(),
-            devices: vec![pr::ContainerDevices {
-                resource_name: "devheal.io/fake-gpu".into(),
-                device_ids: vec!["fake-1".into()],
-                topology: None,
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }]);
+    state.set_pods(vec![common::pod_resources(
+        "ml",
+        "trainer-3",
+        "trainer",
+        "devheal.io/fake-gpu",
+        &["fake-1"],
+    )]);
     state.set_allocatable(vec![pr::ContainerDevices {
         resource_name: "devheal.io/fake-gpu".into(),
         device_ids: vec!["fake-0".into(), "fake-1".into()],

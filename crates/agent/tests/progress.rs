@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,11 +17,9 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::{ChannelPublisher, http};
-use devheal_agent::once::SourcePaths;
+use common::{ChannelPublisher, http, http_with_body, pod_resources, test_config};
 use devheal_agent::progress::PodRef;
-use devheal_agent::publish::PublishConfig;
-use devheal_agent::run::{AgentConfig, AgentHandle, GpuSource, start};
+use devheal_agent::run::{AgentConfig, AgentHandle, start};
 use devheal_agent::scrape::{ScrapeTarget, ScrapeUrl};
 use devheal_k8s::crd::{NodeDeviceHealth, NodeDeviceHealthStatus, ProgressReporter, WorkloadProgress};
 use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
@@ -48,27 +44,7 @@ struct Node {
 /// agent (1 s windows, 2 s hang timeout).
 fn node() -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path: &Path = dir.path();
-    let kmsg = path.join("kmsg");
-    std::fs::write(&kmsg, b"").expect("an empty saved kernel log");
-    let boot_id = path.join("boot_id");
-    std::fs::write(&boot_id, "test-boot\n").expect("boot id");
-    let mut config = AgentConfig::new("node-a");
-    config.paths = SourcePaths {
-        kmsg,
-        pod_resources_socket: path.join("pod-resources.sock"),
-        device_plugin_dir: path.join("device-plugins"),
-        nvml_library: None,
-        boot_id_file: boot_id,
-    };
-    config.gpus = GpuSource::Off;
-    config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    config.publish =
-        PublishConfig { heartbeat: Duration::from_secs(60), min_interval: Duration::from_millis(10) };
-    config.pod_resources_interval = Duration::from_millis(200);
-    config.pod_resources_min_interval = Duration::from_millis(20);
-    config.plugin_rescan = Duration::from_millis(50);
-    config.source_timeout = Duration::from_secs(2);
+    let mut config = test_config(dir.path(), "node-a");
     config.progress.window = devheal_core::Duration::from_secs(1);
     config.progress.hang_timeout = devheal_core::Duration::from_secs(2);
     config.progress.scrape_every = devheal_core::Duration::from_millis(200);
@@ -82,20 +58,7 @@ fn node() -> Node {
     let plugin =
         serve(&config.paths.device_plugin_dir.join("fake.sock"), plugin.router()).expect("serve plugin");
     let state = PodResourcesState::default();
-    state.set_pods(vec![pr::PodResources {
-        name: "trainer-3".into(),
-        namespace: "ml".into(),
-        containers: vec![pr::ContainerResources {
-            name: "trainer".into(),
-            devices: vec![pr::ContainerDevices {
-                resource_name: RESOURCE.into(),
-                device_ids: vec!["fake-0".into()],
-                topology: None,
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }]);
+    state.set_pods(vec![pod_resources("ml", "trainer-3", "trainer", RESOURCE, &["fake-0"])]);
     state.set_allocatable(vec![pr::ContainerDevices {
         resource_name: RESOURCE.into(),
         device_ids: vec!["fake-0".into()],
@@ -135,24 +98,10 @@ async fn wait_workload(
     }
 }
 
-/// One HTTP/1.1 POST with a JSON body; the status code and the body.
-fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("write request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
 async fn post_async(addr: SocketAddr, body: String) -> (u16, String) {
-    tokio::task::spawn_blocking(move || post(addr, "/v1/progress", &body)).await.expect("join")
+    tokio::task::spawn_blocking(move || http_with_body(addr, "POST", "/v1/progress", &body))
+        .await
+        .expect("join")
 }
 
 /// Post until the agent knows the pod is bound here (PodResources answered), then return the

@@ -2,52 +2,13 @@
 //! GPU under a 64-pod JobSet gang, a controller restart in the middle of the incident, a
 //! correlated failure that opens the breaker, dry run, a 429 on eviction, and a standby replica.
 
-use std::sync::Arc;
+mod common;
 
-use devheal_controller::cluster::FakeActuator;
-use devheal_controller::{
-    AlwaysLeader, Clock, Cluster, ClusterEvent, Controller, ControllerSettings, FakeCluster, LeaderFlag,
-    Leadership, LoopHealth, ManualClock, Metrics, ObjectKind,
-};
+use common::Harness;
+use devheal_controller::{AlwaysLeader, Clock, FakeCluster, LeaderFlag, Leadership, ManualClock, ObjectKind};
 use devheal_core::{Duration, GangId, Health, Time};
-use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 
 const START: Time = Time::from_secs(1_800_000_000);
-
-struct Harness<L: Leadership> {
-    controller: Controller<FakeActuator, L, ManualClock>,
-    events: BoxStream<'static, ClusterEvent>,
-}
-
-impl<L: Leadership> Harness<L> {
-    /// A freshly started controller process: a new index and engine, lists from the fake's
-    /// current state, then its changes.
-    fn start(fake: &FakeCluster, clock: &ManualClock, leadership: L, dry_run: bool) -> Self {
-        let settings = ControllerSettings { dry_run, ..ControllerSettings::default() };
-        let controller = Controller::new(
-            settings,
-            fake.actuator(dry_run),
-            leadership,
-            clock.clone(),
-            Arc::new(Metrics::new()),
-            Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
-        );
-        Harness { controller, events: fake.events() }
-    }
-
-    /// Handle every event that is waiting (actions make more; they are handled too).
-    async fn pump(&mut self) {
-        while let Some(Some(event)) = self.events.next().now_or_never() {
-            self.controller.handle_event(event).await;
-        }
-    }
-
-    async fn tick(&mut self) {
-        self.controller.tick().await;
-        self.pump().await;
-    }
-}
 
 fn gang() -> GangId {
     GangId { namespace: "ml".into(), kind: "jobset".into(), name: "llama".into() }

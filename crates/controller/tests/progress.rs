@@ -9,53 +9,19 @@
 //!   last step; one quiet member among progressing ones, or a member its agent cannot read, is
 //!   not a hang.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod common;
 
-use devheal_controller::cluster::FakeActuator;
-use devheal_controller::{
-    AlwaysLeader, Clock, Cluster, ClusterEvent, Controller, ControllerSettings, FakeCluster, LoopHealth,
-    ManualClock, Metrics,
-};
+use std::collections::BTreeMap;
+
+use common::Harness;
+use devheal_controller::{AlwaysLeader, Clock, FakeCluster, ManualClock};
 use devheal_core::{DeviceKey, Duration, Health, Time};
 use devheal_k8s::crd::{ProgressFinding, ProgressReporter, ProgressWindow, WorkloadProgress, k8s_time};
-use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 
 /// A minute boundary, so windows start on the hour.
 const START: Time = Time::from_secs(1_800_000_000);
 const WINDOW: i64 = 60;
 const SLOW: &str = "llama-workers-5-a0";
-
-struct Harness {
-    controller: Controller<FakeActuator, AlwaysLeader, ManualClock>,
-    events: BoxStream<'static, ClusterEvent>,
-}
-
-impl Harness {
-    fn start(fake: &FakeCluster, clock: &ManualClock) -> Self {
-        let controller = Controller::new(
-            ControllerSettings::default(),
-            fake.actuator(false),
-            AlwaysLeader,
-            clock.clone(),
-            Arc::new(Metrics::new()),
-            Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
-        );
-        Harness { controller, events: fake.events() }
-    }
-
-    async fn pump(&mut self) {
-        while let Some(Some(event)) = self.events.next().now_or_never() {
-            self.controller.handle_event(event).await;
-        }
-    }
-
-    async fn tick(&mut self) {
-        self.controller.tick().await;
-        self.pump().await;
-    }
-}
 
 fn cluster() -> (FakeCluster, ManualClock) {
     let clock = ManualClock::new(START);
@@ -163,7 +129,7 @@ impl Agents {
 #[tokio::test]
 async fn a_slow_member_is_found_and_replaced_at_the_next_checkpoint_and_nothing_else_is_touched() {
     let (fake, clock) = cluster();
-    let mut h = Harness::start(&fake, &clock);
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
     h.pump().await;
     let mut agents = Agents::new();
     let slow_from = START + Duration::from_mins(3);
@@ -226,7 +192,7 @@ async fn a_slow_member_is_found_and_replaced_at_the_next_checkpoint_and_nothing_
 #[tokio::test]
 async fn a_replaced_or_recovered_member_gives_its_gpu_back_healthy() {
     let (fake, clock) = cluster();
-    let mut h = Harness::start(&fake, &clock);
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
     h.pump().await;
     let mut agents = Agents::new();
     // Slow for minutes 1–8, then normal again.
@@ -251,7 +217,7 @@ async fn a_replaced_or_recovered_member_gives_its_gpu_back_healthy() {
 #[tokio::test]
 async fn a_hung_gang_is_restarted_once_within_two_minutes_of_its_last_step() {
     let (fake, clock) = cluster();
-    let mut h = Harness::start(&fake, &clock);
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
     h.pump().await;
     let mut agents = Agents::new();
     for minute in 1..=5 {
@@ -331,7 +297,7 @@ async fn a_lone_pods_baseline_shift_marks_its_gpu_and_its_hang_is_reported() {
     fake.add_gpu_nodes(1, 8);
     fake.add_lone_pod("web", "server");
     fake.add_jobset("ml", "small", 2);
-    let mut h = Harness::start(&fake, &clock);
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
     h.pump().await;
     let lone = fake.pod("web", "server").expect("pod");
     let lone_uid = lone.metadata.uid.clone().unwrap_or_default();

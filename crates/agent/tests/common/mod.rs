@@ -12,9 +12,14 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use devheal_agent::once::SourcePaths;
+use devheal_agent::publish::PublishConfig;
 use devheal_agent::publish::{DeviceTransition, DevicesCondition, PublishError, Publisher};
+use devheal_agent::run::{AgentConfig, GpuSource};
 use devheal_core::Time;
 use devheal_k8s::crd::{NodeDeviceHealth, NodeDeviceHealthStatus};
+use devheal_kubelet::api::podresources_v1 as pr;
+use std::path::Path;
 use tokio::sync::mpsc;
 
 /// One request the mock API server received.
@@ -170,16 +175,78 @@ impl Publisher for ChannelPublisher {
     }
 }
 
-/// One HTTP/1.1 request to `addr`; returns the status code and the body.
+/// One HTTP/1.1 request to `addr` without a body; returns the status code and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with_body(addr, method, path, "")
+}
+
+/// One HTTP/1.1 request to `addr` with a JSON body (none when empty); returns the status code
+/// and the body.
+pub fn http_with_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let content_type = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).expect("write request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read response");
     let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// What the kubelet's PodResources API says of a pod with one container on `ids` of `resource`.
+pub fn pod_resources(
+    namespace: &str,
+    name: &str,
+    container: &str,
+    resource: &str,
+    ids: &[&str],
+) -> pr::PodResources {
+    pr::PodResources {
+        name: name.into(),
+        namespace: namespace.into(),
+        containers: vec![pr::ContainerResources {
+            name: container.into(),
+            devices: vec![pr::ContainerDevices {
+                resource_name: resource.into(),
+                device_ids: ids.iter().map(|s| s.to_string()).collect(),
+                topology: None,
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A config for a fast agent on `node` with its files and sockets under `dir`: an empty saved
+/// kernel log, no GPU library, quick PodResources polling and plugin rescans, metrics on an
+/// ephemeral port.
+pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
+    let kmsg = dir.join("kmsg");
+    std::fs::write(&kmsg, b"").expect("an empty saved kernel log");
+    let boot_id = dir.join("boot_id");
+    std::fs::write(&boot_id, "test-boot\n").expect("boot id");
+    let mut config = AgentConfig::new(node);
+    config.paths = SourcePaths {
+        kmsg,
+        pod_resources_socket: dir.join("pod-resources.sock"),
+        device_plugin_dir: dir.join("device-plugins"),
+        nvml_library: None,
+        boot_id_file: boot_id,
+    };
+    config.gpus = GpuSource::Off;
+    config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.publish = PublishConfig {
+        heartbeat: std::time::Duration::from_secs(60),
+        min_interval: std::time::Duration::from_millis(10),
+    };
+    config.pod_resources_interval = std::time::Duration::from_millis(200);
+    config.pod_resources_min_interval = std::time::Duration::from_millis(20);
+    config.plugin_rescan = std::time::Duration::from_millis(50);
+    config.source_timeout = std::time::Duration::from_secs(2);
+    config
 }

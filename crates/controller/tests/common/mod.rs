@@ -1,0 +1,46 @@
+//! What the controller's fake-cluster tests share: a controller process against the fake cluster.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use devheal_controller::cluster::FakeActuator;
+use devheal_controller::{
+    Cluster, ClusterEvent, Controller, ControllerSettings, FakeCluster, Leadership, LoopHealth, ManualClock,
+    Metrics,
+};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+
+pub struct Harness<L: Leadership> {
+    pub controller: Controller<FakeActuator, L, ManualClock>,
+    pub events: BoxStream<'static, ClusterEvent>,
+}
+
+impl<L: Leadership> Harness<L> {
+    /// A freshly started controller process: a new index and engine, lists from the fake's
+    /// current state, then its changes.
+    pub fn start(fake: &FakeCluster, clock: &ManualClock, leadership: L, dry_run: bool) -> Self {
+        let settings = ControllerSettings { dry_run, ..ControllerSettings::default() };
+        let controller = Controller::new(
+            settings,
+            fake.actuator(dry_run),
+            leadership,
+            clock.clone(),
+            Arc::new(Metrics::new()),
+            Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
+        );
+        Harness { controller, events: fake.events() }
+    }
+
+    /// Handle every event that is waiting (actions make more; they are handled too).
+    pub async fn pump(&mut self) {
+        while let Some(Some(event)) = self.events.next().now_or_never() {
+            self.controller.handle_event(event).await;
+        }
+    }
+
+    pub async fn tick(&mut self) {
+        self.controller.tick().await;
+        self.pump().await;
+    }
+}
