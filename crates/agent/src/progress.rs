@@ -419,8 +419,10 @@ impl ProgressBook {
         }
     }
 
-    /// Close the windows that ended by `now`, judge them, and look for hangs. `true` when
-    /// something worth an immediate publication changed (a window, a hang, a shift).
+    /// Close the windows that ended by `now`, judge them, and look for hangs. `true` when this
+    /// tick closed a window or found a hang; a window that a report already closed (its pod's
+    /// next step fell in a later window) is not counted here, so what to publish is decided by
+    /// comparing [`Self::workloads`] with what was published, as the agent's loop does.
     pub fn tick(&mut self, now: Time) -> bool {
         let windows_kept = self.config.windows_kept;
         let mut changed = false;
