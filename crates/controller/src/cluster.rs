@@ -325,15 +325,27 @@ impl FakeState {
         let jobset = labels.get(JOBSET_NAME).cloned().unwrap_or_default();
         let index = labels.get(JOB_INDEX).cloned().unwrap_or_default();
         let name = format!("{jobset}-workers-{index}-a{attempt}");
+        self.add_pod(&namespace, &name, pod_device(template).as_ref(), &labels, now);
+    }
+
+    /// A new pod with a fresh uid, on `preferred` if it is free, else the first free device.
+    fn add_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        preferred: Option<&DeviceKey>,
+        labels: &BTreeMap<String, String>,
+        now: devheal_core::Time,
+    ) {
         let uid = self.next_uid();
-        let device = self.place(pod_device(template).as_ref());
+        let device = self.place(preferred);
         let pod = pod_object(
-            &namespace,
-            &name,
+            namespace,
+            name,
             &uid,
             device.as_ref().map(|d| d.node.as_str()),
             device.as_ref().map(|d| d.id.as_str()),
-            &labels,
+            labels,
             now,
         );
         self.put_pod(pod);
@@ -393,18 +405,7 @@ impl FakeCluster {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            let uid = s.next_uid();
-            let device = s.place(None);
-            let pod = pod_object(
-                namespace,
-                &format!("{name}-workers-{i}-a0"),
-                &uid,
-                device.as_ref().map(|d| d.node.as_str()),
-                device.as_ref().map(|d| d.id.as_str()),
-                &labels,
-                now,
-            );
-            s.put_pod(pod);
+            s.add_pod(namespace, &format!("{name}-workers-{i}-a0"), None, &labels, now);
         }
     }
 
@@ -412,19 +413,8 @@ impl FakeCluster {
     pub fn add_lone_pod(&self, namespace: &str, name: &str) {
         let now = self.clock.now();
         let mut s = self.lock();
-        let uid = s.next_uid();
-        let device = s.place(None);
         let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
-        let pod = pod_object(
-            namespace,
-            name,
-            &uid,
-            device.as_ref().map(|d| d.node.as_str()),
-            device.as_ref().map(|d| d.id.as_str()),
-            &labels,
-            now,
-        );
-        s.put_pod(pod);
+        s.add_pod(namespace, name, None, &labels, now);
     }
 
     /// The agent on `node` reports GPU `index` with this health (and an Xid reason).

@@ -570,6 +570,32 @@ async fn restart_gang_with_no_live_pods_is_gone_and_podgroups_are_listed_whole()
     assert_eq!(out, ActionOutcome::Gone);
 }
 
+/// The list of a workload's pods in `ml` by an (encoded) label selector, answered with `pod`.
+fn list_pods(selector: &str, pod: Value) -> Exchange {
+    expect(
+        "GET",
+        format!("/api/v1/namespaces/ml/pods?labelSelector={selector}"),
+        None,
+        ok(json!({"items": [pod]})),
+    )
+}
+
+/// The `devheal.io/WorkloadFailed` condition merged into a pod's status, with its uid precondition.
+fn workload_failed_mark(name: &str, uid: &str, message: &str) -> Exchange {
+    expect(
+        "PATCH",
+        format!("/api/v1/namespaces/ml/pods/{name}/status?fieldManager=devheal-controller"),
+        Some(json!({
+            "metadata": {"uid": uid},
+            "status": {"conditions": [{
+                "type": "devheal.io/WorkloadFailed", "status": "True", "reason": "DevhealFailedWorkload",
+                "message": message, "lastTransitionTime": T0_SECONDS,
+            }]},
+        })),
+        ok(json!({"kind": "Pod"})),
+    )
+}
+
 #[tokio::test]
 async fn fail_workload_marks_then_deletes_each_job_pod() {
     let labels =
@@ -579,24 +605,8 @@ async fn fail_workload_marks_then_deletes_each_job_pod() {
     let fail = Action::FailWorkload { gang: gang("job", "idx"), reason: "lemon node, 5 restarts".into() };
     let message = "devheal failed workload ml/job/idx: lemon node, 5 restarts";
     let script = vec![
-        expect(
-            "GET",
-            "/api/v1/namespaces/ml/pods?labelSelector=batch.kubernetes.io%2Fjob-name%3Didx",
-            None,
-            ok(json!({"items": [p]})),
-        ),
-        expect(
-            "PATCH",
-            "/api/v1/namespaces/ml/pods/idx-0-abc/status?fieldManager=devheal-controller",
-            Some(json!({
-                "metadata": {"uid": "uid-i"},
-                "status": {"conditions": [{
-                    "type": "devheal.io/WorkloadFailed", "status": "True", "reason": "DevhealFailedWorkload",
-                    "message": message, "lastTransitionTime": T0_SECONDS,
-                }]},
-            })),
-            ok(json!({"kind": "Pod"})),
-        ),
+        list_pods("batch.kubernetes.io%2Fjob-name%3Didx", p),
+        workload_failed_mark("idx-0-abc", "uid-i", message),
         delete_pod("idx-0-abc", "uid-i", false, ok(json!({"kind": "Pod"}))),
         event_posted(
             EVENTS_ML,
@@ -1210,24 +1220,8 @@ async fn fail_workload_of_a_volcano_job_only_marks_its_pods() {
         "name": "mpi", "uid": "vcjob-uid", "controller": true}]);
     let fail = Action::FailWorkload { gang: gang("volcano", "mpi"), reason: "r".into() };
     let script = vec![
-        expect(
-            "GET",
-            "/api/v1/namespaces/ml/pods?labelSelector=volcano.sh%2Fjob-name%3Dmpi",
-            None,
-            ok(json!({"items": [p]})),
-        ),
-        expect(
-            "PATCH",
-            "/api/v1/namespaces/ml/pods/mpi-worker-0/status?fieldManager=devheal-controller",
-            Some(json!({
-                "metadata": {"uid": "uid-v"},
-                "status": {"conditions": [{
-                    "type": "devheal.io/WorkloadFailed", "status": "True", "reason": "DevhealFailedWorkload",
-                    "message": "devheal failed workload ml/volcano/mpi: r", "lastTransitionTime": T0_SECONDS,
-                }]},
-            })),
-            ok(json!({"kind": "Pod"})),
-        ),
+        list_pods("volcano.sh%2Fjob-name%3Dmpi", p),
+        workload_failed_mark("mpi-worker-0", "uid-v", "devheal failed workload ml/volcano/mpi: r"),
         event_posted(
             EVENTS_ML,
             event(

@@ -12,10 +12,11 @@
 //! The diurnal 1–2 % throughput swing moves at most about 0.3 % per hour; an hour-scale
 //! half-life tracks it with a lag far below the allowance.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use devheal_core::{Duration, Time};
 
+use super::subjects::Subjects;
 use super::{
     DegradationError, DegradationFinding, DegradationKind, StepWindow, human_duration,
     interquartile_mean_in_place, percent, require, window_index,
@@ -98,22 +99,14 @@ struct SubjectState {
 pub struct BaselineShiftDetector {
     config: BaselineConfig,
     alpha: f64,
-    index: HashMap<String, usize>,
-    names: Vec<String>,
-    subjects: Vec<SubjectState>,
+    subjects: Subjects<SubjectState>,
 }
 
 impl BaselineShiftDetector {
     pub fn new(config: BaselineConfig) -> Result<Self, DegradationError> {
         config.validate()?;
         let alpha = config.alpha();
-        Ok(BaselineShiftDetector {
-            config,
-            alpha,
-            index: HashMap::new(),
-            names: Vec::new(),
-            subjects: Vec::new(),
-        })
+        Ok(BaselineShiftDetector { config, alpha, subjects: Subjects::default() })
     }
 
     pub fn config(&self) -> &BaselineConfig {
@@ -135,8 +128,8 @@ impl BaselineShiftDetector {
             });
         }
         let window = window_index(at, self.config.window);
-        let slot = match self.index.get(subject) {
-            Some(&slot) => slot,
+        let slot = match self.subjects.slot(subject) {
+            Some(slot) => slot,
             None => self.add(subject, window),
         };
         let open = self.subjects[slot].window;
@@ -162,8 +155,8 @@ impl BaselineShiftDetector {
         subject: &str,
         window: &StepWindow,
     ) -> Result<Option<DegradationFinding>, DegradationError> {
-        let slot = match self.index.get(subject) {
-            Some(&slot) => {
+        let slot = match self.subjects.slot(subject) {
+            Some(slot) => {
                 let open = self.subjects[slot].window;
                 if window.index <= open {
                     return Err(DegradationError::OutOfOrder {
@@ -185,23 +178,16 @@ impl BaselineShiftDetector {
 
     /// Whether `subject` has a standing finding.
     pub fn is_standing(&self, subject: &str) -> bool {
-        self.index.get(subject).is_some_and(|&slot| self.subjects[slot].standing)
+        self.subjects.slot(subject).is_some_and(|slot| self.subjects[slot].standing)
     }
 
     /// Stops tracking `subject`.
     pub fn forget(&mut self, subject: &str) {
-        let Some(slot) = self.index.remove(subject) else { return };
-        self.subjects.swap_remove(slot);
-        self.names.swap_remove(slot);
-        if let Some(moved) = self.names.get(slot) {
-            self.index.insert(moved.clone(), slot);
-        }
+        self.subjects.remove(subject);
     }
 
     fn add(&mut self, subject: &str, window: i64) -> usize {
-        self.index.insert(subject.to_string(), self.subjects.len());
-        self.names.push(subject.to_string());
-        self.subjects.push(SubjectState {
+        let state = SubjectState {
             window,
             samples: Vec::new(),
             baseline: None,
@@ -212,8 +198,8 @@ impl BaselineShiftDetector {
             run_excess_sum: 0.0,
             standing: false,
             calm_windows: 0,
-        });
-        self.subjects.len() - 1
+        };
+        self.subjects.add(Arc::from(subject), state)
     }
 
     /// Closes every subject's open window (end of a trace).
@@ -236,7 +222,7 @@ impl BaselineShiftDetector {
     /// The judgement of the subject's current window, given its location (`None`: no evidence).
     fn judge(&mut self, slot: usize, median: Option<f64>) -> Option<DegradationFinding> {
         let cfg = &self.config;
-        let state = &mut self.subjects[slot];
+        let (name, state) = self.subjects.named_mut(slot);
         let window_ns = cfg.window.as_nanos();
         let window_start = Time::from_nanos(state.window.saturating_mul(window_ns));
         let window_end = Time::from_nanos(state.window.saturating_add(1).saturating_mul(window_ns));
@@ -292,7 +278,7 @@ impl BaselineShiftDetector {
         state.calm_windows = 0;
         let magnitude = state.run_excess_sum / f64::from(state.run_windows);
         Some(DegradationFinding {
-            subject: self.names[slot].clone(),
+            subject: name.to_string(),
             kind: DegradationKind::BaselineShift,
             magnitude,
             since: state.run_since,

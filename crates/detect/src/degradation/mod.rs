@@ -16,6 +16,7 @@ pub mod baseline;
 pub mod eval;
 pub mod hang;
 pub mod straggler;
+mod subjects;
 pub mod trace;
 pub mod window;
 

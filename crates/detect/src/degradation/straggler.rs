@@ -13,11 +13,11 @@
 //! Gang-wide effects (checkpoint pauses, the diurnal swing, a slower data set) move `g` with
 //! every member and so cancel out.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use devheal_core::{Duration, Time};
 
+use super::subjects::Subjects;
 use super::{
     DegradationError, DegradationFinding, DegradationKind, StepWindow, human_duration,
     interquartile_mean_in_place, median_in_place, percent, require, window_index,
@@ -106,11 +106,9 @@ struct MemberState {
 #[derive(Debug)]
 pub struct GangStragglerDetector {
     config: StragglerConfig,
-    /// Member names, shared between the index and the slots (and with the caller, when it passes
-    /// `Arc<str>` names to [`Self::observe_window`]).
-    index: HashMap<Arc<str>, usize>,
-    names: Vec<Arc<str>>,
-    members: Vec<MemberState>,
+    /// By member name (shared with the caller when it passes `Arc<str>` names to
+    /// [`Self::observe_window`]).
+    members: Subjects<MemberState>,
     /// The window currently collecting reports (the step-by-step path).
     open_window: Option<i64>,
     /// The last window judged (the window-by-window path).
@@ -122,9 +120,7 @@ impl GangStragglerDetector {
         config.validate()?;
         Ok(GangStragglerDetector {
             config,
-            index: HashMap::new(),
-            names: Vec::new(),
-            members: Vec::new(),
+            members: Subjects::default(),
             open_window: None,
             last_judged: None,
         })
@@ -197,9 +193,9 @@ impl GangStragglerDetector {
             if summary.index != window {
                 continue;
             }
-            let slot = match self.index.get(member.as_ref()) {
-                Some(&slot) => slot,
-                None => self.add(member.clone().into()),
+            let slot = match self.members.slot(member.as_ref()) {
+                Some(slot) => slot,
+                None => self.members.add(member.clone().into(), MemberState::default()),
             };
             locations.resize(self.members.len(), None);
             if summary.samples as usize >= self.config.min_samples && summary.location_secs.is_finite() {
@@ -212,17 +208,12 @@ impl GangStragglerDetector {
     /// Whether `member` has a standing finding (found, and not yet `of_windows` normal windows
     /// in a row since).
     pub fn is_reported(&self, member: &str) -> bool {
-        self.index.get(member).is_some_and(|&slot| self.members[slot].reported)
+        self.members.slot(member).is_some_and(|slot| self.members[slot].reported)
     }
 
     /// Stops tracking `member` (it left the gang).
     pub fn forget(&mut self, member: &str) {
-        let Some(slot) = self.index.remove(member) else { return };
-        self.members.swap_remove(slot);
-        self.names.swap_remove(slot);
-        if let Some(moved) = self.names.get(slot) {
-            self.index.insert(moved.clone(), slot);
-        }
+        self.members.remove(member);
     }
 
     /// Members tracked.
@@ -235,17 +226,10 @@ impl GangStragglerDetector {
     }
 
     fn slot(&mut self, member: &str) -> usize {
-        match self.index.get(member) {
-            Some(&slot) => slot,
-            None => self.add(Arc::from(member)),
+        match self.members.slot(member) {
+            Some(slot) => slot,
+            None => self.members.add(Arc::from(member), MemberState::default()),
         }
-    }
-
-    fn add(&mut self, member: Arc<str>) -> usize {
-        self.index.insert(member.clone(), self.members.len());
-        self.names.push(member);
-        self.members.push(MemberState::default());
-        self.members.len() - 1
     }
 
     /// Closes the open window (call at the end of a trace, or when reports stop).
@@ -259,7 +243,7 @@ impl GangStragglerDetector {
     fn close_window(&mut self, window: i64) -> Vec<DegradationFinding> {
         let min_samples = self.config.min_samples;
         let mut medians: Vec<Option<f64>> = Vec::with_capacity(self.members.len());
-        for member in &mut self.members {
+        for member in self.members.states_mut() {
             let m = if member.samples.len() >= min_samples {
                 interquartile_mean_in_place(&mut member.samples)
             } else {
@@ -294,7 +278,7 @@ impl GangStragglerDetector {
         let spread = (1.4826 * mad).max(cfg.spread_floor * gang_median);
         let mask = if cfg.of_windows >= 32 { u32::MAX } else { (1u32 << cfg.of_windows) - 1 };
         for (slot, median) in medians.iter().enumerate() {
-            let member = &mut self.members[slot];
+            let (name, member) = self.members.named_mut(slot);
             // Too few reports this window (a checkpoint pause, a restart): no evidence either
             // way, so the member's history is left as it was.
             let Some(m) = *median else { continue };
@@ -322,7 +306,7 @@ impl GangStragglerDetector {
                 let magnitude = member.episode_excess_sum / f64::from(member.episode_windows);
                 let spreads = if spread > 0.0 { (m - gang_median) / spread } else { f64::INFINITY };
                 findings.push(DegradationFinding {
-                    subject: self.names[slot].to_string(),
+                    subject: name.to_string(),
                     kind: DegradationKind::Straggler,
                     magnitude,
                     since: member.episode_since,
@@ -439,7 +423,7 @@ mod tests {
         by_windows.forget("m0");
         assert_eq!(by_windows.len(), 6);
         assert!(!by_windows.is_reported("m5"));
-        assert!(!by_windows.is_reported("m7") && by_windows.index.contains_key("m7"));
+        assert!(!by_windows.is_reported("m7") && by_windows.members.slot("m7").is_some());
     }
 
     #[test]
