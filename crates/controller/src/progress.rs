@@ -108,17 +108,15 @@ struct Marked {
 #[derive(Debug)]
 struct GangWatch {
     id: Arc<GangId>,
+    /// Judges the windows; its configuration holds the window length, and it knows the last
+    /// window judged and which members have a standing finding.
     detector: GangStragglerDetector,
-    window: Duration,
     /// Window summaries not yet judged, by window index then member uid.
     pending: BTreeMap<i64, BTreeMap<Uid, StepWindow>>,
-    judged: Option<i64>,
     /// Members the monitor follows (their agents publish their progress).
     members: BTreeSet<Uid>,
     /// Members that send windows.
     reporters: BTreeSet<Uid>,
-    /// Members with a standing straggler finding.
-    flagged: BTreeSet<Uid>,
     hang_sent: Option<Time>,
 }
 
@@ -127,7 +125,6 @@ impl GangWatch {
     fn leave(&mut self, uid: &str) {
         self.members.remove(uid);
         self.reporters.remove(uid);
-        self.flagged.remove(uid);
         self.detector.forget(uid);
         for w in self.pending.values_mut() {
             w.remove(uid);
@@ -161,13 +158,7 @@ impl Default for ProgressMonitor {
 impl ProgressMonitor {
     pub fn new(settings: ProgressSettings) -> Result<Self, DegradationError> {
         settings.validate()?;
-        Ok(ProgressMonitor {
-            settings,
-            members: HashMap::new(),
-            by_node: HashMap::new(),
-            gangs: HashMap::new(),
-            marked: HashMap::new(),
-        })
+        Ok(ProgressMonitor { settings, ..ProgressMonitor::default() })
     }
 
     /// Pods followed.
@@ -193,6 +184,10 @@ impl ProgressMonitor {
         now: Time,
     ) -> ProgressEffects {
         let mut fx = ProgressEffects::default();
+        if workloads.is_empty() && !self.by_node.contains_key(node) {
+            // A node without reporting pods, as before: its heartbeats cost nothing here.
+            return fx;
+        }
         let (node, before) = match self.by_node.remove_entry(node) {
             Some((k, set)) => (k, set),
             None => (Arc::from(node), BTreeSet::new()),
@@ -263,12 +258,9 @@ impl ProgressMonitor {
                     let watch = GangWatch {
                         id: g.clone(),
                         detector,
-                        window,
                         pending: BTreeMap::new(),
-                        judged: None,
                         members: BTreeSet::new(),
                         reporters: BTreeSet::new(),
-                        flagged: BTreeSet::new(),
                         hang_sent: None,
                     };
                     self.gangs.insert((*g).clone(), watch);
@@ -276,11 +268,12 @@ impl ProgressMonitor {
                 let Some(gw) = self.gangs.get_mut(&*g) else { continue };
                 gw.members.insert(uid.clone());
                 let secs = i64::from(w.window_seconds);
-                if secs > 0 && Duration::from_secs(secs) == gw.window {
+                let window = gw.detector.config().window;
+                if secs > 0 && Duration::from_secs(secs) == window {
                     for x in &w.windows {
                         let start = time_from_k8s(&x.start);
-                        let index = start.as_nanos().div_euclid(gw.window.as_nanos());
-                        if gw.judged.is_some_and(|j| index <= j) {
+                        let index = start.as_nanos().div_euclid(window.as_nanos());
+                        if gw.detector.last_judged().is_some_and(|j| index <= j) {
                             continue;
                         }
                         let summary = StepWindow { index, samples: x.samples, location_secs: x.step_seconds };
@@ -323,7 +316,8 @@ impl ProgressMonitor {
             .gangs
             .iter()
             .filter(|(_, gw)| {
-                gw.pending.keys().next().is_some_and(|&w| window_end(w, gw.window) + grace <= now)
+                let window = gw.detector.config().window;
+                gw.pending.keys().next().is_some_and(|&w| window_end(w, window) + grace <= now)
             })
             .map(|(g, _)| g.clone())
             .collect();
@@ -331,7 +325,7 @@ impl ProgressMonitor {
             self.judge_gang(&g, engine, now, &mut fx);
         }
         // Gangs nobody reports for any more.
-        self.gangs.retain(|_, gw| !gw.members.is_empty() || !gw.flagged.is_empty());
+        self.gangs.retain(|_, gw| !gw.members.is_empty());
         fx
     }
 
@@ -351,35 +345,39 @@ impl ProgressMonitor {
         let grace = self.settings.close_grace;
         let min_members = self.settings.straggler.min_members;
         let Some(gw) = self.gangs.get_mut(g) else { return };
+        let window = gw.detector.config().window;
         let mut found = Vec::new();
         while let Some((&w, members)) = gw.pending.first_key_value() {
             let complete = gw.reporters.iter().all(|r| members.contains_key(r));
-            if !complete && window_end(w, gw.window) + grace > now {
+            if !complete && window_end(w, window) + grace > now {
                 break;
             }
             let Some((_, members)) = gw.pending.pop_first() else { break };
-            gw.judged = Some(w);
             let summaries: Vec<(Uid, StepWindow)> = members.into_iter().collect();
             // Windows are judged in order, so this cannot be out of order.
             found.extend(gw.detector.observe_window(w, &summaries).unwrap_or_default());
         }
-        let cleared: Vec<Uid> = gw.flagged.iter().filter(|m| !gw.detector.is_reported(m)).cloned().collect();
-        for m in &cleared {
-            gw.flagged.remove(m);
-        }
-        let mut flagged = Vec::with_capacity(found.len());
-        for f in &found {
-            if let Some(uid) = gw.members.get(f.subject.as_str()) {
-                gw.flagged.insert(uid.clone());
-                flagged.push(uid.clone());
-            }
-        }
+        // Marked as stragglers, and no longer reported by the detector.
+        let marked = &self.marked;
+        let cleared: Vec<Uid> = gw
+            .members
+            .iter()
+            .filter(|m| marked.get(*m).is_some_and(|x| x.straggler) && !gw.detector.is_reported(m))
+            .cloned()
+            .collect();
+        let found: Vec<(DegradationFinding, Uid)> = found
+            .into_iter()
+            .filter_map(|f| {
+                let uid = gw.members.get(f.subject.as_str())?.clone();
+                Some((f, uid))
+            })
+            .collect();
         let comparable = gw.reporters.len() >= min_members;
         let members: Vec<Uid> = gw.members.iter().cloned().collect();
         for m in cleared {
             self.unmark(&m, fx);
         }
-        for (mut f, uid) in found.into_iter().zip(flagged) {
+        for (mut f, uid) in found {
             let label = engine.pod_name(&uid).unwrap_or_else(|| uid.to_string());
             let reason = HealthReason {
                 source: HealthSource::Progress,

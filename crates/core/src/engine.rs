@@ -1059,13 +1059,27 @@ impl Engine {
         if self.gangs.get(&g).is_none_or(|gs| gs.open_restart.is_some()) {
             return;
         }
-        self.progressing.remove(&g);
-        let class = self.gang_device_class(&g);
+        self.restart_hung_gang(&g, since, evidence, now, out);
+    }
+
+    /// A gang whose last progress was at `since` is hung (the engine's own silence check, or a
+    /// hang confirmed from the agents): it stops being watched and is restarted, one incident
+    /// per silence.
+    fn restart_hung_gang(
+        &mut self,
+        g: &GangId,
+        since: Time,
+        reason: &str,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        self.progressing.remove(g);
+        let class = self.gang_device_class(g);
         let incident = format!("hang/{g}/{}", since.as_nanos());
-        if let Some(gs) = self.gangs.get_mut(&g) {
+        if let Some(gs) = self.gangs.get_mut(g) {
             gs.last_progress = None;
         }
-        self.restart_gang(&g, &incident, evidence, class, now, out);
+        self.restart_gang(g, &incident, reason, class, now, out);
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
@@ -1214,14 +1228,8 @@ impl Engine {
                 })
                 .collect();
             for (g, last) in hung {
-                self.progressing.remove(&g);
-                let class = self.gang_device_class(&g);
-                let incident = format!("hang/{g}/{}", last.as_nanos());
                 let reason = format!("no progress for {:.0}s", now.since(last).as_secs_f64());
-                if let Some(gs) = self.gangs.get_mut(&g) {
-                    gs.last_progress = None;
-                }
-                self.restart_gang(&g, &incident, &reason, class, now, out);
+                self.restart_hung_gang(&g, last, &reason, now, out);
             }
         }
         if now.since(self.last_prune) >= Duration::from_hours(1) {

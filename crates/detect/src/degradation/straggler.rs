@@ -205,6 +205,11 @@ impl GangStragglerDetector {
         Ok(self.judge(window, &locations))
     }
 
+    /// The last window [`Self::observe_window`] judged.
+    pub fn last_judged(&self) -> Option<i64> {
+        self.last_judged
+    }
+
     /// Whether `member` has a standing finding (found, and not yet `of_windows` normal windows
     /// in a row since).
     pub fn is_reported(&self, member: &str) -> bool {
