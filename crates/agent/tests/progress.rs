@@ -315,14 +315,20 @@ async fn the_pod_watch_turns_annotations_into_scrape_targets() {
 
     let queries: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = Arc::clone(&queries);
+    // The watch answers only once the test has seen the listed target: the targets are a watch
+    // channel, which keeps the latest value only, so an early MODIFIED could hide the list.
+    let listed_seen = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&listed_seen);
     let app = axum::Router::new().route(
         "/api/v1/pods",
         get(move |uri: Uri| {
             let seen = Arc::clone(&seen);
+            let gate = Arc::clone(&gate);
             async move {
                 let query = uri.query().unwrap_or("").to_string();
                 seen.lock().expect("lock").push(query.clone());
                 if query.contains("watch=true") {
+                    gate.notified().await;
                     // The annotation is removed: the pod is no longer a target.
                     let event = serde_json::json!({
                         "type": "MODIFIED",
@@ -366,6 +372,7 @@ async fn the_pod_watch_turns_annotations_into_scrape_targets() {
     assert_eq!(listed[0].uid.as_deref(), Some("uid-trainer-3"));
     assert_eq!(listed[0].metric, "train_step_seconds");
     assert_eq!(listed[0].url.as_ref().map(|u| u.to_string()).as_deref(), Ok("http://10.0.0.5:8000/metrics"));
+    listed_seen.notify_one();
     tokio::time::timeout(WAIT, targets.wait_for(|t| t.is_empty()))
         .await
         .expect("the watch event removes the target")
