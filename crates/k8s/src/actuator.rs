@@ -52,6 +52,12 @@ use crate::wire::{self, Body, CallError, Clock, call, path_segment, query_escape
 pub const FIELD_MANAGER: &str = "devheal-controller";
 /// `reportingController` of every Event the actuator writes.
 pub const REPORTING_CONTROLLER: &str = "devheal.io/controller";
+/// Pod condition set on every member of a gang devheal restarts, just before the member is
+/// deleted, so that a Job's `podFailurePolicy` rule
+/// `{action: Ignore, onPodConditions: [{type: devheal.io/GangRestart}]}` does not count the
+/// healthy members a restart takes down (the real Job controller counts every pod that ends
+/// Failed, deleted or not, against `backoffLimit`; docs/policy.md §5).
+pub const GANG_RESTART_CONDITION: &str = "devheal.io/GangRestart";
 /// Pod condition set on every member of a workload devheal fails, for a Job's
 /// `podFailurePolicy` rule `{action: FailJob, onPodConditions: [{type: devheal.io/WorkloadFailed}]}`.
 pub const WORKLOAD_FAILED_CONDITION: &str = "devheal.io/WorkloadFailed";
@@ -218,9 +224,15 @@ enum Stop {
 
 /// Carries out the engine's actions on a Kubernetes cluster. See the module docs for what each
 /// action sends.
+/// Whether this process may still write (the controller's leadership); asked before every
+/// write, so that an action a stalled replica had begun is not finished after another replica
+/// took over.
+pub type WriteFence = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
 pub struct KubeActuator {
     client: kube::Client,
     config: ActuatorConfig,
+    fence: Option<WriteFence>,
     clock: Clock,
     backoff: Mutex<HashMap<String, Backoff>>,
     /// Gang restarts by idempotency key: when first tried, and whether they completed.
@@ -233,10 +245,30 @@ impl KubeActuator {
         KubeActuator {
             client,
             config,
+            fence: None,
             clock: wire::system_clock(),
             backoff: Mutex::new(HashMap::new()),
             gang_restarts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Ask `fence` before every write (reads are never fenced); a write it refuses is not sent
+    /// and the action's outcome is a retry, which a replica that no longer leads drops.
+    pub fn with_fence(mut self, fence: WriteFence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Body, &Value)>,
+    ) -> Result<Value, CallError> {
+        if method != Method::GET && self.fence.as_ref().is_some_and(|may_write| !may_write()) {
+            return Err(CallError::Fenced);
+        }
+        call(&self.client, method, path, body).await
     }
 
     /// An actuator whose DeviceTaintRule support is discovered from the API server once.
@@ -300,8 +332,18 @@ impl KubeActuator {
     // ---- events --------------------------------------------------------------------------
 
     async fn emit(&self, spec: EventSpec) -> Result<(), CallError> {
-        let prefix =
+        // The API server names the Event `<prefix><5 random characters>`; the prefix itself
+        // must be a valid name, so it ends in `-` (which the server's check allows at the end
+        // of a prefix), never `.` (refused with 422 by a real API server). An object name is
+        // at most 253 characters: the prefix keeps room for the suffix.
+        let mut prefix =
             spec.regarding.as_ref().and_then(|r| r["name"].as_str()).unwrap_or("devheal").to_string();
+        let mut cut = prefix.len().min(240);
+        while !prefix.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        prefix.truncate(cut);
+        let prefix = prefix.trim_end_matches(['.', '-']).to_string();
         let mut note = spec.note;
         if note.len() > NOTE_MAX_BYTES {
             let mut cut = NOTE_MAX_BYTES - 3;
@@ -314,7 +356,7 @@ impl KubeActuator {
         let mut event = json!({
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": format!("{prefix}."), "namespace": spec.namespace},
+            "metadata": {"generateName": format!("{prefix}-"), "namespace": spec.namespace},
             "eventTime": wire::rfc3339_micros(self.now()),
             "reportingController": REPORTING_CONTROLLER,
             "reportingInstance": self.config.reporting_instance,
@@ -327,7 +369,7 @@ impl KubeActuator {
             event["regarding"] = regarding;
         }
         let path = format!("/apis/events.k8s.io/v1/namespaces/{}/events", path_segment(&spec.namespace));
-        call(&self.client, Method::POST, &path, Some((Body::Json, &event))).await.map(|_| ())
+        self.send(Method::POST, &path, Some((Body::Json, &event))).await.map(|_| ())
     }
 
     // ---- actions -------------------------------------------------------------------------
@@ -394,7 +436,7 @@ impl KubeActuator {
             }]},
         });
         let path = format!("{}/status{}", Self::pod_path(pod), self.write_query());
-        call(&self.client, Method::PATCH, &path, Some((Body::StrategicMergePatch, &patch))).await.map(|_| ())
+        self.send(Method::PATCH, &path, Some((Body::StrategicMergePatch, &patch))).await.map(|_| ())
     }
 
     fn is_replaced_pod(err: &CallError) -> bool {
@@ -444,7 +486,7 @@ impl KubeActuator {
         });
         let path = format!("{}/eviction", Self::pod_path(pod));
         let regarding = Some(Self::pod_regarding(pod));
-        match call(&self.client, Method::POST, &path, Some((Body::Json, &body))).await {
+        match self.send(Method::POST, &path, Some((Body::Json, &body))).await {
             Ok(_) => {
                 self.settle(&key);
                 Carried::with(
@@ -507,7 +549,7 @@ impl KubeActuator {
         if let Some(selector) = selector {
             path.push_str(&format!("?labelSelector={}", query_escape(&selector)));
         }
-        let list = call(&self.client, Method::GET, &path, None).await?;
+        let list = self.send(Method::GET, &path, None).await?;
         let extra: Vec<String> = match gang.kind.as_str() {
             "jobset" | "job" | "kubeflow" | "volcano" | "lws" | "podgroup" => Vec::new(),
             key => vec![key.to_string()],
@@ -535,7 +577,7 @@ impl KubeActuator {
         if foreground {
             options["propagationPolicy"] = json!("Foreground");
         }
-        match call(&self.client, Method::DELETE, &Self::pod_path(&pod), Some((Body::Json, &options))).await {
+        match self.send(Method::DELETE, &Self::pod_path(&pod), Some((Body::Json, &options))).await {
             // Already gone, or re-created under the same name (UID precondition): nothing to do.
             Ok(_) => Ok(()),
             Err(e) if matches!(e.code(), Some(404) | Some(409)) => Ok(()),
@@ -600,8 +642,23 @@ impl KubeActuator {
         };
         let (targets, foreground): (Vec<&Value>, bool) =
             if leaders.is_empty() { (members.iter().collect(), false) } else { (leaders, true) };
+        let mark = format!("devheal restarts gang {gang} (incident {incident}): {reason}");
         let mut stop = None;
         for pod in &targets {
+            // Marked first, so the pod ends Failed carrying the condition a podFailurePolicy
+            // can ignore; a pod gone or replaced meanwhile needs no delete.
+            if let Some(r) = pod_ref(pod) {
+                match self.patch_pod_condition(&r, GANG_RESTART_CONDITION, "DevhealGangRestart", &mark).await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some(404) || Self::is_replaced_pod(&e) => continue,
+                    Err(e) => {
+                        stop =
+                            merge_stop(stop, stop_of(&format!("marking pod {}/{}", r.namespace, r.name), &e));
+                        continue;
+                    }
+                }
+            }
             if let Err(s) = self.delete_pod(pod, foreground).await {
                 stop = merge_stop(stop, s);
             }
@@ -765,10 +822,10 @@ impl KubeActuator {
                 },
             });
             let path = format!("{collection}{}", self.write_query());
-            call(&self.client, Method::POST, &path, Some((Body::Json, &body))).await
+            self.send(Method::POST, &path, Some((Body::Json, &body))).await
         } else {
             let path = format!("{collection}/{}", path_segment(&rule));
-            call(&self.client, Method::DELETE, &path, None).await
+            self.send(Method::DELETE, &path, None).await
         };
         match result {
             Ok(obj) => {
@@ -925,7 +982,8 @@ impl KubeActuator {
         let path = format!("/api/v1/nodes/{}", path_segment(node));
         let mut last = String::new();
         for _ in 0..NODE_PATCH_ATTEMPTS {
-            let obj = call(&self.client, Method::GET, &path, None)
+            let obj = self
+                .send(Method::GET, &path, None)
                 .await
                 .map_err(|e| stop_of(&format!("reading node {node}"), &e))?;
             let view = NodeView::of(&obj);
@@ -947,7 +1005,7 @@ impl KubeActuator {
             }
             let patch = Value::Array(ops);
             let patch_path = format!("{path}{}", self.write_query());
-            match call(&self.client, Method::PATCH, &patch_path, Some((Body::JsonPatch, &patch))).await {
+            match self.send(Method::PATCH, &patch_path, Some((Body::JsonPatch, &patch))).await {
                 Ok(obj) => {
                     let uid = obj["metadata"]["uid"].as_str().map(str::to_string).or(view.uid);
                     return Ok((true, uid));
@@ -988,16 +1046,13 @@ impl KubeActuator {
         let node_path = format!("/api/v1/nodes/{}", path_segment(node));
         let status_path = format!("{node_path}/status{}", self.write_query());
         let obj =
-            match call(&self.client, Method::PATCH, &status_path, Some((Body::StrategicMergePatch, &status)))
-                .await
-            {
+            match self.send(Method::PATCH, &status_path, Some((Body::StrategicMergePatch, &status))).await {
                 Ok(obj) => obj,
                 Err(e) => return Carried::quiet(self.failed_call(&key, "setting the repair condition", &e)),
             };
         let label = json!({"metadata": {"labels": {REPAIR_LABEL: kind}}});
         let label_path = format!("{node_path}{}", self.write_query());
-        if let Err(e) = call(&self.client, Method::PATCH, &label_path, Some((Body::MergePatch, &label))).await
-        {
+        if let Err(e) = self.send(Method::PATCH, &label_path, Some((Body::MergePatch, &label))).await {
             return Carried::quiet(self.failed_call(&key, "labelling the node for repair", &e));
         }
         self.settle(&key);
@@ -1088,7 +1143,7 @@ impl KubeActuator {
             path_segment(name),
             self.write_query()
         );
-        match call(&self.client, Method::PATCH, &path, Some((Body::MergePatch, &body))).await {
+        match self.send(Method::PATCH, &path, Some((Body::MergePatch, &body))).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(404) => Err(StatusWriteError::Gone(policy)),
             Err(e) => Err(StatusWriteError::Failed { policy, message: e.describe() }),

@@ -60,6 +60,9 @@ pub(crate) enum CallError {
     Transport(String),
     /// An answer that is not the JSON it should be.
     Decode(String),
+    /// Not sent: the write fence (the controller's leadership) says this replica may no longer
+    /// write.
+    Fenced,
 }
 
 impl CallError {
@@ -79,6 +82,7 @@ impl CallError {
             CallError::Status { code, reason, message, .. } => format!("HTTP {code} {reason}: {message}"),
             CallError::Transport(e) => format!("no answer from the API server: {e}"),
             CallError::Decode(e) => format!("unreadable answer from the API server: {e}"),
+            CallError::Fenced => "not sent: this replica no longer holds the lease".to_string(),
         }
     }
 }

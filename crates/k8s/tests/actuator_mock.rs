@@ -70,7 +70,7 @@ fn event(
     let mut e = json!({
         "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
-        "metadata": {"generateName": format!("{prefix}."), "namespace": namespace},
+        "metadata": {"generateName": format!("{prefix}-"), "namespace": namespace},
         "eventTime": T0_MICROS,
         "reportingController": "devheal.io/controller",
         "reportingInstance": "devheal-controller-7d9f-abc",
@@ -437,11 +437,19 @@ async fn restart_gang_deletes_every_live_member_once() {
         incident: "inc-42".into(),
         reason: "GPU-1 fell off the bus".into(),
     };
+    let mark = "devheal restarts gang ml/jobset/llama (incident inc-42): GPU-1 fell off the bus";
     let script = vec![
         expect("GET", JOBSET_LIST, None, ok(jobset_pods())),
+        gang_restart_mark("llama-w-0", "uid-0", mark, T0_SECONDS, ok(json!({"kind": "Pod"}))),
         delete_pod("llama-w-0", "uid-0", false, ok(json!({"kind": "Pod"}))),
-        // Already gone: fine.
-        delete_pod("llama-w-1", "uid-1", false, status(404, "NotFound", "pods \"llama-w-1\" not found")),
+        // Already gone when it is marked: no delete.
+        gang_restart_mark(
+            "llama-w-1",
+            "uid-1",
+            mark,
+            T0_SECONDS,
+            status(404, "NotFound", "pods \"llama-w-1\" not found"),
+        ),
         event_posted(
             EVENTS_ML,
             event(
@@ -474,11 +482,15 @@ async fn restart_gang_retry_spares_pods_created_since_the_first_attempt() {
         recreated,
         member("llama-w-1", "uid-1", jobset_labels(), "Running", false),
     ]});
+    let mark = "devheal restarts gang ml/jobset/llama (incident inc-43): r";
     let script = vec![
         expect("GET", JOBSET_LIST, None, ok(jobset_pods())),
+        gang_restart_mark("llama-w-0", "uid-0", mark, T0_SECONDS, ok(json!({"kind": "Pod"}))),
         delete_pod("llama-w-0", "uid-0", false, ok(json!({"kind": "Pod"}))),
+        gang_restart_mark("llama-w-1", "uid-1", mark, T0_SECONDS, ok(json!({"kind": "Pod"}))),
         delete_pod("llama-w-1", "uid-1", false, status(503, "ServiceUnavailable", "etcd leader changed")),
         expect("GET", JOBSET_LIST, None, ok(second_list)),
+        gang_restart_mark("llama-w-1", "uid-1", mark, "2026-09-21T14:13:30Z", ok(json!({"kind": "Pod"}))),
         delete_pod("llama-w-1", "uid-1", false, ok(json!({"kind": "Pod"}))),
         event_posted(EVENTS_ML, {
             let mut e = event(
@@ -537,6 +549,13 @@ async fn restart_gang_of_a_leader_worker_set_deletes_the_leader_in_the_foregroun
             None,
             ok(list),
         ),
+        gang_restart_mark(
+            "vllm-3",
+            "uid-l",
+            "devheal restarts gang ml/lws/vllm/3 (incident inc-7): r",
+            T0_SECONDS,
+            ok(json!({"kind": "Pod"})),
+        ),
         delete_pod("vllm-3", "uid-l", true, ok(json!({"kind": "Pod"}))),
         event_posted(
             EVENTS_ML,
@@ -581,19 +600,37 @@ fn list_pods(selector: &str, pod: Value) -> Exchange {
 }
 
 /// The `devheal.io/WorkloadFailed` condition merged into a pod's status, with its uid precondition.
-fn workload_failed_mark(name: &str, uid: &str, message: &str) -> Exchange {
+/// The pod-status patch that sets one devheal condition on a pod (UID-guarded).
+fn condition_mark(
+    name: &str,
+    uid: &str,
+    condition: (&str, &str),
+    message: &str,
+    at: &str,
+    answer: Answer,
+) -> Exchange {
+    let (type_, reason) = condition;
     expect(
         "PATCH",
         format!("/api/v1/namespaces/ml/pods/{name}/status?fieldManager=devheal-controller"),
         Some(json!({
             "metadata": {"uid": uid},
             "status": {"conditions": [{
-                "type": "devheal.io/WorkloadFailed", "status": "True", "reason": "DevhealFailedWorkload",
-                "message": message, "lastTransitionTime": T0_SECONDS,
+                "type": type_, "status": "True", "reason": reason,
+                "message": message, "lastTransitionTime": at,
             }]},
         })),
-        ok(json!({"kind": "Pod"})),
+        answer,
     )
+}
+
+fn gang_restart_mark(name: &str, uid: &str, message: &str, at: &str, answer: Answer) -> Exchange {
+    condition_mark(name, uid, ("devheal.io/GangRestart", "DevhealGangRestart"), message, at, answer)
+}
+
+fn workload_failed_mark(name: &str, uid: &str, message: &str) -> Exchange {
+    let condition = ("devheal.io/WorkloadFailed", "DevhealFailedWorkload");
+    condition_mark(name, uid, condition, message, T0_SECONDS, ok(json!({"kind": "Pod"})))
 }
 
 #[tokio::test]
