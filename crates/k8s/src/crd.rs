@@ -19,6 +19,9 @@
 use std::collections::BTreeMap;
 
 use devheal_core::policy::{PodSelector, PolicyRule};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -108,11 +111,12 @@ pub struct WorkloadProgress {
     /// When the last reported step ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress: Option<Time>,
-    /// The step number the workload last gave, if it gives them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The step number the workload last gave, if it gives them (at most 2^63 - 1: larger
+    /// numbers are written as that, see [`int64`]).
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "int64::option")]
     pub step: Option<u64>,
     /// Steps the agent has counted since it began following the pod.
-    #[serde(default)]
+    #[serde(default, serialize_with = "int64::value")]
     pub steps: u64,
     /// Length of each window, in seconds; windows start at multiples of it since the Unix epoch,
     /// so the windows of a gang's members on different nodes line up.
@@ -223,6 +227,7 @@ pub struct HealthReasonStatus {
     pub first_seen: Time,
     pub last_seen: Time,
     #[schemars(range(min = 1))]
+    #[serde(serialize_with = "int64::value")]
     pub count: u64,
 }
 
@@ -350,14 +355,83 @@ pub fn k8s_time(t: devheal_core::Time) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(t.as_nanos())).unwrap_or_default())
 }
 
+/// Kubernetes keeps integers as int64 (JSON numbers beyond 2^63 - 1 are refused by a CRD's
+/// `type: integer`, as the real API server showed for a step near `u64::MAX`, and clients in
+/// other languages lose precision beyond 2^53 anyway). Our counters are `u64` in Rust; these
+/// serializers write them saturated at `i64::MAX`, so the agent never publishes an object the
+/// server refuses (a refused apply would be retried forever and freeze the node's report).
+pub mod int64 {
+    use serde::Serializer;
+
+    pub fn value<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64((*v).min(i64::MAX as u64))
+    }
+
+    pub fn option<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => value(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Integer formats as Kubernetes knows them: schemars writes `uint32`/`uint64` for Rust's
+/// unsigned types, which the API server does not recognise (it warns "unrecognized format" and
+/// enforces nothing). `uint32` becomes `int64` with the type's bounds, `uint64` becomes `int64`
+/// (values are saturated on the way out, see [`int64`]).
+fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
+    match schema.format.as_deref() {
+        Some("uint32") => {
+            schema.format = Some("int64".into());
+            schema.minimum = Some(schema.minimum.unwrap_or(0.0).max(0.0));
+            schema.maximum = Some(f64::from(u32::MAX));
+        }
+        Some("uint64") | Some("uint") => {
+            schema.format = Some("int64".into());
+            schema.minimum = Some(schema.minimum.unwrap_or(0.0).max(0.0));
+        }
+        Some("uint16") | Some("uint8") | Some("int8") | Some("int16") => schema.format = Some("int32".into()),
+        _ => {}
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        kubernetes_integer_formats(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        kubernetes_integer_formats(items);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schemas(items)) = schema.items.as_mut() {
+        items.iter_mut().for_each(kubernetes_integer_formats);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        kubernetes_integer_formats(extra);
+    }
+    for list in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of].into_iter().flatten() {
+        list.iter_mut().for_each(kubernetes_integer_formats);
+    }
+}
+
+/// The CustomResourceDefinitions devheal serves, as the API server should get them.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    let mut crds = vec![NodeDeviceHealth::crd(), FailurePolicy::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                kubernetes_integer_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
 /// The CustomResourceDefinitions devheal serves, as YAML documents separated by `---`.
 pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
-    use kube::CustomResourceExt;
-    Ok(format!(
-        "---\n{}---\n{}",
-        serde_saphyr::to_string(&NodeDeviceHealth::crd())?,
-        serde_saphyr::to_string(&FailurePolicy::crd())?
-    ))
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
