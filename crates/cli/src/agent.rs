@@ -96,7 +96,7 @@ pub struct AgentArgs {
 }
 
 /// `90s`, `2m`, `1m30s`, `1h`, `500ms`, or a plain number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration (write 90s, 2m, 1m30s, 500ms, or seconds)");
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
@@ -209,7 +209,7 @@ async fn run_until_signal<P: Publisher>(config: AgentConfig, publisher: P) -> an
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = std::env::var("DEVHEAL_LOG").unwrap_or_else(|_| "info".into());
     let level = match filter.as_str() {
         "error" => tracing::Level::ERROR,

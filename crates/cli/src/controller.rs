@@ -44,6 +44,9 @@ pub struct ControllerArgs {
     /// Read FailurePolicies from this namespace only (default: all namespaces).
     #[arg(long)]
     policy_namespace: Option<String>,
+    /// How long a quarantined device must stay Healthy before it is released (`10m`, `90s`).
+    #[arg(long, default_value = "10m", value_parser = crate::agent::parse_duration)]
+    probation: Duration,
 }
 
 fn identity(args: &ControllerArgs) -> String {
@@ -62,6 +65,10 @@ async fn actuator(client: &Client, dry_run: bool, identity: &str) -> anyhow::Res
 
 /// How long a held Lease lasts without renewal (renewed every 2 s).
 const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How long this replica acts after a renewal was sent: less than the Lease's duration, so a
+/// stalled replica stops acting before a standby can take the Lease over (3 s for clock-rate
+/// differences between the machines and the API server's own delay).
+const LEAD_FOR: Duration = Duration::from_secs(12);
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -86,8 +93,17 @@ async fn shutdown_signal() {
 async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     // The actuator backs off on a PodDisruptionBudget's 429 itself: no retries inside the client.
     let client = crate::kube_env::client(args.kubeconfig.as_deref(), false, "pass --kubeconfig").await?;
-    let actuator = actuator(&client, args.dry_run, &identity(&args)).await?;
-    let settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
+    let leader = LeaderFlag::new(false);
+    // Every write asks the lease first, so an action a stalled replica had begun (a gang
+    // restart is a list, then a mark and a delete per member) stops once the lease lapsed.
+    let fence = {
+        let leader = leader.clone();
+        Arc::new(move || leader.get())
+    };
+    let actuator = actuator(&client, args.dry_run, &identity(&args)).await?.with_fence(fence);
+    let mut settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
+    settings.engine.safety.probation =
+        devheal_core::Duration::from_nanos(i64::try_from(args.probation.as_nanos()).unwrap_or(i64::MAX));
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(LoopHealth::new(settings.tick_every * 6));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
@@ -101,7 +117,6 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let server = tokio::spawn(serve(listener, metrics.clone(), health.clone(), wait_stop()));
-    let leader = LeaderFlag::new(false);
     let elector = LeaseElector::new(
         client.clone(),
         args.lease_namespace.clone(),
@@ -113,7 +128,8 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let leader = leader.clone();
         let stop = wait_stop();
         tokio::spawn(async move {
-            keep_lease(|| elector.try_acquire_or_renew(), leader, Duration::from_secs(2), stop).await;
+            keep_lease(|| elector.try_acquire_or_renew(), leader, Duration::from_secs(2), LEAD_FOR, stop)
+                .await;
             // Hand the Lease over at once on shutdown rather than after it expires.
             elector.release().await;
         })
@@ -144,6 +160,8 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    // Decisions, actions, dry-run "would …" lines and lease changes go to stderr.
+    crate::agent::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
 }

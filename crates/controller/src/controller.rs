@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use devheal_core::{
@@ -24,6 +24,7 @@ use devheal_core::{
 use futures::{Stream, StreamExt};
 
 use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
+use crate::leftovers::Leftovers;
 use crate::metrics::{LoopHealth, Metrics};
 use crate::progress::{ProgressEffects, ProgressMonitor, ProgressSettings};
 use crate::status::{PolicyStatusBook, PolicyStatusWriter};
@@ -84,19 +85,49 @@ impl Leadership for AlwaysLeader {
     }
 }
 
-/// Leadership as a shared flag: set by [`keep_lease`] (or a test), read by the loop without I/O.
-#[derive(Clone, Debug, Default)]
-pub struct LeaderFlag(Arc<AtomicBool>);
+/// Leadership as a shared flag with a deadline: set by [`keep_lease`] (or a test), read by the
+/// loop without I/O. Leadership lapses by itself at the deadline, measured on the monotonic
+/// clock from when the renewal that granted it was sent, so a replica that stalls (stopped,
+/// starved, or waiting on a renewal that hangs) never acts once a standby may have taken the
+/// Lease over: it is a standby again until a renewal succeeds.
+#[derive(Clone, Debug)]
+pub struct LeaderFlag(Arc<LeaderState>);
+
+#[derive(Debug)]
+struct LeaderState {
+    base: std::time::Instant,
+    /// Nanoseconds after `base` until which this replica leads; 0: it does not.
+    until: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LeaderFlag {
+    fn default() -> Self {
+        LeaderFlag::new(false)
+    }
+}
 
 impl LeaderFlag {
+    /// `true`: a leader with no deadline (a single replica, tests); `false`: a standby.
     pub fn new(leader: bool) -> Self {
-        LeaderFlag(Arc::new(AtomicBool::new(leader)))
+        let flag = LeaderFlag(Arc::new(LeaderState {
+            base: std::time::Instant::now(),
+            until: std::sync::atomic::AtomicU64::new(0),
+        }));
+        flag.set(leader);
+        flag
     }
+    /// Lead with no deadline, or stop leading.
     pub fn set(&self, leader: bool) {
-        self.0.store(leader, Ordering::SeqCst);
+        self.0.until.store(if leader { u64::MAX } else { 0 }, Ordering::SeqCst);
+    }
+    /// Lead until `deadline` (a monotonic instant), no longer.
+    pub fn lead_until(&self, deadline: std::time::Instant) {
+        let nanos = deadline.saturating_duration_since(self.0.base).as_nanos();
+        self.0.until.store(u64::try_from(nanos).unwrap_or(u64::MAX).max(1), Ordering::SeqCst);
     }
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        let until = self.0.until.load(Ordering::SeqCst);
+        until != 0 && (until == u64::MAX || (self.0.base.elapsed().as_nanos() as u64) < until)
     }
 }
 
@@ -107,13 +138,16 @@ impl Leadership for LeaderFlag {
 }
 
 /// Keep a lease and mirror it into `flag`: call `renew` (e.g.
-/// `|| elector.try_acquire_or_renew()`) every `every`; `Ok(true)` makes this replica the
-/// leader, `Ok(false)` or an error makes it a standby (fail safe: an error never keeps
-/// leadership). Returns when `shutdown` completes, leaving the flag false.
+/// `|| elector.try_acquire_or_renew()`) every `every`, giving each call at most `every`;
+/// `Ok(true)` makes this replica the leader until `valid_for` after the call was sent (keep it
+/// below the Lease's duration: a standby may take over one duration after the last renewal the
+/// server saw), `Ok(false)`, an error or a timeout makes it a standby at once (fail safe: an
+/// error never keeps leadership). Returns when `shutdown` completes, leaving the flag false.
 pub async fn keep_lease<F, Fut, E>(
     mut renew: F,
     flag: LeaderFlag,
     every: std::time::Duration,
+    valid_for: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     F: FnMut() -> Fut,
@@ -127,17 +161,26 @@ pub async fn keep_lease<F, Fut, E>(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = interval.tick() => {
-                let leader = match renew().await {
-                    Ok(leader) => leader,
-                    Err(e) => {
+                let sent = std::time::Instant::now();
+                let leader = match tokio::time::timeout(every, renew()).await {
+                    Ok(Ok(leader)) => leader,
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "lease renewal failed; acting as a standby");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!(timeout = ?every, "lease renewal timed out; acting as a standby");
                         false
                     }
                 };
                 if leader != flag.get() {
                     tracing::info!(leader, "leadership changed");
                 }
-                flag.set(leader);
+                if leader {
+                    flag.lead_until(sent + valid_for);
+                } else {
+                    flag.set(false);
+                }
             }
         }
     }
@@ -213,6 +256,8 @@ pub struct Controller<A, L, C> {
     status: PolicyStatusBook,
     /// Gang-wide comparison of the agents' progress reports.
     progress: ProgressMonitor,
+    /// Quarantine taints an earlier process left, to release when their device is healthy.
+    leftovers: Leftovers,
 }
 
 impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L, C> {
@@ -249,6 +294,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             retry_seq: 0,
             status: PolicyStatusBook::new(),
             progress,
+            leftovers: Leftovers::new(),
         }
     }
 
@@ -294,6 +340,9 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         ) = &event
         {
             self.status.observe(obj);
+        }
+        if let ClusterEvent::Node(ev) = &event {
+            self.leftovers.observe(ev);
         }
         let update = self.index.apply(event);
         if matches!(kind, ObjectKind::Pod | ObjectKind::FailurePolicy)
@@ -348,6 +397,17 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         let fx = self.progress.tick(&self.engine, now);
         self.apply_progress(fx, now, &mut planned);
         planned.extend(self.engine.handle(Input::Tick, now));
+        // Quarantines an earlier process left on devices that are healthy now (leftovers.rs);
+        // only once every kind is listed, so a taint is never judged against half the cluster.
+        if self.index.ready() && self.leadership.is_leader().await {
+            let (index, engine) = (&self.index, &self.engine);
+            planned.extend(self.leftovers.due(
+                now,
+                self.settings.engine.safety.probation,
+                |node| index.healthy_devices(node),
+                |device| engine.is_quarantined(device),
+            ));
+        }
         self.dispatch(planned, arrival).await;
         self.run_due_retries().await;
         self.metrics.safety(&self.engine.safety_state(now));
@@ -441,6 +501,13 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         }
         self.metrics.decision_latency(arrival.elapsed());
         for p in planned {
+            // Leadership can lapse while earlier actions of the batch were carried out.
+            if !self.leadership.is_leader().await {
+                self.metrics.set_leader(false);
+                self.metrics.standby_action(p.action.label());
+                tracing::warn!(key = %p.idempotency_key, "leadership lapsed; not sent: {}", describe(&p.action));
+                continue;
+            }
             self.execute(p, 1).await;
         }
         self.metrics.safety(&self.engine.safety_state(self.clock.now()));
@@ -541,5 +608,59 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
                     if retry_wait.is_some() => self.run_due_retries().await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration as StdDuration;
+
+    #[test]
+    fn leadership_lapses_at_its_deadline_without_anyone_clearing_it() {
+        let flag = LeaderFlag::new(false);
+        assert!(!flag.get());
+        flag.lead_until(std::time::Instant::now() + StdDuration::from_millis(100));
+        assert!(flag.get());
+        std::thread::sleep(StdDuration::from_millis(150));
+        assert!(!flag.get(), "a replica that stalled past its deadline must not lead");
+        flag.set(true);
+        assert!(flag.get(), "set(true) leads with no deadline");
+        flag.set(false);
+        assert!(!flag.get());
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_hangs_ends_leadership() {
+        let flag = LeaderFlag::new(false);
+        let calls = Arc::new(AtomicI64::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let (flag, calls) = (flag.clone(), calls.clone());
+            tokio::spawn(keep_lease(
+                move || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n > 0 {
+                            // The API server stopped answering.
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<bool, String>(true)
+                    }
+                },
+                flag,
+                StdDuration::from_millis(50),
+                StdDuration::from_secs(60),
+                async move {
+                    let _ = stopped.await;
+                },
+            ))
+        };
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+        assert!(flag.get(), "the first renewal succeeded");
+        tokio::time::sleep(StdDuration::from_millis(150)).await;
+        assert!(!flag.get(), "a renewal that hangs past its timeout must end leadership");
+        let _ = stop.send(());
+        task.await.unwrap();
     }
 }

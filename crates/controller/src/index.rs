@@ -641,6 +641,15 @@ impl ClusterIndex {
         up.progress.push((node, workloads));
     }
 
+    /// The devices NodeDeviceHealth reports Healthy on `node` (the agent's own report, without
+    /// progress findings).
+    pub fn healthy_devices<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a DeviceKey> + use<'a> {
+        self.health
+            .get(node)
+            .into_iter()
+            .flat_map(|e| e.devices.iter().filter(|(_, d)| d.health == Health::Healthy).map(|(k, _)| k))
+    }
+
     /// Sets (or, with `None`, clears) the progress finding on `device` and returns the input
     /// that gives the engine the device's merged health, if it changed. A device no
     /// NodeDeviceHealth reports keeps the reason until one does.

@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod index;
+pub mod leftovers;
 pub mod metrics;
 pub mod progress;
 pub mod status;
