@@ -33,8 +33,17 @@ use crate::snapshot::InventoryDevice;
 pub const FAKE_RESOURCE: &str = "devheal.io/fake-gpu";
 /// The plugin's socket name in the device-plugin directory.
 pub const FAKE_SOCKET_NAME: &str = "devheal-fake-gpu.sock";
-/// The PCI domain of fake devices: real GPUs sit in low domains; this one is unused on real nodes.
-const FAKE_PCI_DOMAIN: &str = "fa4e";
+/// The PCI domain of a node's fake devices: `fXXX`, the low 12 bits a hash of the node's name.
+/// Real GPUs sit in low domains, so these are unused on real nodes; and agents of several fake
+/// nodes on one machine (the end-to-end tests) read the same `/dev/kmsg` without one node's
+/// kernel line matching another node's device.
+pub fn fake_pci_domain(node: &str) -> String {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let hash = node
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("f{:03x}", hash & 0xfff)
+}
 
 /// What can be done to a fake device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -73,15 +82,16 @@ pub enum FakeError {
     Closed,
 }
 
-/// The fake devices' identities.
-pub fn fake_inventory(count: usize) -> Vec<InventoryDevice> {
+/// The fake devices' identities on `node`.
+pub fn fake_inventory(count: usize, node: &str) -> Vec<InventoryDevice> {
+    let domain = fake_pci_domain(node);
     (0..count)
         .map(|i| InventoryDevice {
             id: format!("fake-gpu-{i}"),
             resource: FAKE_RESOURCE.into(),
             vendor: DeviceVendor::Other,
             model: Some("devheal fake GPU".into()),
-            pci_address: Some(format!("{FAKE_PCI_DOMAIN}:{:02x}:{:02x}.0", (i / 32) % 256, i % 32)),
+            pci_address: Some(format!("{domain}:{:02x}:{:02x}.0", (i / 32) % 256, i % 32)),
         })
         .collect()
 }
@@ -158,10 +168,11 @@ pub struct FakeDevicePlugin {
 /// Build the fake devices: the plugin to run and the control handle.
 pub fn fake_devices(
     count: usize,
+    node: &str,
     device_plugin_dir: PathBuf,
     signals: mpsc::Sender<FakeSignal>,
 ) -> (FakeDevicePlugin, FakeControl) {
-    let devices = fake_inventory(count);
+    let devices = fake_inventory(count, node);
     let initial: Vec<dp::Device> = devices
         .iter()
         .map(|d| dp::Device { id: d.id.clone(), health: HEALTHY.into(), topology: None })
@@ -259,9 +270,12 @@ mod tests {
 
     #[test]
     fn fake_devices_have_distinct_valid_pci_addresses() {
-        let devices = fake_inventory(70);
-        assert_eq!(devices[0].pci_address.as_deref(), Some("fa4e:00:00.0"));
-        assert_eq!(devices[33].pci_address.as_deref(), Some("fa4e:01:01.0"));
+        let devices = fake_inventory(70, "node-a");
+        let domain = fake_pci_domain("node-a");
+        assert_eq!(devices[0].pci_address, Some(format!("{domain}:00:00.0")));
+        assert_eq!(devices[33].pci_address, Some(format!("{domain}:01:01.0")));
+        assert!(domain.starts_with('f') && domain.len() == 4, "{domain}");
+        assert_ne!(fake_pci_domain("node-a"), fake_pci_domain("node-b"), "nodes get their own domain");
         let mut pcis: Vec<_> = devices.iter().filter_map(|d| d.pci_address.clone()).collect();
         pcis.sort();
         pcis.dedup();
@@ -272,10 +286,10 @@ mod tests {
     async fn fail_sends_an_xid_line_and_marks_the_plugin_device_unhealthy() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (tx, mut rx) = mpsc::channel(8);
-        let (plugin, control) = fake_devices(2, dir.path().to_path_buf(), tx);
+        let (plugin, control) = fake_devices(2, "node-t", dir.path().to_path_buf(), tx);
         let line = control.inject("fake-gpu-1", FakeFault::Fail).await.expect("known device");
         let line = line.expect("a line");
-        assert!(line.contains("Xid (PCI:fa4e:00:01): 79"), "{line}");
+        assert!(line.contains(&format!("Xid (PCI:{}:00:01): 79", fake_pci_domain("node-t"))), "{line}");
         assert_eq!(rx.recv().await, Some(FakeSignal::KernelLine(line)));
         let health: Vec<String> =
             plugin.health.lock().expect("lock").borrow().iter().map(|d| d.health.clone()).collect();

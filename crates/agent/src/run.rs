@@ -188,8 +188,12 @@ pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<Ag
     let mut static_devices = Vec::new();
     if config.fake_devices > 0 {
         let (signals_tx, signals_rx) = mpsc::channel::<FakeSignal>(256);
-        let (plugin, control) =
-            fake_devices(config.fake_devices, config.paths.device_plugin_dir.clone(), signals_tx);
+        let (plugin, control) = fake_devices(
+            config.fake_devices,
+            &config.node,
+            config.paths.device_plugin_dir.clone(),
+            signals_tx,
+        );
         static_devices = control.devices().to_vec();
         tasks.push(tokio::spawn(plugin.run(shutdown.clone())));
         tasks.push(tokio::spawn(forward(signals_rx, events_tx.clone(), SourceEvent::Fake, shutdown.clone())));

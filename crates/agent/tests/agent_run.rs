@@ -275,7 +275,8 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
             .await
             .expect("join");
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("Xid (PCI:fa4e:00:01): 79"), "{body}");
+    let domain = devheal_agent::fake::fake_pci_domain("node-b");
+    assert!(body.contains(&format!("Xid (PCI:{domain}:00:01): 79")), "{body}");
     let (_, status) = api
         .next_matching(WAIT, |r| {
             applied_status(r).filter(|s| {
@@ -290,7 +291,7 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
         .await
         .expect("fake-gpu-1 published Unhealthy with the Xid and the plugin's report");
     let failed = status.devices.iter().find(|d| d.id == "fake-gpu-1").expect("device");
-    assert_eq!(failed.pci_address.as_deref(), Some("fa4e:00:01.0"));
+    assert_eq!(failed.pci_address, Some(format!("{domain}:00:01.0")));
     assert_eq!(failed.pods[0].name, "infer-0");
     assert_eq!(status.summary.as_ref().map(|s| s.unhealthy), Some(1));
 

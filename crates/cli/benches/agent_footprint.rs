@@ -69,7 +69,8 @@ fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
 fn storm_line(i: u64) -> String {
     if i.is_multiple_of(100) {
         format!(
-            "<4>NVRM: Xid (PCI:fa4e:00:{:02x}): 79, pid=4242, name=devheal-footprint-{i}, GPU has fallen off the bus (devheal benchmark record)\n",
+            "<4>NVRM: Xid (PCI:{}:00:{:02x}): 79, pid=4242, name=devheal-footprint-{i}, GPU has fallen off the bus (devheal benchmark record)\n",
+            devheal_agent::fake::fake_pci_domain("footprint"),
             (i / 100) % 8
         )
     } else {
