@@ -486,7 +486,20 @@ mod tests {
         assert_eq!(docs.len(), 2);
         let back: Vec<CustomResourceDefinition> =
             docs.iter().map(|d| serde_saphyr::from_str(d).expect("YAML parses back")).collect();
-        assert_eq!(back, vec![NodeDeviceHealth::crd(), FailurePolicy::crd()]);
+        assert_eq!(back, crds());
+    }
+
+    #[test]
+    fn integers_are_int64_for_the_api_server_and_saturate() {
+        let schema = serde_json::to_string(&crds()).unwrap_or_default();
+        assert!(!schema.contains("\"uint"), "Kubernetes knows int32 and int64 only");
+        assert!(schema.contains(r#""format":"int64","maximum":4294967295.0"#), "u32 keeps its bounds");
+        let w = WorkloadProgress { step: Some(u64::MAX), steps: u64::MAX, ..WorkloadProgress::default() };
+        let json = serde_json::to_value(&w).unwrap_or_default();
+        assert_eq!(json["step"], serde_json::json!(i64::MAX));
+        assert_eq!(json["steps"], serde_json::json!(i64::MAX));
+        let small = WorkloadProgress { step: Some(7), ..WorkloadProgress::default() };
+        assert_eq!(serde_json::to_value(&small).unwrap_or_default()["step"], 7);
     }
 
     #[test]
