@@ -1,0 +1,194 @@
+//! e. DRA on the real API server and scheduler: with a DeviceClass and a ResourceSlice published
+//! by the test (playing a DRA driver), a device reported Unhealthy is quarantined by the
+//! controller with a DeviceTaintRule at the version the release serves, and the real scheduler
+//! then never allocates that device to a new claim.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const DRIVER: &str = "gpu.e2e.devheal.io";
+
+fn api(client: &kube::Client, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("resource.k8s.io", "v1", kind);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+    match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+fn object(value: Value) -> DynamicObject {
+    serde_json::from_value(value).expect("an object")
+}
+
+async fn allocated_device(claims: &Api<DynamicObject>, claim: &str) -> Option<String> {
+    let c = claims.get_opt(claim).await.ok()??;
+    let v = serde_json::to_value(c).ok()?;
+    v["status"]["allocation"]["devices"]["results"][0]["device"].as_str().map(str::to_string)
+}
+
+fn claim_and_pod(scope: &Scope, name: &str, class: &str) -> (DynamicObject, Pod) {
+    let claim = object(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": scope.ns},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+            "deviceClassName": class, "allocationMode": "ExactCount", "count": 1}}]}},
+    }));
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": scope.ns, "labels": {TEST_LABEL: scope.name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "resourceClaims": [{"name": "gpu", "resourceClaimName": name}],
+            "containers": [{"name": "work", "image": "registry.k8s.io/pause:3.10",
+                            "resources": {"claims": [{"name": "gpu"}]}}],
+        },
+    }))
+    .expect("a pod");
+    (claim, pod)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn a_device_taint_rule_keeps_the_scheduler_off_a_quarantined_device() {
+    let scope = Scope::new("dra").await;
+    let node = scope.add_node("n1", 0).await;
+    let client = scope.client.clone();
+    let class = format!("e2e-{}", scope.name);
+    let pool = format!("pool-{node}");
+    let classes = api(&client, "DeviceClass", "deviceclasses", None);
+    let _ = classes.delete(&class, &Default::default()).await;
+    classes
+        .create(
+            &PostParams::default(),
+            &object(json!({
+                "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": class},
+                "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{DRIVER}'")}}]},
+            })),
+        )
+        .await
+        .expect("create the DeviceClass");
+    let slices = api(&client, "ResourceSlice", "resourceslices", None);
+    let slice_name = format!("{node}-{DRIVER}");
+    let _ = slices.delete(&slice_name, &Default::default()).await;
+    slices
+        .create(
+            &PostParams::default(),
+            &object(json!({
+                "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": slice_name},
+                "spec": {"driver": DRIVER, "nodeName": node,
+                         "pool": {"name": pool, "generation": 1, "resourceSliceCount": 1},
+                         "devices": [{"name": "dev-0"}, {"name": "dev-1"}]},
+            })),
+        )
+        .await
+        .expect("create the ResourceSlice");
+    let controller = scope.controller("c1", &[]).await;
+
+    // The node's agent (here: the test, as admin) reports dev-0 Healthy, then Unhealthy.
+    let id = format!("{DRIVER}/{pool}/dev-0");
+    let ndh = |health: &str| {
+        json!({"apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+               "metadata": {"name": node}, "spec": {"nodeName": node},
+               "status": {"devices": [{"id": id, "resource": DRIVER, "health": health,
+                                       "reasons": if health == "Healthy" { json!([]) } else { json!([{
+                                           "source": "nvml", "code": 79, "message": "GPU has fallen off the bus",
+                                           "firstSeen": "2026-12-04T00:00:00Z", "lastSeen": "2026-12-04T00:00:00Z",
+                                           "count": 1}]) }}]}})
+    };
+    let apply = |body: Value| {
+        let env = scope.env;
+        move || {
+            kubectl(
+                env,
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--field-manager",
+                    "devheal-agent",
+                    "-f",
+                    "-",
+                ],
+                Some(body.to_string().as_bytes()),
+            );
+            kubectl(
+                env,
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--subresource",
+                    "status",
+                    "--field-manager",
+                    "devheal-agent",
+                    "-f",
+                    "-",
+                ],
+                Some(body.to_string().as_bytes()),
+            );
+        }
+    };
+    apply(ndh("Healthy"))();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    apply(ndh("Unhealthy"))();
+
+    let rules = api(&client, "DeviceTaintRule", "devicetaintrules", None);
+    let rule = eventually("a DeviceTaintRule for dev-0", Duration::from_secs(30), || {
+        let rules = rules.clone();
+        async move {
+            let list = rules.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().map(|r| serde_json::to_value(r).unwrap()).find(|r| {
+                r["spec"]["deviceSelector"]["device"] == "dev-0"
+                    && r["spec"]["deviceSelector"]["driver"] == DRIVER
+            })
+        }
+    })
+    .await;
+    // Written by the controller at the version 1.37 serves (its managed fields say which).
+    let written_at: Vec<&str> = rule["metadata"]["managedFields"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .filter(|f| f["manager"] == "devheal-controller")
+                .filter_map(|f| f["apiVersion"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(written_at, ["resource.k8s.io/v1"], "{rule}");
+    assert_eq!(rule["spec"]["taint"]["effect"], "NoSchedule");
+    controller.await_actions("quarantine_device", "done", 1.0).await;
+
+    // The scheduler allocates dev-1 to the first claim and nothing to the second.
+    let claims = api(&client, "ResourceClaim", "resourceclaims", Some(&scope.ns));
+    for name in ["claim-a", "claim-b"] {
+        let (claim, pod) = claim_and_pod(&scope, name, &class);
+        claims.create(&PostParams::default(), &claim).await.expect("create the claim");
+        scope.pods().create(&PostParams::default(), &pod).await.expect("create the pod");
+        if name == "claim-a" {
+            let device = eventually("the scheduler allocates claim-a", Duration::from_secs(30), || {
+                let claims = claims.clone();
+                async move { allocated_device(&claims, "claim-a").await }
+            })
+            .await;
+            assert_eq!(device, "dev-1", "the tainted dev-0 must not be allocated");
+        }
+    }
+    let pods = scope.pods();
+    eventually("claim-b's pod is unschedulable", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("claim-b").await.ok()?;
+            (condition(&p, "PodScheduled").as_deref() == Some("False")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(allocated_device(&claims, "claim-b").await, None, "claim-b must not get the tainted device");
+    let _ = slices.delete(&slice_name, &Default::default()).await;
+    let _ = classes.delete(&class, &Default::default()).await;
+    let _ = rules.delete(rule["metadata"]["name"].as_str().unwrap(), &Default::default()).await;
+}

@@ -1,0 +1,124 @@
+//! Setting up the real control plane for devheal: `kubectl` with a kubeconfig, `deploy/` applied
+//! as `kubectl kustomize` renders it, clients from kubeconfigs, service-account tokens and the
+//! kubeconfigs that carry them. Shared by the end-to-end tests (`tests/e2e`) and the benchmark
+//! against the real API server (`benches/real_apiserver.rs`, which includes this file by path),
+//! so it depends on nothing else of either.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::{Client, Config};
+
+/// devheal's namespace, as `deploy/base` writes it.
+pub const SYSTEM_NS: &str = "devheal-system";
+
+/// `kubectl --kubeconfig <kubeconfig> <args>`, `stdin` fed and closed; its standard output, or
+/// an error with everything it printed.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
+    let out = kubectl_output(kubeconfig, args, stdin)?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`kubectl`], whatever its exit status.
+pub fn kubectl_output(
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<std::process::Output> {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running kubectl (is it on PATH?)")?;
+    let mut pipe = child.stdin.take().context("kubectl's stdin")?;
+    if let Some(bytes) = stdin {
+        pipe.write_all(bytes).context("writing kubectl's stdin")?;
+    }
+    drop(pipe);
+    child.wait_with_output().context("waiting for kubectl")
+}
+
+/// `deploy/crds` (then waits until they are Established) and `deploy/base`, as
+/// `kubectl kustomize` renders them, applied server-side as `field_manager`; the in-cluster
+/// controller Deployment scaled to zero (no kubelet runs it here, and it must never compete with
+/// the controller processes under test for the Lease).
+pub fn apply_deploy(kubeconfig: &Path, root: &Path, field_manager: &str) -> Result<()> {
+    let apply = ["apply", "--server-side", "--force-conflicts", "--field-manager", field_manager, "-f", "-"];
+    let crds = kubectl(kubeconfig, &["kustomize", &root.join("deploy/crds").to_string_lossy()], None)?;
+    kubectl(kubeconfig, &apply, Some(crds.as_bytes()))?;
+    let established = [
+        "wait",
+        "--for",
+        "condition=Established",
+        "--timeout",
+        "60s",
+        "crd/nodedevicehealths.devheal.io",
+        "crd/failurepolicies.devheal.io",
+    ];
+    kubectl(kubeconfig, &established, None)?;
+    let base = kubectl(kubeconfig, &["kustomize", &root.join("deploy/base").to_string_lossy()], None)?;
+    kubectl(kubeconfig, &apply, Some(base.as_bytes()))?;
+    kubectl(kubeconfig, &["-n", SYSTEM_NS, "scale", "deployment/devheal-controller", "--replicas=0"], None)?;
+    Ok(())
+}
+
+/// A client from a kubeconfig file; `retries: false` turns kube's own retries off (as the
+/// controller does, so a PodDisruptionBudget's 429 reaches the caller).
+pub async fn client_from(kubeconfig: &Path, retries: bool) -> Result<Client> {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let mut config = Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("using {}", kubeconfig.display()))?;
+    config.default_retry = retries;
+    Client::try_from(config).context("building a client")
+}
+
+/// A kubeconfig at `dir/<name>.kubeconfig` that authenticates to `server` with `token`.
+pub fn token_kubeconfig(server: &str, ca: &Path, dir: &Path, name: &str, token: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.kubeconfig"));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: {name}}}\ncurrent-context: e2e\n",
+        ca.display()
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// A TokenRequest token (one hour) for `devheal-system/<account>`; bound to `pod` when given, so
+/// that it carries the pod's node name (`authentication.kubernetes.io/node-name`).
+pub async fn service_account_token(client: &Client, account: &str, pod: Option<&Pod>) -> Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let bound_object_ref = pod.map(|p| BoundObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: p.metadata.name.clone(),
+        uid: p.metadata.uid.clone(),
+    });
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { audiences: None, bound_object_ref, expiration_seconds: Some(3600) }),
+        ..TokenRequest::default()
+    };
+    let answer = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for {SYSTEM_NS}/{account}"))?;
+    answer.status.and_then(|s| s.token).context("a TokenRequest answered without a token")
+}
