@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use devheal_detect::Classifier;
 
+#[path = "common/memory.rs"]
+mod memory;
+
 /// CPU ticks (user + system) and RSS/peak RSS in KiB of a process.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -33,16 +36,8 @@ fn sample(pid: u32) -> Option<Sample> {
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Some(Sample { ticks, rss_kib: kib("VmRSS:"), hwm_kib: kib("VmHWM:") })
+    let mem = memory::memory(pid)?;
+    Some(Sample { ticks, rss_kib: mem.rss_kib, hwm_kib: mem.hwm_kib })
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -32,8 +32,7 @@
 //! never acted on. Not part of CI; about 2 minutes on 2 cores, most of it populating the cluster.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -51,6 +50,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 // The control-plane setup the end-to-end tests use (kubectl, deploy/, clients, tokens).
+#[path = "common/memory.rs"]
+mod memory;
 #[path = "../tests/e2e/setup.rs"]
 mod setup;
 use setup::SYSTEM_NS;
@@ -135,7 +136,7 @@ impl ControlPlane {
     fn rss_kib(&self, component: &str) -> Option<u64> {
         let pids = std::fs::read_to_string(self.dir.join("pids")).ok()?;
         let pid: u32 = pids.lines().find_map(|l| l.strip_prefix(component)?.trim().parse().ok())?;
-        proc_status(pid).map(|s| s.rss_kib)
+        memory::memory(pid).map(|s| s.rss_kib)
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
@@ -189,45 +190,8 @@ impl Drop for ControllerProcess {
     }
 }
 
-/// RSS and peak RSS of a process, KiB.
-#[derive(Clone, Copy, Debug, Default)]
-struct Memory {
-    rss_kib: u64,
-    hwm_kib: u64,
-}
-
-fn proc_status(pid: u32) -> Option<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Some(Memory { rss_kib: kib("VmRSS:"), hwm_kib: kib("VmHWM:") })
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-/// A free port on loopback (bound, then released for the controller).
-fn free_addr() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// A plain HTTP/1.0 GET on loopback: the status code and body.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
 }
 
 /// `devheal_controller_actions_total{outcome="done"}` per action.
@@ -759,7 +723,7 @@ async fn run(cp: &ControlPlane, root: &Path, dir: &Path, opts: &Options) -> Resu
     // ---- the controller, with its service account's token
     let token = setup::service_account_token(&client, "devheal-controller", None).await?;
     let kubeconfig = setup::token_kubeconfig(&cp.server, &cp.ca, dir, "controller", &token)?;
-    let addr = free_addr()?;
+    let addr = setup::free_addr()?;
     let log = dir.join("controller.log");
     let controller_started_at = Timestamp::now();
     let spawned = Instant::now();
@@ -775,7 +739,7 @@ async fn run(cp: &ControlPlane, root: &Path, dir: &Path, opts: &Options) -> Resu
         .context("starting devheal controller")?;
     let mut controller = ControllerProcess { child, log, failed: false };
     let ready = loop {
-        if http_get(addr, "/readyz").is_some_and(|(code, _)| code == 200) {
+        if setup::http(addr, "GET", "/readyz").is_some_and(|(code, _)| code == 200) {
             break spawned.elapsed();
         }
         if spawned.elapsed() > Duration::from_secs(300) {
@@ -788,12 +752,14 @@ async fn run(cp: &ControlPlane, root: &Path, dir: &Path, opts: &Options) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let mem_ready = proc_status(controller.pid()).unwrap_or_default();
+    let mem_ready = memory::memory(controller.pid()).unwrap_or_default();
     let first = shared.wait_for(Duration::from_secs(60), |s| s.first_action.get(&pre).copied()).await;
     let first_action = first.map(|(at, kind)| (at - spawned, kind));
     // Leading (the Lease) before the faults, and the start-up fault's actions carried out.
     let leading = Instant::now();
-    while http_get(addr, "/metrics").and_then(|(_, m)| metric(&m, "devheal_controller_leader")) != Some(1.0) {
+    while setup::http(addr, "GET", "/metrics").and_then(|(_, m)| metric(&m, "devheal_controller_leader"))
+        != Some(1.0)
+    {
         if leading.elapsed() > Duration::from_secs(30) {
             controller.failed = true;
             bail!("the controller does not hold the Lease after 30 s");
@@ -801,7 +767,7 @@ async fn run(cp: &ControlPlane, root: &Path, dir: &Path, opts: &Options) -> Resu
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mem_started = proc_status(controller.pid()).unwrap_or_default();
+    let mem_started = memory::memory(controller.pid()).unwrap_or_default();
 
     // ---- baseline: the API server's propagation of a NodeDeviceHealth status patch to a watch.
     let baseline_from = Timestamp::now();
@@ -828,7 +794,7 @@ async fn run(cp: &ControlPlane, root: &Path, dir: &Path, opts: &Options) -> Resu
 
     // ---- faults, one at a time, one per gang
     let faults = opts.faults.min(gangs.saturating_sub(2));
-    let before = actions_done(&http_get(addr, "/metrics").map(|(_, m)| m).unwrap_or_default());
+    let before = actions_done(&setup::http(addr, "GET", "/metrics").map(|(_, m)| m).unwrap_or_default());
     let faults_from = Timestamp::now();
     let mut from_send = Vec::new();
     let mut from_return = Vec::new();
@@ -866,9 +832,9 @@ async fn run(cp: &ControlPlane, root: &Path, dir: &Path, opts: &Options) -> Resu
     // What the last faults set off (gang restarts after the first action) is finished.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let faults_to = Timestamp::now();
-    let metrics_after = http_get(addr, "/metrics").map(|(_, m)| m).unwrap_or_default();
+    let metrics_after = setup::http(addr, "GET", "/metrics").map(|(_, m)| m).unwrap_or_default();
     let after = actions_done(&metrics_after);
-    let mem_end = proc_status(controller.pid()).unwrap_or_default();
+    let mem_end = memory::memory(controller.pid()).unwrap_or_default();
     let apiserver_kib = cp.rss_kib("apiserver");
     let etcd_kib = cp.rss_kib("etcd");
     controller.failed = !timeouts.is_empty();

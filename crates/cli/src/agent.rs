@@ -122,7 +122,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.is_empty() { Err(bad()) } else { Ok(total) }
 }
 
-fn core_duration(d: Duration) -> devheal_core::Duration {
+pub(crate) fn core_duration(d: Duration) -> devheal_core::Duration {
     devheal_core::Duration::from_nanos(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 

@@ -102,8 +102,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     };
     let actuator = actuator(&client, args.dry_run, &identity(&args)).await?.with_fence(fence);
     let mut settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
-    settings.engine.safety.probation =
-        devheal_core::Duration::from_nanos(i64::try_from(args.probation.as_nanos()).unwrap_or(i64::MAX));
+    settings.engine.safety.probation = crate::agent::core_duration(args.probation);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(LoopHealth::new(settings.tick_every * 6));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)

@@ -485,6 +485,14 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         }
     }
 
+    /// An action that will not be carried out: a release of a leftover quarantine is offered
+    /// again (the taint still stands).
+    fn gave_up(&mut self, planned: &PlannedAction) {
+        if let Action::ReleaseDevice { device, .. } = &planned.action {
+            self.leftovers.retry(device);
+        }
+    }
+
     /// Hand the engine's actions to the actuator, in order, if this replica leads.
     async fn dispatch(&mut self, planned: Vec<PlannedAction>, arrival: Instant) {
         if planned.is_empty() {
@@ -533,12 +541,14 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             }
             ActionOutcome::Failed { reason } => {
                 tracing::warn!(key = %planned.idempotency_key, %reason, "failed: {}", describe(&planned.action));
+                self.gave_up(&planned);
             }
             ActionOutcome::Retry { after_ms, reason } => {
                 if attempt >= self.settings.max_attempts {
                     self.metrics.retries_exhausted(label);
                     tracing::warn!(key = %planned.idempotency_key, %reason, attempt,
                         "giving up after {attempt} attempts: {}", describe(&planned.action));
+                    self.gave_up(&planned);
                     return;
                 }
                 let after = Duration::from_millis(i64::try_from(after_ms).unwrap_or(i64::MAX / 1_000_000));
@@ -566,6 +576,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
                 self.execute(r.planned, r.attempt).await;
             } else {
                 self.metrics.standby_action(r.planned.action.label());
+                self.gave_up(&r.planned);
             }
         }
     }

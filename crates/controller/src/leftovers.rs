@@ -16,7 +16,8 @@
 //!   node are ever released (taints of other tools, and of devices no agent reports, stay);
 //! - a device that is not Healthy, or that the engine holds quarantined, is never released here;
 //! - one release per standing taint: it is handed out again only after the Node watch showed the
-//!   taint gone and back (or the release failed and [`Leftovers::retry`] was called).
+//!   taint gone and back, or after the controller gave that release up (it failed, its retries
+//!   ran out, or a replica that lost the lease dropped it: [`Leftovers::retry`]).
 //!
 //! DeviceTaintRules the old process created are not read back yet (the controller does not
 //! watch them); see docs/controller.md, "Restart safety".

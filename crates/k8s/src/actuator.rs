@@ -585,6 +585,27 @@ impl KubeActuator {
         }
     }
 
+    /// Sets `condition` (type, reason) on the pod, then, with `delete: Some(foreground)`,
+    /// deletes it, so that it ends carrying the condition for its owner's failure policy. A pod
+    /// gone or replaced since it was listed needs nothing more.
+    async fn mark_then_delete(
+        &self,
+        pod: &Value,
+        r: &PodRef,
+        (condition, reason): (&str, &str),
+        message: &str,
+        delete: Option<bool>,
+    ) -> Result<(), Stop> {
+        match self.patch_pod_condition(r, condition, reason, message).await {
+            Ok(()) => match delete {
+                Some(foreground) => self.delete_pod(pod, foreground).await,
+                None => Ok(()),
+            },
+            Err(e) if e.code() == Some(404) || Self::is_replaced_pod(&e) => Ok(()),
+            Err(e) => Err(stop_of(&format!("marking pod {}/{}", r.namespace, r.name), &e)),
+        }
+    }
+
     /// Restarts a gang by deleting its live pods with UID preconditions, so that its owner
     /// re-creates them all at once:
     ///
@@ -646,20 +667,13 @@ impl KubeActuator {
         let mut stop = None;
         for pod in &targets {
             // Marked first, so the pod ends Failed carrying the condition a podFailurePolicy
-            // can ignore; a pod gone or replaced meanwhile needs no delete.
-            if let Some(r) = pod_ref(pod) {
-                match self.patch_pod_condition(&r, GANG_RESTART_CONDITION, "DevhealGangRestart", &mark).await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.code() == Some(404) || Self::is_replaced_pod(&e) => continue,
-                    Err(e) => {
-                        stop =
-                            merge_stop(stop, stop_of(&format!("marking pod {}/{}", r.namespace, r.name), &e));
-                        continue;
-                    }
-                }
-            }
-            if let Err(s) = self.delete_pod(pod, foreground).await {
+            // can ignore.
+            let condition = (GANG_RESTART_CONDITION, "DevhealGangRestart");
+            let result = match pod_ref(pod) {
+                Some(r) => self.mark_then_delete(pod, &r, condition, &mark, Some(foreground)).await,
+                None => self.delete_pod(pod, foreground).await,
+            };
+            if let Err(s) = result {
                 stop = merge_stop(stop, s);
             }
         }
@@ -715,19 +729,10 @@ impl KubeActuator {
         let mut stop = None;
         for pod in &members {
             let Some(r) = pod_ref(pod) else { continue };
-            match self
-                .patch_pod_condition(&r, WORKLOAD_FAILED_CONDITION, "DevhealFailedWorkload", &message)
-                .await
+            let condition = (WORKLOAD_FAILED_CONDITION, "DevhealFailedWorkload");
+            if let Err(s) = self.mark_then_delete(pod, &r, condition, &message, delete.then_some(false)).await
             {
-                Ok(()) => {
-                    if delete && let Err(s) = self.delete_pod(pod, false).await {
-                        stop = merge_stop(stop, s);
-                    }
-                }
-                Err(e) if Self::is_replaced_pod(&e) || e.code() == Some(404) => {}
-                Err(e) => {
-                    stop = merge_stop(stop, stop_of(&format!("marking pod {}/{}", r.namespace, r.name), &e))
-                }
+                stop = merge_stop(stop, s);
             }
         }
         match stop {

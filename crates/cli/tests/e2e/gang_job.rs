@@ -57,30 +57,42 @@ pub async fn running_members(pods: &Api<Pod>, job: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// Waits up to `timeout` until `n` members of Job `job` run, none of them in `not_in` (an
+/// earlier set's uids).
+pub async fn await_running(
+    pods: &Api<Pod>,
+    job: &str,
+    n: usize,
+    not_in: &BTreeSet<String>,
+    what: &str,
+    timeout: Duration,
+) -> Vec<Pod> {
+    eventually(what, timeout, || async move {
+        let m = running_members(pods, job).await;
+        let fresh = m.iter().all(|p| p.metadata.uid.as_ref().is_some_and(|u| !not_in.contains(u)));
+        (m.len() == n && fresh).then_some(m)
+    })
+    .await
+}
+
 /// One GPU of an Indexed Job's member fails; what the Job's real status says afterwards, and
 /// how long the Job controller took to re-create the gang.
 async fn gang_failure(scope: &Scope, limits: serde_json::Value) -> (Duration, Job) {
-    let mut kubelets = Vec::new();
-    let mut agents = Vec::new();
-    for suffix in ["n1", "n2", "n3"] {
-        let node = scope.add_node(suffix, 2).await;
-        let kubelet = scope.kubelet(&node, 2).await;
-        agents.push(scope.agent(&node, &kubelet, None).await);
-        kubelets.push(kubelet);
-    }
+    let (kubelets, agents) = scope.nodes_with_agents(&["n1", "n2", "n3"], 2).await;
     let controller = scope.controller("c1", &[]).await;
     let jobs: Api<Job> = Api::namespaced(scope.client.clone(), &scope.ns);
     jobs.create(&PostParams::default(), &job_with_limits(scope, "train", MEMBERS, limits))
         .await
         .expect("create the Job");
     let pods = scope.pods();
-    let first = eventually("the Job's 4 members run", Duration::from_secs(60), || {
-        let pods = pods.clone();
-        async move {
-            let m = running_members(&pods, "train").await;
-            (m.len() == MEMBERS).then_some(m)
-        }
-    })
+    let first = await_running(
+        &pods,
+        "train",
+        MEMBERS,
+        &BTreeSet::new(),
+        "the Job's 4 members run",
+        Duration::from_secs(60),
+    )
     .await;
     let first_uids: BTreeSet<String> = first.iter().filter_map(|p| p.metadata.uid.clone()).collect();
     // Member 0, its node and its device.
@@ -115,15 +127,14 @@ async fn gang_failure(scope: &Scope, limits: serde_json::Value) -> (Duration, Jo
     kubelets[k].state.lock().unwrap().unhealthy.insert(device.clone());
     agents[k].inject("fail", &device);
     // The gang restarts: four new members, none of the old uids, none on the failed device.
-    let second = eventually("the gang is re-created by the Job controller", Duration::from_secs(90), || {
-        let pods = pods.clone();
-        let first_uids = first_uids.clone();
-        async move {
-            let m = running_members(&pods, "train").await;
-            let fresh = m.iter().all(|p| p.metadata.uid.as_ref().is_some_and(|u| !first_uids.contains(u)));
-            (m.len() == MEMBERS && fresh).then_some(m)
-        }
-    })
+    let second = await_running(
+        &pods,
+        "train",
+        MEMBERS,
+        &first_uids,
+        "the gang is re-created",
+        Duration::from_secs(90),
+    )
     .await;
     let took = failed_at.elapsed();
     for p in &second {

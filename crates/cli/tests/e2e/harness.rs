@@ -3,8 +3,7 @@
 //! processes with real service-account credentials.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -94,7 +93,7 @@ pub async fn service_account_token(client: &Client, account: &str, pod: Option<&
 
 /// A free port on loopback (bound, then released for the process that will use it).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
+    setup::free_addr().expect("a free loopback port")
 }
 
 /// Polls `check` every 200 ms until it answers `Some`, or panics after `timeout` naming `what`.
@@ -113,18 +112,7 @@ where
     }
 }
 
-/// A plain HTTP/1.0 request on loopback; the status code and body.
-pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::Write;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
-}
+pub use setup::http;
 
 /// The sum of a Prometheus counter's samples whose labels contain every `key="value"` of `labels`.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -332,6 +320,18 @@ impl Scope {
         })
         .await;
         agent
+    }
+
+    /// For each suffix: a node with `gpus` fake GPUs, its fake kubelet and its agent.
+    pub async fn nodes_with_agents(&self, suffixes: &[&str], gpus: usize) -> (Vec<FakeKubelet>, Vec<Agent>) {
+        let (mut kubelets, mut agents) = (Vec::new(), Vec::new());
+        for suffix in suffixes {
+            let node = self.add_node(suffix, gpus).await;
+            let kubelet = self.kubelet(&node, gpus).await;
+            agents.push(self.agent(&node, &kubelet, None).await);
+            kubelets.push(kubelet);
+        }
+        (kubelets, agents)
     }
 
     /// Credentials of the controller's service account (RBAC from `deploy/base`).
@@ -558,8 +558,6 @@ pub struct KubeletState {
     pub bound: BTreeMap<String, (String, String, String, Vec<String>)>,
     /// Devices the kubelet will not hand out (as after the plugin reported them Unhealthy).
     pub unhealthy: BTreeSet<String>,
-    /// Pods the loop must leave alone (the test sets their status itself).
-    pub hands_off: BTreeSet<String>,
 }
 
 impl FakeKubelet {
@@ -651,9 +649,6 @@ async fn kubelet_loop(
                 else {
                     continue;
                 };
-                if state.lock().unwrap().hands_off.contains(&uid) {
-                    continue;
-                }
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
                 let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
                 if pod.metadata.deletion_timestamp.is_some() {
@@ -676,11 +671,10 @@ async fn kubelet_loop(
                 }
                 if phase.is_empty() || phase == "Pending" {
                     let (container, want) = gpu_request(pod);
-                    let devices = {
+                    {
+                        // Free devices for a pod not bound yet (lowest ids first, none unhealthy).
                         let mut st = state.lock().unwrap();
-                        if let Some(b) = st.bound.get(&uid) {
-                            b.3.clone()
-                        } else {
+                        if !st.bound.contains_key(&uid) {
                             let used: BTreeSet<String> =
                                 st.bound.values().flat_map(|b| b.3.iter().cloned()).collect();
                             let free: Vec<String> = (0..gpus)
@@ -691,14 +685,9 @@ async fn kubelet_loop(
                             if free.len() < want {
                                 continue; // as a kubelet would refuse admission; the test sees it pending
                             }
-                            st.bound.insert(
-                                uid.clone(),
-                                (ns.clone(), name.clone(), container.clone(), free.clone()),
-                            );
-                            free
+                            st.bound.insert(uid.clone(), (ns.clone(), name.clone(), container.clone(), free));
                         }
-                    };
-                    let _ = devices;
+                    }
                     let _ =
                         pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&running(pod))).await;
                 }

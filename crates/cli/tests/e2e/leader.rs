@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
-use crate::gang_job::{job_with_limits, running_members};
+use crate::gang_job::{await_running, job_with_limits, running_members};
 use crate::harness::*;
 
 /// The Lease's duration and renewal period in `devheal controller`.
@@ -27,14 +27,7 @@ async fn job_pods(pods: &Api<Pod>, job: &str) -> Vec<Pod> {
 #[ignore = "needs the real control plane: scripts/e2e.sh"]
 async fn a_stopped_leader_is_replaced_and_does_not_act_after_it_continues() {
     let scope = Scope::new("leader").await;
-    let mut kubelets = Vec::new();
-    let mut agents = Vec::new();
-    for suffix in ["n1", "n2", "n3"] {
-        let node = scope.add_node(suffix, 4).await;
-        let kubelet = scope.kubelet(&node, 4).await;
-        agents.push(scope.agent(&node, &kubelet, None).await);
-        kubelets.push(kubelet);
-    }
+    let (kubelets, agents) = scope.nodes_with_agents(&["n1", "n2", "n3"], 4).await;
     let c1 = scope.controller("c1", &[]).await;
     eventually("c1 leads", Duration::from_secs(30), || {
         let l = c1.is_leader();
@@ -50,13 +43,14 @@ async fn a_stopped_leader_is_replaced_and_does_not_act_after_it_continues() {
         .await
         .expect("create the Job");
     let pods = scope.pods();
-    let first = eventually("the gang's 8 members run", Duration::from_secs(60), || {
-        let pods = pods.clone();
-        async move {
-            let m = running_members(&pods, "gang").await;
-            (m.len() == 8).then_some(m)
-        }
-    })
+    let first = await_running(
+        &pods,
+        "gang",
+        8,
+        &BTreeSet::new(),
+        "the gang's 8 members run",
+        Duration::from_secs(60),
+    )
     .await;
     let first_uids: BTreeSet<String> = first.iter().filter_map(|p| p.metadata.uid.clone()).collect();
     let victim = first[0].clone();
@@ -100,14 +94,9 @@ async fn a_stopped_leader_is_replaced_and_does_not_act_after_it_continues() {
 
     // The gang runs again (the Job controller re-creates what was deleted); then the old
     // leader continues.
-    let second = eventually("the gang runs again", Duration::from_secs(60), || {
-        let pods = pods.clone();
-        async move {
-            let m = running_members(&pods, "gang").await;
-            (m.len() == 8).then_some(m)
-        }
-    })
-    .await;
+    let second =
+        await_running(&pods, "gang", 8, &BTreeSet::new(), "the gang runs again", Duration::from_secs(60))
+            .await;
     let second_uids: BTreeSet<String> = second.iter().filter_map(|p| p.metadata.uid.clone()).collect();
     c1.signal("CONT");
     tokio::time::sleep(Duration::from_secs(8)).await;

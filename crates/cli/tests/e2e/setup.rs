@@ -4,9 +4,11 @@
 //! against the real API server (`benches/real_apiserver.rs`, which includes this file by path),
 //! so it depends on nothing else of either.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -121,4 +123,22 @@ pub async fn service_account_token(client: &Client, account: &str, pod: Option<&
         .await
         .with_context(|| format!("TokenRequest for {SYSTEM_NS}/{account}"))?;
     answer.status.and_then(|s| s.token).context("a TokenRequest answered without a token")
+}
+
+/// A free port on loopback (bound, then released for the process that will use it).
+pub fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A plain HTTP/1.0 request with no body to a devheal process's metrics port on loopback: the
+/// status code and body, or `None` when it does not answer.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
 }
