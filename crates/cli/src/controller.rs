@@ -14,7 +14,7 @@ use devheal_controller::{
     Cluster, Controller, ControllerSettings, KubeCluster, LeaderFlag, LoopHealth, Metrics, SystemClock,
     WatchSettings, keep_lease, serve,
 };
-use devheal_k8s::actuator::{ActuatorConfig, KubeActuator};
+use devheal_k8s::actuator::{ActuatorConfig, DeviceTaintRuleSupport, KubeActuator};
 use devheal_k8s::lease::LeaseElector;
 use kube::Client;
 
@@ -101,6 +101,12 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         Arc::new(move || leader.get())
     };
     let actuator = actuator(&client, args.dry_run, &identity(&args)).await?.with_fence(fence);
+    // Where DRA serves DeviceTaintRules, the controller watches its own (to find those an
+    // earlier process wrote: leftovers.rs).
+    let rule_version = match &actuator.config().device_taint_rules {
+        DeviceTaintRuleSupport::Served { version } => Some(version.clone()),
+        DeviceTaintRuleSupport::NotServed => None,
+    };
     let mut settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
     settings.engine.safety.probation = crate::agent::core_duration(args.probation);
     let metrics = Arc::new(Metrics::new());
@@ -139,6 +145,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             pod_label_selector: args.pod_selector.clone(),
             pod_field_selector: None,
             policy_namespace: args.policy_namespace.clone(),
+            device_taint_rule_version: rule_version,
         },
     );
     eprintln!(

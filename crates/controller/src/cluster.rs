@@ -3,7 +3,8 @@
 //!
 //! - [`KubeCluster`]: kube-runtime watchers (with backoff; a 410 Gone makes them relist) for
 //!   Pods (optionally restricted by label and field selectors), Nodes, NodeDeviceHealth and
-//!   FailurePolicy (optionally one namespace), merged into one stream.
+//!   FailurePolicy (optionally one namespace), and devheal's own DeviceTaintRules where the
+//!   cluster serves them, merged into one stream.
 //! - [`FakeCluster`]: an in-memory cluster of Pods, Nodes and NodeDeviceHealth objects whose
 //!   [`FakeActuator`] changes it as Kubernetes would: an eviction deletes the pod, a gang restart
 //!   deletes the members and re-creates them with the next `jobset.sigs.k8s.io/restart-attempt`
@@ -25,6 +26,7 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
@@ -47,7 +49,14 @@ pub struct WatchSettings {
     pub pod_field_selector: Option<String>,
     /// Watch FailurePolicies in this namespace only.
     pub policy_namespace: Option<String>,
+    /// The `resource.k8s.io` version at which the cluster serves DeviceTaintRule, if it does:
+    /// devheal's own rules are then watched too, so that a restarted controller finds the rules
+    /// an earlier process wrote (see [`crate::leftovers`]).
+    pub device_taint_rule_version: Option<String>,
 }
+
+/// The label selector of the DeviceTaintRules devheal creates.
+const DEVHEAL_RULES: &str = "app.kubernetes.io/managed-by=devheal";
 
 /// The real cluster, through kube-runtime watchers.
 #[derive(Clone)]
@@ -93,7 +102,7 @@ impl Cluster for KubeCluster {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
-        let streams = vec![
+        let mut streams = vec![
             watch(Api::<Pod>::all(self.client.clone()), pods, ObjectKind::Pod, ClusterEvent::Pod),
             watch(
                 Api::<Node>::all(self.client.clone()),
@@ -109,6 +118,13 @@ impl Cluster for KubeCluster {
             ),
             watch(policies, watcher::Config::default(), ObjectKind::FailurePolicy, ClusterEvent::Policy),
         ];
+        if let Some(version) = &self.settings.device_taint_rule_version {
+            let gvk = GroupVersionKind::gvk("resource.k8s.io", version, "DeviceTaintRule");
+            let resource = ApiResource::from_gvk_with_plural(&gvk, "devicetaintrules");
+            let rules = Api::<DynamicObject>::all_with(self.client.clone(), &resource);
+            let config = watcher::Config::default().labels(DEVHEAL_RULES);
+            streams.push(watch(rules, config, ObjectKind::DeviceTaintRule, ClusterEvent::DeviceTaintRule));
+        }
         futures::stream::select_all(streams).boxed()
     }
 }

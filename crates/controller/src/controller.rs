@@ -256,7 +256,8 @@ pub struct Controller<A, L, C> {
     status: PolicyStatusBook,
     /// Gang-wide comparison of the agents' progress reports.
     progress: ProgressMonitor,
-    /// Quarantine taints an earlier process left, to release when their device is healthy.
+    /// Quarantine taints and DeviceTaintRules an earlier process left, to release when their
+    /// device is healthy.
     leftovers: Leftovers,
 }
 
@@ -341,8 +342,10 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         {
             self.status.observe(obj);
         }
-        if let ClusterEvent::Node(ev) = &event {
-            self.leftovers.observe(ev);
+        match &event {
+            ClusterEvent::Node(ev) => self.leftovers.observe(ev),
+            ClusterEvent::DeviceTaintRule(ev) => self.leftovers.observe_rule(ev),
+            _ => {}
         }
         let update = self.index.apply(event);
         if matches!(kind, ObjectKind::Pod | ObjectKind::FailurePolicy)
@@ -365,7 +368,11 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
                 tracing::warn!(error = %e, "skipped an invalid object");
             }
         }
-        self.metrics.indexed(kind, self.index.len(kind));
+        let held = match kind {
+            ObjectKind::DeviceTaintRule => self.leftovers.rules(),
+            _ => self.index.len(kind),
+        };
+        self.metrics.indexed(kind, held);
         self.metrics.inputs(kind, update.inputs.len());
         let now = self.clock.now();
         let mut planned = Vec::new();

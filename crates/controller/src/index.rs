@@ -44,63 +44,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::watcher;
 use serde::Serialize;
 
-/// The kinds of object the controller watches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ObjectKind {
-    Pod,
-    Node,
-    NodeDeviceHealth,
-    FailurePolicy,
-}
+pub use crate::events::{ClusterEvent, ObjectKind};
 
-impl ObjectKind {
-    pub const ALL: [ObjectKind; 4] =
-        [ObjectKind::Pod, ObjectKind::Node, ObjectKind::NodeDeviceHealth, ObjectKind::FailurePolicy];
-
-    /// A short label for metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            ObjectKind::Pod => "pod",
-            ObjectKind::Node => "node",
-            ObjectKind::NodeDeviceHealth => "node_device_health",
-            ObjectKind::FailurePolicy => "failure_policy",
-        }
-    }
-
-    fn slot(self) -> usize {
-        self as usize
-    }
-}
-
-/// One thing a watch reported.
-///
-/// The variants differ in size (a Pod is larger than a Status message); each event is moved a
-/// few times from its watcher to the index, so boxing would cost more (an allocation per event)
-/// than it saves.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum ClusterEvent {
-    Pod(watcher::Event<Pod>),
-    Node(watcher::Event<Node>),
-    NodeHealth(watcher::Event<NodeDeviceHealthObject>),
-    Policy(watcher::Event<FailurePolicyObject>),
-    /// A watch failed; the watcher retries (with backoff) and, after a 410 Gone, relists.
-    WatchError {
-        kind: ObjectKind,
-        message: String,
-    },
-}
-
-impl ClusterEvent {
-    pub fn kind(&self) -> ObjectKind {
-        match self {
-            ClusterEvent::Pod(_) => ObjectKind::Pod,
-            ClusterEvent::Node(_) => ObjectKind::Node,
-            ClusterEvent::NodeHealth(_) => ObjectKind::NodeDeviceHealth,
-            ClusterEvent::Policy(_) => ObjectKind::FailurePolicy,
-            ClusterEvent::WatchError { kind, .. } => *kind,
-        }
-    }
+/// Where a kind's list state is kept.
+fn slot(kind: ObjectKind) -> usize {
+    kind as usize
 }
 
 /// An object the index could not use (it is skipped; the rest of the watch goes on).
@@ -210,7 +158,8 @@ pub struct ClusterIndex {
     progress_reasons: HashMap<DeviceKey, HealthReason>,
     /// Digest of the policy set the engine last got (`None`: none sent, the engine's own).
     sent_policies: Option<u64>,
-    lists: [ListState; 4],
+    /// By [`slot`]; the DeviceTaintRule slot stays unused (the index holds no rules).
+    lists: [ListState; 5],
 }
 
 /// A stable 64-bit digest of a value's JSON form.
@@ -306,12 +255,12 @@ impl ClusterIndex {
 
     /// Has every kind finished its first list?
     pub fn ready(&self) -> bool {
-        self.lists.iter().all(|l| l.listed_once)
+        ObjectKind::ALL.into_iter().all(|k| self.lists[slot(k)].listed_once)
     }
 
     /// The kinds whose first list has not finished.
     pub fn waiting_for(&self) -> Vec<ObjectKind> {
-        ObjectKind::ALL.into_iter().filter(|k| !self.lists[k.slot()].listed_once).collect()
+        ObjectKind::ALL.into_iter().filter(|k| !self.lists[slot(*k)].listed_once).collect()
     }
 
     /// Objects held, by kind.
@@ -321,6 +270,8 @@ impl ClusterIndex {
             ObjectKind::Node => self.nodes.len(),
             ObjectKind::NodeDeviceHealth => self.health.len(),
             ObjectKind::FailurePolicy => self.policies.len(),
+            // Rules feed crate::leftovers, not the index.
+            ObjectKind::DeviceTaintRule => 0,
         }
     }
 
@@ -372,6 +323,8 @@ impl ClusterIndex {
             ClusterEvent::Node(ev) => self.on_node_event(ev, &mut up),
             ClusterEvent::NodeHealth(ev) => self.on_health_event(ev, &mut up),
             ClusterEvent::Policy(ev) => self.on_policy_event(ev, &mut up),
+            // What devheal's DeviceTaintRules say is for crate::leftovers, not the engine.
+            ClusterEvent::DeviceTaintRule(_) => {}
             ClusterEvent::WatchError { .. } => up.watch_error = true,
         }
         up
@@ -379,19 +332,19 @@ impl ClusterIndex {
 
     /// Start of a (re)list: objects seen from now on carry a new epoch.
     fn begin_list(&mut self, kind: ObjectKind) {
-        let l = &mut self.lists[kind.slot()];
+        let l = &mut self.lists[slot(kind)];
         l.epoch = l.epoch.wrapping_add(1);
         l.listing = true;
     }
 
     /// The epoch an object seen now is marked with.
     fn epoch(&self, kind: ObjectKind) -> u32 {
-        self.lists[kind.slot()].epoch
+        self.lists[slot(kind)].epoch
     }
 
     /// End of a (re)list; returns whether it was a relist.
     fn end_list(&mut self, kind: ObjectKind) -> bool {
-        let l = &mut self.lists[kind.slot()];
+        let l = &mut self.lists[slot(kind)];
         let relist = l.listed_once;
         l.listing = false;
         l.listed_once = true;
@@ -738,7 +691,7 @@ impl ClusterIndex {
         }
         // The engine gets the whole set, when it differs from what it has; during a list, once
         // the list is complete.
-        if self.lists[ObjectKind::FailurePolicy.slot()].listing {
+        if self.lists[slot(ObjectKind::FailurePolicy)].listing {
             return;
         }
         let list: Vec<devheal_core::FailurePolicy> = self.policies.values().map(|(p, _)| p.clone()).collect();

@@ -2,6 +2,9 @@
 //!
 //! - [`index`]: a pure index fed by the watches (Pods, Nodes, NodeDeviceHealth, FailurePolicy)
 //!   that turns what changed into the decision engine's inputs, and survives relists;
+//! - [`events`]: the kinds of object watched and one watch event of any of them;
+//! - [`leftovers`]: quarantines (node taints, DeviceTaintRules) an earlier controller process
+//!   left, released once their device is Healthy;
 //! - [`cluster`]: the small trait the loop reads the cluster through ([`cluster::Cluster`]), its
 //!   Kubernetes implementation over kube-runtime watchers ([`cluster::KubeCluster`]) and an
 //!   in-memory fake that also carries out actions like Kubernetes would ([`cluster::FakeCluster`]);
@@ -16,6 +19,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod events;
 pub mod index;
 pub mod leftovers;
 pub mod metrics;

@@ -26,6 +26,44 @@ fn object(value: Value) -> DynamicObject {
     serde_json::from_value(value).expect("an object")
 }
 
+/// Publish one DRA device's health in the node's NodeDeviceHealth as its agent would (here the
+/// test writes it, as admin, with the agent's field manager).
+fn publish(scope: &Scope, node: &str, id: &str, health: &str) {
+    let reasons = if health == "Healthy" {
+        json!([])
+    } else {
+        json!([{"source": "nvml", "code": 79, "message": "GPU has fallen off the bus",
+                "firstSeen": "2026-12-04T00:00:00Z", "lastSeen": "2026-12-04T00:00:00Z", "count": 1}])
+    };
+    let body = json!({"apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+           "metadata": {"name": node}, "spec": {"nodeName": node},
+           "status": {"devices": [{"id": id, "resource": DRIVER, "health": health, "reasons": reasons}]}})
+    .to_string();
+    let apply = ["apply", "--server-side", "--force-conflicts", "--field-manager", "devheal-agent"];
+    kubectl(scope.env, &[&apply[..], &["-f", "-"]].concat(), Some(body.as_bytes()));
+    kubectl(
+        scope.env,
+        &[&apply[..], &["--subresource", "status", "-f", "-"]].concat(),
+        Some(body.as_bytes()),
+    );
+}
+
+/// devheal's DeviceTaintRules for `device` of `DRIVER` (any pool), as JSON.
+async fn rules_for(rules: &Api<DynamicObject>, device: &str) -> Option<Vec<Value>> {
+    let list =
+        rules.list(&ListParams::default().labels("app.kubernetes.io/managed-by=devheal")).await.ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .filter(|r| {
+                r["spec"]["deviceSelector"]["device"] == device
+                    && r["spec"]["deviceSelector"]["driver"] == DRIVER
+            })
+            .collect(),
+    )
+}
+
 async fn allocated_device(claims: &Api<DynamicObject>, claim: &str) -> Option<String> {
     let c = claims.get_opt(claim).await.ok()??;
     let v = serde_json::to_value(c).ok()?;
@@ -91,51 +129,9 @@ async fn a_device_taint_rule_keeps_the_scheduler_off_a_quarantined_device() {
 
     // The node's agent (here: the test, as admin) reports dev-0 Healthy, then Unhealthy.
     let id = format!("{DRIVER}/{pool}/dev-0");
-    let ndh = |health: &str| {
-        json!({"apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
-               "metadata": {"name": node}, "spec": {"nodeName": node},
-               "status": {"devices": [{"id": id, "resource": DRIVER, "health": health,
-                                       "reasons": if health == "Healthy" { json!([]) } else { json!([{
-                                           "source": "nvml", "code": 79, "message": "GPU has fallen off the bus",
-                                           "firstSeen": "2026-12-04T00:00:00Z", "lastSeen": "2026-12-04T00:00:00Z",
-                                           "count": 1}]) }}]}})
-    };
-    let apply = |body: Value| {
-        let env = scope.env;
-        move || {
-            kubectl(
-                env,
-                &[
-                    "apply",
-                    "--server-side",
-                    "--force-conflicts",
-                    "--field-manager",
-                    "devheal-agent",
-                    "-f",
-                    "-",
-                ],
-                Some(body.to_string().as_bytes()),
-            );
-            kubectl(
-                env,
-                &[
-                    "apply",
-                    "--server-side",
-                    "--force-conflicts",
-                    "--subresource",
-                    "status",
-                    "--field-manager",
-                    "devheal-agent",
-                    "-f",
-                    "-",
-                ],
-                Some(body.to_string().as_bytes()),
-            );
-        }
-    };
-    apply(ndh("Healthy"))();
+    publish(&scope, &node, &id, "Healthy");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    apply(ndh("Unhealthy"))();
+    publish(&scope, &node, &id, "Unhealthy");
 
     let rules = api(&client, "DeviceTaintRule", "devicetaintrules", None);
     let rule = eventually("a DeviceTaintRule for dev-0", Duration::from_secs(30), || {
@@ -191,4 +187,49 @@ async fn a_device_taint_rule_keeps_the_scheduler_off_a_quarantined_device() {
     let _ = slices.delete(&slice_name, &Default::default()).await;
     let _ = classes.delete(&class, &Default::default()).await;
     let _ = rules.delete(rule["metadata"]["name"].as_str().unwrap(), &Default::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn a_restarted_controller_finds_its_device_taint_rules_and_releases_a_recovered_device() {
+    let scope = Scope::new("dra-restart").await;
+    let node = scope.add_node("n1", 0).await;
+    let rules = api(&scope.client, "DeviceTaintRule", "devicetaintrules", None);
+    let id = format!("{DRIVER}/pool-{node}/dev-0");
+    let one_rule = |rules: Api<DynamicObject>| async move {
+        let found = rules_for(&rules, "dev-0").await?;
+        (found.len() == 1).then_some(())
+    };
+    publish(&scope, &node, &id, "Healthy");
+    let c1 = scope.controller("c1", &["--probation", "2s"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publish(&scope, &node, &id, "Unhealthy");
+    eventually("c1 quarantines dev-0 with a DeviceTaintRule", Duration::from_secs(30), || {
+        one_rule(rules.clone())
+    })
+    .await;
+    c1.await_actions("quarantine_device", "done", 1.0).await;
+    c1.stop();
+
+    // A new process while the device is still Unhealthy: the rule stays, once.
+    let c2 = scope.controller("c2", &["--probation", "2s"]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(rules_for(&rules, "dev-0").await.map(|r| r.len()), Some(1), "one rule for dev-0");
+    assert_eq!(c2.actions("release_device", "done"), 0.0, "an Unhealthy device must stay quarantined");
+    c2.stop();
+
+    // The device recovers while no controller runs. The next process never quarantined it, so
+    // only the rule it reads back can tell it to release the device.
+    publish(&scope, &node, &id, "Healthy");
+    let c3 = scope.controller("c3", &["--probation", "2s"]).await;
+    eventually("c3 deletes the DeviceTaintRule an earlier process wrote", Duration::from_secs(60), || {
+        let rules = rules.clone();
+        async move { rules_for(&rules, "dev-0").await?.is_empty().then_some(()) }
+    })
+    .await;
+    c3.await_actions("release_device", "done", 1.0).await;
+    // The rule came from the controller's watch of devheal's rules (the metrics say so).
+    let seen =
+        metric_sum(&c3.metrics(), "devheal_controller_watch_events_total", &[("kind", "device_taint_rule")]);
+    assert!(seen >= 1.0, "the controller watched no DeviceTaintRule: {seen}");
 }
