@@ -5,7 +5,7 @@
 //! a hang. The kubelet (PodResources) and a device plugin are in-process servers on temporary
 //! Unix sockets binding `ml/trainer-3` to `fake-0`. Windows are 1 s and the hang timeout 2 s so
 //! each test takes a few seconds; every wait polls with a deadline. The pod watch that finds
-//! annotated pods runs against a small scripted API server (a list, then a watch event).
+//! annotated pods is tested on the real API server (crates/cli/tests/e2e/agent_path.rs).
 
 mod common;
 
@@ -288,100 +288,5 @@ async fn a_scraped_histogram_gives_windows_a_failing_scrape_is_blind_and_a_stuck
     assert!(metrics.contains("devheal_agent_progress_scrapes_total{result=\"failed\"}"), "{metrics}");
     assert!(metrics.contains("devheal_agent_progress_pods 1"), "only the bound pod: {metrics}");
     stop(agent).await;
-    server.abort();
-}
-
-/// A pod as the API server returns it.
-fn pod_json(name: &str, annotations: serde_json::Value, version: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name, "namespace": "ml", "uid": format!("uid-{name}"),
-            "resourceVersion": version, "annotations": annotations,
-        },
-        "spec": { "nodeName": "node-a", "containers": [{ "name": "trainer", "image": "t" }] },
-        "status": { "phase": "Running", "podIP": "10.0.0.5" },
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pod_watch_turns_annotations_into_scrape_targets() {
-    use axum::body::Body;
-    use axum::http::Uri;
-    use axum::response::IntoResponse;
-    use futures::StreamExt;
-    use std::sync::Mutex;
-
-    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = Arc::clone(&queries);
-    // The watch answers only once the test has seen the listed target: the targets are a watch
-    // channel, which keeps the latest value only, so an early MODIFIED could hide the list.
-    let listed_seen = Arc::new(tokio::sync::Notify::new());
-    let gate = Arc::clone(&listed_seen);
-    let app = axum::Router::new().route(
-        "/api/v1/pods",
-        get(move |uri: Uri| {
-            let seen = Arc::clone(&seen);
-            let gate = Arc::clone(&gate);
-            async move {
-                let query = uri.query().unwrap_or("").to_string();
-                seen.lock().expect("lock").push(query.clone());
-                if query.contains("watch=true") {
-                    gate.notified().await;
-                    // The annotation is removed: the pod is no longer a target.
-                    let event = serde_json::json!({
-                        "type": "MODIFIED",
-                        "object": pod_json("trainer-3", serde_json::json!({}), "11"),
-                    });
-                    let lines = futures::stream::iter(vec![Ok::<_, std::io::Error>(format!("{event}\n"))])
-                        .chain(futures::stream::pending());
-                    return Body::from_stream(lines).into_response();
-                }
-                let list = serde_json::json!({
-                    "apiVersion": "v1",
-                    "kind": "PodList",
-                    "metadata": { "resourceVersion": "10" },
-                    "items": [
-                        pod_json("trainer-3", serde_json::json!({
-                            "devheal.io/progress-metric": "train_step_seconds",
-                            "devheal.io/progress-port": "8000",
-                        }), "9"),
-                        pod_json("no-annotation", serde_json::json!({}), "9"),
-                    ],
-                });
-                ([(axum::http::header::CONTENT_TYPE, "application/json")], list.to_string()).into_response()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().expect("url")))
-        .expect("client");
-
-    let (tx, mut targets) = watch::channel(Vec::new());
-    let watcher = tokio::spawn(devheal_agent::scrape::watch_pods(client, "node-a".into(), tx));
-    let listed = tokio::time::timeout(WAIT, targets.wait_for(|t| !t.is_empty()))
-        .await
-        .expect("the listed pod becomes a target")
-        .expect("sender alive")
-        .clone();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].pod, PodRef::new("ml", "trainer-3"));
-    assert_eq!(listed[0].uid.as_deref(), Some("uid-trainer-3"));
-    assert_eq!(listed[0].metric, "train_step_seconds");
-    assert_eq!(listed[0].url.as_ref().map(|u| u.to_string()).as_deref(), Ok("http://10.0.0.5:8000/metrics"));
-    listed_seen.notify_one();
-    tokio::time::timeout(WAIT, targets.wait_for(|t| t.is_empty()))
-        .await
-        .expect("the watch event removes the target")
-        .expect("sender alive");
-    let queries = queries.lock().expect("lock").clone();
-    assert!(
-        queries.iter().all(|q| q.contains("fieldSelector=spec.nodeName%3Dnode-a")),
-        "only this node's pods: {queries:?}"
-    );
-    watcher.abort();
     server.abort();
 }

@@ -76,6 +76,34 @@ async fn a_fake_device_failure_reaches_the_controllers_actions() {
     .await;
     controller.await_actions("evict_pod", "done", 1.0).await;
     eprintln!("fake fault -> pod marked and evicted in the API server: {took:?}");
+
+    // What the agent wrote about its own node: the DevicesHealthy condition False (beside the
+    // kubelet's Ready), and a Warning Event on the Node naming the device and its pod.
+    let n = nodes.get(&node).await.expect("the node");
+    let conditions = n.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let healthy =
+        conditions.iter().find(|c| c.type_ == "devheal.io/DevicesHealthy").expect("the agent's condition");
+    assert_eq!((healthy.status.as_str(), healthy.reason.as_deref()), ("False", Some("DevicesUnhealthy")));
+    assert!(healthy.message.as_deref().unwrap_or("").contains(&device), "{healthy:?}");
+    assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "the kubelet's Ready stays");
+    let gvk = kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event");
+    let events: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(scope.client.clone(), "default", &kube::api::ApiResource::from_gvk(&gvk));
+    let found = eventually("the agent's DeviceUnhealthy Event on the node", Duration::from_secs(20), || {
+        let events = events.clone();
+        let node = node.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().map(|e| serde_json::to_value(e).unwrap_or_default()).find(|e| {
+                e["reason"] == "DeviceUnhealthy"
+                    && e["regarding"]["kind"] == "Node"
+                    && e["regarding"]["name"] == node
+            })
+        }
+    })
+    .await;
+    assert_eq!(found["type"], "Warning");
+    assert!(found["note"].as_str().unwrap_or("").contains("solo"), "{found}");
 }
 
 /// A real Xid 79 line written to `/dev/kmsg` for a fake device's PCI address (the domain is
@@ -149,4 +177,62 @@ async fn a_kernel_xid_in_dev_kmsg_reaches_the_controllers_actions() {
     .await;
     controller.await_actions("mark_pod", "done", 1.0).await;
     eprintln!("/dev/kmsg Xid -> pod marked in the API server: {:?}", written.elapsed());
+}
+
+/// The agent's watch of its node's pods on the real API server, with the agent's own
+/// credentials: a pod on its node that names a progress metric becomes a scrape target at the
+/// pod's IP; a pod without the annotations, or on another node, does not; removing the
+/// annotation removes the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn the_agents_pod_watch_finds_progress_targets_on_its_node() {
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let scope = Scope::new("scrape").await;
+    let node = scope.add_node("n1", 0).await;
+    let elsewhere = scope.add_node("n2", 0).await;
+    let kubelet = scope.kubelet(&node, 0).await;
+    let client = token_client(&scope.agent_credentials(&node).await).await;
+    let annotations =
+        json!({"devheal.io/progress-metric": "train_step_seconds", "devheal.io/progress-port": "8000"});
+    for (name, on, annotated) in
+        [("trainer-0", &node, true), ("plain-0", &node, false), ("trainer-b", &elsewhere, true)]
+    {
+        let mut pod = pod_object(&scope, name, on, 0, json!({}));
+        if annotated {
+            pod.metadata.annotations = serde_json::from_value(annotations.clone()).expect("annotations");
+        }
+        let created = scope.pods().create(&PostParams::default(), &pod).await.expect("create a pod");
+        scope
+            .pods()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&running(&created)))
+            .await
+            .expect("the pod runs");
+    }
+    let (tx, mut targets) = tokio::sync::watch::channel(Vec::new());
+    let watcher = tokio::spawn(devheal_agent::scrape::watch_pods(client, node.clone(), tx));
+    let listed = tokio::time::timeout(Duration::from_secs(30), targets.wait_for(|t| !t.is_empty()))
+        .await
+        .expect("the annotated pod becomes a target")
+        .expect("the watch runs")
+        .clone();
+    assert_eq!(listed.len(), 1, "only the annotated pod on this node: {listed:?}");
+    assert_eq!(
+        (listed[0].pod.namespace.as_str(), listed[0].pod.name.as_str()),
+        (scope.ns.as_str(), "trainer-0")
+    );
+    assert_eq!(listed[0].metric, "train_step_seconds");
+    assert_eq!(listed[0].url.as_ref().map(|u| u.to_string()).as_deref(), Ok("http://127.0.0.1:8000/metrics"));
+    let remove = json!({"metadata": {"annotations": {"devheal.io/progress-metric": null}}});
+    scope
+        .pods()
+        .patch("trainer-0", &PatchParams::default(), &Patch::Merge(&remove))
+        .await
+        .expect("drop the annotation");
+    tokio::time::timeout(Duration::from_secs(30), targets.wait_for(|t| t.is_empty()))
+        .await
+        .expect("the watch event removes the target")
+        .expect("the watch runs");
+    watcher.abort();
+    drop(kubelet);
 }

@@ -440,6 +440,12 @@ impl Drop for Scope {
                 None,
             );
         }
+        // Pods bound to a node no kubelet runs would keep the namespace terminating.
+        let _ = kubectl_output(
+            self.env,
+            &["-n", &self.ns, "delete", "pods", "--all", "--grace-period=0", "--force", "--wait=false"],
+            None,
+        );
         let _ = kubectl_output(
             self.env,
             &["delete", "namespace", &self.ns, "--ignore-not-found", "--wait=false"],

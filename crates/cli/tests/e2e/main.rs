@@ -17,6 +17,7 @@
 mod harness;
 mod setup;
 
+mod actuator;
 mod admission;
 mod agent_path;
 mod dra;
