@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use devheal_core::{
-    Action, ActionOutcome, Actuator, Duration, Engine, EngineConfig, Input, PlannedAction, SafetyState, Time,
+    Action, ActionOutcome, Actuator, Duration, Engine, EngineConfig, FailureClass, Input, PlannedAction,
+    SafetyState, Time,
 };
 use futures::{Stream, StreamExt};
 
@@ -376,6 +377,29 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         self.metrics.inputs(kind, update.inputs.len());
         let now = self.clock.now();
         let mut planned = Vec::new();
+        // A node spoke for another node's pod: ignored by the index; counted, logged and
+        // reported once per claim (an Event), as a sign of a misbehaving or compromised agent.
+        for c in &update.foreign {
+            self.metrics.foreign_claim(c.what);
+            tracing::warn!(node = %c.node, pod = %c.pod, pod_node = %c.pod_node, what = c.what,
+                "ignored a NodeDeviceHealth claim about a pod on another node");
+            planned.push(PlannedAction {
+                idempotency_key: format!("foreign/{}/{}/{}/{}", c.node, c.pod, c.what, now.as_nanos()),
+                action: Action::Report {
+                    reason: "DevhealForeignClaim".into(),
+                    message: format!(
+                        "NodeDeviceHealth {} named pod {} (on node {}) in its {} report; a node speaks only for \
+                         its own pods, so it was ignored",
+                        c.node,
+                        c.pod,
+                        if c.pod_node.is_empty() { "none" } else { &c.pod_node },
+                        c.what
+                    ),
+                },
+                class: FailureClass::None,
+                policy: None,
+            });
+        }
         let mut gone = Vec::new();
         for input in update.inputs {
             if let Input::PodDeleted { uid } = &input {

@@ -75,9 +75,26 @@ pub struct IndexUpdate {
     pub relisted: bool,
     /// A watch error was reported.
     pub watch_error: bool,
-    /// NodeDeviceHealth workload progress: per node, the workloads with their uids filled in
-    /// where the index knows the pod; an empty list when the object went away.
+    /// NodeDeviceHealth workload progress: per node, the workloads of the node's own pods with
+    /// their uids filled in; an empty list when the object went away.
     pub progress: Vec<(String, Vec<WorkloadProgress>)>,
+    /// Claims a NodeDeviceHealth made about pods on another node, ignored; each is listed once,
+    /// when it first appears in that node's report.
+    pub foreign: Vec<ForeignClaim>,
+}
+
+/// A NodeDeviceHealth of one node that speaks for a pod of another: a device binding or a
+/// workload's progress. Ignored (a node speaks only for its own devices and pods).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ForeignClaim {
+    /// The node whose NodeDeviceHealth made the claim.
+    pub node: String,
+    /// The pod it named (`namespace/name`).
+    pub pod: String,
+    /// The node the pod is on (empty while unscheduled).
+    pub pod_node: String,
+    /// `device` (a binding of the pod to one of the node's devices) or `progress`.
+    pub what: &'static str,
 }
 
 /// The fields of a pod the engine keeps between inputs, plus what re-sending it needs.
@@ -97,6 +114,9 @@ struct PodEntry {
     view: Option<Box<PodInfo>>,
     /// Devices NodeDeviceHealth binds the pod to beyond its own (as last sent).
     bound: Vec<DeviceKey>,
+    /// The node the pod is bound to (`spec.nodeName`; empty while unscheduled): only that
+    /// node's NodeDeviceHealth speaks for the pod.
+    node: Box<str>,
     /// The pod's labels as sorted hashes of `key=value` ([`label_hash`]): enough to count the
     /// pods each FailurePolicy selects ([`ClusterIndex::matched_pods`]) at 8 bytes a label.
     labels: Box<[u64]>,
@@ -109,6 +129,8 @@ struct HealthEntry {
     devices: BTreeMap<DeviceKey, DeviceEntry>,
     /// Pods bound to each device, as (pod key `namespace/name`, uid if given).
     bindings: Vec<(String, Option<String>, DeviceKey)>,
+    /// Claims about other nodes' pods in the last report (each reported once).
+    foreign: BTreeSet<ForeignClaim>,
 }
 
 /// A device as its NodeDeviceHealth last reported it, and the digest of what the engine last
@@ -387,11 +409,13 @@ impl ClusterIndex {
     }
 
     /// Devices NodeDeviceHealth binds to a pod.
-    fn bound_devices(&self, key: &str, uid: &str) -> Vec<DeviceKey> {
+    /// The devices NodeDeviceHealth binds to the pod `key` with `uid` on `node`: only devices of
+    /// the pod's own node count (a node speaks only for its own pods).
+    fn bound_devices(&self, key: &str, uid: &str, node: &str) -> Vec<DeviceKey> {
         let Some(list) = self.bound.get(key) else { return Vec::new() };
         let mut out: Vec<DeviceKey> = list
             .iter()
-            .filter(|(_, u)| u.as_deref().is_none_or(|u| u == uid))
+            .filter(|(d, u)| u.as_deref().is_none_or(|u| u == uid) && d.node == node)
             .map(|(d, _)| d.clone())
             .collect();
         out.sort();
@@ -410,7 +434,8 @@ impl ClusterIndex {
         let epoch = self.epoch(ObjectKind::Pod);
         let key = pod_key(&info.namespace, &info.name);
         let d = digest(&info);
-        let bound = self.bound_devices(&key, &info.uid);
+        let node: Box<str> = info.node.as_deref().unwrap_or("").into();
+        let bound = self.bound_devices(&key, &info.uid, &node);
         let withheld = info.deletion_requested;
         if let Some(old) = self.pods.get_mut(&key) {
             old.epoch = epoch;
@@ -439,14 +464,16 @@ impl ClusterIndex {
         } else {
             up.inputs.push(Input::PodUpsert(with_devices(info, &bound)));
         }
-        self.pods.insert(key, PodEntry { uid, digest: d, epoch, withheld, view, bound, labels });
+        self.pods.insert(key, PodEntry { uid, digest: d, epoch, withheld, view, bound, node, labels });
     }
 
     /// Re-send the pods whose NodeDeviceHealth bindings changed.
     fn rebind(&mut self, keys: BTreeSet<String>, up: &mut IndexUpdate) {
         for key in keys {
-            let Some(uid) = self.pods.get(&key).map(|e| e.uid.clone()) else { continue };
-            let bound = self.bound_devices(&key, &uid);
+            let Some((uid, node)) = self.pods.get(&key).map(|e| (e.uid.clone(), e.node.clone())) else {
+                continue;
+            };
+            let bound = self.bound_devices(&key, &uid, &node);
             let Some(entry) = self.pods.get_mut(&key) else { continue };
             if entry.bound == bound {
                 continue;
@@ -550,6 +577,24 @@ impl ClusterIndex {
         let devices: Vec<Device> = reports.iter().map(|r| r.device.clone()).collect();
         let inventory = digest(&devices);
         let mut bindings: Vec<(String, Option<String>, DeviceKey)> = Vec::new();
+        let mut foreign: BTreeSet<ForeignClaim> = BTreeSet::new();
+        // A claim about a pod the index knows on another node is dropped here; one about a pod
+        // not known yet is kept, and counts only if the pod turns out to be on this node
+        // (`bound_devices`).
+        let mut elsewhere = |key: &str, what: &'static str, pods: &HashMap<String, PodEntry>| -> bool {
+            match pods.get(key) {
+                Some(p) if *p.node != *node => {
+                    foreign.insert(ForeignClaim {
+                        node: node.clone(),
+                        pod: key.to_string(),
+                        pod_node: p.node.to_string(),
+                        what,
+                    });
+                    true
+                }
+                _ => false,
+            }
+        };
         for r in &reports {
             for b in &r.pods {
                 let (key, uid) = match b {
@@ -559,8 +604,20 @@ impl ClusterIndex {
                     },
                     PodBinding::Ref { namespace, name, uid } => (pod_key(namespace, name), uid.clone()),
                 };
+                if elsewhere(&key, "device", &self.pods) {
+                    continue;
+                }
                 bindings.push((key, uid, r.device.key.clone()));
             }
+        }
+        // Progress only of pods the index knows on this node.
+        let mut workloads = obj.status.as_ref().map(|s| s.workloads.clone()).unwrap_or_default();
+        workloads.retain(|w| {
+            let key = pod_key(&w.namespace, &w.name);
+            !elsewhere(&key, "progress", &self.pods) && self.pods.contains_key(&key)
+        });
+        for w in workloads.iter_mut().filter(|w| w.uid.is_none()) {
+            w.uid = self.pods.get(&pod_key(&w.namespace, &w.name)).map(|p| p.uid.clone());
         }
         bindings.sort();
         bindings.dedup();
@@ -586,11 +643,9 @@ impl ClusterIndex {
             health.insert(key, DeviceEntry { health: r.health, reasons: r.reasons, sent });
         }
         entry.devices = health;
+        up.foreign.extend(foreign.iter().filter(|c| !entry.foreign.contains(*c)).cloned());
+        entry.foreign = foreign;
         self.health.insert(node.clone(), entry);
-        let mut workloads = obj.status.as_ref().map(|s| s.workloads.clone()).unwrap_or_default();
-        for w in workloads.iter_mut().filter(|w| w.uid.is_none()) {
-            w.uid = self.pods.get(&pod_key(&w.namespace, &w.name)).map(|p| p.uid.clone());
-        }
         up.progress.push((node, workloads));
     }
 
@@ -874,6 +929,57 @@ mod tests {
         // The object goes away: its devices are Unknown (never remediated), the binding ends.
         let gone = index.apply(ClusterEvent::NodeHealth(watcher::Event::Delete(health("node-0", json!([])))));
         assert_eq!(names(&gone.inputs), ["upsert p 0", "health G0 Unknown", "health G1 Unknown"]);
+    }
+
+    /// A node speaks only for its own pods: node-0's NodeDeviceHealth binding a pod of node-1 to
+    /// one of node-0's devices, or reporting that pod's progress, is ignored and listed once as a
+    /// foreign claim; a binding named before the pod is known counts only if the pod turns out
+    /// to be on node-0.
+    #[test]
+    fn a_node_speaks_only_for_its_own_pods() {
+        let mut index = ClusterIndex::new();
+        let bare = |name: &str, uid: &str, node: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ml", "uid": uid},
+                "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+                "status": {"phase": "Running"}
+            }))
+            .expect("valid pod")
+        };
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(bare("victim", "u-v", "node-1"))));
+        index.apply(ClusterEvent::Pod(watcher::Event::Apply(bare("own", "u-o", "node-0"))));
+        let report = |h: &str| {
+            let mut o = health(
+                "node-0",
+                json!([{"id": "G0", "resource": "nvidia.com/gpu", "health": h, "pods": [
+                    {"namespace": "ml", "name": "victim", "uid": "u-v"},
+                    {"namespace": "ml", "name": "own", "uid": "u-o"},
+                    {"namespace": "ml", "name": "later", "uid": "u-l"}]}]),
+            );
+            o.status.as_mut().expect("status").workloads = ["victim", "own"]
+                .iter()
+                .map(|n| devheal_k8s::crd::WorkloadProgress {
+                    namespace: "ml".into(),
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect();
+            o
+        };
+        let first = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report("Healthy"))));
+        assert_eq!(names(&first.inputs), ["devices node-0 1", "upsert own 1", "health G0 Healthy"]);
+        let claims: Vec<(&str, &str, &str)> =
+            first.foreign.iter().map(|c| (c.pod.as_str(), c.pod_node.as_str(), c.what)).collect();
+        assert_eq!(claims, [("ml/victim", "node-1", "device"), ("ml/victim", "node-1", "progress")]);
+        let progress: Vec<&str> = first.progress[0].1.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(progress, ["own"], "only the node's own pods' progress is handed on");
+        // The same claims again are not listed again; the device fails: only the own pod is on it.
+        let failed = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report("Unhealthy"))));
+        assert!(failed.foreign.is_empty());
+        assert_eq!(names(&failed.inputs), ["health G0 Unhealthy"]);
+        // A pod named before it was known turns out to be on node-1: node-0's device is not its.
+        let later = index.apply(ClusterEvent::Pod(watcher::Event::Apply(bare("later", "u-l", "node-1"))));
+        assert_eq!(names(&later.inputs), ["upsert later 0"]);
     }
 
     /// A progress finding and the agent's report are merged: Healthy plus the finding is

@@ -8,6 +8,7 @@
 //! | `devheal_controller_standby_actions_total` | counter | `action` (decided while not leader, not sent) |
 //! | `devheal_controller_retries_exhausted_total` | counter | `action` |
 //! | `devheal_controller_decision_latency_seconds` | histogram | (input arrival → actions handed to the actuator) |
+//! | `devheal_controller_foreign_claims_total` | counter | `what` (`device`, `progress`): claims a NodeDeviceHealth made about another node's pods, ignored |
 //! | `devheal_controller_watch_events_total` | counter | `kind` |
 //! | `devheal_controller_engine_inputs_total` | counter | `kind` (inputs the index gave the engine) |
 //! | `devheal_controller_watch_relists_total` | counter | `kind` |
@@ -59,6 +60,7 @@ pub struct Metrics {
     watch_errors: Family<Labels1, Counter>,
     rejected: Family<Labels1, Counter>,
     progress_findings: Family<Labels1, Counter>,
+    foreign_claims: Family<Labels1, Counter>,
     indexed: Family<Labels1, Gauge>,
     leader: Gauge,
     breaker_open: Gauge,
@@ -97,6 +99,7 @@ impl Metrics {
             watch_errors: Family::default(),
             rejected: Family::default(),
             progress_findings: Family::default(),
+            foreign_claims: Family::default(),
             indexed: Family::default(),
             leader: Gauge::default(),
             breaker_open: Gauge::default(),
@@ -116,6 +119,11 @@ impl Metrics {
             "controller_progress_findings",
             "Findings from workload progress, by kind (straggler, baseline_shift, hang)",
             m.progress_findings.clone(),
+        );
+        registry.register(
+            "controller_foreign_claims",
+            "Claims a NodeDeviceHealth made about pods on another node (ignored), by what (device, progress)",
+            m.foreign_claims.clone(),
         );
         registry.register(
             "controller_standby_actions",
@@ -273,6 +281,14 @@ impl Metrics {
 
     pub fn progress_finding(&self, kind: &'static str) {
         self.progress_findings.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn foreign_claim(&self, what: &'static str) {
+        self.foreign_claims.get_or_create(&[("what", what)]).inc();
+    }
+
+    pub fn foreign_claims(&self, what: &'static str) -> u64 {
+        self.foreign_claims.get_or_create(&[("what", what)]).get()
     }
 
     pub fn progress_findings(&self, kind: &'static str) -> u64 {

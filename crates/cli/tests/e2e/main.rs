@@ -24,3 +24,4 @@ mod dra;
 mod gang_job;
 mod leader;
 mod pdb;
+mod trust;

@@ -1,0 +1,86 @@
+//! Node-scoped trust on the real API server: a node's agent, with its own credentials (a token
+//! bound to its DaemonSet pod), can write its own NodeDeviceHealth, but what it says there about
+//! a pod on another node is ignored by the controller, counted and reported in an Event.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn a_node_cannot_speak_for_another_nodes_pod() {
+    let scope = Scope::new("foreign").await;
+    let a = scope.add_node("a", 1).await;
+    let b = scope.add_node("b", 1).await;
+    let _kubelet = scope.kubelet(&a, 1).await;
+    let controller = scope.controller("c1", &[]).await;
+    // The victim: a pod on node b (no devices of its own in its status).
+    let victim = pod_object(&scope, "victim", &b, 0, json!({}));
+    let created = scope.pods().create(&PostParams::default(), &victim).await.expect("create the victim");
+    scope
+        .pods()
+        .patch_status("victim", &PatchParams::default(), &Patch::Merge(&running(&created)))
+        .await
+        .expect("the victim runs");
+
+    // Node a's agent credentials write a's NodeDeviceHealth, binding the victim to a's device
+    // and reporting that device Unhealthy.
+    let client = token_client(&scope.agent_credentials(&a).await).await;
+    let gvk = GroupVersionKind::gvk("devheal.io", "v1alpha1", "NodeDeviceHealth");
+    let api: Api<DynamicObject> =
+        Api::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, "nodedevicehealths"));
+    let uid = created.metadata.uid.clone().unwrap_or_default();
+    let object = json!({"apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+        "metadata": {"name": a}, "spec": {"nodeName": a},
+        "status": {"devices": [{"id": "fake-gpu-0", "resource": FAKE_GPU, "health": "Unhealthy",
+            "reasons": [{"source": "kernel_log", "code": 79, "message": "GPU has fallen off the bus",
+                         "firstSeen": "2026-12-04T00:00:00Z", "lastSeen": "2026-12-04T00:00:00Z", "count": 1}],
+            "pods": [{"namespace": scope.ns, "name": "victim", "uid": uid}]}]}});
+    let ssa = PatchParams::apply("devheal-agent").force();
+    api.patch(&a, &ssa, &Patch::Apply(&object)).await.expect("a's agent writes a's NodeDeviceHealth");
+    api.patch_status(&a, &ssa, &Patch::Apply(&object)).await.expect("and its status");
+
+    // The controller sees the claim, ignores it, counts it and reports it.
+    eventually("the controller counts the foreign claim", Duration::from_secs(30), || {
+        let n = metric_sum(
+            &controller.metrics(),
+            "devheal_controller_foreign_claims_total",
+            &[("what", "device")],
+        );
+        async move { (n >= 1.0).then_some(()) }
+    })
+    .await;
+    let events: Api<DynamicObject> = Api::namespaced_with(
+        scope.client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
+    );
+    let victim_key = format!("{}/victim", scope.ns);
+    eventually("a DevhealForeignClaim Event names the pod and both nodes", Duration::from_secs(30), || {
+        let (events, victim_key, a, b) = (events.clone(), victim_key.clone(), a.clone(), b.clone());
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().map(|e| serde_json::to_value(e).unwrap_or_default()).find(|e| {
+                let note = e["note"].as_str().unwrap_or("");
+                e["reason"] == "DevhealReport"
+                    && note.contains("DevhealForeignClaim")
+                    && note.contains(&victim_key)
+                    && note.contains(&format!("NodeDeviceHealth {a} "))
+                    && note.contains(&format!("(on node {b})"))
+            })
+        }
+    })
+    .await;
+    // Nothing is done to the victim.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now: Pod = scope.pods().get("victim").await.expect("the victim");
+    assert!(now.metadata.deletion_timestamp.is_none(), "the victim was deleted");
+    assert_eq!(condition(&now, "devheal.io/DeviceFailure"), None, "the victim was marked");
+    for action in ["mark_pod", "evict_pod", "restart_gang"] {
+        assert_eq!(controller.actions(action, "done"), 0.0, "{action} on the word of another node");
+    }
+}
