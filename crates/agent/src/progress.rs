@@ -38,6 +38,9 @@ pub struct ProgressConfig {
     pub window: Duration,
     /// Silence longer than this (after an announced pause: past its end) is a hang.
     pub hang_timeout: Duration,
+    /// The longest pause a report may announce; a longer one is cut to this (30 min by default),
+    /// so that a report cannot hide a real hang for a day.
+    pub max_pause: Duration,
     /// How often annotated pods are scraped (the book does not scrape; the loop does).
     pub scrape_every: Duration,
     /// The baseline-shift detector; its `window` is replaced by [`Self::window`].
@@ -53,6 +56,7 @@ impl Default for ProgressConfig {
         ProgressConfig {
             window: Duration::from_secs(60),
             hang_timeout: Duration::from_secs(90),
+            max_pause: Duration::from_secs(30 * 60),
             scrape_every: Duration::from_secs(10),
             baseline: BaselineConfig::default(),
             max_pods: MAX_WORKLOADS,
@@ -76,6 +80,9 @@ impl ProgressConfig {
         }
         if self.scrape_every.as_nanos() <= 0 {
             return invalid("scrape interval", "must be positive".into());
+        }
+        if self.max_pause.as_nanos() <= 0 {
+            return invalid("max pause", "must be positive".into());
         }
         if self.max_pods == 0 || self.max_pods > MAX_WORKLOADS {
             return invalid("max pods", format!("must be 1 to {MAX_WORKLOADS}, not {}", self.max_pods));
@@ -288,7 +295,8 @@ impl ProgressBook {
             }
             Self::progressed(&mut self.hang, &subject, state, end);
         }
-        if let Some(until) = pause_until
+        // An announced pause is cut to `max_pause` from now.
+        if let Some(until) = pause_until.map(|u| u.min(now + self.config.max_pause))
             && until > now
         {
             state.paused_until = Some(state.paused_until.map_or(until, |old| old.max(until)));
@@ -377,7 +385,14 @@ impl ProgressBook {
         Ok(())
     }
 
+    /// A pod's posted or scraped progress. A pod's first report of progress only starts its
+    /// record: its silence is judged (the hang detector follows it) from its second on, so one
+    /// report about a pod, then nothing, is never a hang.
     fn progressed(hang: &mut HangDetector, subject: &str, state: &mut PodProgress, at: Time) {
+        if state.last_progress.is_none() && !state.in_hang_detector {
+            state.last_progress = Some(at);
+            return;
+        }
         hang.progress(subject, at);
         if !state.in_hang_detector
             && let Some(until) = state.paused_until.filter(|until| *until > at)
@@ -599,11 +614,40 @@ mod tests {
         assert!(book.workloads()[0].hang.is_some());
     }
 
+    /// One report about a pod (anyone can post one), then nothing, is never a hang: the pod's
+    /// silence is judged from its second report on.
+    #[test]
+    fn a_first_report_then_silence_is_not_a_hang() {
+        let mut book = book();
+        book.report(&pod(), &[step(1.0, 10.0)], None, t(10)).expect("room");
+        book.tick(t(10_000));
+        assert!(book.workloads()[0].hang.is_none(), "one report is not a rhythm to miss");
+        book.report(&pod(), &[step(1.0, 10_010.0)], None, t(10_010)).expect("room");
+        book.tick(t(10_010 + 90));
+        assert!(book.workloads()[0].hang.is_none());
+        book.tick(t(10_010 + 91));
+        assert!(book.workloads()[0].hang.is_some(), "from the second report on, silence counts");
+    }
+
+    /// A pause longer than `max_pause` is cut to it: a report cannot hide a hang for a day.
+    #[test]
+    fn an_announced_pause_is_capped() {
+        let mut book = book();
+        book.report(&pod(), &[step(1.0, 10.0)], None, t(10)).expect("room");
+        book.report(&pod(), &[step(1.0, 20.0)], Some(t(20 + 86_400)), t(20)).expect("room");
+        let cap = 30 * 60;
+        book.tick(t(20 + cap + 90));
+        assert!(book.workloads()[0].hang.is_none(), "paused for the 30 min cap, then 90 s of grace");
+        book.tick(t(20 + cap + 91));
+        assert!(book.workloads()[0].hang.is_some(), "the rest of the announced day does not count");
+    }
+
     #[test]
     fn a_pause_announced_before_the_first_step_still_counts() {
         let mut book = book();
         book.report(&pod(), &[], Some(t(300)), t(0)).expect("room");
         book.report(&pod(), &[step(1.0, 10.0)], None, t(10)).expect("room");
+        book.report(&pod(), &[step(1.0, 20.0)], None, t(20)).expect("room");
         book.tick(t(300 + 90));
         assert!(book.workloads()[0].hang.is_none(), "paused until 300 s, then 90 s of grace");
         book.tick(t(300 + 91));

@@ -165,21 +165,28 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
         post_async(addr, format!(r#"{{"namespace":"ml","pod":"{}"}}"#, "x".repeat(padding))).await;
     assert_eq!(code, 413, "a body over 1 MiB");
 
+    // A second report: from now on the pod's silence is judged (one report alone never is).
+    let (code, answer) = post_async(
+        addr,
+        r#"{"namespace":"ml","pod":"trainer-3","steps":[{"seconds":0.5,"step":43}]}"#.into(),
+    )
+    .await;
+    assert_eq!(code, 202, "{answer}");
     // Silent for longer than the 2 s hang timeout: hung, since the last step.
     let w = wait_workload(&mut rx, "a hang", |_| {}, |w| w.hang.is_some()).await;
     let hang = w.hang.as_ref().expect("hang");
     assert_eq!(Some(&hang.since), w.last_progress.as_ref());
-    assert_eq!(w.steps, 3);
-    assert_eq!(w.step, Some(42));
+    assert_eq!(w.steps, 4);
+    assert_eq!(w.step, Some(43));
 
     let (code, metrics) =
         tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
     assert_eq!(code, 200);
     for line in [
-        "devheal_agent_progress_reports_total{code=\"202\"} 1",
+        "devheal_agent_progress_reports_total{code=\"202\"} 2",
         "devheal_agent_progress_reports_total{code=\"404\"} 1",
         "devheal_agent_progress_reports_total{code=\"400\"} 2",
-        "devheal_agent_progress_steps_total{result=\"accepted\"} 3",
+        "devheal_agent_progress_steps_total{result=\"accepted\"} 4",
         "devheal_agent_progress_pods 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");

@@ -90,6 +90,10 @@ pub struct AgentArgs {
     /// its end) is reported hung.
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     hang_timeout: Duration,
+    /// The longest pause a progress report may announce (`pauseSeconds`); longer ones are cut
+    /// to this.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    max_pause: Duration,
     /// How often pods that name a progress metric are scraped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     scrape_every: Duration,
@@ -171,6 +175,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.source_timeout = Duration::from_secs(args.source_timeout_secs.max(1));
     config.progress.window = core_duration(args.progress_window);
     config.progress.hang_timeout = core_duration(args.hang_timeout);
+    config.progress.max_pause = core_duration(args.max_pause);
     config.progress.scrape_every = core_duration(args.scrape_every);
     config.progress.validate()?;
 

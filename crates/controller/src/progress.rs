@@ -17,9 +17,14 @@
 //!   data phase, network congestion) shifts every member's baseline and is nobody's device.
 //! - **Hangs.** A gang is hung when every member that reports progress has a hang finding from
 //!   its agent (each agent times the silence of its own pods, so the controller's view is not
-//!   delayed by publishing). One member going quiet while others progress is its reporter, not
-//!   a hang. A member whose agent reports an error reading its progress is blind, not hung, and
-//!   is left out. The engine gets [`Input::Hung`] once per silence and restarts the gang.
+//!   delayed by publishing), and those members are a quorum: at least `hang_quorum` (half) of
+//!   the gang's pods as the engine counts them, and never fewer than two where the gang has two
+//!   or more. One member going quiet while others progress is its reporter, not a hang; one
+//!   report about one member (which anyone who can reach an agent could once send) cannot make
+//!   a gang hung. A member whose agent reports an error reading its progress is blind, not hung,
+//!   and is left out. A member's hang counts only once an earlier report showed it progressing
+//!   (its first report cannot be a hang). The engine gets [`Input::Hung`] once per silence and
+//!   restarts the gang.
 //!
 //! The monitor is pure: the controller passes the engine (for gangs and devices) and the time.
 
@@ -41,11 +46,18 @@ pub struct ProgressSettings {
     /// A window is judged this long after it ended even if some member has not sent it (the
     /// agents publish a closed window within seconds, or at worst with their 60 s heartbeat).
     pub close_grace: Duration,
+    /// The share of a gang's pods that must report progress, and all be silent, for the gang to
+    /// be hung (0 < q ≤ 1; at least two members where the gang has two).
+    pub hang_quorum: f64,
 }
 
 impl Default for ProgressSettings {
     fn default() -> Self {
-        ProgressSettings { straggler: StragglerConfig::default(), close_grace: Duration::from_secs(90) }
+        ProgressSettings {
+            straggler: StragglerConfig::default(),
+            close_grace: Duration::from_secs(90),
+            hang_quorum: 0.5,
+        }
     }
 }
 
@@ -56,6 +68,12 @@ impl ProgressSettings {
             return Err(DegradationError::InvalidConfig {
                 what: "progress close_grace",
                 reason: "must be positive".into(),
+            });
+        }
+        if !(self.hang_quorum > 0.0 && self.hang_quorum <= 1.0) {
+            return Err(DegradationError::InvalidConfig {
+                what: "progress hang_quorum",
+                reason: format!("must be more than 0 and at most 1, not {}", self.hang_quorum),
             });
         }
         Ok(())
@@ -227,6 +245,8 @@ impl ProgressMonitor {
                 self.unmark(&uid, &mut fx);
             }
             let Some(member) = self.members.get_mut(&uid) else { continue };
+            // A hang counts only after an earlier report showed progress.
+            let had_progress = member.last_progress.is_some();
             let last = w.last_progress.as_ref().map(time_from_k8s);
             if let Some(t) = last
                 && member.last_progress.is_none_or(|old| t > old)
@@ -243,7 +263,11 @@ impl ProgressMonitor {
                     step_time,
                 });
             }
-            member.hang = w.hang.as_ref().map(|h| Box::new((time_from_k8s(&h.since), h.message.clone())));
+            member.hang = w
+                .hang
+                .as_ref()
+                .filter(|_| had_progress)
+                .map(|h| Box::new((time_from_k8s(&h.since), h.message.clone())));
             if member.hang.is_none() {
                 member.hang_sent = None;
             }
@@ -470,6 +494,11 @@ impl ProgressMonitor {
             }
         }
         let (Some(since), Some((uid, m))) = (last, first) else { return };
+        let size = engine.gang_size(g).max(gw.members.len());
+        let quorum = ((size as f64 * self.settings.hang_quorum).ceil() as usize).max(size.min(2));
+        if n < quorum {
+            return;
+        }
         if gw.hang_sent == Some(since) {
             return;
         }
@@ -477,7 +506,7 @@ impl ProgressMonitor {
         let agent_says = m.hang.as_deref().map(|(_, msg)| msg.as_str()).unwrap_or_default();
         let label = engine.pod_name(uid).unwrap_or_else(|| uid.to_string());
         let evidence = format!(
-            "no progress from any of gang {g}'s {n} reporting members since their last step ({label}: {agent_says})"
+            "no progress from any of gang {g}'s {n} reporting members (of {size}) since their last step ({label}: {agent_says})"
         );
         fx.inputs.push(Input::Hung { pod_uid: uid.to_string(), since, evidence });
     }

@@ -366,3 +366,75 @@ async fn a_lone_pods_baseline_shift_marks_its_gpu_and_its_hang_is_reported() {
     assert_eq!(h.controller.metrics().progress_findings("hang"), 1);
     assert!(record.gang_restarts.is_empty() && record.evicted.is_empty(), "{record:?}");
 }
+
+fn member_index(name: &str) -> usize {
+    name.trim_start_matches("llama-workers-")
+        .split('-')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// A hang needs a quorum: one report about one member of a 64-member gang (anyone who can reach
+/// an agent could send one), then its agent's hang finding, restarts nothing; neither do 31 hung
+/// reporters; the 32nd (half the gang) does, and only once its hang follows an earlier report
+/// of progress (a first report carrying a hang is not one).
+#[tokio::test]
+async fn a_hang_needs_a_quorum_of_the_gang_and_a_first_report_is_never_one() {
+    let (fake, clock) = cluster();
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    let mut agents = Agents::new();
+    let restarts =
+        |fake: &FakeCluster| fake.record().gang_restarts.get("ml/jobset/llama").copied().unwrap_or(0);
+
+    // One member only ever reports, once, then is reported hung.
+    clock.set(START + Duration::from_mins(1));
+    agents.minute(&fake, clock.now(), |_| 1.0, |name| name != SLOW);
+    agents.publish(&fake, clock.now());
+    h.pump().await;
+    clock.set(START + Duration::from_mins(3));
+    let a = agents.members.get_mut(SLOW).expect("member");
+    a.hang = a.last_progress;
+    agents.publish(&fake, clock.now());
+    h.pump().await;
+    h.tick().await;
+    assert_eq!(restarts(&fake), 0, "one reporter of 64 is not a hung gang");
+
+    // 31 members report, then all of them are hung: still under half the gang.
+    for minute in 4..=5 {
+        clock.set(START + Duration::from_mins(minute));
+        agents.minute(&fake, clock.now(), |_| 1.0, |name| member_index(name) >= 31);
+        agents.publish(&fake, clock.now());
+        h.pump().await;
+    }
+    clock.set(START + Duration::from_mins(7));
+    for a in agents.members.values_mut() {
+        a.hang = a.last_progress;
+    }
+    agents.publish(&fake, clock.now());
+    h.pump().await;
+    h.tick().await;
+    assert_eq!(restarts(&fake), 0, "31 hung reporters of 64 are not a quorum");
+
+    // A 32nd member's first report already carries a hang: not counted.
+    let newcomer = "llama-workers-31-a0";
+    agents.members.insert(
+        newcomer.to_string(),
+        Agentside {
+            last_progress: Some(START + Duration::from_mins(5)),
+            steps: 6,
+            hang: Some(START + Duration::from_mins(5)),
+            ..Agentside::default()
+        },
+    );
+    clock.advance(Duration::from_secs(30));
+    agents.publish(&fake, clock.now());
+    h.pump().await;
+    assert_eq!(restarts(&fake), 0, "a first report cannot be a hang");
+    // Its next report still says hung: now 32 of 64, half the gang, are hung.
+    clock.advance(Duration::from_secs(30));
+    agents.publish(&fake, clock.now());
+    h.pump().await;
+    assert_eq!(restarts(&fake), 1, "a quorum of hung reporters restarts the gang");
+}
