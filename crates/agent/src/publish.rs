@@ -55,6 +55,26 @@ impl PublishError {
     }
 }
 
+/// How long one request to the API server may wait for its answer. The kube client bounds
+/// connecting and writing; nothing bounds the answer (its watches must stay open), so each
+/// write here is bounded, and one that gets no answer in time is retried like any failure.
+pub const REQUEST_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+
+/// `request`, or an error naming `what` if it has no answer within [`REQUEST_TIMEOUT`].
+async fn bounded<T>(
+    what: &'static str,
+    request: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, PublishError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => result.map_err(|e| PublishError::from_kube(what, e)),
+        Err(_) => Err(PublishError::Api {
+            what,
+            message: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+            not_found: false,
+        }),
+    }
+}
+
 /// The node condition `devheal.io/DevicesHealthy`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DevicesCondition {
@@ -242,10 +262,8 @@ impl KubePublisher {
             "metadata": { "name": name },
             "spec": object.spec,
         });
-        self.objects
-            .patch(&name, &self.params, &Patch::Apply(&body))
-            .await
-            .map_err(|e| PublishError::from_kube("apply NodeDeviceHealth", e))?;
+        bounded("apply NodeDeviceHealth", self.objects.patch(&name, &self.params, &Patch::Apply(&body)))
+            .await?;
         self.created = true;
         Ok(())
     }
@@ -254,7 +272,7 @@ impl KubePublisher {
         if self.existing_condition.is_some() {
             return;
         }
-        let found = self.nodes.get(node).await.ok();
+        let found = bounded("read the node", self.nodes.get(node)).await.ok();
         let uid = found.as_ref().and_then(|n| n.metadata.uid.clone());
         self.node_ref = Some(ObjectReference {
             api_version: Some("v1".into()),
@@ -284,10 +302,10 @@ impl Publisher for KubePublisher {
             "metadata": { "name": name },
             "status": object.status,
         });
-        match self.objects.patch_status(&name, &self.params, &Patch::Apply(&body)).await {
+        let what = "apply NodeDeviceHealth status";
+        match bounded(what, self.objects.patch_status(&name, &self.params, &Patch::Apply(&body))).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                let e = PublishError::from_kube("apply NodeDeviceHealth status", e);
                 if matches!(e, PublishError::Api { not_found: true, .. }) {
                     // Deleted behind our back: create it again on the next attempt.
                     self.created = false;
@@ -323,10 +341,8 @@ impl Publisher for KubePublisher {
                 "lastTransitionTime": transition,
             }]},
         });
-        self.nodes
-            .patch_status(node, &self.params, &Patch::Apply(&body))
-            .await
-            .map_err(|e| PublishError::from_kube("apply node condition", e))?;
+        bounded("apply node condition", self.nodes.patch_status(node, &self.params, &Patch::Apply(&body)))
+            .await?;
         self.existing_condition = Some(Some((condition.status.to_string(), transition)));
         Ok(())
     }
@@ -347,10 +363,7 @@ impl Publisher for KubePublisher {
             action: "UpdateDeviceHealth".into(),
             secondary,
         };
-        self.recorder
-            .publish(&event, &regarding)
-            .await
-            .map_err(|e| PublishError::from_kube("create Event", e))
+        bounded("create Event", self.recorder.publish(&event, &regarding)).await
     }
 }
 

@@ -37,5 +37,8 @@ pub async fn client(
         })?,
     };
     config.default_retry = client_retries;
+    // Connecting is bounded here; each one-shot request is bounded by its caller (10 s), and
+    // kube-runtime's watchers reconnect after an idle watch (their own timeout).
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
     kube::Client::try_from(config).context("cannot build the Kubernetes client")
 }

@@ -46,7 +46,7 @@ use devheal_core::{
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::wire::{self, Body, CallError, Clock, call, path_segment, query_escape};
+use crate::wire::{self, Body, CallError, Clock, call, call_within, path_segment, query_escape};
 
 /// The field manager the actuator writes under.
 pub const FIELD_MANAGER: &str = "devheal-controller";
@@ -117,6 +117,9 @@ pub struct ActuatorConfig {
     pub backoff_cap: StdDuration,
     /// Where device quarantines go.
     pub device_taint_rules: DeviceTaintRuleSupport,
+    /// How long one request may wait for its answer (10 s by default);
+    /// no answer in time is retried like a failed connection.
+    pub call_timeout: StdDuration,
 }
 
 impl ActuatorConfig {
@@ -130,6 +133,7 @@ impl ActuatorConfig {
             backoff_base: StdDuration::from_secs(5),
             backoff_cap: StdDuration::from_secs(300),
             device_taint_rules: DeviceTaintRuleSupport::NotServed,
+            call_timeout: crate::wire::CALL_TIMEOUT,
         }
     }
 }
@@ -268,7 +272,7 @@ impl KubeActuator {
         if method != Method::GET && self.fence.as_ref().is_some_and(|may_write| !may_write()) {
             return Err(CallError::Fenced);
         }
-        call(&self.client, method, path, body).await
+        call_within(&self.client, method, path, body, self.config.call_timeout).await
     }
 
     /// An actuator whose DeviceTaintRule support is discovered from the API server once.

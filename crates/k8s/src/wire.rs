@@ -113,8 +113,39 @@ impl Body {
     }
 }
 
-/// Sends one request and returns the JSON answer (`Value::Null` for an empty one).
+/// How long one request may take, from sending it to the end of its answer, unless the caller
+/// says otherwise ([`call_within`]). The kube client's own connect and write timeouts bound the
+/// connection; nothing in it bounds the wait for an answer (watches must stay open), so every
+/// one-shot request devheal sends is bounded here.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one request and returns the JSON answer (`Value::Null` for an empty one), giving up
+/// after [`CALL_TIMEOUT`].
 pub(crate) async fn call(
+    client: &kube::Client,
+    method: Method,
+    path: &str,
+    body: Option<(Body, &Value)>,
+) -> Result<Value, CallError> {
+    call_within(client, method, path, body, CALL_TIMEOUT).await
+}
+
+/// [`call`] with its own time limit: no answer within `limit` is a [`CallError::Transport`]
+/// (retried like a connection that failed).
+pub(crate) async fn call_within(
+    client: &kube::Client,
+    method: Method,
+    path: &str,
+    body: Option<(Body, &Value)>,
+    limit: std::time::Duration,
+) -> Result<Value, CallError> {
+    match tokio::time::timeout(limit, call_once(client, method, path, body)).await {
+        Ok(result) => result,
+        Err(_) => Err(CallError::Transport(format!("no answer within {} ms", limit.as_millis()))),
+    }
+}
+
+async fn call_once(
     client: &kube::Client,
     method: Method,
     path: &str,

@@ -296,6 +296,26 @@ async fn evict_answers_map_to_outcomes() {
     );
 }
 
+/// An API server that takes a request and never answers: the action is retried after the
+/// actuator's call timeout, not stuck (and with it the controller's loop).
+#[tokio::test]
+async fn a_request_that_gets_no_answer_is_retried_after_the_call_timeout() {
+    let mut c = config();
+    c.call_timeout = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let out = run(vec![eviction(Answer::Hang)], |client| async move {
+        actuator(client, c).execute(&planned(evict())).await
+    })
+    .await;
+    match out {
+        ActionOutcome::Retry { reason, .. } => {
+            assert!(reason.contains("no answer within 200 ms"), "{reason}")
+        }
+        other => panic!("a hung request gave {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn an_event_that_cannot_be_written_does_not_fail_the_action() {
     let mut ev = evicted_event();

@@ -30,6 +30,8 @@ pub enum Answer {
     Json(u16, Value),
     /// No answer: the connection fails.
     Transport,
+    /// No answer at all: the request hangs until the script ends.
+    Hang,
 }
 
 pub fn expect(
@@ -107,6 +109,8 @@ where
     let client = kube::Client::new(service, "default");
     let server = tokio::spawn(async move {
         let total = script.len();
+        // Requests that hang are answered by nobody until the script is over.
+        let mut hanging = Vec::new();
         for (i, ex) in script.into_iter().enumerate() {
             let Some((request, respond)) = handle.next_request().await else {
                 panic!("request {} of {total} ({} {}) was never sent", i + 1, ex.method, ex.path);
@@ -136,6 +140,7 @@ where
                     respond.send_response(response);
                 }
                 Answer::Transport => respond.send_error(std::io::Error::other("connection reset by mock")),
+                Answer::Hang => hanging.push(respond),
             }
         }
         // Nothing more may come until every client is dropped.
