@@ -60,6 +60,16 @@ BIN="$("$here/build.sh" | tail -n 1)"
 COMPONENTS="${DEVHEAL_TESTENV_COMPONENTS:-etcd apiserver controller-manager scheduler}"
 READY_TIMEOUT="${DEVHEAL_TESTENV_READY_TIMEOUT:-120}"
 
+# A control plane already running in DIR would keep etcd's data directory locked (the new etcd
+# would wait for the lock forever) and its processes would be forgotten: refuse.
+if [[ -f "$dir/pids" ]]; then
+    while read -r name pid; do
+        if kill -0 "$pid" 2>/dev/null; then
+            log "a control plane already runs in $dir ($name, pid $pid): run '$0 stop $dir' first"
+            exit 1
+        fi
+    done <"$dir/pids"
+fi
 mkdir -p "$dir/pki" "$dir/logs" "$dir/etcd"
 dir="$(cd "$dir" && pwd)"
 pki="$dir/pki"
@@ -171,7 +181,7 @@ launch etcd "$BIN/etcd" --name devheal-e2e --data-dir "$dir/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "devheal-e2e=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
-wait_until "etcd's /health" etcd curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+wait_until "etcd's /health" etcd curl -fsS --max-time 5 "http://127.0.0.1:$ETCD_PORT/health"
 
 # --- kube-apiserver. Authorization as on a real cluster: Node then RBAC, NodeRestriction on,
 # service-account tokens signed here (TokenRequest with a bound pod puts the node's name in the
@@ -187,7 +197,7 @@ launch apiserver "$BIN/kube-apiserver" \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
     --endpoint-reconciler-type none --profiling=false --v 1 "${AUDIT_FLAGS[@]}"
-readyz() { curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$SERVER/readyz"; }
+readyz() { curl -fsS --max-time 5 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$SERVER/readyz"; }
 wait_until "the API server's /readyz" apiserver readyz
 
 if [[ " $COMPONENTS " == *" controller-manager "* ]]; then
@@ -202,7 +212,7 @@ if [[ " $COMPONENTS " == *" controller-manager "* ]]; then
         --use-service-account-credentials=false --v 1
     # The service-account controller has made the default namespace's account.
     sa_ready() {
-        curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+        curl -fsS --max-time 5 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
             "$SERVER/api/v1/namespaces/default/serviceaccounts/default"
     }
     wait_until "the controller manager (the default service account)" controller-manager sa_ready

@@ -150,6 +150,38 @@ impl DeviceHealthTracker {
         self.evaluate_one(device, now);
     }
 
+    /// Put back what the agent last published about a device before it restarted (see
+    /// [`crate::restore`]): an Unhealthy or Degraded device gets its reasons back as standing
+    /// reasons of that health (they clear as live ones do); one with no reason left (probation)
+    /// starts its probation again at `now`. Other healths are left to the sources.
+    pub fn restore(
+        &mut self,
+        device: &str,
+        health: Health,
+        reasons: &[HealthReason],
+        since: Time,
+        now: Time,
+    ) {
+        if severity(health) == 0 {
+            return;
+        }
+        self.add_device(device, since);
+        let Some(state) = self.devices.get_mut(device) else { return };
+        for r in reasons {
+            state
+                .reasons
+                .entry((r.source, r.code))
+                .or_insert_with(|| StandingReason { health, reason: r.clone() });
+        }
+        state.was_bad = true;
+        if state.reasons.is_empty() {
+            state.clean_since = Some(now);
+        }
+        state.health = health;
+        state.since = since;
+        self.evaluate_one(device, now);
+    }
+
     /// The device was reset: every reason from before clears, probation starts.
     pub fn device_reset(&mut self, device: &str, now: Time) {
         if let Some(state) = self.devices.get_mut(device) {

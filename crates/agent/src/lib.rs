@@ -31,6 +31,7 @@ pub mod nvml_trends;
 pub mod once;
 pub mod progress;
 pub mod publish;
+pub mod restore;
 pub mod run;
 pub mod scrape;
 pub mod snapshot;

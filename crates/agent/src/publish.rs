@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use devheal_core::{Health, Time};
-use devheal_k8s::crd::{HealthSummary, NodeDeviceHealth, k8s_time};
+use devheal_k8s::crd::{HealthSummary, NodeDeviceHealth, NodeDeviceHealthStatus, k8s_time};
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -224,6 +224,14 @@ pub trait Publisher: Send + 'static {
         node: &str,
         transition: &DeviceTransition,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// The status this node's agent last published, read back at start (see
+    /// [`crate::restore`]); `Ok(None)` where there is none, or nowhere to read it from.
+    fn last_published(
+        &mut self,
+        _node: &str,
+    ) -> impl Future<Output = Result<Option<NodeDeviceHealthStatus>, PublishError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// Server-side apply through the Kubernetes API.
@@ -345,6 +353,11 @@ impl Publisher for KubePublisher {
             .await?;
         self.existing_condition = Some(Some((condition.status.to_string(), transition)));
         Ok(())
+    }
+
+    async fn last_published(&mut self, node: &str) -> Result<Option<NodeDeviceHealthStatus>, PublishError> {
+        let found = bounded("read the last NodeDeviceHealth", self.objects.get_opt(node)).await?;
+        Ok(found.and_then(|o| o.status))
     }
 
     async fn emit_event(&mut self, node: &str, transition: &DeviceTransition) -> Result<(), PublishError> {

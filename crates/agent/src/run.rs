@@ -175,7 +175,7 @@ impl AgentHandle {
 }
 
 /// Start the agent on the current tokio runtime.
-pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<AgentHandle, AgentError> {
+pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Result<AgentHandle, AgentError> {
     let progress = ProgressBook::new(config.progress.clone())?;
     let metrics = Arc::new(AgentMetrics::new());
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -292,6 +292,9 @@ pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<Ag
     )));
     drop(events_tx);
 
+    // What this node's agent last published, before the publisher takes over (restore.rs).
+    let last = read_last_report(&mut publisher, &config.node).await;
+
     // Publisher.
     let (publication_tx, publication_rx) = watch::channel::<Option<Publication>>(None);
     let (transition_tx, transition_rx) = mpsc::channel::<DeviceTransition>(1024);
@@ -315,11 +318,18 @@ pub async fn start<P: Publisher>(config: AgentConfig, publisher: P) -> Result<Ag
         Some(up) => now - devheal_core::Duration::from_nanos((up * 1e9) as i64),
         None => now,
     };
+    let mut tracker = DeviceHealthTracker::new(config.tracker.clone(), boot_id.clone());
+    let kept = crate::restore::restore(&mut tracker, last.as_ref(), boot_id.as_deref(), now);
+    if !kept.is_empty() {
+        tracing::warn!(devices = ?kept.keys().collect::<Vec<_>>(),
+            "kept the devices the last report had Unhealthy or Degraded until there is evidence they recovered");
+    }
     let state = LoopState {
         node: config.node.clone(),
         boot_id: boot_id.clone(),
         device_plugin_dir: config.paths.device_plugin_dir.clone(),
-        tracker: DeviceHealthTracker::new(config.tracker.clone(), boot_id.clone()),
+        tracker,
+        kept,
         kernel: KernelPipeline::new(&config.node, boot_id, boot_time),
         static_devices,
         nvml_devices: Vec::new(),
@@ -401,6 +411,9 @@ struct LoopState {
     refresh: Arc<Notify>,
     want_allocatable: Arc<AtomicBool>,
     inventory_ids: BTreeSet<String>,
+    /// Devices kept from the last report (restore.rs): listed while no source lists them and
+    /// the tracker does not call them Healthy.
+    kept: crate::restore::Kept,
     /// Nothing is published before PodResources first answered (or failed) or the warm-up
     /// passed, so the first status and Events already list the pods.
     ready: bool,
@@ -741,6 +754,12 @@ impl LoopState {
                     model: None,
                     pci_address: None,
                 });
+            }
+        }
+        for (id, d) in &self.kept {
+            let healthy = self.tracker.verdict(id).is_none_or(|v| v.health == Health::Healthy);
+            if !healthy && !devices.iter().any(|x| x.id == *id) {
+                devices.push(d.clone());
             }
         }
         devices.sort_by(|a, b| (&a.resource, &a.id).cmp(&(&b.resource, &b.id)));
@@ -1139,6 +1158,24 @@ fn sleep_unless_stopped(total: StdDuration, stop: &AtomicBool) -> bool {
         std::thread::sleep(StdDuration::from_millis(200));
     }
     !stop.load(Ordering::Relaxed)
+}
+
+/// The agent's last published status, read once at start: three tries a second apart, then
+/// none (the sources decide alone, as on a first start; said in the log).
+async fn read_last_report<P: Publisher>(publisher: &mut P, node: &str) -> Option<NodeDeviceHealthStatus> {
+    for attempt in 1..=3 {
+        match publisher.last_published(node).await {
+            Ok(status) => return status,
+            Err(e) if attempt < 3 => {
+                tracing::warn!(error = %e, attempt, "cannot read the last report yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the last report: devices start from what the sources say");
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

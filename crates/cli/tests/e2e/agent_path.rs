@@ -236,3 +236,59 @@ async fn the_agents_pod_watch_finds_progress_targets_on_its_node() {
     watcher.abort();
     drop(kubelet);
 }
+
+/// A restarted agent keeps a device its last report had Unhealthy even though nothing it can
+/// read says so any more (here: the fake devices start healthy again, as a GPU whose Xid record
+/// rotated out of the kernel ring buffer would), until there is evidence it recovered (a reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn a_restarted_agent_keeps_a_failed_device_until_it_recovers() {
+    let scope = Scope::new("agent-restart").await;
+    let node = scope.add_node("n1", 2).await;
+    let kubelet = scope.kubelet(&node, 2).await;
+    let flags = ["--probation-secs", "2"];
+    let agent = scope.agent_with(&node, &kubelet, None, &flags).await;
+    let device = "fake-gpu-1";
+    let health =
+        |client: kube::Client, node: String| async move { published_health(&client, &node, device).await };
+    eventually("the device is published Healthy", Duration::from_secs(30), || {
+        let f = health(scope.client.clone(), node.clone());
+        async move { (f.await? == "Healthy").then_some(()) }
+    })
+    .await;
+    agent.inject("fail", device);
+    eventually("the device is published Unhealthy", Duration::from_secs(20), || {
+        let f = health(scope.client.clone(), node.clone());
+        async move { (f.await? == "Unhealthy").then_some(()) }
+    })
+    .await;
+    agent.stop();
+
+    // The new process's sources see the device healthy; its last report does not.
+    let again = scope.agent_with(&node, &kubelet, None, &flags).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let now = health(scope.client.clone(), node.clone()).await;
+        assert_eq!(now.as_deref(), Some("Unhealthy"), "after the restart, {:?} in", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ndh = node_device_health(&scope.client, &node).await.expect("the report");
+    let reasons = ndh["status"]["devices"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["id"] == device))
+        .map(|d| d["reasons"].clone())
+        .unwrap_or_default();
+    assert!(
+        reasons
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["source"] == "kernel_log" && r["code"] == 79)),
+        "the Xid is kept: {reasons}"
+    );
+    // A reset is evidence of recovery: probation (2 s), then Healthy.
+    again.inject("recover", device);
+    eventually("the device is Healthy after its reset and probation", Duration::from_secs(30), || {
+        let f = health(scope.client.clone(), node.clone());
+        async move { (f.await? == "Healthy").then_some(()) }
+    })
+    .await;
+}

@@ -312,8 +312,8 @@ impl Scope {
             .args(["--pod-resources-interval-secs", "1", "--pod-resources-min-interval-ms", "100"])
             .args(extra)
             .env("DEVHEAL_LOG", std::env::var("DEVHEAL_E2E_LOG").unwrap_or_else(|_| "info".into()));
-        self.spawn(&format!("agent-{node}"), command);
-        let agent = Agent { addr, node: node.to_string() };
+        let child = self.spawn(&format!("agent-{node}"), command);
+        let agent = Agent { addr, node: node.to_string(), child };
         eventually(&format!("agent {node} serves /healthz"), Duration::from_secs(30), || {
             let ok = http(addr, "GET", "/healthz").is_some_and(|(code, _)| code == 200);
             async move { ok.then_some(()) }
@@ -464,9 +464,29 @@ struct Proc {
 pub struct Agent {
     pub addr: SocketAddr,
     pub node: String,
+    child: Arc<Mutex<Child>>,
+}
+
+/// SIGTERM a devheal process and wait (20 s at most) for it to end.
+fn terminate(child: &Mutex<Child>, what: &str) {
+    let Ok(mut child) = child.lock() else { return };
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not stop within 20 s of SIGTERM");
 }
 
 impl Agent {
+    /// SIGTERM, and wait for the process to end.
+    pub fn stop(&self) {
+        terminate(&self.child, &format!("agent {}", self.node));
+    }
+
     /// `POST /fake/<fault>?device=<device>` (fail, degrade, recover).
     pub fn inject(&self, fault: &str, device: &str) {
         let answer = http(self.addr, "POST", &format!("/fake/{fault}?device={device}"));
@@ -523,16 +543,7 @@ impl Controller {
 
     /// SIGTERM, and wait for the process to end.
     pub fn stop(&self) {
-        self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut child = self.child.lock().unwrap();
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("controller {} did not stop within 20 s of SIGTERM", self.identity);
+        terminate(&self.child, &format!("controller {}", self.identity));
     }
 }
 
