@@ -290,7 +290,8 @@ const AGENT_EXPECTATIONS: &[Expectation] = &[
     ("patch", "devheal.io", "nodedevicehealths/status", true),
     ("update", "devheal.io", "nodedevicehealths/status", true),
     ("create", "events.k8s.io", "events", true),
-    ("create", "", "events", true),
+    // Core-group events: nothing writes them.
+    ("create", "", "events", false),
     // Acting is the controller's.
     ("create", "", "pods/eviction", false),
     ("delete", "", "pods", false),
@@ -330,6 +331,7 @@ const CONTROLLER_EXPECTATIONS: &[Expectation] = &[
     ("patch", "devheal.io", "failurepolicies/status", true),
     ("update", "devheal.io", "failurepolicies/status", true),
     ("create", "events.k8s.io", "events", true),
+    ("create", "", "events", false),
     ("list", "resource.k8s.io", "resourceslices", true),
     ("get", "resource.k8s.io", "deviceclasses", true),
     ("create", "resource.k8s.io", "devicetaintrules", true),
@@ -378,8 +380,6 @@ const AGENT_GRANTS: &[&str] = &[
     "cluster: update devheal.io/nodedevicehealths/status",
     "cluster: create events.k8s.io/events",
     "cluster: patch events.k8s.io/events",
-    "cluster: create core/events",
-    "cluster: patch core/events",
 ];
 
 const CONTROLLER_GRANTS: &[&str] = &[
@@ -404,8 +404,6 @@ const CONTROLLER_GRANTS: &[&str] = &[
     "cluster: patch devheal.io/failurepolicies/status",
     "cluster: create events.k8s.io/events",
     "cluster: patch events.k8s.io/events",
-    "cluster: create core/events",
-    "cluster: patch core/events",
     "cluster: get resource.k8s.io/deviceclasses",
     "cluster: list resource.k8s.io/deviceclasses",
     "cluster: watch resource.k8s.io/deviceclasses",
