@@ -45,7 +45,9 @@ use crate::publish::{
     DeviceTransition, Publication, PublishConfig, Publisher, devices_condition, run_publisher, wall_now,
 };
 use crate::scrape::{ScrapeConfig, ScrapeEvent, ScrapeTarget, run_scraper};
-use crate::snapshot::{InventoryDevice, SnapshotInput, node_device_health};
+use crate::snapshot::{
+    InventoryDevice, SnapshotInput, keep_within_schema, node_device_health, within_schema,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -808,6 +810,10 @@ impl LoopState {
         if let Some(status) = object.status.as_mut() {
             status.workloads = self.progress.workloads();
             within_schema(status);
+            for v in keep_within_schema(status) {
+                tracing::warn!(field = %v.path, problem = %v.problem,
+                    "dropped from the report: the API server would refuse the whole write for it");
+            }
         }
         let Some(status) = object.status.as_ref() else { return };
 
@@ -895,50 +901,6 @@ fn source_word(source: HealthSource) -> &'static str {
         HealthSource::Progress => "progress",
         HealthSource::Operator => "agent",
     }
-}
-
-/// The CRD's bounds (the API server refuses an object beyond them): at most 256 devices, 32
-/// reasons (worst first, so the worst are kept) and 64 pods per device, 64 sources, 1,024
-/// characters per message, 128 per model.
-fn within_schema(status: &mut NodeDeviceHealthStatus) {
-    status.devices.truncate(256);
-    for d in &mut status.devices {
-        d.reasons.truncate(32);
-        d.pods.truncate(64);
-        for r in &mut d.reasons {
-            truncate_chars(&mut r.message, 1024);
-        }
-        if let Some(model) = d.model.as_mut() {
-            truncate_chars(model, 128);
-        }
-    }
-    status.sources.truncate(64);
-    for s in &mut status.sources {
-        if let Some(message) = s.message.as_mut() {
-            truncate_chars(message, 1024);
-        }
-    }
-    status.workloads.truncate(256);
-    for w in &mut status.workloads {
-        truncate_chars(&mut w.namespace, 63);
-        truncate_chars(&mut w.name, 253);
-        w.windows.truncate(10);
-        for finding in [w.hang.as_mut(), w.baseline_shift.as_mut()].into_iter().flatten() {
-            truncate_chars(&mut finding.message, 1024);
-        }
-        if let Some(error) = w.error.as_mut() {
-            truncate_chars(error, 1024);
-        }
-    }
-}
-
-/// Cut `text` to at most `max` characters, ending in "..." when cut.
-fn truncate_chars(text: &mut String, max: usize) {
-    if text.chars().count() <= max {
-        return;
-    }
-    let keep: String = text.chars().take(max.saturating_sub(3)).collect();
-    *text = keep + "...";
 }
 
 /// The status without what changes on every write (heartbeat, a reason's count and last

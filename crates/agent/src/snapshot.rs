@@ -95,6 +95,71 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
     object
 }
 
+/// The CRD's bounds (the API server refuses an object beyond them): at most 256 devices, 32
+/// reasons (worst first, so the worst are kept) and 64 pods per device, 64 sources, 1,024
+/// characters per message, 128 per model.
+pub fn within_schema(status: &mut NodeDeviceHealthStatus) {
+    status.devices.truncate(256);
+    for d in &mut status.devices {
+        d.reasons.truncate(32);
+        d.pods.truncate(64);
+        for r in &mut d.reasons {
+            truncate_chars(&mut r.message, 1024);
+        }
+        if let Some(model) = d.model.as_mut() {
+            truncate_chars(model, 128);
+        }
+    }
+    status.sources.truncate(64);
+    for s in &mut status.sources {
+        if let Some(message) = s.message.as_mut() {
+            truncate_chars(message, 1024);
+        }
+    }
+    status.workloads.truncate(256);
+    for w in &mut status.workloads {
+        truncate_chars(&mut w.namespace, 63);
+        truncate_chars(&mut w.name, 253);
+        w.windows.truncate(10);
+        for finding in [w.hang.as_mut(), w.baseline_shift.as_mut()].into_iter().flatten() {
+            truncate_chars(&mut finding.message, 1024);
+        }
+        if let Some(error) = w.error.as_mut() {
+            truncate_chars(error, 1024);
+        }
+    }
+}
+
+/// Cut `text` to at most `max` characters, ending in "..." when cut.
+fn truncate_chars(text: &mut String, max: usize) {
+    if text.chars().count() <= max {
+        return;
+    }
+    let keep: String = text.chars().take(max.saturating_sub(3)).collect();
+    *text = keep + "...";
+}
+
+/// What [`within_schema`] could not bound (a value no clamp fixes: an id longer than the
+/// schema allows, a PCI address of another shape): checked against the CRD's own schema, the
+/// smallest part that breaks it (the device, reason or workload it is in) is removed, and
+/// returned for the log. The rest is published: one bad value never freezes a node's report.
+pub fn keep_within_schema(status: &mut NodeDeviceHealthStatus) -> Vec<devheal_k8s::schema::Violation> {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let schema = SCHEMA.get_or_init(devheal_k8s::schema::node_device_health_status_schema);
+    let Ok(mut value) = serde_json::to_value(&*status) else { return Vec::new() };
+    if devheal_k8s::schema::violations(schema, &value, "status").is_empty() {
+        return Vec::new();
+    }
+    let removed = devheal_k8s::schema::drop_violations(schema, &mut value, "status");
+    match serde_json::from_value(value) {
+        Ok(fixed) => *status = fixed,
+        Err(e) => {
+            tracing::warn!(error = %e, "the report could not be rebuilt after dropping what breaks its schema")
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

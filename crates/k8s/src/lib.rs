@@ -20,6 +20,7 @@ pub mod lease;
 pub mod node;
 pub mod node_health;
 pub mod pod;
+pub mod schema;
 mod wire;
 
 pub use actuator::{ActuatorConfig, ActuatorError, DeviceTaintRuleSupport, KubeActuator, StatusWriteError};
