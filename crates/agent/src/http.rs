@@ -26,14 +26,16 @@
 //!
 //! Answers (JSON): 202 `{"accepted":N,"rejected":[{"index":i,"error":"..."}]}` (a step that ended
 //! in a window already closed, or in the future, is rejected, the others kept); 400
-//! `{"error":"..."}` naming the field (and step index) for a malformed body; 404 when the pod holds
-//! no device on this node; 413 for a body over 1 MiB; 503 when the agent cannot take it now.
+//! `{"error":"..."}` naming the field (and step index) for a malformed body; 403 when the
+//! request does not come from the pod's own IP ([`ProgressAuth`]; the same answer whether or not
+//! the pod exists); 404 when the pod holds no device on this node; 413 for a body over 1 MiB; 503
+//! when the agent cannot take it now.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -50,12 +52,39 @@ use crate::publish::wall_now;
 /// The event loop turns at least once a second; this much silence means it is stuck.
 const LOOP_STALE_SECS: i64 = 30;
 
+/// Who may report a pod's progress (`POST /v1/progress`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgressAuth {
+    /// Only the pod itself: the request must come from the pod's own IP, as the agent's watch
+    /// of its node's pods knows it. A host-network pod shares the node's IP, so its address
+    /// proves nothing and its reports are refused (it can be scraped instead).
+    #[default]
+    PeerIp,
+    /// Anyone who reaches the port (for local trials only; the agent warns at start).
+    None,
+}
+
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<AgentMetrics>,
     pub fake: Option<FakeControl>,
     /// Where `POST /v1/progress` hands reports (the event loop); `None`: 503.
     pub progress: Option<ProgressControl>,
+    /// Who may report progress.
+    pub auth: ProgressAuth,
+    /// The node's pods and their IPs (from the pod watch), for [`ProgressAuth::PeerIp`];
+    /// without it every report is refused.
+    pub pod_addresses: Option<tokio::sync::watch::Receiver<crate::scrape::PodAddresses>>,
+}
+
+/// Whether a report about `pod` from `peer` may be taken.
+fn authorized(state: &HttpState, pod: &PodRef, peer: std::net::IpAddr) -> bool {
+    match state.auth {
+        ProgressAuth::None => true,
+        ProgressAuth::PeerIp => state.pod_addresses.as_ref().is_some_and(|addresses| {
+            addresses.borrow().get(pod).is_some_and(|a| !a.host_network && a.ip == Some(peer))
+        }),
+    }
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -184,7 +213,11 @@ fn json_response(code: StatusCode, body: Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
 }
 
-async fn progress(State(state): State<HttpState>, body: Bytes) -> Response {
+async fn progress(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    body: Bytes,
+) -> Response {
     let answer = |code: StatusCode, body: Value| {
         state.metrics.progress_report(code.as_u16());
         json_response(code, body)
@@ -193,6 +226,13 @@ async fn progress(State(state): State<HttpState>, body: Bytes) -> Response {
         Ok(post) => post,
         Err(message) => return answer(StatusCode::BAD_REQUEST, json!({ "error": message })),
     };
+    // Before anything that depends on the pod: the answer must not say whether it exists.
+    if !authorized(&state, &post.pod, peer.ip()) {
+        return answer(
+            StatusCode::FORBIDDEN,
+            json!({ "error": "forbidden: a pod may report only its own progress, from its own pod IP" }),
+        );
+    }
     let Some(control) = state.progress.as_ref() else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "progress reports are not taken" }));
     };

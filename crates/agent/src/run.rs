@@ -98,6 +98,11 @@ pub struct AgentConfig {
     pub scrape_targets: Option<watch::Receiver<Vec<ScrapeTarget>>>,
     /// How long one scrape may take.
     pub scrape_timeout: StdDuration,
+    /// Who may post progress reports ([`crate::http::ProgressAuth`]; the pod itself by default).
+    pub progress_auth: crate::http::ProgressAuth,
+    /// The node's pods and their IPs, from the pod watch ([`crate::scrape::watch_node_pods`]),
+    /// for [`crate::http::ProgressAuth::PeerIp`].
+    pub pod_addresses: Option<watch::Receiver<crate::scrape::PodAddresses>>,
 }
 
 impl AgentConfig {
@@ -118,6 +123,8 @@ impl AgentConfig {
             progress: ProgressConfig::default(),
             scrape_targets: None,
             scrape_timeout: StdDuration::from_secs(5),
+            progress_auth: crate::http::ProgressAuth::PeerIp,
+            pod_addresses: None,
         }
     }
 }
@@ -238,14 +245,17 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
             metrics: Arc::clone(&metrics),
             fake: fake.clone(),
             progress: Some(ProgressControl::new(progress_tx.clone())),
+            auth: config.progress_auth,
+            pod_addresses: config.pod_addresses.clone(),
         });
         let mut stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+            let served =
+                axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
             if let Err(e) = served {
                 tracing::warn!(error = %e, "the metrics endpoint stopped");
             }

@@ -126,9 +126,39 @@ pub fn target_of(pod: &Pod) -> Option<ScrapeTarget> {
     Some(ScrapeTarget { pod: pod_ref, uid: pod.metadata.uid.clone(), url, metric })
 }
 
+/// Where a pod on this node is, for telling its own progress reports from forged ones
+/// (`POST /v1/progress` is accepted only from the pod's IP; see [`crate::http::ProgressAuth`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodAddress {
+    pub ip: Option<IpAddr>,
+    /// A host-network pod shares the node's IP: its address proves nothing.
+    pub host_network: bool,
+}
+
+/// Every pod on the node, by namespace and name.
+pub type PodAddresses = BTreeMap<PodRef, PodAddress>;
+
+fn address_of(pod: &Pod) -> PodAddress {
+    PodAddress {
+        ip: pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()),
+        host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
+    }
+}
+
 /// Follow the Pods on `node` and keep `targets` at those that name a progress metric. Runs
 /// until `targets` has no receiver; watch errors are retried with the watcher's back-off.
 pub async fn watch_pods(client: kube::Client, node: String, targets: watch::Sender<Vec<ScrapeTarget>>) {
+    watch_node_pods(client, node, targets, None).await
+}
+
+/// [`watch_pods`], also keeping `addresses` at every pod of the node (for progress reports'
+/// authentication).
+pub async fn watch_node_pods(
+    client: kube::Client,
+    node: String,
+    targets: watch::Sender<Vec<ScrapeTarget>>,
+    addresses: Option<watch::Sender<PodAddresses>>,
+) {
     use kube::runtime::WatchStreamExt;
     use kube::runtime::watcher::{self, Event};
     let api: kube::Api<Pod> = kube::Api::all(client);
@@ -136,6 +166,8 @@ pub async fn watch_pods(client: kube::Client, node: String, targets: watch::Send
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut current: BTreeMap<PodRef, ScrapeTarget> = BTreeMap::new();
     let mut listing: Option<BTreeMap<PodRef, ScrapeTarget>> = None;
+    let mut known: PodAddresses = PodAddresses::new();
+    let mut listing_known: Option<PodAddresses> = None;
     let mut failing = false;
     loop {
         let event = tokio::select! {
@@ -149,6 +181,35 @@ pub async fn watch_pods(client: kube::Client, node: String, targets: watch::Send
                 p.metadata.name.as_deref().unwrap_or(""),
             )
         };
+        match &event {
+            Ok(Event::Apply(pod)) => {
+                known.insert(key(pod), address_of(pod));
+            }
+            Ok(Event::Delete(pod)) => {
+                known.remove(&key(pod));
+            }
+            Ok(Event::Init) => listing_known = Some(PodAddresses::new()),
+            Ok(Event::InitApply(pod)) => {
+                if let Some(list) = listing_known.as_mut() {
+                    list.insert(key(pod), address_of(pod));
+                }
+            }
+            Ok(Event::InitDone) => {
+                if let Some(list) = listing_known.take() {
+                    known = list;
+                }
+            }
+            Err(_) => {}
+        }
+        if let Some(tx) = &addresses {
+            tx.send_if_modified(|a| {
+                if *a == known {
+                    return false;
+                }
+                a.clone_from(&known);
+                true
+            });
+        }
         match event {
             Ok(Event::Apply(pod)) => match target_of(&pod) {
                 Some(t) => {

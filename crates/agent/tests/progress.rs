@@ -20,7 +20,7 @@ use axum::routing::get;
 use common::{ChannelPublisher, http, http_with_body, pod_resources, test_config};
 use devheal_agent::progress::PodRef;
 use devheal_agent::run::{AgentConfig, AgentHandle, start};
-use devheal_agent::scrape::{ScrapeTarget, ScrapeUrl};
+use devheal_agent::scrape::{PodAddress, PodAddresses, ScrapeTarget, ScrapeUrl};
 use devheal_k8s::crd::{NodeDeviceHealth, NodeDeviceHealthStatus, ProgressReporter, WorkloadProgress};
 use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
 use devheal_kubelet::api::podresources_v1 as pr;
@@ -38,6 +38,8 @@ struct Node {
     config: AgentConfig,
     _kubelet: ServerHandle,
     _plugin: ServerHandle,
+    /// The pod watch's view of the node's pods and their IPs (progress reports' authentication).
+    _addresses: tokio::sync::watch::Sender<PodAddresses>,
 }
 
 /// A kubelet binding `ml/trainer-3` to `fake-0`, a plugin serving it, and a config for a fast
@@ -66,7 +68,17 @@ fn node() -> Node {
     }]);
     let kubelet = serve(&config.paths.pod_resources_socket, PodResourcesServer { state }.router())
         .expect("serve kubelet");
-    Node { _dir: dir, config, _kubelet: kubelet, _plugin: plugin }
+    // As the pod watch would see them: trainer-3 and a pod without devices at 127.0.0.1 (where
+    // the test posts from), another pod elsewhere, and a host-network pod (the node's IP).
+    let address = |ip: &str, host_network: bool| PodAddress { ip: ip.parse().ok(), host_network };
+    let (addresses, addresses_rx) = tokio::sync::watch::channel(PodAddresses::from([
+        (PodRef::new("ml", "trainer-3"), address("127.0.0.1", false)),
+        (PodRef::new("ml", "no-device"), address("127.0.0.1", false)),
+        (PodRef::new("ml", "other-pod"), address("10.0.0.5", false)),
+        (PodRef::new("ml", "host-net"), address("127.0.0.1", true)),
+    ]));
+    config.pod_addresses = Some(addresses_rx);
+    Node { _dir: dir, config, _kubelet: kubelet, _plugin: plugin, _addresses: addresses }
 }
 
 /// Wait for a published status whose `ml/trainer-3` workload satisfies `ok`; also checks every
@@ -145,9 +157,21 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
     assert!(w.hang.is_none() && w.error.is_none(), "{w:?}");
 
     // Not a pod holding a device here; malformed bodies.
-    let (code, answer) = post_async(addr, r#"{"namespace":"ml","pod":"elsewhere","steps":[]}"#.into()).await;
+    let (code, answer) = post_async(addr, r#"{"namespace":"ml","pod":"no-device","steps":[]}"#.into()).await;
     assert_eq!(code, 404, "{answer}");
-    assert!(answer.contains("ml/elsewhere holds no device on this node"), "{answer}");
+    assert!(answer.contains("ml/no-device holds no device on this node"), "{answer}");
+    // Only the pod itself may report: a post about another pod (from an address that is not
+    // its IP), about a host-network pod (whose address proves nothing), or about a pod the node
+    // does not have is refused alike, without saying whether the pod exists.
+    let mut refusals = Vec::new();
+    for pod in ["other-pod", "host-net", "never-existed"] {
+        let (code, answer) =
+            post_async(addr, format!(r#"{{"namespace":"ml","pod":"{pod}","steps":[{{"seconds":1}}]}}"#))
+                .await;
+        refusals.push((code, answer));
+    }
+    assert!(refusals.iter().all(|(code, _)| *code == 403), "{refusals:?}");
+    assert!(refusals.windows(2).all(|w| w[0].1 == w[1].1), "the same answer for each: {refusals:?}");
     let (code, answer) = post_async(addr, "{garbage".into()).await;
     assert_eq!(code, 400);
     assert!(answer.contains("the body is not JSON"), "{answer}");
@@ -185,6 +209,7 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
     for line in [
         "devheal_agent_progress_reports_total{code=\"202\"} 2",
         "devheal_agent_progress_reports_total{code=\"404\"} 1",
+        "devheal_agent_progress_reports_total{code=\"403\"} 3",
         "devheal_agent_progress_reports_total{code=\"400\"} 2",
         "devheal_agent_progress_steps_total{result=\"accepted\"} 4",
         "devheal_agent_progress_pods 1",

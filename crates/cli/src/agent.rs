@@ -94,9 +94,19 @@ pub struct AgentArgs {
     /// to this.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     max_pause: Duration,
+    /// Who may post progress reports: `peer-ip` (only the pod itself, from its own pod IP) or
+    /// `none` (anyone who reaches the port; local trials only, needed with --no-kube).
+    #[arg(long, value_enum, default_value_t = ProgressAuthArg::PeerIp)]
+    progress_auth: ProgressAuthArg,
     /// How often pods that name a progress metric are scraped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     scrape_every: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressAuthArg {
+    PeerIp,
+    None,
 }
 
 /// `90s`, `2m`, `1m30s`, `1h`, `500ms`, or a plain number of seconds.
@@ -178,6 +188,27 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.progress.max_pause = core_duration(args.max_pause);
     config.progress.scrape_every = core_duration(args.scrape_every);
     config.progress.validate()?;
+    config.progress_auth = match args.progress_auth {
+        ProgressAuthArg::PeerIp => {
+            if args.no_kube {
+                eprintln!(
+                    "devheal agent: progress reports will be refused (403): --progress-auth peer-ip needs the watch \
+                     of this node's pods, which --no-kube turns off; pass --progress-auth none for a local trial"
+                );
+            }
+            devheal_agent::http::ProgressAuth::PeerIp
+        }
+        ProgressAuthArg::None => {
+            tracing::warn!(
+                "--progress-auth none: any client that reaches the progress port can report for any pod on this \
+                 node (forged hangs and slow steps); for local trials only"
+            );
+            eprintln!(
+                "devheal agent: --progress-auth none: progress reports are not authenticated (local trials only)"
+            );
+            devheal_agent::http::ProgressAuth::None
+        }
+    };
 
     // Two worker threads: the loop and the publisher never wait on each other.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -188,11 +219,19 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let client =
                 crate::kube_env::client(args.kubeconfig.as_deref(), true, "use --kubeconfig or --no-kube")
                     .await?;
-            // The pods on this node and their progress annotations, for the scraper.
+            // The pods on this node: their progress annotations, for the scraper, and their IPs,
+            // for telling a pod's own progress reports from anyone else's.
             let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
-            tokio::spawn(devheal_agent::scrape::watch_pods(client.clone(), config.node.clone(), targets_tx));
+            let (addresses_tx, addresses_rx) = tokio::sync::watch::channel(Default::default());
+            tokio::spawn(devheal_agent::scrape::watch_node_pods(
+                client.clone(),
+                config.node.clone(),
+                targets_tx,
+                Some(addresses_tx),
+            ));
             let mut config = config;
             config.scrape_targets = Some(targets_rx);
+            config.pod_addresses = Some(addresses_rx);
             run_until_signal(config, KubePublisher::new(client)).await
         }
     })

@@ -81,6 +81,18 @@ async fn deploy_applies_as_rendered_and_its_cel_compiles() {
             }
         }
     }
+    // The examples apply too (server-side dry run): they are not rendered by kustomize.
+    for example in std::fs::read_dir(root.join("deploy/examples")).expect("deploy/examples") {
+        let path = example.expect("an example").path();
+        let out =
+            kubectl_output(scope.env, &["apply", "--dry-run=server", "-f", &path.to_string_lossy()], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("Warning"),
+            "{} is refused: {stderr}",
+            path.display()
+        );
+    }
     let policy = eventually("the admission policy's type checking", Duration::from_secs(30), || {
         let env = scope.env;
         async move {

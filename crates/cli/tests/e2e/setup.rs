@@ -133,9 +133,19 @@ pub fn free_addr() -> Result<SocketAddr> {
 /// A plain HTTP/1.0 request with no body to a devheal process's metrics port on loopback: the
 /// status code and body, or `None` when it does not answer.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_body(addr, method, path, "")
+}
+
+/// [`http`] with a JSON body.
+pub fn http_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;

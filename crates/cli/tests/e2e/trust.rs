@@ -1,11 +1,16 @@
-//! Node-scoped trust on the real API server: a node's agent, with its own credentials (a token
-//! bound to its DaemonSet pod), can write its own NodeDeviceHealth, but what it says there about
-//! a pod on another node is ignored by the controller, counted and reported in an Event.
+//! Trust on the real API server:
+//! - a node's agent, with its own credentials (a token bound to its DaemonSet pod), can write its
+//!   own NodeDeviceHealth, but what it says there about a pod on another node is ignored by the
+//!   controller, counted and reported in an Event;
+//! - the agent takes a pod's progress report only from that pod's own IP, as its watch of the
+//!   node's pods in the API server says.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+
+use crate::setup::http_body;
 use serde_json::json;
 
 use crate::harness::*;
@@ -83,4 +88,42 @@ async fn a_node_cannot_speak_for_another_nodes_pod() {
     for action in ["mark_pod", "evict_pod", "restart_gang"] {
         assert_eq!(controller.actions(action, "done"), 0.0, "{action} on the word of another node");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn only_a_pod_itself_may_report_its_progress() {
+    let scope = Scope::new("progress-auth").await;
+    let node = scope.add_node("n1", 2).await;
+    let kubelet = scope.kubelet(&node, 2).await;
+    let agent = scope.agent(&node, &kubelet, None).await;
+    // Two pods on GPUs; the fake kubelet gives each the IP 127.0.0.1, where the test posts from.
+    for name in ["trainer", "neighbour"] {
+        let device = scope.start_pod(&kubelet, &pod_object(&scope, name, &node, 1, json!({}))).await;
+        scope.await_published(&node, &device, name).await;
+    }
+    // The neighbour's real address is elsewhere: reports naming it from here are forged.
+    scope
+        .pods()
+        .patch_status(
+            "neighbour",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"podIP": "10.0.0.9"}})),
+        )
+        .await
+        .expect("move the neighbour");
+    let post = |pod: &str| {
+        let body = format!(r#"{{"namespace":"{}","pod":"{pod}","steps":[{{"seconds":1.0}}]}}"#, scope.ns);
+        http_body(agent.addr, "POST", "/v1/progress", &body)
+    };
+    let forged = eventually("a report naming the neighbour is refused", Duration::from_secs(20), || {
+        let answer = post("neighbour");
+        async move { answer.filter(|(code, _)| *code == 403) }
+    })
+    .await;
+    assert!(forged.1.contains("forbidden"), "{forged:?}");
+    let (code, _) = post("never-existed").expect("an answer");
+    assert_eq!(code, 403, "an unknown pod is refused alike");
+    let (code, answer) = post("trainer").expect("an answer");
+    assert_eq!(code, 202, "the pod's own report, from its own IP: {answer}");
 }
