@@ -34,4 +34,5 @@ pub mod publish;
 pub mod restore;
 pub mod run;
 pub mod scrape;
+pub mod serve;
 pub mod snapshot;

@@ -98,6 +98,8 @@ pub struct AgentConfig {
     pub scrape_targets: Option<watch::Receiver<Vec<ScrapeTarget>>>,
     /// How long one scrape may take.
     pub scrape_timeout: StdDuration,
+    /// Bounds of the HTTP server (connections, header and connection timeouts).
+    pub http_limits: crate::serve::ServeLimits,
     /// Who may post progress reports ([`crate::http::ProgressAuth`]; the pod itself by default).
     pub progress_auth: crate::http::ProgressAuth,
     /// The node's pods and their IPs, from the pod watch ([`crate::scrape::watch_node_pods`]),
@@ -123,6 +125,7 @@ impl AgentConfig {
             progress: ProgressConfig::default(),
             scrape_targets: None,
             scrape_timeout: StdDuration::from_secs(5),
+            http_limits: crate::serve::ServeLimits::default(),
             progress_auth: crate::http::ProgressAuth::PeerIp,
             pod_addresses: None,
         }
@@ -248,18 +251,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
             auth: config.progress_auth,
             pod_addresses: config.pod_addresses.clone(),
         });
-        let mut stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let served =
-                axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "the metrics endpoint stopped");
-            }
-        }));
+        tasks.push(tokio::spawn(crate::serve::serve(listener, app, config.http_limits, shutdown.clone())));
     }
 
     // Kernel log.
