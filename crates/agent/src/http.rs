@@ -44,6 +44,8 @@ use devheal_core::Time;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use devheal_k8s::schema::kind;
+
 use crate::fake::{FakeControl, FakeError, FakeFault};
 use crate::metrics::AgentMetrics;
 use crate::progress::{PodRef, ReportOutcome, StepReport};
@@ -330,17 +332,6 @@ fn name_field(fields: &Map<String, Value>, name: &str, max: usize) -> Result<Str
         Some(Value::String(s)) => Err(format!("{name} must be 1 to {max} characters, not {} long", s.len())),
         None => Err(format!("{name} is missing")),
         Some(other) => Err(format!("{name} must be a string, not {}", kind(other))),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -147,10 +147,10 @@ pub fn keep_within_schema(status: &mut NodeDeviceHealthStatus) -> Vec<devheal_k8
     static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
     let schema = SCHEMA.get_or_init(devheal_k8s::schema::node_device_health_status_schema);
     let Ok(mut value) = serde_json::to_value(&*status) else { return Vec::new() };
-    if devheal_k8s::schema::violations(schema, &value, "status").is_empty() {
-        return Vec::new();
-    }
     let removed = devheal_k8s::schema::drop_violations(schema, &mut value, "status");
+    if removed.is_empty() {
+        return removed;
+    }
     match serde_json::from_value(value) {
         Ok(fixed) => *status = fixed,
         Err(e) => {

@@ -163,7 +163,8 @@ fn bounds(schema: &Value, value: &Value, bad: &mut impl FnMut(String)) {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, for messages: "a string", "an array", …
+pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

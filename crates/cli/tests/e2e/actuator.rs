@@ -60,12 +60,14 @@ fn planned(action: Action) -> PlannedAction {
 /// test removes it), with `labels`, in `phase` ("Pending" leaves the status as created).
 async fn pod(scope: &Scope, name: &str, node: &str, labels: Value, phase: &str) -> Pod {
     let object = pod_object(scope, name, node, 0, labels);
-    let created = scope.pods().create(&PostParams::default(), &object).await.expect("create a pod");
     let status = match phase {
-        "Pending" => return created,
-        "Running" => running(&created),
+        "Running" => return scope.create_running(&object).await,
+        "Pending" => {
+            return scope.pods().create(&PostParams::default(), &object).await.expect("create a pod");
+        }
         other => json!({"status": {"phase": other}}),
     };
+    scope.pods().create(&PostParams::default(), &object).await.expect("create a pod");
     scope
         .pods()
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
@@ -93,18 +95,6 @@ fn deleting(p: &Option<Pod>) -> bool {
 fn pod_condition(p: &Pod, type_: &str) -> Option<(String, String, String)> {
     let c = p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
-}
-
-/// The `events.k8s.io` Events in `ns` with `reason`, as JSON.
-async fn events(client: &Client, ns: &str, reason: &str) -> Vec<Value> {
-    let gvk = GroupVersionKind::gvk("events.k8s.io", "v1", "Event");
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk));
-    let list = api.list(&ListParams::default()).await.expect("list Events");
-    list.items
-        .into_iter()
-        .map(|e| serde_json::to_value(e).unwrap_or_default())
-        .filter(|e| e["reason"] == reason)
-        .collect()
 }
 
 /// Remove this test's pods at once (they are bound to a node no kubelet runs).

@@ -86,19 +86,13 @@ async fn a_fake_device_failure_reaches_the_controllers_actions() {
     assert_eq!((healthy.status.as_str(), healthy.reason.as_deref()), ("False", Some("DevicesUnhealthy")));
     assert!(healthy.message.as_deref().unwrap_or("").contains(&device), "{healthy:?}");
     assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "the kubelet's Ready stays");
-    let gvk = kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event");
-    let events: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(scope.client.clone(), "default", &kube::api::ApiResource::from_gvk(&gvk));
     let found = eventually("the agent's DeviceUnhealthy Event on the node", Duration::from_secs(20), || {
-        let events = events.clone();
-        let node = node.clone();
+        let (client, node) = (scope.client.clone(), node.clone());
         async move {
-            let list = events.list(&Default::default()).await.ok()?;
-            list.items.into_iter().map(|e| serde_json::to_value(e).unwrap_or_default()).find(|e| {
-                e["reason"] == "DeviceUnhealthy"
-                    && e["regarding"]["kind"] == "Node"
-                    && e["regarding"]["name"] == node
-            })
+            events(&client, "default", "DeviceUnhealthy")
+                .await
+                .into_iter()
+                .find(|e| e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == node)
         }
     })
     .await;
@@ -186,7 +180,7 @@ async fn a_kernel_xid_in_dev_kmsg_reaches_the_controllers_actions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real control plane: scripts/e2e.sh"]
 async fn the_agents_pod_watch_finds_progress_targets_on_its_node() {
-    use kube::api::{Patch, PatchParams, PostParams};
+    use kube::api::{Patch, PatchParams};
 
     let scope = Scope::new("scrape").await;
     let node = scope.add_node("n1", 0).await;
@@ -202,12 +196,7 @@ async fn the_agents_pod_watch_finds_progress_targets_on_its_node() {
         if annotated {
             pod.metadata.annotations = serde_json::from_value(annotations.clone()).expect("annotations");
         }
-        let created = scope.pods().create(&PostParams::default(), &pod).await.expect("create a pod");
-        scope
-            .pods()
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&running(&created)))
-            .await
-            .expect("the pod runs");
+        scope.create_running(&pod).await;
     }
     let (tx, mut targets) = tokio::sync::watch::channel(Vec::new());
     let watcher = tokio::spawn(devheal_agent::scrape::watch_pods(client, node.clone(), tx));

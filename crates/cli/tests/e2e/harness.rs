@@ -201,6 +201,17 @@ impl Scope {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    /// Creates `pod` and sets its status Running, as a kubelet would (for pods on nodes no fake
+    /// kubelet runs, or before one gets to them).
+    pub async fn create_running(&self, pod: &Pod) -> Pod {
+        let name = pod.metadata.name.clone().expect("a pod name");
+        let created = self.pods().create(&PostParams::default(), pod).await.expect("create a pod");
+        self.pods()
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&running(&created)))
+            .await
+            .expect("the pod runs")
+    }
+
     /// Creates a Ready, schedulable Node with `gpus` fake GPUs (and room for everything else),
     /// as a kubelet would register it.
     pub async fn add_node(&self, suffix: &str, gpus: usize) -> String {
@@ -801,6 +812,19 @@ pub fn pod_object(scope: &Scope, name: &str, node: &str, gpus: usize, labels: Va
         },
     }))
     .expect("a pod")
+}
+
+/// The `events.k8s.io` Events in `ns` with `reason`, as JSON (none if they cannot be listed).
+pub async fn events(client: &Client, ns: &str, reason: &str) -> Vec<Value> {
+    let gvk = kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event");
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &kube::api::ApiResource::from_gvk(&gvk));
+    let Ok(list) = api.list(&ListParams::default()).await else { return Vec::new() };
+    list.items
+        .into_iter()
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .filter(|e| e["reason"] == reason)
+        .collect()
 }
 
 /// The pod's condition `type`'s status, if it has one.

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 
 use crate::setup::http_body;
 use serde_json::json;
@@ -24,13 +24,7 @@ async fn a_node_cannot_speak_for_another_nodes_pod() {
     let _kubelet = scope.kubelet(&a, 1).await;
     let controller = scope.controller("c1", &[]).await;
     // The victim: a pod on node b (no devices of its own in its status).
-    let victim = pod_object(&scope, "victim", &b, 0, json!({}));
-    let created = scope.pods().create(&PostParams::default(), &victim).await.expect("create the victim");
-    scope
-        .pods()
-        .patch_status("victim", &PatchParams::default(), &Patch::Merge(&running(&created)))
-        .await
-        .expect("the victim runs");
+    let created = scope.create_running(&pod_object(&scope, "victim", &b, 0, json!({}))).await;
 
     // Node a's agent credentials write a's NodeDeviceHealth, binding the victim to a's device
     // and reporting that device Unhealthy.
@@ -59,20 +53,13 @@ async fn a_node_cannot_speak_for_another_nodes_pod() {
         async move { (n >= 1.0).then_some(()) }
     })
     .await;
-    let events: Api<DynamicObject> = Api::namespaced_with(
-        scope.client.clone(),
-        "default",
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
-    );
     let victim_key = format!("{}/victim", scope.ns);
     eventually("a DevhealForeignClaim Event names the pod and both nodes", Duration::from_secs(30), || {
-        let (events, victim_key, a, b) = (events.clone(), victim_key.clone(), a.clone(), b.clone());
+        let (client, victim_key, a, b) = (scope.client.clone(), victim_key.clone(), a.clone(), b.clone());
         async move {
-            let list = events.list(&Default::default()).await.ok()?;
-            list.items.into_iter().map(|e| serde_json::to_value(e).unwrap_or_default()).find(|e| {
+            events(&client, "default", "DevhealReport").await.into_iter().find(|e| {
                 let note = e["note"].as_str().unwrap_or("");
-                e["reason"] == "DevhealReport"
-                    && note.contains("DevhealForeignClaim")
+                note.contains("DevhealForeignClaim")
                     && note.contains(&victim_key)
                     && note.contains(&format!("NodeDeviceHealth {a} "))
                     && note.contains(&format!("(on node {b})"))
