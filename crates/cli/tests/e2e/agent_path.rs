@@ -87,12 +87,14 @@ async fn a_fake_device_failure_reaches_the_controllers_actions() {
     assert!(healthy.message.as_deref().unwrap_or("").contains(&device), "{healthy:?}");
     assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "the kubelet's Ready stays");
     let found = eventually("the agent's DeviceUnhealthy Event on the node", Duration::from_secs(20), || {
-        let (client, node) = (scope.client.clone(), node.clone());
+        // By uid too: a node of the same name from an earlier run may have left Events.
+        let (client, node, uid) = (scope.client.clone(), node.clone(), json!(n.metadata.uid));
         async move {
-            events(&client, "default", "DeviceUnhealthy")
-                .await
-                .into_iter()
-                .find(|e| e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == node)
+            events(&client, "default", "DeviceUnhealthy").await.into_iter().find(|e| {
+                e["regarding"]["kind"] == "Node"
+                    && e["regarding"]["name"] == node
+                    && e["regarding"]["uid"] == uid
+            })
         }
     })
     .await;
