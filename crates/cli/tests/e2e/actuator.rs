@@ -97,6 +97,32 @@ fn pod_condition(p: &Pod, type_: &str) -> Option<(String, String, String)> {
     Some((c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
 }
 
+/// A watch of pod `name` (listed before this returns) that ends `true` once an update shows the
+/// `foregroundDeletion` finalizer, `false` if the watch ends first.
+async fn watch_for_foreground_deletion(scope: &Scope, name: &str) -> tokio::task::JoinHandle<bool> {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher::watcher(scope.pods(), config).boxed();
+    let foreground = |p: &Pod| p.metadata.finalizers.iter().flatten().any(|f| f == "foregroundDeletion");
+    // Listed first, so no update after this returns is missed.
+    while let Some(event) = stream.next().await {
+        if matches!(event, Ok(Event::InitDone)) {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            if let Ok(Event::Apply(p) | Event::InitApply(p)) = event
+                && foreground(&p)
+            {
+                return true;
+            }
+        }
+        false
+    })
+}
+
 /// Remove this test's pods at once (they are bound to a node no kubelet runs).
 async fn force_delete_pods(scope: &Scope) {
     let dp = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
@@ -277,13 +303,14 @@ async fn gang_restarts_and_failed_workloads_on_the_real_server() {
     pod(&scope, "vllm-3-1", &node, lws("1"), "Running").await;
     let lws_restart =
         Action::RestartGang { gang: gang("lws", "vllm/3"), incident: "inc-7".into(), reason: "r".into() };
+    // The garbage collector lifts `foregroundDeletion` as soon as it sees no dependents, so the
+    // finalizer is looked for in every update a watch of the leader shows, not in one read.
+    let foreground = watch_for_foreground_deletion(&scope, "vllm-3").await;
     assert_eq!(a.execute(&planned(lws_restart)).await, ActionOutcome::Done);
     let leader = get(&scope, "vllm-3").await.expect("the leader (terminating)");
     assert!(leader.metadata.deletion_timestamp.is_some());
-    assert!(
-        leader.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "foregroundDeletion"),
-        "a foreground deletion"
-    );
+    let foreground = tokio::time::timeout(Duration::from_secs(10), foreground).await;
+    assert!(matches!(foreground, Ok(Ok(true))), "a foreground deletion");
     assert!(!deleting(&get(&scope, "vllm-3-1").await), "workers go with their leader, not one by one");
 
     // A PodGroup whose pods are all finished: nothing to restart.
