@@ -32,7 +32,7 @@ pub use straggler::{GangStragglerDetector, StragglerConfig};
 pub use trace::{
     CheckpointPause, InjectedHang, InjectedSlowdown, StepReport, Trace, TraceConfig, TraceLabels,
 };
-pub use window::{StepWindow, WindowAggregator};
+pub use window::{MAX_WINDOW_SAMPLES, StepWindow, WindowAggregator};
 
 /// What a finding says is wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

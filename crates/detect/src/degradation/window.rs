@@ -6,6 +6,15 @@
 //! across nodes), the agent summarises each closed window with [`WindowAggregator`] and ships the
 //! [`StepWindow`]; the detectors take it with their `observe_window` methods. Their step-by-step
 //! `observe` methods use the same summary, so both paths judge identical numbers.
+//!
+//! # Bounded
+//!
+//! An aggregator holds at most [`MAX_WINDOW_SAMPLES`] step times, whatever a reporter sends: up
+//! to that many steps in a window (one every 59 ms in a one-minute window; a training step takes
+//! far longer) the location is exact. Beyond it the aggregator keeps a uniform sample of the
+//! window's steps (reservoir sampling, Vitter's algorithm R, with a generator seeded by the window
+//! index, so a run is reproducible) and the location is that sample's interquartile mean; the
+//! count is still every step. A flood of steps costs time, never memory.
 
 use devheal_core::{Duration, Time};
 use serde::{Deserialize, Serialize};
@@ -37,12 +46,20 @@ impl StepWindow {
     }
 }
 
-/// Collects one subject's step times, window by window.
+/// The most step times an aggregator holds for its open window (8 KiB).
+pub const MAX_WINDOW_SAMPLES: usize = 1024;
+
+/// Collects one subject's step times, window by window, in bounded memory.
 #[derive(Clone, Debug)]
 pub struct WindowAggregator {
     window: Duration,
     open: Option<i64>,
+    /// At most [`MAX_WINDOW_SAMPLES`]: every step of the open window, or a uniform sample of them.
     samples: Vec<f64>,
+    /// Steps seen in the open window (all of them, kept or not).
+    seen: u64,
+    /// The reservoir's generator (splitmix64), seeded when a window opens.
+    rng: u64,
 }
 
 impl WindowAggregator {
@@ -52,6 +69,8 @@ impl WindowAggregator {
             window: Duration::from_nanos(window.as_nanos().max(1)),
             open: None,
             samples: Vec::new(),
+            seen: 0,
+            rng: 0,
         }
     }
 
@@ -91,9 +110,35 @@ impl WindowAggregator {
             Some(open) if index > open => self.close(),
             _ => None,
         };
-        self.open = Some(index);
-        self.samples.push(step.as_secs_f64());
+        if self.open.is_none() {
+            self.open = Some(index);
+            self.seen = 0;
+            self.rng = index as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        }
+        self.keep(step.as_secs_f64());
         Ok(closed)
+    }
+
+    /// Algorithm R: the n-th step (from 0) replaces a kept one with probability k/(n+1).
+    fn keep(&mut self, secs: f64) {
+        let n = self.seen;
+        self.seen = self.seen.saturating_add(1);
+        if self.samples.len() < MAX_WINDOW_SAMPLES {
+            self.samples.push(secs);
+            return;
+        }
+        let slot = self.next_random() % (n + 1);
+        if let Some(kept) = usize::try_from(slot).ok().and_then(|i| self.samples.get_mut(i)) {
+            *kept = secs;
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// Closes the open window if `now` is past its end (reports stopped, or a quiet subject);
@@ -106,9 +151,10 @@ impl WindowAggregator {
     /// Closes the open window now, whatever the time.
     pub fn close(&mut self) -> Option<StepWindow> {
         let index = self.open.take()?;
-        let samples = u32::try_from(self.samples.len()).unwrap_or(u32::MAX);
+        let samples = u32::try_from(self.seen).unwrap_or(u32::MAX);
         let location = interquartile_mean_in_place(&mut self.samples);
         self.samples.clear();
+        self.seen = 0;
         location.map(|location_secs| StepWindow { index, samples, location_secs })
     }
 }
@@ -135,6 +181,51 @@ mod tests {
         assert_eq!((quiet.index, quiet.samples), (1, 1));
         assert_eq!(quiet.start(Duration::from_mins(1)), Time::from_secs(60));
         assert_eq!(agg.close(), None, "nothing open");
+    }
+
+    #[test]
+    fn a_flood_of_steps_is_held_in_bounded_memory_and_summarised_fairly() {
+        let mut agg = WindowAggregator::new(Duration::from_mins(1));
+        // 100,000 steps in one window: 90 % take 1.0 s, 10 % take 5.0 s (trimmed as outliers
+        // only partly: the interquartile mean of the whole window is 1.0).
+        for i in 0..100_000u32 {
+            let secs = if i % 10 == 9 { 5.0 } else { 1.0 };
+            let at = Time::from_nanos(i64::from(i) * 500_000);
+            agg.push("p", at, Duration::from_nanos((secs * 1e9) as i64)).unwrap();
+            assert!(agg.samples.len() <= MAX_WINDOW_SAMPLES);
+        }
+        assert!(agg.samples.capacity() <= 2 * MAX_WINDOW_SAMPLES, "{}", agg.samples.capacity());
+        let w = agg.close().unwrap();
+        assert_eq!(w.samples, 100_000, "every step is counted");
+        assert!((w.location_secs - 1.0).abs() < 1e-9, "{w:?}");
+        // A slow second half is seen in the sample too (it is uniform over the window).
+        let mut agg = WindowAggregator::new(Duration::from_mins(1));
+        for i in 0..20_000u32 {
+            let secs = if i < 10_000 { 1.0 } else { 2.0 };
+            agg.push(
+                "p",
+                Time::from_nanos(i64::from(i) * 1_000_000),
+                Duration::from_nanos((secs * 1e9) as i64),
+            )
+            .unwrap();
+        }
+        let w = agg.close().unwrap();
+        assert!((1.3..1.7).contains(&w.location_secs), "a fair mix of both halves: {w:?}");
+        // Reproducible: the same steps give the same summary.
+        let run = || {
+            let mut agg = WindowAggregator::new(Duration::from_mins(1));
+            for i in 0..5_000u32 {
+                let secs = 1.0 + f64::from(i % 97) / 100.0;
+                agg.push(
+                    "p",
+                    Time::from_nanos(i64::from(i) * 1_000_000),
+                    Duration::from_nanos((secs * 1e9) as i64),
+                )
+                .unwrap();
+            }
+            agg.close().unwrap()
+        };
+        assert_eq!(run(), run());
     }
 
     #[test]
