@@ -1,10 +1,13 @@
-//! The agent's HTTP endpoint (default `0.0.0.0:9101`):
+//! The agent's HTTP endpoints, on two ports:
 //!
-//! - `GET /metrics`: Prometheus metrics (OpenMetrics text);
-//! - `GET /healthz`: 200 while the event loop has turned within the last 30 s, else 503;
-//! - with `--fake-devices N` only: `POST /fake/fail?device=ID`, `POST /fake/degrade?device=ID`,
-//!   `POST /fake/recover?device=ID` (see [`crate::fake`]); 404 for an unknown device;
-//! - `POST /v1/progress`: a pod's training steps (below).
+//! - the metrics port (default `0.0.0.0:9101`, [`metrics_router`]):
+//!   - `GET /metrics`: Prometheus metrics (OpenMetrics text);
+//!   - `GET /healthz`: 200 while the event loop has turned within the last 30 s, else 503;
+//!   - with `--fake-devices N` only: `POST /fake/fail?device=ID`, `POST /fake/degrade?device=ID`,
+//!     `POST /fake/recover?device=ID` (see [`crate::fake`]); 404 for an unknown device;
+//! - the progress port (default `0.0.0.0:9102`, [`progress_router`]), the only one the
+//!   DaemonSet publishes on the node's IP (a `hostPort`), so that training pods reach it:
+//!   - `POST /v1/progress`: a pod's training steps (below).
 //!
 //! # `POST /v1/progress`
 //!
@@ -22,27 +25,43 @@
 //!   the wall-clock step, which is the same on every member of a synchronous gang; `step` the
 //!   workload's step number; `endTime` (RFC 3339) when the step ended, default: on arrival.
 //! - `pauseSeconds` (optional, 0 to 86,400): no progress is to be expected for this long (a
-//!   checkpoint save); the hang timeout counts from the end of the pause.
+//!   checkpoint save); the hang timeout counts from the end of the pause (the agent cuts it to
+//!   `--max-pause`).
 //!
 //! Answers (JSON): 202 `{"accepted":N,"rejected":[{"index":i,"error":"..."}]}` (a step that ended
 //! in a window already closed, or in the future, is rejected, the others kept); 400
 //! `{"error":"..."}` naming the field (and step index) for a malformed body; 403 when the
 //! request does not come from the pod's own IP ([`ProgressAuth`]; the same answer whether or not
-//! the pod exists); 404 when the pod holds no device on this node; 413 for a body over 1 MiB; 503
-//! when the agent cannot take it now.
+//! the pod exists); 404 when the pod holds no device on this node; 408 when the body is not
+//! sent within 10 s; 413 for a body over 1 MiB; 429 (with `Retry-After`) over a rate limit
+//! ([`ProgressLimits`]: per peer address and for the whole agent before the body is read, per
+//! pod after the check of who sent it); 503 when the agent cannot take it now.
+//!
+//! # Bounded
+//!
+//! Besides the server's own bounds ([`crate::serve`]), at most
+//! [`ProgressLimits::concurrent_bodies`] bodies are read and parsed at once (each at most 1 MiB),
+//! rate limits are checked before a body is read, and the rate limiters remember at most
+//! [`ProgressLimits::max_tracked`] peers and pods. A reported step costs no memory after it is
+//! summarised ([`devheal_detect::degradation::WindowAggregator`] is bounded).
 
 use std::sync::Arc;
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration as StdDuration;
+
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use devheal_core::Time;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use devheal_k8s::schema::kind;
 
@@ -66,6 +85,115 @@ pub enum ProgressAuth {
     None,
 }
 
+/// Rate and concurrency bounds of `POST /v1/progress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgressLimits {
+    /// Reports a second from one pod (after the check of who sent it)...
+    pub per_pod_per_second: u32,
+    /// ...with bursts of this many.
+    pub per_pod_burst: u32,
+    /// Requests a second from one peer address, before the body is read...
+    pub per_peer_per_second: u32,
+    pub per_peer_burst: u32,
+    /// Requests a second to the whole agent, before the body is read...
+    pub global_per_second: u32,
+    pub global_burst: u32,
+    /// Bodies read and parsed at once; others wait up to `body_timeout` for a turn (503 then).
+    pub concurrent_bodies: usize,
+    /// How long a client has to send its body (408 after).
+    pub body_timeout: StdDuration,
+    /// Peers and pods each rate limiter remembers; a new one over the cap gets 429 until old
+    /// ones have refilled and are forgotten.
+    pub max_tracked: usize,
+}
+
+impl Default for ProgressLimits {
+    /// A pod reports a batch of steps every few seconds (docs/agent.md); 5 a second with bursts
+    /// of 20 leaves room for many more. 8 bodies of at most 1 MiB in flight bound what parsing
+    /// holds.
+    fn default() -> Self {
+        ProgressLimits {
+            per_pod_per_second: 5,
+            per_pod_burst: 20,
+            per_peer_per_second: 10,
+            per_peer_burst: 40,
+            global_per_second: 200,
+            global_burst: 400,
+            concurrent_bodies: 8,
+            body_timeout: StdDuration::from_secs(10),
+            max_tracked: 4096,
+        }
+    }
+}
+
+/// The rate limiters and the body slots of `POST /v1/progress`, shared by every connection.
+pub struct ProgressGate {
+    limits: ProgressLimits,
+    global: DefaultDirectRateLimiter,
+    per_peer: DefaultKeyedRateLimiter<IpAddr>,
+    per_pod: DefaultKeyedRateLimiter<PodRef>,
+    bodies: Semaphore,
+}
+
+impl std::fmt::Debug for ProgressGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressGate").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst.max(per_second).max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// How long until a limiter lets the next request through (at least a second, for `Retry-After`).
+type Wait = StdDuration;
+
+impl ProgressGate {
+    pub fn new(limits: ProgressLimits) -> Self {
+        ProgressGate {
+            limits,
+            global: RateLimiter::direct(quota(limits.global_per_second, limits.global_burst)),
+            per_peer: RateLimiter::keyed(quota(limits.per_peer_per_second, limits.per_peer_burst)),
+            per_pod: RateLimiter::keyed(quota(limits.per_pod_per_second, limits.per_pod_burst)),
+            bodies: Semaphore::new(limits.concurrent_bodies.max(1)),
+        }
+    }
+
+    pub fn limits(&self) -> &ProgressLimits {
+        &self.limits
+    }
+
+    /// Before the body: the peer's and the agent's rate.
+    fn admit_peer(&self, peer: IpAddr) -> Result<(), Wait> {
+        keyed_check(&self.per_peer, &peer, self.limits.max_tracked)?;
+        self.global.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// After the check of who sent it: the pod's rate.
+    fn admit_pod(&self, pod: &PodRef) -> Result<(), Wait> {
+        keyed_check(&self.per_pod, pod, self.limits.max_tracked)
+    }
+}
+
+/// One key's check, keeping at most `max_tracked` keys: when the map is full, keys whose bucket
+/// has refilled are forgotten first; a new key that still finds no room waits a second.
+fn keyed_check<K: Clone + Eq + std::hash::Hash>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    max_tracked: usize,
+) -> Result<(), Wait> {
+    if limiter.len() >= max_tracked {
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+        if limiter.len() >= max_tracked {
+            return Err(StdDuration::from_secs(1));
+        }
+    }
+    limiter.check_key(key).map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<AgentMetrics>,
@@ -77,6 +205,8 @@ pub struct HttpState {
     /// The node's pods and their IPs (from the pod watch), for [`ProgressAuth::PeerIp`];
     /// without it every report is refused.
     pub pod_addresses: Option<tokio::sync::watch::Receiver<crate::scrape::PodAddresses>>,
+    /// Rate limits and body slots of `POST /v1/progress`.
+    pub gate: Arc<ProgressGate>,
 }
 
 /// Whether a report about `pod` from `peer` may be taken.
@@ -89,13 +219,18 @@ fn authorized(state: &HttpState, pod: &PodRef, peer: std::net::IpAddr) -> bool {
     }
 }
 
-pub fn router(state: HttpState) -> Router {
+/// The metrics port: `/metrics`, `/healthz`, `/fake/*`.
+pub fn metrics_router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/fake/{action}", post(fake))
-        .route("/v1/progress", post(progress).layer(DefaultBodyLimit::max(MAX_PROGRESS_BODY)))
         .with_state(state)
+}
+
+/// The progress port: `POST /v1/progress` only.
+pub fn progress_router(state: HttpState) -> Router {
+    Router::new().route("/v1/progress", post(progress)).with_state(state)
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
@@ -218,13 +353,54 @@ fn json_response(code: StatusCode, body: Value) -> Response {
 async fn progress(
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    body: Bytes,
+    request: Request,
 ) -> Response {
     let answer = |code: StatusCode, body: Value| {
         state.metrics.progress_report(code.as_u16());
         json_response(code, body)
     };
-    let post = match parse_progress(&body) {
+    let too_many = |wait: StdDuration| {
+        let mut response = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({ "error": "too many progress reports; batch steps and retry after the time given" }),
+        );
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    };
+    let gate = &state.gate;
+    // Before the body is read: the peer's and the agent's rate, then a slot to read it in.
+    if let Err(wait) = gate.admit_peer(peer.ip()) {
+        return too_many(wait);
+    }
+    let timeout = gate.limits.body_timeout;
+    let Ok(Ok(slot)) = tokio::time::timeout(timeout, gate.bodies.acquire()).await else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the agent is busy; retry shortly" }),
+        );
+    };
+    let body =
+        match tokio::time::timeout(timeout, axum::body::to_bytes(request.into_body(), MAX_PROGRESS_BODY))
+            .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                return answer(StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": "the body is over 1 MiB" }));
+            }
+            Err(_) => {
+                return answer(
+                    StatusCode::REQUEST_TIMEOUT,
+                    json!({ "error": format!("the body was not sent within {} s", timeout.as_secs()) }),
+                );
+            }
+        };
+    let parsed = parse_progress(&body);
+    drop(body);
+    drop(slot);
+    let post = match parsed {
         Ok(post) => post,
         Err(message) => return answer(StatusCode::BAD_REQUEST, json!({ "error": message })),
     };
@@ -234,6 +410,9 @@ async fn progress(
             StatusCode::FORBIDDEN,
             json!({ "error": "forbidden: a pod may report only its own progress, from its own pod IP" }),
         );
+    }
+    if let Err(wait) = gate.admit_pod(&post.pod) {
+        return too_many(wait);
     }
     let Some(control) = state.progress.as_ref() else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "progress reports are not taken" }));

@@ -79,6 +79,10 @@ pub struct AgentConfig {
     pub fake_devices: usize,
     /// `/metrics`, `/healthz` and `/fake/*`; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
+    /// `POST /v1/progress`, on its own port; `None` takes no reports.
+    pub progress_addr: Option<SocketAddr>,
+    /// Rate limits and body slots of `POST /v1/progress`.
+    pub progress_limits: crate::http::ProgressLimits,
     pub tracker: TrackerConfig,
     pub publish: PublishConfig,
     /// PodResources is read on every change and at least this often.
@@ -115,6 +119,8 @@ impl AgentConfig {
             gpus: GpuSource::Nvml,
             fake_devices: 0,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9101))),
+            progress_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9102))),
+            progress_limits: crate::http::ProgressLimits::default(),
             tracker: TrackerConfig::default(),
             publish: PublishConfig::default(),
             pod_resources_interval: StdDuration::from_secs(10),
@@ -164,6 +170,8 @@ enum PodResourcesEvent {
 pub struct AgentHandle {
     /// Where `/metrics` is served (the bound address, when the configured port was 0).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where `POST /v1/progress` is served (the bound address).
+    pub progress_addr: Option<SocketAddr>,
     pub metrics: Arc<AgentMetrics>,
     /// Fault injection, with `fake_devices > 0`.
     pub fake: Option<FakeControl>,
@@ -237,22 +245,25 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         )));
     }
 
-    let mut metrics_addr = None;
-    if let Some(addr) = config.metrics_addr {
+    let state = crate::http::HttpState {
+        metrics: Arc::clone(&metrics),
+        fake: fake.clone(),
+        progress: Some(ProgressControl::new(progress_tx.clone())),
+        auth: config.progress_auth,
+        pod_addresses: config.pod_addresses.clone(),
+        gate: Arc::new(crate::http::ProgressGate::new(config.progress_limits)),
+    };
+    let mut listen = async |addr: Option<SocketAddr>, app: axum::Router| -> Result<_, AgentError> {
+        let Some(addr) = addr else { return Ok(None) };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Listen { addr, source })?;
         let bound = listener.local_addr().map_err(|source| AgentError::Listen { addr, source })?;
-        metrics_addr = Some(bound);
-        let app = crate::http::router(crate::http::HttpState {
-            metrics: Arc::clone(&metrics),
-            fake: fake.clone(),
-            progress: Some(ProgressControl::new(progress_tx.clone())),
-            auth: config.progress_auth,
-            pod_addresses: config.pod_addresses.clone(),
-        });
         tasks.push(tokio::spawn(crate::serve::serve(listener, app, config.http_limits, shutdown.clone())));
-    }
+        Ok(Some(bound))
+    };
+    let metrics_addr = listen(config.metrics_addr, crate::http::metrics_router(state.clone())).await?;
+    let progress_addr = listen(config.progress_addr, crate::http::progress_router(state)).await?;
 
     // Kernel log.
     let (kernel_tx, kernel_rx) = mpsc::channel::<KernelEvent>(4096);
@@ -356,7 +367,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
     drop(progress_tx);
     tasks.push(tokio::spawn(event_loop(state, events_rx, publication_tx, transition_tx, shutdown.clone())));
 
-    Ok(AgentHandle { metrics_addr, metrics, fake, shutdown: shutdown_tx, stop_threads, tasks })
+    Ok(AgentHandle { metrics_addr, progress_addr, metrics, fake, shutdown: shutdown_tx, stop_threads, tasks })
 }
 
 /// Pass a source's events on to the loop until either side is gone or the agent stops.

@@ -18,6 +18,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::{ChannelPublisher, http, http_with_body, pod_resources, test_config};
+use devheal_agent::http::ProgressLimits;
 use devheal_agent::progress::PodRef;
 use devheal_agent::run::{AgentConfig, AgentHandle, start};
 use devheal_agent::scrape::{PodAddress, PodAddresses, ScrapeTarget, ScrapeUrl};
@@ -141,7 +142,13 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
     let (events, _event_rx) = mpsc::unbounded_channel();
     let agent =
         start(node.config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
-    let addr = agent.metrics_addr.expect("served");
+    let addr = agent.progress_addr.expect("served");
+    let metrics_addr = agent.metrics_addr.expect("served");
+    // Each port serves only its own paths.
+    let (code, _) = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
+    assert_eq!(code, 404, "no metrics on the progress port");
+    let (code, _) = post_async(metrics_addr, r#"{"namespace":"ml","pod":"trainer-3"}"#.into()).await;
+    assert_eq!(code, 404, "no progress on the metrics port");
 
     // Three steps of 0.5 s, one with a step number; the window closes at the next second.
     let body = r#"{"namespace":"ml","pod":"trainer-3","steps":[{"seconds":0.5},{"seconds":0.5,"step":41},{"seconds":0.5,"step":42}]}"#;
@@ -204,7 +211,7 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
     assert_eq!(w.step, Some(43));
 
     let (code, metrics) =
-        tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
+        tokio::task::spawn_blocking(move || http(metrics_addr, "GET", "/metrics")).await.expect("join");
     assert_eq!(code, 200);
     for line in [
         "devheal_agent_progress_reports_total{code=\"202\"} 2",
@@ -321,4 +328,129 @@ async fn a_scraped_histogram_gives_windows_a_failing_scrape_is_blind_and_a_stuck
     assert!(metrics.contains("devheal_agent_progress_pods 1"), "only the bound pod: {metrics}");
     stop(agent).await;
     server.abort();
+}
+
+/// Send `request` as raw bytes (leaving the connection open for more) and read the response
+/// head and body; returns the response and how long it took.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the head and the declared body are in (the server may keep the connection).
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                break;
+            }
+        }
+    }
+    (String::from_utf8_lossy(&response).into_owned(), started.elapsed())
+}
+
+fn post_request(body: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/progress HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Rate limits: a pod over its rate gets 429 with `Retry-After` (and nothing of the report is
+/// taken), counted in the metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_rate_gets_429_and_retry_after() {
+    let mut node = node();
+    node.config.progress_limits =
+        ProgressLimits { per_pod_per_second: 1, per_pod_burst: 2, ..ProgressLimits::default() };
+    let (statuses, _rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent =
+        start(node.config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
+    let addr = agent.progress_addr.expect("served");
+    let body = r#"{"namespace":"ml","pod":"trainer-3","steps":[{"seconds":0.5}]}"#;
+    // Until the agent knows the pod is bound here; every answer, 429 included, says something.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, answer) = post_async(addr, body.into()).await;
+        if code == 202 {
+            break;
+        }
+        assert!(matches!(code, 404 | 429 | 503), "{code} {answer}");
+        assert!(tokio::time::Instant::now() < deadline, "never accepted: {code} {answer}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Five more at once: at most the burst of 2 is taken, the rest are 429 with Retry-After.
+    let answers = tokio::task::spawn_blocking(move || {
+        (0..5).map(|_| raw_exchange(addr, &post_request(body)).0).collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+    let accepted = answers.iter().filter(|a| a.starts_with("HTTP/1.1 202")).count();
+    let limited: Vec<&String> = answers.iter().filter(|a| a.starts_with("HTTP/1.1 429")).collect();
+    assert!(accepted <= 2, "{answers:?}");
+    assert!(limited.len() >= 3, "{answers:?}");
+    assert!(limited.iter().all(|a| a.to_ascii_lowercase().contains("retry-after: 1")), "{limited:?}");
+    assert!(limited[0].contains("too many progress reports"), "{limited:?}");
+    let metrics_addr = agent.metrics_addr.expect("served");
+    let (_, metrics) =
+        tokio::task::spawn_blocking(move || http(metrics_addr, "GET", "/metrics")).await.expect("join");
+    assert!(metrics.contains("devheal_agent_progress_reports_total{code=\"429\"}"), "{metrics}");
+    stop(agent).await;
+}
+
+/// Before a body is read: a peer over its rate is answered 429 at once (the body it declared is
+/// never waited for), and a client that does not send the body it declared is cut off with 408
+/// once the body timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_limited_before_its_body_is_read_and_a_slow_body_times_out() {
+    let mut node = node();
+    node.config.progress_limits = ProgressLimits {
+        per_peer_per_second: 1,
+        per_peer_burst: 1,
+        body_timeout: Duration::from_millis(500),
+        ..ProgressLimits::default()
+    };
+    let (statuses, _rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent =
+        start(node.config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
+    let addr = agent.progress_addr.expect("served");
+    let (first, second, slow) = tokio::task::spawn_blocking(move || {
+        // The peer's one token: a body that is sent only in part; cut off after 0.5 s.
+        let slow = raw_exchange(
+            addr,
+            b"POST /v1/progress HTTP/1.1\r\nHost: agent\r\nContent-Length: 1000\r\n\r\n{\"namespace\":",
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        // A new token: garbage, parsed and refused.
+        let first = raw_exchange(addr, &post_request("{garbage"));
+        // Over the rate: refused although its body never comes.
+        let second =
+            raw_exchange(addr, b"POST /v1/progress HTTP/1.1\r\nHost: agent\r\nContent-Length: 1000\r\n\r\n");
+        (first, second, slow)
+    })
+    .await
+    .expect("join");
+    assert!(slow.0.starts_with("HTTP/1.1 408"), "{slow:?}");
+    assert!(slow.1 >= Duration::from_millis(450) && slow.1 < Duration::from_secs(5), "{slow:?}");
+    assert!(first.0.starts_with("HTTP/1.1 400"), "{first:?}");
+    assert!(second.0.starts_with("HTTP/1.1 429"), "{second:?}");
+    assert!(second.1 < Duration::from_millis(400), "answered without waiting for the body: {second:?}");
+    stop(agent).await;
 }

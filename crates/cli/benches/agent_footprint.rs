@@ -105,7 +105,7 @@ fn main() {
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_devheal"))
         .args(["agent", "--no-kube", "--no-nvml", "--node", "footprint", "--fake-devices", "8"])
-        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--progress-addr", "127.0.0.1:0"])
         .arg("--device-plugin-dir")
         .arg(&plugins)
         .arg("--pod-resources-socket")

@@ -61,6 +61,10 @@ pub struct AgentArgs {
     /// Where /metrics, /healthz (and /fake/* with --fake-devices) are served.
     #[arg(long, default_value = "0.0.0.0:9101")]
     metrics_addr: SocketAddr,
+    /// Where POST /v1/progress is served: its own port, the one the DaemonSet publishes on the
+    /// node's IP for training pods (the metrics port is not published there).
+    #[arg(long, default_value = "0.0.0.0:9102")]
+    progress_addr: SocketAddr,
     /// Serve N fake devices (devheal.io/fake-gpu) through the device plugin API, with fault
     /// injection on POST /fake/{fail,degrade,recover}?device=fake-gpu-<i>.
     #[arg(long, default_value_t = 0)]
@@ -170,6 +174,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.gpus = if args.no_nvml { GpuSource::Off } else { GpuSource::Nvml };
     config.fake_devices = args.fake_devices;
     config.metrics_addr = Some(args.metrics_addr);
+    config.progress_addr = Some(args.progress_addr);
     config.tracker = TrackerConfig {
         probation: devheal_core::Duration::from_secs(
             args.probation_secs.min(i64::MAX as u64 / 1_000_000_000) as i64,
@@ -242,6 +247,9 @@ async fn run_until_signal<P: Publisher>(config: AgentConfig, publisher: P) -> an
     let agent = start(config, publisher).await?;
     if let Some(addr) = agent.metrics_addr {
         eprintln!("devheal agent: node {node}, metrics on http://{addr}/metrics");
+    }
+    if let Some(addr) = agent.progress_addr {
+        eprintln!("devheal agent: progress reports on http://{addr}/v1/progress");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;

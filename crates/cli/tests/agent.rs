@@ -29,7 +29,14 @@ fn no_kube_fake_devices_fail_on_request_and_stop_on_sigterm() {
     std::fs::write(&kmsg, b"").expect("empty saved kernel log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_devheal"))
         .args(["agent", "--no-kube", "--no-nvml", "--node", "cli-node", "--fake-devices", "2"])
-        .args(["--metrics-addr", "127.0.0.1:0", "--publish-min-interval-ms", "10"])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--progress-addr",
+            "127.0.0.1:0",
+            "--publish-min-interval-ms",
+            "10",
+        ])
         .arg("--kmsg")
         .arg(&kmsg)
         .arg("--device-plugin-dir")

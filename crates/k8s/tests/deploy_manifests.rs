@@ -760,11 +760,15 @@ fn the_agent_runs_with_only_what_it_needs() {
     assert_eq!(flag_value(&args, "--node"), Some("$(NODE_NAME)"), "{args:?}");
     assert_eq!(env_field_ref(container, "NODE_NAME"), Some("spec.nodeName"));
     assert_eq!(flag_value(&args, "--metrics-addr"), Some("0.0.0.0:9101"), "{args:?}");
+    assert_eq!(flag_value(&args, "--progress-addr"), Some("0.0.0.0:9102"), "{args:?}");
     assert!(!args.contains(&"--fake-devices"), "fake devices are for scripts/e2e-kind.sh only");
 
     let metrics = port_named(container, "metrics").expect("a port named metrics");
     assert_eq!(metrics["containerPort"], 9101);
-    assert_eq!(metrics["hostPort"], 9101, "pods post progress to the agent on their node's IP");
+    assert!(metrics["hostPort"].is_null(), "/metrics is not published on the node's IP: {metrics}");
+    let progress = port_named(container, "progress").expect("a port named progress");
+    assert_eq!(progress["containerPort"], 9102);
+    assert_eq!(progress["hostPort"], 9102, "pods post progress to the agent on their node's IP");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["resources"]["limits"]["memory"], "256Mi");
     assert!(container["resources"]["requests"]["cpu"].is_string(), "requests set");

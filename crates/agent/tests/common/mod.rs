@@ -240,6 +240,7 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
     };
     config.gpus = GpuSource::Off;
     config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.progress_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.publish = PublishConfig {
         heartbeat: std::time::Duration::from_secs(60),
         min_interval: std::time::Duration::from_millis(10),

@@ -307,6 +307,7 @@ impl Scope {
     ) -> Agent {
         let kubeconfig = self.agent_credentials(node).await;
         let addr = free_addr();
+        let progress = free_addr();
         let mut command = Command::new(env!("CARGO_BIN_EXE_devheal"));
         command
             .args(["agent", "--node", node, "--no-nvml", "--fake-devices", &kubelet.gpus.to_string()])
@@ -319,12 +320,13 @@ impl Scope {
             .arg("--device-plugin-dir")
             .arg(&kubelet.device_plugin_dir)
             .args(["--metrics-addr", &addr.to_string()])
+            .args(["--progress-addr", &progress.to_string()])
             .args(["--heartbeat-secs", "10", "--publish-min-interval-ms", "50"])
             .args(["--pod-resources-interval-secs", "1", "--pod-resources-min-interval-ms", "100"])
             .args(extra)
             .env("DEVHEAL_LOG", std::env::var("DEVHEAL_E2E_LOG").unwrap_or_else(|_| "info".into()));
         let child = self.spawn(&format!("agent-{node}"), command);
-        let agent = Agent { addr, node: node.to_string(), child };
+        let agent = Agent { addr, progress, node: node.to_string(), child };
         eventually(&format!("agent {node} serves /healthz"), Duration::from_secs(30), || {
             let ok = http(addr, "GET", "/healthz").is_some_and(|(code, _)| code == 200);
             async move { ok.then_some(()) }
@@ -473,7 +475,10 @@ struct Proc {
 
 /// A running `devheal agent`.
 pub struct Agent {
+    /// `/metrics`, `/healthz`, `/fake/*`.
     pub addr: SocketAddr,
+    /// `POST /v1/progress`.
+    pub progress: SocketAddr,
     pub node: String,
     child: Arc<Mutex<Child>>,
 }

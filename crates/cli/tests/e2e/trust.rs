@@ -101,7 +101,7 @@ async fn only_a_pod_itself_may_report_its_progress() {
         .expect("move the neighbour");
     let post = |pod: &str| {
         let body = format!(r#"{{"namespace":"{}","pod":"{pod}","steps":[{{"seconds":1.0}}]}}"#, scope.ns);
-        http_body(agent.addr, "POST", "/v1/progress", &body)
+        http_body(agent.progress, "POST", "/v1/progress", &body)
     };
     let forged = eventually("a report naming the neighbour is refused", Duration::from_secs(20), || {
         let answer = post("neighbour");
