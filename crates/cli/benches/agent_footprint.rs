@@ -13,8 +13,8 @@
 //! agent classifies, correlates and publishes), the rest ordinary kernel noise; every line carries
 //! a `devheal-footprint` marker.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,44 +22,10 @@ use devheal_detect::Classifier;
 
 #[path = "common/memory.rs"]
 mod memory;
+#[path = "common/process.rs"]
+mod process;
 
-/// CPU ticks (user + system) and RSS/peak RSS in KiB of a process.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    ticks: u64,
-    rss_kib: u64,
-    hwm_kib: u64,
-}
-
-fn sample(pid: u32) -> Option<Sample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let mem = memory::memory(pid)?;
-    Some(Sample { ticks, rss_kib: mem.rss_kib, hwm_kib: mem.hwm_kib })
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok().map(|v| v as u64))
-}
+use process::{arg, clock_ticks_per_second, metric, sample};
 
 fn storm_line(i: u64) -> String {
     if i.is_multiple_of(100) {
@@ -74,10 +40,6 @@ fn storm_line(i: u64) -> String {
             i % 127
         )
     }
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
 }
 
 fn main() {
