@@ -30,9 +30,10 @@
 //!
 //! Answers (JSON): 202 `{"accepted":N,"rejected":[{"index":i,"error":"..."}]}` (a step that ended
 //! in a window already closed, or in the future, is rejected, the others kept); 400
-//! `{"error":"..."}` naming the field (and step index) for a malformed body; 403 when the
-//! request does not come from the pod's own IP ([`ProgressAuth`]; the same answer whether or not
-//! the pod exists); 404 when the pod holds no device on this node; 408 when the body is not
+//! `{"error":"..."}` naming the field (and step index) for a malformed body; 401 for a bearer
+//! token that is not a pod's projected token for the audience `devheal`; 403 when the request is
+//! not shown to come from the pod (its own IP, or its own token; [`ProgressAuth`]; the same
+//! answer whether or not the pod exists); 404 when the pod holds no device on this node; 408 when the body is not
 //! sent within 10 s; 413 for a body over 1 MiB; 429 (with `Retry-After`) over a rate limit
 //! ([`ProgressLimits`]: per peer address and for the whole agent before the body is read, per
 //! pod after the check of who sent it); 503 when the agent cannot take it now.
@@ -69,6 +70,7 @@ use crate::fake::{FakeControl, FakeError, FakeFault};
 use crate::metrics::AgentMetrics;
 use crate::progress::{PodRef, ReportOutcome, StepReport};
 use crate::publish::wall_now;
+use crate::token::{PodTokens, TokenRefusal};
 
 /// The event loop turns at least once a second; this much silence means it is stuck.
 const LOOP_STALE_SECS: i64 = 30;
@@ -76,11 +78,13 @@ const LOOP_STALE_SECS: i64 = 30;
 /// Who may report a pod's progress (`POST /v1/progress`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProgressAuth {
-    /// Only the pod itself: the request must come from the pod's own IP, as the agent's watch
-    /// of its node's pods knows it. A host-network pod shares the node's IP, so its address
-    /// proves nothing and its reports are refused (it can be scraped instead).
+    /// Only the pod itself, on this node (the agent's watch of its node's pods), proven either
+    /// by a projected service-account token for the audience `devheal` that is bound to the pod
+    /// (`Authorization: Bearer …`, checked with a TokenReview; [`crate::token`]), or, without
+    /// a token, by the request coming from the pod's own IP. A host-network pod shares the
+    /// node's IP, so its address proves nothing: it needs the token.
     #[default]
-    PeerIp,
+    Pod,
     /// Anyone who reaches the port (for local trials only; the agent warns at start).
     None,
 }
@@ -202,21 +206,71 @@ pub struct HttpState {
     pub progress: Option<ProgressControl>,
     /// Who may report progress.
     pub auth: ProgressAuth,
-    /// The node's pods and their IPs (from the pod watch), for [`ProgressAuth::PeerIp`];
+    /// The node's pods and their IPs (from the pod watch), for [`ProgressAuth::Pod`];
     /// without it every report is refused.
     pub pod_addresses: Option<tokio::sync::watch::Receiver<crate::scrape::PodAddresses>>,
     /// Rate limits and body slots of `POST /v1/progress`.
     pub gate: Arc<ProgressGate>,
+    /// Token reviews, for pods that prove who they are with a token; `None` (no API server):
+    /// a report with a token is answered 503.
+    pub tokens: Option<Arc<PodTokens>>,
 }
 
-/// Whether a report about `pod` from `peer` may be taken.
-fn authorized(state: &HttpState, pod: &PodRef, peer: std::net::IpAddr) -> bool {
-    match state.auth {
-        ProgressAuth::None => true,
-        ProgressAuth::PeerIp => state.pod_addresses.as_ref().is_some_and(|addresses| {
-            addresses.borrow().get(pod).is_some_and(|a| !a.host_network && a.ip == Some(peer))
-        }),
+/// Why a report was not taken on the word of whoever sent it.
+enum Unproven {
+    /// Not shown to come from the pod (403; the same answer whether or not the pod exists).
+    Forbidden,
+    /// A token that is not a pod's token for this audience (401).
+    BadToken(String),
+    /// Too many token reviews (429).
+    Busy,
+    /// The token could not be reviewed now (503).
+    Unavailable(String),
+}
+
+/// Whether a report about `pod` from `peer`, with `bearer` if it sent a token, may be taken.
+async fn authorize(
+    state: &HttpState,
+    pod: &PodRef,
+    peer: IpAddr,
+    bearer: Option<&str>,
+) -> Result<(), Unproven> {
+    if state.auth == ProgressAuth::None {
+        return Ok(());
     }
+    // The pod must be one of this node's (a node speaks only for its own pods).
+    let Some(address) = state.pod_addresses.as_ref().and_then(|a| a.borrow().get(pod).cloned()) else {
+        return Err(Unproven::Forbidden);
+    };
+    let Some(token) = bearer else {
+        return if !address.host_network && address.ip == Some(peer) {
+            Ok(())
+        } else {
+            Err(Unproven::Forbidden)
+        };
+    };
+    let Some(tokens) = state.tokens.as_ref() else {
+        return Err(Unproven::Unavailable("this agent cannot review tokens (no API server)".into()));
+    };
+    let identity = tokens.identify(token).await.map_err(|e| match e {
+        TokenRefusal::Invalid(why) => Unproven::BadToken(why),
+        TokenRefusal::Busy => Unproven::Busy,
+        TokenRefusal::Unavailable(why) => Unproven::Unavailable(why),
+    })?;
+    let same_pod = identity.namespace == pod.namespace
+        && identity.name == pod.name
+        && match (&identity.uid, &address.uid) {
+            (Some(token_uid), Some(pod_uid)) => token_uid == pod_uid,
+            _ => true,
+        };
+    if same_pod { Ok(()) } else { Err(Unproven::Forbidden) }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
 /// The metrics port: `/metrics`, `/healthz`, `/fake/*`.
@@ -375,6 +429,7 @@ async fn progress(
     if let Err(wait) = gate.admit_peer(peer.ip()) {
         return too_many(wait);
     }
+    let bearer = bearer_token(request.headers());
     let timeout = gate.limits.body_timeout;
     let Ok(Ok(slot)) = tokio::time::timeout(timeout, gate.bodies.acquire()).await else {
         return answer(
@@ -405,11 +460,24 @@ async fn progress(
         Err(message) => return answer(StatusCode::BAD_REQUEST, json!({ "error": message })),
     };
     // Before anything that depends on the pod: the answer must not say whether it exists.
-    if !authorized(&state, &post.pod, peer.ip()) {
-        return answer(
-            StatusCode::FORBIDDEN,
-            json!({ "error": "forbidden: a pod may report only its own progress, from its own pod IP" }),
-        );
+    match authorize(&state, &post.pod, peer.ip(), bearer.as_deref()).await {
+        Ok(()) => {}
+        Err(Unproven::Forbidden) => {
+            return answer(
+                StatusCode::FORBIDDEN,
+                json!({ "error": "forbidden: a pod may report only its own progress, from its own pod IP or with its own token" }),
+            );
+        }
+        Err(Unproven::BadToken(why)) => {
+            let mut response =
+                answer(StatusCode::UNAUTHORIZED, json!({ "error": format!("unauthorized: {why}") }));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        Err(Unproven::Busy) => return too_many(StdDuration::from_secs(1)),
+        Err(Unproven::Unavailable(why)) => {
+            return answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": why }));
+        }
     }
     if let Err(wait) = gate.admit_pod(&post.pod) {
         return too_many(wait);

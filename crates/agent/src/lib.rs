@@ -36,3 +36,4 @@ pub mod run;
 pub mod scrape;
 pub mod serve;
 pub mod snapshot;
+pub mod token;

@@ -107,8 +107,11 @@ pub struct AgentConfig {
     /// Who may post progress reports ([`crate::http::ProgressAuth`]; the pod itself by default).
     pub progress_auth: crate::http::ProgressAuth,
     /// The node's pods and their IPs, from the pod watch ([`crate::scrape::watch_node_pods`]),
-    /// for [`crate::http::ProgressAuth::PeerIp`].
+    /// for [`crate::http::ProgressAuth::Pod`].
     pub pod_addresses: Option<watch::Receiver<crate::scrape::PodAddresses>>,
+    /// Token reviews for pods that prove who they are with a token ([`crate::token`]); `None`
+    /// without an API server.
+    pub progress_tokens: Option<Arc<crate::token::PodTokens>>,
 }
 
 impl AgentConfig {
@@ -132,7 +135,8 @@ impl AgentConfig {
             scrape_targets: None,
             scrape_timeout: StdDuration::from_secs(5),
             http_limits: crate::serve::ServeLimits::default(),
-            progress_auth: crate::http::ProgressAuth::PeerIp,
+            progress_auth: crate::http::ProgressAuth::Pod,
+            progress_tokens: None,
             pod_addresses: None,
         }
     }
@@ -252,6 +256,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         auth: config.progress_auth,
         pod_addresses: config.pod_addresses.clone(),
         gate: Arc::new(crate::http::ProgressGate::new(config.progress_limits)),
+        tokens: config.progress_tokens.clone(),
     };
     let mut listen = async |addr: Option<SocketAddr>, app: axum::Router| -> Result<_, AgentError> {
         let Some(addr) = addr else { return Ok(None) };

@@ -131,6 +131,8 @@ pub fn target_of(pod: &Pod) -> Option<ScrapeTarget> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodAddress {
     pub ip: Option<IpAddr>,
+    /// The pod's uid (a token bound to an earlier pod of the same name is not this pod's).
+    pub uid: Option<String>,
     /// A host-network pod shares the node's IP: its address proves nothing.
     pub host_network: bool,
 }
@@ -141,6 +143,7 @@ pub type PodAddresses = BTreeMap<PodRef, PodAddress>;
 fn address_of(pod: &Pod) -> PodAddress {
     PodAddress {
         ip: pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()),
+        uid: pod.metadata.uid.clone(),
         host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
     }
 }

@@ -22,12 +22,14 @@ use devheal_agent::http::ProgressLimits;
 use devheal_agent::progress::PodRef;
 use devheal_agent::run::{AgentConfig, AgentHandle, start};
 use devheal_agent::scrape::{PodAddress, PodAddresses, ScrapeTarget, ScrapeUrl};
+use devheal_agent::token::{PROGRESS_AUDIENCE, PodTokens, TokenReviewer};
 use devheal_k8s::crd::{NodeDeviceHealth, NodeDeviceHealthStatus, ProgressReporter, WorkloadProgress};
 use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
 use devheal_kubelet::api::podresources_v1 as pr;
 use devheal_kubelet::server::{
     DevicePluginServer, PodResourcesServer, PodResourcesState, ServerHandle, serve,
 };
+use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use tokio::sync::{mpsc, watch};
 
 /// Liveness bound for every wait, not a performance target.
@@ -71,7 +73,7 @@ fn node() -> Node {
         .expect("serve kubelet");
     // As the pod watch would see them: trainer-3 and a pod without devices at 127.0.0.1 (where
     // the test posts from), another pod elsewhere, and a host-network pod (the node's IP).
-    let address = |ip: &str, host_network: bool| PodAddress { ip: ip.parse().ok(), host_network };
+    let address = |ip: &str, host_network: bool| PodAddress { ip: ip.parse().ok(), uid: None, host_network };
     let (addresses, addresses_rx) = tokio::sync::watch::channel(PodAddresses::from([
         (PodRef::new("ml", "trainer-3"), address("127.0.0.1", false)),
         (PodRef::new("ml", "no-device"), address("127.0.0.1", false)),
@@ -452,5 +454,89 @@ async fn a_peer_is_limited_before_its_body_is_read_and_a_slow_body_times_out() {
     assert!(first.0.starts_with("HTTP/1.1 400"), "{first:?}");
     assert!(second.0.starts_with("HTTP/1.1 429"), "{second:?}");
     assert!(second.1 < Duration::from_millis(400), "answered without waiting for the body: {second:?}");
+    stop(agent).await;
+}
+
+/// The API server's answers to TokenReviews, scripted: token → the pod it is bound to.
+struct ScriptedReviews;
+
+impl TokenReviewer for ScriptedReviews {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<TokenReviewStatus, String>> {
+        use k8s_openapi::api::authentication::v1::UserInfo;
+        let bound = |pod: &str, audiences: &[&str]| TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
+            user: Some(UserInfo {
+                username: Some("system:serviceaccount:ml:default".into()),
+                extra: Some(
+                    [("authentication.kubernetes.io/pod-name".to_string(), vec![pod.to_string()])].into(),
+                ),
+                ..UserInfo::default()
+            }),
+            error: None,
+        };
+        let status = match token {
+            "host-net-token" => bound("host-net", &[audience]),
+            "trainer-token" => bound("trainer-3", &[audience]),
+            "apiserver-audience-token" => bound("host-net", &["https://kubernetes.default.svc"]),
+            _ => TokenReviewStatus {
+                authenticated: Some(false),
+                error: Some("invalid bearer token".into()),
+                ..Default::default()
+            },
+        };
+        Box::pin(async move { Ok(status) })
+    }
+}
+
+/// A host-network pod shares the node's IP, so only a token bound to it proves a report is its
+/// own: its token is taken, another pod's token or a token for another audience is not, a token
+/// that is no pod's is 401, and no token at all is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_network_pod_proves_itself_with_its_own_token() {
+    let mut node = node();
+    node.config.progress_tokens =
+        Some(Arc::new(PodTokens::new(Arc::new(ScriptedReviews), PROGRESS_AUDIENCE, Duration::from_secs(2))));
+    let (statuses, _rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent =
+        start(node.config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
+    let addr = agent.progress_addr.expect("served");
+    let body = r#"{"namespace":"ml","pod":"host-net","steps":[{"seconds":1}]}"#;
+    let with_token = move |token: Option<&str>| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let request = format!(
+            "POST /v1/progress HTTP/1.1\r\nHost: agent\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        raw_exchange(addr, request.as_bytes()).0
+    };
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            None,
+            Some("host-net-token"),
+            Some("trainer-token"),
+            Some("apiserver-audience-token"),
+            Some("forged"),
+        ]
+        .map(with_token)
+    })
+    .await
+    .expect("join");
+    let [none, own, other, audience, forged] = answers;
+    assert!(none.starts_with("HTTP/1.1 403"), "no token, the node's IP: {none}");
+    // Past the check of who sent it: the pod holds no device here, so 404 (not 403).
+    assert!(own.starts_with("HTTP/1.1 404"), "its own token: {own}");
+    assert!(other.starts_with("HTTP/1.1 403"), "another pod's token: {other}");
+    assert!(audience.starts_with("HTTP/1.1 401") && audience.contains("audience"), "{audience}");
+    assert!(
+        forged.starts_with("HTTP/1.1 401")
+            && forged.to_ascii_lowercase().contains("www-authenticate: bearer"),
+        "{forged}"
+    );
     stop(agent).await;
 }

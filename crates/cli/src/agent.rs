@@ -98,9 +98,11 @@ pub struct AgentArgs {
     /// to this.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     max_pause: Duration,
-    /// Who may post progress reports: `peer-ip` (only the pod itself, from its own pod IP) or
-    /// `none` (anyone who reaches the port; local trials only, needed with --no-kube).
-    #[arg(long, value_enum, default_value_t = ProgressAuthArg::PeerIp)]
+    /// Who may post progress reports: `pod` (only the pod itself, on this node: from its own
+    /// pod IP, or with its own projected service-account token for the audience `devheal`,
+    /// which host-network pods need; `peer-ip` is the same) or `none` (anyone who reaches the
+    /// port; local trials only, needed with --no-kube).
+    #[arg(long, value_enum, default_value_t = ProgressAuthArg::Pod)]
     progress_auth: ProgressAuthArg,
     /// How often pods that name a progress metric are scraped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -109,7 +111,8 @@ pub struct AgentArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ProgressAuthArg {
-    PeerIp,
+    #[value(alias = "peer-ip")]
+    Pod,
     None,
 }
 
@@ -194,14 +197,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.progress.scrape_every = core_duration(args.scrape_every);
     config.progress.validate()?;
     config.progress_auth = match args.progress_auth {
-        ProgressAuthArg::PeerIp => {
+        ProgressAuthArg::Pod => {
             if args.no_kube {
                 eprintln!(
-                    "devheal agent: progress reports will be refused (403): --progress-auth peer-ip needs the watch \
+                    "devheal agent: progress reports will be refused (403): --progress-auth pod needs the watch \
                      of this node's pods, which --no-kube turns off; pass --progress-auth none for a local trial"
                 );
             }
-            devheal_agent::http::ProgressAuth::PeerIp
+            devheal_agent::http::ProgressAuth::Pod
         }
         ProgressAuthArg::None => {
             tracing::warn!(
@@ -237,6 +240,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let mut config = config;
             config.scrape_targets = Some(targets_rx);
             config.pod_addresses = Some(addresses_rx);
+            // Pods that prove who they are with a token (host-network pods): TokenReview.
+            config.progress_tokens = Some(std::sync::Arc::new(devheal_agent::token::PodTokens::new(
+                std::sync::Arc::new(devheal_agent::token::KubeTokenReviewer::new(client.clone())),
+                devheal_agent::token::PROGRESS_AUDIENCE,
+                Duration::from_secs(5),
+            )));
             run_until_signal(config, KubePublisher::new(client)).await
         }
     })

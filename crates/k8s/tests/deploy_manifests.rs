@@ -290,6 +290,8 @@ const AGENT_EXPECTATIONS: &[Expectation] = &[
     ("patch", "devheal.io", "nodedevicehealths/status", true),
     ("update", "devheal.io", "nodedevicehealths/status", true),
     ("create", "events.k8s.io", "events", true),
+    // Who sent a progress report with a token (host-network pods): TokenReview.
+    ("create", "authentication.k8s.io", "tokenreviews", true),
     // Core-group events: nothing writes them.
     ("create", "", "events", false),
     // Acting is the controller's.
@@ -380,6 +382,7 @@ const AGENT_GRANTS: &[&str] = &[
     "cluster: update devheal.io/nodedevicehealths/status",
     "cluster: create events.k8s.io/events",
     "cluster: patch events.k8s.io/events",
+    "cluster: create authentication.k8s.io/tokenreviews",
 ];
 
 const CONTROLLER_GRANTS: &[&str] = &[

@@ -512,6 +512,11 @@ impl Agent {
             self.node
         );
     }
+
+    /// Its `/metrics` text (empty when it does not answer).
+    pub fn metrics(&self) -> String {
+        http(self.addr, "GET", "/metrics").map(|(_, body)| body).unwrap_or_default()
+    }
 }
 
 /// A running `devheal controller`.

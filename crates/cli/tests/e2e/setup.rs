@@ -107,7 +107,19 @@ pub fn token_kubeconfig(server: &str, ca: &Path, dir: &Path, name: &str, token: 
 /// A TokenRequest token (one hour) for `devheal-system/<account>`; bound to `pod` when given, so
 /// that it carries the pod's node name (`authentication.kubernetes.io/node-name`).
 pub async fn service_account_token(client: &Client, account: &str, pod: Option<&Pod>) -> Result<String> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    token_request(client, SYSTEM_NS, account, pod, None).await
+}
+
+/// A TokenRequest token (one hour) for `<namespace>/<account>`, bound to `pod` when given and
+/// issued for `audiences` (default: the API server's).
+pub async fn token_request(
+    client: &Client,
+    namespace: &str,
+    account: &str,
+    pod: Option<&Pod>,
+    audiences: Option<Vec<String>>,
+) -> Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let bound_object_ref = pod.map(|p| BoundObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
@@ -115,13 +127,13 @@ pub async fn service_account_token(client: &Client, account: &str, pod: Option<&
         uid: p.metadata.uid.clone(),
     });
     let request = TokenRequest {
-        spec: Some(TokenRequestSpec { audiences: None, bound_object_ref, expiration_seconds: Some(3600) }),
+        spec: Some(TokenRequestSpec { audiences, bound_object_ref, expiration_seconds: Some(3600) }),
         ..TokenRequest::default()
     };
     let answer = accounts
         .create_token_request(account, &PostParams::default(), &request)
         .await
-        .with_context(|| format!("TokenRequest for {SYSTEM_NS}/{account}"))?;
+        .with_context(|| format!("TokenRequest for {namespace}/{account}"))?;
     answer.status.and_then(|s| s.token).context("a TokenRequest answered without a token")
 }
 
@@ -138,11 +150,23 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)>
 
 /// [`http`] with a JSON body.
 pub fn http_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    http_request(addr, method, path, &[], body)
+}
+
+/// [`http_body`] with extra request headers.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;

@@ -3,7 +3,8 @@
 //!   own NodeDeviceHealth, but what it says there about a pod on another node is ignored by the
 //!   controller, counted and reported in an Event;
 //! - the agent takes a pod's progress report only from that pod's own IP, as its watch of the
-//!   node's pods in the API server says.
+//!   node's pods in the API server says, or, for a host-network pod, with the pod's own
+//!   projected token, checked with a TokenReview.
 
 use std::time::Duration;
 
@@ -113,4 +114,67 @@ async fn only_a_pod_itself_may_report_its_progress() {
     assert_eq!(code, 403, "an unknown pod is refused alike");
     let (code, answer) = post("trainer").expect("an answer");
     assert_eq!(code, 202, "the pod's own report, from its own IP: {answer}");
+}
+
+/// A host-network pod shares its node's IP, so its address proves nothing: it reports with a
+/// projected service-account token for the audience `devheal` bound to it, which the agent
+/// checks with a TokenReview on the real API server. Its own token is taken; another pod's
+/// token, a token for the API server's audience, a token that is no pod's, and no token are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn a_host_network_pod_reports_with_its_own_projected_token() {
+    let scope = Scope::new("progress-token").await;
+    let node = scope.add_node("n1", 2).await;
+    let kubelet = scope.kubelet(&node, 2).await;
+    let agent = scope.agent(&node, &kubelet, None).await;
+    let mut hostnet = pod_object(&scope, "hostnet", &node, 1, json!({}));
+    if let Some(spec) = hostnet.spec.as_mut() {
+        spec.host_network = Some(true);
+    }
+    let device = scope.start_pod(&kubelet, &hostnet).await;
+    scope.await_published(&node, &device, "hostnet").await;
+    let device = scope.start_pod(&kubelet, &pod_object(&scope, "neighbour", &node, 1, json!({}))).await;
+    scope.await_published(&node, &device, "neighbour").await;
+
+    let pods = scope.pods();
+    let token_for = |pod: &'static str, audience: Option<&'static str>| {
+        let (client, ns, pods) = (scope.client.clone(), scope.ns.clone(), pods.clone());
+        async move {
+            let object: Pod = pods.get(pod).await.expect("the pod");
+            crate::setup::token_request(
+                &client,
+                &ns,
+                "default",
+                Some(&object),
+                audience.map(|a| vec![a.to_string()]),
+            )
+            .await
+            .expect("a token for the pod")
+        }
+    };
+    let own = token_for("hostnet", Some("devheal")).await;
+    let neighbours = token_for("neighbour", Some("devheal")).await;
+    let apiserver_audience = token_for("hostnet", None).await;
+    let body = format!(r#"{{"namespace":"{}","pod":"hostnet","steps":[{{"seconds":1.0}}]}}"#, scope.ns);
+    let post = |token: Option<&str>| {
+        let header = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            header.as_deref().map(|h| vec![("Authorization", h)]).unwrap_or_default();
+        crate::setup::http_request(agent.progress, "POST", "/v1/progress", &headers, &body)
+            .expect("an answer")
+    };
+    // The pod watch has seen the pod (host network) once an untokened report is refused.
+    let (code, answer) = post(None);
+    assert_eq!(code, 403, "no token, the node's address: {answer}");
+    let (code, answer) = post(Some(&own));
+    assert_eq!(code, 202, "its own token, reviewed by the API server: {answer}");
+    let (code, answer) = post(Some(&neighbours));
+    assert_eq!(code, 403, "another pod's token: {answer}");
+    let (code, answer) = post(Some(&apiserver_audience));
+    assert_eq!(code, 401, "a token for another audience: {answer}");
+    assert!(answer.contains("audience"), "{answer}");
+    let (code, answer) = post(Some("not-a-token"));
+    assert_eq!(code, 401, "{answer}");
+    let refused = metric_sum(&agent.metrics(), "devheal_agent_progress_reports_total", &[("code", "401")]);
+    assert_eq!(refused, 2.0, "refusals are counted");
 }
