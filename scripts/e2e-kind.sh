@@ -122,8 +122,9 @@ patches:
       - op: add
         path: /spec/template/spec/containers/0/args/-
         value: "4"
-  # The fake devices register a device plugin, so the plugin directory must be writable; and
-  # kind nodes have no NVIDIA driver (nor, on arm64, the x86_64 library directory).
+  # The fake devices serve a device plugin and register it with the kubelet, so they need the
+  # plugin directory, writable (the base mounts none); and kind nodes have no NVIDIA driver
+  # (nor, on arm64, the x86_64 library directory).
   - patch: |-
       apiVersion: apps/v1
       kind: DaemonSet
@@ -138,6 +139,10 @@ patches:
                     mountPath: /var/lib/kubelet/device-plugins
                     readOnly: false
             volumes:
+              - name: device-plugins
+                hostPath:
+                  path: /var/lib/kubelet/device-plugins
+                  type: Directory
               - name: nvidia-lib
                 hostPath: null
                 emptyDir: {}

@@ -72,6 +72,8 @@ pub enum FakeSignal {
     KernelLine(String),
     /// The device was reset.
     Reset { device: String },
+    /// The health the fake plugin now serves for the device (at start: Healthy for each).
+    PluginHealth { device: String, healthy: bool },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +143,10 @@ impl FakeControl {
                     dev.health = health.to_string();
                 }
             });
+        }
+        if let Some(health) = plugin_health {
+            let signal = FakeSignal::PluginHealth { device: device.to_string(), healthy: health == HEALTHY };
+            self.signals.send(signal).await.map_err(|_| FakeError::Closed)?;
         }
         if let Some(line) = &line {
             self.signals.send(FakeSignal::KernelLine(line.clone())).await.map_err(|_| FakeError::Closed)?;
@@ -290,11 +296,15 @@ mod tests {
         let line = control.inject("fake-gpu-1", FakeFault::Fail).await.expect("known device");
         let line = line.expect("a line");
         assert!(line.contains(&format!("Xid (PCI:{}:00:01): 79", fake_pci_domain("node-t"))), "{line}");
+        let unhealthy = FakeSignal::PluginHealth { device: "fake-gpu-1".into(), healthy: false };
+        assert_eq!(rx.recv().await, Some(unhealthy));
         assert_eq!(rx.recv().await, Some(FakeSignal::KernelLine(line)));
         let health: Vec<String> =
             plugin.health.lock().expect("lock").borrow().iter().map(|d| d.health.clone()).collect();
         assert_eq!(health, vec!["Healthy", "Unhealthy"]);
         control.inject("fake-gpu-1", FakeFault::Recover).await.expect("known device");
+        let healthy = FakeSignal::PluginHealth { device: "fake-gpu-1".into(), healthy: true };
+        assert_eq!(rx.recv().await, Some(healthy));
         assert_eq!(rx.recv().await, Some(FakeSignal::Reset { device: "fake-gpu-1".into() }));
         assert!(matches!(control.inject("gpu-9", FakeFault::Fail).await, Err(FakeError::UnknownDevice(..))));
         assert_eq!(FakeFault::parse("degrade"), Some(FakeFault::Degrade));

@@ -5,7 +5,6 @@
 //! directory, no permission on `/dev/kmsg`) is reported in `status.sources` as unavailable with
 //! the reason, and the pass goes on: a node without a GPU or a kubelet still gets an answer.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
@@ -100,15 +99,19 @@ pub async fn collect_once(
         Err(e) => sources.push(source("nvml", false, e.to_string(), None)),
     }
 
-    // PodResources: who holds which device, and the resource of every allocatable device.
+    // PodResources: who holds which device, and the devices the kubelet offers (those it
+    // counts healthy; no plugin's own ListAndWatch is opened, see crate::kubelet_devices).
     let mut bindings: Vec<DeviceBinding> = Vec::new();
-    let mut resource_of: BTreeMap<String, String> = BTreeMap::new();
+    let mut offered: Option<Vec<devheal_kubelet::podresources::AllocatableDevice>> = None;
+    let mut allocatable_error = None;
     if paths.pod_resources_socket.exists() {
         let mut client = PodResourcesClient::new(&paths.pod_resources_socket, StdDuration::ZERO);
         match tokio::time::timeout(timeout, client.list()).await {
             Ok(Ok(list)) => {
-                if let Ok(Ok(allocatable)) = tokio::time::timeout(timeout, client.allocatable()).await {
-                    resource_of = allocatable.into_iter().map(|d| (d.device_id, d.resource)).collect();
+                match tokio::time::timeout(timeout, client.allocatable()).await {
+                    Ok(Ok(allocatable)) => offered = Some(allocatable),
+                    Ok(Err(e)) => allocatable_error = Some(e.to_string()),
+                    Err(_) => allocatable_error = Some(format!("no answer within {timeout:?}")),
                 }
                 sources.push(source(
                     "pod_resources",
@@ -132,58 +135,68 @@ pub async fn collect_once(
         ));
     }
 
-    // Device plugins: each plugin's own view of its devices.
-    match devheal_kubelet::deviceplugin::plugin_sockets(&paths.device_plugin_dir) {
-        Ok(sockets) if sockets.is_empty() => sources.push(source(
-            "device_plugins",
-            false,
-            format!("no device plugin socket in {}", paths.device_plugin_dir.display()),
-            None,
-        )),
-        Ok(sockets) => {
-            for socket in sockets {
-                let name = format!(
-                    "device_plugin:{}",
-                    socket.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-                );
-                match tokio::time::timeout(timeout, devheal_kubelet::deviceplugin::list_devices(&socket))
-                    .await
-                {
-                    Ok(Ok(devices)) => {
-                        for d in &devices {
-                            tracker.set_watch(&d.id, HealthSource::DevicePlugin, true, now);
-                            let health = if d.healthy { Health::Healthy } else { Health::Unhealthy };
-                            let message = format!(
-                                "device plugin reports {}",
-                                if d.healthy { "Healthy" } else { "Unhealthy" }
-                            );
-                            tracker.observe(
-                                &d.id,
-                                Evidence { source: HealthSource::DevicePlugin, code: None, health, message },
-                                now,
-                            );
-                            if !inventory.iter().any(|i| i.id == d.id) {
-                                let resource =
-                                    resource_of.get(&d.id).cloned().unwrap_or_else(|| name.clone());
-                                inventory.push(InventoryDevice {
-                                    id: d.id.clone(),
-                                    resource,
-                                    vendor: DeviceVendor::Other,
-                                    model: None,
-                                    pci_address: None,
-                                });
-                            }
-                        }
-                        sources.push(source(&name, true, format!("{} device(s)", devices.len()), None));
+    // Device plugins, as the kubelet has them (crate::kubelet_devices): every device it offers
+    // is Healthy by its plugin; one it does not offer (held by a pod, or found by NVML) cannot be
+    // told failed from removed without the Node's counts, so it is left to the other sources.
+    match offered {
+        Some(devices) => {
+            let mut kubelet = crate::kubelet_devices::KubeletDevices::default();
+            for d in &inventory {
+                kubelet.note(&d.resource, &d.id);
+            }
+            for b in &bindings {
+                kubelet.note(&b.resource, &b.device_id);
+            }
+            kubelet.set_allocatable(&devices);
+            let views = kubelet.views();
+            for v in &views {
+                match v.view {
+                    crate::kubelet_devices::KubeletView::Healthy => {
+                        tracker.set_watch(&v.id, HealthSource::DevicePlugin, true, now);
+                        tracker.observe(
+                            &v.id,
+                            Evidence {
+                                source: HealthSource::DevicePlugin,
+                                code: None,
+                                health: Health::Healthy,
+                                message: "the kubelet offers it: its device plugin reports it Healthy".into(),
+                            },
+                            now,
+                        );
                     }
-                    Ok(Err(e)) => sources.push(source(&name, false, e.to_string(), None)),
-                    Err(_) => {
-                        sources.push(source(&name, false, format!("no answer within {timeout:?}"), None))
-                    }
+                    _ => tracker.set_watch(&v.id, HealthSource::DevicePlugin, false, now),
+                }
+                match inventory.iter_mut().find(|i| i.id == v.id) {
+                    Some(i) => i.resource = v.resource.clone(),
+                    None => inventory.push(InventoryDevice {
+                        id: v.id.clone(),
+                        resource: v.resource.clone(),
+                        vendor: DeviceVendor::Other,
+                        model: None,
+                        pci_address: None,
+                    }),
                 }
             }
+            let not_offered =
+                views.iter().filter(|v| v.view != crate::kubelet_devices::KubeletView::Healthy).count();
+            sources.push(source(
+                "device_plugins",
+                true,
+                format!(
+                    "as the kubelet has them: {} device(s) offered, {not_offered} not offered (one reading without the Node's counts cannot say whether their plugin reported them Unhealthy)",
+                    devices.len()
+                ),
+                None,
+            ));
         }
-        Err(e) => sources.push(source("device_plugins", false, e.to_string(), None)),
+        None => sources.push(source(
+            "device_plugins",
+            false,
+            allocatable_error
+                .map(|e| format!("the kubelet's allocatable devices: {e}"))
+                .unwrap_or_else(|| "needs PodResources (the kubelet's allocatable devices)".into()),
+            None,
+        )),
     }
 
     // Kernel log: replay this boot's records and map device faults to devices by PCI address.

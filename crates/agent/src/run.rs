@@ -4,12 +4,16 @@
 //! ```text
 //!  kmsg reader thread ──(device faults only)──┐
 //!  NVML thread (inventory, samples, Xids) ────┤
-//!  device plugin watcher (ListAndWatch) ──────┼──► event loop: tracker + device↔pod map ──watch──► publisher task
-//!  PodResources refresher (on change, ≤1/s) ──┤       │ (batch, snapshot, diff)              └─► Events
+//!  PodResources: bindings, allocatable ───────┼──► event loop: tracker + device↔pod map ──watch──► publisher task
+//!  Node device counts (poll of its Node) ─────┤       │ (batch, snapshot, diff)              └─► Events
 //!  fake devices (kernel lines, resets) ───────┤       └──► /metrics gauges
 //!  POST /v1/progress (reply on a oneshot) ────┤   + progress book (status.workloads)
 //!  progress scraper (annotated, bound pods) ──┘
 //! ```
+//!
+//! The agent opens no `ListAndWatch` stream of its own: a plugin that feeds every stream from one
+//! channel would lose updates to it that the kubelet then never sees. Plugin-side health comes
+//! from the kubelet instead ([`crate::kubelet_devices`]).
 //!
 //! The loop drains every event that is waiting, then builds the `NodeDeviceHealth` once and
 //! hands it to the publisher only when it changed in substance. It turns at least once a second
@@ -19,15 +23,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration as StdDuration;
 
 use devheal_core::{Health, HealthSource, Time};
 use devheal_k8s::crd::{DeviceVendor, NodeDeviceHealth, NodeDeviceHealthStatus, SourceStatus, k8s_time};
-use devheal_kubelet::deviceplugin::{PluginDevice, PluginEvent, PluginWatcher};
-use devheal_kubelet::podresources::{AllocatableDevice, DeviceBinding, PodResourcesClient};
+use devheal_kubelet::podresources::DeviceBinding;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -35,11 +37,9 @@ use crate::fake::{FakeControl, FakeSignal, fake_devices};
 use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
 use crate::http::{ProgressControl, ProgressRefusal, ProgressRequest};
 use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
+use crate::kubelet_devices::{KubeletDevices, KubeletView, NodeCounts};
 use crate::metrics::{AgentMetrics, HealthLabel, SourceLabel};
-use crate::nvml::{FakeGpuTelemetry, GpuTelemetry, NvmlTelemetry, XidEvent};
-use crate::nvml_evidence::evidence_from_sample;
-use crate::nvml_trends::{NvmlTrends, TrendConfig};
-use crate::once::{NVIDIA_GPU_RESOURCE, SourcePaths};
+use crate::once::SourcePaths;
 use crate::progress::{PodRef, ProgressBook, ProgressConfig, ProgressError};
 use crate::publish::{
     DeviceTransition, Publication, PublishConfig, Publisher, devices_condition, run_publisher, wall_now,
@@ -47,6 +47,10 @@ use crate::publish::{
 use crate::scrape::{ScrapeConfig, ScrapeEvent, ScrapeTarget, run_scraper};
 use crate::snapshot::{
     InventoryDevice, SnapshotInput, keep_within_schema, node_device_health, within_schema,
+};
+pub use crate::sources::GpuSource;
+use crate::sources::{
+    NvmlEvent, PodResourcesEvent, PodResourcesSettings, SourceEvent, pod_resources_task, spawn_gpu_telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +61,6 @@ pub enum AgentError {
     Thread { what: &'static str, source: std::io::Error },
     #[error(transparent)]
     Progress(#[from] ProgressError),
-}
-
-/// Where GPU telemetry comes from.
-#[derive(Clone, Debug)]
-pub enum GpuSource {
-    /// NVML, loaded at run time (retried while the driver is absent).
-    Nvml,
-    /// Scripted GPUs (tests, demos).
-    Fake(FakeGpuTelemetry),
-    /// No GPU telemetry.
-    Off,
 }
 
 #[derive(Clone, Debug)]
@@ -91,8 +84,6 @@ pub struct AgentConfig {
     pub pod_resources_min_interval: StdDuration,
     /// How often NVML is sampled.
     pub nvml_interval: StdDuration,
-    /// How often the device-plugin directory is re-read for plugins that came or went.
-    pub plugin_rescan: StdDuration,
     /// How long one kubelet or plugin call may take.
     pub source_timeout: StdDuration,
     /// Workload progress: windows, hang timeout, scrape interval.
@@ -109,6 +100,10 @@ pub struct AgentConfig {
     /// The node's pods and their IPs, from the pod watch ([`crate::scrape::watch_node_pods`]),
     /// for [`crate::http::ProgressAuth::Pod`].
     pub pod_addresses: Option<watch::Receiver<crate::scrape::PodAddresses>>,
+    /// The Node's device counts per extended resource ([`crate::sources::poll_node_counts`]),
+    /// which tell a device its plugin reported Unhealthy from one that was removed; `None`
+    /// without an API server.
+    pub node_counts: Option<watch::Receiver<Option<NodeCounts>>>,
     /// Token reviews for pods that prove who they are with a token ([`crate::token`]); `None`
     /// without an API server.
     pub progress_tokens: Option<Arc<crate::token::PodTokens>>,
@@ -129,7 +124,6 @@ impl AgentConfig {
             pod_resources_interval: StdDuration::from_secs(10),
             pod_resources_min_interval: StdDuration::from_secs(1),
             nvml_interval: StdDuration::from_secs(10),
-            plugin_rescan: StdDuration::from_secs(1),
             source_timeout: StdDuration::from_secs(5),
             progress: ProgressConfig::default(),
             scrape_targets: None,
@@ -137,37 +131,10 @@ impl AgentConfig {
             http_limits: crate::serve::ServeLimits::default(),
             progress_auth: crate::http::ProgressAuth::Pod,
             progress_tokens: None,
+            node_counts: None,
             pod_addresses: None,
         }
     }
-}
-
-/// Everything the sources tell the loop.
-#[derive(Debug)]
-enum SourceEvent {
-    Kernel(KernelEvent),
-    Plugin(PluginEvent),
-    Fake(FakeSignal),
-    Nvml(NvmlEvent),
-    PodResources(PodResourcesEvent),
-    Progress(ProgressRequest),
-    Scrape(ScrapeEvent),
-}
-
-#[derive(Debug)]
-enum NvmlEvent {
-    Inventory { driver_version: Option<String>, gpus: Vec<InventoryDevice> },
-    Sample { uuid: String, evidence: Vec<Evidence> },
-    SampleFailed { uuid: String, message: String },
-    Xid(XidEvent),
-    Unavailable { message: String },
-}
-
-#[derive(Debug)]
-enum PodResourcesEvent {
-    Listed(Vec<DeviceBinding>),
-    Allocatable(Vec<AllocatableDevice>),
-    Unavailable(String),
 }
 
 /// A running agent.
@@ -288,24 +255,35 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         .map_err(|source| AgentError::Thread { what: "NVML", source })?;
     }
 
-    // Device plugins.
-    let (plugin_tx, plugin_rx) = mpsc::channel::<PluginEvent>(1024);
-    let mut watcher = PluginWatcher::new(&config.paths.device_plugin_dir);
-    watcher.rescan = config.plugin_rescan;
-    let watcher_task = watcher.spawn(plugin_tx);
-    let forwarder = forward(plugin_rx, events_tx.clone(), SourceEvent::Plugin, shutdown.clone());
-    tasks.push(tokio::spawn(async move {
-        forwarder.await;
-        watcher_task.abort();
-    }));
+    // The Node's device counts, as they change.
+    if let Some(mut counts) = config.node_counts.clone() {
+        let events = events_tx.clone();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let now = counts.borrow_and_update().clone();
+                if events.send(SourceEvent::NodeCounts(now)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = counts.changed() => if changed.is_err() { return },
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        }));
+    }
 
     // PodResources.
     let refresh = Arc::new(Notify::new());
-    let want_allocatable = Arc::new(AtomicBool::new(true));
+    let settings = PodResourcesSettings {
+        socket: config.paths.pod_resources_socket.clone(),
+        timeout: config.source_timeout,
+        interval: config.pod_resources_interval,
+        min_interval: config.pod_resources_min_interval,
+    };
     tasks.push(tokio::spawn(pod_resources_task(
-        config.clone(),
+        settings,
         Arc::clone(&refresh),
-        Arc::clone(&want_allocatable),
         events_tx.clone(),
         Arc::clone(&metrics),
         shutdown.clone(),
@@ -339,21 +317,29 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         None => now,
     };
     let mut tracker = DeviceHealthTracker::new(config.tracker.clone(), boot_id.clone());
+    // Fake devices: the agent is their plugin, which serves them Healthy at first.
+    for d in &static_devices {
+        tracker.set_watch(&d.id, HealthSource::DevicePlugin, true, now);
+    }
     let kept = crate::restore::restore(&mut tracker, last.as_ref(), boot_id.as_deref(), now);
     if !kept.is_empty() {
         tracing::warn!(devices = ?kept.keys().collect::<Vec<_>>(),
             "kept the devices the last report had Unhealthy or Degraded until there is evidence they recovered");
     }
+    let mut kubelet = KubeletDevices::default();
+    for d in &static_devices {
+        kubelet.note(&d.resource, &d.id);
+    }
     let state = LoopState {
         node: config.node.clone(),
         boot_id: boot_id.clone(),
-        device_plugin_dir: config.paths.device_plugin_dir.clone(),
         tracker,
         kept,
         kernel: KernelPipeline::new(&config.node, boot_id, boot_time),
         static_devices,
         nvml_devices: Vec::new(),
-        plugins: BTreeMap::new(),
+        kubelet,
+        kubelet_last: BTreeMap::new(),
         bindings: Vec::new(),
         resource_of: BTreeMap::new(),
         sources: BTreeMap::new(),
@@ -361,7 +347,6 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         last_sent: None,
         metrics: Arc::clone(&metrics),
         refresh,
-        want_allocatable,
         inventory_ids: BTreeSet::new(),
         ready: false,
         started: tokio::time::Instant::now(),
@@ -406,20 +391,18 @@ fn uptime() -> Option<f64> {
     (up.is_finite() && up >= 0.0).then_some(up)
 }
 
-struct PluginState {
-    devices: Vec<PluginDevice>,
-}
-
 struct LoopState {
     node: String,
     boot_id: Option<String>,
-    device_plugin_dir: PathBuf,
     tracker: DeviceHealthTracker,
     kernel: KernelPipeline,
     /// Fake devices.
     static_devices: Vec<InventoryDevice>,
     nvml_devices: Vec<InventoryDevice>,
-    plugins: BTreeMap<String, PluginState>,
+    /// The devices the kubelet offers, and what it says of the others (plugin-side health).
+    kubelet: KubeletDevices,
+    /// The kubelet's view of each device as last given to the tracker.
+    kubelet_last: BTreeMap<String, KubeletView>,
     bindings: Vec<DeviceBinding>,
     /// The resource of each allocatable device, from PodResources.
     resource_of: BTreeMap<String, String>,
@@ -429,7 +412,6 @@ struct LoopState {
     last_sent: Option<NodeDeviceHealthStatus>,
     metrics: Arc<AgentMetrics>,
     refresh: Arc<Notify>,
-    want_allocatable: Arc<AtomicBool>,
     inventory_ids: BTreeSet<String>,
     /// Devices kept from the last report (restore.rs): listed while no source lists them and
     /// the tracker does not call them Healthy.
@@ -460,7 +442,6 @@ async fn event_loop(
 ) {
     let mut tick = tokio::time::interval(StdDuration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut turns: u64 = 0;
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -482,10 +463,6 @@ async fn event_loop(
                 state.tracker.tick(now);
                 state.progress.tick(now);
                 state.metrics.mark_loop_alive(now.as_nanos() / 1_000_000_000);
-                if turns.is_multiple_of(5) {
-                    state.check_plugin_dir(now);
-                }
-                turns += 1;
             }
             _ = shutdown.changed() => break,
         }
@@ -514,9 +491,24 @@ impl LoopState {
                 }
             }
             SourceEvent::Fake(FakeSignal::Reset { device }) => self.tracker.device_reset(&device, now),
+            SourceEvent::Fake(FakeSignal::PluginHealth { device, healthy }) => {
+                // The agent is this plugin (fake devices): what it serves the kubelet, it knows.
+                let (health, word) =
+                    if healthy { (Health::Healthy, "Healthy") } else { (Health::Unhealthy, "Unhealthy") };
+                self.tracker.set_watch(&device, HealthSource::DevicePlugin, true, now);
+                self.tracker.observe(
+                    &device,
+                    Evidence {
+                        source: HealthSource::DevicePlugin,
+                        code: None,
+                        health,
+                        message: format!("the fake device plugin reports it {word}"),
+                    },
+                    now,
+                );
+            }
             SourceEvent::Nvml(event) => self.handle_nvml(event, now),
-            SourceEvent::Plugin(event) => self.handle_plugin(event, now),
-            SourceEvent::PodResources(PodResourcesEvent::Listed(bindings)) => {
+            SourceEvent::PodResources(PodResourcesEvent::Listed { bindings, allocatable }) => {
                 let message = format!("{} device binding(s)", bindings.len());
                 self.bound = bindings.iter().map(|b| PodRef::new(&b.namespace, &b.pod)).collect();
                 let bound = &self.bound;
@@ -528,11 +520,29 @@ impl LoopState {
                     }
                     changed
                 });
+                for b in &bindings {
+                    self.kubelet.note(&b.resource, &b.device_id);
+                }
                 self.bindings = bindings;
                 self.set_source("pod_resources", true, message, None, now);
+                match allocatable {
+                    Ok(devices) => {
+                        self.kubelet.set_allocatable(&devices);
+                        self.resource_of = devices.into_iter().map(|d| (d.device_id, d.resource)).collect();
+                        self.apply_kubelet(now);
+                    }
+                    Err(message) => self.set_source(
+                        "device_plugins",
+                        false,
+                        format!("the kubelet's allocatable devices: {message}"),
+                        None,
+                        now,
+                    ),
+                }
             }
-            SourceEvent::PodResources(PodResourcesEvent::Allocatable(devices)) => {
-                self.resource_of = devices.into_iter().map(|d| (d.device_id, d.resource)).collect();
+            SourceEvent::NodeCounts(counts) => {
+                self.kubelet.set_counts(counts);
+                self.apply_kubelet(now);
             }
             SourceEvent::PodResources(PodResourcesEvent::Unavailable(message)) => {
                 self.set_source("pod_resources", false, message, None, now);
@@ -617,6 +627,7 @@ impl LoopState {
                 let message = format!("{} GPU(s)", gpus.len());
                 for gpu in &gpus {
                     self.tracker.set_watch(&gpu.id, HealthSource::Nvml, true, now);
+                    self.kubelet.note(&gpu.resource, &gpu.id);
                 }
                 self.nvml_devices = gpus;
                 self.set_source("nvml", true, message, driver_version, now);
@@ -653,73 +664,62 @@ impl LoopState {
         }
     }
 
-    fn handle_plugin(&mut self, event: PluginEvent, now: Time) {
-        match event {
-            PluginEvent::Devices { socket, devices } => {
-                let name = plugin_source_name(&socket);
-                let before: BTreeSet<String> = self
-                    .plugins
-                    .get(&socket)
-                    .map(|p| p.devices.iter().map(|d| d.id.clone()).collect())
-                    .unwrap_or_default();
-                let after: BTreeSet<String> = devices.iter().map(|d| d.id.clone()).collect();
-                for gone in before.difference(&after) {
-                    self.tracker.set_watch(gone, HealthSource::DevicePlugin, false, now);
-                }
-                let unhealthy = devices.iter().filter(|d| !d.healthy).count();
-                for d in &devices {
-                    self.tracker.set_watch(&d.id, HealthSource::DevicePlugin, true, now);
-                    let (health, word) = if d.healthy {
-                        (Health::Healthy, "Healthy")
-                    } else {
-                        (Health::Unhealthy, "Unhealthy")
-                    };
-                    self.tracker.observe(
-                        &d.id,
-                        Evidence {
-                            source: HealthSource::DevicePlugin,
-                            code: None,
-                            health,
-                            message: format!("device plugin reports {word}"),
-                        },
-                        now,
-                    );
-                }
-                let message = format!("{} device(s), {unhealthy} reported Unhealthy", devices.len());
-                self.plugins.insert(socket, PluginState { devices });
-                self.set_source(&name, true, message, None, now);
-                self.sources.remove("device_plugins");
-                if before != after {
-                    self.want_allocatable.store(true, Ordering::Relaxed);
-                    self.refresh.notify_one();
-                }
-            }
-            PluginEvent::Disconnected { socket, reason } => self.plugin_blind(&socket, reason, now),
-            PluginEvent::Removed { socket } => {
-                self.plugin_blind(&socket, "socket removed (plugin stopped or kubelet restarted)".into(), now)
-            }
-        }
-    }
-
-    /// A plugin lost: its devices stay known and go blind for this source.
-    fn plugin_blind(&mut self, socket: &str, reason: String, now: Time) {
-        if let Some(plugin) = self.plugins.get(socket) {
-            for d in &plugin.devices {
-                self.tracker.set_watch(&d.id, HealthSource::DevicePlugin, false, now);
-            }
-        }
-        self.set_source(&plugin_source_name(socket), false, reason, None, now);
-    }
-
-    fn check_plugin_dir(&mut self, now: Time) {
-        if !self.plugins.is_empty() {
+    /// Plugin-side health as the kubelet has it: each device's view is given to the tracker
+    /// when it changes (so a steady state adds nothing to a reason's count).
+    fn apply_kubelet(&mut self, now: Time) {
+        if !self.kubelet.listed() {
             return;
         }
-        let message = match devheal_kubelet::deviceplugin::plugin_sockets(&self.device_plugin_dir) {
-            Ok(_) => format!("no device plugin socket in {}", self.device_plugin_dir.display()),
-            Err(e) => e.to_string(),
-        };
-        self.set_source("device_plugins", false, message, None, now);
+        let views = self.kubelet.views();
+        let (mut offered, mut unhealthy, mut unknown) = (0, 0, 0);
+        let mut last = BTreeMap::new();
+        for v in views {
+            match &v.view {
+                KubeletView::Healthy => offered += 1,
+                KubeletView::Unhealthy { .. } => unhealthy += 1,
+                KubeletView::Unknown(_) => unknown += 1,
+                KubeletView::Gone => {
+                    self.tracker.set_watch(&v.id, HealthSource::DevicePlugin, false, now);
+                    continue;
+                }
+            }
+            if self.kubelet_last.get(&v.id) != Some(&v.view) {
+                let evidence = match &v.view {
+                    KubeletView::Healthy => Some((
+                        Health::Healthy,
+                        "the kubelet offers it: its device plugin reports it Healthy".to_string(),
+                    )),
+                    KubeletView::Unhealthy { capacity, allocatable } => Some((
+                        Health::Unhealthy,
+                        format!(
+                            "its device plugin reports it Unhealthy: the kubelet no longer offers it ({}: capacity {capacity}, allocatable {allocatable})",
+                            v.resource
+                        ),
+                    )),
+                    _ => None,
+                };
+                match evidence {
+                    Some((health, message)) => {
+                        self.tracker.set_watch(&v.id, HealthSource::DevicePlugin, true, now);
+                        self.tracker.observe(
+                            &v.id,
+                            Evidence { source: HealthSource::DevicePlugin, code: None, health, message },
+                            now,
+                        );
+                    }
+                    None => self.tracker.set_watch(&v.id, HealthSource::DevicePlugin, false, now),
+                }
+            }
+            last.insert(v.id, v.view);
+        }
+        self.kubelet_last = last;
+        let mut message = format!(
+            "as the kubelet has them: {offered} device(s) offered, {unhealthy} reported Unhealthy by their plugin, {unknown} not offered for a reason not yet known"
+        );
+        if !self.kubelet.counts_known() {
+            message.push_str(" (the Node's device counts are not known)");
+        }
+        self.set_source("device_plugins", true, message, None, now);
     }
 
     fn set_source(
@@ -740,7 +740,8 @@ impl LoopState {
         );
     }
 
-    /// Every device the node has: fake devices, NVML's GPUs, then what plugins report.
+    /// Every device the node has: fake devices, NVML's GPUs, then the devices the kubelet has
+    /// offered (device plugins' devices).
     fn inventory(&self) -> Vec<InventoryDevice> {
         let mut devices: Vec<InventoryDevice> = Vec::new();
         for d in self.static_devices.iter().chain(self.nvml_devices.iter()) {
@@ -752,29 +753,17 @@ impl LoopState {
                 devices.push(d);
             }
         }
-        for (socket, plugin) in &self.plugins {
-            for pd in &plugin.devices {
-                if devices.iter().any(|x| x.id == pd.id) {
-                    continue;
-                }
-                // The resource from the kubelet (allocatable, else the pod holding the device),
-                // else named after the plugin's socket.
-                let resource = self
-                    .resource_of
-                    .get(&pd.id)
-                    .cloned()
-                    .or_else(|| {
-                        self.bindings.iter().find(|b| b.device_id == pd.id).map(|b| b.resource.clone())
-                    })
-                    .unwrap_or_else(|| plugin_source_name(socket));
-                devices.push(InventoryDevice {
-                    id: pd.id.clone(),
-                    resource,
-                    vendor: DeviceVendor::Other,
-                    model: None,
-                    pci_address: None,
-                });
+        for (resource, id) in self.kubelet.devices() {
+            if devices.iter().any(|x| x.id == id) {
+                continue;
             }
+            devices.push(InventoryDevice {
+                id: id.to_string(),
+                resource: resource.to_string(),
+                vendor: DeviceVendor::Other,
+                model: None,
+                pci_address: None,
+            });
         }
         for (id, d) in &self.kept {
             let healthy = self.tracker.verdict(id).is_none_or(|v| v.health == Health::Healthy);
@@ -946,200 +935,6 @@ fn significant(status: &NodeDeviceHealthStatus) -> NodeDeviceHealthStatus {
     s
 }
 
-/// `device_plugin:<socket file name>`.
-fn plugin_source_name(socket: &str) -> String {
-    let file = std::path::Path::new(socket).file_name().map(|n| n.to_string_lossy().into_owned());
-    format!("device_plugin:{}", file.unwrap_or_else(|| socket.to_string()))
-}
-
-async fn pod_resources_task(
-    config: AgentConfig,
-    refresh: Arc<Notify>,
-    want_allocatable: Arc<AtomicBool>,
-    events: mpsc::Sender<SourceEvent>,
-    metrics: Arc<AgentMetrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let socket = config.paths.pod_resources_socket.clone();
-    let timeout = config.source_timeout;
-    let mut client = PodResourcesClient::new(&socket, config.pod_resources_min_interval);
-    loop {
-        let event = if !socket.exists() {
-            want_allocatable.store(true, Ordering::Relaxed);
-            PodResourcesEvent::Unavailable(format!(
-                "{} does not exist (no kubelet on this node?)",
-                socket.display()
-            ))
-        } else {
-            metrics.pod_resources_calls.inc();
-            match tokio::time::timeout(timeout, client.list()).await {
-                Ok(Ok(bindings)) => PodResourcesEvent::Listed(bindings),
-                Ok(Err(e)) => {
-                    want_allocatable.store(true, Ordering::Relaxed);
-                    PodResourcesEvent::Unavailable(e.to_string())
-                }
-                Err(_) => {
-                    want_allocatable.store(true, Ordering::Relaxed);
-                    PodResourcesEvent::Unavailable(format!("no answer within {timeout:?}"))
-                }
-            }
-        };
-        let listed = matches!(event, PodResourcesEvent::Listed(_));
-        if events.send(SourceEvent::PodResources(event)).await.is_err() {
-            return;
-        }
-        if listed && want_allocatable.swap(false, Ordering::Relaxed) {
-            metrics.pod_resources_calls.inc();
-            match tokio::time::timeout(timeout, client.allocatable()).await {
-                Ok(Ok(devices)) => {
-                    if events
-                        .send(SourceEvent::PodResources(PodResourcesEvent::Allocatable(devices)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                _ => want_allocatable.store(true, Ordering::Relaxed),
-            }
-        }
-        tokio::select! {
-            _ = refresh.notified() => {}
-            _ = tokio::time::sleep(config.pod_resources_interval) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// How long the NVML thread waits before trying to load the library again.
-const NVML_RETRY: StdDuration = StdDuration::from_secs(30);
-
-fn spawn_gpu_telemetry(
-    source: GpuSource,
-    library: Option<PathBuf>,
-    interval: StdDuration,
-    events: mpsc::Sender<SourceEvent>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("gpu-telemetry".into()).spawn(move || {
-        let send = |e: NvmlEvent| events.blocking_send(SourceEvent::Nvml(e)).is_ok();
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let ended = match &source {
-                GpuSource::Off => return,
-                GpuSource::Fake(fake) => {
-                    let (_keep, xids) = std::sync::mpsc::channel();
-                    follow_gpus(fake, &xids, interval, &send, &stop)
-                }
-                GpuSource::Nvml => match NvmlTelemetry::open_at(library.as_deref().map(|p| p.as_os_str())) {
-                    Ok(nvml) => {
-                        let (xid_tx, xids) = std::sync::mpsc::channel();
-                        let watcher = nvml.spawn_xid_watcher(xid_tx, Arc::clone(&stop), 500);
-                        if let Err(e) = &watcher {
-                            tracing::warn!(error = %e, "NVML Xid events unavailable; the kernel log still has them");
-                        }
-                        follow_gpus(&nvml, &xids, interval, &send, &stop)
-                    }
-                    Err(e) => Some(e.to_string()),
-                },
-            };
-            match ended {
-                Some(message) => {
-                    if !send(NvmlEvent::Unavailable { message }) {
-                        return;
-                    }
-                }
-                None => return,
-            }
-            if !sleep_unless_stopped(NVML_RETRY, &stop) {
-                return;
-            }
-        }
-    })
-}
-
-/// Inventory, then a sample of every GPU each `interval`, forwarding Xid events as they come.
-/// Returns why it stopped following (`None`: told to stop).
-fn follow_gpus(
-    telemetry: &dyn GpuTelemetry,
-    xids: &std::sync::mpsc::Receiver<XidEvent>,
-    interval: StdDuration,
-    send: &dyn Fn(NvmlEvent) -> bool,
-    stop: &AtomicBool,
-) -> Option<String> {
-    let driver_version = telemetry.driver().ok().map(|d| d.driver_version);
-    let gpus = match telemetry.gpus() {
-        Ok(gpus) => gpus,
-        Err(e) => return Some(e.to_string()),
-    };
-    let inventory = gpus
-        .iter()
-        .map(|g| InventoryDevice {
-            id: g.uuid.clone(),
-            resource: NVIDIA_GPU_RESOURCE.into(),
-            vendor: DeviceVendor::Nvidia,
-            model: Some(g.name.clone()),
-            pci_address: Some(g.pci_address.clone()),
-        })
-        .collect();
-    if !send(NvmlEvent::Inventory { driver_version, gpus: inventory }) {
-        return None;
-    }
-    // Rates and trends need the samples before this one.
-    let mut trends = NvmlTrends::new(TrendConfig::default());
-    loop {
-        for gpu in &gpus {
-            let event = match telemetry.sample(gpu.index) {
-                Ok(sample) => {
-                    let mut evidence = evidence_from_sample(&sample);
-                    evidence.extend(trends.observe(&sample));
-                    NvmlEvent::Sample { uuid: gpu.uuid.clone(), evidence }
-                }
-                Err(e) => NvmlEvent::SampleFailed { uuid: gpu.uuid.clone(), message: e.to_string() },
-            };
-            if !send(event) {
-                return None;
-            }
-        }
-        let until = std::time::Instant::now() + interval;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return None;
-            }
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match xids.recv_timeout(left.min(StdDuration::from_secs(1))) {
-                Ok(xid) => {
-                    if !send(NvmlEvent::Xid(xid)) {
-                        return None;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                // The Xid thread ended (an NVML error): keep sampling; the kernel log has Xids.
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(left.min(StdDuration::from_secs(1)))
-                }
-            }
-        }
-    }
-}
-
-/// Sleep `total` in short steps; `false` when told to stop meanwhile.
-fn sleep_unless_stopped(total: StdDuration, stop: &AtomicBool) -> bool {
-    let until = std::time::Instant::now() + total;
-    while std::time::Instant::now() < until {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        std::thread::sleep(StdDuration::from_millis(200));
-    }
-    !stop.load(Ordering::Relaxed)
-}
-
 /// The agent's last published status, read once at start: three tries a second apart, then
 /// none (the sources decide alone, as on a first start; said in the log).
 async fn read_last_report<P: Publisher>(publisher: &mut P, node: &str) -> Option<NodeDeviceHealthStatus> {
@@ -1227,10 +1022,6 @@ mod tests {
         let mut healthy = status(1, 1, 5);
         healthy.devices[0].health = Health::Healthy;
         assert_ne!(significant(&status(1, 1, 5)), significant(&healthy));
-        assert_eq!(
-            plugin_source_name("/var/lib/kubelet/device-plugins/nvidia-gpu.sock"),
-            "device_plugin:nvidia-gpu.sock"
-        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The long-running agent against in-process servers on temporary Unix sockets playing the
-//! kubelet (PodResources, Registration) and device plugins, and a mock API server on 127.0.0.1
-//! for the real Kubernetes publisher: the device map and health are right, a plugin restart and a
-//! kubelet socket re-creation are survived, a `ListAndWatch` stream that ends is re-opened, and
-//! the fake devices register, re-register and fail, degrade and recover on request.
+//! kubelet (PodResources, Registration, the Node's device counts) and device plugins, and a mock
+//! API server on 127.0.0.1 for the real Kubernetes publisher: the device map and plugin-side
+//! health come from the kubelet and survive its restart, the agent opens no `ListAndWatch` of its
+//! own (a plugin that feeds every stream from one channel loses nothing to it), and the fake
+//! devices register, re-register and fail, degrade and recover on request.
 
 mod common;
 
@@ -10,16 +11,15 @@ use std::time::Duration;
 
 use common::{ChannelPublisher, MockApiServer, applied_status, http, pod_resources, test_config};
 use devheal_agent::health::TrackerConfig;
+use devheal_agent::kubelet_devices::{NodeCounts, ResourceCounts};
 use devheal_agent::publish::KubePublisher;
 use devheal_agent::run::start;
 use devheal_core::HealthSource;
 use devheal_k8s::crd::{DeviceHealthState, NodeDeviceHealth, NodeDeviceHealthStatus};
 use devheal_kubelet::api::deviceplugin_v1beta1 as dp;
 use devheal_kubelet::api::podresources_v1 as pr;
-use devheal_kubelet::server::{
-    DevicePluginServer, PodResourcesServer, PodResourcesState, RegistrationServer, serve,
-};
-use tokio::sync::mpsc;
+use devheal_kubelet::server::{PodResourcesServer, PodResourcesState, RegistrationServer, serve};
+use tokio::sync::{mpsc, watch};
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,17 +37,6 @@ fn device(id: &str, healthy: bool) -> dp::Device {
 
 fn pod(name: &str, ids: &[&str]) -> pr::PodResources {
     pod_resources("ml", name, "trainer", RESOURCE, ids)
-}
-
-fn kubelet_state(pods: Vec<pr::PodResources>) -> PodResourcesState {
-    let state = PodResourcesState::default();
-    state.set_pods(pods);
-    state.set_allocatable(vec![pr::ContainerDevices {
-        resource_name: RESOURCE.into(),
-        device_ids: vec!["fake-0".into(), "fake-1".into()],
-        topology: None,
-    }]);
-    state
 }
 
 /// Health and pods of each device, sorted by id.
@@ -98,26 +87,39 @@ fn source_available(status: &NodeDeviceHealthStatus, name: &str) -> Option<bool>
     status.sources.iter().find(|s| s.name == name).map(|s| s.available)
 }
 
+/// The kubelet's state: `pods`, and the devices it offers (those it counts healthy).
+fn kubelet_offering(pods: Vec<pr::PodResources>, offered: &[&str]) -> PodResourcesState {
+    let state = PodResourcesState::default();
+    state.set_pods(pods);
+    state.set_allocatable(vec![pr::ContainerDevices {
+        resource_name: RESOURCE.into(),
+        device_ids: offered.iter().map(|d| d.to_string()).collect(),
+        topology: None,
+    }]);
+    state
+}
+
+fn counts(capacity: u64, allocatable: u64) -> Option<NodeCounts> {
+    Some(NodeCounts::from([(RESOURCE.to_string(), ResourceCounts { capacity, allocatable })]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn map_and_health_survive_kubelet_and_plugin_restarts_and_ended_streams() {
+async fn plugin_health_comes_from_the_kubelet_and_survives_kubelet_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = test_config(dir.path(), "node-a");
-    std::fs::create_dir(&config.paths.device_plugin_dir).expect("mkdir");
-    let plugin_socket = config.paths.device_plugin_dir.join("fake.sock");
-    let (plugin, plugin_health) =
-        DevicePluginServer::new(vec![device("fake-0", true), device("fake-1", false)], "X");
-    let plugin_server = serve(&plugin_socket, plugin.router()).expect("serve plugin");
-    let kubelet = serve(
-        &config.paths.pod_resources_socket,
-        PodResourcesServer { state: kubelet_state(vec![pod("trainer-3", &["fake-1"])]) }.router(),
-    )
-    .expect("serve kubelet");
+    let mut config = test_config(dir.path(), "node-a");
+    // fake-1's plugin reported it Unhealthy: the kubelet offers only fake-0, and the Node counts
+    // two with one allocatable. trainer-3 still holds fake-1.
+    let (node_counts, counts_rx) = watch::channel(counts(2, 1));
+    config.node_counts = Some(counts_rx);
+    let state = kubelet_offering(vec![pod("trainer-3", &["fake-1"])], &["fake-0"]);
+    let kubelet =
+        serve(&config.paths.pod_resources_socket, PodResourcesServer { state: state.clone() }.router())
+            .expect("serve kubelet");
 
     let (statuses, mut rx) = mpsc::unbounded_channel();
     let (events, mut event_rx) = mpsc::unbounded_channel();
     let agent = start(config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
 
-    // The map and health: fake-1 is Unhealthy (the plugin says so) and held by trainer-3.
     let status = wait_for(&mut rx, "fake-1 Unhealthy with trainer-3", |s| {
         health_of(s, "fake-0") == Some(DeviceHealthState::Healthy)
             && health_of(s, "fake-1") == Some(DeviceHealthState::Unhealthy)
@@ -125,15 +127,11 @@ async fn map_and_health_survive_kubelet_and_plugin_restarts_and_ended_streams() 
             && s.devices.iter().all(|d| d.resource == RESOURCE)
     })
     .await;
-    assert!(
-        status.devices.iter().all(|d| d.resource == RESOURCE),
-        "resource from allocatable: {:?}",
-        view(&status)
-    );
     let fake1 = status.devices.iter().find(|d| d.id == "fake-1").expect("fake-1");
     assert_eq!(fake1.reasons[0].source, HealthSource::DevicePlugin);
+    assert!(fake1.reasons[0].message.contains("capacity 2, allocatable 1"), "{:?}", fake1.reasons);
     assert_eq!(source_available(&status, "pod_resources"), Some(true));
-    assert_eq!(source_available(&status, "device_plugin:fake.sock"), Some(true));
+    assert_eq!(source_available(&status, "device_plugins"), Some(true));
     let transition = tokio::time::timeout(WAIT, event_rx.recv()).await.expect("an event").expect("open");
     assert_eq!((transition.device.as_str(), transition.reason()), ("fake-1", "DeviceUnhealthy"));
     assert_eq!(transition.pods, vec!["ml/trainer-3"]);
@@ -153,57 +151,105 @@ async fn map_and_health_survive_kubelet_and_plugin_restarts_and_ended_streams() 
         .expect("join");
     assert_eq!(code, 404, "no fake devices in this agent");
 
-    // The kubelet restarts: its socket is re-created with a new map (trainer-4 on fake-0).
+    // The kubelet restarts: its socket is re-created with a new map (trainer-4 on fake-0), and
+    // fake-1's plugin reports it Healthy again: offered, counted allocatable. Probation follows.
     kubelet.stop().await;
-    let kubelet = serve(
-        &config.paths.pod_resources_socket,
-        PodResourcesServer { state: kubelet_state(vec![pod("trainer-4", &["fake-0"])]) }.router(),
-    )
-    .expect("serve kubelet again");
-    wait_for(&mut rx, "the new kubelet's map", |s| {
-        pods_of(s, "fake-0") == ["trainer-4"] && pods_of(s, "fake-1").is_empty()
-    })
-    .await;
-
-    // The plugin restarts: while it is gone its devices are blind (a clean device is Unknown, the
-    // one with a standing fault keeps it), never failed by the outage itself.
-    drop(plugin_health);
-    plugin_server.stop().await;
-    let status = wait_for(&mut rx, "fake-0 Unknown while the plugin is gone", |s| {
-        health_of(s, "fake-0") == Some(DeviceHealthState::Unknown)
-    })
-    .await;
-    assert_eq!(health_of(&status, "fake-1"), Some(DeviceHealthState::Unhealthy));
-    assert_eq!(source_available(&status, "device_plugin:fake.sock"), Some(false));
-    let (plugin, plugin_health) =
-        DevicePluginServer::new(vec![device("fake-0", true), device("fake-1", true)], "X");
-    let plugin_server = serve(&plugin_socket, plugin.router()).expect("serve plugin again");
-    let status = wait_for(&mut rx, "the restarted plugin followed", |s| {
-        health_of(s, "fake-0") == Some(DeviceHealthState::Healthy)
+    let state = kubelet_offering(vec![pod("trainer-4", &["fake-0"])], &["fake-0", "fake-1"]);
+    let kubelet =
+        serve(&config.paths.pod_resources_socket, PodResourcesServer { state: state.clone() }.router())
+            .expect("serve kubelet again");
+    node_counts.send_replace(counts(2, 2));
+    let status = wait_for(&mut rx, "the new kubelet's map, fake-1 on probation", |s| {
+        pods_of(s, "fake-0") == ["trainer-4"]
+            && pods_of(s, "fake-1").is_empty()
             && health_of(s, "fake-1") == Some(DeviceHealthState::Degraded)
     })
     .await;
     let fake1 = status.devices.iter().find(|d| d.id == "fake-1").expect("fake-1");
     assert!(fake1.reasons[0].message.starts_with("probation"), "{:?}", fake1.reasons);
 
-    // A plugin whose first ListAndWatch stream ends after one message (both devices Healthy) and
-    // whose next one reports fake-1 Unhealthy: only a re-opened stream can publish that.
-    drop(plugin_health);
-    plugin_server.stop().await;
-    let ending = EndingPlugin { calls: Arc::new(AtomicUsize::new(0)) };
-    let calls = Arc::clone(&ending.calls);
+    // fake-0 is no longer offered while the Node's counts are not known (no API server): that
+    // cannot tell a failed device from a removed one, so fake-0 is blind here, not failed.
+    node_counts.send_replace(None);
+    state.set_allocatable(vec![pr::ContainerDevices {
+        resource_name: RESOURCE.into(),
+        device_ids: vec!["fake-1".into()],
+        topology: None,
+    }]);
+    let status = wait_for(&mut rx, "fake-0 Unknown, not Unhealthy", |s| {
+        health_of(s, "fake-0") == Some(DeviceHealthState::Unknown)
+    })
+    .await;
+    let source = status.sources.iter().find(|s| s.name == "device_plugins").expect("the source");
+    assert!(source.message.as_deref().unwrap_or("").contains("not known"), "{source:?}");
+    // Counts again, with one unhealthy: fake-0's plugin reported it Unhealthy.
+    node_counts.send_replace(counts(2, 1));
+    wait_for(&mut rx, "fake-0 Unhealthy once the counts say so", |s| {
+        health_of(s, "fake-0") == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+
+    agent.stop().await;
+    kubelet.stop().await;
+}
+
+/// NVIDIA's device plugin feeds every open `ListAndWatch` stream from one shared health channel,
+/// so a second reader takes updates away from the kubelet. With the agent running beside the
+/// kubelet's stream, the kubelet's stream must still receive every change, and the plugin must
+/// see no stream but the kubelet's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelets_plugin_stream_gets_every_change_while_the_agent_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = test_config(dir.path(), "node-s");
+    std::fs::create_dir(&config.paths.device_plugin_dir).expect("mkdir");
+    let plugin_socket = config.paths.device_plugin_dir.join("nvidia-gpu.sock");
+    let (changes, shared) = mpsc::channel::<Vec<dp::Device>>(64);
+    let plugin = SharedChannelPlugin {
+        health: Arc::new(tokio::sync::Mutex::new(shared)),
+        streams: Arc::new(AtomicUsize::new(0)),
+    };
+    let streams = Arc::clone(&plugin.streams);
     let plugin_server = serve(
         &plugin_socket,
         tonic::transport::Server::builder()
-            .add_service(dp::device_plugin_server::DevicePluginServer::new(ending)),
+            .add_service(dp::device_plugin_server::DevicePluginServer::new(plugin)),
     )
-    .expect("serve the ending plugin");
-    wait_for(&mut rx, "fake-1 Unhealthy, reported on the re-opened stream", |s| {
-        health_of(s, "fake-1") == Some(DeviceHealthState::Unhealthy)
-            && health_of(s, "fake-0") == Some(DeviceHealthState::Healthy)
-    })
-    .await;
-    assert!(calls.load(Ordering::SeqCst) >= 2, "ListAndWatch was opened again");
+    .expect("serve the plugin");
+    let kubelet = serve(
+        &config.paths.pod_resources_socket,
+        PodResourcesServer { state: kubelet_offering(vec![], &["gpu-0", "gpu-1"]) }.router(),
+    )
+    .expect("serve PodResources");
+
+    // The kubelet's stream.
+    let mut client =
+        dp::device_plugin_client::DevicePluginClient::new(devheal_kubelet::uds::channel(&plugin_socket));
+    let mut stream = client.list_and_watch(dp::Empty {}).await.expect("ListAndWatch").into_inner();
+    let first = stream.message().await.expect("a message").expect("the initial list");
+    assert_eq!(first.devices.len(), 2);
+
+    let (statuses, mut rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent = start(config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
+    wait_for(&mut rx, "the agent publishes both devices", |s| s.devices.len() == 2).await;
+    // Time for a stream of the agent's own to open, if it opened one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    const CHANGES: usize = 20;
+    for i in 0..CHANGES {
+        let healthy = i % 2 == 1;
+        changes.send(vec![device("gpu-1", healthy)]).await.expect("the plugin's channel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = 0;
+    while seen < CHANGES {
+        match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
+            Ok(Ok(Some(_))) => seen += 1,
+            _ => break,
+        }
+    }
+    assert_eq!(seen, CHANGES, "the kubelet's stream missed {} change(s)", CHANGES - seen);
+    assert_eq!(streams.load(Ordering::SeqCst), 1, "only the kubelet opened ListAndWatch");
 
     agent.stop().await;
     plugin_server.stop().await;
@@ -264,12 +310,11 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
                     d.id == "fake-gpu-1"
                         && d.health == DeviceHealthState::Unhealthy
                         && d.reasons.iter().any(|x| x.source == HealthSource::KernelLog && x.code == Some(79))
-                        && d.reasons.iter().any(|x| x.source == HealthSource::DevicePlugin)
                 })
             })
         })
         .await
-        .expect("fake-gpu-1 published Unhealthy with the Xid and the plugin's report");
+        .expect("fake-gpu-1 published Unhealthy with the Xid");
     let failed = status.devices.iter().find(|d| d.id == "fake-gpu-1").expect("device");
     assert_eq!(failed.pci_address, Some(format!("{domain}:00:01.0")));
     assert_eq!(failed.pods[0].name, "infer-0");
@@ -332,17 +377,19 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
     kubelet.stop().await;
 }
 
-/// A device plugin whose first `ListAndWatch` stream sends both devices Healthy and ends; every
-/// later one sends fake-1 Unhealthy and stays open.
+/// A device plugin that, like NVIDIA's, sends each new stream the device list and then feeds
+/// every open stream from one shared channel of health changes: a change taken by one stream is
+/// never sent on another.
 #[derive(Clone)]
-struct EndingPlugin {
-    calls: Arc<AtomicUsize>,
+struct SharedChannelPlugin {
+    health: Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<dp::Device>>>>,
+    streams: Arc<AtomicUsize>,
 }
 
 type DeviceStream = Pin<Box<dyn Stream<Item = Result<dp::ListAndWatchResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
-impl dp::device_plugin_server::DevicePlugin for EndingPlugin {
+impl dp::device_plugin_server::DevicePlugin for SharedChannelPlugin {
     async fn get_device_plugin_options(
         &self,
         _: Request<dp::Empty>,
@@ -353,16 +400,22 @@ impl dp::device_plugin_server::DevicePlugin for EndingPlugin {
     type ListAndWatchStream = DeviceStream;
 
     async fn list_and_watch(&self, _: Request<dp::Empty>) -> Result<Response<DeviceStream>, Status> {
-        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
-        let devices = vec![device("fake-0", true), device("fake-1", first)];
-        let once = tokio_stream::once(Ok(dp::ListAndWatchResponse { devices }));
-        let stream: DeviceStream = if first {
-            Box::pin(once)
-        } else {
-            use tokio_stream::StreamExt;
-            Box::pin(once.chain(tokio_stream::pending()))
-        };
-        Ok(Response::new(stream))
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel(16);
+        let initial = vec![device("gpu-0", true), device("gpu-1", true)];
+        let health = Arc::clone(&self.health);
+        tokio::spawn(async move {
+            if tx.send(Ok(dp::ListAndWatchResponse { devices: initial })).await.is_err() {
+                return;
+            }
+            loop {
+                let Some(devices) = health.lock().await.recv().await else { return };
+                if tx.send(Ok(dp::ListAndWatchResponse { devices })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn get_preferred_allocation(

@@ -240,6 +240,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let mut config = config;
             config.scrape_targets = Some(targets_rx);
             config.pod_addresses = Some(addresses_rx);
+            // The Node's device counts: with the kubelet's allocatable devices, they say which
+            // devices their plugin reported Unhealthy (the agent opens no ListAndWatch of its own).
+            let (counts_tx, counts_rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(devheal_agent::sources::poll_node_counts(
+                client.clone(),
+                config.node.clone(),
+                config.pod_resources_interval,
+                Duration::from_secs(10),
+                counts_tx,
+            ));
+            config.node_counts = Some(counts_rx);
             // Pods that prove who they are with a token (host-network pods): TokenReview.
             config.progress_tokens = Some(std::sync::Arc::new(devheal_agent::token::PodTokens::new(
                 std::sync::Arc::new(devheal_agent::token::KubeTokenReviewer::new(client.clone())),

@@ -782,7 +782,10 @@ fn the_agent_runs_with_only_what_it_needs() {
     let kmsg = host_path("/dev/kmsg").expect("/dev/kmsg");
     assert_eq!(kmsg["hostPath"]["type"], "CharDevice");
     assert!(host_path("/var/lib/kubelet/pod-resources").is_some(), "the PodResources socket's directory");
-    assert!(host_path("/var/lib/kubelet/device-plugins").is_some(), "the device plugins' directory");
+    assert!(
+        host_path("/var/lib/kubelet/device-plugins").is_none(),
+        "no device plugins' directory: the agent opens no plugin socket"
+    );
     for mount in container["volumeMounts"].as_array().expect("volumeMounts") {
         assert_eq!(mount["readOnly"], true, "host mounts are read-only in the base: {mount}");
     }

@@ -4,8 +4,8 @@
 //! - [`uds`]: gRPC channels over Unix sockets that re-dial the socket path whenever they reconnect,
 //!   so a kubelet that re-creates its socket is followed without restarting the agent.
 //! - [`podresources`]: which container holds which device, within the kubelet's rate limit.
-//! - [`deviceplugin`]: finds device plugin sockets and follows each plugin's `ListAndWatch`,
-//!   through plugin restarts and streams that end.
+//! - [`deviceplugin`]: registering a device plugin with the kubelet. devheal opens no plugin's
+//!   `ListAndWatch`: a plugin that feeds every stream from one channel would lose updates to it.
 //! - [`server`]: in-process servers for both APIs on a Unix socket: the test kubelet and test
 //!   plugins, and the agent's fake-device mode.
 #![forbid(unsafe_code)]
@@ -22,8 +22,6 @@ pub enum KubeletError {
     Connect { socket: String, message: String },
     #[error("{call} on {socket} failed: {status}")]
     Call { call: &'static str, socket: String, status: Box<tonic::Status> },
-    #[error("cannot read the device plugin directory {dir}: {source}")]
-    PluginDir { dir: String, source: std::io::Error },
     #[error("cannot serve on {socket}: {message}")]
     Serve { socket: String, message: String },
 }

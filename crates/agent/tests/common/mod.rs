@@ -247,7 +247,6 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
     };
     config.pod_resources_interval = std::time::Duration::from_millis(200);
     config.pod_resources_min_interval = std::time::Duration::from_millis(20);
-    config.plugin_rescan = std::time::Duration::from_millis(50);
     config.source_timeout = std::time::Duration::from_secs(2);
     config
 }

@@ -283,3 +283,43 @@ async fn a_restarted_agent_keeps_a_failed_device_until_it_recovers() {
     })
     .await;
 }
+
+/// The agent opens no device plugin stream of its own; a device its plugin reported Unhealthy
+/// reaches it through the kubelet: no longer offered in PodResources, and counted by the real
+/// Node's status (capacity 2, allocatable 1), which the agent reads with its own credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn a_device_the_kubelet_stops_offering_is_published_unhealthy() {
+    let scope = Scope::new("kubelet-view").await;
+    let node = scope.add_node("n1", 2).await;
+    let kubelet = scope.kubelet(&node, 2).await;
+    let _agent = scope.agent(&node, &kubelet, None).await;
+    eventually("both devices published Healthy", Duration::from_secs(30), || {
+        let (client, node) = (scope.client.clone(), node.clone());
+        async move {
+            let a = published_health(&client, &node, "fake-gpu-0").await;
+            let b = published_health(&client, &node, "fake-gpu-1").await;
+            (a.as_deref() == Some("Healthy") && b.as_deref() == Some("Healthy")).then_some(())
+        }
+    })
+    .await;
+    // The plugin reports fake-gpu-1 Unhealthy to the kubelet (no kernel line, no fake endpoint).
+    kubelet.state.lock().unwrap().unhealthy.insert("fake-gpu-1".into());
+    let reason = eventually(
+        "fake-gpu-1 published Unhealthy by its plugin, through the kubelet",
+        Duration::from_secs(40),
+        || {
+            let (client, node) = (scope.client.clone(), node.clone());
+            async move {
+                let object = node_device_health(&client, &node).await?;
+                let device =
+                    object["status"]["devices"].as_array()?.iter().find(|d| d["id"] == "fake-gpu-1")?.clone();
+                (device["health"] == "Unhealthy").then(|| device["reasons"][0].clone())
+            }
+        },
+    )
+    .await;
+    assert_eq!(reason["source"], "device_plugin", "{reason}");
+    assert!(reason["message"].as_str().unwrap_or("").contains("capacity 2, allocatable 1"), "{reason}");
+    assert_eq!(published_health(&scope.client, &node, "fake-gpu-0").await.as_deref(), Some("Healthy"));
+}

@@ -576,7 +576,8 @@ const TERMINATION: Duration = Duration::from_secs(2);
 /// service on Unix sockets (the agent reads the first and its fake device plugin registers with
 /// the second), and runs a loop over the node's pods as a kubelet would: a new pod gets free fake
 /// GPUs for its `devheal.io/fake-gpu` limit (lowest id first, never one marked unhealthy), is
-/// reported in PodResources and set Running; a pod being deleted is set Failed (exit code 143,
+/// reported in PodResources and set Running; a device marked unhealthy is not offered
+/// (`GetAllocatableResources`) and not counted in the Node's allocatable; a pod being deleted is set Failed (exit code 143,
 /// as after SIGTERM) and removed with a zero grace period 2 s later; a pod that failed on its own
 /// keeps its status.
 pub struct FakeKubelet {
@@ -677,6 +678,8 @@ async fn kubelet_loop(
     let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
     // Pods being deleted, since when the loop saw it.
     let mut terminating: BTreeMap<String, Instant> = BTreeMap::new();
+    // The fake GPUs the Node's status last counted allocatable.
+    let mut counted: Option<usize> = Some(gpus);
     loop {
         if let Ok(list) = all.list(&lp).await {
             let live: BTreeSet<String> = list.items.iter().filter_map(|p| p.metadata.uid.clone()).collect();
@@ -756,11 +759,25 @@ async fn kubelet_loop(
                     .collect()
             };
             pr_state.set_pods(pods);
+            // As a kubelet does: it offers only the devices it counts healthy, and the Node
+            // counts the others in capacity but not in allocatable.
+            let unhealthy = state.lock().unwrap().unhealthy.clone();
             pr_state.set_allocatable(vec![pr::ContainerDevices {
                 resource_name: FAKE_GPU.into(),
-                device_ids: (0..gpus).map(|i| format!("fake-gpu-{i}")).collect(),
+                device_ids: (0..gpus)
+                    .map(|i| format!("fake-gpu-{i}"))
+                    .filter(|d| !unhealthy.contains(d))
+                    .collect(),
                 topology: None,
             }]);
+            let allocatable = gpus.saturating_sub(unhealthy.len());
+            if counted != Some(allocatable) {
+                let status = json!({"status": {"allocatable": {FAKE_GPU: allocatable.to_string()}}});
+                let nodes: Api<Node> = Api::all(client.clone());
+                if nodes.patch_status(&node, &PatchParams::default(), &Patch::Merge(&status)).await.is_ok() {
+                    counted = Some(allocatable);
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
