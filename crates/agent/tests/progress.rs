@@ -506,6 +506,9 @@ async fn a_host_network_pod_proves_itself_with_its_own_token() {
     let agent =
         start(node.config.clone(), ChannelPublisher { statuses, events }).await.expect("agent starts");
     let addr = agent.progress_addr.expect("served");
+    // Once PodResources has answered (a report from trainer-3, from its IP, is taken).
+    let (code, answer) = post_when_bound(addr, r#"{"namespace":"ml","pod":"trainer-3"}"#).await;
+    assert_eq!(code, 202, "{answer}");
     let body = r#"{"namespace":"ml","pod":"host-net","steps":[{"seconds":1}]}"#;
     let with_token = move |token: Option<&str>| {
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
