@@ -111,6 +111,7 @@ impl Engine {
             self.record_failure(n, now, out);
         }
         let class = verdict.class;
+        let cause = self.cause_of(&verdict);
         let summary = verdict.evidence.first().cloned().unwrap_or_default();
         let reason = format!("{}: {summary}", camel(class));
         // What follows carries out the rule: attributed to its policy (the breaker's report
@@ -127,11 +128,11 @@ impl Engine {
             RuleAction::ReplaceAtCheckpoint => {
                 if let (Some(g), false) = (&gang, terminal) {
                     let devices = verdict.suspect_devices.clone();
-                    self.replace_at_checkpoint(uid, g, devices, &identity, &reason, class, now, out);
+                    self.replace_at_checkpoint(uid, g, devices, &identity, &reason, class, cause, now, out);
                 }
             }
             RuleAction::RestartGang => match &gang {
-                Some(g) => self.restart_gang(g, &identity, &reason, class, now, out),
+                Some(g) => self.restart_gang(g, &identity, &reason, class, cause, now, out),
                 None if !terminal => self.evict(uid, &identity, &reason, class, now, out),
                 None => {}
             },

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use crate::action::{PlannedAction, RepairKind};
 use crate::attribution::IncidentEvidence;
-use crate::device::{Device, DeviceKey, Health, HealthReason};
+use crate::device::{Device, DeviceKey, Health, HealthReason, HealthSource};
 use crate::incident::{Attribution, KernelIncident};
 use crate::pod::{FailureClass, PodPhase};
 use crate::time::Time;
@@ -38,6 +38,17 @@ pub(super) struct DeviceState {
 }
 
 impl DeviceState {
+    /// Degraded on nothing but progress reports (a straggler, a baseline shift): no reason from
+    /// a device source, no device incident.
+    pub(super) fn progress_only(&self) -> bool {
+        self.health == Health::Degraded
+            && !self.reasons.is_empty()
+            && self.reasons.iter().all(|r| r.source == HealthSource::Progress)
+            && !self.incidents.iter().any(|i| {
+                matches!(i.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host)
+            })
+    }
+
     pub(super) fn new(now: Time) -> Self {
         DeviceState {
             pci: None,

@@ -1,6 +1,6 @@
 //! Gangs: members, progress and hangs, one restart per incident (an open restart absorbs the
-//! members' later failures until the gang runs again), replacement of one member at the next
-//! checkpoint, and the per-gang hourly restart budget.
+//! members' later failures until the gang runs again), and replacement of one member at the
+//! next checkpoint. Both kinds of restart pass the budgets in `budgets`.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -10,6 +10,7 @@ use crate::pod::{FailureClass, GangId};
 use crate::time::{Duration, Time};
 
 use super::Engine;
+use super::budgets::{Cause, Refused};
 
 /// How long an open gang restart waits for the gang to make progress before it is closed anyway.
 const RESTART_SETTLE: Duration = Duration::from_mins(20);
@@ -25,6 +26,7 @@ pub(super) struct OpenRestart {
 #[derive(Clone, Debug, Default)]
 pub(super) struct GangState {
     pub(super) members: BTreeSet<String>,
+    /// Its restarts and member replacements in the last hour (its budget; see `budgets`).
     pub(super) restarts: VecDeque<Time>,
     pub(super) open_restart: Option<OpenRestart>,
     pub(super) last_progress: Option<Time>,
@@ -82,11 +84,14 @@ impl Engine {
     ) {
         self.progressing.remove(g);
         let class = self.gang_device_class(g);
+        // The workload's own reports (or their absence) say it is hung; only a member's failed
+        // device makes the restart answer a fault.
+        let cause = if class == FailureClass::DeviceFailure { Cause::Fault } else { Cause::Progress };
         let incident = format!("hang/{g}/{}", since.as_nanos());
         if let Some(gs) = self.gangs.get_mut(g) {
             gs.last_progress = None;
         }
-        self.restart_gang(g, &incident, reason, class, now, out);
+        self.restart_gang(g, &incident, reason, class, cause, now, out);
     }
 
     /// The class a hang is blamed on: the worst device health among the gang's members.
@@ -111,24 +116,9 @@ impl Engine {
         class
     }
 
-    /// Take one restart from the gang's hourly budget, or say how many it already had.
-    fn take_gang_restart(&mut self, g: &GangId, now: Time) -> Result<(), usize> {
-        let max = self.config.safety.max_gang_restarts_per_hour as usize;
-        let hour = now - Duration::from_hours(1);
-        let Some(gs) = self.gangs.get_mut(g) else { return Err(0) };
-        while gs.restarts.front().is_some_and(|t| *t <= hour) {
-            gs.restarts.pop_front();
-        }
-        if gs.restarts.len() >= max {
-            return Err(gs.restarts.len());
-        }
-        gs.restarts.push_back(now);
-        Ok(())
-    }
-
     /// Plan the replacement of a slow gang member at the gang's next checkpoint: one at a time
-    /// per gang and incident, held like any remediation, and within the gang restart budget
-    /// (the replacement is a restart from that checkpoint).
+    /// per gang and incident, held like any remediation, and within the restart budgets (the
+    /// replacement is a restart from that checkpoint).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn replace_at_checkpoint(
         &mut self,
@@ -138,6 +128,7 @@ impl Engine {
         identity: &str,
         reason: &str,
         class: FailureClass,
+        cause: Cause,
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
@@ -153,36 +144,32 @@ impl Engine {
         if self.gangs.get(g).is_none_or(|gs| gs.open_restart.is_some()) {
             return;
         }
-        if let Err(restarts) = self.take_gang_restart(g, now) {
-            let max = self.config.safety.max_gang_restarts_per_hour;
-            let msg = format!(
-                "not replacing {}/{} in gang {g}: {restarts} restarts in the last hour (limit {max}); {reason}",
-                pref.namespace, pref.name
-            );
-            self.report(
-                out,
-                format!("budget/replace/{uid}/{identity}"),
-                "GangRestartBudgetExhausted",
-                msg,
-                now,
-            );
+        if let Err(refused) = self.admit_restart(g, cause, now, out) {
+            let pod = format!("{}/{}", pref.namespace, pref.name);
+            self.report_refused(out, &refused, g, Refused::Replacement { uid, pod, identity }, reason, now);
             return;
         }
         let action =
             Action::ReplaceAtCheckpoint { pod: pref, gang: g.clone(), devices, reason: reason.to_string() };
-        self.emit(out, key, action, class, now);
+        if self.emit(out, key, action, class, now) && cause == Cause::Progress {
+            self.planned_progress_restart(&g.namespace, now, out);
+        }
     }
 
+    /// Restart the whole gang once for `incident`, unless a restart is already planned, a
+    /// member's node is held, or the restart budgets (and, for a restart caused by progress
+    /// alone, the progress breaker) refuse it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn restart_gang(
         &mut self,
         g: &GangId,
         incident: &str,
         reason: &str,
         class: FailureClass,
+        cause: Cause,
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
-        let max = self.config.safety.max_gang_restarts_per_hour as usize;
         let held = {
             let Some(gs) = self.gangs.get(g) else { return };
             if gs.open_restart.is_some() {
@@ -208,11 +195,8 @@ impl Engine {
         if self.issued.contains_key(&key) {
             return;
         }
-        if let Err(restarts) = self.take_gang_restart(g, now) {
-            let msg = format!(
-                "not restarting gang {g}: {restarts} restarts in the last hour (limit {max}); {reason}"
-            );
-            self.report(out, format!("budget/gang/{g}/{incident}"), "GangRestartBudgetExhausted", msg, now);
+        if let Err(refused) = self.admit_restart(g, cause, now, out) {
+            self.report_refused(out, &refused, g, Refused::Restart { incident }, reason, now);
             return;
         }
         let Some(gs) = self.gangs.get_mut(g) else { return };
@@ -231,7 +215,9 @@ impl Engine {
             incident: incident.to_string(),
             reason: reason.to_string(),
         };
-        self.emit(out, key, action, class, now);
+        if self.emit(out, key, action, class, now) && cause == Cause::Progress {
+            self.planned_progress_restart(&g.namespace, now, out);
+        }
     }
 
     /// Open restarts settle (the gang made progress, or `RESTART_SETTLE` passed); gangs silent

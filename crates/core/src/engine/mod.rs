@@ -5,15 +5,21 @@
 //! all pods. Iteration that reaches the output is over sorted collections, so the same inputs
 //! always give the same actions.
 //!
-//! What it guarantees (checked by the property tests in `tests/engine_properties.rs`):
+//! What it guarantees (checked by the property tests in `tests/engine_properties.rs` and
+//! `tests/restart_budgets.rs`):
 //! - one gang restart per incident, however many members fail or are reported afterwards; the
 //!   restart is planned the moment a member's device fails, not when the others time out;
 //! - `Unknown` health and stale input (an earlier boot, evidence older than the device's last
 //!   recovery) never cause an action;
-//! - budgets (nodes quarantined at once, evictions per minute, gang restarts per gang per hour)
-//!   are never exceeded, and a breaker holds all remediation when failures are correlated across
-//!   many nodes; a driver or device plugin version that concentrates failures is reported and
-//!   its nodes are held rather than cycled;
+//! - budgets (nodes quarantined at once, evictions per minute, gang restarts and member
+//!   replacements per gang, per namespace and in the whole cluster per hour) are never exceeded,
+//!   and a breaker holds all remediation when failures are correlated across many nodes; a
+//!   driver or device plugin version that concentrates failures is reported and its nodes are
+//!   held rather than cycled;
+//! - restarts and replacements caused by progress reports alone (hangs, stragglers, baseline
+//!   shifts, which a workload can forge) are never more than `progress_breaker_restarts` within
+//!   `progress_breaker_window`: the progress breaker then holds them, and only them, until
+//!   `breaker_cooldown` passes without one; a failed device still restarts its gang;
 //! - every destructive action carries an idempotency key and is never planned twice.
 //!
 //! This file holds the public types, the engine's state and the dispatch of each input; the
@@ -22,17 +28,21 @@
 //! - `nodes`: boots and versions, reboots, incidents of a whole node;
 //! - `pods`: the lean pod index, pod updates and deletions, evictions;
 //! - `decide`: the policy applied to one pod's failure;
-//! - `gangs`: progress, hangs, gang restarts, replacement at a checkpoint, the gang budget;
+//! - `gangs`: progress, hangs, gang restarts, replacement at a checkpoint;
+//! - `budgets`: the hourly restart budgets (gang, namespace, cluster) both kinds of restart pass;
+//! - `progress_breaker`: the hold on restarts caused by progress reports alone;
 //! - `quarantine`: device quarantine and cordons within the node budget, probation's end;
 //! - `breaker`: the breaker and version holds;
 //! - `queries`: read-only questions (verdicts, decisions, the safety state).
 
 mod breaker;
+mod budgets;
 mod decide;
 mod devices;
 mod gangs;
 mod nodes;
 mod pods;
+mod progress_breaker;
 mod quarantine;
 mod queries;
 #[cfg(test)]
@@ -51,10 +61,12 @@ use crate::policy::{FailurePolicy, RuleAction, SafetySettings};
 use crate::time::{Duration, Time};
 
 use breaker::Breaker;
+use budgets::RestartWindows;
 use devices::DeviceState;
 use gangs::GangState;
 use nodes::NodeState;
 use pods::{PendingEviction, PodState};
+use progress_breaker::ProgressBreaker;
 
 /// Cluster-wide safety settings and the policies in force.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -133,6 +145,12 @@ pub struct SafetyState {
     pub quarantined_devices: usize,
     /// Remediation steps the breaker held since the engine started.
     pub held_by_breaker: u64,
+    /// Gang restarts and member replacements planned in the last hour, in the whole cluster.
+    pub gang_restarts_last_hour: usize,
+    /// Whether the progress breaker holds restarts caused by progress reports alone.
+    pub progress_breaker_open: bool,
+    /// Gang restarts and replacements the progress breaker held since the engine started.
+    pub held_by_progress_breaker: u64,
 }
 
 /// The engine and all the state it keeps.
@@ -176,6 +194,9 @@ pub struct Engine {
     version_nodes: HashMap<String, u32>,
     held_versions: BTreeSet<String>,
     breaker: Breaker,
+    /// Gang restarts and replacements in the last hour, per namespace and in the cluster.
+    restart_windows: RestartWindows,
+    progress_breaker: ProgressBreaker,
     last_prune: Time,
     last_tick: Time,
 }
@@ -219,6 +240,8 @@ impl Engine {
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),
             breaker: Breaker::default(),
+            restart_windows: RestartWindows::default(),
+            progress_breaker: ProgressBreaker::default(),
             last_prune: Time::ZERO,
             last_tick: Time::ZERO,
         };
@@ -305,8 +328,10 @@ impl Engine {
     // ---------------------------------------------------------------- time
 
     /// Time passes: budgets refill, holds and probations end, held remediation is retried,
-    /// restarts settle and hangs are noticed. Each step looks only at what it watches.
+    /// restarts settle and hangs are noticed. Each step looks only at what it watches. The
+    /// progress breaker's cooldown is judged first, before this Tick wants any restart.
     fn on_tick(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
+        self.tick_progress_breaker(now, out);
         self.mature_degraded(now, out);
         self.tick_breaker(now, out);
         self.end_probations(now, out);
@@ -345,6 +370,7 @@ impl Engine {
             self.seen_incidents.retain(|_, t| *t >= horizon);
             self.vanished.retain(|_, (t, _)| *t >= horizon);
             let hour = now - Duration::from_hours(1);
+            self.restart_windows.prune(hour);
             let empty: Vec<GangId> = self
                 .gangs
                 .iter_mut()

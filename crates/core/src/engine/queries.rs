@@ -81,6 +81,9 @@ impl Engine {
             held_versions: self.held_versions.iter().cloned().collect(),
             quarantined_devices: self.devices.values().filter(|d| d.quarantined).count(),
             held_by_breaker: self.held_by_breaker,
+            gang_restarts_last_hour: self.restart_windows.in_cluster(now - Duration::from_hours(1)),
+            progress_breaker_open: self.progress_breaker.open_since.is_some(),
+            held_by_progress_breaker: self.progress_breaker.held,
         }
     }
 

@@ -4,7 +4,7 @@
 pub(super) use crate::action::{Action, PlannedAction, RepairKind};
 pub(super) use crate::device::{Device, DeviceKey, Health, HealthReason};
 pub(super) use crate::pod::{ContainerInfo, ContainerState, NodeInfo, PodInfo, PodPhase};
-pub(super) use crate::policy::{FailurePolicy, PolicyRule, RuleAction};
+pub(super) use crate::policy::{FailurePolicy, PolicyRule, RuleAction, SafetySettings};
 pub(super) use crate::time::{Duration, Time};
 
 pub(super) use super::{Engine, EngineConfig, ISSUED_MEMORY, Input};
@@ -39,7 +39,12 @@ pub(super) fn gang_pod(i: usize, node: &str) -> PodInfo {
 }
 
 pub(super) fn engine_with(nodes: usize) -> Engine {
-    let mut e = Engine::new(EngineConfig::default());
+    engine_with_safety(nodes, SafetySettings::default())
+}
+
+/// `nodes` nodes of 8 devices each (`node-0`, …), under `safety`.
+pub(super) fn engine_with_safety(nodes: usize, safety: SafetySettings) -> Engine {
+    let mut e = Engine::new(EngineConfig { safety, ..EngineConfig::default() });
     for n in 0..nodes {
         let node = format!("node-{n}");
         e.handle(
@@ -124,4 +129,44 @@ pub(super) fn degraded(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAc
         count: 1,
     };
     e.handle(Input::DeviceHealth { device: k, health: Health::Degraded, reasons: vec![reason] }, now)
+}
+
+/// A gang of one pod, `name` in `namespace`, on device 0 of `node` (uid `namespace/name`).
+pub(super) fn one_pod_gang(namespace: &str, name: &str, node: &str) -> PodInfo {
+    PodInfo {
+        uid: format!("{namespace}/{name}"),
+        namespace: namespace.into(),
+        name: format!("{name}-0"),
+        labels: [("jobset.sigs.k8s.io/jobset-name".to_string(), name.to_string())].into(),
+        ..gang_pod(0, node)
+    }
+}
+
+/// The controller's hang finding for a pod, silent since `since`.
+pub(super) fn hung(e: &mut Engine, uid: &str, since: Time, now: Time) -> Vec<PlannedAction> {
+    e.handle(Input::Hung { pod_uid: uid.into(), since, evidence: "no step for 90 s".into() }, now)
+}
+
+/// A device Degraded by a device source (NVML: clocks throttled), not by progress reports.
+pub(super) fn throttled(e: &mut Engine, k: DeviceKey, now: Time) -> Vec<PlannedAction> {
+    let reason = HealthReason {
+        source: crate::device::HealthSource::Nvml,
+        code: None,
+        message: "clocks throttled: hardware slowdown".into(),
+        first_seen: now,
+        last_seen: now,
+        count: 1,
+    };
+    e.handle(Input::DeviceHealth { device: k, health: Health::Degraded, reasons: vec![reason] }, now)
+}
+
+/// Reports with this reason.
+pub(super) fn reports<'a>(actions: &'a [PlannedAction], reason: &str) -> Vec<&'a str> {
+    actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Report { reason: r, message } if r == reason => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
 }
