@@ -109,6 +109,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     };
     let mut settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
     settings.engine.safety.probation = crate::agent::core_duration(args.probation);
+    settings.engine.safety.validate()?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(LoopHealth::new(settings.tick_every * 6));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)

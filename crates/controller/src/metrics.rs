@@ -22,6 +22,9 @@
 //! | `devheal_controller_evictions_last_minute` | gauge | |
 //! | `devheal_controller_held_by_breaker` | gauge | remediation steps the breaker held since start |
 //! | `devheal_controller_held_versions` | gauge | driver/plugin versions whose nodes are held |
+//! | `devheal_controller_gang_restarts_last_hour` | gauge | gang restarts and member replacements in the cluster |
+//! | `devheal_controller_progress_breaker_open` | gauge | 1 while restarts caused by progress reports alone are held |
+//! | `devheal_controller_held_by_progress_breaker` | gauge | restarts the progress breaker held since start |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +73,9 @@ pub struct Metrics {
     evictions_last_minute: Gauge,
     held_by_breaker: Gauge,
     held_versions: Gauge,
+    gang_restarts_last_hour: Gauge,
+    progress_breaker_open: Gauge,
+    held_by_progress_breaker: Gauge,
 }
 
 fn gauge_value(n: impl TryInto<i64>) -> i64 {
@@ -109,6 +115,9 @@ impl Metrics {
             evictions_last_minute: Gauge::default(),
             held_by_breaker: Gauge::default(),
             held_versions: Gauge::default(),
+            gang_restarts_last_hour: Gauge::default(),
+            progress_breaker_open: Gauge::default(),
+            held_by_progress_breaker: Gauge::default(),
         };
         registry.register(
             "controller_actions",
@@ -202,6 +211,21 @@ impl Metrics {
             "controller_held_versions",
             "Driver or device plugin versions whose nodes' remediation is held",
             m.held_versions.clone(),
+        );
+        registry.register(
+            "controller_gang_restarts_last_hour",
+            "Gang restarts and member replacements planned in the cluster in the last hour",
+            m.gang_restarts_last_hour.clone(),
+        );
+        registry.register(
+            "controller_progress_breaker_open",
+            "1 while the progress breaker holds restarts caused by progress reports alone",
+            m.progress_breaker_open.clone(),
+        );
+        registry.register(
+            "controller_held_by_progress_breaker",
+            "Gang restarts and replacements the progress breaker held since the controller started",
+            m.held_by_progress_breaker.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -311,6 +335,9 @@ impl Metrics {
         self.evictions_last_minute.set(gauge_value(s.evictions_last_minute));
         self.held_by_breaker.set(gauge_value(s.held_by_breaker));
         self.held_versions.set(gauge_value(s.held_versions.len()));
+        self.gang_restarts_last_hour.set(gauge_value(s.gang_restarts_last_hour));
+        self.progress_breaker_open.set(i64::from(s.progress_breaker_open));
+        self.held_by_progress_breaker.set(gauge_value(s.held_by_progress_breaker));
     }
 }
 

@@ -105,6 +105,7 @@ fn budget(safety: &SafetyState) -> BudgetStatus {
         quarantine_node_limit: n(safety.quarantine_node_limit),
         evictions_last_minute: n(safety.evictions_last_minute),
         held_versions: safety.held_versions.clone(),
+        progress_breaker_open: safety.progress_breaker_open,
     }
 }
 
@@ -325,6 +326,12 @@ mod tests {
         let budget = book.changed(&policies(), unreachable_count, &safety, Time::from_secs(120));
         assert_eq!(budget.len(), 1);
         assert_eq!(budget[0].status.budget.as_ref().map(|b| b.breaker_open), Some(true));
+        book.written(budget[0].clone());
+        let safety =
+            SafetyState { breaker_open: true, progress_breaker_open: true, ..SafetyState::default() };
+        let budget = book.changed(&policies(), unreachable_count, &safety, Time::from_secs(130));
+        assert_eq!(budget.len(), 1);
+        assert_eq!(budget[0].status.budget.as_ref().map(|b| b.progress_breaker_open), Some(true));
     }
 
     /// Matched pods are counted only when pods or policies changed.

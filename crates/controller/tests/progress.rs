@@ -7,7 +7,9 @@
 //!   slow-down has lasted `degraded_replace_after`; nothing else in the gang is touched;
 //! - a gang whose every reporting member is hung is restarted once, within 2 minutes of its
 //!   last step; one quiet member among progressing ones, or a member its agent cannot read, is
-//!   not a hang.
+//!   not a hang;
+//! - hang findings for many gangs at once (forged, or a broken reporter) restart no more gangs
+//!   than the progress breaker allows, while a GPU that dies under a held gang still restarts it.
 
 mod common;
 
@@ -96,7 +98,7 @@ impl Agents {
                 })
                 .collect();
             by_node.entry(node).or_default().push(WorkloadProgress {
-                namespace: "ml".into(),
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
                 name,
                 uid: pod.metadata.uid.clone(),
                 reporter: ProgressReporter::Endpoint,
@@ -437,4 +439,62 @@ async fn a_hang_needs_a_quorum_of_the_gang_and_a_first_report_is_never_one() {
     agents.publish(&fake, clock.now());
     h.pump().await;
     assert_eq!(restarts(&fake), 1, "a quorum of hung reporters restarts the gang");
+}
+
+/// Every member of fourteen two-pod JobSets in four namespaces reports a hang at once (what a
+/// tenant able to write its pods' progress could send): ten gangs are restarted, then the
+/// progress breaker opens and holds the other four. A GPU that then dies under one of those is a
+/// fault, and still restarts its gang.
+#[tokio::test]
+async fn a_flood_of_hang_findings_opens_the_progress_breaker_and_a_dead_gpu_still_restarts_its_gang() {
+    let clock = ManualClock::new(START);
+    let fake = FakeCluster::new(clock.clone());
+    fake.add_gpu_nodes(8, 8);
+    let gang = |g: usize| format!("team-{}/jobset/job-{g}", g % 4);
+    for g in 0..14 {
+        fake.add_jobset(&format!("team-{}", g % 4), &format!("job-{g}"), 2);
+    }
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    let mut agents = Agents::new();
+    for minute in 1..=3 {
+        clock.set(START + Duration::from_mins(minute));
+        agents.minute(&fake, clock.now(), |_| 1.0, |_| false);
+        agents.publish(&fake, clock.now());
+        h.pump().await;
+        h.tick().await;
+    }
+    clock.set(START + Duration::from_mins(5));
+    for a in agents.members.values_mut() {
+        a.hang = a.last_progress;
+    }
+    agents.publish(&fake, clock.now());
+    h.pump().await;
+    h.tick().await;
+
+    let record = fake.record();
+    assert_eq!(record.gang_restarts.len(), 10, "{:?}", record.gang_restarts);
+    assert_eq!(
+        record.reports.iter().filter(|r| *r == "ProgressBreakerOpen").count(),
+        1,
+        "{:?}",
+        record.reports
+    );
+    let safety = h.controller.safety_state();
+    assert!(safety.progress_breaker_open && !safety.breaker_open, "{safety:?}");
+    assert_eq!((safety.held_by_progress_breaker, safety.gang_restarts_last_hour), (4, 10));
+    let text = h.controller.metrics().encode();
+    assert!(text.contains("devheal_controller_progress_breaker_open 1"), "{text}");
+    assert!(text.contains("devheal_controller_held_by_progress_breaker 4"), "{text}");
+    assert!(text.contains("devheal_controller_gang_restarts_last_hour 10"), "{text}");
+
+    let held = (0..14).find(|g| !record.gang_restarts.contains_key(&gang(*g))).expect("a held gang");
+    let pod = format!("job-{held}-workers-0-a0");
+    let uid = fake.pod(&format!("team-{}", held % 4), &pod).and_then(|p| p.metadata.uid).unwrap_or_default();
+    let device = h.controller.engine().pod_devices(&uid).first().cloned().expect("its GPU");
+    let index = device.id.rsplit('-').next().and_then(|i| i.parse().ok()).expect("GPU index");
+    clock.advance(Duration::from_secs(10));
+    fake.set_gpu_health(&device.node, index, Health::Unhealthy, 79, "GPU has fallen off the bus");
+    h.pump().await;
+    assert_eq!(fake.record().gang_restarts.get(&gang(held)), Some(&1), "{:?}", fake.record().gang_restarts);
 }

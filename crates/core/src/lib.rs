@@ -28,5 +28,5 @@ pub use pod::ResourceHealth;
 pub use pod::{
     ContainerInfo, ContainerState, FailureClass, GangId, NodeInfo, PodCondition, PodInfo, PodPhase,
 };
-pub use policy::{FailurePolicy, PolicyRule, RuleAction, SafetySettings};
+pub use policy::{FailurePolicy, PolicyRule, RuleAction, SafetySettings, SafetySettingsError};
 pub use time::{Duration, Time};

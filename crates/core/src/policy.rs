@@ -272,7 +272,20 @@ pub struct SafetySettings {
     /// ...and at most this percent of the fleet.
     pub max_quarantined_nodes_percent: f64,
     pub max_evictions_per_minute: u32,
+    /// Restarts of one gang (and replacements of its members) in any hour.
     pub max_gang_restarts_per_hour: u32,
+    /// Gang restarts and member replacements in one namespace in any hour, however many gangs
+    /// the namespace runs: one tenant cannot spend the cluster's budget (0: none at all).
+    pub max_gang_restarts_per_hour_per_namespace: u32,
+    /// Gang restarts and member replacements in the whole cluster in any hour (0: none at all).
+    pub max_gang_restarts_per_hour_cluster: u32,
+    /// Open the progress breaker when this many gang restarts and member replacements caused by
+    /// progress reports alone (hangs, stragglers, baseline shifts: what a workload reports about
+    /// itself, and could forge) were planned within `progress_breaker_window` (0: never). While
+    /// it is open, such restarts are held; restarts for device faults go on. It closes after
+    /// `breaker_cooldown` without one.
+    pub progress_breaker_restarts: u32,
+    pub progress_breaker_window: Duration,
     /// Open the breaker when this many distinct nodes fail within `breaker_window`...
     pub breaker_min_nodes: u32,
     /// ...and they are at least this percent of the fleet.
@@ -313,6 +326,10 @@ impl Default for SafetySettings {
             max_quarantined_nodes_percent: 10.0,
             max_evictions_per_minute: 30,
             max_gang_restarts_per_hour: 6,
+            max_gang_restarts_per_hour_per_namespace: 20,
+            max_gang_restarts_per_hour_cluster: 60,
+            progress_breaker_restarts: 10,
+            progress_breaker_window: Duration::from_mins(10),
             breaker_min_nodes: 10,
             breaker_node_percent: 2.0,
             breaker_window: Duration::from_mins(5),
@@ -327,6 +344,34 @@ impl Default for SafetySettings {
             degraded_replace_after: Duration::from_mins(20),
             incident_window: Duration::from_mins(15),
         }
+    }
+}
+
+/// A safety setting that cannot work as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SafetySettingsError {
+    /// `field` is the setting's name as written in configuration (camelCase).
+    #[error("invalid safety setting {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl SafetySettings {
+    /// Check the settings a breaker needs: a window of no length counts nothing, and a cooldown
+    /// of none closes a breaker the moment it opens. Errors name the field as it is written in
+    /// configuration.
+    pub fn validate(&self) -> Result<(), SafetySettingsError> {
+        let durations = [
+            ("breakerWindow", self.breaker_window),
+            ("breakerCooldown", self.breaker_cooldown),
+            ("progressBreakerWindow", self.progress_breaker_window),
+        ];
+        for (field, d) in durations {
+            if d <= Duration::ZERO {
+                let reason = format!("must be positive, is {}ns", d.as_nanos());
+                return Err(SafetySettingsError::Invalid { field, reason });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -405,5 +450,26 @@ mod tests {
         assert_eq!(p.rules[0].action, RuleAction::RestartGang);
         let bad = r#"{"name":"p","rules":[{"name":"r","onClass":["oom"],"action":"Ignore"}]}"#;
         assert!(serde_json::from_str::<FailurePolicy>(bad).is_err());
+    }
+
+    #[test]
+    fn restart_budgets_and_the_progress_breaker_parse_in_camel_case_and_are_validated() {
+        let text = r#"{"maxGangRestartsPerHourPerNamespace":5,"maxGangRestartsPerHourCluster":12,
+            "progressBreakerRestarts":4,"progressBreakerWindow":300000000000}"#;
+        let s: SafetySettings = serde_json::from_str(text).expect("parses");
+        assert_eq!(
+            (s.max_gang_restarts_per_hour_per_namespace, s.max_gang_restarts_per_hour_cluster),
+            (5, 12)
+        );
+        assert_eq!((s.progress_breaker_restarts, s.progress_breaker_window), (4, Duration::from_mins(5)));
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(SafetySettings::default().validate(), Ok(()));
+        let zero = SafetySettings { progress_breaker_window: Duration::ZERO, ..SafetySettings::default() };
+        let err = zero.validate().unwrap_err().to_string();
+        assert!(err.contains("progressBreakerWindow"), "{err}");
+        let negative =
+            SafetySettings { breaker_cooldown: Duration::from_secs(-1), ..SafetySettings::default() };
+        let err = negative.validate().unwrap_err().to_string();
+        assert!(err.contains("breakerCooldown"), "{err}");
     }
 }

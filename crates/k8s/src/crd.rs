@@ -348,6 +348,10 @@ pub struct BudgetStatus {
     /// Driver or device plugin versions whose nodes' remediation is held (canary signal).
     #[serde(default)]
     pub held_versions: Vec<String>,
+    /// Gang restarts and replacements caused by progress reports alone are held (too many of
+    /// them in a short time).
+    #[serde(default)]
+    pub progress_breaker_open: bool,
 }
 
 /// A Kubernetes timestamp for one of the engine's times (nanoseconds since the Unix epoch).

@@ -39,6 +39,7 @@ fn policy_status() -> FailurePolicyStatus {
             quarantine_node_limit: 2,
             evictions_last_minute: 0,
             held_versions: vec![],
+            progress_breaker_open: false,
         }),
     }
 }
@@ -51,7 +52,7 @@ fn status_body() -> serde_json::Value {
         "lastAction": {"action": "RestartGang", "target": "ml/jobset/llama",
                        "reason": "DeviceFailure: Xid 79", "at": T0_SECONDS},
         "budget": {"breakerOpen": false, "quarantinedNodes": 1, "quarantineNodeLimit": 2,
-                   "evictionsLastMinute": 0, "heldVersions": []},
+                   "evictionsLastMinute": 0, "heldVersions": [], "progressBreakerOpen": false},
     }})
 }
 

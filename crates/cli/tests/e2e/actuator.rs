@@ -547,6 +547,7 @@ async fn policy_status_and_the_lease_on_the_real_server() {
             quarantine_node_limit: 2,
             evictions_last_minute: 0,
             held_versions: vec![],
+            progress_breaker_open: false,
         }),
     };
     let a = KubeActuator::new(client.clone(), config());

@@ -1,0 +1,517 @@
+//! Devices: the inventory of each node, health reports and kernel incidents as they arrive,
+//! and what a device failing, degrading or recovering sets in motion (quarantine and repair,
+//! the decisions for the pods bound to it, probation).
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::action::{PlannedAction, RepairKind};
+use crate::attribution::IncidentEvidence;
+use crate::device::{Device, DeviceKey, Health, HealthReason, HealthSource};
+use crate::incident::{Attribution, KernelIncident};
+use crate::pod::{FailureClass, PodPhase};
+use crate::time::Time;
+
+use super::Engine;
+use super::nodes::NodeState;
+
+/// Incidents kept per device as attribution evidence.
+const INCIDENTS_PER_DEVICE: usize = 4;
+
+#[derive(Clone, Debug)]
+pub(super) struct DeviceState {
+    /// PCI address, lower-case, from the inventory.
+    pub(super) pci: Option<String>,
+    /// Uids of the pods bound to the device.
+    pub(super) pods: Vec<String>,
+    pub(super) health: Health,
+    pub(super) since: Time,
+    pub(super) reasons: Vec<HealthReason>,
+    pub(super) incidents: Vec<IncidentEvidence>,
+    pub(super) open_incident: Option<String>,
+    pub(super) quarantined: bool,
+    pub(super) probation_until: Option<Time>,
+    /// Evidence from before this time is stale (last reset, recovery or reboot).
+    pub(super) recovered_at: Time,
+    pub(super) incident_times: VecDeque<Time>,
+    /// When each recent Degraded episode began (its `since`).
+    pub(super) degraded_episodes: VecDeque<Time>,
+}
+
+impl DeviceState {
+    /// Degraded on nothing but progress reports (a straggler, a baseline shift): no reason from
+    /// a device source, no device incident.
+    pub(super) fn progress_only(&self) -> bool {
+        self.health == Health::Degraded
+            && !self.reasons.is_empty()
+            && self.reasons.iter().all(|r| r.source == HealthSource::Progress)
+            && !self.incidents.iter().any(|i| {
+                matches!(i.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host)
+            })
+    }
+
+    pub(super) fn new(now: Time) -> Self {
+        DeviceState {
+            pci: None,
+            pods: Vec::new(),
+            health: Health::Healthy,
+            since: now,
+            reasons: Vec::new(),
+            incidents: Vec::new(),
+            open_incident: None,
+            quarantined: false,
+            probation_until: None,
+            recovered_at: Time(i64::MIN),
+            incident_times: VecDeque::new(),
+            degraded_episodes: VecDeque::new(),
+        }
+    }
+}
+
+impl Engine {
+    /// The devices of a node (a range of the ordered device map).
+    pub(super) fn node_devices(&self, node: &str) -> impl Iterator<Item = (&DeviceKey, &DeviceState)> {
+        self.devices.range(DeviceKey::new(node, "", "")..).take_while(move |(k, _)| k.node == node)
+    }
+
+    pub(super) fn node_device_keys(&self, node: &str) -> Vec<DeviceKey> {
+        self.node_devices(node).map(|(k, _)| k.clone()).collect()
+    }
+
+    pub(super) fn on_devices(&mut self, node: String, devices: Vec<Device>, now: Time) {
+        self.nodes.entry(node.clone()).or_default();
+        let listed: BTreeSet<&DeviceKey> = devices.iter().map(|d| &d.key).collect();
+        let gone: Vec<DeviceKey> =
+            self.node_devices(&node).filter(|(k, _)| !listed.contains(k)).map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            self.probation.remove(&k);
+            self.pending_devices.remove(&k);
+            let Some(mut st) = self.devices.remove(&k) else { continue };
+            if st.quarantined {
+                // A device that is gone keeps no pod off its node: release its budget share as
+                // the release path does, and remember it so that it comes back quarantined.
+                self.unquarantine_node(&k.node);
+                st.pods.clear();
+                st.probation_until = None;
+                self.vanished.insert(k, (now, st));
+            }
+        }
+        for d in devices {
+            if !self.devices.contains_key(&d.key)
+                && let Some((_, mut st)) = self.vanished.remove(&d.key)
+            {
+                // Back after falling off the bus: still quarantined (the quarantine was never
+                // lifted) until it is Healthy through probation. It counts against the budget
+                // again, even when the budget is full, since the quarantine is already in place.
+                if st.health != Health::Unhealthy {
+                    st.health = Health::Unknown;
+                    st.since = now;
+                }
+                *self.quarantined_nodes.entry(d.key.node.clone()).or_default() += 1;
+                if st.health == Health::Unhealthy {
+                    self.unwell.insert(d.key.clone());
+                }
+                self.devices.insert(d.key.clone(), st);
+            }
+            let st = self.devices.entry(d.key).or_insert_with(|| DeviceState::new(now));
+            st.pci = d.pci_address.map(|p| p.to_ascii_lowercase());
+        }
+    }
+
+    pub(super) fn on_device_health(
+        &mut self,
+        key: DeviceKey,
+        health: Health,
+        reasons: Vec<HealthReason>,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        if !self.nodes.contains_key(&key.node) {
+            self.nodes.insert(key.node.clone(), NodeState::default());
+        }
+        let st = self.devices.entry(key.clone()).or_insert_with(|| DeviceState::new(now));
+        // Stale: every reason predates the device's last recovery.
+        if !reasons.is_empty() && reasons.iter().all(|r| r.last_seen < st.recovered_at) {
+            return;
+        }
+        let previous = st.health;
+        if health == Health::Unknown {
+            // The detector lost sight: record it, change nothing else (no remediation, no release).
+            st.health = Health::Unknown;
+            st.since = now;
+            return;
+        }
+        st.reasons = reasons;
+        if health != previous {
+            st.since = now;
+        }
+        st.health = health;
+        if matches!(health, Health::Unhealthy | Health::Degraded) {
+            self.unwell.insert(key.clone());
+        }
+        match health {
+            Health::Unhealthy => {
+                if st.open_incident.is_none() {
+                    let code = st.reasons.iter().find_map(|r| r.code);
+                    let incident = match code {
+                        Some(c) => format!("health/{key}/{c}/{}", now.as_nanos()),
+                        None => format!("health/{key}/{}", now.as_nanos()),
+                    };
+                    let summary = st.reasons.first().map(|r| r.message.clone()).unwrap_or_default();
+                    let reason = format!(
+                        "device reported Unhealthy{}",
+                        if summary.is_empty() { String::new() } else { format!(": {summary}") }
+                    );
+                    self.device_failed(&key, incident, RepairKind::ResetDevice, reason, now, out);
+                }
+            }
+            // Only a transition into Healthy is a recovery: a source that republishes its full
+            // state (NodeDeviceHealth heartbeats) must not push probation out forever. A
+            // quarantined device not yet in probation starts it on any Healthy report.
+            Health::Healthy => {
+                if previous != Health::Healthy || (st.quarantined && st.probation_until.is_none()) {
+                    self.device_recovered(&key, now);
+                }
+            }
+            Health::Degraded => self.device_degraded(&key, now, out),
+            Health::Unknown => {}
+        }
+    }
+
+    pub(super) fn on_incident(&mut self, inc: KernelIncident, now: Time, out: &mut Vec<PlannedAction>) {
+        // Stale: from another boot of the node.
+        let node_boot =
+            self.nodes.get(&inc.node).and_then(|n| n.info.as_ref()).and_then(|i| i.boot_id.clone());
+        if let (Some(current), Some(seen)) = (&node_boot, &inc.boot_id)
+            && current != seen
+        {
+            return;
+        }
+        if self.seen_incidents.contains_key(&inc.id) {
+            return;
+        }
+        let key = inc.pci_address.as_ref().and_then(|pci| {
+            let pci = pci.to_ascii_lowercase();
+            self.node_devices(&inc.node)
+                .find(|(_, d)| d.pci.as_deref() == Some(pci.as_str()))
+                .map(|(k, _)| k.clone())
+        });
+        let Some(key) = key else {
+            if inc.pci_address.is_none() {
+                self.seen_incidents.insert(inc.id.clone(), now);
+                self.node_incident(inc, now, out);
+            }
+            // A PCI address the inventory does not know: nothing to act on.
+            return;
+        };
+        let Some(st) = self.devices.get_mut(&key) else { return };
+        if inc.last_seen < st.recovered_at {
+            return;
+        }
+        self.seen_incidents.insert(inc.id.clone(), now);
+        st.incidents.push(IncidentEvidence {
+            id: inc.id.clone(),
+            code: inc.code,
+            attribution: inc.attribution,
+            health: inc.health,
+            summary: inc.summary.clone(),
+            last_seen: inc.last_seen,
+        });
+        if st.incidents.len() > INCIDENTS_PER_DEVICE {
+            st.incidents.remove(0);
+        }
+        let device_fault =
+            matches!(inc.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host);
+        if !device_fault {
+            return;
+        }
+        match inc.health {
+            Health::Unhealthy => {
+                if st.open_incident.is_some() {
+                    return;
+                }
+                if st.health != Health::Unhealthy {
+                    st.since = now;
+                }
+                st.health = Health::Unhealthy;
+                self.unwell.insert(key.clone());
+                let reason = format!("{}: {}", inc.kind, inc.summary);
+                self.device_failed(&key, inc.id, inc.action, reason, now, out);
+            }
+            Health::Degraded if st.health == Health::Healthy => {
+                st.health = Health::Degraded;
+                st.since = now;
+                self.unwell.insert(key.clone());
+                self.device_degraded(&key, now, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn device_failed(
+        &mut self,
+        key: &DeviceKey,
+        incident: String,
+        repair: RepairKind,
+        reason: String,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let s = &self.config.safety;
+        let lemon_horizon = now - s.lemon_window;
+        let Some(st) = self.devices.get_mut(key) else { return };
+        st.open_incident = Some(incident.clone());
+        st.probation_until = None;
+        self.probation.remove(key);
+        st.incident_times.push_back(now);
+        while st.incident_times.front().is_some_and(|t| *t < lemon_horizon) {
+            st.incident_times.pop_front();
+        }
+        self.record_failure(&key.node, now, out);
+        // Keep new pods off the device first, then recover the workload, then repair.
+        let repair = if self.is_lemon(key) { RepairKind::InspectHardware } else { repair };
+        self.remediate_device(key, &incident, repair, &reason, now, out);
+        let bound: Vec<String> = self.devices.get(key).map(|d| d.pods.clone()).unwrap_or_default();
+        for uid in bound {
+            let Some(p) = self.pods.get(&uid) else { continue };
+            if matches!(p.info.phase, PodPhase::Succeeded | PodPhase::Failed) {
+                continue;
+            }
+            if !self.config.safety.evict_pods_on_unhealthy_devices && p.gang.is_none() {
+                continue;
+            }
+            let verdict = self.verdict(&p.info.to_pod_info(&uid), now);
+            if verdict.class == FailureClass::DeviceFailure {
+                self.decide_pod(&uid, None, verdict, Some(incident.clone()), now, out);
+            }
+        }
+    }
+
+    fn is_lemon(&self, key: &DeviceKey) -> bool {
+        self.devices
+            .get(key)
+            .is_some_and(|d| d.incident_times.len() >= self.config.safety.lemon_incidents.max(1) as usize)
+    }
+
+    fn device_degraded(&mut self, key: &DeviceKey, now: Time, out: &mut Vec<PlannedAction>) {
+        // Count the episode (once, by its start) and quarantine a device that keeps degrading.
+        let s = &self.config.safety;
+        let (limit, horizon) = (s.degraded_episodes_to_quarantine as usize, now - s.lemon_window);
+        let mut repeat = None;
+        if let Some(d) = self.devices.get_mut(key) {
+            if d.degraded_episodes.back() != Some(&d.since) {
+                d.degraded_episodes.push_back(d.since);
+            }
+            while d.degraded_episodes.front().is_some_and(|t| *t < horizon) {
+                d.degraded_episodes.pop_front();
+            }
+            if limit > 0 && d.degraded_episodes.len() >= limit && !d.quarantined {
+                repeat = Some((d.degraded_episodes.len(), d.since));
+            }
+        }
+        if let Some((episodes, since)) = repeat {
+            let days = self.config.safety.lemon_window.as_secs_f64() / 86_400.0;
+            let reason = format!("Degraded {episodes} times within {days:.0} days");
+            let incident = format!("degraded-repeat/{key}/{}", since.as_nanos());
+            self.remediate_device(key, &incident, RepairKind::InspectHardware, &reason, now, out);
+        }
+        let bound: Vec<String> = self.devices.get(key).map(|d| d.pods.clone()).unwrap_or_default();
+        for uid in bound {
+            let Some(p) = self.pods.get(&uid) else { continue };
+            if p.info.phase != PodPhase::Running {
+                continue;
+            }
+            let verdict = self.verdict(&p.info.to_pod_info(&uid), now);
+            if verdict.class == FailureClass::DeviceDegraded {
+                // One decision per pod and episode, however many of its devices are Degraded
+                // (decide_pod names the episode by its earliest Degraded device).
+                self.decide_pod(&uid, None, verdict, None, now, out);
+            }
+        }
+    }
+
+    fn device_recovered(&mut self, key: &DeviceKey, now: Time) {
+        let probation = self.config.safety.probation;
+        let Some(st) = self.devices.get_mut(key) else { return };
+        st.open_incident = None;
+        st.recovered_at = now;
+        st.incidents.clear();
+        self.pending_devices.remove(key);
+        if st.quarantined {
+            st.probation_until = Some(now + probation);
+            self.probation.insert(key.clone());
+        }
+    }
+
+    /// Degraded devices whose slow-down has now lasted long enough for a replacement.
+    pub(super) fn mature_degraded(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
+        let (last, after) = (self.last_tick, self.config.safety.degraded_replace_after);
+        self.last_tick = now;
+        let matured: Vec<DeviceKey> = self
+            .unwell
+            .iter()
+            .filter(|k| {
+                self.devices.get(*k).is_some_and(|d| {
+                    d.health == Health::Degraded && d.since + after > last && d.since + after <= now
+                })
+            })
+            .cloned()
+            .collect();
+        for k in matured {
+            self.device_degraded(&k, now, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::test_support::*;
+
+    /// The third Degraded episode of one device within the lemon window quarantines it and asks
+    /// for an inspection; the first two only count.
+    #[test]
+    fn a_device_degraded_three_times_is_quarantined() {
+        let mut e = engine_with(1);
+        let k = key("node-0", 3);
+        for episode in 0..3 {
+            let start = t(episode * 3600);
+            let acts = degraded(&mut e, k.clone(), start);
+            let quarantined = count(&acts, |a| matches!(a, Action::QuarantineDevice { .. }));
+            if episode < 2 {
+                assert_eq!(quarantined, 0, "episode {episode}: {acts:?}");
+                assert!(healthy(&mut e, k.clone(), start + Duration::from_mins(10)).is_empty());
+            } else {
+                assert_eq!(quarantined, 1, "{acts:?}");
+                assert!(acts.iter().any(|a| matches!(
+                    &a.action,
+                    Action::RequestRepair { kind: RepairKind::InspectHardware, .. }
+                )));
+            }
+        }
+        assert!(e.is_quarantined(&k));
+    }
+
+    #[test]
+    fn a_device_that_falls_off_the_bus_frees_its_budget_and_returns_quarantined() {
+        // 20 nodes: at most 2 quarantined at once.
+        let mut e = engine_with(20);
+        unhealthy(&mut e, key("node-0", 0), t(2));
+        assert_eq!(e.safety_state(t(2)).quarantined_nodes, 1);
+        // Xid 79: the device drops out of the node's inventory.
+        e.handle(inventory("node-0", Some(0)), t(3));
+        assert_eq!(e.safety_state(t(3)).quarantined_nodes, 0, "a vanished device holds no budget");
+        let a = unhealthy(&mut e, key("node-1", 0), t(4));
+        let b = unhealthy(&mut e, key("node-2", 0), t(5));
+        assert_eq!(count(&a, |a| matches!(a, Action::QuarantineDevice { .. })), 1, "{a:#?}");
+        assert_eq!(count(&b, |a| matches!(a, Action::QuarantineDevice { .. })), 1, "{b:#?}");
+        // It comes back after a reset: still quarantined, counted again, and released only
+        // after probation.
+        e.handle(inventory("node-0", None), t(50));
+        assert!(e.is_quarantined(&key("node-0", 0)));
+        assert_eq!(e.safety_state(t(50)).quarantined_nodes, 3);
+        assert!(healthy(&mut e, key("node-0", 0), t(60)).is_empty());
+        assert!(e.handle(Input::Tick, t(300)).is_empty(), "still in probation");
+        let acts = e.handle(Input::Tick, t(60 + 600));
+        assert_eq!(count(&acts, |a| matches!(a, Action::ReleaseDevice { .. })), 1, "{acts:#?}");
+        assert!(!e.is_quarantined(&key("node-0", 0)));
+        assert_eq!(e.safety_state(t(660)).quarantined_nodes, 2);
+    }
+
+    #[test]
+    fn a_vanished_device_that_never_returns_is_forgotten() {
+        let mut e = engine_with(20);
+        unhealthy(&mut e, key("node-0", 0), t(2));
+        e.handle(inventory("node-0", Some(0)), t(3));
+        assert_eq!(e.vanished.len(), 1);
+        e.handle(Input::Tick, t(3) + ISSUED_MEMORY + Duration::from_hours(2));
+        assert!(e.vanished.is_empty());
+    }
+
+    #[test]
+    fn unknown_health_does_nothing() {
+        let mut e = engine_with(10);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let acts = e.handle(
+            Input::DeviceHealth { device: key("node-0", 0), health: Health::Unknown, reasons: vec![] },
+            t(2),
+        );
+        assert!(acts.is_empty());
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 1)), t(3));
+        assert!(acts.is_empty(), "{acts:#?}");
+    }
+
+    #[test]
+    fn kernel_incident_by_pci_address_and_stale_boot() {
+        let mut e = engine_with(10);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let mut inc = KernelIncident {
+            id: "node-0/b0/0000:01:00.0/79/1".into(),
+            node: "node-0".into(),
+            boot_id: Some("b0".into()),
+            pci_address: Some("0000:01:00.0".into()),
+            kind: "nvidia_xid".into(),
+            code: Some(79),
+            attribution: Attribution::Device,
+            health: Health::Unhealthy,
+            action: RepairKind::RebootNode,
+            first_seen: t(2),
+            last_seen: t(2),
+            count: 1,
+            summary: "GPU has fallen off the bus".into(),
+        };
+        assert!(e.handle(Input::KernelIncident(inc.clone()), t(2)).is_empty(), "earlier boot is stale");
+        inc.boot_id = Some("b1".into());
+        inc.id = "node-0/b1/0000:01:00.0/79/1".into();
+        let acts = e.handle(Input::KernelIncident(inc.clone()), t(3));
+        assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 1, "{acts:#?}");
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::RequestRepair { kind: RepairKind::RebootNode, .. })),
+            1
+        );
+        assert!(e.handle(Input::KernelIncident(inc), t(4)).is_empty(), "replayed incident");
+    }
+
+    #[test]
+    fn application_xid_incident_takes_no_device_action() {
+        let mut e = engine_with(10);
+        e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+        let inc = KernelIncident {
+            id: "x13".into(),
+            node: "node-0".into(),
+            boot_id: Some("b1".into()),
+            pci_address: Some("0000:01:00.0".into()),
+            kind: "nvidia_xid".into(),
+            code: Some(13),
+            attribution: Attribution::Application,
+            health: Health::Healthy,
+            action: RepairKind::RestartApp,
+            first_seen: t(2),
+            last_seen: t(2),
+            count: 1,
+            summary: "Graphics Engine Exception".into(),
+        };
+        assert!(e.handle(Input::KernelIncident(inc), t(2)).is_empty());
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 134)), t(3));
+        assert!(acts.is_empty(), "{acts:#?}");
+        assert_eq!(e.verdict(&failed(gang_pod(0, "node-0"), 134), t(3)).class, FailureClass::Application);
+    }
+
+    #[test]
+    fn repeat_offender_escalates_to_inspection() {
+        let mut e = engine_with(4);
+        let mut last = Vec::new();
+        for round in 0..3 {
+            let base = round * 1000;
+            last = unhealthy(&mut e, key("node-0", 0), t(base + 1));
+            e.handle(
+                Input::DeviceHealth { device: key("node-0", 0), health: Health::Healthy, reasons: vec![] },
+                t(base + 2),
+            );
+        }
+        assert_eq!(
+            count(&last, |a| matches!(a, Action::RequestRepair { kind: RepairKind::InspectHardware, .. })),
+            1,
+            "{last:#?}"
+        );
+    }
+}
