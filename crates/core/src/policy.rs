@@ -243,9 +243,9 @@ impl PolicyRule {
     }
 }
 
-/// `devheal.io/DeviceFailure`, `devheal.io/DeviceDegraded`, ...
-pub fn default_condition_type(class: FailureClass) -> String {
-    let name = match class {
+/// The name of a failure class in conditions and reasons: `DeviceFailure`, `ApplicationFailure`, ...
+pub(crate) fn class_name(class: FailureClass) -> &'static str {
+    match class {
         FailureClass::DeviceFailure => "DeviceFailure",
         FailureClass::DeviceDegraded => "DeviceDegraded",
         FailureClass::Application => "ApplicationFailure",
@@ -253,8 +253,12 @@ pub fn default_condition_type(class: FailureClass) -> String {
         FailureClass::Infrastructure => "InfrastructureFailure",
         FailureClass::Disruption => "Disruption",
         FailureClass::None => "Unclassified",
-    };
-    format!("devheal.io/{name}")
+    }
+}
+
+/// `devheal.io/DeviceFailure`, `devheal.io/DeviceDegraded`, ...
+pub fn default_condition_type(class: FailureClass) -> String {
+    format!("devheal.io/{}", class_name(class))
 }
 
 /// Cluster-wide safety settings: budgets, the breaker, probation and timing.

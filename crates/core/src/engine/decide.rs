@@ -11,18 +11,6 @@ use crate::time::Time;
 
 use super::Engine;
 
-fn camel(class: FailureClass) -> &'static str {
-    match class {
-        FailureClass::DeviceFailure => "DeviceFailure",
-        FailureClass::DeviceDegraded => "DeviceDegraded",
-        FailureClass::Application => "ApplicationFailure",
-        FailureClass::Oom => "OutOfMemory",
-        FailureClass::Infrastructure => "InfrastructureFailure",
-        FailureClass::Disruption => "Disruption",
-        FailureClass::None => "Unclassified",
-    }
-}
-
 pub(super) fn pod_ref(p: &PodInfo) -> PodRef {
     PodRef { namespace: p.namespace.clone(), name: p.name.clone(), uid: p.uid.clone() }
 }
@@ -113,7 +101,7 @@ impl Engine {
         let class = verdict.class;
         let cause = self.cause_of(&verdict);
         let summary = verdict.evidence.first().cloned().unwrap_or_default();
-        let reason = format!("{}: {summary}", camel(class));
+        let reason = format!("{}: {summary}", crate::policy::class_name(class));
         // What follows carries out the rule: attributed to its policy (the breaker's report
         // above is the engine's own).
         self.acting_for = Some(policy_id);
@@ -191,7 +179,7 @@ impl Engine {
         let action = Action::MarkPod {
             pod: pod.clone(),
             condition_type,
-            reason: camel(class).to_string(),
+            reason: crate::policy::class_name(class).to_string(),
             message: summary.to_string(),
         };
         self.emit(out, key, action, class, now);
