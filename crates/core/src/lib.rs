@@ -21,7 +21,10 @@ pub use action::{Action, ActionOutcome, Actuator, PlannedAction, RepairKind};
 pub use attribution::{DeviceEvidence, IncidentEvidence, Verdict, attribute};
 pub use catalog::ExitCodeCatalog;
 pub use device::{Device, DeviceHealth, DeviceKey, Health, HealthReason, HealthSource, Vendor};
-pub use engine::{Engine, EngineConfig, Input, PolicyDecision, SafetyState};
+pub use engine::{
+    DeviceHistory, DurableState, Engine, EngineConfig, GangRestarts, Input, MAX_DURABLE_DEVICES,
+    PolicyDecision, SafetyState,
+};
 pub use gang::gang_of;
 pub use incident::{Attribution, KernelIncident};
 pub use pod::ResourceHealth;

@@ -60,6 +60,20 @@ impl RestartWindows {
         self.cluster.push_back(now);
         self.per_namespace.entry(namespace.to_string()).or_default().push_back(now);
     }
+
+    /// A restart at `at` from an earlier engine ([`super::durable`]); [`RestartWindows::sort`]
+    /// after the last.
+    pub(super) fn record_at(&mut self, namespace: &str, at: Time) {
+        self.record(namespace, at);
+    }
+
+    /// Restore the oldest-first order the pruning relies on.
+    pub(super) fn sort(&mut self) {
+        self.cluster.make_contiguous().sort();
+        for q in self.per_namespace.values_mut() {
+            q.make_contiguous().sort();
+        }
+    }
 }
 
 /// Which hourly budget refused a restart.

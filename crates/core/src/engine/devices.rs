@@ -49,6 +49,16 @@ impl DeviceState {
             })
     }
 
+    /// A new device's state, with the history an earlier engine kept for it.
+    fn restored(now: Time, restored: Option<(VecDeque<Time>, VecDeque<Time>)>) -> Self {
+        let mut st = DeviceState::new(now);
+        if let Some((incidents, episodes)) = restored {
+            st.incident_times = incidents;
+            st.degraded_episodes = episodes;
+        }
+        st
+    }
+
     pub(super) fn new(now: Time) -> Self {
         DeviceState {
             pci: None,
@@ -71,6 +81,17 @@ impl Engine {
     /// The devices of a node (a range of the ordered device map).
     pub(super) fn node_devices(&self, node: &str) -> impl Iterator<Item = (&DeviceKey, &DeviceState)> {
         self.devices.range(DeviceKey::new(node, "", "")..).take_while(move |(k, _)| k.node == node)
+    }
+
+    /// The device's state, created on first sight (with any history restored for it).
+    pub(super) fn device_entry(&mut self, key: &DeviceKey, now: Time) -> &mut DeviceState {
+        let restored = self.restored_for(key);
+        self.devices.entry(key.clone()).or_insert_with(|| DeviceState::restored(now, restored))
+    }
+
+    /// History restored for a device not seen yet ([`super::durable`]).
+    fn restored_for(&mut self, key: &DeviceKey) -> Option<(VecDeque<Time>, VecDeque<Time>)> {
+        if self.devices.contains_key(key) { None } else { self.restored_history.remove(key) }
     }
 
     pub(super) fn node_device_keys(&self, node: &str) -> Vec<DeviceKey> {
@@ -112,7 +133,7 @@ impl Engine {
                 }
                 self.devices.insert(d.key.clone(), st);
             }
-            let st = self.devices.entry(d.key).or_insert_with(|| DeviceState::new(now));
+            let st = self.device_entry(&d.key, now);
             st.pci = d.pci_address.map(|p| p.to_ascii_lowercase());
         }
     }
@@ -128,7 +149,8 @@ impl Engine {
         if !self.nodes.contains_key(&key.node) {
             self.nodes.insert(key.node.clone(), NodeState::default());
         }
-        let st = self.devices.entry(key.clone()).or_insert_with(|| DeviceState::new(now));
+        let restored = self.restored_for(&key);
+        let st = self.devices.entry(key.clone()).or_insert_with(|| DeviceState::restored(now, restored));
         // Stale: every reason predates the device's last recovery.
         if !reasons.is_empty() && reasons.iter().all(|r| r.last_seen < st.recovered_at) {
             return;

@@ -39,6 +39,7 @@ mod breaker;
 mod budgets;
 mod decide;
 mod devices;
+mod durable;
 mod gangs;
 mod nodes;
 mod pods;
@@ -63,6 +64,7 @@ use crate::time::{Duration, Time};
 use breaker::Breaker;
 use budgets::RestartWindows;
 use devices::DeviceState;
+pub use durable::{DeviceHistory, DurableState, GangRestarts, MAX_DURABLE_DEVICES};
 use gangs::GangState;
 use nodes::NodeState;
 use pods::{PendingEviction, PodState};
@@ -189,6 +191,9 @@ pub struct Engine {
     /// Quarantined devices that dropped out of their node's inventory (Xid 79, "fallen off the
     /// bus"), with when: they hold no budget while gone and come back quarantined.
     vanished: BTreeMap<DeviceKey, (Time, DeviceState)>,
+    /// Repeat-offender history restored from an earlier engine ([`Engine::restore`]) for
+    /// devices not seen yet: (incidents, Degraded episodes), taken when the device appears.
+    restored_history: BTreeMap<DeviceKey, (VecDeque<Time>, VecDeque<Time>)>,
     /// Cordoned nodes that rebooted and wait for probation to end (Ticks look only at these).
     node_probation: BTreeSet<String>,
     version_nodes: HashMap<String, u32>,
@@ -236,6 +241,7 @@ impl Engine {
             probation: BTreeSet::new(),
             unwell: BTreeSet::new(),
             vanished: BTreeMap::new(),
+            restored_history: BTreeMap::new(),
             node_probation: BTreeSet::new(),
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),

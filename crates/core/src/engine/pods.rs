@@ -10,7 +10,7 @@ use crate::pod::{FailureClass, GangId, PodInfo, PodPhase};
 use crate::time::{Duration, Time};
 
 use super::Engine;
-use super::devices::DeviceState;
+
 use super::gangs::GangState;
 use super::nodes::NodeState;
 
@@ -136,7 +136,7 @@ impl Engine {
                 if !self.nodes.contains_key(&d.node) {
                     self.nodes.insert(d.node.clone(), NodeState::default());
                 }
-                self.devices.insert(d.clone(), DeviceState::new(now));
+                self.device_entry(d, now);
             }
             if let Some(st) = self.devices.get_mut(d)
                 && !st.pods.contains(&uid)

@@ -1,0 +1,262 @@
+//! What the engine must not forget when the process that runs it restarts: the restart
+//! budgets' last hour (each gang's restarts and member replacements, which also fill its
+//! namespace's and the cluster's budgets) and repeat-offender history (each device's incidents
+//! and Degraded episodes within the lemon window).
+//!
+//! [`Engine::durable`] takes it out, bounded and in a stable order; [`Engine::restore`] puts it
+//! back into a new engine before it handles anything (a device not known yet gets its history
+//! when it first appears). The controller keeps it in the cluster, written under its lease.
+//!
+//! Guarantees (checked in the tests below and in `tests/restart_budgets.rs`):
+//! - restoring what an engine exported leaves a new engine's budgets exactly as spent: it
+//!   plans no restart the first engine would have refused;
+//! - only the last hour of restarts and the lemon window of history are kept, at most
+//!   [`MAX_DURABLE_DEVICES`] devices (the most recent), so the state stays small;
+//! - restoring never plans an action by itself.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceKey;
+use crate::pod::GangId;
+use crate::time::{Duration, Time};
+
+use super::Engine;
+use super::gangs::GangState;
+
+/// The most devices whose history is kept.
+pub const MAX_DURABLE_DEVICES: usize = 4096;
+
+/// A gang's restarts and member replacements in the last hour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GangRestarts {
+    pub gang: GangId,
+    pub times: Vec<Time>,
+}
+
+/// A device's incidents and Degraded episodes within the lemon window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceHistory {
+    pub device: DeviceKey,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incidents: Vec<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded_episodes: Vec<Time>,
+}
+
+/// What a controller restart must not lose.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DurableState {
+    #[serde(default)]
+    pub restarts: Vec<GangRestarts>,
+    #[serde(default)]
+    pub devices: Vec<DeviceHistory>,
+}
+
+impl DurableState {
+    pub fn is_empty(&self) -> bool {
+        self.restarts.is_empty() && self.devices.is_empty()
+    }
+}
+
+impl Engine {
+    /// The state a restart must not lose, as of `now`.
+    pub fn durable(&self, now: Time) -> DurableState {
+        let hour = now - Duration::from_hours(1);
+        let lemon = now - self.config.safety.lemon_window;
+        let restarts = self
+            .gangs
+            .iter()
+            .filter_map(|(gang, gs)| {
+                let times: Vec<Time> = gs.restarts.iter().copied().filter(|t| *t > hour).collect();
+                (!times.is_empty()).then(|| GangRestarts { gang: gang.clone(), times })
+            })
+            .collect();
+        let recent =
+            |times: &VecDeque<Time>| times.iter().copied().filter(|t| *t >= lemon).collect::<Vec<_>>();
+        let mut devices: Vec<DeviceHistory> = self
+            .devices
+            .iter()
+            .map(|(k, st)| (k, recent(&st.incident_times), recent(&st.degraded_episodes)))
+            .chain(self.restored_history.iter().map(|(k, (i, d))| (k, recent(i), recent(d))))
+            .filter(|(_, i, d)| !i.is_empty() || !d.is_empty())
+            .map(|(k, incidents, degraded_episodes)| DeviceHistory {
+                device: k.clone(),
+                incidents,
+                degraded_episodes,
+            })
+            .collect();
+        if devices.len() > MAX_DURABLE_DEVICES {
+            let last = |h: &DeviceHistory| h.incidents.iter().chain(&h.degraded_episodes).max().copied();
+            devices.sort_by_key(|h| std::cmp::Reverse(last(h)));
+            devices.truncate(MAX_DURABLE_DEVICES);
+            devices.sort_by(|a, b| a.device.cmp(&b.device));
+        }
+        DurableState { restarts, devices }
+    }
+
+    /// Put back what [`Engine::durable`] took out of an earlier engine. Meant for a new engine,
+    /// before it handles anything; restarts already in this engine are kept, not counted twice.
+    pub fn restore(&mut self, state: DurableState, now: Time) {
+        let hour = now - Duration::from_hours(1);
+        let lemon = now - self.config.safety.lemon_window;
+        for GangRestarts { gang, times } in state.restarts {
+            let gs = self.gangs.entry(gang.clone()).or_insert_with(GangState::default);
+            let mut fresh: Vec<Time> =
+                times.into_iter().filter(|t| *t > hour && *t <= now && !gs.restarts.contains(t)).collect();
+            fresh.sort();
+            fresh.dedup();
+            for t in fresh {
+                gs.restarts.push_back(t);
+                self.restart_windows.record_at(&gang.namespace, t);
+            }
+            gs.restarts.make_contiguous().sort();
+        }
+        self.restart_windows.sort();
+        let keep = |times: Vec<Time>| -> VecDeque<Time> {
+            let mut v: Vec<Time> = times.into_iter().filter(|t| *t >= lemon && *t <= now).collect();
+            v.sort();
+            v.dedup();
+            v.into()
+        };
+        for h in state.devices.into_iter().take(MAX_DURABLE_DEVICES) {
+            let (incidents, episodes) = (keep(h.incidents), keep(h.degraded_episodes));
+            if incidents.is_empty() && episodes.is_empty() {
+                continue;
+            }
+            match self.devices.get_mut(&h.device) {
+                Some(st) => {
+                    let merge = |into: &mut VecDeque<Time>, from: VecDeque<Time>| {
+                        let mut all: Vec<Time> = into.drain(..).chain(from).collect();
+                        all.sort();
+                        all.dedup();
+                        *into = all.into();
+                    };
+                    merge(&mut st.incident_times, incidents);
+                    merge(&mut st.degraded_episodes, episodes);
+                }
+                None => {
+                    self.restored_history.insert(h.device, (incidents, episodes));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::{Action, RepairKind};
+    use crate::engine::test_support::*;
+    use crate::policy::SafetySettings;
+    use crate::{Input, PlannedAction};
+
+    fn restarts(actions: &[PlannedAction]) -> usize {
+        count(actions, |a| matches!(a, Action::RestartGang { .. } | Action::ReplaceAtCheckpoint { .. }))
+    }
+
+    /// The same pods and devices a restarted controller would list again.
+    fn relist(e: &mut Engine, gangs: usize) {
+        for n in 0..gangs {
+            e.handle(Input::PodUpsert(one_pod_gang("a", &format!("g{n}"), &format!("node-{n}"))), t(1));
+        }
+    }
+
+    #[test]
+    fn a_restored_engine_spends_no_more_of_the_namespace_budget_than_the_first_would() {
+        let safety =
+            SafetySettings { max_gang_restarts_per_hour_per_namespace: 2, ..SafetySettings::default() };
+        let mut first = engine_with_safety(50, safety.clone());
+        relist(&mut first, 4);
+        let mut acts = unhealthy(&mut first, key("node-0", 0), t(10));
+        acts.extend(unhealthy(&mut first, key("node-1", 0), t(20)));
+        assert_eq!(restarts(&acts), 2, "{acts:#?}");
+        let saved = first.durable(t(30));
+        assert_eq!(saved.restarts.len(), 2);
+        // Through JSON, as the controller keeps it.
+        let text = serde_json::to_string(&saved).expect("serialises");
+        let back: DurableState = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, saved);
+
+        // A new process: the same cluster listed again, the history restored first.
+        let mut second = engine_with_safety(50, safety.clone());
+        second.restore(back, t(40));
+        assert!(second.handle(Input::Tick, t(40)).is_empty(), "restoring plans nothing");
+        relist(&mut second, 4);
+        let acts = unhealthy(&mut second, key("node-2", 0), t(50));
+        assert_eq!(restarts(&acts), 0, "the namespace's budget is spent: {acts:#?}");
+        assert_eq!(reports(&acts, "NamespaceRestartBudgetExhausted").len(), 1, "{acts:#?}");
+        assert_eq!(second.safety_state(t(50)).gang_restarts_last_hour, 2);
+        // Without the restore, the new process would restart it: the test can fail.
+        let mut forgetful = engine_with_safety(50, safety);
+        relist(&mut forgetful, 4);
+        assert_eq!(restarts(&unhealthy(&mut forgetful, key("node-2", 0), t(50))), 1);
+        // An hour after the first restarts, the budget is back.
+        let acts = unhealthy(&mut second, key("node-3", 0), t(10 + 3600));
+        assert_eq!(restarts(&acts), 1, "{acts:#?}");
+        // Restoring twice counts nothing twice.
+        let mut twice = engine_with_safety(50, SafetySettings::default());
+        twice.restore(saved.clone(), t(40));
+        twice.restore(saved, t(40));
+        assert_eq!(twice.safety_state(t(40)).gang_restarts_last_hour, 2);
+    }
+
+    #[test]
+    fn a_devices_repeat_offences_outlive_the_engine() {
+        let mut first = engine_with(10);
+        let k = key("node-0", 0);
+        // Two incidents, each recovered from.
+        for (fail, ok) in [(10, 1000), (2000, 3000)] {
+            unhealthy(&mut first, k.clone(), t(fail));
+            healthy(&mut first, k.clone(), t(ok));
+            first.handle(Input::Tick, t(ok + 700));
+        }
+        let saved = first.durable(t(4000));
+        assert_eq!(saved.devices.len(), 1, "{saved:?}");
+        assert_eq!(saved.devices[0].incidents, [t(10), t(2000)]);
+
+        // The new engine learns the device only after the restore: its third incident within
+        // the lemon window asks for an inspection, not just the usual repair.
+        let mut second = engine_with(10);
+        second.restore(saved, t(5000));
+        let acts = unhealthy(&mut second, k.clone(), t(5000));
+        let inspect = |acts: &[PlannedAction]| {
+            count(acts, |a| matches!(a, Action::RequestRepair { kind: RepairKind::InspectHardware, .. }))
+        };
+        assert_eq!(inspect(&acts), 1, "{acts:#?}");
+        let mut forgetful = engine_with(10);
+        assert_eq!(inspect(&unhealthy(&mut forgetful, k, t(5000))), 0, "without the history: no inspection");
+    }
+
+    #[test]
+    fn what_is_kept_is_bounded_and_old_history_is_dropped() {
+        let mut e = engine_with(2);
+        let state = DurableState {
+            restarts: vec![GangRestarts {
+                gang: GangId { namespace: "a".into(), kind: "jobset".into(), name: "g0".into() },
+                times: vec![t(10), t(4000), t(4000)],
+            }],
+            devices: (0..MAX_DURABLE_DEVICES + 10)
+                .map(|i| DeviceHistory {
+                    device: key(&format!("node-{i}"), 0),
+                    incidents: vec![t(4000)],
+                    degraded_episodes: Vec::new(),
+                })
+                .collect(),
+        };
+        e.restore(state, t(4000));
+        // The restart at 10 s is more than an hour old at 4,000 s; the repeated one counts once.
+        assert_eq!(e.safety_state(t(4000)).gang_restarts_last_hour, 1);
+        let kept = e.durable(t(4000));
+        assert_eq!(kept.devices.len(), MAX_DURABLE_DEVICES);
+        assert_eq!(kept.restarts[0].times, [t(4000)]);
+        // A week later nothing is left.
+        assert!(
+            e.durable(t(4000) + SafetySettings::default().lemon_window + Duration::from_secs(1)).is_empty()
+        );
+    }
+}
