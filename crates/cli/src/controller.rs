@@ -140,6 +140,8 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             elector.release().await;
         })
     };
+    let store =
+        devheal_controller::KubeStateStore::new(client.clone(), &args.lease_namespace, &args.lease_name);
     let cluster = KubeCluster::new(
         client,
         WatchSettings {
@@ -157,7 +159,10 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         args.lease_name,
         args.metrics_addr
     );
-    let controller = Controller::new(settings, actuator, leader, SystemClock, metrics, health);
+    // The restart budgets' last hour and repeat-offender history, kept beside the lease.
+    let mut controller = Controller::new(settings, actuator, leader, SystemClock, metrics, health)
+        .with_state_store(Box::new(store));
+    controller.restore_state().await;
     let result = controller.run(cluster.events(), shutdown_signal()).await;
     let _ = stop.send(true);
     let _ = lease_task.await;

@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use devheal_core::{
-    Action, ActionOutcome, Actuator, Duration, Engine, EngineConfig, FailureClass, Input, PlannedAction,
-    SafetyState, Time,
+    Action, ActionOutcome, Actuator, DurableState, Duration, Engine, EngineConfig, FailureClass, Input,
+    PlannedAction, SafetyState, Time,
 };
 use futures::{Stream, StreamExt};
 
+use crate::durable::StateStore;
 use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
 use crate::leftovers::Leftovers;
 use crate::metrics::{LoopHealth, Metrics};
@@ -260,6 +261,10 @@ pub struct Controller<A, L, C> {
     /// Quarantine taints and DeviceTaintRules an earlier process left, to release when their
     /// device is healthy.
     leftovers: Leftovers,
+    /// Where the engine's durable state outlives the process ([`crate::durable`]).
+    store: Option<Box<dyn StateStore>>,
+    /// The state last written, and when.
+    saved: Option<(DurableState, Time)>,
 }
 
 impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L, C> {
@@ -297,6 +302,71 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             status: PolicyStatusBook::new(),
             progress,
             leftovers: Leftovers::new(),
+            store: None,
+            saved: None,
+        }
+    }
+
+    /// Keep the engine's durable state in `store` ([`crate::durable`]).
+    pub fn with_state_store(mut self, store: Box<dyn StateStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Read the durable state an earlier process saved and restore it into the engine: once, at
+    /// start, before any event. A store that cannot be read is logged and counted; the
+    /// controller then starts from nothing, as before.
+    pub async fn restore_state(&mut self) {
+        let Some(store) = &self.store else { return };
+        let now = self.clock.now();
+        match store.load().await {
+            Ok(Some(state)) => {
+                tracing::info!(
+                    gangs = state.restarts.len(),
+                    devices = state.devices.len(),
+                    "restored the restart budgets' last hour and repeat-offender history"
+                );
+                self.saved = Some((state.clone(), now));
+                self.engine.restore(state, now);
+                self.metrics.state_store("restored");
+            }
+            Ok(None) => self.metrics.state_store("empty"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the saved state; budgets and history start empty");
+                self.metrics.state_store("load_failed");
+            }
+        }
+    }
+
+    /// The leader writes the durable state when it changed, at most every
+    /// [`crate::durable::SAVE_EVERY`]; never in dry run.
+    async fn persist_state(&mut self, now: Time) {
+        if self.settings.dry_run || self.store.is_none() {
+            return;
+        }
+        let every = Duration::from_nanos(crate::durable::SAVE_EVERY.as_nanos() as i64);
+        if self.saved.as_ref().is_some_and(|(_, at)| now.since(*at) < every) {
+            return;
+        }
+        let state = self.engine.durable(now);
+        if self.saved.as_ref().is_some_and(|(last, _)| *last == state)
+            || (self.saved.is_none() && state.is_empty())
+        {
+            return;
+        }
+        if !self.leadership.is_leader().await {
+            return;
+        }
+        let Some(store) = &self.store else { return };
+        match store.save(&state).await {
+            Ok(()) => {
+                self.saved = Some((state, now));
+                self.metrics.state_store("saved");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot save the restart budgets and repeat-offender history; retrying");
+                self.metrics.state_store("save_failed");
+            }
         }
     }
 
@@ -441,6 +511,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         }
         self.dispatch(planned, arrival).await;
         self.run_due_retries().await;
+        self.persist_state(now).await;
         self.metrics.safety(&self.engine.safety_state(now));
         self.flush_status().await;
         self.health.beat();

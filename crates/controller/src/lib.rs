@@ -19,6 +19,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod durable;
 pub mod events;
 pub mod index;
 pub mod leftovers;
@@ -31,6 +32,7 @@ pub use controller::{
     AlwaysLeader, Clock, Controller, ControllerError, ControllerSettings, LeaderFlag, Leadership,
     ManualClock, SystemClock, describe, keep_lease,
 };
+pub use durable::{KubeStateStore, MemoryStateStore, StateStore};
 pub use index::{ClusterEvent, ClusterIndex, IndexError, IndexUpdate, ObjectKind};
 pub use metrics::{LoopHealth, Metrics, serve};
 pub use status::{PolicyStatusBook, PolicyStatusWriter};

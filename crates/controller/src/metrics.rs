@@ -8,6 +8,7 @@
 //! | `devheal_controller_standby_actions_total` | counter | `action` (decided while not leader, not sent) |
 //! | `devheal_controller_retries_exhausted_total` | counter | `action` |
 //! | `devheal_controller_decision_latency_seconds` | histogram | (input arrival → actions handed to the actuator) |
+//! | `devheal_controller_state_store_total` | counter | `outcome` (`restored`, `empty`, `load_failed`, `saved`, `save_failed`): reads and writes of the durable state (restart budgets, repeat offenders) |
 //! | `devheal_controller_foreign_claims_total` | counter | `what` (`device`, `progress`): claims a NodeDeviceHealth made about another node's pods, ignored |
 //! | `devheal_controller_watch_events_total` | counter | `kind` |
 //! | `devheal_controller_engine_inputs_total` | counter | `kind` (inputs the index gave the engine) |
@@ -64,6 +65,7 @@ pub struct Metrics {
     rejected: Family<Labels1, Counter>,
     progress_findings: Family<Labels1, Counter>,
     foreign_claims: Family<Labels1, Counter>,
+    state_store: Family<Labels1, Counter>,
     indexed: Family<Labels1, Gauge>,
     leader: Gauge,
     breaker_open: Gauge,
@@ -106,6 +108,7 @@ impl Metrics {
             rejected: Family::default(),
             progress_findings: Family::default(),
             foreign_claims: Family::default(),
+            state_store: Family::default(),
             indexed: Family::default(),
             leader: Gauge::default(),
             breaker_open: Gauge::default(),
@@ -133,6 +136,11 @@ impl Metrics {
             "controller_foreign_claims",
             "Claims a NodeDeviceHealth made about pods on another node (ignored), by what (device, progress)",
             m.foreign_claims.clone(),
+        );
+        registry.register(
+            "controller_state_store",
+            "Reads and writes of the durable state (restart budgets' last hour, repeat-offender history), by outcome",
+            m.state_store.clone(),
         );
         registry.register(
             "controller_standby_actions",
@@ -305,6 +313,14 @@ impl Metrics {
 
     pub fn progress_finding(&self, kind: &'static str) {
         self.progress_findings.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn state_store(&self, outcome: &'static str) {
+        self.state_store.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn state_stores(&self, outcome: &'static str) -> u64 {
+        self.state_store.get_or_create(&[("outcome", outcome)]).get()
     }
 
     pub fn foreign_claim(&self, what: &'static str) {

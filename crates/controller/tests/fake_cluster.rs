@@ -5,7 +5,10 @@
 mod common;
 
 use common::Harness;
-use devheal_controller::{AlwaysLeader, Clock, FakeCluster, LeaderFlag, Leadership, ManualClock, ObjectKind};
+use devheal_controller::{
+    AlwaysLeader, Clock, ControllerSettings, FakeCluster, LeaderFlag, Leadership, ManualClock,
+    MemoryStateStore, ObjectKind,
+};
 use devheal_core::{Duration, GangId, Health, Time};
 
 const START: Time = Time::from_secs(1_800_000_000);
@@ -331,4 +334,59 @@ async fn no_status_is_written_in_dry_run_or_by_a_standby() {
     let writes = status_writes(&fake, "ml/training");
     assert_eq!(writes.len(), 1);
     assert_eq!((writes[0].matched_pods, writes[0].actions_taken.len()), (64, 0));
+}
+
+/// The restart budgets outlive the process: a gang restarted once (its budget: once an hour)
+/// is not restarted again by a new controller process for a second dead GPU within the hour,
+/// because the first process saved its budget use and the second restored it. Without the
+/// store the second process restarts the gang again.
+#[tokio::test]
+async fn a_restarted_controller_keeps_the_gang_restart_budget_it_spent() {
+    let settings = || {
+        let mut s = ControllerSettings::default();
+        s.engine.safety.max_gang_restarts_per_hour = 1;
+        s
+    };
+    let run = |keep: bool| async move {
+        let (fake, clock) = gang_cluster();
+        let store = MemoryStateStore::default();
+        let mut h = Harness::start_with_store(&fake, &clock, AlwaysLeader, settings(), &store).await;
+        h.pump().await;
+        kill_gpu(&mut h, &fake, &clock).await;
+        clock.advance(Duration::from_secs(60));
+        h.tick().await;
+        assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1));
+        let saved = store.saved().expect("the leader saved its state");
+        assert_eq!(saved.restarts.len(), 1, "{saved:?}");
+        assert_eq!(h.controller.metrics().state_stores("saved"), 1);
+        drop(h);
+        // A new process, with the saved state or without it.
+        clock.advance(Duration::from_secs(30));
+        let fresh = MemoryStateStore::default();
+        let mut h = Harness::start_with_store(
+            &fake,
+            &clock,
+            AlwaysLeader,
+            settings(),
+            if keep { &store } else { &fresh },
+        )
+        .await;
+        h.pump().await;
+        clock.advance(Duration::from_secs(10));
+        fake.set_gpu_health("node-05", 2, Health::Unhealthy, 79, "GPU has fallen off the bus");
+        h.pump().await;
+        for _ in 0..3 {
+            clock.advance(Duration::from_secs(60));
+            h.tick().await;
+        }
+        let restarts = fake.record().gang_restarts.get("ml/jobset/llama").copied();
+        (restarts, h.controller.metrics().state_stores("restored"), h.controller.safety_state())
+    };
+    let (restarts, restored, safety) = run(true).await;
+    assert_eq!(restarts, Some(1), "the second dead GPU within the hour restarts nothing");
+    assert_eq!(restored, 1);
+    assert_eq!(safety.gang_restarts_last_hour, 1);
+    let (restarts, restored, _) = run(false).await;
+    assert_eq!(restarts, Some(2), "without the saved state the budget is forgotten");
+    assert_eq!(restored, 0);
 }

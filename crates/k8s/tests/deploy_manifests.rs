@@ -424,6 +424,9 @@ const CONTROLLER_GRANTS: &[&str] = &[
     "ns devheal-system: get coordination.k8s.io/leases [devheal-controller]",
     "ns devheal-system: update coordination.k8s.io/leases [devheal-controller]",
     "ns devheal-system: patch coordination.k8s.io/leases [devheal-controller]",
+    "ns devheal-system: create core/configmaps",
+    "ns devheal-system: get core/configmaps [devheal-controller-state]",
+    "ns devheal-system: patch core/configmaps [devheal-controller-state]",
 ];
 
 /// Everything wrong with the RBAC in a render, one line each (empty when it is right).

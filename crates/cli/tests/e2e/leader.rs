@@ -200,3 +200,56 @@ async fn a_restarted_controller_acts_once_and_finds_what_it_wrote() {
     )
     .await;
 }
+
+/// The restart budgets outlive the controller process: the leader writes the engine's durable
+/// state (its gang restarts of the last hour) into the ConfigMap beside the Lease with its own
+/// credentials, and a new process reads it back at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn a_restarted_controller_reads_back_its_restart_budget() {
+    let scope = Scope::new("budget").await;
+    let node = scope.add_node("n1", 2).await;
+    let kubelet = scope.kubelet(&node, 2).await;
+    let agent = scope.agent(&node, &kubelet, None).await;
+    let c1 = scope.controller("c1", &[]).await;
+    let gang = json!({"jobset.sigs.k8s.io/jobset-name": "train"});
+    let mut devices = Vec::new();
+    for name in ["train-0", "train-1"] {
+        let device = scope.start_pod(&kubelet, &pod_object(&scope, name, &node, 1, gang.clone())).await;
+        scope.await_published(&node, &device, name).await;
+        devices.push(device);
+    }
+    kubelet.state.lock().unwrap().unhealthy.insert(devices[0].clone());
+    agent.inject("fail", &devices[0]);
+    c1.await_actions("restart_gang", "done", 1.0).await;
+
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(scope.client.clone(), "devheal-system");
+    let gang_id = scope.ns.clone();
+    let saved =
+        eventually("the leader saves its restart budget beside the Lease", Duration::from_secs(30), || {
+            let (maps, ns) = (maps.clone(), gang_id.clone());
+            async move {
+                let map = maps.get_opt("devheal-controller-state").await.ok()??;
+                let text = map.data?.get("state.json")?.clone();
+                let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+                state["restarts"]
+                    .as_array()?
+                    .iter()
+                    .any(|r| r["gang"]["namespace"] == ns.as_str() && r["gang"]["name"] == "train")
+                    .then_some(state)
+            }
+        })
+        .await;
+    assert!(saved["restarts"].as_array().is_some_and(|r| !r.is_empty()), "{saved}");
+    c1.stop();
+
+    let c2 = scope.controller("c2", &[]).await;
+    eventually("the new process restores it at start", Duration::from_secs(30), || {
+        let text = c2.metrics();
+        let restored = metric_sum(&text, "devheal_controller_state_store_total", &[("outcome", "restored")]);
+        let last_hour = metric_sum(&text, "devheal_controller_gang_restarts_last_hour", &[]);
+        async move { (restored == 1.0 && last_hour >= 1.0).then_some(()) }
+    })
+    .await;
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use devheal_controller::cluster::FakeActuator;
 use devheal_controller::{
     Cluster, ClusterEvent, Controller, ControllerSettings, FakeCluster, Leadership, LoopHealth, ManualClock,
-    Metrics,
+    MemoryStateStore, Metrics,
 };
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
@@ -29,6 +29,28 @@ impl<L: Leadership> Harness<L> {
             Arc::new(Metrics::new()),
             Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
         );
+        Harness { controller, events: fake.events() }
+    }
+
+    /// [`Harness::start`] with `settings`, keeping the engine's durable state in `store` and
+    /// restoring what an earlier "process" saved there before any event.
+    pub async fn start_with_store(
+        fake: &FakeCluster,
+        clock: &ManualClock,
+        leadership: L,
+        settings: ControllerSettings,
+        store: &MemoryStateStore,
+    ) -> Self {
+        let mut controller = Controller::new(
+            settings,
+            fake.actuator(false),
+            leadership,
+            clock.clone(),
+            Arc::new(Metrics::new()),
+            Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
+        )
+        .with_state_store(Box::new(store.clone()));
+        controller.restore_state().await;
         Harness { controller, events: fake.events() }
     }
 

@@ -23,7 +23,6 @@ use crate::pod::GangId;
 use crate::time::{Duration, Time};
 
 use super::Engine;
-use super::gangs::GangState;
 
 /// The most devices whose history is kept.
 pub const MAX_DURABLE_DEVICES: usize = 4096;
@@ -105,7 +104,7 @@ impl Engine {
         let hour = now - Duration::from_hours(1);
         let lemon = now - self.config.safety.lemon_window;
         for GangRestarts { gang, times } in state.restarts {
-            let gs = self.gangs.entry(gang.clone()).or_insert_with(GangState::default);
+            let gs = self.gangs.entry(gang.clone()).or_default();
             let mut fresh: Vec<Time> =
                 times.into_iter().filter(|t| *t > hour && *t <= now && !gs.restarts.contains(t)).collect();
             fresh.sort();
