@@ -22,7 +22,7 @@ pub use attribution::{DeviceEvidence, IncidentEvidence, Verdict, attribute};
 pub use catalog::ExitCodeCatalog;
 pub use device::{Device, DeviceHealth, DeviceKey, Health, HealthReason, HealthSource, Vendor};
 pub use engine::{
-    DeviceHistory, DurableState, Engine, EngineConfig, GangRestarts, Input, MAX_DURABLE_DEVICES,
+    DeviceHistory, DurableState, Engine, EngineConfig, GangRestarts, Input, MAX_DURABLE_DEVICES, NodeCordon,
     PolicyDecision, SafetyState,
 };
 pub use gang::gang_of;

@@ -1,7 +1,9 @@
 //! What the engine must not forget when the process that runs it restarts: the restart
 //! budgets' last hour (each gang's restarts and member replacements, which also fill its
-//! namespace's and the cluster's budgets) and repeat-offender history (each device's incidents
-//! and Degraded episodes within the lemon window).
+//! namespace's and the cluster's budgets), repeat-offender history (each device's incidents
+//! and Degraded episodes within the lemon window), and the nodes it cordoned (with the boot
+//! they were cordoned in, and any probation under way), so that a node rebooted while no
+//! controller ran is still uncordoned after probation.
 //!
 //! [`Engine::durable`] takes it out, bounded and in a stable order; [`Engine::restore`] puts it
 //! back into a new engine before it handles anything (a device not known yet gets its history
@@ -46,6 +48,19 @@ pub struct DeviceHistory {
     pub degraded_episodes: Vec<Time>,
 }
 
+/// A node the engine cordoned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCordon {
+    pub node: String,
+    /// The node's boot when it was last seen (a later boot is a reboot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Rebooted already: uncordoned at this time unless it fails again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_until: Option<Time>,
+}
+
 /// What a controller restart must not lose.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -54,11 +69,13 @@ pub struct DurableState {
     pub restarts: Vec<GangRestarts>,
     #[serde(default)]
     pub devices: Vec<DeviceHistory>,
+    #[serde(default)]
+    pub cordons: Vec<NodeCordon>,
 }
 
 impl DurableState {
     pub fn is_empty(&self) -> bool {
-        self.restarts.is_empty() && self.devices.is_empty()
+        self.restarts.is_empty() && self.devices.is_empty() && self.cordons.is_empty()
     }
 }
 
@@ -95,7 +112,17 @@ impl Engine {
             devices.truncate(MAX_DURABLE_DEVICES);
             devices.sort_by(|a, b| a.device.cmp(&b.device));
         }
-        DurableState { restarts, devices }
+        let cordons = self
+            .nodes
+            .iter()
+            .filter(|(_, ns)| ns.cordoned)
+            .map(|(node, ns)| NodeCordon {
+                node: node.clone(),
+                boot_id: ns.info.as_ref().and_then(|i| i.boot_id.clone()).or_else(|| ns.cordon_boot.clone()),
+                probation_until: ns.probation_until,
+            })
+            .collect();
+        DurableState { restarts, devices, cordons }
     }
 
     /// Put back what [`Engine::durable`] took out of an earlier engine. Meant for a new engine,
@@ -122,6 +149,21 @@ impl Engine {
             v.dedup();
             v.into()
         };
+        for c in state.cordons {
+            let ns = self.nodes.entry(c.node.clone()).or_default();
+            if ns.cordoned {
+                continue;
+            }
+            // Cordoned, as the earlier engine left it: it counts against the quarantine budget,
+            // and a reboot seen from now on (or one already seen: probation) uncordons it.
+            ns.cordoned = true;
+            ns.cordon_boot = c.boot_id;
+            *self.quarantined_nodes.entry(c.node.clone()).or_default() += 1;
+            if let Some(until) = c.probation_until {
+                ns.probation_until = Some(until);
+                self.node_probation.insert(c.node);
+            }
+        }
         for h in state.devices.into_iter().take(MAX_DURABLE_DEVICES) {
             let (incidents, episodes) = (keep(h.incidents), keep(h.degraded_episodes));
             if incidents.is_empty() && episodes.is_empty() {
@@ -231,6 +273,80 @@ mod tests {
         assert_eq!(inspect(&unhealthy(&mut forgetful, k, t(5000))), 0, "without the history: no inspection");
     }
 
+    fn host_fault(node: &str) -> Input {
+        Input::KernelIncident(crate::incident::KernelIncident {
+            id: format!("mce-{node}"),
+            node: node.into(),
+            boot_id: Some("b1".into()),
+            pci_address: None,
+            kind: "machine_check".into(),
+            code: None,
+            attribution: crate::incident::Attribution::Host,
+            health: crate::device::Health::Unhealthy,
+            action: RepairKind::RebootNode,
+            first_seen: t(2),
+            last_seen: t(2),
+            count: 1,
+            summary: "Machine check: uncorrected memory error".into(),
+        })
+    }
+
+    fn node_info(name: &str, boot: &str) -> Input {
+        Input::NodeUpsert(crate::pod::NodeInfo {
+            name: name.into(),
+            boot_id: Some(boot.into()),
+            ..crate::pod::NodeInfo::default()
+        })
+    }
+
+    /// A node cordoned for a host fault and rebooted while no controller ran is uncordoned by
+    /// the next process after probation; one not rebooted stays cordoned; one rebooted before
+    /// the restart finishes its probation.
+    #[test]
+    fn a_cordon_outlives_the_engine_and_a_reboot_meanwhile_ends_it() {
+        // 40 nodes: four may be quarantined at once.
+        let mut first = engine_with(40);
+        for node in ["node-0", "node-1", "node-2"] {
+            let acts = first.handle(host_fault(node), t(2));
+            assert_eq!(count(&acts, |a| matches!(a, Action::CordonNode { .. })), 1, "{acts:#?}");
+        }
+        // node-2 reboots before the restart: its probation is under way.
+        first.handle(node_info("node-2", "b2"), t(50));
+        let saved = first.durable(t(60));
+        assert_eq!(saved.cordons.len(), 3, "{saved:?}");
+
+        // The new process restores before it sees any node; node-0 rebooted meanwhile, node-1
+        // did not.
+        let mut second = Engine::new(crate::EngineConfig::default());
+        second.restore(saved.clone(), t(100));
+        assert_eq!(second.safety_state(t(100)).quarantined_nodes, 3);
+        assert!(second.handle(node_info("node-0", "b2"), t(100)).is_empty());
+        assert!(second.handle(node_info("node-1", "b1"), t(100)).is_empty());
+        assert!(second.handle(node_info("node-2", "b2"), t(100)).is_empty());
+        let uncordoned = |acts: &[PlannedAction]| -> Vec<String> {
+            acts.iter()
+                .filter_map(|a| match &a.action {
+                    Action::UncordonNode { node, .. } => Some(node.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // node-2's probation began at 50 s and ends at 650 s; node-0's at 100 s + 600 s.
+        assert_eq!(uncordoned(&second.handle(Input::Tick, t(660))), ["node-2"]);
+        assert_eq!(uncordoned(&second.handle(Input::Tick, t(710))), ["node-0"]);
+        assert!(uncordoned(&second.handle(Input::Tick, t(5000))).is_empty(), "node-1 never rebooted");
+        assert_eq!(second.safety_state(t(5000)).quarantined_nodes, 1);
+        // Without the restore, nothing would ever uncordon them.
+        let mut forgetful = Engine::new(crate::EngineConfig::default());
+        forgetful.handle(node_info("node-0", "b2"), t(100));
+        assert!(uncordoned(&forgetful.handle(Input::Tick, t(5000))).is_empty());
+        // Restoring twice cordons nothing twice.
+        let mut twice = Engine::new(crate::EngineConfig::default());
+        twice.restore(saved.clone(), t(100));
+        twice.restore(saved, t(100));
+        assert_eq!(twice.safety_state(t(100)).quarantined_nodes, 3);
+    }
+
     #[test]
     fn what_is_kept_is_bounded_and_old_history_is_dropped() {
         let mut e = engine_with(2);
@@ -246,6 +362,7 @@ mod tests {
                     degraded_episodes: Vec::new(),
                 })
                 .collect(),
+            cordons: Vec::new(),
         };
         e.restore(state, t(4000));
         // The restart at 10 s is more than an hour old at 4,000 s; the repeated one counts once.

@@ -20,7 +20,10 @@
 //!   shifts, which a workload can forge) are never more than `progress_breaker_restarts` within
 //!   `progress_breaker_window`: the progress breaker then holds them, and only them, until
 //!   `breaker_cooldown` passes without one; a failed device still restarts its gang;
-//! - every destructive action carries an idempotency key and is never planned twice.
+//! - every destructive action carries an idempotency key and is never planned twice;
+//! - what a restart of the process must not lose (the restart budgets' hour, repeat offenders,
+//!   cordons) can be taken out and restored into a new engine, which then refuses what the first
+//!   would have refused (`durable`).
 //!
 //! This file holds the public types, the engine's state and the dispatch of each input; the
 //! rest is split by what it looks after:
@@ -33,7 +36,8 @@
 //! - `progress_breaker`: the hold on restarts caused by progress reports alone;
 //! - `quarantine`: device quarantine and cordons within the node budget, probation's end;
 //! - `breaker`: the breaker and version holds;
-//! - `queries`: read-only questions (verdicts, decisions, the safety state).
+//! - `queries`: read-only questions (verdicts, decisions, the safety state);
+//! - `durable`: the state a new process restores (budgets' hour, repeat offenders, cordons).
 
 mod breaker;
 mod budgets;
@@ -64,7 +68,7 @@ use crate::time::{Duration, Time};
 use breaker::Breaker;
 use budgets::RestartWindows;
 use devices::DeviceState;
-pub use durable::{DeviceHistory, DurableState, GangRestarts, MAX_DURABLE_DEVICES};
+pub use durable::{DeviceHistory, DurableState, GangRestarts, MAX_DURABLE_DEVICES, NodeCordon};
 use gangs::GangState;
 use nodes::NodeState;
 use pods::{PendingEviction, PodState};

@@ -15,6 +15,8 @@ use super::breaker::version_tags;
 pub(super) struct NodeState {
     pub(super) info: Option<NodeInfo>,
     pub(super) cordoned: bool,
+    /// The boot a restored cordon was made in, until the node is first seen ([`super::durable`]).
+    pub(super) cordon_boot: Option<String>,
     pub(super) open_incident: Option<String>,
     pub(super) probation_until: Option<Time>,
 }
@@ -24,7 +26,13 @@ impl Engine {
         let node_name = info.name.clone();
         let ns = self.nodes.entry(info.name.clone()).or_default();
         let old = ns.info.take();
-        let rebooted = matches!((&old, &info.boot_id), (Some(o), Some(new)) if o.boot_id.as_ref().is_some_and(|b| b != new));
+        let restored_boot = ns.cordon_boot.take();
+        let rebooted = match (&old, &info.boot_id) {
+            (Some(o), Some(new)) => o.boot_id.as_ref().is_some_and(|b| b != new),
+            // First sight after a restore: a boot other than the cordon's is a reboot.
+            (None, Some(new)) => restored_boot.is_some_and(|b| b != *new),
+            _ => false,
+        };
         let old_tags = old.as_ref().map(version_tags).unwrap_or_default();
         let new_tags = version_tags(&info);
         ns.info = Some(info);
