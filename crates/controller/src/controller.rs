@@ -263,8 +263,8 @@ pub struct Controller<A, L, C> {
     leftovers: Leftovers,
     /// Where the engine's durable state outlives the process ([`crate::durable`]).
     store: Option<Box<dyn StateStore>>,
-    /// The state last written, and when.
-    saved: Option<(DurableState, Time)>,
+    /// The state last written, when, and the engine's count of urgent changes then.
+    saved: Option<(DurableState, Time, u64)>,
 }
 
 impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L, C> {
@@ -326,8 +326,8 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
                     devices = state.devices.len(),
                     "restored the restart budgets' last hour and repeat-offender history"
                 );
-                self.saved = Some((state.clone(), now));
-                self.engine.restore(state, now);
+                self.engine.restore(state.clone(), now);
+                self.saved = Some((state, now, self.engine.durable_changes()));
                 self.metrics.state_store("restored");
             }
             Ok(None) => self.metrics.state_store("empty"),
@@ -338,18 +338,21 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         }
     }
 
-    /// The leader writes the durable state when it changed, at most every
-    /// [`crate::durable::SAVE_EVERY`]; never in dry run.
+    /// The leader writes the durable state when it changed: at the next tick after a restart
+    /// was counted or a node cordoned or uncordoned (so a crash loses at most a tick of them),
+    /// otherwise at most every [`crate::durable::SAVE_EVERY`]; never in dry run.
     async fn persist_state(&mut self, now: Time) {
         if self.settings.dry_run || self.store.is_none() {
             return;
         }
         let every = Duration::from_nanos(crate::durable::SAVE_EVERY.as_nanos() as i64);
-        if self.saved.as_ref().is_some_and(|(_, at)| now.since(*at) < every) {
+        let changes = self.engine.durable_changes();
+        let urgent = self.saved.as_ref().is_none_or(|(_, _, at_save)| *at_save != changes);
+        if !urgent && self.saved.as_ref().is_some_and(|(_, at, _)| now.since(*at) < every) {
             return;
         }
         let state = self.engine.durable(now);
-        if self.saved.as_ref().is_some_and(|(last, _)| *last == state)
+        if self.saved.as_ref().is_some_and(|(last, _, _)| *last == state)
             || (self.saved.is_none() && state.is_empty())
         {
             return;
@@ -360,7 +363,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         let Some(store) = &self.store else { return };
         match store.save(&state).await {
             Ok(()) => {
-                self.saved = Some((state, now));
+                self.saved = Some((state, now, changes));
                 self.metrics.state_store("saved");
             }
             Err(e) => {

@@ -1,11 +1,12 @@
 //! Where the engine's durable state ([`devheal_core::DurableState`]: the restart budgets' last
-//! hour and repeat-offender history) is kept across controller restarts.
+//! hour, repeat-offender history and the nodes it cordoned) is kept across controller restarts.
 //!
 //! [`KubeStateStore`] keeps it in one ConfigMap beside the lease, named after it
 //! (`<lease name>-state`: `devheal-controller-state` by default), key `state.json`, written by
-//! server-side apply. The controller reads it once at start,
-//! before it handles anything, and the leader writes it when it changed, at most every
-//! [`SAVE_EVERY`], never in dry run; every call has a timeout. A standby makes the same
+//! server-side apply. The controller reads it once at start, before it handles anything, and
+//! the leader writes it when it changed: at the next tick after a restart was counted or a node
+//! cordoned or uncordoned, otherwise at most every [`SAVE_EVERY`]; never in dry run. Every call
+//! has a timeout. A standby makes the same
 //! decisions from the same events, so its own budgets follow the leader's while it waits.
 //! [`MemoryStateStore`] is the test double (a process restart in the fake-cluster tests).
 

@@ -390,3 +390,30 @@ async fn a_restarted_controller_keeps_the_gang_restart_budget_it_spent() {
     assert_eq!(restarts, Some(2), "without the saved state the budget is forgotten");
     assert_eq!(restored, 0);
 }
+
+/// A counted restart is saved at the next tick, not after the 10 s between routine writes, so a
+/// crash right after a restart does not lose it from the budget.
+#[tokio::test]
+async fn a_restart_is_saved_at_the_next_tick() {
+    let (fake, clock) = gang_cluster();
+    let store = MemoryStateStore::default();
+    let mut h =
+        Harness::start_with_store(&fake, &clock, AlwaysLeader, ControllerSettings::default(), &store).await;
+    h.pump().await;
+    kill_gpu(&mut h, &fake, &clock).await;
+    clock.advance(Duration::from_secs(1));
+    h.tick().await;
+    let first = store.saved().expect("saved");
+    assert_eq!(first.restarts.iter().map(|r| r.times.len()).sum::<usize>(), 1);
+    // A second dead GPU 2 s later restarts the gang again; the next tick (well within 10 s of
+    // the last write) saves it.
+    clock.advance(Duration::from_secs(2));
+    fake.set_gpu_health("node-06", 1, Health::Unhealthy, 79, "GPU has fallen off the bus");
+    h.pump().await;
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&2));
+    clock.advance(Duration::from_secs(1));
+    h.tick().await;
+    let second = store.saved().expect("saved");
+    assert_eq!(second.restarts.iter().map(|r| r.times.len()).sum::<usize>(), 2, "{second:?}");
+    assert_eq!(h.controller.metrics().state_stores("saved"), 2);
+}

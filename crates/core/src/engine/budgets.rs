@@ -154,6 +154,7 @@ impl Engine {
         }
         gs.restarts.push_back(now);
         self.restart_windows.record(&g.namespace, now);
+        self.durable_changes += 1;
         Ok(())
     }
 

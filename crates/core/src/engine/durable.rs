@@ -125,6 +125,13 @@ impl Engine {
         DurableState { restarts, devices, cordons }
     }
 
+    /// How many changes of the durable state that should be saved at once (a restart counted,
+    /// a node cordoned or uncordoned) this engine has made; compare with the count at the last
+    /// save. Repeat-offender history changes only with them or can wait.
+    pub fn durable_changes(&self) -> u64 {
+        self.durable_changes
+    }
+
     /// Put back what [`Engine::durable`] took out of an earlier engine. Meant for a new engine,
     /// before it handles anything; restarts already in this engine are kept, not counted twice.
     pub fn restore(&mut self, state: DurableState, now: Time) {

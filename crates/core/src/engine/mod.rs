@@ -198,6 +198,9 @@ pub struct Engine {
     /// Repeat-offender history restored from an earlier engine ([`Engine::restore`]) for
     /// devices not seen yet: (incidents, Degraded episodes), taken when the device appears.
     restored_history: BTreeMap<DeviceKey, (VecDeque<Time>, VecDeque<Time>)>,
+    /// Bumped when a restart is counted or a node is cordoned or uncordoned: a change of the
+    /// durable state that should be saved at once ([`Engine::durable_changes`]).
+    durable_changes: u64,
     /// Cordoned nodes that rebooted and wait for probation to end (Ticks look only at these).
     node_probation: BTreeSet<String>,
     version_nodes: HashMap<String, u32>,
@@ -246,6 +249,7 @@ impl Engine {
             unwell: BTreeSet::new(),
             vanished: BTreeMap::new(),
             restored_history: BTreeMap::new(),
+            durable_changes: 0,
             node_probation: BTreeSet::new(),
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),

@@ -55,6 +55,7 @@ impl Engine {
         let action = Action::CordonNode { node: node.to_string(), reason: reason.to_string() };
         if self.emit(out, key, action, FailureClass::DeviceFailure, now) {
             *self.quarantined_nodes.entry(node.to_string()).or_default() += 1;
+            self.durable_changes += 1;
             if let Some(ns) = self.nodes.get_mut(node) {
                 ns.cordoned = true;
             }
@@ -171,6 +172,7 @@ impl Engine {
             }
             ns.cordoned = false;
             ns.probation_until = None;
+            self.durable_changes += 1;
             self.unquarantine_node(&name);
             let key = format!("uncordon/{name}/{}", now.as_nanos());
             let action =
