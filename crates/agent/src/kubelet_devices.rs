@@ -22,7 +22,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use devheal_core::{Health, HealthSource, Time};
 use devheal_kubelet::podresources::AllocatableDevice;
+
+use crate::health::{DeviceHealthTracker, Evidence};
 
 /// The most devices remembered across all resources.
 pub const MAX_KNOWN: usize = 4096;
@@ -56,6 +59,39 @@ pub struct DeviceView {
     pub id: String,
     pub resource: String,
     pub view: KubeletView,
+}
+
+impl DeviceView {
+    /// What the view tells the tracker about the device plugin's side: evidence when the
+    /// kubelet says something (offered: Healthy; counted unhealthy: Unhealthy), else nothing.
+    pub fn evidence(&self) -> Option<Evidence> {
+        let (health, message) = match &self.view {
+            KubeletView::Healthy => {
+                (Health::Healthy, "the kubelet offers it: its device plugin reports it Healthy".to_string())
+            }
+            KubeletView::Unhealthy { capacity, allocatable } => (
+                Health::Unhealthy,
+                format!(
+                    "its device plugin reports it Unhealthy: the kubelet no longer offers it ({}: capacity {capacity}, allocatable {allocatable})",
+                    self.resource
+                ),
+            ),
+            KubeletView::Unknown(_) | KubeletView::Gone => return None,
+        };
+        Some(Evidence { source: HealthSource::DevicePlugin, code: None, health, message })
+    }
+
+    /// Give the view to `tracker`: the plugin source watches the device and reports its
+    /// evidence, or is blind to it.
+    pub fn apply(&self, tracker: &mut DeviceHealthTracker, now: Time) {
+        match self.evidence() {
+            Some(evidence) => {
+                tracker.set_watch(&self.id, HealthSource::DevicePlugin, true, now);
+                tracker.observe(&self.id, evidence, now);
+            }
+            None => tracker.set_watch(&self.id, HealthSource::DevicePlugin, false, now),
+        }
+    }
 }
 
 /// Devices the kubelet has listed, and what it says of them now.
@@ -110,6 +146,11 @@ impl KubeletDevices {
     /// Whether the kubelet has listed its allocatable devices at least once.
     pub fn listed(&self) -> bool {
         self.allocatable.is_some()
+    }
+
+    /// The resource the kubelet last offered `id` under, if it offered it.
+    pub fn offered_as(&self, id: &str) -> Option<&str> {
+        self.allocatable.as_ref()?.iter().find(|(_, ids)| ids.contains(id)).map(|(r, _)| r.as_str())
     }
 
     /// Whether the Node's counts are known.

@@ -150,22 +150,7 @@ pub async fn collect_once(
             kubelet.set_allocatable(&devices);
             let views = kubelet.views();
             for v in &views {
-                match v.view {
-                    crate::kubelet_devices::KubeletView::Healthy => {
-                        tracker.set_watch(&v.id, HealthSource::DevicePlugin, true, now);
-                        tracker.observe(
-                            &v.id,
-                            Evidence {
-                                source: HealthSource::DevicePlugin,
-                                code: None,
-                                health: Health::Healthy,
-                                message: "the kubelet offers it: its device plugin reports it Healthy".into(),
-                            },
-                            now,
-                        );
-                    }
-                    _ => tracker.set_watch(&v.id, HealthSource::DevicePlugin, false, now),
-                }
+                v.apply(&mut tracker, now);
                 match inventory.iter_mut().find(|i| i.id == v.id) {
                     Some(i) => i.resource = v.resource.clone(),
                     None => inventory.push(InventoryDevice {

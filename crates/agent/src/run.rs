@@ -341,7 +341,6 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         kubelet,
         kubelet_last: BTreeMap::new(),
         bindings: Vec::new(),
-        resource_of: BTreeMap::new(),
         sources: BTreeMap::new(),
         last_health: BTreeMap::new(),
         last_sent: None,
@@ -404,8 +403,6 @@ struct LoopState {
     /// The kubelet's view of each device as last given to the tracker.
     kubelet_last: BTreeMap<String, KubeletView>,
     bindings: Vec<DeviceBinding>,
-    /// The resource of each allocatable device, from PodResources.
-    resource_of: BTreeMap<String, String>,
     sources: BTreeMap<String, SourceStatus>,
     last_health: BTreeMap<String, Health>,
     /// The last status handed to the publisher, without what changes on every write.
@@ -528,7 +525,6 @@ impl LoopState {
                 match allocatable {
                     Ok(devices) => {
                         self.kubelet.set_allocatable(&devices);
-                        self.resource_of = devices.into_iter().map(|d| (d.device_id, d.resource)).collect();
                         self.apply_kubelet(now);
                     }
                     Err(message) => self.set_source(
@@ -679,36 +675,12 @@ impl LoopState {
                 KubeletView::Unhealthy { .. } => unhealthy += 1,
                 KubeletView::Unknown(_) => unknown += 1,
                 KubeletView::Gone => {
-                    self.tracker.set_watch(&v.id, HealthSource::DevicePlugin, false, now);
+                    v.apply(&mut self.tracker, now);
                     continue;
                 }
             }
             if self.kubelet_last.get(&v.id) != Some(&v.view) {
-                let evidence = match &v.view {
-                    KubeletView::Healthy => Some((
-                        Health::Healthy,
-                        "the kubelet offers it: its device plugin reports it Healthy".to_string(),
-                    )),
-                    KubeletView::Unhealthy { capacity, allocatable } => Some((
-                        Health::Unhealthy,
-                        format!(
-                            "its device plugin reports it Unhealthy: the kubelet no longer offers it ({}: capacity {capacity}, allocatable {allocatable})",
-                            v.resource
-                        ),
-                    )),
-                    _ => None,
-                };
-                match evidence {
-                    Some((health, message)) => {
-                        self.tracker.set_watch(&v.id, HealthSource::DevicePlugin, true, now);
-                        self.tracker.observe(
-                            &v.id,
-                            Evidence { source: HealthSource::DevicePlugin, code: None, health, message },
-                            now,
-                        );
-                    }
-                    None => self.tracker.set_watch(&v.id, HealthSource::DevicePlugin, false, now),
-                }
+                v.apply(&mut self.tracker, now);
             }
             last.insert(v.id, v.view);
         }
@@ -747,8 +719,8 @@ impl LoopState {
         for d in self.static_devices.iter().chain(self.nvml_devices.iter()) {
             if !devices.iter().any(|x| x.id == d.id) {
                 let mut d = d.clone();
-                if let Some(resource) = self.resource_of.get(&d.id) {
-                    d.resource = resource.clone();
+                if let Some(resource) = self.kubelet.offered_as(&d.id) {
+                    d.resource = resource.to_string();
                 }
                 devices.push(d);
             }

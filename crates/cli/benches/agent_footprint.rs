@@ -14,7 +14,6 @@
 //! a `devheal-footprint` marker.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ mod memory;
 #[path = "common/process.rs"]
 mod process;
 
-use process::{arg, clock_ticks_per_second, metric, sample};
+use process::{announced, arg, clock_ticks_per_second, metric, sample};
 
 fn storm_line(i: u64) -> String {
     if i.is_multiple_of(100) {
@@ -80,10 +79,7 @@ fn main() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            if let Some(addr) =
-                line.split("metrics on http://").nth(1).and_then(|r| r.strip_suffix("/metrics"))
-                && let Ok(addr) = addr.parse::<SocketAddr>()
-            {
+            if let Some(addr) = announced(&line, "metrics on ", "/metrics") {
                 let _ = tx.send(addr);
             }
         }

@@ -34,7 +34,7 @@ mod memory;
 #[path = "common/process.rs"]
 mod process;
 
-use process::{arg, clock_ticks_per_second, metric, sample};
+use process::{announced, arg, clock_ticks_per_second, metric, sample};
 
 const MAX_BODY: usize = 1 << 20;
 const RSS_TARGET_MIB: f64 = 64.0;
@@ -166,16 +166,10 @@ async fn main() {
     let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            if let Some(addr) =
-                line.split("metrics on http://").nth(1).and_then(|r| r.strip_suffix("/metrics"))
-                && let Ok(addr) = addr.parse::<SocketAddr>()
-            {
+            if let Some(addr) = announced(&line, "metrics on ", "/metrics") {
                 let _ = metrics_tx.send(addr);
             }
-            if let Some(addr) =
-                line.split("progress reports on http://").nth(1).and_then(|r| r.strip_suffix("/v1/progress"))
-                && let Ok(addr) = addr.parse::<SocketAddr>()
-            {
+            if let Some(addr) = announced(&line, "progress reports on ", "/v1/progress") {
                 let _ = addr_tx.send(addr);
             }
         }

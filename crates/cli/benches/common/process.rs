@@ -48,6 +48,12 @@ pub fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok().map(|v| v as u64))
 }
 
+/// The address a devheal process announces on a stderr `line` as `<before>http://ADDR<after>`
+/// (`metrics on http://ADDR/metrics`).
+pub fn announced(line: &str, before: &str, after: &str) -> Option<SocketAddr> {
+    line.split(&format!("{before}http://")).nth(1)?.strip_suffix(after)?.parse().ok()
+}
+
 /// `--name N` from the benchmark's arguments, else `default`.
 pub fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)

@@ -11,6 +11,24 @@ use devheal_controller::{
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
+/// A controller process against `fake`, with its own metrics.
+fn controller<L: Leadership>(
+    fake: &FakeCluster,
+    clock: &ManualClock,
+    leadership: L,
+    settings: ControllerSettings,
+) -> Controller<FakeActuator, L, ManualClock> {
+    let dry_run = settings.dry_run;
+    Controller::new(
+        settings,
+        fake.actuator(dry_run),
+        leadership,
+        clock.clone(),
+        Arc::new(Metrics::new()),
+        Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
+    )
+}
+
 pub struct Harness<L: Leadership> {
     pub controller: Controller<FakeActuator, L, ManualClock>,
     pub events: BoxStream<'static, ClusterEvent>,
@@ -21,15 +39,7 @@ impl<L: Leadership> Harness<L> {
     /// current state, then its changes.
     pub fn start(fake: &FakeCluster, clock: &ManualClock, leadership: L, dry_run: bool) -> Self {
         let settings = ControllerSettings { dry_run, ..ControllerSettings::default() };
-        let controller = Controller::new(
-            settings,
-            fake.actuator(dry_run),
-            leadership,
-            clock.clone(),
-            Arc::new(Metrics::new()),
-            Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
-        );
-        Harness { controller, events: fake.events() }
+        Harness { controller: controller(fake, clock, leadership, settings), events: fake.events() }
     }
 
     /// [`Harness::start`] with `settings`, keeping the engine's durable state in `store` and
@@ -41,15 +51,8 @@ impl<L: Leadership> Harness<L> {
         settings: ControllerSettings,
         store: &MemoryStateStore,
     ) -> Self {
-        let mut controller = Controller::new(
-            settings,
-            fake.actuator(false),
-            leadership,
-            clock.clone(),
-            Arc::new(Metrics::new()),
-            Arc::new(LoopHealth::new(std::time::Duration::from_secs(60))),
-        )
-        .with_state_store(Box::new(store.clone()));
+        let mut controller =
+            controller(fake, clock, leadership, settings).with_state_store(Box::new(store.clone()));
         controller.restore_state().await;
         Harness { controller, events: fake.events() }
     }

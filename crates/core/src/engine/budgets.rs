@@ -56,15 +56,11 @@ impl RestartWindows {
         self.per_namespace.get(namespace).map_or(0, VecDeque::len)
     }
 
-    fn record(&mut self, namespace: &str, now: Time) {
-        self.cluster.push_back(now);
-        self.per_namespace.entry(namespace.to_string()).or_default().push_back(now);
-    }
-
-    /// A restart at `at` from an earlier engine ([`super::durable`]); [`RestartWindows::sort`]
-    /// after the last.
-    pub(super) fn record_at(&mut self, namespace: &str, at: Time) {
-        self.record(namespace, at);
+    /// A restart at `at` (now, or from an earlier engine, [`super::durable`], which calls
+    /// [`RestartWindows::sort`] after the last).
+    pub(super) fn record(&mut self, namespace: &str, at: Time) {
+        self.cluster.push_back(at);
+        self.per_namespace.entry(namespace.to_string()).or_default().push_back(at);
     }
 
     /// Restore the oldest-first order the pruning relies on.

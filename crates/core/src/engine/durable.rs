@@ -145,7 +145,7 @@ impl Engine {
             fresh.dedup();
             for t in fresh {
                 gs.restarts.push_back(t);
-                self.restart_windows.record_at(&gang.namespace, t);
+                self.restart_windows.record(&gang.namespace, t);
             }
             gs.restarts.make_contiguous().sort();
         }
@@ -278,32 +278,6 @@ mod tests {
         assert_eq!(inspect(&acts), 1, "{acts:#?}");
         let mut forgetful = engine_with(10);
         assert_eq!(inspect(&unhealthy(&mut forgetful, k, t(5000))), 0, "without the history: no inspection");
-    }
-
-    fn host_fault(node: &str) -> Input {
-        Input::KernelIncident(crate::incident::KernelIncident {
-            id: format!("mce-{node}"),
-            node: node.into(),
-            boot_id: Some("b1".into()),
-            pci_address: None,
-            kind: "machine_check".into(),
-            code: None,
-            attribution: crate::incident::Attribution::Host,
-            health: crate::device::Health::Unhealthy,
-            action: RepairKind::RebootNode,
-            first_seen: t(2),
-            last_seen: t(2),
-            count: 1,
-            summary: "Machine check: uncorrected memory error".into(),
-        })
-    }
-
-    fn node_info(name: &str, boot: &str) -> Input {
-        Input::NodeUpsert(crate::pod::NodeInfo {
-            name: name.into(),
-            boot_id: Some(boot.into()),
-            ..crate::pod::NodeInfo::default()
-        })
     }
 
     /// A node cordoned for a host fault and rebooted while no controller ran is uncordoned by

@@ -136,30 +136,14 @@ mod tests {
     fn host_incident_cordons_and_a_reboot_uncordons_after_probation() {
         let mut e = engine_with(20);
         e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
-        let inc = KernelIncident {
-            id: "mce-1".into(),
-            node: "node-0".into(),
-            boot_id: Some("b1".into()),
-            pci_address: None,
-            kind: "machine_check".into(),
-            code: None,
-            attribution: Attribution::Host,
-            health: Health::Unhealthy,
-            action: RepairKind::RebootNode,
-            first_seen: t(2),
-            last_seen: t(2),
-            count: 1,
-            summary: "Machine check: uncorrected memory error".into(),
-        };
-        let acts = e.handle(Input::KernelIncident(inc), t(2));
+        let acts = e.handle(host_fault("node-0"), t(2));
         assert_eq!(count(&acts, |a| matches!(a, Action::CordonNode { .. })), 1, "{acts:#?}");
         assert_eq!(
             count(&acts, |a| matches!(a, Action::RequestRepair { kind: RepairKind::RebootNode, .. })),
             1
         );
         assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 1);
-        let rebooted = NodeInfo { name: "node-0".into(), boot_id: Some("b2".into()), ..NodeInfo::default() };
-        assert!(e.handle(Input::NodeUpsert(rebooted), t(100)).is_empty());
+        assert!(e.handle(node_info("node-0", "b2"), t(100)).is_empty());
         assert!(e.handle(Input::Tick, t(200)).is_empty(), "still in probation");
         let acts = e.handle(Input::Tick, t(100 + 600));
         assert_eq!(count(&acts, |a| matches!(a, Action::UncordonNode { .. })), 1, "{acts:#?}");

@@ -170,3 +170,28 @@ pub(super) fn reports<'a>(actions: &'a [PlannedAction], reason: &str) -> Vec<&'a
         })
         .collect()
 }
+
+/// A machine check on `node` in boot `b1` (a host fault: no device, the node is cordoned and
+/// a reboot requested).
+pub(super) fn host_fault(node: &str) -> Input {
+    Input::KernelIncident(crate::incident::KernelIncident {
+        id: format!("mce-{node}"),
+        node: node.into(),
+        boot_id: Some("b1".into()),
+        pci_address: None,
+        kind: "machine_check".into(),
+        code: None,
+        attribution: crate::incident::Attribution::Host,
+        health: Health::Unhealthy,
+        action: RepairKind::RebootNode,
+        first_seen: t(2),
+        last_seen: t(2),
+        count: 1,
+        summary: "Machine check: uncorrected memory error".into(),
+    })
+}
+
+/// A node as its NodeInfo reports it, in boot `boot`.
+pub(super) fn node_info(name: &str, boot: &str) -> Input {
+    Input::NodeUpsert(NodeInfo { name: name.into(), boot_id: Some(boot.into()), ..NodeInfo::default() })
+}
