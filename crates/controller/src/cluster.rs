@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use devheal_core::{Action, ActionOutcome, Actuator, DeviceKey, GangId, Health, PlannedAction, RepairKind};
 use devheal_k8s::StatusWriteError;
+use devheal_k8s::actuator::{CORDONED_BY_DEVHEAL, REPAIR_LABEL, UNHEALTHY_TAINT};
 use devheal_k8s::crd::{
     DeviceStatus, FailurePolicy as FailurePolicyObject, FailurePolicyStatus, HealthReasonStatus,
     NodeDeviceHealth, NodeDeviceHealthSpec, NodeDeviceHealthStatus, ReasonSource, k8s_time,
@@ -25,7 +26,7 @@ use devheal_k8s::crd::{
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, Taint};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -145,6 +146,8 @@ pub struct FakeRecord {
     pub quarantine_calls: u32,
     pub evicted: Vec<String>,
     pub repairs: BTreeSet<(String, Option<String>, &'static str)>,
+    /// Nodes whose repair requests were withdrawn, in order.
+    pub withdrawn_repairs: Vec<String>,
     pub failed_workloads: Vec<String>,
     pub reports: Vec<String>,
     /// Every action the actuator was handed, with its outcome label.
@@ -407,6 +410,15 @@ impl FakeCluster {
         }
     }
 
+    /// Change a node as its kubelet or an operator would (a new boot id, a taint, a label).
+    pub fn edit_node(&self, name: &str, edit: impl FnOnce(&mut Node)) {
+        let mut s = self.lock();
+        if let Some(mut node) = s.nodes.get(name).cloned() {
+            edit(&mut node);
+            s.put_node(node);
+        }
+    }
+
     /// A JobSet gang of `size` pods (one GPU each), placed on free devices in node order.
     pub fn add_jobset(&self, namespace: &str, name: &str, size: usize) {
         let now = self.clock.now();
@@ -665,8 +677,30 @@ impl FakeCluster {
             Action::CordonNode { node, .. } | Action::UncordonNode { node, .. } => {
                 let cordon = matches!(planned.action, Action::CordonNode { .. });
                 let Some(mut n) = s.nodes.get(node).cloned() else { return ActionOutcome::Gone };
-                n.spec.get_or_insert_with(Default::default).unschedulable = Some(cordon);
+                let spec = n.spec.get_or_insert_with(Default::default);
+                spec.unschedulable = Some(cordon);
+                // devheal's taint, as the real actuator writes it.
+                let taints = spec.taints.get_or_insert_with(Vec::new);
+                taints.retain(|t| t.key != UNHEALTHY_TAINT);
+                if cordon {
+                    taints.push(Taint {
+                        key: UNHEALTHY_TAINT.into(),
+                        value: Some(CORDONED_BY_DEVHEAL.into()),
+                        effect: "NoSchedule".into(),
+                        ..Taint::default()
+                    });
+                }
                 s.put_node(n);
+            }
+            Action::WithdrawRepair { node, .. } => {
+                s.record.repairs.retain(|(n, _, _)| n != node);
+                s.record.withdrawn_repairs.push(node.clone());
+                if let Some(mut n) = s.nodes.get(node).cloned() {
+                    if let Some(labels) = n.metadata.labels.as_mut() {
+                        labels.remove(REPAIR_LABEL);
+                    }
+                    s.put_node(n);
+                }
             }
             Action::RequestRepair { node, device, kind, .. } => {
                 let kind: &'static str = match kind {
@@ -674,6 +708,13 @@ impl FakeCluster {
                     k => k.as_str(),
                 };
                 s.record.repairs.insert((node.clone(), device.as_ref().map(|d| d.to_string()), kind));
+                if let Some(mut n) = s.nodes.get(node).cloned() {
+                    n.metadata
+                        .labels
+                        .get_or_insert_with(Default::default)
+                        .insert(REPAIR_LABEL.into(), kind.into());
+                    s.put_node(n);
+                }
             }
             Action::FailWorkload { gang, .. } => s.record.failed_workloads.push(gang.to_string()),
             Action::Report { reason, .. } => s.record.reports.push(reason.clone()),

@@ -58,6 +58,7 @@ pub fn action_name(action: &Action) -> Option<&'static str> {
         Action::CordonNode { .. } => "CordonNode",
         Action::UncordonNode { .. } => "UncordonNode",
         Action::RequestRepair { .. } => "RequestRepair",
+        Action::WithdrawRepair { .. } => "WithdrawRepair",
         Action::ReplaceAtCheckpoint { .. } => "ReplaceAtCheckpoint",
         Action::FailWorkload { .. } => "FailWorkload",
         Action::Report { .. } => return None,
@@ -78,7 +79,9 @@ fn target_and_reason(action: &Action) -> (String, &str) {
         Action::QuarantineDevice { device, reason } | Action::ReleaseDevice { device, reason } => {
             (device.to_string(), reason)
         }
-        Action::CordonNode { node, reason } | Action::UncordonNode { node, reason } => (node.clone(), reason),
+        Action::CordonNode { node, reason }
+        | Action::UncordonNode { node, reason }
+        | Action::WithdrawRepair { node, reason } => (node.clone(), reason),
         Action::RequestRepair { node, device, reason, .. } => {
             (device.as_ref().map_or_else(|| node.clone(), |d| d.to_string()), reason)
         }

@@ -10,6 +10,8 @@ use devheal_controller::{
     MemoryStateStore, ObjectKind,
 };
 use devheal_core::{Duration, GangId, Health, Time};
+use devheal_k8s::actuator::{CORDONED_BY_DEVHEAL, REPAIR_LABEL, UNHEALTHY_TAINT};
+use k8s_openapi::api::core::v1::{NodeSystemInfo, Taint};
 
 const START: Time = Time::from_secs(1_800_000_000);
 
@@ -416,4 +418,110 @@ async fn a_restart_is_saved_at_the_next_tick() {
     let second = store.saved().expect("saved");
     assert_eq!(second.restarts.iter().map(|r| r.times.len()).sum::<usize>(), 2, "{second:?}");
     assert_eq!(h.controller.metrics().state_stores("saved"), 2);
+}
+
+/// The node's kubelet reports this boot.
+fn set_boot(fake: &FakeCluster, node: &str, boot: &str) {
+    fake.edit_node(node, |n| {
+        n.status.get_or_insert_with(Default::default).node_info =
+            Some(NodeSystemInfo { boot_id: boot.into(), ..NodeSystemInfo::default() });
+    });
+}
+
+fn repair_label(fake: &FakeCluster, node: &str) -> Option<String> {
+    fake.node(node)?.metadata.labels?.get(REPAIR_LABEL).cloned()
+}
+
+/// A repair requested by one controller process and answered while no controller ran (the node
+/// rebooted and its GPU works again) is withdrawn by the next process: it saved the request with
+/// the boot it was made in. Without the saved state, the next process finds only the label and
+/// takes it as made in the node's current boot, so nothing is withdrawn: the test can fail.
+#[tokio::test]
+async fn a_repair_answered_while_no_controller_ran_is_withdrawn_by_the_next() {
+    let run = |keep: bool| async move {
+        let (fake, clock) = gang_cluster();
+        for n in 0..8 {
+            set_boot(&fake, &format!("node-{n:02}"), "boot-1");
+        }
+        let store = MemoryStateStore::default();
+        let mut h =
+            Harness::start_with_store(&fake, &clock, AlwaysLeader, ControllerSettings::default(), &store)
+                .await;
+        h.pump().await;
+        kill_gpu(&mut h, &fake, &clock).await;
+        clock.advance(Duration::from_secs(1));
+        h.tick().await;
+        assert_eq!(repair_label(&fake, "node-03").as_deref(), Some("reset_device"));
+        let saved = store.saved().expect("saved");
+        assert_eq!(saved.repairs.len(), 1, "{saved:?}");
+        assert_eq!(saved.repairs[0].requests[0].boot_id.as_deref(), Some("boot-1"));
+        drop(h);
+        // node-03 reboots while no controller runs, and its GPU works again.
+        clock.advance(Duration::from_secs(120));
+        set_boot(&fake, "node-03", "boot-2");
+        fake.set_gpu_health("node-03", 5, Health::Healthy, 0, "");
+        let fresh = MemoryStateStore::default();
+        let settings = ControllerSettings::default();
+        let mut h = Harness::start_with_store(
+            &fake,
+            &clock,
+            AlwaysLeader,
+            settings,
+            if keep { &store } else { &fresh },
+        )
+        .await;
+        h.pump().await;
+        clock.advance(Duration::from_secs(1));
+        h.tick().await;
+        (fake.record().withdrawn_repairs, repair_label(&fake, "node-03"))
+    };
+    let (withdrawn, label) = run(true).await;
+    assert_eq!(withdrawn, ["node-03"]);
+    assert_eq!(label, None, "the label is gone");
+    let (withdrawn, label) = run(false).await;
+    assert!(withdrawn.is_empty(), "{withdrawn:?}");
+    assert_eq!(label.as_deref(), Some("reset_device"));
+}
+
+/// A cordon devheal made just before its process stopped, before the state was saved, is found
+/// on the node (devheal's taint) by the next process, which takes it as its own: it counts
+/// against the quarantine budget, is saved, and is lifted after the node reboots and passes
+/// probation. The old code never lifted it.
+#[tokio::test]
+async fn a_cordon_made_but_never_saved_is_adopted_and_lifted_after_a_reboot() {
+    let (fake, clock) = gang_cluster();
+    for n in 0..8 {
+        set_boot(&fake, &format!("node-{n:02}"), "boot-1");
+    }
+    fake.edit_node("node-02", |n| {
+        let spec = n.spec.get_or_insert_with(Default::default);
+        spec.unschedulable = Some(true);
+        spec.taints = Some(vec![Taint {
+            key: UNHEALTHY_TAINT.into(),
+            value: Some(CORDONED_BY_DEVHEAL.into()),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        }]);
+    });
+    let store = MemoryStateStore::default();
+    let mut h =
+        Harness::start_with_store(&fake, &clock, AlwaysLeader, ControllerSettings::default(), &store).await;
+    h.pump().await;
+    clock.advance(Duration::from_secs(1));
+    h.tick().await;
+    assert!(fake.record().reports.iter().any(|r| r == "CordonAdopted"), "{:?}", fake.record().reports);
+    assert_eq!(h.controller.safety_state().quarantined_nodes, 1);
+    assert_eq!(store.saved().map(|s| s.cordons.len()), Some(1));
+    clock.advance(Duration::from_secs(60));
+    set_boot(&fake, "node-02", "boot-2");
+    h.pump().await;
+    for _ in 0..11 {
+        clock.advance(Duration::from_secs(60));
+        h.tick().await;
+    }
+    let node = fake.node("node-02").expect("node-02");
+    let spec = node.spec.unwrap_or_default();
+    assert_eq!(spec.unschedulable, Some(false));
+    assert!(spec.taints.unwrap_or_default().iter().all(|t| t.key != UNHEALTHY_TAINT));
+    assert_eq!(h.controller.safety_state().quarantined_nodes, 0);
 }

@@ -84,6 +84,12 @@ pub enum Action {
         kind: RepairKind,
         reason: String,
     },
+    /// The node's repair requests were answered (it came back in a new boot, or the device
+    /// works again): clear the request's condition and label.
+    WithdrawRepair {
+        node: String,
+        reason: String,
+    },
     /// At the gang's next checkpoint, restart it from that checkpoint with this member placed
     /// off `devices` (a slow member of a synchronous gang). Until then nothing changes.
     ReplaceAtCheckpoint {
@@ -169,6 +175,7 @@ impl Action {
                 Some(d) => format!("request {} of {d}", kind.as_str()),
                 None => format!("request {} of {node}", kind.as_str()),
             },
+            Action::WithdrawRepair { node, .. } => format!("withdraw the repair request of {node}"),
             Action::FailWorkload { gang, .. } => format!("fail workload {gang}"),
             Action::ReplaceAtCheckpoint { pod, gang, .. } => {
                 format!("replace {}/{} in gang {gang} at its next checkpoint", pod.namespace, pod.name)
@@ -188,6 +195,7 @@ impl Action {
             | Action::CordonNode { reason, .. }
             | Action::UncordonNode { reason, .. }
             | Action::RequestRepair { reason, .. }
+            | Action::WithdrawRepair { reason, .. }
             | Action::ReplaceAtCheckpoint { reason, .. }
             | Action::FailWorkload { reason, .. }
             | Action::Report { reason, .. } => reason,
@@ -205,6 +213,7 @@ impl Action {
             Action::CordonNode { .. } => "cordon_node",
             Action::UncordonNode { .. } => "uncordon_node",
             Action::RequestRepair { .. } => "request_repair",
+            Action::WithdrawRepair { .. } => "withdraw_repair",
             Action::ReplaceAtCheckpoint { .. } => "replace_at_checkpoint",
             Action::FailWorkload { .. } => "fail_workload",
             Action::Report { .. } => "report",

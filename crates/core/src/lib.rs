@@ -22,8 +22,9 @@ pub use attribution::{DeviceEvidence, IncidentEvidence, Verdict, attribute};
 pub use catalog::ExitCodeCatalog;
 pub use device::{Device, DeviceHealth, DeviceKey, Health, HealthReason, HealthSource, Vendor};
 pub use engine::{
-    DeviceHistory, DurableState, Engine, EngineConfig, GangRestarts, Input, MAX_DURABLE_DEVICES, NodeCordon,
-    PolicyDecision, SafetyState,
+    BreakerFailure, BreakerState, DeviceHistory, DurableState, Engine, EngineConfig, GangRestarts, Input,
+    MAX_DURABLE_DEVICES, NodeCordon, NodeRepairs, PolicyDecision, ProgressBreakerState, ProgressRestart,
+    RepairRequest, SafetyState,
 };
 pub use gang::gang_of;
 pub use incident::{Attribution, KernelIncident};

@@ -115,6 +115,12 @@ pub struct NodeInfo {
     pub driver_version: Option<String>,
     pub device_plugin_version: Option<String>,
     pub rack: Option<String>,
+    /// The node carries devheal's cordon (its taint), as the cluster shows it.
+    #[serde(default)]
+    pub devheal_cordoned: bool,
+    /// The repair devheal requested on the node (its label), as the cluster shows it.
+    #[serde(default)]
+    pub repair_requested: Option<crate::action::RepairKind>,
 }
 
 /// Whose fault a pod failure is.

@@ -15,6 +15,7 @@
 //! | `CordonNode` | JSON patch: `test` the taints, add `devheal.io/unhealthy:NoSchedule`, set `spec.unschedulable` | `DevhealNodeCordoned` (Warning) | the node |
 //! | `UncordonNode` | JSON patch: `test` the taints, remove ours, clear `spec.unschedulable` if we set it | `DevhealNodeUncordoned` (Normal) | the node |
 //! | `RequestRepair` | node condition `devheal.io/RepairRequested` (`nodes/status`), label `devheal.io/repair=<kind>` | `DevhealRepairRequested` (Warning) | the node |
+//! | `WithdrawRepair` | the condition set False (reason `RepairDone`), the label removed; nothing when neither stands | `DevhealRepairWithdrawn` (Normal) | the node |
 //! | `Report` | only the Event | `DevhealReport` (Warning) | nothing (namespace `default`) |
 //! | any, failed for good | — | `DevhealActionFailed` (Warning) | the pod or node, when the action names one |
 //!
@@ -403,6 +404,7 @@ impl KubeActuator {
             Action::RequestRepair { node, device, kind, reason } => {
                 self.request_repair(node, device.as_ref(), kind.as_str(), &camel(kind.as_str()), reason).await
             }
+            Action::WithdrawRepair { node, reason } => self.withdraw_repair(node, reason).await,
             Action::Report { reason, message } => self.report(reason, message).await,
         }
     }
@@ -1080,6 +1082,63 @@ impl KubeActuator {
         )
     }
 
+    /// The end of a repair request: condition [`REPAIR_REQUESTED_CONDITION`] False (reason
+    /// `RepairDone`) and label [`REPAIR_LABEL`] removed. A node without devheal's condition is
+    /// left alone (nothing to withdraw: the request was never written, or someone cleared it).
+    async fn withdraw_repair(&self, node: &str, reason: &str) -> Carried {
+        let key = format!("node/{node}");
+        let node_path = format!("/api/v1/nodes/{}", path_segment(node));
+        let current = match self.send(Method::GET, &node_path, None).await {
+            Ok(obj) => obj,
+            Err(e) if e.code() == Some(404) => return Carried::quiet(ActionOutcome::Done),
+            Err(e) => return Carried::quiet(self.failed_call(&key, "reading the node", &e)),
+        };
+        let standing = current["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| c["type"] == REPAIR_REQUESTED_CONDITION && c["status"] == "True")
+        });
+        let labelled = current["metadata"]["labels"].get(REPAIR_LABEL).is_some();
+        if !standing && !labelled {
+            self.settle(&key);
+            return Carried::quiet(ActionOutcome::Done);
+        }
+        let now = wire::rfc3339_seconds(self.now());
+        if standing {
+            let status = json!({"status": {"conditions": [{
+                "type": REPAIR_REQUESTED_CONDITION,
+                "status": "False",
+                "reason": "RepairDone",
+                "message": reason,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }]}});
+            let status_path = format!("{node_path}/status{}", self.write_query());
+            if let Err(e) =
+                self.send(Method::PATCH, &status_path, Some((Body::StrategicMergePatch, &status))).await
+            {
+                return Carried::quiet(self.failed_call(&key, "clearing the repair condition", &e));
+            }
+        }
+        if labelled {
+            let label = json!({"metadata": {"labels": {REPAIR_LABEL: null}}});
+            let label_path = format!("{node_path}{}", self.write_query());
+            if let Err(e) = self.send(Method::PATCH, &label_path, Some((Body::MergePatch, &label))).await {
+                return Carried::quiet(self.failed_call(&key, "removing the repair label", &e));
+            }
+        }
+        self.settle(&key);
+        Carried::with(
+            ActionOutcome::Done,
+            EventSpec {
+                namespace: "default".into(),
+                regarding: Some(node_regarding(node, current["metadata"]["uid"].as_str())),
+                reason: "DevhealRepairWithdrawn",
+                action: "WithdrawRepair",
+                note: format!("{REPAIR_REQUESTED_CONDITION}=False, label {REPAIR_LABEL} removed: {reason}"),
+                warning: false,
+            },
+        )
+    }
+
     /// A report is only an Event, so its Event's failure is the action's.
     async fn report(&self, reason: &str, message: &str) -> Carried {
         let spec = EventSpec {
@@ -1108,7 +1167,8 @@ impl KubeActuator {
             }
             Action::CordonNode { node, .. }
             | Action::UncordonNode { node, .. }
-            | Action::RequestRepair { node, .. } => ("default".to_string(), node_regarding(node, None)),
+            | Action::RequestRepair { node, .. }
+            | Action::WithdrawRepair { node, .. } => ("default".to_string(), node_regarding(node, None)),
             Action::QuarantineDevice { device, .. } | Action::ReleaseDevice { device, .. } => {
                 ("default".to_string(), node_regarding(&device.node, None))
             }
@@ -1222,6 +1282,9 @@ fn would_do(action: &Action, config: &ActuatorConfig) -> String {
             "would request repair {} on node {node} ({REPAIR_REQUESTED_CONDITION}, {REPAIR_LABEL}={}): {reason}",
             kind.as_str(),
             kind.as_str()
+        ),
+        Action::WithdrawRepair { node, reason } => format!(
+            "would withdraw the repair request on node {node} ({REPAIR_REQUESTED_CONDITION}=False, label {REPAIR_LABEL} removed): {reason}"
         ),
         Action::Report { reason, message } => format!("would report {reason}: {message}"),
     }
@@ -1449,6 +1512,7 @@ fn camel_static(label: &str) -> &'static str {
         "cordon_node" => "Cordon",
         "uncordon_node" => "Uncordon",
         "request_repair" => "RequestRepair",
+        "withdraw_repair" => "WithdrawRepair",
         "fail_workload" => "FailWorkload",
         _ => "Report",
     }

@@ -1,6 +1,6 @@
 //! Conversion of a k8s-openapi `Node` into the engine's [`NodeInfo`].
 
-use devheal_core::NodeInfo;
+use devheal_core::{NodeInfo, RepairKind};
 use k8s_openapi::api::core::v1::Node;
 
 /// Labels that carry a node's rack, most specific first.
@@ -39,7 +39,25 @@ pub fn node_from_k8s(node: &Node) -> NodeInfo {
         driver_version: driver,
         device_plugin_version: first_label(node, &PLUGIN_LABELS),
         rack: first_label(node, &RACK_LABELS),
+        devheal_cordoned: node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.key == crate::actuator::UNHEALTHY_TAINT)),
+        repair_requested: node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::actuator::REPAIR_LABEL))
+            .and_then(|v| repair_kind(v)),
     }
+}
+
+/// The repair a `devheal.io/repair` label names (`None`: not one devheal writes).
+fn repair_kind(value: &str) -> Option<RepairKind> {
+    [RepairKind::ResetDevice, RepairKind::RebootNode, RepairKind::InspectHardware]
+        .into_iter()
+        .find(|k| k.as_str() == value)
 }
 
 #[cfg(test)]

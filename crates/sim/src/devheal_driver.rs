@@ -671,6 +671,8 @@ impl World<'_> {
                     RepairKind::InspectHardware => self.start_repair(n, Repair::Replace, true),
                 }
             }
+            // The simulated repair system finishes a request by itself; nothing stands.
+            Action::WithdrawRepair { .. } => {}
             Action::FailWorkload { gang, .. } => {
                 if let Some(g) =
                     self.gangs.iter().position(|g| g.name == gang.name && g.namespace == gang.namespace)

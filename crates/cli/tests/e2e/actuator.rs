@@ -495,6 +495,23 @@ async fn device_and_node_actions_on_the_real_server() {
         n.metadata.labels.unwrap_or_default().get("devheal.io/repair").map(String::as_str),
         Some("reset_device")
     );
+    // WithdrawRepair: the condition turns False, the label goes, the kubelet's stay; a second
+    // withdrawal finds nothing to do.
+    let withdraw = planned(Action::WithdrawRepair { node: name.clone(), reason: "new boot".into() });
+    assert_eq!(a.execute(&withdraw).await, ActionOutcome::Done);
+    let n = node().await;
+    let conditions = n.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let repair = conditions.iter().find(|c| c.type_ == "devheal.io/RepairRequested").expect("the condition");
+    assert_eq!((repair.status.as_str(), repair.reason.as_deref()), ("False", Some("RepairDone")));
+    assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "the kubelet's Ready stays");
+    assert!(!n.metadata.labels.unwrap_or_default().contains_key("devheal.io/repair"));
+    assert_eq!(a.execute(&withdraw).await, ActionOutcome::Done);
+    let withdrawn = events(&scope.client, "default", "DevhealRepairWithdrawn").await;
+    assert_eq!(
+        withdrawn.iter().filter(|e| e["regarding"]["name"] == name.as_str()).count(),
+        1,
+        "{withdrawn:?}"
+    );
 
     // Report: only an Event.
     let nonce = format!("e2e {} {}", scope.name, k8s_openapi::jiff::Timestamp::now());

@@ -10,6 +10,7 @@ use crate::pod::NodeInfo;
 use crate::time::Time;
 
 use super::Engine;
+use super::durable::{BreakerFailure, BreakerState, MAX_DURABLE_FAILURES};
 
 /// Why remediation of a node is held.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +42,64 @@ pub(super) fn version_tags(info: &NodeInfo) -> Vec<String> {
 }
 
 impl Engine {
+    /// The breaker as a new process must find it (`None`: nothing to keep).
+    pub(super) fn durable_breaker(&self, now: Time) -> Option<BreakerState> {
+        let b = &self.breaker;
+        let horizon = now - self.config.safety.breaker_window;
+        let recent: Vec<&(Time, String)> = b.events.iter().filter(|(t, _)| *t >= horizon).collect();
+        let failures: Vec<BreakerFailure> = recent[recent.len().saturating_sub(MAX_DURABLE_FAILURES)..]
+            .iter()
+            .map(|(at, node)| BreakerFailure { at: *at, node: node.clone() })
+            .collect();
+        if failures.is_empty() && b.open_since.is_none() && self.held_versions.is_empty() {
+            return None;
+        }
+        let node_tags = failures
+            .iter()
+            .filter_map(|f| b.per_node.get(&f.node).map(|(_, tags)| (f.node.clone(), tags.clone())))
+            .filter(|(_, tags)| !tags.is_empty())
+            .collect();
+        Some(BreakerState {
+            failures,
+            node_tags,
+            open_since: b.open_since,
+            last_failure: b.last_event,
+            held_versions: self.held_versions.iter().cloned().collect(),
+        })
+    }
+
+    /// Put back a breaker an earlier process kept (into a new engine, before anything else).
+    pub(super) fn restore_breaker(&mut self, state: BreakerState, now: Time) {
+        let horizon = now - self.config.safety.breaker_window;
+        let mut fresh: Vec<BreakerFailure> = state
+            .failures
+            .into_iter()
+            .filter(|f| {
+                f.at >= horizon && f.at <= now && !self.breaker.events.contains(&(f.at, f.node.clone()))
+            })
+            .collect();
+        fresh.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.node.cmp(&b.node)));
+        fresh.truncate(MAX_DURABLE_FAILURES);
+        for BreakerFailure { at, node } in fresh {
+            let entry = self.breaker.per_node.entry(node.clone()).or_default();
+            entry.0 += 1;
+            if entry.0 == 1 {
+                entry.1 = state.node_tags.get(&node).cloned().unwrap_or_default();
+                for t in &entry.1 {
+                    *self.breaker.per_version.entry(t.clone()).or_default() += 1;
+                }
+            }
+            self.breaker.events.push_back((at, node));
+        }
+        self.breaker.events.make_contiguous().sort();
+        let b = &mut self.breaker;
+        b.last_event = b.last_event.max(state.last_failure.filter(|t| *t <= now));
+        if b.open_since.is_none() {
+            b.open_since = state.open_since.filter(|t| *t <= now);
+        }
+        self.held_versions.extend(state.held_versions);
+    }
+
     pub(super) fn node_held(&self, node: &str) -> Option<Hold> {
         if self.breaker.open_since.is_some() {
             return Some(Hold::Breaker);
@@ -141,6 +200,7 @@ impl Engine {
             let threshold = by_percent.max(s.breaker_min_nodes as usize).max(1);
             if failed_nodes >= threshold {
                 self.breaker.open_since = Some(now);
+                self.durable_changes += 1;
                 let mut racks: BTreeMap<&str, usize> = BTreeMap::new();
                 for n in self.breaker.per_node.keys() {
                     if let Some(r) =
@@ -176,6 +236,7 @@ impl Engine {
                 let rate_other = (failed_nodes as f64 - failed_v).max(0.0) / other_total;
                 if rate_v >= s.canary_ratio * rate_other && rate_v > rate_other {
                     self.held_versions.insert(t.clone());
+                    self.durable_changes += 1;
                     let msg = format!(
                         "{failed_v:.0} of {total_v:.0} nodes running {t} failed within {:.0}s ({:.1}% vs {:.1}% elsewhere): an infrastructure problem of {t}; its nodes are held, not cycled",
                         s.breaker_window.as_secs_f64(),
@@ -203,6 +264,7 @@ impl Engine {
             && self.breaker.last_event.is_none_or(|t| now.since(t) >= cooldown)
         {
             self.breaker.open_since = None;
+            self.durable_changes += 1;
             let key = format!("breaker-closed/{}", since.as_nanos());
             self.report(
                 out,
@@ -220,6 +282,7 @@ impl Engine {
             .collect();
         for t in released {
             self.held_versions.remove(&t);
+            self.durable_changes += 1;
             let key = format!("version-released/{t}/{}", now.as_nanos());
             self.report(
                 out,

@@ -16,7 +16,7 @@
 //!   [`MAX_DURABLE_DEVICES`] devices (the most recent), so the state stays small;
 //! - restoring never plans an action by itself.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ use crate::pod::GangId;
 use crate::time::{Duration, Time};
 
 use super::Engine;
+pub use super::repairs::{NodeRepairs, RepairRequest};
 
 /// The most devices whose history is kept.
 pub const MAX_DURABLE_DEVICES: usize = 4096;
@@ -71,11 +72,77 @@ pub struct DurableState {
     pub devices: Vec<DeviceHistory>,
     #[serde(default)]
     pub cordons: Vec<NodeCordon>,
+    /// Evictions in the last minute (the eviction budget's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evictions: Vec<Time>,
+    /// The node breaker: failures in its window, whether it is open, version holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerState>,
+    /// The progress breaker: restarts caused by progress alone in its window, whether open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_breaker: Option<ProgressBreakerState>,
+    /// Standing repair requests, with the boot each node was in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<NodeRepairs>,
+}
+
+/// The most breaker failures kept (the most recent).
+pub const MAX_DURABLE_FAILURES: usize = 10_000;
+
+/// One failure the node breaker counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerFailure {
+    pub at: Time,
+    pub node: String,
+}
+
+/// The node breaker, as a restart must find it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerState {
+    #[serde(default)]
+    pub failures: Vec<BreakerFailure>,
+    /// The version tags each failed node's first failure counted against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_tags: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_versions: Vec<String>,
+}
+
+/// One gang restart or replacement caused by progress alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressRestart {
+    pub at: Time,
+    pub namespace: String,
+}
+
+/// The progress breaker, as a restart must find it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressBreakerState {
+    #[serde(default)]
+    pub planned: Vec<ProgressRestart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_wanted: Option<Time>,
 }
 
 impl DurableState {
     pub fn is_empty(&self) -> bool {
-        self.restarts.is_empty() && self.devices.is_empty() && self.cordons.is_empty()
+        self.restarts.is_empty()
+            && self.devices.is_empty()
+            && self.cordons.is_empty()
+            && self.evictions.is_empty()
+            && self.breaker.is_none()
+            && self.progress_breaker.is_none()
+            && self.repairs.is_empty()
     }
 }
 
@@ -122,7 +189,17 @@ impl Engine {
                 probation_until: ns.probation_until,
             })
             .collect();
-        DurableState { restarts, devices, cordons }
+        let minute = now - Duration::from_mins(1);
+        let evictions = self.evictions.iter().copied().filter(|t| *t > minute).collect();
+        DurableState {
+            restarts,
+            devices,
+            cordons,
+            evictions,
+            breaker: self.durable_breaker(now),
+            progress_breaker: self.durable_progress_breaker(now),
+            repairs: self.durable_repairs(),
+        }
     }
 
     /// How many changes of the durable state that should be saved at once (a restart counted,
@@ -171,6 +248,23 @@ impl Engine {
                 self.node_probation.insert(c.node);
             }
         }
+        let minute = now - Duration::from_mins(1);
+        let mut evictions: Vec<Time> = self
+            .evictions
+            .iter()
+            .copied()
+            .chain(state.evictions.into_iter().filter(|t| *t > minute && *t <= now))
+            .collect();
+        evictions.sort();
+        evictions.dedup();
+        self.evictions = evictions.into();
+        if let Some(b) = state.breaker {
+            self.restore_breaker(b, now);
+        }
+        if let Some(pb) = state.progress_breaker {
+            self.restore_progress_breaker(pb, now);
+        }
+        self.restore_repairs(state.repairs, now);
         for h in state.devices.into_iter().take(MAX_DURABLE_DEVICES) {
             let (incidents, episodes) = (keep(h.incidents), keep(h.degraded_episodes));
             if incidents.is_empty() && episodes.is_empty() {
@@ -301,9 +395,14 @@ mod tests {
         let mut second = Engine::new(crate::EngineConfig::default());
         second.restore(saved.clone(), t(100));
         assert_eq!(second.safety_state(t(100)).quarantined_nodes, 3);
-        assert!(second.handle(node_info("node-0", "b2"), t(100)).is_empty());
+        // node-0's reboot answers the reboot requested for it (node-2's was withdrawn by the
+        // first engine, node-1's still stands).
+        let withdrawn = |acts: &[PlannedAction]| count(acts, |a| matches!(a, Action::WithdrawRepair { .. }));
+        let acts = second.handle(node_info("node-0", "b2"), t(100));
+        assert_eq!((acts.len(), withdrawn(&acts)), (1, 1), "{acts:#?}");
         assert!(second.handle(node_info("node-1", "b1"), t(100)).is_empty());
         assert!(second.handle(node_info("node-2", "b2"), t(100)).is_empty());
+        assert_eq!(second.repair_requests("node-1").len(), 1);
         let uncordoned = |acts: &[PlannedAction]| -> Vec<String> {
             acts.iter()
                 .filter_map(|a| match &a.action {
@@ -328,6 +427,50 @@ mod tests {
         assert_eq!(twice.safety_state(t(100)).quarantined_nodes, 3);
     }
 
+    /// The node breaker (open, with its failures), the progress breaker and the eviction
+    /// budget's minute are found again by a new process: it holds what the first would have.
+    #[test]
+    fn the_breakers_and_the_eviction_minute_outlive_the_engine() {
+        let safety =
+            SafetySettings { breaker_min_nodes: 3, breaker_node_percent: 0.0, ..SafetySettings::default() };
+        let mut first = engine_with_safety(40, safety.clone());
+        for n in 0..3 {
+            first.handle(host_fault(&format!("node-{n}")), t(10 + n));
+        }
+        assert!(first.safety_state(t(20)).breaker_open);
+        let saved = first.durable(t(20));
+        assert_eq!(saved.breaker.as_ref().map(|b| b.failures.len()), Some(3), "{saved:?}");
+        let text = serde_json::to_string(&saved).expect("serialises");
+        let back: DurableState = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, saved);
+
+        let cordons = |acts: &[PlannedAction]| count(acts, |a| matches!(a, Action::CordonNode { .. }));
+        let mut second = engine_with_safety(40, safety.clone());
+        second.restore(back, t(30));
+        assert!(second.safety_state(t(30)).breaker_open);
+        assert_eq!(cordons(&second.handle(host_fault("node-5"), t(40))), 0, "held by the breaker");
+        let mut forgetful = engine_with_safety(40, safety);
+        assert_eq!(cordons(&forgetful.handle(host_fault("node-5"), t(40))), 1, "the test can fail");
+
+        // The progress breaker and the eviction minute.
+        let state = DurableState {
+            evictions: vec![t(95), t(100), t(20)],
+            progress_breaker: Some(ProgressBreakerState {
+                planned: vec![ProgressRestart { at: t(90), namespace: "a".into() }],
+                open_since: Some(t(90)),
+                last_wanted: Some(t(95)),
+            }),
+            ..DurableState::default()
+        };
+        let mut third = engine_with(10);
+        third.restore(state, t(110));
+        let s = third.safety_state(t(110));
+        assert_eq!((s.evictions_last_minute, s.progress_breaker_open), (2, true), "{s:?}");
+        let kept = third.durable(t(110));
+        assert_eq!(kept.evictions, [t(95), t(100)]);
+        assert_eq!(kept.progress_breaker.map(|p| p.open_since), Some(Some(t(90))));
+    }
+
     #[test]
     fn what_is_kept_is_bounded_and_old_history_is_dropped() {
         let mut e = engine_with(2);
@@ -343,7 +486,7 @@ mod tests {
                     degraded_episodes: Vec::new(),
                 })
                 .collect(),
-            cordons: Vec::new(),
+            ..DurableState::default()
         };
         e.restore(state, t(4000));
         // The restart at 10 s is more than an hour old at 4,000 s; the repeated one counts once.

@@ -83,15 +83,20 @@ impl Engine {
         out: &mut Vec<PlannedAction>,
     ) {
         self.progressing.remove(g);
-        let class = self.gang_device_class(g);
-        // The workload's own reports (or their absence) say it is hung; only a member's failed
-        // device makes the restart answer a fault.
-        let cause = if class == FailureClass::DeviceFailure { Cause::Fault } else { Cause::Progress };
+        let (class, cause) = self.hang_blame(g);
         let incident = format!("hang/{g}/{}", since.as_nanos());
         if let Some(gs) = self.gangs.get_mut(g) {
             gs.last_progress = None;
         }
         self.restart_gang(g, &incident, reason, class, cause, now, out);
+    }
+
+    /// What a hang of `g` answers: the workload's own reports (or their absence) say it is hung;
+    /// only a member's failed device makes the restart answer a fault.
+    pub(super) fn hang_blame(&self, g: &GangId) -> (FailureClass, Cause) {
+        let class = self.gang_device_class(g);
+        let cause = if class == FailureClass::DeviceFailure { Cause::Fault } else { Cause::Progress };
+        (class, cause)
     }
 
     /// The class a hang is blamed on: the worst device health among the gang's members.
@@ -189,6 +194,7 @@ impl Engine {
         };
         if let Some((node, hold)) = held {
             self.report_hold(out, hold, &node, format!("not restarting gang {g}: {reason}"), now);
+            self.defer_restart(g, incident, reason, class, cause, now);
             return;
         }
         let key = format!("restart-gang/{g}/{incident}");
@@ -197,6 +203,7 @@ impl Engine {
         }
         if let Err(refused) = self.admit_restart(g, cause, now, out) {
             self.report_refused(out, &refused, g, Refused::Restart { incident }, reason, now);
+            self.defer_restart(g, incident, reason, class, cause, now);
             return;
         }
         let Some(gs) = self.gangs.get_mut(g) else { return };

@@ -32,16 +32,20 @@
 //! - `pods`: the lean pod index, pod updates and deletions, evictions;
 //! - `decide`: the policy applied to one pod's failure;
 //! - `gangs`: progress, hangs, gang restarts, replacement at a checkpoint;
+//! - `deferred`: restarts held or refused, retried when the hold ends;
 //! - `budgets`: the hourly restart budgets (gang, namespace, cluster) both kinds of restart pass;
 //! - `progress_breaker`: the hold on restarts caused by progress reports alone;
 //! - `quarantine`: device quarantine and cordons within the node budget, probation's end;
 //! - `breaker`: the breaker and version holds;
 //! - `queries`: read-only questions (verdicts, decisions, the safety state);
-//! - `durable`: the state a new process restores (budgets' hour, repeat offenders, cordons).
+//! - `repairs`: repair requests and their withdrawal once answered;
+//! - `durable`: the state a new process restores (budgets' hour, repeat offenders, cordons,
+//!   breakers, repair requests).
 
 mod breaker;
 mod budgets;
 mod decide;
+mod deferred;
 mod devices;
 mod durable;
 mod gangs;
@@ -50,6 +54,7 @@ mod pods;
 mod progress_breaker;
 mod quarantine;
 mod queries;
+mod repairs;
 #[cfg(test)]
 mod test_support;
 
@@ -68,7 +73,10 @@ use crate::time::{Duration, Time};
 use breaker::Breaker;
 use budgets::RestartWindows;
 use devices::DeviceState;
-pub use durable::{DeviceHistory, DurableState, GangRestarts, MAX_DURABLE_DEVICES, NodeCordon};
+pub use durable::{
+    BreakerFailure, BreakerState, DeviceHistory, DurableState, GangRestarts, MAX_DURABLE_DEVICES, NodeCordon,
+    NodeRepairs, ProgressBreakerState, ProgressRestart, RepairRequest,
+};
 use gangs::GangState;
 use nodes::NodeState;
 use pods::{PendingEviction, PodState};
@@ -206,9 +214,13 @@ pub struct Engine {
     version_nodes: HashMap<String, u32>,
     held_versions: BTreeSet<String>,
     breaker: Breaker,
+    /// Standing repair requests, by node.
+    repairs: BTreeMap<String, repairs::Repairs>,
     /// Gang restarts and replacements in the last hour, per namespace and in the cluster.
     restart_windows: RestartWindows,
     progress_breaker: ProgressBreaker,
+    /// Gang restarts refused or held, retried each Tick.
+    deferred_restarts: BTreeMap<GangId, deferred::DeferredRestart>,
     last_prune: Time,
     last_tick: Time,
 }
@@ -254,8 +266,10 @@ impl Engine {
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),
             breaker: Breaker::default(),
+            repairs: BTreeMap::new(),
             restart_windows: RestartWindows::default(),
             progress_breaker: ProgressBreaker::default(),
+            deferred_restarts: BTreeMap::new(),
             last_prune: Time::ZERO,
             last_tick: Time::ZERO,
         };
@@ -294,7 +308,7 @@ impl Engine {
             Input::KernelIncident(incident) => self.on_incident(incident, now, &mut out),
             Input::PodUpsert(pod) => self.on_pod(pod, now, &mut out),
             Input::PodDeleted { uid } => self.on_pod_deleted(&uid),
-            Input::NodeUpsert(info) => self.on_node(info, now),
+            Input::NodeUpsert(info) => self.on_node(info, now, &mut out),
             Input::NodeDeleted { name } => self.on_node_deleted(&name),
             Input::Progress { pod_uid, step: _, step_time: _ } => self.on_progress(&pod_uid, now),
             Input::Hung { pod_uid, since, evidence } => {
@@ -323,6 +337,9 @@ impl Engine {
             return false;
         }
         self.issued.insert(key.clone(), now);
+        if let Action::RequestRepair { node, device, kind, .. } = &action {
+            self.record_repair(&node.clone(), device.clone(), *kind, now);
+        }
         out.push(PlannedAction { idempotency_key: key, action, class, policy: self.acting_for.clone() });
         true
     }
@@ -350,6 +367,7 @@ impl Engine {
         self.tick_breaker(now, out);
         self.end_probations(now, out);
         self.retry_held(now, out);
+        self.retry_deferred_restarts(now, out);
         self.tick_gangs(now, out);
         self.prune(now);
     }

@@ -19,10 +19,13 @@ pub(super) struct NodeState {
     pub(super) cordon_boot: Option<String>,
     pub(super) open_incident: Option<String>,
     pub(super) probation_until: Option<Time>,
+    /// When this engine last lifted a cordon or withdrew a repair request here (such marks
+    /// are not adopted back from the node for a while: [`super::repairs::ADOPT_QUIET`]).
+    pub(super) released_at: Option<Time>,
 }
 
 impl Engine {
-    pub(super) fn on_node(&mut self, info: NodeInfo, now: Time) {
+    pub(super) fn on_node(&mut self, info: NodeInfo, now: Time, out: &mut Vec<PlannedAction>) {
         let node_name = info.name.clone();
         let ns = self.nodes.entry(info.name.clone()).or_default();
         let old = ns.info.take();
@@ -35,6 +38,7 @@ impl Engine {
         };
         let old_tags = old.as_ref().map(version_tags).unwrap_or_default();
         let new_tags = version_tags(&info);
+        let boot = info.boot_id.clone();
         ns.info = Some(info);
         if rebooted {
             ns.open_incident = None;
@@ -59,6 +63,10 @@ impl Engine {
                 *self.version_nodes.entry(t).or_default() += 1;
             }
         }
+        if let Some(boot) = boot {
+            self.repairs_on_reboot(&node_name, &boot, now, out);
+        }
+        self.adopt_node_marks(&node_name, now, out);
     }
 
     pub(super) fn on_node_deleted(&mut self, name: &str) {
@@ -76,6 +84,7 @@ impl Engine {
             self.pending_devices.remove(&k);
         }
         self.quarantined_nodes.remove(name);
+        self.repairs.remove(name);
         self.vanished.retain(|k, _| k.node != name);
     }
 
@@ -143,7 +152,12 @@ mod tests {
             1
         );
         assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 1);
-        assert!(e.handle(node_info("node-0", "b2"), t(100)).is_empty());
+        let acts = e.handle(node_info("node-0", "b2"), t(100));
+        assert_eq!(acts.len(), 1, "{acts:#?}");
+        assert!(
+            matches!(&acts[0].action, Action::WithdrawRepair { node, .. } if node == "node-0"),
+            "{acts:#?}"
+        );
         assert!(e.handle(Input::Tick, t(200)).is_empty(), "still in probation");
         let acts = e.handle(Input::Tick, t(100 + 600));
         assert_eq!(count(&acts, |a| matches!(a, Action::UncordonNode { .. })), 1, "{acts:#?}");

@@ -295,6 +295,7 @@ impl Engine {
         let action = Action::EvictPod { pod: pref, reason: reason.to_string() };
         if self.emit(out, key, action, class, now) {
             self.evictions.push_back(now);
+            self.durable_changes += 1;
         }
     }
 }

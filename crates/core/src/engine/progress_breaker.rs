@@ -14,6 +14,7 @@ use crate::action::PlannedAction;
 use crate::time::{Duration, Time};
 
 use super::Engine;
+use super::durable::{ProgressBreakerState, ProgressRestart};
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct ProgressBreaker {
@@ -52,6 +53,43 @@ impl ProgressBreaker {
 }
 
 impl Engine {
+    /// The progress breaker as a new process must find it (`None`: nothing to keep).
+    pub(super) fn durable_progress_breaker(&self, now: Time) -> Option<ProgressBreakerState> {
+        let pb = &self.progress_breaker;
+        let horizon = now - self.config.safety.progress_breaker_window;
+        let planned: Vec<ProgressRestart> = pb
+            .planned
+            .iter()
+            .filter(|(t, _)| *t > horizon)
+            .map(|(at, namespace)| ProgressRestart { at: *at, namespace: namespace.clone() })
+            .collect();
+        if planned.is_empty() && pb.open_since.is_none() {
+            return None;
+        }
+        Some(ProgressBreakerState { planned, open_since: pb.open_since, last_wanted: pb.last_wanted })
+    }
+
+    /// Put back a progress breaker an earlier process kept (into a new engine, first).
+    pub(super) fn restore_progress_breaker(&mut self, state: ProgressBreakerState, now: Time) {
+        let horizon = now - self.config.safety.progress_breaker_window;
+        let pb = &mut self.progress_breaker;
+        for ProgressRestart { at, namespace } in state.planned {
+            if at > horizon && at <= now && !pb.planned.contains(&(at, namespace.clone())) {
+                pb.planned.push_back((at, namespace));
+            }
+        }
+        pb.planned.make_contiguous().sort();
+        // No more than the window ever holds: the limit (planned beyond it are held).
+        let limit = self.config.safety.progress_breaker_restarts.max(1) as usize;
+        while pb.planned.len() > limit {
+            pb.planned.pop_front();
+        }
+        pb.last_wanted = pb.last_wanted.max(state.last_wanted.filter(|t| *t <= now));
+        if pb.open_since.is_none() {
+            pb.open_since = state.open_since.filter(|t| *t <= now);
+        }
+    }
+
     /// A restart caused by progress alone is wanted now: whether the breaker holds it (the hold
     /// is counted). A breaker closed with its window still full (a cooldown shorter than the
     /// window) opens here again.
@@ -86,6 +124,7 @@ impl Engine {
         let pb = &mut self.progress_breaker;
         pb.prune(now, window);
         pb.planned.push_back((now, namespace.to_string()));
+        self.durable_changes += 1;
         if pb.open_since.is_none() && limit > 0 && pb.planned.len() >= limit as usize {
             self.open_progress_breaker(now, out);
         }
@@ -97,6 +136,7 @@ impl Engine {
         let pb = &mut self.progress_breaker;
         pb.open_since = Some(now);
         pb.held_while_open = 0;
+        self.durable_changes += 1;
         let msg = format!(
             "{} gang restarts and replacements within {window:.0}s were caused by progress reports alone (hangs, stragglers, baseline shifts){}: what workloads report about themselves, which can be forged or broken; such restarts are held until {cooldown:.0}s pass without one, device faults are still handled",
             pb.planned.len(),
@@ -121,6 +161,7 @@ impl Engine {
             return;
         }
         pb.open_since = None;
+        self.durable_changes += 1;
         let msg = format!(
             "no restart caused by progress reports alone wanted for {:.0}s ({} held while open); such restarts resume",
             cooldown.as_secs_f64(),

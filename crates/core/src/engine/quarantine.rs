@@ -153,6 +153,7 @@ impl Engine {
             let action =
                 Action::ReleaseDevice { device: k.clone(), reason: "healthy through probation".into() };
             self.emit(out, key, action, FailureClass::None, now);
+            self.repairs_on_release(&k, now, out);
         }
         let nodes_due: Vec<String> = self
             .node_probation
@@ -172,6 +173,7 @@ impl Engine {
             }
             ns.cordoned = false;
             ns.probation_until = None;
+            ns.released_at = Some(now);
             self.durable_changes += 1;
             self.unquarantine_node(&name);
             let key = format!("uncordon/{name}/{}", now.as_nanos());
