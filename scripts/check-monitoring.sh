@@ -60,4 +60,33 @@ tests=(tests/*.yaml)
 [[ ${#tests[@]} -gt 0 ]] || { echo "check-monitoring: no rule tests in deploy/monitoring/tests" >&2; exit 1; }
 echo "== promtool test rules ${tests[*]}"
 "$PROMTOOL" test rules "${tests[@]}"
-echo "check-monitoring: rules check and ${#tests[@]} test files passed"
+
+# The dashboard's queries must parse too: each becomes a recording rule (Grafana's variables
+# replaced by values they take) that promtool check rules parses.
+echo "== promtool check rules on the dashboard's queries (devheal-dashboard.json)"
+DASH_RULES="$(mktemp --suffix=.yaml)"
+trap 'rm -f "$DASH_RULES"' EXIT
+python3 - devheal-dashboard.json > "$DASH_RULES" <<'PY'
+import json, sys
+
+def exprs(v):
+    if isinstance(v, dict):
+        for k, child in v.items():
+            if k == "expr" and isinstance(child, str):
+                yield child
+            else:
+                yield from exprs(child)
+    elif isinstance(v, list):
+        for child in v:
+            yield from exprs(child)
+
+dash = json.load(open(sys.argv[1]))
+values = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$agent": ".*"}
+print("groups:\n  - name: dashboard\n    rules:")
+for i, e in enumerate(exprs(dash)):
+    for var, value in values.items():
+        e = e.replace(var, value)
+    print(f"      - record: dashboard_query_{i}\n        expr: {json.dumps(e)}")
+PY
+"$PROMTOOL" check rules "$DASH_RULES"
+echo "check-monitoring: rules check, ${#tests[@]} rule test files and the dashboard's queries passed"
