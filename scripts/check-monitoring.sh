@@ -39,7 +39,7 @@ else
     mkdir -p "$TMP"
     trap 'rm -rf "$TMP"' EXIT
     # go.sum is committed: the build verifies every module against it and rewrites nothing.
-    (cd "$MOD" && GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$TMP/promtool" github.com/prometheus/prometheus/cmd/promtool)
+    (cd "$MOD" && GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -ldflags "-s -w" -o "$TMP/promtool" github.com/prometheus/prometheus/cmd/promtool)
     rm -rf "$DIR"
     mv "$TMP" "$DIR"
     trap - EXIT
