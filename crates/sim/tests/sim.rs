@@ -98,7 +98,9 @@ fn same_scenario_and_seed_give_identical_json_and_another_seed_differs() {
 fn progress_reports_each_run_and_its_days() {
     let mut scenario = Scenario::from_yaml(SMALL, "tests/data/small-cluster.yaml").expect("fixture parses");
     scenario.duration_days = 9.5;
-    let mut events: Vec<(String, usize, usize, Vec<(u32, u32)>)> = Vec::new();
+    /// One run as progress told it: name, number, runs, and each (day, days) heard.
+    type Run = (String, usize, usize, Vec<(u32, u32)>);
+    let mut events: Vec<Run> = Vec::new();
     let watched = simulate(&scenario, 7, &mut |p| match p {
         Progress::Run { name, number, runs } => events.push((name.to_string(), number, runs, Vec::new())),
         Progress::Day { day, days } => events.last_mut().expect("a run started first").3.push((day, days)),
