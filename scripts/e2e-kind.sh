@@ -14,8 +14,8 @@
 # DEVHEAL_E2E_KEEP=1 (keep the cluster for a look afterwards), KIND_NODE_IMAGE (a
 # kindest/node image, default: kind's own), DEVHEAL_E2E_TIMEOUT (seconds per wait, default 180).
 #
-# ASSUMED INTERFACES. The agent's fake-device mode is being built alongside this script; it
-# assumes, and must be kept in step with, the following:
+# INTERFACES RELIED ON. The agent's fake-device mode (crates/agent/src/fake.rs, http.rs); this
+# script must be kept in step with:
 #   - `devheal agent --fake-devices N` registers N fake devices with the kubelet as the extended
 #     resource devheal.io/fake-gpu (a device plugin socket in /var/lib/kubelet/device-plugins);
 #   - the agent serves `POST /fake/fail?device=<id>` on its metrics port (9101), which makes

@@ -1,17 +1,27 @@
 //! `devheal classify-log [FILE|-]`: finds the device faults in a kernel log (dmesg, dmesg -T,
 //! journalctl -k, /dev/kmsg records or bare messages), attributes them, folds them into
 //! incidents and prints one JSON object per fault line (or a table on a terminal).
+//!
+//! Exit status, for scripts: 0 when the log shows no hardware fault, 1 when at least one fault
+//! line is a hardware fault (see [`is_hardware_fault`]; `--exit-zero` makes that 0 too), 2 when
+//! the arguments, the input or the catalog cannot be used.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use devheal_core::Time;
-use devheal_detect::{Catalog, Classifier, Correlator, FaultLine, LogScanner, MAX_LINE_BYTES};
+use devheal_core::{Attribution, Health, Time};
+use devheal_detect::{Catalog, Classifier, Correlator, DeviceFault, FaultLine, LogScanner, MAX_LINE_BYTES};
 use serde::Serialize;
 
 #[derive(clap::Args)]
+#[command(after_help = "\
+Exit status:
+  0  no hardware fault in the log (application and unknown-cause lines do not count)
+  1  at least one hardware fault: a line attributed to the device, the interconnect or the
+     host whose health is degraded or unhealthy (--exit-zero turns this into 0)
+  2  bad arguments, an unreadable input or catalog, or a write error")]
 pub struct ClassifyLogArgs {
     /// The kernel log to read; `-` or nothing reads standard input.
     #[arg(value_name = "FILE|-")]
@@ -25,6 +35,9 @@ pub struct ClassifyLogArgs {
     /// Node name used in incident ids.
     #[arg(long, default_value = "local")]
     node: String,
+    /// Exit 0 even when the log shows a hardware fault (for pipelines that only want the output).
+    #[arg(long)]
+    exit_zero: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -65,6 +78,7 @@ pub fn run(args: ClassifyLogArgs) -> anyhow::Result<ExitCode> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let mut write_error: Option<io::Error> = None;
     let mut last_time = Time::ZERO;
+    let mut hardware_faults = 0u64;
     if format == OutputFormat::Table {
         write_error = writeln!(
             out,
@@ -77,6 +91,9 @@ pub fn run(args: ClassifyLogArgs) -> anyhow::Result<ExitCode> {
         let at = found.line.timestamp.map(|t| t.as_time()).unwrap_or(last_time);
         last_time = at;
         let observation = correlator.observe(&args.node, found.boot_id, at, &found.fault);
+        if is_hardware_fault(&found.fault) {
+            hardware_faults += 1;
+        }
         if write_error.is_some() {
             return;
         }
@@ -141,7 +158,15 @@ pub fn run(args: ClassifyLogArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     eprintln!("{report}");
-    Ok(ExitCode::SUCCESS)
+    Ok(if hardware_faults > 0 && !args.exit_zero { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Whether a fault line makes `classify-log` exit 1: the catalog blames the hardware (the device
+/// itself, its interconnect or its host) and says the device is not healthy. Application errors
+/// (Xid 13, 31, 43, 45 …), causes the catalog does not know, and informational lines are not.
+fn is_hardware_fault(fault: &DeviceFault) -> bool {
+    matches!(fault.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host)
+        && matches!(fault.health, Health::Degraded | Health::Unhealthy)
 }
 
 fn write_table_row(out: &mut impl Write, record: &FaultRecord<'_>) -> io::Result<()> {

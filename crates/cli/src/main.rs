@@ -3,6 +3,7 @@
 
 mod agent;
 mod classify_log;
+mod completion;
 mod controller;
 mod crds;
 mod degradation_eval;
@@ -10,7 +11,7 @@ mod explain;
 mod kube_env;
 mod sim;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// devheal keeps Kubernetes pods with devices (GPUs and other accelerators) productive when
 /// devices fail, degrade or are misreported.
@@ -38,6 +39,8 @@ enum Command {
     Crds(crds::CrdsArgs),
     /// Score the degradation detectors (stragglers, baseline shifts, hangs) on labelled traces.
     DegradationEval(degradation_eval::DegradationEvalArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completion(completion::CompletionArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Controller(args) => controller::run(args),
         Command::DegradationEval(args) => degradation_eval::run(args),
+        Command::Completion(args) => completion::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -1,12 +1,13 @@
 //! `devheal sim`: run the fleet simulator on a bundled or user scenario and print the
 //! comparison of the four strategies (table, JSON, or a report directory).
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use devheal_sim::{BUNDLED, DEFAULT_SCENARIO, DEFAULT_SEED, Scenario};
+use devheal_sim::{BUNDLED, DEFAULT_SCENARIO, DEFAULT_SEED, Progress, Scenario};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SimFormat {
@@ -25,7 +26,8 @@ pub struct SimArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = SimFormat::Table)]
     format: SimFormat,
-    /// Also write report.json and a self-contained report.html into this directory.
+    /// Also write report.json and a self-contained report.html into this directory (their paths
+    /// are printed on stderr).
     #[arg(long)]
     out: Option<PathBuf>,
     /// List the bundled scenarios and exit.
@@ -56,17 +58,20 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let scenario = load_scenario(&args.scenario)?;
-    let show_progress = std::io::stderr().is_terminal();
-    let started = std::time::Instant::now();
-    let report = devheal_sim::simulate(&scenario, args.seed, &mut |name| {
-        if show_progress {
-            eprintln!(
-                "devheal sim: {} — running {name} ({:.1} s elapsed)",
-                scenario.name,
-                started.elapsed().as_secs_f64()
-            );
+    // Progress only on a terminal: piped or redirected stderr (CI, scripts) stays empty.
+    let mut progress = std::io::stderr()
+        .is_terminal()
+        .then(|| ProgressLine::new(std::io::stderr(), &scenario.name, args.seed));
+    let started = Instant::now();
+    let report = devheal_sim::simulate(&scenario, args.seed, &mut |event| {
+        if let Some(line) = &mut progress {
+            // A failed write to the terminal only loses the display, never the report.
+            let _ = line.show(event, started.elapsed());
         }
     });
+    if let Some(line) = &mut progress {
+        let _ = line.finish();
+    }
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let json_path = dir.join("report.json");
@@ -75,13 +80,91 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         let html_path = dir.join("report.html");
         std::fs::write(&html_path, devheal_sim::html::render(&report))
             .with_context(|| format!("writing {}", html_path.display()))?;
-        if show_progress {
-            eprintln!("devheal sim: wrote {} and {}", json_path.display(), html_path.display());
-        }
+        // Always said (on stderr, so stdout stays the report): the caller asked for files.
+        eprintln!("devheal sim: wrote {}", json_path.display());
+        eprintln!("devheal sim: wrote {}", html_path.display());
     }
     match args.format {
         SimFormat::Table => print!("{}", report.to_table()),
         SimFormat::Json => println!("{}", report.to_json()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The progress display on a terminal: one line per strategy run, rewritten in place (`\r`) as
+/// its simulated days pass, e.g. `run 2/5 node-health-controller  day  23/54   4.1 s`.
+struct ProgressLine<W: Write> {
+    out: W,
+    run: Option<(usize, usize, String)>,
+}
+
+impl<W: Write> ProgressLine<W> {
+    fn new(mut out: W, scenario: &str, seed: u64) -> Self {
+        let _ = writeln!(out, "devheal sim: {scenario} (seed {seed})");
+        ProgressLine { out, run: None }
+    }
+
+    fn show(&mut self, event: Progress<'_>, elapsed: Duration) -> io::Result<()> {
+        match event {
+            Progress::Run { name, number, runs } => {
+                if self.run.is_some() {
+                    writeln!(self.out)?;
+                }
+                write!(self.out, "  run {number}/{runs} {name:<38}")?;
+                self.run = Some((number, runs, name.to_string()));
+            }
+            Progress::Day { day, days } => {
+                let Some((number, runs, name)) = &self.run else { return Ok(()) };
+                // Fixed widths: each rewrite covers the one before it.
+                let width = days.to_string().len();
+                write!(
+                    self.out,
+                    "\r  run {number}/{runs} {name:<38}  day {day:>width$}/{days}  {:>6.1} s",
+                    elapsed.as_secs_f64()
+                )?;
+            }
+        }
+        self.out.flush()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if self.run.take().is_some() {
+            writeln!(self.out)?;
+        }
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_rewrites_one_line_per_run_and_ends_it() {
+        let mut buf = Vec::new();
+        let mut line = ProgressLine::new(&mut buf, "small", 3);
+        let events = [
+            Progress::Run { name: "kubernetes-default", number: 1, runs: 2 },
+            Progress::Day { day: 1, days: 10 },
+            Progress::Day { day: 10, days: 10 },
+            Progress::Run { name: "devheal", number: 2, runs: 2 },
+            Progress::Day { day: 9, days: 10 },
+        ];
+        for (i, e) in events.into_iter().enumerate() {
+            line.show(e, Duration::from_millis(1500 * i as u64)).unwrap();
+        }
+        line.finish().unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines.len(), 4, "{text:?}");
+        assert_eq!(lines[0], "devheal sim: small (seed 3)");
+        // What the terminal shows of each run's line: the text after its last carriage return.
+        let shown = |l: &str| l.rsplit('\r').next().unwrap().to_string();
+        assert_eq!(shown(lines[1]), format!("  run 1/2 {:<38}  day 10/10     3.0 s", "kubernetes-default"));
+        assert_eq!(shown(lines[2]), format!("  run 2/2 {:<38}  day  9/10     6.0 s", "devheal"));
+        assert_eq!(lines[3], "", "the display ends its last line");
+        // Every rewrite of a line is as long as the one it covers.
+        let lens: Vec<usize> = lines[1].split('\r').skip(1).map(str::len).collect();
+        assert!(lens.windows(2).all(|w| w[0] == w[1]), "{lens:?}");
+    }
 }

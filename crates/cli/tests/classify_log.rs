@@ -14,7 +14,8 @@ fn example_log() -> PathBuf {
 fn json_output_is_exactly_the_promised_fields() {
     let log = example_log();
     let output = devheal(&["classify-log", log.to_str().unwrap()], None);
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    // The log shows hardware faults (Xid 62, 79, a fatal PCIe error): exit 1.
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     let expected = [
         r#"{"line":2,"kind":"nvidia_xid","code":62,"device":"0000:01:00.0","attribution":"device","health":"unhealthy","action":"reset_device","incident":"local/-/0000:01:00.0/nvidia_xid-62/1","summary":"Xid 62 (PMU_HALT_ERROR) on 0000:01:00.0: internal micro-controller halt."}"#,
         r#"{"line":4,"kind":"nvidia_xid","code":154,"device":"0000:01:00.0","attribution":"device","health":"unhealthy","action":"reset_device","incident":"local/-/0000:01:00.0/nvidia_xid-62/1","summary":"Xid 154 (GPU_RECOVERY_ACTION_CHANGED) on 0000:01:00.0: the driver changed the GPU's recovery action to GPU Reset Required."}"#,
@@ -42,7 +43,7 @@ fn stdin_with_junk_is_skipped_and_counted() {
         b"[ 2.0] NVRM: Xid (PCI:0000:3b:00): 95, pid=7, name=train, Uncontained ECC error\n",
     );
     let output = devheal(&["classify-log", "-", "--format", "json"], Some(&input));
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(1), "Xid 95 is a device fault");
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.starts_with(r#"{"line":5,"kind":"nvidia_xid","code":95,"#), "{stdout}");
@@ -57,7 +58,7 @@ fn stdin_with_junk_is_skipped_and_counted() {
 fn table_format_has_a_header_and_one_row_per_fault() {
     let log = example_log();
     let output = devheal(&["classify-log", "--format", "table", log.to_str().unwrap()], None);
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 7, "{stdout}");
@@ -78,7 +79,7 @@ fn an_operator_catalog_overrides_the_built_in_one() {
     let log = example_log();
     let output =
         devheal(&["classify-log", "--catalog", catalog.to_str().unwrap(), log.to_str().unwrap()], None);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let xid79 = stdout.lines().find(|l| l.contains(r#""code":79"#)).expect("Xid 79 line");
     assert!(
@@ -104,4 +105,43 @@ fn a_missing_file_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot open /nonexistent/kern.log"), "{stderr}");
+}
+
+#[test]
+fn exit_zero_keeps_the_output_and_exits_0_on_hardware_faults() {
+    let log = example_log();
+    let failing = devheal(&["classify-log", log.to_str().unwrap()], None);
+    let output = devheal(&["classify-log", "--exit-zero", log.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.stdout, failing.stdout, "--exit-zero changes only the exit status");
+    assert_eq!(output.stdout.iter().filter(|&&b| b == b'\n').count(), 6);
+}
+
+#[test]
+fn application_errors_and_clean_logs_exit_0() {
+    // Xid 13 and 45 are the application's: reported, but not a hardware fault.
+    let app = b"[ 10.0] NVRM: Xid (PCI:0000:3b:00): 13, pid=7, name=train, Graphics Exception\n\
+                [ 11.0] NVRM: Xid (PCI:0000:3b:00): 45, pid=7, name=train, channel 0x00000002\n";
+    let output = devheal(&["classify-log", "--format", "json"], Some(app));
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.lines().all(|l| l.contains(r#""attribution":"application""#)), "{stdout}");
+
+    let clean = devheal(&["classify-log"], Some(b"[ 1.0] usb 1-1: new device\n"));
+    assert_eq!(clean.status.code(), Some(0));
+    assert!(clean.stdout.is_empty());
+
+    // One hardware line among application lines is enough for exit 1.
+    let mut mixed = app.to_vec();
+    mixed.extend_from_slice(b"[ 12.0] NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus.\n");
+    assert_eq!(devheal(&["classify-log"], Some(&mixed)).status.code(), Some(1));
+}
+
+#[test]
+fn help_documents_the_exit_status() {
+    let output = devheal(&["classify-log", "--help"], None);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("Exit status:") && help.contains("--exit-zero"), "{help}");
 }

@@ -75,6 +75,14 @@ fn out_dir_report_json_is_byte_identical_for_the_same_seed() {
             .output()
             .expect("runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // Piped stderr: no progress, only the files written, one per line.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = format!(
+            "devheal sim: wrote {}\ndevheal sim: wrote {}\n",
+            dir.join("report.json").display(),
+            dir.join("report.html").display()
+        );
+        assert_eq!(stderr, expected);
     }
     let ja = std::fs::read(a.join("report.json")).expect("report.json written");
     let jb = std::fs::read(b.join("report.json")).expect("report.json written");

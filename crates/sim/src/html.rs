@@ -1,5 +1,9 @@
-//! The self-contained HTML report: the comparison table plus two hand-written inline SVG charts
+//! The self-contained HTML report: the comparison tables plus two hand-written inline SVG charts
 //! (cumulative ETTR over time, lost GPU-hours by cause). No scripts, no external files.
+//!
+//! Laid out for a laptop screen: the page is at most 1200 px wide and centred, wide tables
+//! scroll sideways inside their own box instead of pushing the page, and the charts scale down
+//! with the window (SVG `viewBox`).
 
 use std::fmt::Write;
 
@@ -9,71 +13,170 @@ const COLOURS: [&str; 8] =
     ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf"];
 const STRATEGY_COLOURS: [&str; 4] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"];
 
+const STYLE: &str = "body{font-family:sans-serif;margin:0 auto;padding:1em 1.5em;max-width:1200px;\
+box-sizing:border-box;line-height:1.4}\
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em}\
+.scroll{overflow-x:auto;max-width:100%;margin:0.5em 0}\
+table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}\
+th,td{padding:3px 6px;border-bottom:1px solid #ddd;white-space:nowrap;text-align:right}\
+th:first-child,td:first-child{text-align:left}\
+thead th{border-bottom:2px solid #999;vertical-align:bottom}\
+tfoot th,tfoot td{border-top:2px solid #999;font-weight:bold}\
+svg{max-width:100%;height:auto;display:block}\
+.note{color:#555;font-size:13px;white-space:pre-line}";
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// Line chart of each strategy's GPU-weighted cumulative ETTR at the end of each day.
-fn ettr_chart(report: &Report) -> String {
-    let (w, h, left, right, top, bottom) = (760.0, 320.0, 60.0, 180.0, 20.0, 40.0);
-    let plot_w = w - left - right;
-    let plot_h = h - top - bottom;
-    let days = report
+/// A value axis: from `lo` to `hi` with a labelled tick every `step` (all fractions, 1 = 100 %).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Axis {
+    pub lo: f64,
+    pub hi: f64,
+    pub step: f64,
+}
+
+impl Axis {
+    /// The tick values from `lo` to `hi`, both included.
+    pub fn ticks(&self) -> Vec<f64> {
+        let n = ((self.hi - self.lo) / self.step).round() as usize;
+        (0..=n).map(|i| self.lo + self.step * i as f64).collect()
+    }
+}
+
+/// The ETTR axis for values between `min` and `max` (fractions): a round step of 0.5, 1, 2, 5,
+/// 10 or 20 points giving at most five intervals over the data (seven once rounded out to the
+/// step), bounds inside 0–100 %, so the lines fill the plot instead of sharing its top band.
+pub fn ettr_axis(min: f64, max: f64) -> Axis {
+    const BAND: f64 = 0.01;
+    if !(min.is_finite() && max.is_finite()) || min > max {
+        return Axis { lo: 0.0, hi: 1.0, step: 0.2 };
+    }
+    let (mut min, mut max) = (min.clamp(0.0, 1.0), max.clamp(0.0, 1.0));
+    // A flat line still gets a band of one point around it, kept inside 0–100 %.
+    if max - min < BAND {
+        let mid = (min + max) / 2.0;
+        (min, max) = (mid - BAND / 2.0, mid + BAND / 2.0);
+        if min < 0.0 {
+            (min, max) = (0.0, BAND);
+        } else if max > 1.0 {
+            (min, max) = (1.0 - BAND, 1.0);
+        }
+    }
+    let span = max - min;
+    let step = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2].into_iter().find(|s| span / s <= 5.0).unwrap_or(0.2);
+    // Rounded out to the step's grid; the epsilon keeps 0.8 / 0.02 = 39.999… on 0.8.
+    let lo = (((min / step) + 1e-9).floor() * step).max(0.0);
+    let hi = (((max / step) - 1e-9).ceil() * step).min(1.0);
+    Axis { lo, hi, step }
+}
+
+/// Day ticks for an `days`-day x axis: a round step (1, 2, 5, 7, 14, 30, 60, 90, 180, 365 …
+/// days) giving at most ten intervals; the ticks are the multiples of it from 0 to `days`.
+pub fn day_ticks(days: usize) -> Vec<usize> {
+    let step = [1, 2, 5, 7, 14, 30, 60, 90, 180, 365, 730, 1825]
+        .into_iter()
+        .find(|s| days.div_ceil(*s) <= 10)
+        .unwrap_or(3650);
+    (0..=days / step).map(|i| i * step).collect()
+}
+
+/// The GPU-weighted cumulative ETTR of each strategy's training gangs at the end of each day
+/// (strategies without training gangs are left out).
+fn ettr_series(report: &Report) -> Vec<(usize, Vec<f64>)> {
+    report
         .strategies
         .iter()
-        .flat_map(|s| s.training.iter().map(|t| t.ettr_by_day.len()))
+        .enumerate()
+        .filter_map(|(si, s)| {
+            let total_gpus: u64 = s.training.iter().map(|t| t.gpus).sum();
+            if total_gpus == 0 {
+                return None;
+            }
+            let n = s.training.iter().map(|t| t.ettr_by_day.len()).min().unwrap_or(0);
+            let values = (0..n)
+                .map(|d| {
+                    s.training.iter().map(|t| t.ettr_by_day[d] * t.gpus as f64).sum::<f64>()
+                        / total_gpus as f64
+                })
+                .collect();
+            Some((si, values))
+        })
+        .collect()
+}
+
+/// Line chart of each strategy's GPU-weighted cumulative ETTR at the end of each day.
+fn ettr_chart(report: &Report) -> String {
+    let (w, h, left, right, top, bottom) = (960.0, 340.0, 60.0, 200.0, 20.0, 46.0);
+    let plot_w = w - left - right;
+    let plot_h = h - top - bottom;
+    let series = ettr_series(report);
+    // The whole simulated period: samples are taken at the end of each full day.
+    let days = series
+        .iter()
+        .map(|(_, v)| v.len())
         .max()
         .unwrap_or(0)
+        .max(report.duration_days.ceil() as usize)
         .max(1);
+    let (min, max) = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let axis = ettr_axis(min, max);
+    let y_of = |v: f64| top + plot_h * (1.0 - ((v - axis.lo) / (axis.hi - axis.lo)).clamp(0.0, 1.0));
+    let x_of = |day: f64| left + plot_w * day / days as f64;
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="ETTR over time">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="ETTR over time">"#
     );
-    let _ = write!(
-        svg,
-        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>"##
-    );
-    for i in 0..=5 {
-        let v = i as f64 / 5.0;
-        let y = top + plot_h * (1.0 - v);
+    let decimals = if axis.step < 0.01 { 1 } else { 0 };
+    for v in axis.ticks() {
+        let y = y_of(v);
         let _ = write!(
             svg,
-            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{:.0}%</text>"##,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{:.decimals$}%</text>"##,
             left + plot_w,
             left - 6.0,
             y + 4.0,
             v * 100.0
         );
     }
+    for d in day_ticks(days) {
+        let x = x_of(d as f64);
+        let _ = write!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#999"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{d}</text>"##,
+            top + plot_h,
+            top + plot_h + 5.0,
+            top + plot_h + 18.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>"##
+    );
     let _ = write!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">simulated day</text>"#,
         left + plot_w / 2.0,
-        h - 8.0
+        h - 6.0
     );
-    for (si, s) in report.strategies.iter().enumerate() {
+    for (row, (si, values)) in series.iter().enumerate() {
         let colour = STRATEGY_COLOURS[si % STRATEGY_COLOURS.len()];
-        let total_gpus: u64 = s.training.iter().map(|t| t.gpus).sum();
-        if total_gpus == 0 {
-            continue;
-        }
-        let n = s.training.iter().map(|t| t.ettr_by_day.len()).min().unwrap_or(0);
-        let points: Vec<String> = (0..n)
-            .map(|d| {
-                let v: f64 = s.training.iter().map(|t| t.ettr_by_day[d] * t.gpus as f64).sum::<f64>()
-                    / total_gpus as f64;
-                let x = left + plot_w * (d + 1) as f64 / days as f64;
-                let y = top + plot_h * (1.0 - v.clamp(0.0, 1.0));
-                format!("{x:.1},{y:.1}")
-            })
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(d, &v)| format!("{:.1},{:.1}", x_of((d + 1) as f64), y_of(v)))
             .collect();
         let _ = write!(
             svg,
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
             points.join(" ")
         );
-        let ly = top + 16.0 * si as f64 + 10.0;
+        let ly = top + 18.0 * row as f64 + 10.0;
         let _ = write!(
             svg,
             r#"<rect x="{:.1}" y="{:.1}" width="12" height="3" fill="{colour}"/><text x="{:.1}" y="{:.1}" font-size="12">{}</text>"#,
@@ -81,7 +184,7 @@ fn ettr_chart(report: &Report) -> String {
             ly - 2.0,
             left + plot_w + 28.0,
             ly + 3.0,
-            escape(&s.name)
+            escape(&report.strategies[*si].name)
         );
     }
     svg.push_str("</svg>");
@@ -91,7 +194,7 @@ fn ettr_chart(report: &Report) -> String {
 /// Horizontal stacked bars of lost GPU-hours by cause, one bar per strategy.
 fn lost_chart(report: &Report) -> String {
     let rows = report.strategies.len().max(1);
-    let (w, left, right, top, bar_h, gap) = (760.0, 170.0, 20.0, 20.0, 26.0, 14.0);
+    let (w, left, right, top, bar_h, gap) = (960.0, 170.0, 110.0, 20.0, 26.0, 14.0);
     let legend_h = 50.0;
     let h = top + rows as f64 * (bar_h + gap) + legend_h;
     let plot_w = w - left - right;
@@ -99,7 +202,7 @@ fn lost_chart(report: &Report) -> String {
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h:.0}" role="img" aria-label="lost GPU-hours by cause">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h:.0}" width="{w}" height="{h:.0}" role="img" aria-label="lost GPU-hours by cause">"#
     );
     for (si, s) in report.strategies.iter().enumerate() {
         let y = top + si as f64 * (bar_h + gap);
@@ -128,7 +231,7 @@ fn lost_chart(report: &Report) -> String {
         let _ = write!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" font-size="11">{} GPU-h</text>"#,
-            (x + 4.0).min(w - 90.0),
+            (x + 4.0).min(w - right + 4.0),
             y + bar_h / 2.0 + 4.0,
             fmt_thousands(s.gpu_hours_lost.total)
         );
@@ -136,7 +239,7 @@ fn lost_chart(report: &Report) -> String {
     if let Some(first) = report.strategies.first() {
         let ly = top + rows as f64 * (bar_h + gap) + 10.0;
         for (ci, (cause, _)) in first.gpu_hours_lost.by_cause.by_cause().iter().enumerate() {
-            let lx = 10.0 + (ci % 4) as f64 * 185.0;
+            let lx = 10.0 + (ci % 4) as f64 * 235.0;
             let row_y = ly + (ci / 4) as f64 * 18.0;
             let _ = write!(
                 svg,
@@ -152,14 +255,52 @@ fn lost_chart(report: &Report) -> String {
     svg
 }
 
+/// An HTML table of `rows` (the first is the header), optionally closed by a footer row, inside
+/// a box that scrolls sideways when the window is narrower than the table.
+fn table(rows: &[Vec<String>], footer: Option<&[String]>) -> String {
+    let mut html = String::from("<div class=\"scroll\"><table>");
+    let row = |html: &mut String, cells: &[String], tag: &str| {
+        html.push_str("<tr>");
+        for (i, cell) in cells.iter().enumerate() {
+            let tag = if i == 0 { "th" } else { tag };
+            let _ = write!(html, "<{tag}>{}</{tag}>", escape(cell));
+        }
+        html.push_str("</tr>");
+    };
+    if let Some((header, body)) = rows.split_first() {
+        html.push_str("<thead>");
+        row(&mut html, header, "th");
+        html.push_str("</thead><tbody>");
+        for cells in body {
+            row(&mut html, cells, "td");
+        }
+        html.push_str("</tbody>");
+    }
+    if let Some(cells) = footer {
+        html.push_str("<tfoot>");
+        row(&mut html, cells, "td");
+        html.push_str("</tfoot>");
+    }
+    html.push_str("</table></div>");
+    html
+}
+
+/// The fault trace's classes with their event counts and a total row.
+fn fault_table(report: &Report) -> String {
+    let mut rows = vec![vec!["class".to_string(), "events".to_string()]];
+    rows.extend(report.trace.faults_by_class.iter().map(|(name, n)| vec![name.clone(), n.to_string()]));
+    let total: u64 = report.trace.faults_by_class.iter().map(|(_, n)| n).sum();
+    table(&rows, Some(&["total".to_string(), total.to_string()]))
+}
+
 /// The whole report as one HTML document.
 pub fn render(report: &Report) -> String {
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>devheal sim: {}</title>\
-         <style>body{{font-family:sans-serif;margin:2em;max-width:980px}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}}</style>\
-         </head><body>",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>devheal sim: {}</title><style>{STYLE}</style></head><body>",
         escape(&report.scenario)
     );
     let _ = write!(
@@ -171,15 +312,142 @@ pub fn render(report: &Report) -> String {
         report.gpus,
         report.duration_days
     );
-    let _ = write!(html, "<h2>Comparison</h2><pre>{}</pre>", escape(&report.to_table()));
+    let _ = write!(html, "<h2>Comparison</h2><p>{}</p>", escape(&report.headline()));
+    html.push_str(&table(&report.loss_rows(), None));
+    html.push_str(&table(&report.count_rows(), None));
+    if let Some(summary) = report.straggler_summary() {
+        let _ = write!(html, "<p class=\"note\">{}</p>", escape(&summary));
+    }
+    html.push_str(
+        "<p class=\"note\">ETTR: useful training time / wall time of the training gangs. GPU-h lost: \
+         training and inference, by cause. Repairs r/b/x: device resets / node reboots / hardware \
+         replacements.</p>",
+    );
     let _ = write!(html, "<h2>ETTR over time (cumulative)</h2>{}", ettr_chart(report));
     let _ = write!(html, "<h2>Lost GPU-hours by cause</h2>{}", lost_chart(report));
-    html.push_str(
-        "<h2>Fault trace</h2><table><tr><th align=\"left\">class</th><th align=\"right\">events</th></tr>",
-    );
-    for (name, n) in &report.trace.faults_by_class {
-        let _ = write!(html, "<tr><td>{}</td><td align=\"right\">{n}</td></tr>", escape(name));
-    }
-    html.push_str("</table><p>Model and sources: docs/simulator.md.</p></body></html>\n");
+    let _ = write!(html, "<h2>Fault trace</h2>{}", fault_table(report));
+    html.push_str("<p>Model and sources: docs/simulator.md.</p></body></html>\n");
     html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_report() -> Report {
+        let scenario = crate::Scenario::from_yaml(
+            include_str!("../tests/data/small-cluster.yaml"),
+            "tests/data/small-cluster.yaml",
+        )
+        .expect("fixture parses");
+        crate::simulate(&scenario, 3, &mut |_| {})
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn the_ettr_axis_fits_the_data_on_round_ticks() {
+        // The README's run: every line between 79 % and 88 %.
+        let a = ettr_axis(0.793, 0.871);
+        assert!(close(a.lo, 0.78) && close(a.hi, 0.88) && close(a.step, 0.02), "{a:?}");
+        assert_eq!(a.ticks().len(), 6);
+        // A wide spread still gets at most six ticks and stays inside 0–100 %.
+        let a = ettr_axis(0.05, 0.99);
+        assert!(close(a.lo, 0.0) && close(a.hi, 1.0) && close(a.step, 0.2), "{a:?}");
+        // Values on the grid are not pushed a step further out.
+        let a = ettr_axis(0.8, 0.9);
+        assert!(close(a.lo, 0.8) && close(a.hi, 0.9), "{a:?}");
+        // Near 100 %: the top is 100 %, never above.
+        let a = ettr_axis(0.995, 1.0);
+        assert!(close(a.hi, 1.0) && a.lo < 0.995 && a.lo >= 0.98, "{a:?}");
+        // A flat line gets a band around it; no data falls back to 0–100 %.
+        let a = ettr_axis(0.5, 0.5);
+        assert!(a.lo <= 0.5 && a.hi > 0.5 && a.hi - a.lo <= 0.02 + 1e-9, "{a:?}");
+        assert_eq!(ettr_axis(f64::INFINITY, f64::NEG_INFINITY), Axis { lo: 0.0, hi: 1.0, step: 0.2 });
+        for (min, max) in [(0.1, 0.2), (0.61, 0.64), (0.0, 0.003), (0.33, 0.97), (0.9991, 0.9999)] {
+            let a = ettr_axis(min, max);
+            assert!(a.lo <= min + 1e-9 && a.hi >= max - 1e-9, "{min}..{max}: {a:?}");
+            assert!(a.ticks().len() <= 8 && a.ticks().len() >= 2, "{min}..{max}: {a:?}");
+            assert!(a.lo >= 0.0 && a.hi <= 1.0 + 1e-9, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn day_ticks_are_round_and_few() {
+        assert_eq!(day_ticks(10), (0..=10).collect::<Vec<_>>());
+        assert_eq!(day_ticks(54), vec![0, 7, 14, 21, 28, 35, 42, 49]);
+        assert_eq!(day_ticks(365), vec![0, 60, 120, 180, 240, 300, 360]);
+        assert_eq!(day_ticks(1), vec![0, 1]);
+        for days in 1..4000 {
+            let t = day_ticks(days);
+            assert!(t.len() >= 2 && t.len() <= 11, "{days}: {t:?}");
+            assert!(*t.last().unwrap() <= days);
+        }
+    }
+
+    #[test]
+    fn the_fault_table_has_a_total_row_with_the_sum() {
+        let report = small_report();
+        let total: u64 = report.trace.faults_by_class.iter().map(|(_, n)| n).sum();
+        assert!(total > 0, "the fixture's trace has faults");
+        let html = fault_table(&report);
+        assert_eq!(html.matches("<tfoot>").count(), 1);
+        assert!(html.contains(&format!("<tfoot><tr><th>total</th><td>{total}</td></tr></tfoot>")), "{html}");
+        assert_eq!(
+            html.matches("<tr>").count(),
+            report.trace.faults_by_class.len() + 2,
+            "header, classes, total"
+        );
+    }
+
+    #[test]
+    fn the_report_scrolls_tables_and_scales_charts_for_small_screens() {
+        let report = small_report();
+        let html = render(&report);
+        assert!(html.contains("max-width:1200px") && html.contains(".scroll{overflow-x:auto"));
+        assert!(html.contains("name=\"viewport\""));
+        // Every table sits in its scrolling box; every chart has a viewBox to scale by.
+        assert_eq!(html.matches("<div class=\"scroll\"><table>").count(), html.matches("<table>").count());
+        assert_eq!(html.matches("<table>").count(), 3);
+        assert_eq!(html.matches("<svg").count(), html.matches("viewBox=").count());
+        for s in &report.strategies {
+            assert!(html.contains(&format!("<th>{}</th>", escape(&s.name))), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn the_ettr_chart_spans_its_plot_and_labels_days() {
+        let report = small_report();
+        let svg = ettr_chart(&report);
+        // The lowest and highest values lie on or inside the axis, and the axis is narrower than 0–100 %
+        // whenever the data is.
+        let series = ettr_series(&report);
+        let values: Vec<f64> = series.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let (min, max) = values.iter().fold((1.0f64, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let axis = ettr_axis(min, max);
+        if max - min < 0.5 {
+            assert!(axis.hi - axis.lo < 1.0, "{axis:?} for {min}..{max}");
+        }
+        let ys: Vec<f64> = svg
+            .split("points=\"")
+            .skip(1)
+            .flat_map(|p| {
+                p.split('"').next().unwrap_or("").split(' ').map(str::to_string).collect::<Vec<_>>()
+            })
+            .filter_map(|pt| pt.split(',').nth(1).and_then(|y| y.parse().ok()))
+            .collect();
+        assert!(!ys.is_empty());
+        let (top, bottom) = (20.0, 340.0 - 46.0);
+        assert!(ys.iter().all(|&y| (top..=bottom).contains(&y)), "{ys:?}");
+        // The lines use the plot's height rather than a band of it.
+        let spread =
+            ys.iter().cloned().fold(f64::MIN, f64::max) - ys.iter().cloned().fold(f64::MAX, f64::min);
+        if max > min {
+            assert!(spread > (bottom - top) * 0.4, "spread {spread:.1} px of {}", bottom - top);
+        }
+        assert!(svg.contains(">simulated day</text>"));
+        assert!(svg.contains(">0</text>") && svg.contains(">10</text>"), "day ticks 0 and 10");
+    }
 }

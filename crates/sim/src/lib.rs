@@ -43,39 +43,56 @@ pub fn simulate_strategy(
     model::World::new(scenario, strategy, trace).run(trace)
 }
 
-/// Run the given strategies on one shared trace; `progress` hears each strategy's name as it starts.
+/// What a simulation tells its caller while it runs, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Progress<'a> {
+    /// A run of one strategy starts: its name, its number (from 1) and how many runs there are.
+    Run { name: &'a str, number: usize, runs: usize },
+    /// The current run has simulated `day` whole days of `days` (the length rounded up).
+    Day { day: u32, days: u32 },
+}
+
+/// Run the given strategies on one shared trace; `progress` hears each run start and each
+/// simulated day it passes.
 pub fn simulate_strategies(
     scenario: &Scenario,
     seed: u64,
     strategies: &[Strategy],
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Report {
     let trace = FaultTrace::generate(scenario, seed);
-    let mut reports = Vec::new();
-    for &s in strategies {
-        progress(s.name());
-        reports.push(simulate_strategy(scenario, s, &trace));
-    }
     let d = &scenario.strategies.devheal;
-    let straggler_detection = reports
-        .iter()
-        .find(|r| r.name == Strategy::Devheal.name())
-        .filter(|_| d.detect_stragglers && d.compare_without_straggler_detection)
-        .map(|with| {
-            progress("devheal (without straggler detection)");
-            let mut off = scenario.clone();
-            off.strategies.devheal.detect_stragglers = false;
-            let without = simulate_strategy(&off, Strategy::Devheal, &trace);
-            report::StragglerDetectionReport {
-                ettr_with: with.ettr,
-                ettr_without: without.ettr,
-                straggler_gpu_hours_with: with.gpu_hours_lost.by_cause.straggler_slowdown,
-                straggler_gpu_hours_without: without.gpu_hours_lost.by_cause.straggler_slowdown,
-                gpu_hours_lost_with: with.gpu_hours_lost.total,
-                gpu_hours_lost_without: without.gpu_hours_lost.total,
-                replacements: with.counts.straggler_replacements,
-            }
-        });
+    let compare_stragglers = d.detect_stragglers
+        && d.compare_without_straggler_detection
+        && strategies.contains(&Strategy::Devheal);
+    let runs = strategies.len() + usize::from(compare_stragglers);
+    let days = scenario.duration_days.ceil() as u32;
+    let mut run = |scenario: &Scenario, strategy: Strategy, name: &str, number: usize| {
+        progress(Progress::Run { name, number, runs });
+        model::World::new(scenario, strategy, &trace)
+            .run_observed(&trace, &mut |day| progress(Progress::Day { day, days }))
+    };
+    let mut reports = Vec::new();
+    for (i, &s) in strategies.iter().enumerate() {
+        reports.push(run(scenario, s, s.name(), i + 1));
+    }
+    let straggler_detection =
+        reports.iter().find(|r| r.name == Strategy::Devheal.name()).filter(|_| compare_stragglers).map(
+            |with| {
+                let mut off = scenario.clone();
+                off.strategies.devheal.detect_stragglers = false;
+                let without = run(&off, Strategy::Devheal, "devheal (without straggler detection)", runs);
+                report::StragglerDetectionReport {
+                    ettr_with: with.ettr,
+                    ettr_without: without.ettr,
+                    straggler_gpu_hours_with: with.gpu_hours_lost.by_cause.straggler_slowdown,
+                    straggler_gpu_hours_without: without.gpu_hours_lost.by_cause.straggler_slowdown,
+                    gpu_hours_lost_with: with.gpu_hours_lost.total,
+                    gpu_hours_lost_without: without.gpu_hours_lost.total,
+                    replacements: with.counts.straggler_replacements,
+                }
+            },
+        );
     let counts = trace.fault_counts(scenario.faults.len());
     let summary = TraceSummary {
         faults_by_class: scenario.faults.iter().map(|f| f.name.clone()).zip(counts).collect(),
@@ -104,6 +121,6 @@ pub fn simulate_strategies(
 }
 
 /// Run all four strategies on one shared trace.
-pub fn simulate(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(&str)) -> Report {
+pub fn simulate(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress<'_>)) -> Report {
     simulate_strategies(scenario, seed, &Strategy::ALL, progress)
 }

@@ -414,8 +414,15 @@ impl<'a> World<'a> {
     }
 
     /// Run to the end of the scenario, replaying `trace`.
-    pub fn run(mut self, trace: &FaultTrace) -> StrategyReport {
+    pub fn run(self, trace: &FaultTrace) -> StrategyReport {
+        self.run_observed(trace, &mut |_| {})
+    }
+
+    /// [`World::run`], telling `on_day` how many whole simulated days are done (1, 2, … up to
+    /// the scenario's length rounded up) each time that number grows.
+    pub fn run_observed(mut self, trace: &FaultTrace, on_day: &mut dyn FnMut(u32)) -> StrategyReport {
         let mut next_trace = 0usize;
+        let mut day = 0u32;
         loop {
             let trace_at = trace.events.get(next_trace).map(|e| e.at);
             let queue_at = self.queue.peek_time();
@@ -431,6 +438,11 @@ impl<'a> World<'a> {
                 break;
             }
             self.now = at;
+            let today = (at.as_secs_f64() / 86_400.0) as u32;
+            if today > day {
+                day = today;
+                on_day(day);
+            }
             if take_trace {
                 let ev = trace.events[next_trace];
                 next_trace += 1;
@@ -439,6 +451,10 @@ impl<'a> World<'a> {
             } else if let Some((_, ev)) = self.queue.pop() {
                 self.on_event(ev);
             }
+        }
+        let days = (self.end.as_secs_f64() / 86_400.0).ceil() as u32;
+        if days > day {
+            on_day(days);
         }
         self.now = self.end;
         self.finish()

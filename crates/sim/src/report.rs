@@ -171,13 +171,10 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
-    /// The terminal table.
-    pub fn to_table(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
+    /// The first line of the table: the scenario, its size and the shared trace.
+    pub fn headline(&self) -> String {
         let faults: u64 = self.trace.faults_by_class.iter().map(|(_, n)| n).sum();
-        let _ = writeln!(
-            out,
+        format!(
             "scenario {} (seed {}): {} GPUs, {} days, {} faults in the shared trace ({} lemon nodes, {} straggler episodes, {} planned maintenances)",
             self.scenario,
             self.seed,
@@ -187,8 +184,12 @@ impl Report {
             self.trace.lemon_nodes,
             self.trace.straggler_episodes,
             self.trace.planned_maintenance
-        );
-        let _ = writeln!(out);
+        )
+    }
+
+    /// The comparison's first table (ETTR and GPU-hours lost by cause), header row first, as
+    /// [`Report::to_table`] prints it.
+    pub fn loss_rows(&self) -> Vec<Vec<String>> {
         let header = [
             "strategy",
             "ETTR",
@@ -223,8 +224,12 @@ impl Report {
                 fmt_thousands(s.replica_hours_unavailable),
             ]);
         }
-        write_table(&mut out, &rows);
-        let _ = writeln!(out);
+        rows
+    }
+
+    /// The comparison's second table (interruptions, evictions, quarantines, repairs …), header
+    /// row first.
+    pub fn count_rows(&self) -> Vec<Vec<String>> {
         let header = [
             "strategy",
             "interruptions",
@@ -253,26 +258,42 @@ impl Report {
                 if s.name == "devheal" { c.engine_actions.to_string() } else { "-".to_string() },
             ]);
         }
-        write_table(&mut out, &rows);
-        if let Some(d) = &self.straggler_detection {
-            let _ = writeln!(
-                out,
-                "\ndevheal's straggler detection: ETTR {:.2}% with, {:.2}% without ({:+.2} points); slow-rank GPU-h {} with, {} without;\n\
+        rows
+    }
+
+    /// Two lines on what devheal's straggler detection changed, when the run compared it.
+    pub fn straggler_summary(&self) -> Option<String> {
+        let d = self.straggler_detection.as_ref()?;
+        Some(format!(
+            "devheal's straggler detection: ETTR {:.2}% with, {:.2}% without ({:+.2} points); slow-rank GPU-h {} with, {} without;\n\
                  {} slow members replaced at a checkpoint; all GPU-h lost {} with, {} without ({}).",
-                d.ettr_with * 100.0,
-                d.ettr_without * 100.0,
-                (d.ettr_with - d.ettr_without) * 100.0,
-                fmt_thousands(d.straggler_gpu_hours_with),
-                fmt_thousands(d.straggler_gpu_hours_without),
-                d.replacements,
-                fmt_thousands(d.gpu_hours_lost_with),
-                fmt_thousands(d.gpu_hours_lost_without),
-                if d.gpu_hours_lost_with <= d.gpu_hours_lost_without {
-                    format!("{} saved", fmt_thousands(d.gpu_hours_lost_without - d.gpu_hours_lost_with))
-                } else {
-                    format!("{} more", fmt_thousands(d.gpu_hours_lost_with - d.gpu_hours_lost_without))
-                }
-            );
+            d.ettr_with * 100.0,
+            d.ettr_without * 100.0,
+            (d.ettr_with - d.ettr_without) * 100.0,
+            fmt_thousands(d.straggler_gpu_hours_with),
+            fmt_thousands(d.straggler_gpu_hours_without),
+            d.replacements,
+            fmt_thousands(d.gpu_hours_lost_with),
+            fmt_thousands(d.gpu_hours_lost_without),
+            if d.gpu_hours_lost_with <= d.gpu_hours_lost_without {
+                format!("{} saved", fmt_thousands(d.gpu_hours_lost_without - d.gpu_hours_lost_with))
+            } else {
+                format!("{} more", fmt_thousands(d.gpu_hours_lost_with - d.gpu_hours_lost_without))
+            }
+        ))
+    }
+
+    /// The terminal table.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", self.headline());
+        let _ = writeln!(out);
+        write_table(&mut out, &self.loss_rows());
+        let _ = writeln!(out);
+        write_table(&mut out, &self.count_rows());
+        if let Some(summary) = self.straggler_summary() {
+            let _ = writeln!(out, "\n{summary}");
         }
         let _ = writeln!(
             out,

@@ -5,7 +5,7 @@ use devheal_core::Time;
 use devheal_sim::daly::{daly_optimal_interval, expected_ettr};
 use devheal_sim::scenario::secs;
 use devheal_sim::trace::{FaultTarget, TraceEvent, TraceKind};
-use devheal_sim::{FaultTrace, Scenario, Strategy, simulate, simulate_strategy};
+use devheal_sim::{FaultTrace, Progress, Scenario, Strategy, simulate, simulate_strategy};
 
 const DALY: &str = include_str!("data/daly.yaml");
 const SMALL: &str = include_str!("data/small-cluster.yaml");
@@ -90,6 +90,32 @@ fn same_scenario_and_seed_give_identical_json_and_another_seed_differs() {
     let c = simulate(&scenario, 8, &mut |_| {}).to_json();
     assert_eq!(a, b);
     assert_ne!(a, c);
+}
+
+/// Progress names every run in order with its number, then counts each run's days up to the
+/// scenario's end; watching does not change the report.
+#[test]
+fn progress_reports_each_run_and_its_days() {
+    let mut scenario = Scenario::from_yaml(SMALL, "tests/data/small-cluster.yaml").expect("fixture parses");
+    scenario.duration_days = 9.5;
+    /// One run as progress told it: name, number, runs, and each (day, days) heard.
+    type Run = (String, usize, usize, Vec<(u32, u32)>);
+    let mut events: Vec<Run> = Vec::new();
+    let watched = simulate(&scenario, 7, &mut |p| match p {
+        Progress::Run { name, number, runs } => events.push((name.to_string(), number, runs, Vec::new())),
+        Progress::Day { day, days } => events.last_mut().expect("a run started first").3.push((day, days)),
+    });
+    let runs = events.len();
+    assert!(runs == 4 || runs == 5, "four strategies, plus devheal without straggler detection if compared");
+    for (i, (name, number, of, days)) in events.iter().enumerate() {
+        assert_eq!((*number, *of), (i + 1, runs), "{name}");
+        assert!(days.iter().all(|&(_, of)| of == 10), "9.5 days round up to 10: {days:?}");
+        assert!(days.windows(2).all(|w| w[0].0 < w[1].0), "{name}: days only grow: {days:?}");
+        assert_eq!(days.last().map(|d| d.0), Some(10), "{name} reaches its last day");
+    }
+    let names: Vec<&str> = events.iter().take(4).map(|e| e.0.as_str()).collect();
+    assert_eq!(names, Strategy::ALL.iter().map(|s| s.name()).collect::<Vec<_>>());
+    assert_eq!(watched.to_json(), simulate(&scenario, 7, &mut |_| {}).to_json());
 }
 
 /// Every GPU-hour of a gang is either productive or lost to a named cause.
