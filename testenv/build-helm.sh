@@ -9,7 +9,7 @@
 # `go install module/cmd@version` builds with helm's own go.mod and go.sum, and every module is
 # checked against the Go checksum database, so the build is the one the version names. The
 # version stamp is set the way helm's Makefile sets it (`helm version` prints it).
-# Needs: go (1.26 or later, which helm v4.3 asks for) and the Go module proxy; about 5 minutes
+# Needs: go (1.26 or later, which helm v4.3 asks for) and the Go module proxy; about 6 minutes
 # of two cores when nothing is cached (docs/install.md, "Install with Helm"), a second after.
 set -euo pipefail
 
