@@ -2,7 +2,9 @@
 //! exactly the objects of `deploy/base` (CRDs included), with `dryRun` those of
 //! `deploy/overlays/dry-run`, with `agent.privileged` those of `deploy/overlays/privileged-agent`.
 //! Each render is parsed into JSON values and compared object by object, keyed by apiVersion,
-//! kind, namespace and name; nothing is ignored, because the chart adds no label of its own.
+//! kind, namespace and name. The one thing ignored is helm's own annotation
+//! `helm.sh/resource-policy: keep` on the Namespace (helm uninstall keeps it); the chart adds no
+//! label of its own.
 //! The other values reach the objects they name, and the monitoring toggles render Prometheus
 //! Operator and Grafana objects that point at what the chart really serves.
 //!
@@ -143,10 +145,22 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
     }
 }
 
+/// A helm render without the one thing that only helm reads: the Namespace's
+/// `helm.sh/resource-policy: keep` (which must be there).
+fn without_helm_annotations(helm: &[Value]) -> Vec<Value> {
+    let mut objects = helm.to_vec();
+    for o in objects.iter_mut().filter(|o| o["kind"] == "Namespace") {
+        let metadata = o["metadata"].as_object_mut().unwrap();
+        assert_eq!(metadata["annotations"], json!({"helm.sh/resource-policy": "keep"}), "the chart's Namespace outlives the release");
+        metadata.remove("annotations");
+    }
+    objects
+}
+
 /// Both renders hold the same objects, each equal to the other's.
 fn assert_same_objects(kustomized: &[Value], helm: &[Value], what: &str) {
     let k = by_key(kustomized, "kubectl kustomize");
-    let h = by_key(helm, "helm template");
+    let h = by_key(&without_helm_annotations(helm), "helm template");
     let only_k: Vec<&Key> = k.keys().filter(|key| !h.contains_key(*key)).collect();
     let only_h: Vec<&Key> = h.keys().filter(|key| !k.contains_key(*key)).collect();
     assert!(only_k.is_empty() && only_h.is_empty(), "{what}: only in kustomize: {only_k:?}; only in helm: {only_h:?}");

@@ -3,10 +3,11 @@
 //! `helm uninstall`, on the real control plane.
 //!
 //! The kustomize base is applied by the harness under the default names, so the chart is
-//! installed beside it under another name (`name=e2e-helm`, namespace `e2e-helm-system`, which
-//! the chart creates), the release recorded in the test's own namespace. The CRDs are shared by
-//! both: they are deleted first, so that the chart's `crds/` really installs them, and put back
-//! as the harness applies them at the end. No kubelet runs pods here, so what is checked is what
+//! installed beside it under another name (`name=e2e-helm`), into namespace `e2e-helm-system`
+//! the way docs/install.md installs it into `devheal-system`: `--namespace … --create-namespace`,
+//! the release recorded there and the chart's Namespace object adding the Pod Security labels.
+//! The CRDs are shared by both: they are deleted first, so that the chart's `crds/` really
+//! installs them, and put back as the harness applies them at the end. No kubelet runs pods here, so what is checked is what
 //! the API server, its admission and the controller manager make of the objects.
 
 use std::path::{Path, PathBuf};
@@ -87,7 +88,7 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
     let dir = scope.dir.path();
     let _restore = RestoreDeploy(env);
 
-    // What an earlier failed run may have left: the chart's namespace.
+    // What an earlier failed run may have left: the chart's namespace (with the release record).
     kubectl(env, &["delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=90s"], None);
     // The CRDs, so that the chart's crds/ installs them (helm leaves CRDs that exist alone).
     let mut delete = vec!["delete", "--ignore-not-found", "--wait=true", "--timeout=60s"];
@@ -105,7 +106,8 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
             RELEASE,
             chart,
             "--namespace",
-            &scope.ns,
+            NS,
+            "--create-namespace",
             "--set",
             &format!("name={RELEASE},namespace.name={NS},dryRun=true,monitoring.dashboard.enabled=true"),
             "--set-json",
@@ -120,7 +122,7 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
     kubectl(env, &wait, None);
 
     // Every object of the release exists, recorded as the release's.
-    let manifest = helm_ok(env, dir, &["get", "manifest", RELEASE, "--namespace", &scope.ns]);
+    let manifest = helm_ok(env, dir, &["get", "manifest", RELEASE, "--namespace", NS]);
     let rendered: Vec<Value> = serde_saphyr::from_multiple::<Value>(&manifest)
         .expect("the release's manifest is YAML")
         .into_iter()
@@ -151,7 +153,7 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
     assert_eq!(live.len(), rendered.len(), "every object of the release exists: {:?}", live.iter().map(describe).collect::<Vec<_>>());
     for o in &live {
         assert_eq!(o["metadata"]["annotations"]["meta.helm.sh/release-name"], RELEASE, "{}", describe(o));
-        assert_eq!(o["metadata"]["annotations"]["meta.helm.sh/release-namespace"], scope.ns.as_str(), "{}", describe(o));
+        assert_eq!(o["metadata"]["annotations"]["meta.helm.sh/release-namespace"], NS, "{}", describe(o));
         if let Some(ns) = o["metadata"]["namespace"].as_str() {
             assert_eq!(ns, NS, "{}", describe(o));
         }
@@ -232,16 +234,19 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
     })
     .await;
 
-    // helm uninstall removes every object of the release, and keeps the CRDs (and with them
-    // every FailurePolicy), as helm does for a chart's crds/.
-    let out = helm_ok(env, dir, &["uninstall", RELEASE, "--namespace", &scope.ns, "--wait", "--timeout", "90s"]);
+    // helm uninstall removes every object of the release but the namespace (which holds the
+    // release's record until the end), and keeps the CRDs (and with them every FailurePolicy),
+    // as helm does for a chart's crds/.
+    let out = helm_ok(env, dir, &["uninstall", RELEASE, "--namespace", NS, "--wait", "--timeout", "90s"]);
     assert!(out.contains("uninstalled"), "helm uninstall: {out}");
-    eventually("every object of the release is gone", Duration::from_secs(90), || async {
-        let left = live_objects(env, &manifest);
-        left.is_empty().then_some(())
+    eventually("every object of the release but its namespace is gone", Duration::from_secs(90), || async {
+        let left: Vec<String> = live_objects(env, &manifest).iter().map(describe).collect();
+        (left == [format!("Namespace {NS}")]).then_some(())
     })
     .await;
-    let listed = helm_ok(env, dir, &["list", "--namespace", &scope.ns, "--short"]);
-    assert!(listed.trim().is_empty(), "no release left: {listed}");
+    let status = helm(env, dir, &["status", RELEASE, "--namespace", NS]);
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success() && err.contains("not found"), "no release left: {err}");
     kubectl(env, &wait, None);
+    kubectl(env, &["delete", "namespace", NS, "--wait=false"], None);
 }
