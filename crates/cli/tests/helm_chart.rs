@@ -86,23 +86,33 @@ fn helm_template_error(chart: &Path, values: &str) -> String {
         .arg(&values_file)
         .output()
         .expect("run helm template");
-    assert!(!out.status.success(), "helm template succeeded where it must fail:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "helm template succeeded where it must fail:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn kustomize(dir: &str) -> Vec<Value> {
-    let text = run(Command::new("kubectl").arg("kustomize").arg(repo_root().join(dir)), &format!("kubectl kustomize {dir}"));
+    let text = run(
+        Command::new("kubectl").arg("kustomize").arg(repo_root().join(dir)),
+        &format!("kubectl kustomize {dir}"),
+    );
     parse(&text, dir)
 }
 
 /// Every non-empty document of a multi-document YAML text (helm separates templates with `---`
 /// and leaves a document empty where a template renders nothing).
 fn parse(text: &str, what: &str) -> Vec<Value> {
-    let documents: Vec<Value> =
-        serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("{what}: not multi-document YAML: {e}\n{text}"));
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text)
+        .unwrap_or_else(|e| panic!("{what}: not multi-document YAML: {e}\n{text}"));
     let objects: Vec<Value> = documents.into_iter().filter(|d| !d.is_null()).collect();
     for o in &objects {
-        assert!(o.is_object() && o["kind"].is_string() && o["metadata"]["name"].is_string(), "{what}: not an object: {o}");
+        assert!(
+            o.is_object() && o["kind"].is_string() && o["metadata"]["name"].is_string(),
+            "{what}: not an object: {o}"
+        );
     }
     objects
 }
@@ -134,12 +144,18 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
                 (u, v) => Some(format!("{path}.{k}: {u:?} vs {v:?}")),
             })
         }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            x.iter().zip(y).enumerate().find_map(|(i, (u, v))| first_difference(u, v, &format!("{path}[{i}]")))
-        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (u, v))| first_difference(u, v, &format!("{path}[{i}]"))),
         // The same number written two ways: kustomize rewrites the CRDs' `4294967295.0` as
         // `4294967295`, helm passes crds/ through as written; the API server stores one value.
-        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() && x.as_f64().is_some_and(|f| f.fract() == 0.0) => None,
+        (Value::Number(x), Value::Number(y))
+            if x.as_f64() == y.as_f64() && x.as_f64().is_some_and(|f| f.fract() == 0.0) =>
+        {
+            None
+        }
         _ if a == b => None,
         _ => Some(format!("{path}: {a} vs {b}")),
     }
@@ -151,7 +167,11 @@ fn without_helm_annotations(helm: &[Value]) -> Vec<Value> {
     let mut objects = helm.to_vec();
     for o in objects.iter_mut().filter(|o| o["kind"] == "Namespace") {
         let metadata = o["metadata"].as_object_mut().unwrap();
-        assert_eq!(metadata["annotations"], json!({"helm.sh/resource-policy": "keep"}), "the chart's Namespace outlives the release");
+        assert_eq!(
+            metadata["annotations"],
+            json!({"helm.sh/resource-policy": "keep"}),
+            "the chart's Namespace outlives the release"
+        );
         metadata.remove("annotations");
     }
     objects
@@ -163,7 +183,10 @@ fn assert_same_objects(kustomized: &[Value], helm: &[Value], what: &str) {
     let h = by_key(&without_helm_annotations(helm), "helm template");
     let only_k: Vec<&Key> = k.keys().filter(|key| !h.contains_key(*key)).collect();
     let only_h: Vec<&Key> = h.keys().filter(|key| !k.contains_key(*key)).collect();
-    assert!(only_k.is_empty() && only_h.is_empty(), "{what}: only in kustomize: {only_k:?}; only in helm: {only_h:?}");
+    assert!(
+        only_k.is_empty() && only_h.is_empty(),
+        "{what}: only in kustomize: {only_k:?}; only in helm: {only_h:?}"
+    );
     for (key, object) in &k {
         if let Some(difference) = first_difference(object, &h[key], "") {
             panic!("{what}: {key:?} differs at {difference}");
@@ -183,7 +206,7 @@ fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
-fn container<'a>(workload: &'a Value) -> &'a Value {
+fn container(workload: &Value) -> &Value {
     &workload["spec"]["template"]["spec"]["containers"][0]
 }
 
@@ -222,7 +245,11 @@ fn default_values_render_the_kustomize_base() {
 #[test]
 #[ignore = "needs helm (DEVHEAL_HELM): scripts/check-helm.sh"]
 fn dry_run_renders_the_dry_run_overlay() {
-    assert_same_objects(&kustomize("deploy/overlays/dry-run"), &helm_template("dryRun: true"), "dryRun vs the dry-run overlay");
+    assert_same_objects(
+        &kustomize("deploy/overlays/dry-run"),
+        &helm_template("dryRun: true"),
+        "dryRun vs the dry-run overlay",
+    );
 }
 
 #[test]
@@ -266,11 +293,19 @@ controller:
     let c = container(agent);
     assert_eq!(c["image"], "registry.example.com/devheal:0.2.0-rc1");
     assert_eq!(c["imagePullPolicy"], "Always");
-    assert_eq!(c["resources"], json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}));
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
+    );
     let pod = &agent["spec"]["template"]["spec"];
     assert_eq!(pod["tolerations"], json!([{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]));
     assert_eq!(pod["nodeSelector"], json!({"nvidia.com/gpu.present": "true"}));
-    let nvidia = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "nvidia-lib").expect("the nvidia-lib volume");
+    let nvidia = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "nvidia-lib")
+        .expect("the nvidia-lib volume");
     assert_eq!(nvidia["hostPath"]["path"], "/run/nvidia/driver/usr/lib/x86_64-linux-gnu");
     let agent_args = args(agent);
     assert_eq!(agent_args[0], "agent");
@@ -283,7 +318,10 @@ controller:
     assert_eq!(c["image"], "registry.example.com/devheal-controller:7");
     assert!(c.get("imagePullPolicy").is_none(), "no pull policy unless one is given: {c}");
     // Helm merges a map given in the values into the default one.
-    assert_eq!(c["resources"], json!({"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}}));
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}})
+    );
     assert_eq!(controller["spec"]["replicas"], 3);
     let pod = &controller["spec"]["template"]["spec"];
     assert_eq!(pod["tolerations"], json!([{"key": "infra", "operator": "Exists"}]));
@@ -319,7 +357,11 @@ fn another_name_and_namespace_move_every_reference_together() {
     for o in &objects {
         let name = o["metadata"]["name"].as_str().unwrap();
         if o["kind"] != "CustomResourceDefinition" {
-            assert!(name.starts_with("gpuheal") || name == "gpu-ops", "{} {name} keeps the old name", o["kind"]);
+            assert!(
+                name.starts_with("gpuheal") || name == "gpu-ops",
+                "{} {name} keeps the old name",
+                o["kind"]
+            );
         }
         if let Some(ns) = o["metadata"]["namespace"].as_str() {
             assert_eq!(ns, "gpu-ops", "{} {name}", o["kind"]);
@@ -333,7 +375,10 @@ fn another_name_and_namespace_move_every_reference_together() {
         policy["spec"]["matchConditions"][0]["expression"],
         "request.userInfo.username == 'system:serviceaccount:gpu-ops:gpuheal-agent'"
     );
-    assert_eq!(find(&objects, "ValidatingAdmissionPolicyBinding", "gpuheal-agent-own-node")["spec"]["policyName"], "gpuheal-agent-own-node");
+    assert_eq!(
+        find(&objects, "ValidatingAdmissionPolicyBinding", "gpuheal-agent-own-node")["spec"]["policyName"],
+        "gpuheal-agent-own-node"
+    );
     // Each binding names its role and the service account that exists.
     for kind in ["ClusterRoleBinding", "RoleBinding"] {
         for b in of_kind(&objects, kind) {
@@ -348,10 +393,14 @@ fn another_name_and_namespace_move_every_reference_together() {
     let a = args(controller);
     assert_eq!(a[1..5], ["--lease-namespace", "gpu-ops", "--lease-name", "gpuheal-controller"]);
     let role = find(&objects, "Role", "gpuheal-controller");
-    let granted: Vec<&Value> = role["rules"].as_array().unwrap().iter().filter_map(|r| r.get("resourceNames")).collect();
+    let granted: Vec<&Value> =
+        role["rules"].as_array().unwrap().iter().filter_map(|r| r.get("resourceNames")).collect();
     assert_eq!(granted, [&json!(["gpuheal-controller"]), &json!(["gpuheal-controller-state"])]);
     assert_eq!(controller["spec"]["template"]["spec"]["serviceAccountName"], "gpuheal-controller");
-    assert_eq!(find(&objects, "DaemonSet", "gpuheal-agent")["spec"]["template"]["spec"]["serviceAccountName"], "gpuheal-agent");
+    assert_eq!(
+        find(&objects, "DaemonSet", "gpuheal-agent")["spec"]["template"]["spec"]["serviceAccountName"],
+        "gpuheal-agent"
+    );
 
     // An existing namespace: no Namespace object, everything else as before.
     let objects = helm_template("namespace: {name: gpu-ops, create: false}\n");
@@ -374,7 +423,8 @@ fn settings_become_the_settings_configmap_only_when_given() {
     assert_eq!(config["metadata"]["namespace"], "devheal-system");
     let data = config["data"].as_object().expect("data");
     assert_eq!(data.keys().collect::<Vec<_>>(), ["settings.yaml"]);
-    let file: Value = serde_saphyr::from_str(data["settings.yaml"].as_str().unwrap()).expect("the settings file is YAML");
+    let file: Value =
+        serde_saphyr::from_str(data["settings.yaml"].as_str().unwrap()).expect("the settings file is YAML");
     assert_eq!(file, settings, "the settings file is the values' map as it stands");
 }
 
@@ -390,9 +440,12 @@ fn monitoring_objects_are_rendered_only_when_enabled() {
         defaults.iter().all(|o| !o["apiVersion"].as_str().unwrap().starts_with("monitoring.coreos.com/")),
         "no Prometheus Operator object by default"
     );
-    for (toggle, kind) in
-        [("serviceMonitor", "ServiceMonitor"), ("podMonitor", "PodMonitor"), ("prometheusRule", "PrometheusRule"), ("dashboard", "ConfigMap")]
-    {
+    for (toggle, kind) in [
+        ("serviceMonitor", "ServiceMonitor"),
+        ("podMonitor", "PodMonitor"),
+        ("prometheusRule", "PrometheusRule"),
+        ("dashboard", "ConfigMap"),
+    ] {
         let objects = helm_template(&format!("monitoring: {{{toggle}: {{enabled: true}}}}\n"));
         let added: Vec<&Value> = objects.iter().filter(|o| !default_keys.contains_key(&key(o))).collect();
         assert_eq!(added.len(), 1, "{toggle} adds one object: {added:?}");
@@ -405,7 +458,8 @@ fn monitoring_objects_are_rendered_only_when_enabled() {
 
 /// Whether a label selector (matchLabels and matchExpressions with In) selects `labels`.
 fn selects(selector: &Value, labels: &Value) -> bool {
-    let match_labels = selector["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| &labels[k] == v);
+    let match_labels =
+        selector["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| &labels[k] == v);
     let match_expressions = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
         assert_eq!(e["operator"], "In", "only In is checked here");
         e["values"].as_array().unwrap().contains(&labels[e["key"].as_str().unwrap()])
@@ -422,7 +476,10 @@ fn the_monitors_scrape_the_metrics_ports_of_the_agent_and_the_controller() {
     assert_eq!(monitor["metadata"]["namespace"], "devheal-system");
     assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
     assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"], json!(["devheal-system"]));
-    assert_eq!(monitor["spec"]["endpoints"], json!([{"port": "metrics", "path": "/metrics", "interval": "30s"}]));
+    assert_eq!(
+        monitor["spec"]["endpoints"],
+        json!([{"port": "metrics", "path": "/metrics", "interval": "30s"}])
+    );
     let services: Vec<&Value> = of_kind(&objects, "Service")
         .into_iter()
         .filter(|s| selects(&monitor["spec"]["selector"], &s["metadata"]["labels"]))
@@ -430,12 +487,20 @@ fn the_monitors_scrape_the_metrics_ports_of_the_agent_and_the_controller() {
     let mut scraped: Vec<(String, u64)> = services
         .iter()
         .map(|s| {
-            let port = s["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").expect("a port named metrics");
+            let port = s["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "metrics")
+                .expect("a port named metrics");
             (s["metadata"]["name"].as_str().unwrap().to_string(), port["port"].as_u64().unwrap())
         })
         .collect();
     scraped.sort();
-    assert_eq!(scraped, [("devheal-agent-metrics".to_string(), 9101), ("devheal-controller-metrics".to_string(), 9100)]);
+    assert_eq!(
+        scraped,
+        [("devheal-agent-metrics".to_string(), 9101), ("devheal-controller-metrics".to_string(), 9100)]
+    );
 
     let monitor = find(&objects, "PodMonitor", "devheal");
     assert_eq!(monitor["spec"]["podMetricsEndpoints"], json!([{"port": "metrics", "path": "/metrics"}]));
@@ -445,11 +510,20 @@ fn the_monitors_scrape_the_metrics_ports_of_the_agent_and_the_controller() {
         .filter(|w| selects(&monitor["spec"]["selector"], &w["spec"]["template"]["metadata"]["labels"]))
         .map(|w| {
             let c = container(w);
-            let port = c["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").expect("a port named metrics");
+            let port = c["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "metrics")
+                .expect("a port named metrics");
             // The program serves /metrics on the port the container declares.
             let a = args(w);
             let addr = &a[a.iter().position(|x| x == "--metrics-addr").expect("--metrics-addr") + 1];
-            (w["metadata"]["name"].as_str().unwrap().to_string(), port["containerPort"].as_u64().unwrap(), addr.clone())
+            (
+                w["metadata"]["name"].as_str().unwrap().to_string(),
+                port["containerPort"].as_u64().unwrap(),
+                addr.clone(),
+            )
         })
         .collect();
     scraped.sort();
@@ -468,7 +542,11 @@ fn the_rule_and_the_dashboard_are_the_files_in_deploy_monitoring() {
     let objects = helm_template(ALL_MONITORING);
     let rule = find(&objects, "PrometheusRule", "devheal");
     assert_eq!(rule["metadata"]["labels"]["role"], "alert-rules");
-    assert_eq!(rule["spec"], repo_yaml("deploy/monitoring/devheal-alerts.yaml"), "the rule's spec is the rule file");
+    assert_eq!(
+        rule["spec"],
+        repo_yaml("deploy/monitoring/devheal-alerts.yaml"),
+        "the rule's spec is the rule file"
+    );
 
     let dashboard = find(&objects, "ConfigMap", "devheal-dashboard");
     assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
@@ -508,14 +586,18 @@ fn a_broken_rule_file_or_dashboard_fails_the_render() {
         ("", "missing or empty"),
     ] {
         let chart = chart_with_file("devheal-alerts.yaml", content);
-        let error = helm_template_error(&chart.path().join("devheal"), "monitoring: {prometheusRule: {enabled: true}}");
+        let error = helm_template_error(
+            &chart.path().join("devheal"),
+            "monitoring: {prometheusRule: {enabled: true}}",
+        );
         assert!(error.contains(message), "rule file {content:?}: {error}");
         // Off, the file is not read.
         helm_template_of(&chart.path().join("devheal"), "");
     }
     for (content, message) in [("{\"panels\": [", "is not a JSON object"), ("", "missing or empty")] {
         let chart = chart_with_file("devheal-dashboard.json", content);
-        let error = helm_template_error(&chart.path().join("devheal"), "monitoring: {dashboard: {enabled: true}}");
+        let error =
+            helm_template_error(&chart.path().join("devheal"), "monitoring: {dashboard: {enabled: true}}");
         assert!(error.contains(message), "dashboard {content:?}: {error}");
     }
 }

@@ -53,7 +53,8 @@ fn helm_ok(env: &Env, dir: &Path, args: &[&str]) -> String {
 
 /// The live objects named in a manifest (`kubectl get -f`), those that exist.
 fn live_objects(env: &Env, manifest: &str) -> Vec<Value> {
-    let text = kubectl(env, &["get", "--ignore-not-found", "-o", "json", "-f", "-"], Some(manifest.as_bytes()));
+    let text =
+        kubectl(env, &["get", "--ignore-not-found", "-o", "json", "-f", "-"], Some(manifest.as_bytes()));
     if text.trim().is_empty() {
         return Vec::new();
     }
@@ -150,7 +151,12 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
         ]
     );
     let live = live_objects(env, &manifest);
-    assert_eq!(live.len(), rendered.len(), "every object of the release exists: {:?}", live.iter().map(describe).collect::<Vec<_>>());
+    assert_eq!(
+        live.len(),
+        rendered.len(),
+        "every object of the release exists: {:?}",
+        live.iter().map(describe).collect::<Vec<_>>()
+    );
     for o in &live {
         assert_eq!(o["metadata"]["annotations"]["meta.helm.sh/release-name"], RELEASE, "{}", describe(o));
         assert_eq!(o["metadata"]["annotations"]["meta.helm.sh/release-namespace"], NS, "{}", describe(o));
@@ -160,7 +166,11 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
     }
     let namespace = live.iter().find(|o| o["kind"] == "Namespace").expect("the chart's namespace");
     assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged");
-    let settings = kubectl(env, &["-n", NS, "get", "configmap", "e2e-helm-settings", "-o", "jsonpath={.data.settings\\.yaml}"], None);
+    let settings = kubectl(
+        env,
+        &["-n", NS, "get", "configmap", "e2e-helm-settings", "-o", "jsonpath={.data.settings\\.yaml}"],
+        None,
+    );
     assert_eq!(settings.trim(), "budgets:\n  quarantinePercent: 5");
     let dashboard = kubectl(env, &["-n", NS, "get", "configmap", "e2e-helm-dashboard", "-o", "json"], None);
     let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
@@ -180,7 +190,11 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
     // The real controller manager makes the controller's pods (Pending: no kubelet runs them),
     // so Pod Security and the API server admitted its pod template in the chart's namespace.
     eventually("the Deployment's two controller pods exist", Duration::from_secs(60), || async {
-        let pods = kubectl(env, &["-n", NS, "get", "pods", "-l", "app.kubernetes.io/component=controller", "-o", "name"], None);
+        let pods = kubectl(
+            env,
+            &["-n", NS, "get", "pods", "-l", "app.kubernetes.io/component=controller", "-o", "name"],
+            None,
+        );
         (pods.lines().count() == 2).then_some(())
     })
     .await;
@@ -213,7 +227,11 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
         assert_eq!(answer.trim(), allowed, "{who} {verb} {resource}");
     }
     let lease_namespace = format!("--namespace={NS}");
-    let out = kubectl_output(env, &["auth", "can-i", "update", "leases/e2e-helm-controller", &lease_namespace, &controller_sa], None);
+    let out = kubectl_output(
+        env,
+        &["auth", "can-i", "update", "leases/e2e-helm-controller", &lease_namespace, &controller_sa],
+        None,
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes", "the controller renews its own Lease");
 
     // The chart's admission policy is in force for the chart's agent: a write without a
