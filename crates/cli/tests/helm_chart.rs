@@ -428,6 +428,24 @@ fn settings_become_the_settings_configmap_only_when_given() {
     assert_eq!(file, settings, "the settings file is the values' map as it stands");
 }
 
+#[test]
+#[ignore = "needs helm (DEVHEAL_HELM): scripts/check-helm.sh"]
+fn a_misspelt_or_mistyped_value_is_refused_not_ignored() {
+    for (values, message) in [
+        ("dryrun: true", "additional properties 'dryrun' not allowed"),
+        ("agent: {privilged: true}", "additional properties 'privilged' not allowed"),
+        ("monitoring: {serviceMonitor: {enable: true}}", "additional properties 'enable' not allowed"),
+        ("dryRun: \"yes\"", "got string, want boolean"),
+        ("name: Devheal_2", "does not match pattern"),
+        ("controller: {replicas: -1}", "minimum"),
+    ] {
+        let error = helm_template_error(&chart_dir(), values);
+        assert!(error.contains(message), "{values}: {error}");
+    }
+    // The settings are the controller's to check: any map passes the chart.
+    helm_template("settings: {anything: {nested: [1, 2]}}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Monitoring
 
