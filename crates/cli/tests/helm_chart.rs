@@ -458,100 +458,95 @@ fn monitoring_objects_are_rendered_only_when_enabled() {
         defaults.iter().all(|o| !o["apiVersion"].as_str().unwrap().starts_with("monitoring.coreos.com/")),
         "no Prometheus Operator object by default"
     );
-    for (toggle, kind) in [
-        ("serviceMonitor", "ServiceMonitor"),
-        ("podMonitor", "PodMonitor"),
-        ("prometheusRule", "PrometheusRule"),
-        ("dashboard", "ConfigMap"),
+    for (toggle, added_kinds) in [
+        ("serviceMonitor", &["ServiceMonitor", "ServiceMonitor"][..]),
+        ("podMonitor", &["PodMonitor", "PodMonitor"][..]),
+        ("prometheusRule", &["PrometheusRule"][..]),
+        ("dashboard", &["ConfigMap"][..]),
     ] {
         let objects = helm_template(&format!("monitoring: {{{toggle}: {{enabled: true}}}}\n"));
         let added: Vec<&Value> = objects.iter().filter(|o| !default_keys.contains_key(&key(o))).collect();
-        assert_eq!(added.len(), 1, "{toggle} adds one object: {added:?}");
-        assert_eq!(added[0]["kind"], kind);
-        if kind != "ConfigMap" {
-            assert_eq!(added[0]["apiVersion"], "monitoring.coreos.com/v1");
+        let kinds: Vec<&str> = added.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, added_kinds, "{toggle} adds only its own objects");
+        for o in added.iter().filter(|o| o["kind"] != "ConfigMap") {
+            assert_eq!(o["apiVersion"], "monitoring.coreos.com/v1");
         }
     }
 }
 
-/// Whether a label selector (matchLabels and matchExpressions with In) selects `labels`.
+/// Whether a label selector (matchLabels only) selects `labels`.
 fn selects(selector: &Value, labels: &Value) -> bool {
-    let match_labels =
-        selector["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| &labels[k] == v);
-    let match_expressions = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
-        assert_eq!(e["operator"], "In", "only In is checked here");
-        e["values"].as_array().unwrap().contains(&labels[e["key"].as_str().unwrap()])
-    });
-    match_labels && match_expressions
+    assert!(selector.get("matchExpressions").is_none(), "only matchLabels is checked here");
+    selector["matchLabels"].as_object().expect("matchLabels").iter().all(|(k, v)| &labels[k] == v)
 }
 
+/// The port named `metrics` of a list of ports.
+fn metrics_port<'a>(ports: &'a Value, what: &str) -> &'a Value {
+    ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .unwrap_or_else(|| panic!("{what}: no port named metrics"))
+}
+
+/// The one monitor of each component scrapes that component's metrics port (the agent's 9101, the
+/// controller's 9100, where the program serves `/metrics`), under a job name that devheal's alerts
+/// recognise (DevhealAgentDown: a job containing "devheal-agent"), the agents' series with the
+/// node's name.
 #[test]
 #[ignore = "needs helm (DEVHEAL_HELM): scripts/check-helm.sh"]
 fn the_monitors_scrape_the_metrics_ports_of_the_agent_and_the_controller() {
     let objects = helm_template(ALL_MONITORING);
+    let node_label = json!([{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]);
+    for (component, workload_kind, port) in [("agent", "DaemonSet", 9101), ("controller", "Deployment", 9100)]
+    {
+        let name = format!("devheal-{component}");
 
-    let monitor = find(&objects, "ServiceMonitor", "devheal");
-    assert_eq!(monitor["metadata"]["namespace"], "devheal-system");
-    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
-    assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"], json!(["devheal-system"]));
-    assert_eq!(
-        monitor["spec"]["endpoints"],
-        json!([{"port": "metrics", "path": "/metrics", "interval": "30s"}])
-    );
-    let services: Vec<&Value> = of_kind(&objects, "Service")
-        .into_iter()
-        .filter(|s| selects(&monitor["spec"]["selector"], &s["metadata"]["labels"]))
-        .collect();
-    let mut scraped: Vec<(String, u64)> = services
-        .iter()
-        .map(|s| {
-            let port = s["spec"]["ports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == "metrics")
-                .expect("a port named metrics");
-            (s["metadata"]["name"].as_str().unwrap().to_string(), port["port"].as_u64().unwrap())
-        })
-        .collect();
-    scraped.sort();
-    assert_eq!(
-        scraped,
-        [("devheal-agent-metrics".to_string(), 9101), ("devheal-controller-metrics".to_string(), 9100)]
-    );
+        let monitor = find(&objects, "ServiceMonitor", &name);
+        assert_eq!(monitor["metadata"]["namespace"], "devheal-system");
+        assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
+        assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"], json!(["devheal-system"]));
+        let endpoint = &monitor["spec"]["endpoints"][0];
+        assert_eq!(
+            (&endpoint["port"], &endpoint["path"], &endpoint["interval"]),
+            (&json!("metrics"), &json!("/metrics"), &json!("30s"))
+        );
+        let services: Vec<&Value> = of_kind(&objects, "Service")
+            .into_iter()
+            .filter(|s| selects(&monitor["spec"]["selector"], &s["metadata"]["labels"]))
+            .collect();
+        assert_eq!(services.len(), 1, "{name}: one Service");
+        // The job is the Service's name.
+        assert_eq!(services[0]["metadata"]["name"], format!("{name}-metrics"));
+        assert_eq!(metrics_port(&services[0]["spec"]["ports"], &name)["port"], port);
 
-    let monitor = find(&objects, "PodMonitor", "devheal");
-    assert_eq!(monitor["spec"]["podMetricsEndpoints"], json!([{"port": "metrics", "path": "/metrics"}]));
-    let mut scraped: Vec<(String, u64, String)> = of_kind(&objects, "DaemonSet")
-        .into_iter()
-        .chain(of_kind(&objects, "Deployment"))
-        .filter(|w| selects(&monitor["spec"]["selector"], &w["spec"]["template"]["metadata"]["labels"]))
-        .map(|w| {
-            let c = container(w);
-            let port = c["ports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == "metrics")
-                .expect("a port named metrics");
-            // The program serves /metrics on the port the container declares.
-            let a = args(w);
-            let addr = &a[a.iter().position(|x| x == "--metrics-addr").expect("--metrics-addr") + 1];
-            (
-                w["metadata"]["name"].as_str().unwrap().to_string(),
-                port["containerPort"].as_u64().unwrap(),
-                addr.clone(),
-            )
-        })
-        .collect();
-    scraped.sort();
-    assert_eq!(
-        scraped,
-        [
-            ("devheal-agent".to_string(), 9101, "0.0.0.0:9101".to_string()),
-            ("devheal-controller".to_string(), 9100, "0.0.0.0:9100".to_string())
-        ]
-    );
+        let monitor = find(&objects, "PodMonitor", &name);
+        assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"], json!(["devheal-system"]));
+        let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+        assert_eq!((&endpoint["port"], &endpoint["path"]), (&json!("metrics"), &json!("/metrics")));
+        let workloads: Vec<&Value> = objects
+            .iter()
+            .filter(|w| w["spec"]["template"].is_object())
+            .filter(|w| selects(&monitor["spec"]["selector"], &w["spec"]["template"]["metadata"]["labels"]))
+            .collect();
+        assert_eq!(workloads.len(), 1, "{name}: one workload");
+        assert_eq!(workloads[0]["kind"], workload_kind);
+        assert_eq!(metrics_port(&container(workloads[0])["ports"], &name)["containerPort"], port);
+        let a = args(workloads[0]);
+        let addr = &a[a.iter().position(|x| x == "--metrics-addr").expect("--metrics-addr") + 1];
+        assert_eq!(addr, &format!("0.0.0.0:{port}"), "{name} serves /metrics on the port scraped");
+
+        // The node label on the agents' series only.
+        let service_endpoint = &find(&objects, "ServiceMonitor", &name)["spec"]["endpoints"][0];
+        for relabelings in [&service_endpoint["relabelings"], &endpoint["relabelings"]] {
+            if component == "agent" {
+                assert_eq!(relabelings, &node_label);
+            } else {
+                assert!(relabelings.is_null(), "{name}: {relabelings}");
+            }
+        }
+    }
 }
 
 #[test]
