@@ -11,7 +11,9 @@
 # Exits non-zero when a test fails, when none ran, or when the control plane could not be
 # built or started. Nothing here skips under CI=true. Settings (environment):
 # DEVHEAL_E2E_KEEP=1 (keep the control plane's directory and a failed test's namespace for a
-# look afterwards), DEVHEAL_TESTENV_CACHE (where the control-plane binaries are cached).
+# look afterwards), DEVHEAL_TESTENV_CACHE (where the control-plane binaries and helm are
+# cached), DEVHEAL_HELM (a helm binary to install the chart with, instead of the one
+# testenv/build-helm.sh builds).
 # Needs: cargo, go, kubectl (client), openssl, python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,12 @@ done
 started=$SECONDS
 echo "== e2e: the control plane (testenv/build.sh: cached by version)"
 testenv/build.sh >/dev/null || fail "the control plane could not be built"
+echo "== e2e: helm, for the chart's install (testenv/build-helm.sh: cached by version)"
+if [[ -z "${DEVHEAL_HELM:-}" ]]; then
+    DEVHEAL_HELM="$(testenv/build-helm.sh | tail -n 1)" || fail "helm could not be built"
+fi
+[[ -x "$DEVHEAL_HELM" ]] || fail "DEVHEAL_HELM=$DEVHEAL_HELM is not an executable helm"
+export DEVHEAL_HELM
 echo "== e2e: the devheal binary and the end-to-end test binary"
 cargo test --locked -p devheal --test e2e --no-run || fail "the end-to-end tests do not build"
 

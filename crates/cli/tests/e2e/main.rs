@@ -22,6 +22,7 @@ mod admission;
 mod agent_path;
 mod dra;
 mod gang_job;
+mod helm;
 mod leader;
 mod pdb;
 mod trust;
