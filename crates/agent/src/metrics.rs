@@ -16,6 +16,7 @@
 //! | `devheal_agent_progress_steps_total` | counter | `result` | reported steps `accepted` or `rejected` |
 //! | `devheal_agent_progress_scrapes_total` | counter | `result` | progress-metric reads `ok` or `failed` |
 //! | `devheal_agent_progress_pods` | gauge | | pods whose progress the agent follows |
+//! | `devheal_agent_device_health` | gauge | `UUID`, `resource`, `pci_bus_id`, `namespace`, `pod`, `container` | each device's health (0 Healthy, 1 Degraded, 2 Unhealthy, 3 Unknown), one series per pod bound to it (empty pod labels when none); `UUID` and the pod labels are the DCGM exporter's, so dashboards can join the two |
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -50,6 +51,23 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// One device, and one pod bound to it, as the DCGM exporter labels them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(non_snake_case)]
+pub struct DeviceLabels {
+    /// The device's id (for NVIDIA, the GPU UUID).
+    pub UUID: String,
+    pub resource: String,
+    pub pci_bus_id: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+/// The most series `devheal_agent_device_health` holds (devices × their pods); beyond it, a
+/// device's further pods are not exported.
+pub const MAX_DEVICE_SERIES: usize = 4096;
+
 /// Every metric the agent exports, and the registry that renders them.
 pub struct AgentMetrics {
     registry: Registry,
@@ -67,6 +85,7 @@ pub struct AgentMetrics {
     pub progress_steps: Family<ResultLabel, Counter>,
     pub progress_scrapes: Family<ResultLabel, Counter>,
     pub progress_pods: Gauge,
+    pub device_health: Family<DeviceLabels, Gauge>,
     /// Unix seconds of the event loop's last turn, for `/healthz` (not exported).
     pub loop_alive_unix_s: AtomicI64,
 }
@@ -148,6 +167,12 @@ impl AgentMetrics {
         );
         let progress_pods = Gauge::default();
         registry.register("progress_pods", "Pods whose progress the agent follows", progress_pods.clone());
+        let device_health = Family::<DeviceLabels, Gauge>::default();
+        registry.register(
+            "device_health",
+            "Each device's health (0 Healthy, 1 Degraded, 2 Unhealthy, 3 Unknown), one series per pod bound to it",
+            device_health.clone(),
+        );
         AgentMetrics {
             registry,
             devices,
@@ -164,6 +189,7 @@ impl AgentMetrics {
             progress_steps,
             progress_scrapes,
             progress_pods,
+            device_health,
             loop_alive_unix_s: AtomicI64::new(0),
         }
     }

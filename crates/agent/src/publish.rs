@@ -463,6 +463,20 @@ pub fn wall_now() -> Time {
 const RETRY_FIRST: StdDuration = StdDuration::from_secs(1);
 const RETRY_MAX: StdDuration = StdDuration::from_secs(30);
 
+/// The delays between failed status writes: doubling from [`RETRY_FIRST`] to [`RETRY_MAX`], each
+/// with up to its own length again of random jitter, so that the agents of a whole fleet that
+/// lost the API server together do not come back in step.
+fn retry_delays() -> impl Iterator<Item = StdDuration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// The publisher task: runs until `shutdown` turns true or the loop drops its sender, then makes
 /// one last attempt at a status write that is still pending.
 pub async fn run_publisher<P: Publisher>(
@@ -478,7 +492,7 @@ pub async fn run_publisher<P: Publisher>(
     let mut last_write: Option<Instant> = None;
     let mut next_heartbeat = Instant::now() + config.heartbeat;
     let mut retry_at: Option<Instant> = None;
-    let mut backoff = RETRY_FIRST;
+    let mut delays = retry_delays();
     let mut written_condition: Option<DevicesCondition> = None;
     let mut condition_since: Option<(&'static str, Time)> = None;
     let mut heartbeat_due = false;
@@ -544,14 +558,14 @@ pub async fn run_publisher<P: Publisher>(
                 metrics.published("status", true);
                 metrics.last_publish.set(now.as_secs_f64());
                 pending = false;
-                backoff = RETRY_FIRST;
+                delays = retry_delays();
                 next_heartbeat = Instant::now() + config.heartbeat;
             }
             Err(e) => {
+                let backoff = delays.next().unwrap_or(RETRY_MAX);
                 tracing::warn!(error = %e, retry_in = ?backoff, "NodeDeviceHealth status not written");
                 metrics.published("status", false);
                 retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
         let condition = publication.condition;
@@ -583,6 +597,26 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => futures::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    /// Doubling from 1 s to 30 s with jitter: each delay lies in [d, 2d) (capped), and two
+    /// agents' sequences differ.
+    #[test]
+    fn retries_double_with_jitter_up_to_the_cap() {
+        let a: Vec<StdDuration> = retry_delays().take(8).collect();
+        let b: Vec<StdDuration> = retry_delays().take(8).collect();
+        let mut nominal = RETRY_FIRST;
+        for d in &a {
+            assert!(*d >= nominal.min(RETRY_MAX), "{a:?}");
+            assert!(*d <= (nominal * 2).min(RETRY_MAX * 2), "{a:?}");
+            nominal = (nominal * 2).min(RETRY_MAX);
+        }
+        assert_ne!(a, b, "jittered");
     }
 }
 
@@ -681,8 +715,14 @@ mod tests {
             stop_rx,
         ));
         tx.send_replace(Some(publication("True")));
-        // The first write fails; the retry 1 s later succeeds and writes the condition.
-        tokio::time::sleep(StdDuration::from_millis(1500)).await;
+        // The first write fails; the retry 1 to 2 s later (jittered) succeeds and writes the
+        // condition.
+        for _ in 0..25 {
+            if log.lock().expect("lock").len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(100)).await;
+        }
         assert_eq!(
             *log.lock().expect("lock"),
             vec!["status failed", "condition True", "status heartbeat=true"]

@@ -38,7 +38,7 @@ use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
 use crate::http::{ProgressControl, ProgressRefusal, ProgressRequest};
 use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
 use crate::kubelet_devices::{KubeletDevices, KubeletView, NodeCounts};
-use crate::metrics::{AgentMetrics, HealthLabel, SourceLabel};
+use crate::metrics::{AgentMetrics, DeviceLabels, HealthLabel, MAX_DEVICE_SERIES, SourceLabel};
 use crate::once::SourcePaths;
 use crate::progress::{PodRef, ProgressBook, ProgressConfig, ProgressError};
 use crate::publish::{
@@ -861,6 +861,39 @@ impl LoopState {
             ("Unknown", summary.unknown),
         ] {
             self.metrics.devices.get_or_create(&HealthLabel { health: health.into() }).set(i64::from(n));
+        }
+        self.metrics.device_health.clear();
+        let mut series = 0;
+        for d in &status.devices {
+            let value = match d.health {
+                Health::Healthy => 0,
+                Health::Degraded => 1,
+                Health::Unhealthy => 2,
+                Health::Unknown => 3,
+            };
+            let device = |namespace: &str, pod: &str, container: &str| DeviceLabels {
+                UUID: d.id.clone(),
+                resource: d.resource.clone(),
+                pci_bus_id: d.pci_address.clone().unwrap_or_default(),
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                container: container.to_string(),
+            };
+            let labels: Vec<DeviceLabels> = if d.pods.is_empty() {
+                vec![device("", "", "")]
+            } else {
+                d.pods
+                    .iter()
+                    .map(|p| device(&p.namespace, &p.name, p.container.as_deref().unwrap_or("")))
+                    .collect()
+            };
+            for l in labels {
+                if series >= MAX_DEVICE_SERIES {
+                    break;
+                }
+                self.metrics.device_health.get_or_create(&l).set(value);
+                series += 1;
+            }
         }
         for s in &status.sources {
             self.metrics

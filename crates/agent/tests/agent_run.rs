@@ -143,6 +143,19 @@ async fn plugin_health_comes_from_the_kubelet_and_survives_kubelet_restarts() {
     assert_eq!(code, 200);
     assert!(body.contains("devheal_agent_devices{health=\"Unhealthy\"} 1"), "{body}");
     assert!(body.contains("devheal_agent_source_available{source=\"pod_resources\"} 1"), "{body}");
+    // Per device, with the pod bound to it, labelled as the DCGM exporter labels GPUs and pods.
+    let bound = body
+        .lines()
+        .find(|l| l.starts_with("devheal_agent_device_health{") && l.contains("UUID=\"fake-1\""))
+        .unwrap_or_default();
+    assert!(bound.contains("namespace=\"ml\"") && bound.contains("pod=\"trainer-3\""), "{body}");
+    assert!(bound.ends_with(" 2"), "Unhealthy is 2: {bound}");
+    assert!(
+        body.lines().any(|l| l.starts_with("devheal_agent_device_health{")
+            && l.contains("UUID=\"fake-0\"")
+            && l.ends_with(" 0")),
+        "{body}"
+    );
     assert!(body.contains("devheal_agent_publishes_total{kind=\"status\"}"), "{body}");
     let (code, _) = tokio::task::spawn_blocking(move || http(addr, "GET", "/healthz")).await.expect("join");
     assert_eq!(code, 200);

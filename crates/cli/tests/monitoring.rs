@@ -323,8 +323,17 @@ fn controller_exposition() -> String {
 
 /// The agent's exposition once every family holds a series.
 fn agent_exposition() -> String {
-    use devheal_agent::metrics::{AgentMetrics, HealthLabel, SourceLabel};
+    use devheal_agent::metrics::{AgentMetrics, DeviceLabels, HealthLabel, SourceLabel};
     let m = AgentMetrics::new();
+    let gpu = DeviceLabels {
+        UUID: "GPU-1".into(),
+        resource: "nvidia.com/gpu".into(),
+        pci_bus_id: "0000:18:00.0".into(),
+        namespace: "ml".into(),
+        pod: "p".into(),
+        container: "c".into(),
+    };
+    m.device_health.get_or_create(&gpu).set(2);
     m.devices.get_or_create(&HealthLabel { health: "Unhealthy".into() }).set(1);
     m.source_available.get_or_create(&SourceLabel { source: "kmsg".into() }).set(1);
     m.published("status", true);
