@@ -32,7 +32,9 @@ fn filter(var: impl Fn(&str) -> Option<String>) -> EnvFilter {
 
 /// Install the process's subscriber: stderr, filtered, in `format`.
 pub fn init(format: LogFormat) {
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter(|name| std::env::var(name).ok()));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter(|name| std::env::var(name).ok()));
     // A second init (there is none) would keep the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

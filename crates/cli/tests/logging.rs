@@ -109,13 +109,14 @@ fn the_agent_logs_json_lines_filtered_by_devheal_log_over_rust_log() {
         serde_json::from_str::<serde_json::Value>(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
     }));
     let _ = reader.join();
-    let announce = lines.iter().find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("metrics on")));
+    let announce =
+        lines.iter().find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("metrics on")));
     let announce = announce.expect("announced");
-    assert_eq!((announce["level"].as_str(), announce["target"].as_str()), (Some("INFO"), Some("devheal::agent")));
-    assert!(
-        lines.iter().any(|l| l["fields"]["message"] == "devheal agent: SIGTERM, stopping"),
-        "{lines:#?}"
+    assert_eq!(
+        (announce["level"].as_str(), announce["target"].as_str()),
+        (Some("INFO"), Some("devheal::agent"))
     );
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "devheal agent: SIGTERM, stopping"), "{lines:#?}");
     // `warn` for everything else: no other info line passes.
     assert!(lines.iter().all(|l| l["level"] != "INFO" || l["target"] == "devheal::agent"), "{lines:#?}");
 }

@@ -257,7 +257,8 @@ impl Subjects {
         let join = |devices: &[devheal_core::DeviceKey]| {
             devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
         };
-        let mut s = Subjects { pod: String::new(), node: String::new(), device: String::new(), gang: String::new() };
+        let mut s =
+            Subjects { pod: String::new(), node: String::new(), device: String::new(), gang: String::new() };
         let mut pod_uid = None;
         match action {
             Action::MarkPod { pod, .. } | Action::EvictPod { pod, .. } => {
@@ -275,7 +276,9 @@ impl Subjects {
                 s.device = device.to_string();
                 s.node = device.node.clone();
             }
-            Action::CordonNode { node, .. } | Action::UncordonNode { node, .. } | Action::WithdrawRepair { node, .. } => {
+            Action::CordonNode { node, .. }
+            | Action::UncordonNode { node, .. }
+            | Action::WithdrawRepair { node, .. } => {
                 s.node = node.clone();
             }
             Action::RequestRepair { node, device, .. } => {

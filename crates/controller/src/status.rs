@@ -214,7 +214,9 @@ impl PolicyStatusBook {
     /// This replica is not the leader: forget what it wrote and counted; the leader's writes
     /// are adopted as they are observed.
     pub fn standby(&mut self) {
-        if self.written.is_empty() && self.taken.values().all(|t| t.own.is_empty() && t.own_dry_run.is_empty()) {
+        if self.written.is_empty()
+            && self.taken.values().all(|t| t.own.is_empty() && t.own_dry_run.is_empty())
+        {
             return;
         }
         self.written.clear();

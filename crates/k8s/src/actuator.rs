@@ -1273,7 +1273,9 @@ impl KubeActuator {
         let (namespace, regarding) = match &planned.action {
             Action::MarkPod { pod, .. }
             | Action::EvictPod { pod, .. }
-            | Action::ReplaceAtCheckpoint { pod, .. } => (pod.namespace.clone(), Some(Self::pod_regarding(pod))),
+            | Action::ReplaceAtCheckpoint { pod, .. } => {
+                (pod.namespace.clone(), Some(Self::pod_regarding(pod)))
+            }
             Action::RestartGang { gang, .. } | Action::FailWorkload { gang, .. } => {
                 let members = self.gang_members(gang).await.unwrap_or_default();
                 (gang.namespace.clone(), owner_regarding(&members))
@@ -1285,7 +1287,9 @@ impl KubeActuator {
             Action::CordonNode { node, .. }
             | Action::UncordonNode { node, .. }
             | Action::RequestRepair { node, .. }
-            | Action::WithdrawRepair { node, .. } => ("default".to_string(), Some(node_regarding(node, None))),
+            | Action::WithdrawRepair { node, .. } => {
+                ("default".to_string(), Some(node_regarding(node, None)))
+            }
             Action::Report { .. } => ("default".to_string(), None),
         };
         let action = match &planned.action {

@@ -679,7 +679,10 @@ async fn a_dry_run_writes_one_event_per_action_and_says_what_it_would_do() {
     for (action, read, path, namespace, regarding, event_action, sentence) in cases {
         script.extend(read);
         let note = format!("dry run: {sentence}");
-        script.push(event_posted(path, event(namespace, regarding, "DevhealDryRun", event_action, &note, "Normal")));
+        script.push(event_posted(
+            path,
+            event(namespace, regarding, "DevhealDryRun", event_action, &note, "Normal"),
+        ));
         actions.push(action);
         sentences.push(sentence);
     }

@@ -94,9 +94,11 @@ async fn a_dry_run_writes_the_status_with_its_would_be_actions() {
     body["status"]["dryRunActions"] = json!({"RestartGang": 2});
     body["status"]["lastAction"]["dryRun"] = json!(true);
     let script = vec![expect("PATCH", STATUS_PATH, Some(body), ok(json!({"kind": "FailurePolicy"})))];
-    let out = run(script, |c| async move {
-        actuator(c, true).write_policy_status("ml", "training", &dry_status).await
-    })
-    .await;
+    let out =
+        run(
+            script,
+            |c| async move { actuator(c, true).write_policy_status("ml", "training", &dry_status).await },
+        )
+        .await;
     assert_eq!(out, Ok(()));
 }
