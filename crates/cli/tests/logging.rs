@@ -50,7 +50,7 @@ fn json_logs_are_one_object_per_stderr_line_failure_included() {
     // Text stays the default, and the flag is global: it may follow the subcommand too.
     let text = devheal(&args, None);
     let err = String::from_utf8_lossy(&text.stderr);
-    assert!(err.starts_with("devheal: error: "), "{err}");
+    assert!(err.lines().last().is_some_and(|l| l.starts_with("devheal: error: ")), "{err}");
     let after: Vec<&str> = args.iter().copied().chain(["--log-format", "json"]).collect();
     let out = devheal(&after, None);
     assert_eq!(json_lines(&out.stderr).last().map(|l| l["level"].clone()), Some("ERROR".into()));
