@@ -171,7 +171,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&object)?);
         return Ok(ExitCode::SUCCESS);
     }
-    init_logging();
     let mut config = AgentConfig::new(&node_name(&args));
     config.paths = paths;
     config.gpus = if args.no_nvml { GpuSource::Off } else { GpuSource::Nvml };
@@ -199,7 +198,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.progress_auth = match args.progress_auth {
         ProgressAuthArg::Pod => {
             if args.no_kube {
-                eprintln!(
+                tracing::warn!(
                     "devheal agent: progress reports will be refused (403): --progress-auth pod needs the watch \
                      of this node's pods, which --no-kube turns off; pass --progress-auth none for a local trial"
                 );
@@ -210,9 +209,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(
                 "--progress-auth none: any client that reaches the progress port can report for any pod on this \
                  node (forged hangs and slow steps); for local trials only"
-            );
-            eprintln!(
-                "devheal agent: --progress-auth none: progress reports are not authenticated (local trials only)"
             );
             devheal_agent::http::ProgressAuth::None
         }
@@ -266,31 +262,19 @@ async fn run_until_signal<P: Publisher>(config: AgentConfig, publisher: P) -> an
     let node = config.node.clone();
     let agent = start(config, publisher).await?;
     if let Some(addr) = agent.metrics_addr {
-        eprintln!("devheal agent: node {node}, metrics on http://{addr}/metrics");
+        tracing::info!("devheal agent: node {node}, metrics on http://{addr}/metrics");
     }
     if let Some(addr) = agent.progress_addr {
-        eprintln!("devheal agent: progress reports on http://{addr}/v1/progress");
+        tracing::info!("devheal agent: progress reports on http://{addr}/v1/progress");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     tokio::select! {
-        _ = term.recv() => eprintln!("devheal agent: SIGTERM, stopping"),
-        _ = tokio::signal::ctrl_c() => eprintln!("devheal agent: interrupted, stopping"),
+        _ = term.recv() => tracing::info!("devheal agent: SIGTERM, stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("devheal agent: interrupted, stopping"),
     }
     agent.stop().await;
     Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) fn init_logging() {
-    let filter = std::env::var("DEVHEAL_LOG").unwrap_or_else(|_| "info".into());
-    let level = match filter.as_str() {
-        "error" => tracing::Level::ERROR,
-        "warn" => tracing::Level::WARN,
-        "debug" => tracing::Level::DEBUG,
-        "trace" => tracing::Level::TRACE,
-        _ => tracing::Level::INFO,
-    };
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).try_init();
 }
 
 #[cfg(test)]

@@ -151,7 +151,11 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             device_taint_rule_version: rule_version,
         },
     );
-    eprintln!(
+    tracing::info!(
+        dry_run = args.dry_run,
+        identity = %identity(&args),
+        lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+        metrics_addr = %args.metrics_addr,
         "devheal controller: {} as {} (lease {}/{}), metrics on {}",
         if args.dry_run { "dry run" } else { "acting" },
         identity(&args),
@@ -172,8 +176,8 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    // Decisions, actions, dry-run "would …" lines and lease changes go to stderr.
-    crate::agent::init_logging();
+    // Decisions, actions, dry-run "would …" lines and lease changes are logged (main.rs sets
+    // up logging for every subcommand).
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
 }

@@ -9,6 +9,7 @@ mod crds;
 mod degradation_eval;
 mod explain;
 mod kube_env;
+mod logging;
 mod sim;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -18,6 +19,11 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "devheal", version, about, long_about = None)]
 struct Cli {
+    /// How log lines on stderr are written: `text` (one readable line each) or `json` (one JSON
+    /// object each, for log collectors). Which lines: `DEVHEAL_LOG` or `RUST_LOG`
+    /// (`info` by default; e.g. `warn,devheal_controller=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +51,9 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One place for every subcommand: logs go to stderr, so what a subcommand prints on stdout
+    // (the sim table, classify-log's findings, the CRDs) stays as it was.
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::ClassifyLog(args) => classify_log::run(args),
@@ -58,7 +67,15 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("devheal: error: {err:#}");
+            match cli.log_format {
+                logging::LogFormat::Text => eprintln!("devheal: error: {err:#}"),
+                // Every stderr line stays one JSON object for the log collector (unless the
+                // filter hides errors: the failure is then said as text, never lost).
+                logging::LogFormat::Json if tracing::enabled!(tracing::Level::ERROR) => {
+                    tracing::error!(error = format!("{err:#}"), "devheal failed")
+                }
+                logging::LogFormat::Json => eprintln!("devheal: error: {err:#}"),
+            }
             std::process::ExitCode::from(2)
         }
     }

@@ -738,8 +738,8 @@ impl Actuator for FakeActuator {
 }
 
 impl PolicyStatusWriter for FakeActuator {
-    /// Records the write; outside dry run, sets the status of the policy (a status write
-    /// changes no generation) and reports it as a watch event, or answers `Gone`.
+    /// Records the write, sets the status of the policy (a status write changes no
+    /// generation; a dry run writes it too) and reports it as a watch event, or answers `Gone`.
     async fn write_policy_status(
         &self,
         namespace: &str,
@@ -749,9 +749,6 @@ impl PolicyStatusWriter for FakeActuator {
         let k = key(namespace, name);
         let mut s = self.cluster.lock();
         s.record.status_writes.push((k.clone(), status.clone()));
-        if self.dry_run {
-            return Ok(());
-        }
         let Some(mut obj) = s.policies.get(&k).cloned() else { return Err(StatusWriteError::Gone(k)) };
         obj.status = Some(status.clone());
         s.put_policy(obj);

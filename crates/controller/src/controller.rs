@@ -7,8 +7,9 @@
 //!   restart (see docs/controller.md, "Restart safety").
 //! - Ticks are sent periodically (budgets refill, probation ends, hangs are noticed).
 //! - `ActionOutcome::Retry { after_ms }` is retried after the delay, up to a limit.
-//! - In dry run the actuator is told so and answers `WouldDo`, which is logged ("would evict …")
-//!   and counted; nothing in the cluster changes.
+//! - In dry run the actuator is told so and answers `WouldDo` (writing a `DevhealDryRun` Event),
+//!   which is logged ("dry run: would evict …"), counted, and shown in the FailurePolicy's status
+//!   (`dryRunActions`, `lastAction.dryRun`); no pod, node or rule changes.
 //!
 //! The loop is also usable step by step ([`Controller::handle_event`], [`Controller::tick`],
 //! [`Controller::run_due_retries`]) with a [`ManualClock`], which is how the tests drive it.
@@ -238,6 +239,63 @@ pub fn describe(action: &Action) -> String {
         // A report's summary already says it all.
         Action::Report { .. } => action.summary(),
         _ => format!("{} ({})", action.summary(), action.reason()),
+    }
+}
+
+/// What an action names, for its log line (empty where it names none): the pod
+/// (`namespace/name`), the node (the action's, else the pod's), the devices
+/// (`node/resource/id`, comma-separated: the action's, else the pod's) and the gang.
+struct Subjects {
+    pod: String,
+    node: String,
+    device: String,
+    gang: String,
+}
+
+impl Subjects {
+    fn of(action: &Action, engine: &Engine) -> Self {
+        let join = |devices: &[devheal_core::DeviceKey]| {
+            devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+        };
+        let mut s =
+            Subjects { pod: String::new(), node: String::new(), device: String::new(), gang: String::new() };
+        let mut pod_uid = None;
+        match action {
+            Action::MarkPod { pod, .. } | Action::EvictPod { pod, .. } => {
+                s.pod = format!("{}/{}", pod.namespace, pod.name);
+                pod_uid = Some(pod.uid.as_str());
+            }
+            Action::ReplaceAtCheckpoint { pod, gang, devices, .. } => {
+                s.pod = format!("{}/{}", pod.namespace, pod.name);
+                pod_uid = Some(pod.uid.as_str());
+                s.gang = gang.to_string();
+                s.device = join(devices);
+            }
+            Action::RestartGang { gang, .. } | Action::FailWorkload { gang, .. } => s.gang = gang.to_string(),
+            Action::QuarantineDevice { device, .. } | Action::ReleaseDevice { device, .. } => {
+                s.device = device.to_string();
+                s.node = device.node.clone();
+            }
+            Action::CordonNode { node, .. }
+            | Action::UncordonNode { node, .. }
+            | Action::WithdrawRepair { node, .. } => {
+                s.node = node.clone();
+            }
+            Action::RequestRepair { node, device, .. } => {
+                s.node = node.clone();
+                s.device = device.as_ref().map(|d| d.to_string()).unwrap_or_default();
+            }
+            Action::Report { .. } => {}
+        }
+        if let Some(uid) = pod_uid {
+            if s.node.is_empty() {
+                s.node = engine.pod_node(uid).unwrap_or_default().to_string();
+            }
+            if s.device.is_empty() {
+                s.device = join(engine.pod_devices(uid));
+            }
+        }
+        s
     }
 }
 
@@ -521,8 +579,8 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
     }
 
     /// Write the FailurePolicy statuses that changed, if this replica leads and the last
-    /// flush was at least `status_every` ago; in dry run, log them instead. A write that fails
-    /// is tried again at the next flush.
+    /// flush was at least `status_every` ago (in dry run too: the status counts the would-be
+    /// actions under `dryRunActions`). A write that fails is tried again at the next flush.
     pub async fn flush_status(&mut self) {
         let now = self.clock.now();
         if !self.leadership.is_leader().await {
@@ -543,12 +601,6 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         let writes = self.status.changed(&policies, || index.matched_pods(), &safety, now);
         for w in writes {
             let policy = format!("{}/{}", w.namespace, w.name);
-            if self.settings.dry_run {
-                let status = serde_json::to_string(&w.status).unwrap_or_default();
-                tracing::info!(%policy, %status, "dry run: would update status");
-                self.status.written(w);
-                continue;
-            }
             match self.actuator.write_policy_status(&w.namespace, &w.name, &w.status).await {
                 Ok(()) => {
                     self.metrics.status_write("done");
@@ -630,35 +682,59 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         let label = planned.action.label();
         let outcome = self.actuator.execute(&planned).await;
         self.metrics.action(label, outcome.label());
-        match outcome {
+        // One structured line per action and outcome (docs/controller.md, "Logs").
+        let s = Subjects::of(&planned.action, &self.engine);
+        macro_rules! action_line {
+            ($level:ident, $($rest:tt)+) => {
+                tracing::$level!(
+                    pod = %s.pod,
+                    node = %s.node,
+                    device = %s.device,
+                    gang = %s.gang,
+                    policy = planned.policy.as_deref().unwrap_or(""),
+                    incident = %planned.idempotency_key,
+                    action = label,
+                    outcome = outcome.label(),
+                    $($rest)+
+                )
+            };
+        }
+        match &outcome {
             ActionOutcome::Done => {
                 self.status.record(&planned, self.clock.now());
-                tracing::info!(key = %planned.idempotency_key, "done: {}", describe(&planned.action));
+                action_line!(info, "done: {}", describe(&planned.action));
             }
             ActionOutcome::WouldDo { description } => {
                 if !self.settings.dry_run {
                     tracing::warn!("the actuator answered WouldDo although the controller is not in dry run");
                 }
-                tracing::info!(key = %planned.idempotency_key, "dry run: would {description}");
+                self.status.record_dry_run(&planned, self.clock.now());
+                // The Kubernetes actuator's sentences start with "would"; the fake cluster's do not.
+                if description.starts_with("would ") {
+                    action_line!(info, "dry run: {description}");
+                } else {
+                    action_line!(info, "dry run: would {description}");
+                }
             }
             ActionOutcome::Gone => {
-                tracing::info!(key = %planned.idempotency_key, "nothing left to act on: {}", describe(&planned.action));
+                action_line!(info, "nothing left to act on: {}", describe(&planned.action));
             }
             ActionOutcome::Failed { reason } => {
-                tracing::warn!(key = %planned.idempotency_key, %reason, "failed: {}", describe(&planned.action));
+                action_line!(warn, %reason, "failed: {}", describe(&planned.action));
                 self.gave_up(&planned);
             }
             ActionOutcome::Retry { after_ms, reason } => {
                 if attempt >= self.settings.max_attempts {
                     self.metrics.retries_exhausted(label);
-                    tracing::warn!(key = %planned.idempotency_key, %reason, attempt,
+                    action_line!(warn, %reason, attempt,
                         "giving up after {attempt} attempts: {}", describe(&planned.action));
                     self.gave_up(&planned);
                     return;
                 }
+                let after_ms = *after_ms;
                 let after = Duration::from_millis(i64::try_from(after_ms).unwrap_or(i64::MAX / 1_000_000));
                 let due = self.clock.now() + after;
-                tracing::info!(key = %planned.idempotency_key, %reason, after_ms,
+                action_line!(info, %reason, after_ms, attempt,
                     "refused for now, retrying: {}", describe(&planned.action));
                 self.retry_seq += 1;
                 self.retries.insert((due, self.retry_seq), PendingRetry { planned, attempt: attempt + 1 });

@@ -119,6 +119,8 @@ struct Taken {
     adopted_last: Option<LastAction>,
     own: BTreeMap<String, u64>,
     own_last: Option<LastAction>,
+    adopted_dry_run: BTreeMap<String, u64>,
+    own_dry_run: BTreeMap<String, u64>,
 }
 
 /// One status to write.
@@ -166,10 +168,12 @@ impl PolicyStatusBook {
         match &obj.status {
             Some(s) => {
                 t.adopted = s.actions_taken.clone();
+                t.adopted_dry_run = s.dry_run_actions.clone();
                 t.adopted_last = s.last_action.clone();
             }
             None => {
                 t.adopted.clear();
+                t.adopted_dry_run.clear();
                 t.adopted_last = None;
             }
         }
@@ -182,28 +186,43 @@ impl PolicyStatusBook {
 
     /// An action the actuator carried out (`Done`), counted for the policy that produced it.
     pub fn record(&mut self, planned: &PlannedAction, now: Time) {
+        self.count(planned, now, false);
+    }
+
+    /// An action a dry run would have taken (`WouldDo`): counted under `dryRunActions` and
+    /// shown as `lastAction` with `dryRun: true`, never under `actionsTaken`.
+    pub fn record_dry_run(&mut self, planned: &PlannedAction, now: Time) {
+        self.count(planned, now, true);
+    }
+
+    fn count(&mut self, planned: &PlannedAction, now: Time, dry_run: bool) {
         let Some(policy) = &planned.policy else { return };
         let Some(name) = action_name(&planned.action) else { return };
         let (target, reason) = target_and_reason(&planned.action);
         let t = self.taken.entry(policy.clone()).or_default();
-        *t.own.entry(name.to_string()).or_default() += 1;
+        let counts = if dry_run { &mut t.own_dry_run } else { &mut t.own };
+        *counts.entry(name.to_string()).or_default() += 1;
         t.own_last = Some(LastAction {
             action: name.to_string(),
             target,
             reason: truncate(reason, REASON_MAX_BYTES),
             at: k8s_time(now),
+            dry_run,
         });
     }
 
     /// This replica is not the leader: forget what it wrote and counted; the leader's writes
     /// are adopted as they are observed.
     pub fn standby(&mut self) {
-        if self.written.is_empty() && self.taken.values().all(|t| t.own.is_empty()) {
+        if self.written.is_empty()
+            && self.taken.values().all(|t| t.own.is_empty() && t.own_dry_run.is_empty())
+        {
             return;
         }
         self.written.clear();
         for t in self.taken.values_mut() {
             t.own.clear();
+            t.own_dry_run.clear();
             t.own_last = None;
         }
     }
@@ -241,10 +260,15 @@ impl PolicyStatusBook {
             for (a, n) in taken.own {
                 *actions_taken.entry(a).or_default() += n;
             }
+            let mut dry_run_actions = taken.adopted_dry_run;
+            for (a, n) in taken.own_dry_run {
+                *dry_run_actions.entry(a).or_default() += n;
+            }
             let status = FailurePolicyStatus {
                 observed_generation: self.generations.get(key).copied().flatten(),
                 matched_pods: self.matched.get(key).copied().unwrap_or(0),
                 actions_taken,
+                dry_run_actions,
                 last_action: taken.own_last.or(taken.adopted_last),
                 budget: Some(budget.clone()),
             };

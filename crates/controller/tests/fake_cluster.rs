@@ -184,6 +184,74 @@ async fn dry_run_changes_nothing_and_says_what_it_would_do() {
     assert_eq!(m.action_count("restart_gang", "done"), 0);
 }
 
+/// Log lines written as JSON into memory, one per line.
+#[derive(Clone, Default)]
+struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
+    type Writer = LogLines;
+    fn make_writer(&'a self) -> LogLines {
+        self.clone()
+    }
+}
+
+impl LogLines {
+    fn parsed(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+/// Each action the controller hands to the actuator is one log line naming the pod, its node
+/// and devices, the policy, the incident (idempotency key), the action and its outcome; in dry
+/// run its message says what would have been done.
+#[tokio::test]
+async fn each_action_is_one_log_line_with_what_it_names_and_its_outcome() {
+    let lines = LogLines::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(lines.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let clock = ManualClock::new(START);
+    let fake = FakeCluster::new(clock.clone());
+    fake.add_gpu_nodes(2, 8);
+    fake.add_lone_pod("web", "infer-0");
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, true);
+    h.pump().await;
+    clock.advance(Duration::from_secs(1));
+    fake.set_gpu_health("node-00", 0, Health::Unhealthy, 48, "double bit ECC error");
+    h.pump().await;
+    assert_eq!(h.controller.metrics().action_count("evict_pod", "would_do"), 1);
+    let logged = lines.parsed();
+    let evictions: Vec<&serde_json::Value> =
+        logged.iter().filter(|l| l["fields"]["action"] == "evict_pod").collect();
+    assert_eq!(evictions.len(), 1, "{logged:#?}");
+    let f = &evictions[0]["fields"];
+    assert_eq!(f["pod"], "web/infer-0", "{f}");
+    assert_eq!(f["node"], "node-00", "{f}");
+    assert!(f["device"].as_str().is_some_and(|d| d.starts_with("node-00/")), "{f}");
+    assert_eq!(f["outcome"], "would_do", "{f}");
+    assert!(f["incident"].as_str().is_some_and(|k| !k.is_empty()), "{f}");
+    assert!(f.get("policy").is_some(), "{f}");
+    assert!(f["message"].as_str().is_some_and(|m| m.starts_with("dry run: would evict")), "{f}");
+    assert_eq!(evictions[0]["level"], "INFO");
+}
+
 #[tokio::test]
 async fn an_eviction_refused_with_429_is_retried_after_the_delay() {
     let clock = ManualClock::new(START);
@@ -312,18 +380,29 @@ async fn a_policys_status_shows_the_pods_it_selects_and_what_its_rules_did() {
     assert_eq!(status.last_action.map(|l| l.action), Some("RestartGang".to_string()));
 }
 
+/// A dry run writes the policy's status: what it would have done is counted under
+/// `dryRunActions` (never `actionsTaken`) and shown as the last action, marked `dryRun`.
 #[tokio::test]
-async fn no_status_is_written_in_dry_run_or_by_a_standby() {
+async fn a_dry_run_counts_its_would_be_actions_in_the_status() {
     let (fake, clock) = gang_cluster();
     fake.apply_policy(policy("ml", "training"));
     let mut dry = Harness::start(&fake, &clock, AlwaysLeader, true);
     dry.pump().await;
     kill_gpu(&mut dry, &fake, &clock).await;
+    clock.advance(Duration::from_secs(10));
     dry.tick().await;
-    assert!(fake.record().status_writes.is_empty(), "{:?}", fake.record().status_writes);
-    assert!(fake.policy("ml", "training").is_some_and(|p| p.status.is_none()));
-    drop(dry);
+    let status = fake.policy("ml", "training").and_then(|p| p.status).expect("a dry run writes the status");
+    assert!(status.actions_taken.is_empty(), "{status:?}");
+    assert_eq!(status.dry_run_actions.get("RestartGang"), Some(&1), "{status:?}");
+    let last = status.last_action.expect("the would-be action is the last one");
+    assert_eq!((last.action.as_str(), last.dry_run), ("RestartGang", true));
+    assert!(fake.record().gang_restarts.is_empty());
+}
 
+#[tokio::test]
+async fn no_status_is_written_by_a_standby() {
+    let (fake, clock) = gang_cluster();
+    fake.apply_policy(policy("ml", "training"));
     let leader = LeaderFlag::new(false);
     let mut h = Harness::start(&fake, &clock, leader.clone(), false);
     h.pump().await;

@@ -18,6 +18,7 @@
 //! | `WithdrawRepair` | the condition set False (reason `RepairDone`), the label removed; nothing when neither stands | `DevhealRepairWithdrawn` (Normal) | the node |
 //! | `Report` | only the Event | `DevhealReport` (Warning) | nothing (namespace `default`) |
 //! | any, failed for good | — | `DevhealActionFailed` (Warning) | the pod or node, when the action names one |
+//! | any, in dry run | nothing (a gang's pods are listed) | `DevhealDryRun` (Normal), once per idempotency key | as above; a device's node |
 //!
 //! Events are `events.k8s.io/v1` with `reportingController: devheal.io/controller` and the
 //! configured `reportingInstance`; those about cluster-scoped objects go to namespace `default`,
@@ -28,8 +29,11 @@
 //! Outcomes: 404 → `Gone` (for deletions of our own objects, `Done`); 429, 5xx, transport
 //! failures and conflicts that do not settle → `Retry` with a per-target exponential backoff
 //! (`backoff_base` doubling up to `backoff_cap`), kept here and reset by any final outcome;
-//! 403, 422 and other refusals → `Failed` quoting the API's message. With `dry_run` nothing is
-//! sent and the outcome is `WouldDo` with the sentence of what would have been done.
+//! 403, 422 and other refusals → `Failed` quoting the API's message. With `dry_run` nothing
+//! changes: the outcome is `WouldDo` with the sentence of what would have been done, and the only
+//! write is one Normal Event per idempotency key, reason `DevhealDryRun`, with the real Event's
+//! `action` and regarding the object the real Event would be about (for a gang, the owner found
+//! by listing its pods; for a device, its node), its note the sentence.
 //!
 //! The `kube::Client` given should not retry on its own: a client built from a
 //! `kube::Config` with `default_retry: true` (kube 5's default) retries 429s internally, which
@@ -93,6 +97,12 @@ const NODE_PATCH_ATTEMPTS: usize = 3;
 const BACKOFF_FORGET_AFTER_NS: i64 = 3_600_000_000_000;
 /// Gang restarts are remembered this long, so that a replay never deletes re-created pods.
 const GANG_MEMORY_NS: i64 = 24 * 3_600_000_000_000;
+/// A dry run's Event per idempotency key is remembered this long (a week), so that the same
+/// would-be action decided again writes no second Event.
+const DRY_RUN_MEMORY_NS: i64 = 7 * 24 * 3_600_000_000_000;
+/// Reason of the Normal Event a dry run writes for each would-be action; its `action` is the
+/// real Event's (`Evict`, `Cordon`, …) and its note the would-do sentence.
+pub const DRY_RUN_REASON: &str = "DevhealDryRun";
 
 /// Whether the cluster serves DRA `DeviceTaintRule`, and at which `resource.k8s.io` version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,6 +252,8 @@ pub struct KubeActuator {
     backoff: Mutex<HashMap<String, Backoff>>,
     /// Gang restarts by idempotency key: when first tried, and whether they completed.
     gang_restarts: Mutex<HashMap<String, (Time, bool)>>,
+    /// Dry run: the idempotency keys whose `DevhealDryRun` Event was written, and when.
+    dry_run_events: Mutex<HashMap<String, Time>>,
 }
 
 impl KubeActuator {
@@ -254,6 +266,7 @@ impl KubeActuator {
             clock: wire::system_clock(),
             backoff: Mutex::new(HashMap::new()),
             gang_restarts: Mutex::new(HashMap::new()),
+            dry_run_events: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1189,8 +1202,8 @@ impl KubeActuator {
     /// Writes the status of the FailurePolicy `namespace/name`: a JSON merge patch of its
     /// `status` subresource (`{"status": …}`) under the actuator's field manager. Merge patch
     /// because only the leader writes it and it always writes the whole status it keeps: no
-    /// resourceVersion precondition, and no field ownership to force. With `dry_run` nothing is
-    /// sent (the controller does not call it then either).
+    /// resourceVersion precondition, and no field ownership to force. A dry run writes it too:
+    /// the status then counts would-be actions under `dryRunActions`.
     pub async fn write_policy_status(
         &self,
         namespace: &str,
@@ -1198,9 +1211,6 @@ impl KubeActuator {
         status: &crate::crd::FailurePolicyStatus,
     ) -> Result<(), StatusWriteError> {
         let policy = format!("{namespace}/{name}");
-        if self.config.dry_run {
-            return Ok(());
-        }
         let body = serde_json::to_value(status)
             .map(|s| json!({ "status": s }))
             .map_err(|e| StatusWriteError::Failed { policy: policy.clone(), message: e.to_string() })?;
@@ -1223,7 +1233,9 @@ impl KubeActuator {
 impl Actuator for KubeActuator {
     async fn execute(&self, planned: &PlannedAction) -> ActionOutcome {
         if self.config.dry_run {
-            return ActionOutcome::WouldDo { description: would_do(&planned.action, &self.config) };
+            let description = would_do(&planned.action, &self.config);
+            self.dry_run_event(planned, &description).await;
+            return ActionOutcome::WouldDo { description };
         }
         let carried = self.carry(planned).await;
         let event = match (&carried.outcome, carried.event) {
@@ -1237,6 +1249,74 @@ impl Actuator for KubeActuator {
             }
         }
         carried.outcome
+    }
+}
+
+impl KubeActuator {
+    /// Dry run: the Normal Event [`DRY_RUN_REASON`] saying what would have been done, on the
+    /// object the real action's Event would be about (a gang's owner is found by listing its
+    /// pods, a read). One per idempotency key: a dry run left on for a week writes one Event per
+    /// would-be action, not one per decision. An Event that cannot be written is logged and
+    /// tried again the next time the action is decided.
+    async fn dry_run_event(&self, planned: &PlannedAction, description: &str) {
+        let key = &planned.idempotency_key;
+        let now = self.now();
+        match self.dry_run_events.lock() {
+            Ok(mut seen) => {
+                seen.retain(|_, t| now.since(*t).as_nanos() < DRY_RUN_MEMORY_NS);
+                if seen.contains_key(key) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        let (namespace, regarding) = match &planned.action {
+            Action::MarkPod { pod, .. }
+            | Action::EvictPod { pod, .. }
+            | Action::ReplaceAtCheckpoint { pod, .. } => {
+                (pod.namespace.clone(), Some(Self::pod_regarding(pod)))
+            }
+            Action::RestartGang { gang, .. } | Action::FailWorkload { gang, .. } => {
+                let members = self.gang_members(gang).await.unwrap_or_default();
+                (gang.namespace.clone(), owner_regarding(&members))
+            }
+            // The rule or taint does not exist in a dry run: the node it would be on.
+            Action::QuarantineDevice { device, .. } | Action::ReleaseDevice { device, .. } => {
+                ("default".to_string(), Some(node_regarding(&device.node, None)))
+            }
+            Action::CordonNode { node, .. }
+            | Action::UncordonNode { node, .. }
+            | Action::RequestRepair { node, .. }
+            | Action::WithdrawRepair { node, .. } => {
+                ("default".to_string(), Some(node_regarding(node, None)))
+            }
+            Action::Report { .. } => ("default".to_string(), None),
+        };
+        let action = match &planned.action {
+            Action::ReplaceAtCheckpoint { .. } => "MarkPod",
+            other => camel_static(other.label()),
+        };
+        let spec = EventSpec {
+            namespace,
+            regarding,
+            reason: DRY_RUN_REASON,
+            action,
+            note: format!("dry run: {description}"),
+            warning: false,
+        };
+        match self.emit(spec).await {
+            Ok(()) => {
+                if let Ok(mut seen) = self.dry_run_events.lock() {
+                    seen.insert(key.clone(), now);
+                }
+            }
+            Err(e) => tracing::warn!(
+                action = planned.action.label(),
+                incident = %key,
+                error = %e.describe(),
+                "could not write the dry-run Event"
+            ),
+        }
     }
 }
 

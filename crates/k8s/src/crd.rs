@@ -320,6 +320,11 @@ pub struct FailurePolicyStatus {
     /// Actions taken under this policy, by action (`RestartGang`, `EvictPod`, ...).
     #[serde(default)]
     pub actions_taken: BTreeMap<String, u64>,
+    /// Actions a dry-run controller would have taken under this policy, by action; nothing was
+    /// changed for them (each also has a `DevhealDryRun` Event on the object it names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dry_run_actions: BTreeMap<String, u64>,
+    /// The latest action, taken or (with `dryRun: true`) only said by a dry run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<LastAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -335,6 +340,9 @@ pub struct LastAction {
     #[schemars(length(max = 1024))]
     pub reason: String,
     pub at: Time,
+    /// True: a dry run would have taken it; nothing was changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// The cluster-wide safety budgets as the controller last saw them.

@@ -3,7 +3,7 @@
 //! same pod again right after a success, a 422 the real schemas would not produce, a node whose
 //! taints change between the actuator's read and its patch, an Event that cannot be written,
 //! a cluster that serves DeviceTaintRule only at an older version or not at all, and proof that
-//! a dry run sends no request at all. For each: the exact requests (method, path with query,
+//! a dry run sends nothing but one Event per would-be action. For each: the exact requests (method, path with query,
 //! JSON body) and what each answer becomes.
 //!
 //! Every action's ordinary behaviour (what it changes, what it leaves alone, its Event, the real
@@ -635,32 +635,71 @@ async fn a_report_is_only_an_event_and_retries_when_it_cannot_be_written() {
 
 // ---- dry run and discovery -------------------------------------------------------------------
 
+/// A dry run changes nothing: for each would-be action its only write is one Normal Event,
+/// reason `DevhealDryRun`, on the object the real Event would be about (a gang's owner found by
+/// listing its pods), its note the would-do sentence; the same actions decided again write no
+/// second Event (the script ends after the first round: any request then fails the test).
 #[tokio::test]
-async fn a_dry_run_sends_nothing_and_says_what_it_would_do() {
-    let actions = vec![
-        mark(),
-        evict(),
-        Action::RestartGang { gang: gang("jobset", "llama"), incident: "inc-1".into(), reason: "r".into() },
-        Action::FailWorkload { gang: gang("job", "idx"), reason: "r".into() },
-        Action::QuarantineDevice { device: dra_device(), reason: "r".into() },
-        Action::ReleaseDevice { device: dra_device(), reason: "r".into() },
-        Action::CordonNode { node: "n".into(), reason: "r".into() },
-        Action::UncordonNode { node: "n".into(), reason: "r".into() },
-        Action::RequestRepair {
-            node: "n".into(),
-            device: None,
-            kind: RepairKind::RebootNode,
-            reason: "r".into(),
-        },
-        Action::Report { reason: "r".into(), message: "m".into() },
+async fn a_dry_run_writes_one_event_per_action_and_says_what_it_would_do() {
+    let node_n = json!({"apiVersion": "v1", "kind": "Node", "name": "n"});
+    let device = dra_device();
+    let rule = devheal_k8s::actuator::device_taint_rule_name(&device);
+    let job_list = "/api/v1/namespaces/ml/pods?labelSelector=batch.kubernetes.io%2Fjob-name%3Didx";
+    // (action, the GET a gang's Event needs, Event namespace path, namespace, regarding,
+    //  Event action, the would-do sentence)
+    let cases: Vec<(Action, Option<Exchange>, &str, &str, Option<Value>, &str, String)> = vec![
+        (mark(), None, EVENTS_ML, "ml", Some(pod_regarding()), "MarkPod",
+         "would set condition devheal.io/DeviceFailure=True (reason XidFallenOffBus) on pod ml/llama-w-0 (uid uid-0)".into()),
+        (evict(), None, EVENTS_ML, "ml", Some(pod_regarding()), "Evict",
+         "would evict pod ml/llama-w-0 (uid uid-0): GPU-1 fell off the bus".into()),
+        (Action::RestartGang { gang: gang("jobset", "llama"), incident: "inc-1".into(), reason: "r".into() },
+         Some(expect("GET", JOBSET_LIST, None, ok(jobset_pods()))), EVENTS_ML, "ml", Some(job_regarding()),
+         "RestartGang", "would restart gang ml/jobset/llama by deleting its live pods (incident inc-1): r".into()),
+        (Action::FailWorkload { gang: gang("job", "idx"), reason: "r".into() },
+         Some(expect("GET", job_list, None, ok(json!({"kind": "PodList", "items": []})))), EVENTS_ML, "ml", None,
+         "FailWorkload", "would fail workload ml/job/idx, marking its pods devheal.io/WorkloadFailed: r".into()),
+        (Action::QuarantineDevice { device: device.clone(), reason: "r".into() }, None, EVENTS_DEFAULT, "default",
+         Some(node_regarding(None)), "Quarantine",
+         format!("would quarantine device {device} with DeviceTaintRule {rule} (NoSchedule): r")),
+        (Action::ReleaseDevice { device: device.clone(), reason: "r".into() }, None, EVENTS_DEFAULT, "default",
+         Some(node_regarding(None)), "Release", format!("would release device {device}: r")),
+        (Action::CordonNode { node: "n".into(), reason: "r".into() }, None, EVENTS_DEFAULT, "default",
+         Some(node_n.clone()), "Cordon", "would cordon node n with taint devheal.io/unhealthy:NoSchedule: r".into()),
+        (Action::UncordonNode { node: "n".into(), reason: "r".into() }, None, EVENTS_DEFAULT, "default",
+         Some(node_n.clone()), "Uncordon", "would uncordon node n: r".into()),
+        (Action::RequestRepair { node: "n".into(), device: None, kind: RepairKind::RebootNode, reason: "r".into() },
+         None, EVENTS_DEFAULT, "default", Some(node_n.clone()), "RequestRepair",
+         "would request repair reboot_node on node n (devheal.io/RepairRequested, devheal.io/repair=reboot_node): r".into()),
+        (Action::Report { reason: "r".into(), message: "m".into() }, None, EVENTS_DEFAULT, "default", None, "Report",
+         "would report r: m".into()),
     ];
-    let outs = run(Vec::new(), |c| async move {
+    let mut script = Vec::new();
+    let mut actions = Vec::new();
+    let mut sentences = Vec::new();
+    for (action, read, path, namespace, regarding, event_action, sentence) in cases {
+        script.extend(read);
+        let note = format!("dry run: {sentence}");
+        script.push(event_posted(
+            path,
+            event(namespace, regarding, "DevhealDryRun", event_action, &note, "Normal"),
+        ));
+        actions.push(action);
+        sentences.push(sentence);
+    }
+    let outs = run(script, |c| async move {
         let mut cfg = served();
         cfg.dry_run = true;
         let a = actuator(c, cfg);
         let mut outs = Vec::new();
-        for action in actions {
-            outs.push(a.execute(&planned(action)).await);
+        for round in 0..2 {
+            for action in &actions {
+                let out = a.execute(&planned(action.clone())).await;
+                if round == 0 {
+                    outs.push(out);
+                } else {
+                    assert!(matches!(out, ActionOutcome::WouldDo { .. }), "{out:?}");
+                }
+            }
         }
         outs
     })
@@ -672,18 +711,31 @@ async fn a_dry_run_sends_nothing_and_says_what_it_would_do() {
             other => panic!("dry run gave {other:?}"),
         })
         .collect();
-    assert_eq!(texts[1], "would evict pod ml/llama-w-0 (uid uid-0): GPU-1 fell off the bus");
-    assert_eq!(
-        texts[0],
-        "would set condition devheal.io/DeviceFailure=True (reason XidFallenOffBus) on pod ml/llama-w-0 (uid uid-0)"
-    );
-    assert!(texts[4].starts_with("would quarantine device gpu-node-1/claim:train-gpus/gpu.nvidia.com/gpu-node-1/gpu-3 with DeviceTaintRule devheal-gpu-node-1-"), "{}", texts[4]);
-    assert_eq!(texts[6], "would cordon node n with taint devheal.io/unhealthy:NoSchedule: r");
-    assert_eq!(
-        texts[8],
-        "would request repair reboot_node on node n (devheal.io/RepairRequested, devheal.io/repair=reboot_node): r"
-    );
-    assert_eq!(texts.len(), 10);
+    assert_eq!(texts, sentences);
+}
+
+/// A dry-run Event that could not be written is written when the action is decided again,
+/// and only until it was.
+#[tokio::test]
+async fn a_dry_run_event_that_failed_is_written_next_time() {
+    let note = "dry run: would evict pod ml/llama-w-0 (uid uid-0): GPU-1 fell off the bus";
+    let body = || event("ml", Some(pod_regarding()), "DevhealDryRun", "Evict", note, "Normal");
+    let script = vec![
+        expect("POST", EVENTS_ML, Some(body()), status(500, "InternalError", "etcd down")),
+        event_posted(EVENTS_ML, body()),
+    ];
+    let outs = run(script, |c| async move {
+        let mut cfg = config();
+        cfg.dry_run = true;
+        let a = actuator(c, cfg);
+        let mut outs = Vec::new();
+        for _ in 0..3 {
+            outs.push(a.execute(&planned(evict())).await.label());
+        }
+        outs
+    })
+    .await;
+    assert_eq!(outs, ["would_do"; 3]);
 }
 
 #[tokio::test]
@@ -743,11 +795,9 @@ async fn the_mock_fails_a_test_that_sends_an_unexpected_request() {
     expected = "request 1 of 2 (POST /api/v1/namespaces/ml/pods/llama-w-0/eviction) was never sent"
 )]
 async fn the_mock_fails_a_test_that_misses_an_expected_request() {
-    let mut dry = config();
-    dry.dry_run = true;
-    // The script expects a real eviction; a dry run sends nothing.
+    // The script expects an eviction that is never asked for.
     run(vec![eviction(success()), evicted_event()], |c| async move {
-        actuator(c, dry).execute(&planned(evict())).await
+        let _idle = actuator(c, config());
     })
     .await;
 }

@@ -1,5 +1,6 @@
 //! The FailurePolicy status write against a scripted API server, only for what the real server
-//! cannot be made to do on demand (a 500) and for proof that a dry run sends no request. The
+//! cannot be made to do on demand (a 500) and for proof that a dry run writes the status too,
+//! counting what it would have done under `dryRunActions`. The
 //! write itself, and a deleted policy's 404, are tested on the real control plane:
 //! crates/cli/tests/e2e/actuator.rs.
 
@@ -27,11 +28,13 @@ fn policy_status() -> FailurePolicyStatus {
         observed_generation: Some(3),
         matched_pods: 64,
         actions_taken: BTreeMap::from([("MarkPod".to_string(), 1), ("RestartGang".to_string(), 1)]),
+        dry_run_actions: BTreeMap::new(),
         last_action: Some(LastAction {
             action: "RestartGang".into(),
             target: "ml/jobset/llama".into(),
             reason: "DeviceFailure: Xid 79".into(),
             at: k8s_time(T0),
+            dry_run: false,
         }),
         budget: Some(BudgetStatus {
             breaker_open: false,
@@ -79,10 +82,23 @@ async fn a_deleted_policy_is_gone_and_other_refusals_fail() {
 }
 
 #[tokio::test]
-async fn dry_run_sends_nothing() {
-    let out = run(Vec::new(), |c| async move {
-        actuator(c, true).write_policy_status("ml", "training", &policy_status()).await
-    })
-    .await;
+async fn a_dry_run_writes_the_status_with_its_would_be_actions() {
+    let mut dry_status = policy_status();
+    dry_status.actions_taken.clear();
+    dry_status.dry_run_actions = BTreeMap::from([("RestartGang".to_string(), 2)]);
+    if let Some(last) = dry_status.last_action.as_mut() {
+        last.dry_run = true;
+    }
+    let mut body = status_body();
+    body["status"]["actionsTaken"] = json!({});
+    body["status"]["dryRunActions"] = json!({"RestartGang": 2});
+    body["status"]["lastAction"]["dryRun"] = json!(true);
+    let script = vec![expect("PATCH", STATUS_PATH, Some(body), ok(json!({"kind": "FailurePolicy"})))];
+    let out =
+        run(
+            script,
+            |c| async move { actuator(c, true).write_policy_status("ml", "training", &dry_status).await },
+        )
+        .await;
     assert_eq!(out, Ok(()));
 }

@@ -524,16 +524,35 @@ async fn device_and_node_actions_on_the_real_server() {
         "{reports:?}"
     );
 
-    // A dry run changes nothing on the server.
+    // A dry run changes nothing on the server: its only writes are one Normal `DevhealDryRun`
+    // Event per would-be action, on the node, however often the action is decided.
     let before = serde_json::to_value(node().await.spec).expect("json");
     let mut dry = served;
     dry.dry_run = true;
     let d = KubeActuator::new(client, dry);
-    for action in [quarantine(&gpu), quarantine(&dra), cordon.clone()] {
-        assert!(matches!(d.execute(&action).await, ActionOutcome::WouldDo { .. }));
+    let mut sentences = Vec::new();
+    for _ in 0..2 {
+        for action in [quarantine(&gpu), quarantine(&dra), cordon.clone()] {
+            match d.execute(&action).await {
+                ActionOutcome::WouldDo { description } => sentences.push(description),
+                other => panic!("a dry run answered {other:?}"),
+            }
+        }
     }
     assert_eq!(serde_json::to_value(node().await.spec).expect("json"), before, "a dry run wrote to the node");
     assert!(rules.get_opt(&rule).await.expect("read").is_none(), "a dry run created a rule");
+    let said = events(&scope.client, "default", "DevhealDryRun").await;
+    let on_node: Vec<&Value> = said
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == name.as_str())
+        .collect();
+    assert_eq!(on_node.len(), 3, "one Event per would-be action: {on_node:?}");
+    for e in &on_node {
+        assert_eq!(e["type"], "Normal", "{e}");
+        let note = e["note"].as_str().unwrap_or("");
+        assert!(sentences.iter().any(|s| note == format!("dry run: {s}")), "{note} in {sentences:?}");
+    }
+    assert!(on_node.iter().any(|e| e["action"] == "Cordon"), "{on_node:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,11 +571,13 @@ async fn policy_status_and_the_lease_on_the_real_server() {
         observed_generation: Some(1),
         matched_pods: 64,
         actions_taken: [("RestartGang".to_string(), 1)].into(),
+        dry_run_actions: Default::default(),
         last_action: Some(LastAction {
             action: "RestartGang".into(),
             target: format!("{}/jobset/llama", scope.ns),
             reason: "DeviceFailure: Xid 79".into(),
             at: k8s_time(devheal_core::Time::from_secs(1_790_000_000)),
+            dry_run: false,
         }),
         budget: Some(BudgetStatus {
             breaker_open: false,

@@ -48,6 +48,11 @@ impl Engine {
         self.pods.get(uid).map(|p| format!("{}/{}", p.info.namespace, p.info.name))
     }
 
+    /// The node of a pod the engine knows, if it is scheduled.
+    pub fn pod_node(&self, uid: &str) -> Option<&str> {
+        self.pods.get(uid).and_then(|p| p.info.node.as_deref())
+    }
+
     /// The devices a pod is bound to (empty for an unknown pod).
     pub fn pod_devices(&self, uid: &str) -> &[DeviceKey] {
         self.pods.get(uid).map(|p| p.info.devices.as_slice()).unwrap_or(&[])
