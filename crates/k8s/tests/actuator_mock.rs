@@ -639,6 +639,10 @@ async fn a_report_is_only_an_event_and_retries_when_it_cannot_be_written() {
 /// reason `DevhealDryRun`, on the object the real Event would be about (a gang's owner found by
 /// listing its pods), its note the would-do sentence; the same actions decided again write no
 /// second Event (the script ends after the first round: any request then fails the test).
+/// One action in a dry run: (action, the GET a gang's Event needs, Event namespace path,
+/// namespace, regarding, Event action, the would-do sentence).
+type DryRunCase = (Action, Option<Exchange>, &'static str, &'static str, Option<Value>, &'static str, String);
+
 #[tokio::test]
 async fn a_dry_run_writes_one_event_per_action_and_says_what_it_would_do() {
     let node_n = json!({"apiVersion": "v1", "kind": "Node", "name": "n"});
@@ -647,7 +651,7 @@ async fn a_dry_run_writes_one_event_per_action_and_says_what_it_would_do() {
     let job_list = "/api/v1/namespaces/ml/pods?labelSelector=batch.kubernetes.io%2Fjob-name%3Didx";
     // (action, the GET a gang's Event needs, Event namespace path, namespace, regarding,
     //  Event action, the would-do sentence)
-    let cases: Vec<(Action, Option<Exchange>, &str, &str, Option<Value>, &str, String)> = vec![
+    let cases: Vec<DryRunCase> = vec![
         (mark(), None, EVENTS_ML, "ml", Some(pod_regarding()), "MarkPod",
          "would set condition devheal.io/DeviceFailure=True (reason XidFallenOffBus) on pod ml/llama-w-0 (uid uid-0)".into()),
         (evict(), None, EVENTS_ML, "ml", Some(pod_regarding()), "Evict",
@@ -670,6 +674,9 @@ async fn a_dry_run_writes_one_event_per_action_and_says_what_it_would_do() {
         (Action::RequestRepair { node: "n".into(), device: None, kind: RepairKind::RebootNode, reason: "r".into() },
          None, EVENTS_DEFAULT, "default", Some(node_n.clone()), "RequestRepair",
          "would request repair reboot_node on node n (devheal.io/RepairRequested, devheal.io/repair=reboot_node): r".into()),
+        (Action::WithdrawRepair { node: "n".into(), reason: "r".into() }, None, EVENTS_DEFAULT, "default",
+         Some(node_n.clone()), "WithdrawRepair",
+         "would withdraw the repair request on node n (devheal.io/RepairRequested=False, label devheal.io/repair removed): r".into()),
         (Action::Report { reason: "r".into(), message: "m".into() }, None, EVENTS_DEFAULT, "default", None, "Report",
          "would report r: m".into()),
     ];
