@@ -602,7 +602,9 @@ pub fn render(r: &StatusReport) -> String {
     });
 
     match &r.budgets {
-        None => out.push_str("Budgets: not reported yet (no FailurePolicy carries a status with budgets)\n"),
+        None => {
+            out.push_str("Budgets: not reported yet (no FailurePolicy carries a status with budgets)\n\n")
+        }
         Some(b) => {
             out.push_str(&format!("Budgets (from {}):\n", b.from));
             let held = if b.budget.held_versions.is_empty() {
@@ -633,6 +635,7 @@ pub fn render(r: &StatusReport) -> String {
             for line in table(&["", ""], &rows).lines().skip(1) {
                 out.push_str(&format!("  {line}\n"));
             }
+            out.push('\n');
         }
     }
     match &r.breakers {

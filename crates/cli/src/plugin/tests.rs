@@ -97,7 +97,8 @@ fn state() -> DurableState {
         "cordons": [{"node": "gpu-1", "bootId": "boot-1"}],
         "repairs": [{"node": "gpu-1", "requests": [
             {"device": {"node": "gpu-1", "resource": "nvidia.com/gpu", "id": "GPU-2"}, "kind": "reset_device"}]}],
-        "breaker": {"failures": [{"at": ns("2026-12-04T11:49:00Z"), "node": "gpu-1"}]}
+        "breaker": {"failures": [{"at": ns("2026-12-04T11:49:00Z"), "node": "gpu-1"}],
+                    "lastFailure": ns("2026-12-04T11:49:00Z")}
     }))
 }
 
@@ -181,8 +182,8 @@ fn status_text_is_aligned_tables() {
         gpu-1  GPU-2   nvidia.com/gpu  Unhealthy  12m    ml/llama-0  kernel_log 79: GPU has fallen off the bus (x3)\n";
     assert!(text.contains(expected_devices), "{text}");
     let expected_quarantines = "Quarantines (2):\n\
-        NODE   DEVICE                        BY                                         SINCE\n\
-        gpu-1  GPU-2                         taint devheal.io/device-quarantine-5f2a    11m\n\
+        NODE   DEVICE                        BY                                        SINCE\n\
+        gpu-1  GPU-2                         taint devheal.io/device-quarantine-5f2a   11m\n\
         gpu-3  gpu.example.com/pool-a/dev-0  DeviceTaintRule devheal-gpu-3-dev-0-1a2b  2h\n";
     assert!(text.contains(expected_quarantines), "{text}");
     assert!(text.contains("gpu-1  cordoned  yes            10m    -\n"), "{text}");
@@ -293,12 +294,12 @@ fn history_is_in_time_order_with_standing_marks_last() {
     assert!(text.starts_with("Node gpu-1: 2 devices, 1 not healthy"), "{text}");
     assert!(
         text.contains(
-            "\nTIME                  SOURCE  SUBJECT  WHAT\n2026-12-04T11:48:00Z  health  GPU-2    "
+            "\nTIME                  SOURCE  SUBJECT     WHAT\n2026-12-04T11:48:00Z  health  GPU-2       "
         ),
         "{text}"
     );
     assert!(
-        text.contains("(now)                 node    gpu-1    label devheal.io/repair=reset_device"),
+        text.contains("(now)                 node    gpu-1       label devheal.io/repair=reset_device"),
         "{text}"
     );
 }
