@@ -133,13 +133,13 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
 
     // A FailurePolicy with the budgets in its status, as the leader writes it.
     let policies: Api<FailurePolicy> = Api::namespaced(client.clone(), &scope.ns);
-    let policy: FailurePolicy = serde_json::from_value(json!({
+    // As JSON: the typed object would send `repair: null`, which the schema refuses.
+    let policy = json!({
         "apiVersion": "devheal.io/v1alpha1", "kind": "FailurePolicy",
         "metadata": {"name": "training", "namespace": scope.ns},
         "spec": {"selector": {"matchLabels": {TEST_LABEL: scope.name}},
-                 "rules": [{"name": "dead-gpu", "onClasses": ["device_failure"], "action": "RestartGang"}]}}))
-    .expect("a policy");
-    policies.create(&PostParams::default(), &policy).await.expect("create the policy");
+                 "rules": [{"name": "dead-gpu", "onClasses": ["device_failure"], "action": "RestartGang"}]}});
+    kubectl(scope.env, &["create", "-f", "-"], Some(policy.to_string().as_bytes()));
     let policy_status = json!({"status": {"matchedPods": 1, "actionsTaken": {"QuarantineDevice": 1},
         "lastAction": {"action": "QuarantineDevice", "target": format!("{node}/{FAKE_GPU}/{DEVICE}"),
                        "reason": "Xid 79", "at": Timestamp::now().to_string()},
@@ -191,7 +191,11 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
     assert!(text.contains("  quarantined nodes      1 of at most 5\n"), "{text}");
     assert!(text.contains("  node breaker           closed\n"), "{text}");
     assert!(text.contains("  node failures counted  1 (last "), "{text}");
-    assert!(line_with(&text, &format!("{}/training", scope.ns)).contains("QuarantineDevice=1"), "{text}");
+    let policies_section = text.split("Policies (").nth(1).expect("the policies section");
+    assert!(
+        line_with(policies_section, &format!("{}/training", scope.ns)).contains("QuarantineDevice=1"),
+        "{text}"
+    );
     let json_out = ok(plugin(&kubeconfig, &["status", "-o", "json"]), "kubectl-devheal status -o json");
     let report: Value = serde_json::from_str(&json_out).expect("status -o json is JSON");
     let devices = report["devices"].as_array().expect("devices");
