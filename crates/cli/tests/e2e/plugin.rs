@@ -208,7 +208,8 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
         text.starts_with(&format!("Node {node}: 2 devices, 1 not healthy; cordoned (cordoned)")),
         "{text}"
     );
-    let position = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle:?} missing:\n{text}"));
+    // The last match: Events about the same node name from an earlier run stay in `default`.
+    let position = |needle: &str| text.rfind(needle).unwrap_or_else(|| panic!("{needle:?} missing:\n{text}"));
     let seen = position("first seen: kernel_log 79: GPU has fallen off the bus (x3)");
     let incident = position("incident counted");
     let breaker = position("node failure counted by the node breaker");
