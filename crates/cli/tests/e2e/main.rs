@@ -25,4 +25,5 @@ mod gang_job;
 mod helm;
 mod leader;
 mod pdb;
+mod plugin;
 mod trust;
