@@ -594,7 +594,7 @@ pub struct SettingsReloader {
 }
 
 impl SettingsReloader {
-    /// `initial`: the content the running settings were read from.
+    /// The file's content now is taken as the one the running settings were read from.
     pub fn new(path: PathBuf, overrides: Vec<String>) -> Self {
         let last = std::fs::read(&path).ok();
         SettingsReloader { path, overrides, last }
