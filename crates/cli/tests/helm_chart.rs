@@ -336,6 +336,8 @@ controller:
             "devheal-controller",
             "--metrics-addr",
             "0.0.0.0:9100",
+            "--settings",
+            "/etc/devheal/settings.yaml",
             "--policy-namespace",
             "team-a",
             "--pod-selector",
