@@ -27,7 +27,7 @@ echo "== check-helm: $("$HELM" version --short)"
 ALL_ON=(--set dryRun=true
         --set monitoring.serviceMonitor.enabled=true --set monitoring.podMonitor.enabled=true
         --set monitoring.prometheusRule.enabled=true --set monitoring.dashboard.enabled=true
-        --set settings.example=true)
+        --set settings.safety.maxEvictionsPerMinute=10)
 echo "== helm lint --strict $CHART (defaults, then every toggle on)"
 quiet "$HELM" lint --strict "$CHART"
 quiet "$HELM" lint --strict "$CHART" "${ALL_ON[@]}"

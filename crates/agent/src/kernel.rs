@@ -43,9 +43,10 @@ pub fn spawn_kmsg_reader(
     events: mpsc::Sender<KernelEvent>,
     metrics: Arc<AgentMetrics>,
     stop: Arc<AtomicBool>,
+    catalog: Catalog,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("kmsg-reader".into()).spawn(move || {
-        let classifier = Classifier::new(Catalog::builtin());
+        let classifier = Classifier::new(catalog);
         let mut start = StartAt::Beginning;
         while !stop.load(Ordering::Relaxed) && !events.is_closed() {
             let mut reader = match KmsgReader::open(&path, start) {
@@ -140,6 +141,12 @@ impl KernelPipeline {
             pending: BTreeMap::new(),
             pending_count: 0,
         }
+    }
+
+    /// Classify with `catalog` (the agent's `--catalog`) instead of the built-in catalog.
+    pub fn with_catalog(mut self, catalog: Catalog) -> Self {
+        self.classifier = Classifier::new(catalog);
+        self
     }
 
     /// The wall-clock time of a record's kernel timestamp.

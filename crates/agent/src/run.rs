@@ -77,6 +77,9 @@ pub struct AgentConfig {
     /// Rate limits and body slots of `POST /v1/progress`.
     pub progress_limits: crate::http::ProgressLimits,
     pub tracker: TrackerConfig,
+    /// The Xid/event catalog kernel records are classified with (`--catalog`; default: the
+    /// built-in one).
+    pub catalog: devheal_detect::catalog::Catalog,
     pub publish: PublishConfig,
     /// PodResources is read on every change and at least this often.
     pub pod_resources_interval: StdDuration,
@@ -120,6 +123,7 @@ impl AgentConfig {
             progress_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9102))),
             progress_limits: crate::http::ProgressLimits::default(),
             tracker: TrackerConfig::default(),
+            catalog: devheal_detect::catalog::Catalog::builtin(),
             publish: PublishConfig::default(),
             pod_resources_interval: StdDuration::from_secs(10),
             pod_resources_min_interval: StdDuration::from_secs(1),
@@ -239,8 +243,14 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
 
     // Kernel log.
     let (kernel_tx, kernel_rx) = mpsc::channel::<KernelEvent>(4096);
-    spawn_kmsg_reader(config.paths.kmsg.clone(), kernel_tx, Arc::clone(&metrics), Arc::clone(&stop_threads))
-        .map_err(|source| AgentError::Thread { what: "kernel log", source })?;
+    spawn_kmsg_reader(
+        config.paths.kmsg.clone(),
+        kernel_tx,
+        Arc::clone(&metrics),
+        Arc::clone(&stop_threads),
+        config.catalog.clone(),
+    )
+    .map_err(|source| AgentError::Thread { what: "kernel log", source })?;
     tasks.push(tokio::spawn(forward(kernel_rx, events_tx.clone(), SourceEvent::Kernel, shutdown.clone())));
 
     // GPU telemetry.
@@ -335,7 +345,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         boot_id: boot_id.clone(),
         tracker,
         kept,
-        kernel: KernelPipeline::new(&config.node, boot_id, boot_time),
+        kernel: KernelPipeline::new(&config.node, boot_id, boot_time).with_catalog(config.catalog.clone()),
         static_devices,
         nvml_devices: Vec::new(),
         kubelet,

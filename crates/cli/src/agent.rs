@@ -104,6 +104,10 @@ pub struct AgentArgs {
     /// port; local trials only, needed with --no-kube).
     #[arg(long, value_enum, default_value_t = ProgressAuthArg::Pod)]
     progress_auth: ProgressAuthArg,
+    /// A catalog file whose entries override the built-in Xid/event catalog (as
+    /// `classify-log --catalog`); read at start.
+    #[arg(long, value_name = "FILE")]
+    catalog: Option<PathBuf>,
     /// How often pods that name a progress metric are scraped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     scrape_every: Duration,
@@ -172,6 +176,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut config = AgentConfig::new(&node_name(&args));
+    if let Some(path) = &args.catalog {
+        config.catalog = devheal_detect::catalog::Catalog::from_path(path)?;
+        eprintln!(
+            "devheal agent: Xid/event catalog {} (version {})",
+            path.display(),
+            config.catalog.version()
+        );
+    }
     config.paths = paths;
     config.gpus = if args.no_nvml { GpuSource::Off } else { GpuSource::Nvml };
     config.fake_devices = args.fake_devices;

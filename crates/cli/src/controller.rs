@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use devheal_controller::{
-    Cluster, Controller, ControllerSettings, KubeCluster, LeaderFlag, LoopHealth, Metrics, SystemClock,
-    WatchSettings, keep_lease, serve,
+    Cluster, Controller, ControllerSettings, KubeCluster, LeaderFlag, LoopHealth, Metrics, Settings,
+    SettingsReloader, SystemClock, WatchSettings, keep_lease, serve,
 };
 use devheal_k8s::actuator::{ActuatorConfig, DeviceTaintRuleSupport, KubeActuator};
 use devheal_k8s::lease::LeaseElector;
@@ -44,9 +44,71 @@ pub struct ControllerArgs {
     /// Read FailurePolicies from this namespace only (default: all namespaces).
     #[arg(long)]
     policy_namespace: Option<String>,
-    /// How long a quarantined device must stay Healthy before it is released (`10m`, `90s`).
-    #[arg(long, default_value = "10m", value_parser = crate::agent::parse_duration)]
-    probation: Duration,
+    /// The settings file (budgets, breakers, probation, quorum; `devheal config
+    /// --print-defaults` prints every key). Default: $DEVHEAL_SETTINGS, else the built-in
+    /// defaults. A changed file is applied without a restart where the setting allows.
+    #[arg(long, value_name = "FILE")]
+    settings: Option<PathBuf>,
+    /// How often the settings file is looked at for changes.
+    #[arg(long, default_value = "10s", value_parser = crate::agent::parse_duration)]
+    settings_reload_every: Duration,
+    /// Override one setting of the file (repeatable): `--set safety.breakerWindow=10m`.
+    /// Overrides win over the file, also when it is reloaded.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// How long a quarantined device must stay Healthy before it is released (`10m`, `90s`):
+    /// safety.probation.
+    #[arg(long, value_parser = crate::agent::parse_duration)]
+    probation: Option<Duration>,
+    /// At most this many nodes with quarantined devices or cordons at once:
+    /// safety.maxQuarantinedNodes.
+    #[arg(long)]
+    max_quarantined_nodes: Option<u32>,
+    /// ...and at most this percent of the fleet: safety.maxQuarantinedNodesPercent.
+    #[arg(long)]
+    max_quarantined_nodes_percent: Option<f64>,
+    /// Evictions in any minute: safety.maxEvictionsPerMinute.
+    #[arg(long)]
+    max_evictions_per_minute: Option<u32>,
+    /// Restarts of one gang in any hour: safety.maxGangRestartsPerHour.
+    #[arg(long)]
+    max_gang_restarts_per_hour: Option<u32>,
+    /// Gang restarts in one namespace in any hour: safety.maxGangRestartsPerHourPerNamespace.
+    #[arg(long)]
+    max_gang_restarts_per_hour_per_namespace: Option<u32>,
+    /// Gang restarts in the cluster in any hour: safety.maxGangRestartsPerHourCluster.
+    #[arg(long)]
+    max_gang_restarts_per_hour_cluster: Option<u32>,
+}
+
+impl ControllerArgs {
+    /// The settings file: `--settings`, else $DEVHEAL_SETTINGS (when not empty).
+    fn settings_file(&self) -> Option<PathBuf> {
+        self.settings
+            .clone()
+            .or_else(|| std::env::var_os("DEVHEAL_SETTINGS").filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+
+    /// The command line's settings as `--set` overrides, named flags first and `--set` last.
+    fn overrides(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(d) = self.probation {
+            out.push(format!("safety.probation={}ms", d.as_millis()));
+        }
+        let counts = [
+            ("safety.maxQuarantinedNodes", self.max_quarantined_nodes),
+            ("safety.maxEvictionsPerMinute", self.max_evictions_per_minute),
+            ("safety.maxGangRestartsPerHour", self.max_gang_restarts_per_hour),
+            ("safety.maxGangRestartsPerHourPerNamespace", self.max_gang_restarts_per_hour_per_namespace),
+            ("safety.maxGangRestartsPerHourCluster", self.max_gang_restarts_per_hour_cluster),
+        ];
+        out.extend(counts.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={v}"))));
+        if let Some(p) = self.max_quarantined_nodes_percent {
+            out.push(format!("safety.maxQuarantinedNodesPercent={p}"));
+        }
+        out.extend(self.overrides.iter().cloned());
+        out
+    }
 }
 
 fn identity(args: &ControllerArgs) -> String {
@@ -91,6 +153,10 @@ async fn shutdown_signal() {
 }
 
 async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    // Settings first: a file that cannot be used stops the start before anything is contacted.
+    let settings_file = args.settings_file();
+    let overrides = args.overrides();
+    let file_settings = Settings::load(settings_file.as_deref(), &overrides)?;
     // The actuator backs off on a PodDisruptionBudget's 429 itself: no retries inside the client.
     let client = crate::kube_env::client(args.kubeconfig.as_deref(), false, "pass --kubeconfig").await?;
     let leader = LeaderFlag::new(false);
@@ -108,8 +174,8 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         DeviceTaintRuleSupport::NotServed => None,
     };
     let mut settings = ControllerSettings { dry_run: args.dry_run, ..ControllerSettings::default() };
-    settings.engine.safety.probation = crate::agent::core_duration(args.probation);
-    settings.engine.safety.validate()?;
+    settings.engine.safety = file_settings.safety.clone();
+    settings.progress.hang_quorum = file_settings.hang_quorum;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(LoopHealth::new(settings.tick_every * 6));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
@@ -166,6 +232,15 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     // The restart budgets' last hour and repeat-offender history, kept beside the lease.
     let mut controller = Controller::new(settings, actuator, leader, SystemClock, metrics, health)
         .with_state_store(Box::new(store));
+    if let Some(path) = settings_file {
+        eprintln!(
+            "devheal controller: settings from {} (looked at every {:?})",
+            path.display(),
+            args.settings_reload_every
+        );
+        controller = controller
+            .with_settings_reloader(SettingsReloader::new(path, overrides), args.settings_reload_every);
+    }
     controller.restore_state().await;
     let result = controller.run(cluster.events(), shutdown_signal()).await;
     let _ = stop.send(true);
@@ -180,4 +255,58 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     // up logging for every subcommand).
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn flags_win_over_the_settings_file_and_the_file_over_the_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("settings.yaml");
+        std::fs::write(
+            &file,
+            "safety:\n  probation: 1m\n  maxEvictionsPerMinute: 5\n  maxGangRestartsPerHourCluster: 40\n  \
+             maxQuarantinedNodes: 9\n",
+        )
+        .expect("write");
+        let cli = Cli::try_parse_from([
+            "controller".as_ref(),
+            "--settings".as_ref(),
+            file.as_os_str(),
+            "--probation".as_ref(),
+            "90s".as_ref(),
+            "--max-gang-restarts-per-hour-cluster".as_ref(),
+            "7".as_ref(),
+            "--max-quarantined-nodes".as_ref(),
+            "3".as_ref(),
+            "--set".as_ref(),
+            "safety.maxQuarantinedNodes=4".as_ref(),
+        ] as [&std::ffi::OsStr; 11])
+        .expect("the flags parse");
+        let s = Settings::load(cli.args.settings_file().as_deref(), &cli.args.overrides()).expect("loads");
+        let defaults = devheal_core::SafetySettings::default();
+        assert_eq!(s.safety.probation, devheal_core::Duration::from_secs(90), "--probation over the file");
+        assert_eq!(s.safety.max_gang_restarts_per_hour_cluster, 7, "a budget flag over the file");
+        assert_eq!(s.safety.max_quarantined_nodes, 4, "--set over a named flag");
+        assert_eq!(s.safety.max_evictions_per_minute, 5, "the file over the default");
+        assert_eq!(
+            s.safety.max_gang_restarts_per_hour_per_namespace,
+            defaults.max_gang_restarts_per_hour_per_namespace,
+            "the default where neither says"
+        );
+        // No file and no flags: the built-in defaults (the probation flag no longer has a default
+        // of its own that would hide the file's).
+        let cli = Cli::try_parse_from(["controller"]).expect("parses");
+        assert!(cli.args.overrides().is_empty());
+        assert_eq!(cli.args.settings.as_deref(), None);
+    }
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod classify_log;
 mod completion;
+mod config;
 mod controller;
 mod crds;
 mod degradation_eval;
@@ -45,6 +46,8 @@ enum Command {
     Crds(crds::CrdsArgs),
     /// Score the degradation detectors (stragglers, baseline shifts, hangs) on labelled traces.
     DegradationEval(degradation_eval::DegradationEvalArgs),
+    /// The controller's settings file: print every key with its default, or check a file.
+    Config(config::ConfigArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completion(completion::CompletionArgs),
 }
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Controller(args) => controller::run(args),
         Command::DegradationEval(args) => degradation_eval::run(args),
+        Command::Config(args) => config::run(args),
         Command::Completion(args) => completion::run(args, Cli::command()),
     };
     match result {

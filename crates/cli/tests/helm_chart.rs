@@ -336,6 +336,8 @@ controller:
             "devheal-controller",
             "--metrics-addr",
             "0.0.0.0:9100",
+            "--settings",
+            "/etc/devheal/settings.yaml",
             "--policy-namespace",
             "team-a",
             "--pod-selector",
@@ -410,22 +412,58 @@ fn another_name_and_namespace_move_every_reference_together() {
 
 #[test]
 #[ignore = "needs helm (DEVHEAL_HELM): scripts/check-helm.sh"]
-fn settings_become_the_settings_configmap_only_when_given() {
+fn settings_become_the_settings_file_the_controller_reads() {
+    // Default values: the base's commented empty file, which the controller reads as the
+    // built-in defaults.
     let defaults = helm_template("");
-    assert!(of_kind(&defaults, "ConfigMap").is_empty(), "no settings, no ConfigMap");
+    let config = find(&defaults, "ConfigMap", "devheal-settings");
+    let empty = config["data"]["settings.yaml"].as_str().expect("settings.yaml");
+    check_settings(empty, "every setting is its default");
+
     let settings = json!({
-        "budgets": {"quarantine": {"maxPercent": 5}, "gangRestartsPerHour": 3},
-        "breaker": {"enabled": true, "window": "10m"},
-        "repair": {"reboot": false}
+        "safety": {"maxQuarantinedNodesPercent": 5, "maxGangRestartsPerHour": 3, "breakerWindow": "10m",
+                   "requestRepairs": false},
+        "progress": {"hangQuorum": 0.75}
     });
     let objects = helm_template(&format!("settings: {settings}\n"));
     let config = find(&objects, "ConfigMap", "devheal-settings");
     assert_eq!(config["metadata"]["namespace"], "devheal-system");
     let data = config["data"].as_object().expect("data");
     assert_eq!(data.keys().collect::<Vec<_>>(), ["settings.yaml"]);
-    let file: Value =
-        serde_saphyr::from_str(data["settings.yaml"].as_str().unwrap()).expect("the settings file is YAML");
+    let text = data["settings.yaml"].as_str().unwrap();
+    let file: Value = serde_saphyr::from_str(text).expect("the settings file is YAML");
     assert_eq!(file, settings, "the settings file is the values' map as it stands");
+    check_settings(
+        text,
+        "differs from the defaults in safety.requestRepairs, safety.maxQuarantinedNodesPercent, \
+         safety.maxGangRestartsPerHour, safety.breakerWindow, progress.hangQuorum",
+    );
+
+    // The controller reads the file from the ConfigMap's directory (not a subPath, so that a
+    // changed ConfigMap reaches the running controller).
+    let deployment = find(&objects, "Deployment", "devheal-controller");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].as_array().expect("args");
+    let at = args.iter().position(|a| a == "--settings").expect("--settings");
+    assert_eq!(args[at + 1], "/etc/devheal/settings.yaml");
+    let mount = &pod["containers"][0]["volumeMounts"][0];
+    assert_eq!((mount["mountPath"].as_str(), mount.get("subPath")), (Some("/etc/devheal"), None));
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "devheal-settings");
+}
+
+/// `devheal config --check` on a rendered settings file: it must be usable and say `expected`.
+fn check_settings(text: &str, expected: &str) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("settings.yaml");
+    std::fs::write(&path, text).expect("write the settings file");
+    let out = Command::new(env!("CARGO_BIN_EXE_devheal"))
+        .args(["config", "--check"])
+        .arg(&path)
+        .output()
+        .expect("run devheal config --check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(expected), "{text}: {stdout}");
 }
 
 #[test]
@@ -442,7 +480,8 @@ fn a_misspelt_or_mistyped_value_is_refused_not_ignored() {
         let error = helm_template_error(&chart_dir(), values);
         assert!(error.contains(message), "{values}: {error}");
     }
-    // The settings are the controller's to check: any map passes the chart.
+    // The settings are the controller's to check (`devheal config --check`): any map passes
+    // the chart.
     helm_template("settings: {anything: {nested: [1, 2]}}");
 }
 

@@ -30,6 +30,7 @@ use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
 use crate::leftovers::Leftovers;
 use crate::metrics::{LoopHealth, Metrics};
 use crate::progress::{ProgressEffects, ProgressMonitor, ProgressSettings};
+use crate::settings::{ReloadOutcome, Settings, SettingsReloader};
 use crate::status::{PolicyStatusBook, PolicyStatusWriter};
 
 /// Where the loop reads the time from.
@@ -323,6 +324,9 @@ pub struct Controller<A, L, C> {
     store: Option<Box<dyn StateStore>>,
     /// The state last written, when, and the engine's count of urgent changes then.
     saved: Option<(DurableState, Time, u64)>,
+    /// The settings file, looked at again every `reload_every` ([`crate::settings`]).
+    reloader: Option<SettingsReloader>,
+    reload_every: std::time::Duration,
 }
 
 impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L, C> {
@@ -362,6 +366,55 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             leftovers: Leftovers::new(),
             store: None,
             saved: None,
+            reloader: None,
+            reload_every: std::time::Duration::from_secs(10),
+        }
+    }
+
+    /// Look at the settings file every `every` while [`Controller::run`] runs, and apply a
+    /// changed one ([`Controller::reload_settings`]).
+    pub fn with_settings_reloader(mut self, reloader: SettingsReloader, every: std::time::Duration) -> Self {
+        self.reloader = Some(reloader);
+        self.reload_every = every.max(std::time::Duration::from_millis(100));
+        self
+    }
+
+    /// Apply settings to the running loop: the engine's safety settings (budgets, breakers,
+    /// probation, windows) take effect from the next input on, with everything counted so far
+    /// kept. `progress.hangQuorum` and `safety.hangTimeout` need a restart (the controller keeps
+    /// the engine's own hang check off: hangs come from the agents).
+    pub fn apply_settings(&mut self, settings: &Settings) {
+        let mut safety = settings.safety.clone();
+        self.settings.engine.safety = safety.clone();
+        safety.hang_timeout = Duration::ZERO;
+        self.engine.set_safety(safety);
+    }
+
+    /// Look at the settings file once: new valid content is applied; new content that cannot be
+    /// used is logged and the settings in force stay. Each change is counted in
+    /// `devheal_controller_settings_reloads_total{outcome}`.
+    pub fn reload_settings(&mut self) {
+        let Some(reloader) = self.reloader.as_mut() else { return };
+        let outcome = reloader.poll();
+        let path = reloader.path().display().to_string();
+        if let Some(label) = outcome.label() {
+            self.metrics.settings_reload(label);
+        }
+        match outcome {
+            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Applied(settings) => {
+                if settings.hang_quorum != self.settings.progress.hang_quorum {
+                    tracing::warn!(
+                        file = %path,
+                        "progress.hangQuorum changed: it takes effect at the next start"
+                    );
+                }
+                self.apply_settings(&settings);
+                tracing::info!(file = %path, "settings reloaded: budgets, breakers and probation applied");
+            }
+            ReloadOutcome::Invalid(e) => {
+                tracing::error!(error = %e, "the changed settings file cannot be used; the settings in force stay");
+            }
         }
     }
 
@@ -776,6 +829,8 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         let mut shutdown = std::pin::pin!(shutdown);
         let mut ticks = tokio::time::interval(self.settings.tick_every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reloads = tokio::time::interval(self.reload_every);
+        reloads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.metrics.set_leader(self.leadership.is_leader().await);
         tracing::info!(dry_run = self.settings.dry_run, "controller loop started");
         for kind in ObjectKind::ALL {
@@ -796,6 +851,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
                     self.metrics.set_leader(self.leadership.is_leader().await);
                     self.tick().await;
                 }
+                _ = reloads.tick(), if self.reloader.is_some() => self.reload_settings(),
                 _ = tokio::time::sleep(retry_wait.unwrap_or(std::time::Duration::from_secs(3600))),
                     if retry_wait.is_some() => self.run_due_retries().await,
             }

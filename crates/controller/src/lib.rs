@@ -11,6 +11,8 @@
 //! - [`controller`]: the loop — index, engine with the wall clock, periodic ticks, actions through
 //!   a [`devheal_core::Actuator`] only while leader, retries, dry run;
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server;
+//! - [`settings`]: the settings file (budgets, breakers, probation, quorum), its overrides and
+//!   its reload;
 //! - [`status`]: the FailurePolicy status the leader writes (actions taken per policy, matched
 //!   pods, budgets), through a [`status::PolicyStatusWriter`].
 //!
@@ -25,6 +27,7 @@ pub mod index;
 pub mod leftovers;
 pub mod metrics;
 pub mod progress;
+pub mod settings;
 pub mod status;
 
 pub use cluster::{Cluster, FakeCluster, KubeCluster, WatchSettings};
@@ -35,4 +38,5 @@ pub use controller::{
 pub use durable::{KubeStateStore, MemoryStateStore, StateStore};
 pub use index::{ClusterEvent, ClusterIndex, IndexError, IndexUpdate, ObjectKind};
 pub use metrics::{LoopHealth, Metrics, serve};
+pub use settings::{ReloadOutcome, Settings, SettingsError, SettingsReloader};
 pub use status::{PolicyStatusBook, PolicyStatusWriter};

@@ -9,6 +9,7 @@
 //! | `devheal_controller_retries_exhausted_total` | counter | `action` |
 //! | `devheal_controller_decision_latency_seconds` | histogram | (input arrival → actions handed to the actuator) |
 //! | `devheal_controller_state_store_total` | counter | `outcome` (`restored`, `empty`, `load_failed`, `saved`, `save_failed`): reads and writes of the durable state (restart budgets, repeat offenders) |
+//! | `devheal_controller_settings_reloads_total` | counter | `outcome` (`applied`, `invalid`, `unreadable`): changes of the settings file seen by a running controller; on `invalid` and `unreadable` the old settings stay |
 //! | `devheal_controller_foreign_claims_total` | counter | `what` (`device`, `progress`): claims a NodeDeviceHealth made about another node's pods, ignored |
 //! | `devheal_controller_watch_events_total` | counter | `kind` |
 //! | `devheal_controller_engine_inputs_total` | counter | `kind` (inputs the index gave the engine) |
@@ -66,6 +67,7 @@ pub struct Metrics {
     progress_findings: Family<Labels1, Counter>,
     foreign_claims: Family<Labels1, Counter>,
     state_store: Family<Labels1, Counter>,
+    settings_reloads: Family<Labels1, Counter>,
     indexed: Family<Labels1, Gauge>,
     leader: Gauge,
     breaker_open: Gauge,
@@ -109,6 +111,7 @@ impl Metrics {
             progress_findings: Family::default(),
             foreign_claims: Family::default(),
             state_store: Family::default(),
+            settings_reloads: Family::default(),
             indexed: Family::default(),
             leader: Gauge::default(),
             breaker_open: Gauge::default(),
@@ -141,6 +144,11 @@ impl Metrics {
             "controller_state_store",
             "Reads and writes of the durable state (restart budgets' last hour, repeat-offender history), by outcome",
             m.state_store.clone(),
+        );
+        registry.register(
+            "controller_settings_reloads",
+            "Changes of the settings file seen by a running controller, by outcome (applied, invalid, unreadable)",
+            m.settings_reloads.clone(),
         );
         registry.register(
             "controller_standby_actions",
@@ -317,6 +325,14 @@ impl Metrics {
 
     pub fn state_store(&self, outcome: &'static str) {
         self.state_store.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn settings_reload(&self, outcome: &'static str) {
+        self.settings_reloads.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn settings_reloads(&self, outcome: &'static str) -> u64 {
+        self.settings_reloads.get_or_create(&[("outcome", outcome)]).get()
     }
 
     pub fn state_stores(&self, outcome: &'static str) -> u64 {

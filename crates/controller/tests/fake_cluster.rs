@@ -604,3 +604,62 @@ async fn a_cordon_made_but_never_saved_is_adopted_and_lifted_after_a_reboot() {
     assert!(spec.taints.unwrap_or_default().iter().all(|t| t.key != UNHEALTHY_TAINT));
     assert_eq!(h.controller.safety_state().quarantined_nodes, 0);
 }
+
+/// A changed settings file reaches a running controller: a lowered gang restart budget holds
+/// the next restart of a gang that already spent it, and a bad edit afterwards is refused and
+/// counted while the lowered budget stays.
+#[tokio::test]
+async fn a_reloaded_settings_file_applies_a_new_budget_and_a_bad_one_keeps_it() {
+    let dir = std::env::temp_dir().join(format!("devheal-reload-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("settings.yaml");
+    std::fs::write(&path, "{}\n").unwrap();
+    let (fake, clock) = gang_cluster();
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.controller = h.controller.with_settings_reloader(
+        devheal_controller::SettingsReloader::new(path.clone(), Vec::new()),
+        std::time::Duration::from_secs(1),
+    );
+    h.pump().await;
+    h.controller.reload_settings();
+    assert_eq!(h.controller.metrics().settings_reloads("applied"), 0, "the file did not change");
+
+    kill_gpu(&mut h, &fake, &clock).await;
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1));
+
+    std::fs::write(&path, "safety:\n  maxGangRestartsPerHour: 1\n").unwrap();
+    h.controller.reload_settings();
+    assert_eq!(h.controller.metrics().settings_reloads("applied"), 1);
+
+    // A second dead GPU under the same gang: with the default budget (6 an hour) the gang would
+    // restart again; the reloaded budget (1) holds it.
+    clock.advance(Duration::from_secs(30));
+    fake.set_gpu_health("node-05", 2, Health::Unhealthy, 79, "GPU has fallen off the bus");
+    h.pump().await;
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(60));
+        h.tick().await;
+    }
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1), "the new budget holds it");
+
+    // A bad edit is refused; the budget in force stays 1, so a third dead GPU restarts nothing.
+    std::fs::write(&path, "safety:\n  maxGangRestartsPerHour: 6\n  breakerWindow: 0s\n").unwrap();
+    h.controller.reload_settings();
+    assert_eq!(h.controller.metrics().settings_reloads("invalid"), 1);
+    assert_eq!(h.controller.metrics().settings_reloads("applied"), 1);
+    assert!(
+        h.controller
+            .metrics()
+            .encode()
+            .contains("devheal_controller_settings_reloads_total{outcome=\"invalid\"} 1")
+    );
+    clock.advance(Duration::from_secs(30));
+    fake.set_gpu_health("node-06", 1, Health::Unhealthy, 79, "GPU has fallen off the bus");
+    h.pump().await;
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(60));
+        h.tick().await;
+    }
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1), "the old settings stayed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -820,9 +820,20 @@ fn the_controller_is_leader_elected_non_root_and_not_in_dry_run() {
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc}");
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{sc}");
     assert!(sc["capabilities"]["add"].is_null(), "{sc}");
-    assert!(pod["volumes"].is_null(), "the controller mounts nothing from the host");
+    // Only its settings file, from the ConfigMap devheal-settings: the whole directory, so that
+    // the kubelet swaps in a changed ConfigMap (a subPath mount would never change).
+    let volumes = pod["volumes"].as_array().expect("the settings volume");
+    assert!(volumes.iter().all(|v| v["hostPath"].is_null()), "the controller mounts nothing from the host");
+    let config_maps: Vec<_> = volumes.iter().map(|v| v["configMap"]["name"].as_str()).collect();
+    assert_eq!(config_maps, [Some("devheal-settings")]);
+    let mount = &container["volumeMounts"][0];
+    assert_eq!((mount["mountPath"].as_str(), mount.get("subPath")), (Some("/etc/devheal"), None));
+    assert_eq!(mount["readOnly"], true);
+    let settings = r.get("ConfigMap", Some("devheal-system"), "devheal-settings");
+    assert!(settings["data"]["settings.yaml"].is_string(), "{settings}");
 
     let args = container_args(container);
+    assert_eq!(flag_value(&args, "--settings"), Some("/etc/devheal/settings.yaml"), "{args:?}");
     assert_eq!(args.first(), Some(&"controller"), "{args:?}");
     assert_eq!(flag_value(&args, "--metrics-addr"), Some("0.0.0.0:9100"), "{args:?}");
     assert!(!args.contains(&"--dry-run"), "the base acts; the dry-run overlay does not: {args:?}");

@@ -98,7 +98,7 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
 
     let chart = repo_root().join("deploy/helm/devheal");
     let chart = chart.to_str().unwrap();
-    let settings = r#"settings={"budgets":{"quarantinePercent":5}}"#;
+    let settings = r#"settings={"safety":{"maxQuarantinedNodesPercent":5}}"#;
     let out = helm_ok(
         env,
         dir,
@@ -171,7 +171,7 @@ async fn the_helm_chart_installs_and_uninstalls_on_the_real_server() {
         &["-n", NS, "get", "configmap", "e2e-helm-settings", "-o", "jsonpath={.data.settings\\.yaml}"],
         None,
     );
-    assert_eq!(settings.trim(), "budgets:\n  quarantinePercent: 5");
+    assert_eq!(settings.trim(), "safety:\n  maxQuarantinedNodesPercent: 5");
     let dashboard = kubectl(env, &["-n", NS, "get", "configmap", "e2e-helm-dashboard", "-o", "json"], None);
     let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");

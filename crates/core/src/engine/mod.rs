@@ -281,6 +281,14 @@ impl Engine {
         &self.config
     }
 
+    /// Replace the safety settings of a running engine (a reloaded settings file). Everything
+    /// the engine counted stays: the budgets' windows, the breakers, quarantines and probation
+    /// clocks are judged with the new limits from the next input on; an action already planned
+    /// is not taken back.
+    pub fn set_safety(&mut self, safety: SafetySettings) {
+        self.config.safety = safety;
+    }
+
     fn refresh_gang_keys(&mut self) {
         let mut keys: Vec<String> =
             self.config.policies.iter().filter_map(|p| p.gang_label.clone()).collect();
