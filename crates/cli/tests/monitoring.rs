@@ -314,6 +314,7 @@ fn controller_exposition() -> String {
     m.rejected(kind, 1);
     m.progress_finding("hang");
     m.state_store("saved");
+    m.settings_reload("applied");
     m.foreign_claim("device");
     m.indexed(kind, 1);
     m.set_leader(true);
