@@ -120,31 +120,14 @@ enum ProgressAuthArg {
     None,
 }
 
-/// `90s`, `2m`, `1m30s`, `1h`, `500ms`, or a plain number of seconds.
+/// `90s`, `2m`, `1m30s`, `1h`, `500ms` (the settings file's grammar:
+/// [`devheal_controller::settings::parse_duration`]), or a plain number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration (write 90s, 2m, 1m30s, 500ms, or seconds)");
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
+    if let Ok(secs) = text.trim().parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let part = match &rest[..unit] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(bad)?),
-            "h" => Duration::from_secs(number.checked_mul(3600).ok_or_else(bad)?),
-            _ => return Err(bad()),
-        };
-        total = total.checked_add(part).ok_or_else(bad)?;
-        rest = &rest[unit..];
-    }
-    if text.is_empty() { Err(bad()) } else { Ok(total) }
+    let d = devheal_controller::settings::parse_duration(text)?;
+    Ok(Duration::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(0)))
 }
 
 pub(crate) fn core_duration(d: Duration) -> devheal_core::Duration {

@@ -2,7 +2,7 @@
 //! answer are named, and the process exits rather than run blind.
 
 mod common;
-use common::devheal;
+use common::{dead_kubeconfig, devheal};
 
 #[test]
 fn a_missing_kubeconfig_is_named() {
@@ -14,18 +14,10 @@ fn a_missing_kubeconfig_is_named() {
 
 #[test]
 fn an_api_server_that_does_not_answer_is_named() {
-    let dir = std::env::temp_dir().join(format!("devheal-controller-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("kubeconfig");
-    let kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-        clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n\
-        users: [{name: u, user: {token: t}}]\n\
-        contexts: [{name: c, context: {cluster: k, user: u}}]\n";
-    std::fs::write(&path, kubeconfig).expect("write kubeconfig");
-    let path = path.to_string_lossy().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dead_kubeconfig(dir.path());
     let out =
         devheal(&["controller", "--kubeconfig", &path, "--dry-run", "--metrics-addr", "127.0.0.1:0"], None);
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     // The actuator first asks the API server which DRA version it serves.

@@ -8,18 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::devheal;
-
-/// A kubeconfig naming an API server that does not answer (nothing listens on port 1).
-fn dead_kubeconfig(dir: &std::path::Path) -> String {
-    let path = dir.join("kubeconfig");
-    let kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-        clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n\
-        users: [{name: u, user: {token: t}}]\n\
-        contexts: [{name: c, context: {cluster: k, user: u}}]\n";
-    std::fs::write(&path, kubeconfig).expect("write kubeconfig");
-    path.to_string_lossy().to_string()
-}
+use common::{dead_kubeconfig, devheal};
 
 fn json_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stderr)

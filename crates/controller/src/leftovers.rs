@@ -38,8 +38,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::DynamicObject;
 use kube::runtime::watcher;
 
-/// Annotation on a DeviceTaintRule naming the device it quarantines (`<node>/<resource>/<id>`).
-pub const RULE_DEVICE_ANNOTATION: &str = "devheal.io/device";
+pub use devheal_k8s::actuator::RULE_DEVICE_ANNOTATION;
 
 /// One quarantine devheal wrote, as a watch shows it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

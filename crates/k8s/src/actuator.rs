@@ -75,6 +75,12 @@ pub const REPLACE_AT_CHECKPOINT_CONDITION: &str = "devheal.io/ReplaceAtCheckpoin
 pub const REPAIR_REQUESTED_CONDITION: &str = "devheal.io/RepairRequested";
 /// Node label naming the repair asked for (`RepairKind::as_str`), for tools that select on labels.
 pub const REPAIR_LABEL: &str = "devheal.io/repair";
+/// Annotation on a DeviceTaintRule naming the device it quarantines (`<node>/<resource>/<id>`:
+/// node names hold no `/`).
+pub const RULE_DEVICE_ANNOTATION: &str = "devheal.io/device";
+/// Annotation on a DeviceTaintRule saying why the device is quarantined.
+pub const RULE_REASON_ANNOTATION: &str = "devheal.io/reason";
+
 /// Node taint (NoSchedule) of a node devheal cordoned.
 pub const UNHEALTHY_TAINT: &str = "devheal.io/unhealthy";
 /// Taint key of a quarantined device: the `DeviceTaintRule`'s taint, and the prefix of the
@@ -838,7 +844,7 @@ impl KubeActuator {
                 "metadata": {
                     "name": rule,
                     "labels": {MANAGED_BY: "devheal"},
-                    "annotations": {"devheal.io/device": device.to_string(), "devheal.io/reason": reason},
+                    "annotations": {RULE_DEVICE_ANNOTATION: device.to_string(), RULE_REASON_ANNOTATION: reason},
                 },
                 "spec": {
                     "deviceSelector": {"driver": driver, "pool": pool, "device": name},

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use devheal_core::{DurableState, Health};
 use devheal_k8s::actuator::{
-    DEVICE_QUARANTINE_TAINT, REPAIR_LABEL, REPAIR_REQUESTED_CONDITION, UNHEALTHY_TAINT,
+    DEVICE_QUARANTINE_TAINT, REPAIR_LABEL, REPAIR_REQUESTED_CONDITION, RULE_DEVICE_ANNOTATION,
+    RULE_REASON_ANNOTATION, UNHEALTHY_TAINT,
 };
 use devheal_k8s::crd::{BudgetStatus, DeviceStatus, FailurePolicy, NodeDeviceHealth};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -239,7 +240,7 @@ fn quarantines(inputs: &StatusInputs, now: Timestamp) -> Vec<Quarantine> {
     for rule in &inputs.device_taint_rules {
         let meta = &rule["metadata"];
         // The annotation names the device `node/resource/id`; node names hold no slash.
-        let annotated = meta["annotations"]["devheal.io/device"].as_str().unwrap_or_default();
+        let annotated = meta["annotations"][RULE_DEVICE_ANNOTATION].as_str().unwrap_or_default();
         let node = annotated.split_once('/').map_or("-", |(n, _)| n);
         let selector = &rule["spec"]["deviceSelector"];
         let device = ["driver", "pool", "device"]
@@ -254,7 +255,7 @@ fn quarantines(inputs: &StatusInputs, now: Timestamp) -> Vec<Quarantine> {
             by: format!("DeviceTaintRule {}", meta["name"].as_str().unwrap_or_default()),
             since: created.map(stamp),
             since_age: created.map(|c| age(now, c)),
-            reason: meta["annotations"]["devheal.io/reason"].as_str().map(str::to_string),
+            reason: meta["annotations"][RULE_REASON_ANNOTATION].as_str().map(str::to_string),
         });
     }
     out.sort_by(|a, b| (&a.node, &a.device).cmp(&(&b.node, &b.device)));

@@ -1,5 +1,5 @@
 //! What the end-to-end tests of the `devheal` binary share: running it with arguments and an
-//! optional standard input.
+//! optional standard input, and a kubeconfig of an API server that does not answer.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -19,4 +19,17 @@ pub fn devheal(args: &[&str], stdin: Option<&[u8]>) -> Output {
     }
     drop(pipe);
     child.wait_with_output().expect("devheal finishes")
+}
+
+/// A kubeconfig in `dir` naming an API server that does not answer (nothing listens on port 1);
+/// its path.
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub fn dead_kubeconfig(dir: &std::path::Path) -> String {
+    let path = dir.join("kubeconfig");
+    let kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+        clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+        users: [{name: u, user: {token: t}}]\n\
+        contexts: [{name: c, context: {cluster: k, user: u}}]\n";
+    std::fs::write(&path, kubeconfig).expect("write kubeconfig");
+    path.to_string_lossy().to_string()
 }

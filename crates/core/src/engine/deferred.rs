@@ -35,8 +35,6 @@ pub(super) struct DeferredRestart {
     class: FailureClass,
     cause: Cause,
     policy: Option<String>,
-    /// A hang (blamed again when retried), not a failure.
-    hang: bool,
     /// When it was first refused.
     at: Time,
     /// The gang's members then.
@@ -63,7 +61,6 @@ impl Engine {
             reason: reason.to_string(),
             class,
             cause,
-            hang: incident.starts_with("hang/"),
             policy: self.acting_for.clone(),
             at: now,
             members: gs.members.clone(),
@@ -103,7 +100,8 @@ impl Engine {
             }
             // A hang is blamed as it would be now: a member's device that failed meanwhile makes
             // it a fault, one that recovered makes it progress alone again.
-            let (class, cause) = if d.hang { self.hang_blame(&g) } else { (d.class, d.cause) };
+            let hang = d.incident.starts_with("hang/");
+            let (class, cause) = if hang { self.hang_blame(&g) } else { (d.class, d.cause) };
             if cause == Cause::Progress && self.progress_breaker.open_since.is_some() {
                 self.deferred_restarts.insert(g, d);
                 continue;

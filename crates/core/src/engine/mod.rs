@@ -346,7 +346,7 @@ impl Engine {
         }
         self.issued.insert(key.clone(), now);
         if let Action::RequestRepair { node, device, kind, .. } = &action {
-            self.record_repair(&node.clone(), device.clone(), *kind, now);
+            self.record_repair(node, device.clone(), *kind, now);
         }
         out.push(PlannedAction { idempotency_key: key, action, class, policy: self.acting_for.clone() });
         true
