@@ -94,6 +94,7 @@ pub fn fake_inventory(count: usize, node: &str) -> Vec<InventoryDevice> {
             vendor: DeviceVendor::Other,
             model: Some("devheal fake GPU".into()),
             pci_address: Some(format!("{domain}:{:02x}:{:02x}.0", (i / 32) % 256, i % 32)),
+            ..InventoryDevice::default()
         })
         .collect()
 }

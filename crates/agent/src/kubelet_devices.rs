@@ -148,6 +148,31 @@ impl KubeletDevices {
         self.allocatable.is_some()
     }
 
+    /// Forget `id` of `resource` unless the kubelet lists it: a name found elsewhere (NVML's
+    /// UUID of a GPU) that the kubelet knows under other names (its time-slicing replicas) is
+    /// not a device of its own, and would otherwise upset the counts.
+    pub fn forget_unlisted(&mut self, resource: &str, id: &str) {
+        let listed =
+            self.allocatable.as_ref().and_then(|a| a.get(resource)).is_some_and(|ids| ids.contains(id));
+        if listed {
+            return;
+        }
+        if let Some(ids) = self.known.get_mut(resource) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.known.remove(resource);
+            }
+        }
+    }
+
+    /// Every device the kubelet last listed allocatable, as (resource, id).
+    pub fn allocatable(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.allocatable
+            .iter()
+            .flatten()
+            .flat_map(|(r, ids)| ids.iter().map(move |id| (r.as_str(), id.as_str())))
+    }
+
     /// The resource the kubelet last offered `id` under, if it offered it.
     pub fn offered_as(&self, id: &str) -> Option<&str> {
         self.allocatable.as_ref()?.iter().find(|(_, ids)| ids.contains(id)).map(|(r, _)| r.as_str())
@@ -231,6 +256,30 @@ impl KubeletDevices {
             ))
         }
     }
+}
+
+/// The views of one device over all the names the kubelet knows it by (every time-slicing
+/// replica of a GPU), keyed by `key_of` (the identity's key): Unhealthy when any name is counted
+/// unhealthy, Healthy when any is offered, else unknown, else gone. Each returned view carries
+/// the key as its id.
+pub fn per_device(views: Vec<DeviceView>, key_of: impl Fn(&DeviceView) -> String) -> Vec<DeviceView> {
+    let mut by_key: BTreeMap<String, Vec<DeviceView>> = BTreeMap::new();
+    for v in views {
+        by_key.entry(key_of(&v)).or_default().push(v);
+    }
+    by_key
+        .into_iter()
+        .filter_map(|(key, views)| {
+            let rank = |v: &DeviceView| match v.view {
+                KubeletView::Unhealthy { .. } => 0,
+                KubeletView::Healthy => 1,
+                KubeletView::Unknown(_) => 2,
+                KubeletView::Gone => 3,
+            };
+            let pick = views.into_iter().min_by_key(rank)?;
+            Some(DeviceView { id: key, ..pick })
+        })
+        .collect()
 }
 
 /// The counts of every extended resource (a name with a `/`) in a Node's status.

@@ -3,6 +3,8 @@
 //! - [`nvml`]: GPU telemetry and Xid events through NVML, loaded at run time;
 //!   [`nvml_evidence`] turns a sample into health evidence.
 //! - [`health`]: the per-device health state machine (probation, Unknown when blind, no latching).
+//! - [`identity`]: every name a device goes by (UUID, PCI id, replicas, MIG, DRA) resolved to
+//!   one key and its parent.
 //! - [`snapshot`]: the `NodeDeviceHealth` object built from inventory, verdicts, the kubelet's
 //!   device ↔ pod map and the sources' state.
 //! - [`once`]: one pass over every source (`devheal agent --once`).
@@ -23,6 +25,7 @@
 pub mod fake;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod kernel;
 pub mod kubelet_devices;
 pub mod metrics;

@@ -60,6 +60,39 @@ pub struct GpuIdentity {
     pub name: String,
     /// `dddd:bb:dd.f`, lower case: the form the kernel log uses.
     pub pci_address: String,
+    /// `/dev/nvidia<minor>` (the NVIDIA DRA driver names GPUs `gpu-<minor>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u32>,
+    /// The GPU's MIG devices, when it is in MIG mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migs: Vec<MigIdentity>,
+}
+
+/// What identifies one MIG device of a GPU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigIdentity {
+    /// Its index under the GPU (`nvmlDeviceGetMigDeviceHandleByIndex`; the NVIDIA device
+    /// plugin's `<gpu>:<mig>` index id).
+    pub index: u32,
+    /// `MIG-<uuid>` (R470 and later) or `MIG-GPU-<uuid>/<gi>/<ci>` (R450, R460).
+    pub uuid: String,
+}
+
+impl GpuIdentity {
+    /// The GPU as the node's identity map keeps it.
+    pub fn physical(&self) -> crate::identity::PhysicalGpu {
+        crate::identity::PhysicalGpu {
+            uuid: self.uuid.clone(),
+            index: Some(self.index),
+            minor: self.minor,
+            pci_address: devheal_core::identity::normalise_pci_address(&self.pci_address),
+            migs: self
+                .migs
+                .iter()
+                .map(|m| crate::identity::MigDevice { index: m.index, uuid: m.uuid.clone() })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -266,6 +299,9 @@ impl GpuTelemetry for NvmlTelemetry {
                     pci_address: normalise_bus_id(
                         &device.pci_info().map_err(|e| call_error("pci_info", index, e))?.bus_id,
                     ),
+                    // Not every GPU or driver answers these: identity then has fewer names.
+                    minor: device.minor_number().ok(),
+                    migs: mig_devices(&device),
                 })
             })
             .collect()
@@ -363,6 +399,22 @@ impl GpuTelemetry for NvmlTelemetry {
     }
 }
 
+/// The MIG devices of a GPU in MIG mode (none otherwise, or where NVML cannot say).
+fn mig_devices(device: &Device<'_>) -> Vec<MigIdentity> {
+    let enabled = device.mig_mode().is_ok_and(|m| m.current == 1);
+    if !enabled {
+        return Vec::new();
+    }
+    let slots = device.mig_device_count().unwrap_or(0);
+    (0..slots)
+        .filter_map(|index| {
+            // Empty slots answer NotFound.
+            let mig = device.mig_device_by_index(index).ok()?;
+            Some(MigIdentity { index, uuid: mig.uuid().ok()? })
+        })
+        .collect()
+}
+
 fn read_row_remapping(device: &Device<'_>, r: &mut Recorder) -> RowRemapping {
     let ids = [
         FieldId(NVML_FI_DEV_REMAPPED_COR),
@@ -432,13 +484,8 @@ fn unix_ms() -> i64 {
 /// NVML prints bus ids as `00000000:3B:00.0` (8-digit domain, upper case); the kernel log and
 /// sysfs use `0000:3b:00.0`. Normalise to the kernel's form.
 pub fn normalise_bus_id(bus_id: &str) -> String {
-    let lower = bus_id.trim().to_ascii_lowercase();
-    match lower.split_once(':') {
-        Some((domain, rest)) if domain.len() > 4 && domain.chars().all(|c| c.is_ascii_hexdigit()) => {
-            format!("{}:{}", &domain[domain.len() - 4..], rest)
-        }
-        _ => lower,
-    }
+    devheal_core::identity::normalise_pci_address(bus_id)
+        .unwrap_or_else(|| bus_id.trim().to_ascii_lowercase())
 }
 
 /// Scripted GPUs for tests and demos: returns the samples it was given.
@@ -476,6 +523,8 @@ mod tests {
         assert_eq!(normalise_bus_id("00000000:3B:00.0"), "0000:3b:00.0");
         assert_eq!(normalise_bus_id("0000:3b:00.0"), "0000:3b:00.0");
         assert_eq!(normalise_bus_id("00000001:C1:00.1"), "0001:c1:00.1");
+        // A VMD domain keeps its fifth digit (the kernel prints 10000:e1:00.0).
+        assert_eq!(normalise_bus_id("00010000:E1:00.0"), "10000:e1:00.0");
         assert_eq!(normalise_bus_id("garbage"), "garbage");
     }
 
@@ -500,6 +549,8 @@ mod tests {
             uuid: "GPU-0".into(),
             name: "Fake".into(),
             pci_address: "0000:3b:00.0".into(),
+            minor: None,
+            migs: vec![],
         };
         let sample = GpuSample { uuid: "GPU-0".into(), temperature_c: Some(40), ..GpuSample::default() };
         let fake = FakeGpuTelemetry {

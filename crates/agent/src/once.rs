@@ -10,7 +10,7 @@ use std::time::Duration as StdDuration;
 
 use devheal_core::{Attribution, Health, HealthSource, Time};
 use devheal_detect::{Catalog, Classifier, CorrelationConfig, Correlator, KmsgEvent, KmsgReader, StartAt};
-use devheal_k8s::crd::{DeviceVendor, NodeDeviceHealth, SourceStatus};
+use devheal_k8s::crd::{NodeDeviceHealth, SourceStatus};
 use devheal_kubelet::podresources::{DeviceBinding, PodResourcesClient};
 
 use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
@@ -61,6 +61,7 @@ pub async fn collect_once(
         .filter(|s| !s.is_empty());
     let mut tracker = DeviceHealthTracker::new(TrackerConfig::default(), boot_id.clone());
     let mut inventory: Vec<InventoryDevice> = Vec::new();
+    let mut identity = crate::identity::NodeIdentity::default();
     let mut sources: Vec<SourceStatus> = Vec::new();
 
     // NVML: inventory and device-side conditions.
@@ -69,6 +70,7 @@ pub async fn collect_once(
             let driver = nvml.driver().ok();
             match nvml.gpus() {
                 Ok(gpus) => {
+                    identity.set_gpus(gpus.iter().map(crate::nvml::GpuIdentity::physical).collect());
                     for gpu in gpus {
                         tracker.set_watch(&gpu.uuid, HealthSource::Nvml, true, now);
                         if let Ok(sample) = nvml.sample(gpu.index) {
@@ -76,13 +78,7 @@ pub async fn collect_once(
                                 tracker.observe(&gpu.uuid, e, now);
                             }
                         }
-                        inventory.push(InventoryDevice {
-                            id: gpu.uuid,
-                            resource: NVIDIA_GPU_RESOURCE.into(),
-                            vendor: DeviceVendor::Nvidia,
-                            model: Some(gpu.name),
-                            pci_address: Some(gpu.pci_address),
-                        });
+                        inventory.push(crate::sources::gpu_device(&gpu));
                     }
                     sources.push(source(
                         "nvml",
@@ -148,22 +144,23 @@ pub async fn collect_once(
                 kubelet.note(&b.resource, &b.device_id);
             }
             kubelet.set_allocatable(&devices);
-            let views = kubelet.views();
-            for v in &views {
-                v.apply(&mut tracker, now);
-                match inventory.iter_mut().find(|i| i.id == v.id) {
-                    Some(i) => i.resource = v.resource.clone(),
-                    None => inventory.push(InventoryDevice {
-                        id: v.id.clone(),
-                        resource: v.resource.clone(),
-                        vendor: DeviceVendor::Other,
-                        model: None,
-                        pci_address: None,
-                    }),
+            // NVML's UUID of a GPU the kubelet lists under other names (its replicas) is not a
+            // device of the plugin's.
+            for d in &inventory {
+                if devices
+                    .iter()
+                    .any(|a| a.device_id != d.id && identity.resolve(&a.resource, &a.device_id).key == d.id)
+                {
+                    kubelet.forget_unlisted(&d.resource, &d.id);
                 }
             }
+            let views = kubelet.views();
             let not_offered =
                 views.iter().filter(|v| v.view != crate::kubelet_devices::KubeletView::Healthy).count();
+            for v in crate::kubelet_devices::per_device(views, |v| identity.resolve(&v.resource, &v.id).key) {
+                v.apply(&mut tracker, now);
+            }
+            inventory = crate::snapshot::fold_inventory(&identity, &inventory, kubelet.devices(), &bindings);
             sources.push(source(
                 "device_plugins",
                 true,
@@ -187,7 +184,7 @@ pub async fn collect_once(
     // Kernel log: replay this boot's records and map device faults to devices by PCI address.
     sources.push(replay_kernel_log(node, paths, boot_id.as_deref(), &inventory, &mut tracker, now));
 
-    inventory.sort_by(|a, b| (&a.resource, &a.id).cmp(&(&b.resource, &b.id)));
+    let inventory = crate::snapshot::fold_inventory(&identity, &inventory, std::iter::empty(), &bindings);
     node_device_health(SnapshotInput {
         node,
         boot_id: boot_id.as_deref(),
@@ -195,6 +192,7 @@ pub async fn collect_once(
         devices: &inventory,
         tracker: &tracker,
         bindings: &bindings,
+        identity: &identity,
         sources,
     })
 }

@@ -64,19 +64,53 @@ pub fn restore(
             })
             .collect();
         let since = d.since.as_ref().map(time_from_k8s).unwrap_or(now);
-        tracker.restore(&d.id, d.health, &reasons, since, now);
+        // A reason the report carried from a device's parent is the parent's: it comes back
+        // with the parent (a MIG device keeps only its own).
+        let reasons: Vec<HealthReason> = if d.parent.is_some() {
+            reasons.into_iter().filter(|r| !r.message.starts_with("on its parent ")).collect()
+        } else {
+            reasons
+        };
+        let key = tracked_key(d);
+        if !reasons.is_empty() || d.parent.is_none() {
+            tracker.restore(&key, d.health, &reasons, since, now);
+        }
+        let dra = (key != d.id).then(|| d.id.clone());
         kept.insert(
-            d.id.clone(),
+            key.clone(),
             InventoryDevice {
-                id: d.id.clone(),
+                id: key,
                 resource: d.resource.clone(),
                 vendor: d.vendor,
                 model: d.model.clone(),
                 pci_address: d.pci_address.clone(),
+                parent: d.parent.as_deref().map(|p| parent_key(status, p)),
+                dra,
+                aliases: d.aliases.iter().cloned().collect(),
             },
         );
     }
     kept
+}
+
+/// The key a reported device was tracked under ([`crate::identity`]): a device published under
+/// its DRA id is tracked under its UUID, which the report lists among its aliases.
+fn tracked_key(d: &devheal_k8s::crd::DeviceStatus) -> String {
+    if devheal_core::identity::dra_device(&d.resource, &d.id).is_none() {
+        return d.id.clone();
+    }
+    let uuid = d.aliases.iter().find(|a| {
+        matches!(
+            devheal_core::identity::parse_device_id(&d.resource, a).id,
+            devheal_core::identity::DeviceId::GpuUuid(_) | devheal_core::identity::DeviceId::MigUuid(_)
+        )
+    });
+    uuid.cloned().unwrap_or_else(|| d.id.clone())
+}
+
+/// The key of the reported device published as `parent`.
+fn parent_key(status: &NodeDeviceHealthStatus, parent: &str) -> String {
+    status.devices.iter().find(|p| p.id == parent).map_or_else(|| parent.to_string(), tracked_key)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration as StdDuration;
 
 use devheal_core::{Health, HealthSource, Time};
-use devheal_k8s::crd::{DeviceVendor, NodeDeviceHealth, NodeDeviceHealthStatus, SourceStatus, k8s_time};
+use devheal_k8s::crd::{NodeDeviceHealth, NodeDeviceHealthStatus, SourceStatus, k8s_time};
 use devheal_kubelet::podresources::DeviceBinding;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -36,8 +36,9 @@ use tokio::task::JoinHandle;
 use crate::fake::{FakeControl, FakeSignal, fake_devices};
 use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
 use crate::http::{ProgressControl, ProgressRefusal, ProgressRequest};
+use crate::identity::{NodeIdentity, SliceRead};
 use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
-use crate::kubelet_devices::{KubeletDevices, KubeletView, NodeCounts};
+use crate::kubelet_devices::{KubeletDevices, KubeletView, NodeCounts, per_device};
 use crate::metrics::{AgentMetrics, DeviceLabels, HealthLabel, MAX_DEVICE_SERIES, SourceLabel};
 use crate::once::SourcePaths;
 use crate::progress::{PodRef, ProgressBook, ProgressConfig, ProgressError};
@@ -46,7 +47,7 @@ use crate::publish::{
 };
 use crate::scrape::{ScrapeConfig, ScrapeEvent, ScrapeTarget, run_scraper};
 use crate::snapshot::{
-    InventoryDevice, SnapshotInput, keep_within_schema, node_device_health, within_schema,
+    InventoryDevice, SnapshotInput, fold_inventory, keep_within_schema, node_device_health, within_schema,
 };
 pub use crate::sources::GpuSource;
 use crate::sources::{
@@ -110,6 +111,9 @@ pub struct AgentConfig {
     /// Token reviews for pods that prove who they are with a token ([`crate::token`]); `None`
     /// without an API server.
     pub progress_tokens: Option<Arc<crate::token::PodTokens>>,
+    /// The devices this node's ResourceSlices announce ([`crate::sources::poll_resource_slices`]),
+    /// which say which DRA device is which GPU; `None` without an API server.
+    pub resource_slices: Option<watch::Receiver<SliceRead>>,
 }
 
 impl AgentConfig {
@@ -137,6 +141,7 @@ impl AgentConfig {
             progress_tokens: None,
             node_counts: None,
             pod_addresses: None,
+            resource_slices: None,
         }
     }
 }
@@ -283,6 +288,26 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         }));
     }
 
+    // The node's ResourceSlices, as they change.
+    if let Some(mut slices) = config.resource_slices.clone() {
+        let events = events_tx.clone();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let now = slices.borrow_and_update().clone();
+                if let Some(now) = now
+                    && events.send(SourceEvent::Slices(now)).await.is_err()
+                {
+                    return;
+                }
+                tokio::select! {
+                    changed = slices.changed() => if changed.is_err() { return },
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        }));
+    }
+
     // PodResources.
     let refresh = Arc::new(Notify::new());
     let settings = PodResourcesSettings {
@@ -337,8 +362,12 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
             "kept the devices the last report had Unhealthy or Degraded until there is evidence they recovered");
     }
     let mut kubelet = KubeletDevices::default();
+    let mut identity = NodeIdentity::default();
     for d in &static_devices {
         kubelet.note(&d.resource, &d.id);
+        if let Some(pci) = &d.pci_address {
+            identity.add_device_at(&d.id, pci);
+        }
     }
     let state = LoopState {
         node: config.node.clone(),
@@ -348,6 +377,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         kernel: KernelPipeline::new(&config.node, boot_id, boot_time).with_catalog(config.catalog.clone()),
         static_devices,
         nvml_devices: Vec::new(),
+        identity,
         kubelet,
         kubelet_last: BTreeMap::new(),
         bindings: Vec::new(),
@@ -408,9 +438,12 @@ struct LoopState {
     /// Fake devices.
     static_devices: Vec<InventoryDevice>,
     nvml_devices: Vec<InventoryDevice>,
+    /// Every name each device goes by ([`crate::identity`]).
+    identity: NodeIdentity,
     /// The devices the kubelet offers, and what it says of the others (plugin-side health).
     kubelet: KubeletDevices,
-    /// The kubelet's view of each device as last given to the tracker.
+    /// The kubelet's view of each device (by key, over all its names) as last given to the
+    /// tracker.
     kubelet_last: BTreeMap<String, KubeletView>,
     bindings: Vec<DeviceBinding>,
     sources: BTreeMap<String, SourceStatus>,
@@ -497,7 +530,10 @@ impl LoopState {
                     self.apply_kernel(mapped);
                 }
             }
-            SourceEvent::Fake(FakeSignal::Reset { device }) => self.tracker.device_reset(&device, now),
+            SourceEvent::Fake(FakeSignal::Reset { device }) => {
+                let key = self.identity.resolve(crate::fake::FAKE_RESOURCE, &device).key;
+                self.tracker.device_reset(&key, now)
+            }
             SourceEvent::Fake(FakeSignal::PluginHealth { device, healthy }) => {
                 // The agent is this plugin (fake devices): what it serves the kubelet, it knows.
                 let (health, word) =
@@ -549,6 +585,15 @@ impl LoopState {
             SourceEvent::NodeCounts(counts) => {
                 self.kubelet.set_counts(counts);
                 self.apply_kubelet(now);
+            }
+            SourceEvent::Slices(Ok(devices)) => {
+                let message = format!("{} DRA device(s) announced for this node", devices.len());
+                self.identity.set_slices(devices);
+                self.set_source("resource_slices", true, message, None, now);
+                self.apply_kubelet(now);
+            }
+            SourceEvent::Slices(Err(message)) => {
+                self.set_source("resource_slices", false, message, None, now)
             }
             SourceEvent::PodResources(PodResourcesEvent::Unavailable(message)) => {
                 self.set_source("pod_resources", false, message, None, now);
@@ -619,23 +664,33 @@ impl LoopState {
         }
     }
 
+    /// The key of the physical device at `pci_address`: NVML's GPU or a fake device there, or
+    /// a device the kubelet names by that address (AMD's plugin).
     fn device_at(&self, pci_address: &str) -> Option<String> {
-        self.static_devices
-            .iter()
-            .chain(self.nvml_devices.iter())
-            .find(|d| d.pci_address.as_deref() == Some(pci_address))
-            .map(|d| d.id.clone())
+        self.identity.key_at_pci(pci_address).or_else(|| {
+            self.inventory()
+                .into_iter()
+                .find(|d| d.parent.is_none() && d.pci_address.as_deref() == Some(pci_address))
+                .map(|d| d.id)
+        })
     }
 
     fn handle_nvml(&mut self, event: NvmlEvent, now: Time) {
         match event {
             NvmlEvent::Inventory { driver_version, gpus } => {
-                let message = format!("{} GPU(s)", gpus.len());
-                for gpu in &gpus {
+                let migs: usize = gpus.iter().map(|g| g.migs.len()).sum();
+                let message = if migs == 0 {
+                    format!("{} GPU(s)", gpus.len())
+                } else {
+                    format!("{} GPU(s), {migs} MIG device(s)", gpus.len())
+                };
+                self.identity.set_gpus(gpus.iter().map(crate::nvml::GpuIdentity::physical).collect());
+                let devices: Vec<InventoryDevice> = gpus.iter().map(crate::sources::gpu_device).collect();
+                for gpu in &devices {
                     self.tracker.set_watch(&gpu.id, HealthSource::Nvml, true, now);
                     self.kubelet.note(&gpu.resource, &gpu.id);
                 }
-                self.nvml_devices = gpus;
+                self.nvml_devices = devices;
                 self.set_source("nvml", true, message, driver_version, now);
             }
             NvmlEvent::Sample { uuid, evidence } => {
@@ -670,29 +725,51 @@ impl LoopState {
         }
     }
 
-    /// Plugin-side health as the kubelet has it: each device's view is given to the tracker
-    /// when it changes (so a steady state adds nothing to a reason's count).
+    /// Plugin-side health as the kubelet has it: each device's view, over all the names the
+    /// kubelet knows it by (every replica of a GPU), is given to the tracker when it changes (so
+    /// a steady state adds nothing to a reason's count). A device is Unhealthy when the kubelet
+    /// counts any of its names unhealthy, Healthy when it offers any of them, and the plugin is
+    /// blind to it otherwise.
     fn apply_kubelet(&mut self, now: Time) {
         if !self.kubelet.listed() {
             return;
         }
+        // NVML's UUID of a GPU the kubelet lists under other names (replicas, a DRA id) is not
+        // a device of the plugin's.
+        let covered: Vec<(String, String)> = self
+            .nvml_devices
+            .iter()
+            .filter(|g| {
+                self.kubelet
+                    .allocatable()
+                    .any(|(resource, id)| id != g.id && self.identity.resolve(resource, id).key == g.id)
+            })
+            .map(|g| (g.resource.clone(), g.id.clone()))
+            .collect();
+        for (resource, id) in covered {
+            self.kubelet.forget_unlisted(&resource, &id);
+        }
         let views = self.kubelet.views();
         let (mut offered, mut unhealthy, mut unknown) = (0, 0, 0);
-        let mut last = BTreeMap::new();
-        for v in views {
+        for v in &views {
             match &v.view {
                 KubeletView::Healthy => offered += 1,
                 KubeletView::Unhealthy { .. } => unhealthy += 1,
                 KubeletView::Unknown(_) => unknown += 1,
-                KubeletView::Gone => {
-                    v.apply(&mut self.tracker, now);
-                    continue;
-                }
+                KubeletView::Gone => {}
             }
-            if self.kubelet_last.get(&v.id) != Some(&v.view) {
-                v.apply(&mut self.tracker, now);
+        }
+        let identity = &self.identity;
+        let mut last = BTreeMap::new();
+        for view in per_device(views, |v| identity.resolve(&v.resource, &v.id).key) {
+            if view.view == KubeletView::Gone {
+                view.apply(&mut self.tracker, now);
+                continue;
             }
-            last.insert(v.id, v.view);
+            if self.kubelet_last.get(&view.id) != Some(&view.view) {
+                view.apply(&mut self.tracker, now);
+            }
+            last.insert(view.id, view.view);
         }
         self.kubelet_last = last;
         let mut message = format!(
@@ -722,38 +799,23 @@ impl LoopState {
         );
     }
 
-    /// Every device the node has: fake devices, NVML's GPUs, then the devices the kubelet has
-    /// offered (device plugins' devices).
+    /// Every device the node has, each once ([`fold_inventory`]): fake devices, NVML's GPUs,
+    /// the devices the kubelet names (plugin devices offered or held, DRA devices held by pods),
+    /// the GPUs the node's ResourceSlices announce, and devices kept from the last report while
+    /// they are not Healthy.
     fn inventory(&self) -> Vec<InventoryDevice> {
-        let mut devices: Vec<InventoryDevice> = Vec::new();
-        for d in self.static_devices.iter().chain(self.nvml_devices.iter()) {
-            if !devices.iter().any(|x| x.id == d.id) {
-                let mut d = d.clone();
-                if let Some(resource) = self.kubelet.offered_as(&d.id) {
-                    d.resource = resource.to_string();
-                }
-                devices.push(d);
-            }
-        }
-        for (resource, id) in self.kubelet.devices() {
-            if devices.iter().any(|x| x.id == id) {
-                continue;
-            }
-            devices.push(InventoryDevice {
-                id: id.to_string(),
-                resource: resource.to_string(),
-                vendor: DeviceVendor::Other,
-                model: None,
-                pci_address: None,
-            });
-        }
+        let mut devices = fold_inventory(
+            &self.identity,
+            self.static_devices.iter().chain(self.nvml_devices.iter()),
+            self.kubelet.devices(),
+            &self.bindings,
+        );
         for (id, d) in &self.kept {
             let healthy = self.tracker.verdict(id).is_none_or(|v| v.health == Health::Healthy);
             if !healthy && !devices.iter().any(|x| x.id == *id) {
                 devices.push(d.clone());
             }
         }
-        devices.sort_by(|a, b| (&a.resource, &a.id).cmp(&(&b.resource, &b.id)));
         devices
     }
 
@@ -794,6 +856,7 @@ impl LoopState {
             devices: &inventory,
             tracker: &self.tracker,
             bindings: &self.bindings,
+            identity: &self.identity,
             sources,
         });
         if let Some(status) = object.status.as_mut() {

@@ -1,25 +1,138 @@
 //! The `NodeDeviceHealth` object the agent publishes: its inventory, the health state machine's
 //! verdicts, the kubelet's device ↔ pod map and the state of its sources, in one object.
+//!
+//! Every device is published once, whatever names it goes by ([`crate::identity`]): the pods
+//! on any of its names (every replica of a GPU) are its pods, a device exposed through DRA is
+//! published under its DRA id (with its UUID among its `aliases`), and a device that is a slice
+//! of another (a MIG device of a GPU) names its `parent` and takes on the parent's faults: an
+//! Unhealthy or Degraded parent makes the slice at least as bad, with the parent's reasons.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use devheal_core::Time;
+use devheal_core::identity::split_replica;
 use devheal_k8s::crd::{
     BoundPod, DeviceHealthState, DeviceStatus, DeviceVendor, HealthReasonStatus, HealthSummary,
     NodeDeviceHealth, NodeDeviceHealthSpec, NodeDeviceHealthStatus, SourceStatus, k8s_time,
 };
 use devheal_kubelet::podresources::DeviceBinding;
 
-use crate::health::DeviceHealthTracker;
+use crate::health::{DeviceHealthTracker, DeviceVerdict};
+use crate::identity::{NodeIdentity, vendor_of};
 
-/// A device the node has, from NVML or a device plugin.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A device the node has, from NVML, a device plugin or a DRA driver.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InventoryDevice {
+    /// The key its health is tracked under ([`crate::identity::Resolved::key`]).
     pub id: String,
     pub resource: String,
     pub vendor: DeviceVendor,
     pub model: Option<String>,
     pub pci_address: Option<String>,
+    /// The key of the device this one is a slice of.
+    pub parent: Option<String>,
+    /// `driver/pool/device` when the device is exposed through DRA: it is published under that
+    /// id, with the driver as its resource.
+    pub dra: Option<String>,
+    /// Other names it goes by, without replica numbers.
+    pub aliases: BTreeSet<String>,
+}
+
+impl InventoryDevice {
+    /// The id it is published under.
+    pub fn published_id(&self) -> &str {
+        self.dra.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The resource it is published under: its DRA driver, or the resource the kubelet (or
+    /// NVML) names it under.
+    pub fn published_resource(&self) -> &str {
+        match &self.dra {
+            Some(d) => d.split_once('/').map_or(self.resource.as_str(), |(driver, _)| driver),
+            None => &self.resource,
+        }
+    }
+}
+
+/// Every device of the node, each once: the `physical` devices (NVML's GPUs, fake devices),
+/// then every device the kubelet names, folded by identity: `plugin` devices (offered or held:
+/// `(resource, id)`), DRA devices held by pods (`bindings`) and the GPUs and concrete MIG
+/// devices the node's ResourceSlices announce. A DRA device nothing identifies as one of the
+/// node's GPUs (another driver's device) is not listed: no source watches it. Sorted by
+/// published resource and id.
+pub fn fold_inventory<'a>(
+    identity: &NodeIdentity,
+    physical: impl IntoIterator<Item = &'a InventoryDevice>,
+    plugin: impl IntoIterator<Item = (&'a str, &'a str)>,
+    bindings: &'a [DeviceBinding],
+) -> Vec<InventoryDevice> {
+    let mut units: BTreeMap<String, InventoryDevice> = BTreeMap::new();
+    for d in physical {
+        units.entry(d.id.clone()).or_insert_with(|| d.clone());
+    }
+    // Resources the kubelet names a device under win over NVML's default.
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    let names =
+        plugin.into_iter().chain(bindings.iter().map(|b| (b.resource.as_str(), b.device_id.as_str())));
+    for (resource, id) in names {
+        let r = identity.resolve(resource, id);
+        if r.dra.is_some() && !r.identified {
+            continue;
+        }
+        let published_resource = r.dra.as_ref().map_or(resource, |d| d.driver.as_str());
+        let unit = units.entry(r.key.clone()).or_insert_with(|| InventoryDevice {
+            id: r.key.clone(),
+            resource: published_resource.to_string(),
+            vendor: vendor_of(published_resource),
+            pci_address: if r.parent.is_none() { identity.pci_of(&r.key) } else { None },
+            ..InventoryDevice::default()
+        });
+        match &r.dra {
+            Some(d) => unit.dra = Some(d.id()),
+            None => {
+                if named.insert(r.key.clone()) {
+                    unit.resource = resource.to_string();
+                }
+                let base = split_replica(id).0;
+                if base != r.key {
+                    unit.aliases.insert(base.to_string());
+                }
+            }
+        }
+        if r.parent.is_some() {
+            unit.parent = r.parent.clone();
+        }
+    }
+    for s in identity.slices() {
+        let r = identity.resolve(&s.device.driver, &format!("{}/{}", s.device.pool, s.device.device));
+        if !r.identified {
+            continue;
+        }
+        let parent_here = r.parent.as_ref().is_some_and(|p| units.contains_key(p));
+        match units.get_mut(&r.key) {
+            Some(unit) => unit.dra = Some(s.device.id()),
+            // A concrete MIG device of a GPU here (announced with its UUID).
+            None if s.uuid.is_some() && parent_here => {
+                units.insert(
+                    r.key.clone(),
+                    InventoryDevice {
+                        id: r.key.clone(),
+                        resource: s.device.driver.clone(),
+                        vendor: vendor_of(&s.device.driver),
+                        parent: r.parent.clone(),
+                        dra: Some(s.device.id()),
+                        ..InventoryDevice::default()
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+    let mut devices: Vec<InventoryDevice> = units.into_values().collect();
+    devices.sort_by(|a, b| {
+        (a.published_resource(), a.published_id()).cmp(&(b.published_resource(), b.published_id()))
+    });
+    devices
 }
 
 /// Everything one publication is made of.
@@ -30,24 +143,79 @@ pub struct SnapshotInput<'a> {
     pub devices: &'a [InventoryDevice],
     pub tracker: &'a DeviceHealthTracker,
     pub bindings: &'a [DeviceBinding],
+    /// Resolves the bindings' names to the devices' keys.
+    pub identity: &'a NodeIdentity,
     pub sources: Vec<SourceStatus>,
+}
+
+fn severity(h: DeviceHealthState) -> u8 {
+    match h {
+        DeviceHealthState::Healthy => 0,
+        DeviceHealthState::Unknown => 1,
+        DeviceHealthState::Degraded => 2,
+        DeviceHealthState::Unhealthy => 3,
+    }
+}
+
+/// A slice's verdict with its parent's faults: an Unhealthy or Degraded parent makes the slice
+/// at least as bad (from when the parent became so), with the parent's reasons after its own,
+/// each saying it is the parent's.
+fn with_parent(
+    own: Option<DeviceVerdict>,
+    parent: Option<DeviceVerdict>,
+    parent_id: &str,
+) -> Option<DeviceVerdict> {
+    let Some(parent) = parent.filter(|p| severity(p.health) >= 2) else { return own };
+    let mut reasons: Vec<devheal_core::HealthReason> = parent
+        .reasons
+        .into_iter()
+        .map(|mut r| {
+            r.message = format!("on its parent {parent_id}: {}", r.message);
+            r
+        })
+        .collect();
+    match own {
+        Some(mut own) if severity(own.health) >= severity(parent.health) => {
+            own.reasons.append(&mut reasons);
+            Some(own)
+        }
+        Some(mut own) => {
+            own.reasons.retain(|r| r.source != devheal_core::HealthSource::Operator);
+            own.reasons.append(&mut reasons);
+            Some(DeviceVerdict { health: parent.health, since: parent.since, reasons: own.reasons })
+        }
+        None => Some(DeviceVerdict { health: parent.health, since: parent.since, reasons }),
+    }
 }
 
 /// Build the whole object (`apiVersion`, `kind`, `metadata`, `spec`, `status`).
 pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
-    let mut pods_by_device: BTreeMap<(&str, &str), Vec<BoundPod>> = BTreeMap::new();
+    let mut pods_by_device: BTreeMap<String, Vec<BoundPod>> = BTreeMap::new();
     for b in input.bindings {
-        pods_by_device.entry((b.resource.as_str(), b.device_id.as_str())).or_default().push(BoundPod {
+        let key = input.identity.resolve(&b.resource, &b.device_id).key;
+        let pods = pods_by_device.entry(key).or_default();
+        let pod = BoundPod {
             namespace: b.namespace.clone(),
             name: b.pod.clone(),
             uid: None,
             container: Some(b.container.clone()),
-        });
+        };
+        // Several replicas of one GPU in one container are one binding.
+        if !pods.contains(&pod) {
+            pods.push(pod);
+        }
     }
+    let published: BTreeMap<&str, &str> =
+        input.devices.iter().map(|d| (d.id.as_str(), d.published_id())).collect();
     let mut summary = HealthSummary::default();
     let mut devices = Vec::with_capacity(input.devices.len());
     for d in input.devices {
-        let verdict = input.tracker.verdict(&d.id);
+        let own = input.tracker.verdict(&d.id);
+        let parent_id = d.parent.as_deref().map(|p| published.get(p).copied().unwrap_or(p));
+        let verdict = match (&d.parent, parent_id) {
+            (Some(p), Some(pid)) => with_parent(own, input.tracker.verdict(p), pid),
+            _ => own,
+        };
         let health = verdict.as_ref().map_or(DeviceHealthState::Unknown, |v| v.health);
         summary.devices += 1;
         match health {
@@ -56,9 +224,14 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
             DeviceHealthState::Unhealthy => summary.unhealthy += 1,
             DeviceHealthState::Unknown => summary.unknown += 1,
         }
+        let mut aliases = d.aliases.clone();
+        if d.dra.is_some() {
+            aliases.insert(d.id.clone());
+        }
+        aliases.remove(d.published_id());
         devices.push(DeviceStatus {
-            id: d.id.clone(),
-            resource: d.resource.clone(),
+            id: d.published_id().to_string(),
+            resource: d.published_resource().to_string(),
             vendor: d.vendor,
             model: d.model.clone(),
             pci_address: d.pci_address.clone(),
@@ -79,7 +252,9 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
                         .collect()
                 })
                 .unwrap_or_default(),
-            pods: pods_by_device.remove(&(d.resource.as_str(), d.id.as_str())).unwrap_or_default(),
+            pods: pods_by_device.remove(&d.id).unwrap_or_default(),
+            parent: parent_id.map(str::to_string),
+            aliases: aliases.into_iter().collect(),
         });
     }
     let mut object =
@@ -103,6 +278,7 @@ pub fn within_schema(status: &mut NodeDeviceHealthStatus) {
     for d in &mut status.devices {
         d.reasons.truncate(32);
         d.pods.truncate(64);
+        d.aliases.truncate(16);
         for r in &mut d.reasons {
             truncate_chars(&mut r.message, 1024);
         }
@@ -189,7 +365,7 @@ mod tests {
                 resource: "nvidia.com/gpu".into(),
                 vendor: DeviceVendor::Nvidia,
                 model: Some("NVIDIA H200".into()),
-                pci_address: None,
+                ..InventoryDevice::default()
             })
             .collect();
         let bindings = vec![DeviceBinding {
@@ -206,6 +382,7 @@ mod tests {
             devices: &devices,
             tracker: &tracker,
             bindings: &bindings,
+            identity: &NodeIdentity::default(),
             sources: vec![],
         });
         let json = serde_json::to_value(&object).expect("serialises");

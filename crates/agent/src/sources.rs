@@ -15,15 +15,28 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::fake::FakeSignal;
 use crate::health::Evidence;
 use crate::http::ProgressRequest;
+use crate::identity::{SliceDevice, SliceRead, slice_devices};
 use crate::kernel::KernelEvent;
 use crate::kubelet_devices::{NodeCounts, node_counts};
 use crate::metrics::AgentMetrics;
-use crate::nvml::{FakeGpuTelemetry, GpuTelemetry, NvmlTelemetry, XidEvent};
+use crate::nvml::{FakeGpuTelemetry, GpuIdentity, GpuTelemetry, NvmlTelemetry, XidEvent};
 use crate::nvml_evidence::evidence_from_sample;
 use crate::nvml_trends::{NvmlTrends, TrendConfig};
 use crate::once::NVIDIA_GPU_RESOURCE;
 use crate::scrape::ScrapeEvent;
 use crate::snapshot::InventoryDevice;
+
+/// An NVML GPU as an inventory device (tracked under its UUID).
+pub(crate) fn gpu_device(g: &GpuIdentity) -> InventoryDevice {
+    InventoryDevice {
+        id: g.uuid.clone(),
+        resource: NVIDIA_GPU_RESOURCE.into(),
+        vendor: DeviceVendor::Nvidia,
+        model: Some(g.name.clone()),
+        pci_address: Some(g.pci_address.clone()),
+        ..InventoryDevice::default()
+    }
+}
 
 /// Where GPU telemetry comes from.
 #[derive(Clone, Debug)]
@@ -45,13 +58,15 @@ pub(crate) enum SourceEvent {
     PodResources(PodResourcesEvent),
     /// The Node's device counts changed (`None`: not known).
     NodeCounts(Option<NodeCounts>),
+    /// The devices this node's ResourceSlices announce (`Err`: why they cannot be read).
+    Slices(Result<Vec<SliceDevice>, String>),
     Progress(ProgressRequest),
     Scrape(ScrapeEvent),
 }
 
 #[derive(Debug)]
 pub(crate) enum NvmlEvent {
-    Inventory { driver_version: Option<String>, gpus: Vec<InventoryDevice> },
+    Inventory { driver_version: Option<String>, gpus: Vec<GpuIdentity> },
     Sample { uuid: String, evidence: Vec<Evidence> },
     SampleFailed { uuid: String, message: String },
     Xid(XidEvent),
@@ -156,6 +171,64 @@ pub async fn poll_node_counts(
     }
 }
 
+/// `resource.k8s.io` versions that serve ResourceSlice, newest first (v1 from 1.34).
+const RESOURCE_SLICE_VERSIONS: [&str; 3] = ["v1", "v1beta2", "v1beta1"];
+
+/// Reads the ResourceSlices of `node` (field selector `spec.nodeName`) every `every` and keeps
+/// `slices` at their devices ([`slice_devices`]): which DRA device is which GPU (the NVIDIA DRA
+/// driver announces each with its `uuid`). The first version the server serves is kept; a read
+/// that fails keeps the last devices and says why. Needs `list` on `resourceslices`. Runs until
+/// `slices` has no receiver.
+pub async fn poll_resource_slices(
+    client: kube::Client,
+    node: String,
+    every: StdDuration,
+    timeout: StdDuration,
+    slices: watch::Sender<SliceRead>,
+) {
+    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+    let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let mut versions = RESOURCE_SLICE_VERSIONS.iter().cycle().take(RESOURCE_SLICE_VERSIONS.len());
+    let mut version = versions.next().copied().unwrap_or("v1");
+    loop {
+        let gvk = GroupVersionKind::gvk("resource.k8s.io", version, "ResourceSlice");
+        let api: Api<DynamicObject> =
+            Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "resourceslices"));
+        let read = match tokio::time::timeout(timeout, api.list(&params)).await {
+            Ok(Ok(list)) => Ok(list
+                .items
+                .iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .flat_map(|v| slice_devices(&v))
+                .collect::<Vec<_>>()),
+            Ok(Err(kube::Error::Api(status))) if status.is_not_found() => match versions.next() {
+                Some(next) => {
+                    version = next;
+                    continue;
+                }
+                None => Err("ResourceSlice is not served (no DRA on this cluster)".to_string()),
+            },
+            Ok(Err(e)) => Err(format!("cannot list this node's ResourceSlices: {e}")),
+            Err(_) => Err(format!("no answer listing this node's ResourceSlices within {timeout:?}")),
+        };
+        if let Err(e) = &read {
+            tracing::debug!(%node, error = %e, "ResourceSlices not read");
+        }
+        let now = Some(read);
+        slices.send_if_modified(|old| {
+            let changed = *old != now;
+            if changed {
+                old.clone_from(&now);
+            }
+            changed
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = slices.closed() => return,
+        }
+    }
+}
+
 /// How long the NVML thread waits before trying to load the library again.
 const NVML_RETRY: StdDuration = StdDuration::from_secs(30);
 
@@ -219,17 +292,7 @@ fn follow_gpus(
         Ok(gpus) => gpus,
         Err(e) => return Some(e.to_string()),
     };
-    let inventory = gpus
-        .iter()
-        .map(|g| InventoryDevice {
-            id: g.uuid.clone(),
-            resource: NVIDIA_GPU_RESOURCE.into(),
-            vendor: DeviceVendor::Nvidia,
-            model: Some(g.name.clone()),
-            pci_address: Some(g.pci_address.clone()),
-        })
-        .collect();
-    if !send(NvmlEvent::Inventory { driver_version, gpus: inventory }) {
+    if !send(NvmlEvent::Inventory { driver_version, gpus: gpus.clone() }) {
         return None;
     }
     // Rates and trends need the samples before this one.

@@ -72,6 +72,8 @@ async fn a_kernel_xid_is_published_unhealthy_with_its_pod() {
             uuid: format!("GPU-e2e-{domain}-{i:03}"),
             name: "scripted".into(),
             pci_address: format!("{domain}:{i:02x}:00.0"),
+            minor: None,
+            migs: vec![],
         })
         .collect();
     let samples: BTreeMap<u32, GpuSample> = gpus

@@ -63,7 +63,7 @@ fn what_no_bound_fixes_is_dropped_by_the_smallest_part_and_named() {
     let mut status: NodeDeviceHealthStatus = serde_json::from_value(json!({
         "devices": [
             {"id": "GPU-ok", "resource": "nvidia.com/gpu", "health": "Healthy"},
-            {"id": "x".repeat(300), "resource": "nvidia.com/gpu", "health": "Healthy"},
+            {"id": "x".repeat(400), "resource": "nvidia.com/gpu", "health": "Healthy"},
             {"id": "GPU-pci", "resource": "nvidia.com/gpu", "health": "Healthy", "pciAddress": "not-a-pci-address"},
         ],
     }))

@@ -242,6 +242,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 counts_tx,
             ));
             config.node_counts = Some(counts_rx);
+            // The node's ResourceSlices: which DRA device is which GPU (crate docs: identity).
+            let (slices_tx, slices_rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(devheal_agent::sources::poll_resource_slices(
+                client.clone(),
+                config.node.clone(),
+                Duration::from_secs(30),
+                Duration::from_secs(10),
+                slices_tx,
+            ));
+            config.resource_slices = Some(slices_rx);
             // Pods that prove who they are with a token (host-network pods): TokenReview.
             config.progress_tokens = Some(std::sync::Arc::new(devheal_agent::token::PodTokens::new(
                 std::sync::Arc::new(devheal_agent::token::KubeTokenReviewer::new(client.clone())),

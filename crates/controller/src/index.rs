@@ -131,6 +131,9 @@ struct HealthEntry {
     bindings: Vec<(String, Option<String>, DeviceKey)>,
     /// Claims about other nodes' pods in the last report (each reported once).
     foreign: BTreeSet<ForeignClaim>,
+    /// Every other id the report gives a device (`aliases`), to the device's key: a pod's
+    /// status that names a device by one of them is matched to the device.
+    aliases: HashMap<String, DeviceKey>,
 }
 
 /// A device as its NodeDeviceHealth last reported it, and the digest of what the engine last
@@ -423,14 +426,67 @@ impl ClusterIndex {
         out
     }
 
+    /// A pod's own devices (its status' `allocatedResourcesStatus`, already under their
+    /// canonical keys) under the keys its node's NodeDeviceHealth reports them by, where the
+    /// status names a device by another of its ids (an alias the agent lists). A pod seen
+    /// before its node's report is matched at its next change.
+    fn under_reported_keys(&self, info: &mut PodInfo) {
+        let Some(entry) = info.node.as_deref().and_then(|n| self.health.get(n)) else { return };
+        let reported = |k: &DeviceKey| -> Option<DeviceKey> {
+            if entry.devices.contains_key(k) {
+                return None;
+            }
+            if let Some(a) = entry.aliases.get(&k.id) {
+                return Some(a.clone());
+            }
+            // A DRA device named by the CDI id of its claim says its driver and device but not
+            // its pool (taken to be the node's): the node's one device of that driver and name.
+            let d = devheal_core::dra_device(&k.resource, &k.id)?;
+            let mut same = entry.devices.keys().filter(|r| {
+                devheal_core::dra_device(&r.resource, &r.id)
+                    .is_some_and(|x| x.driver == d.driver && x.device == d.device)
+            });
+            match (same.next(), same.next()) {
+                (Some(only), None) => Some(only.clone()),
+                _ => None,
+            }
+        };
+        let mut changed = false;
+        for d in &mut info.devices {
+            if let Some(k) = reported(d) {
+                *d = k;
+                changed = true;
+            }
+        }
+        if changed {
+            info.devices.sort();
+            info.devices.dedup();
+        }
+        let node = info.node.clone().unwrap_or_default();
+        for c in &mut info.containers {
+            for r in &mut c.allocated_resources_status {
+                let key = devheal_core::canonical_key(&DeviceKey::new(
+                    node.clone(),
+                    r.resource.clone(),
+                    r.device_id.clone(),
+                ));
+                if let Some(k) = reported(&key) {
+                    r.resource = k.resource;
+                    r.device_id = k.id;
+                }
+            }
+        }
+    }
+
     fn upsert_pod(&mut self, pod: &Pod, up: &mut IndexUpdate) {
-        let info = match pod_from_k8s(pod) {
+        let mut info = match pod_from_k8s(pod) {
             Ok(info) => info,
             Err(e) => {
                 up.rejected.push(e.into());
                 return;
             }
         };
+        self.under_reported_keys(&mut info);
         let epoch = self.epoch(ObjectKind::Pod);
         let key = pod_key(&info.namespace, &info.name);
         let d = digest(&info);
@@ -623,6 +679,10 @@ impl ClusterIndex {
         bindings.dedup();
         let mut entry = self.health.remove(&node).unwrap_or_default();
         entry.epoch = epoch;
+        entry.aliases = reports
+            .iter()
+            .flat_map(|r| r.aliases.iter().map(|a| (a.clone(), r.device.key.clone())))
+            .collect();
         // Inventory first, then bindings (so pods are on their devices), then health.
         if entry.inventory != inventory || entry.devices.is_empty() != devices.is_empty() {
             entry.inventory = inventory;
@@ -1046,6 +1106,61 @@ mod tests {
         assert_eq!(names(&up.inputs), ["devices node-0 1", "health G5 Healthy"]);
         let next = index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "2", "G0", "Failed"))));
         assert_eq!(names(&next.inputs), ["upsert a 2"]);
+    }
+
+    /// One DRA device, however it is named: the pod's status names it by the CDI id of its
+    /// claim (KEP-4680, the NVIDIA DRA driver) or by `driver/pool/device`, the agent reports it
+    /// as `driver/pool/device` (or, an older agent, `pool/device` under the driver). The pod is
+    /// on the agent's key, and the engine hears of one device.
+    #[test]
+    fn a_dra_device_from_a_pod_status_and_from_the_agent_is_one_device() {
+        let mut index = ClusterIndex::new();
+        let agent = DeviceKey::new("node-0", "gpu.nvidia.com", "gpu.nvidia.com/pool-a/gpu-0");
+        let report = |id: &str| {
+            health(
+                "node-0",
+                json!([{"id": id, "resource": "gpu.nvidia.com", "health": "Unhealthy",
+                "aliases": ["GPU-4404041a-04cf-1ccf-9e70-f139a9b1e23c"]}]),
+            )
+        };
+        let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report("pool-a/gpu-0"))));
+        let Input::Devices { devices, .. } = &up.inputs[0] else { panic!("{:?}", names(&up.inputs)) };
+        assert_eq!(devices[0].key, agent, "an older agent's `pool/device` is the same device");
+        let claim_pod = |name: &str, uid: &str, id: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ml", "uid": uid},
+                "spec": {"nodeName": "node-0", "containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "containerStatuses": [{
+                    "name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                    "allocatedResourcesStatus": [{"name": "claim:train-gpus/gpu",
+                        "resources": [{"resourceID": id, "health": "Unhealthy"}]}]
+                }]}
+            }))
+            .expect("valid pod")
+        };
+        // The CDI id names the pool nowhere: the node's one gpu-0 of that driver is it.
+        let cdi = "k8s.gpu.nvidia.com/claim=dab5ab50-d59a-42a6-af16-cfd4628c0f7a-gpu-0";
+        // A device plugin's name the agent lists as an alias.
+        let named = [
+            ("a", "u1", cdi),
+            ("b", "u2", "gpu.nvidia.com/pool-a/gpu-0"),
+            ("c", "u3", "GPU-4404041a-04cf-1ccf-9e70-f139a9b1e23c"),
+        ];
+        for (name, uid, id) in named {
+            let up = index.apply(ClusterEvent::Pod(watcher::Event::Apply(claim_pod(name, uid, id))));
+            let Some(Input::PodUpsert(p)) = up.inputs.first() else { panic!("{:?}", names(&up.inputs)) };
+            assert_eq!(p.devices, std::slice::from_ref(&agent), "{id}");
+            let status = &p.containers[0].allocated_resources_status[0];
+            assert_eq!(
+                devheal_core::canonical_key(&DeviceKey::new(
+                    "node-0",
+                    status.resource.clone(),
+                    status.device_id.clone()
+                )),
+                agent,
+                "{id}: the status' report is about the agent's device"
+            );
+        }
     }
 
     #[test]

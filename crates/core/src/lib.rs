@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod device;
 pub mod engine;
 pub mod gang;
+pub mod identity;
 pub mod incident;
 pub mod pod;
 pub mod policy;
@@ -27,6 +28,7 @@ pub use engine::{
     RepairRequest, SafetyState,
 };
 pub use gang::gang_of;
+pub use identity::{DeviceId, DraDevice, canonical_key, dra_device, parse_device_id};
 pub use incident::{Attribution, KernelIncident};
 pub use pod::ResourceHealth;
 pub use pod::{

@@ -802,20 +802,19 @@ impl KubeActuator {
     }
 
     /// Quarantine (`on`) or release a device: a DeviceTaintRule where DRA serves it and the
-    /// device is a DRA device (`<driver>/<pool>/<device>`), otherwise a node taint
+    /// device is a DRA device ([`dra_device`]: `<driver>/<pool>/<device>` under any resource, or
+    /// `<pool>/<device>` under its driver, as PodResources names it), otherwise a node taint
     /// `devheal.io/device-quarantine-<hash>=<device id>:NoSchedule`. The node taint keeps new
     /// pods off the whole node (taints are per node), not only off the one device; pods that
     /// tolerate it still land there.
     async fn quarantine(&self, device: &DeviceKey, reason: &str, on: bool) -> Carried {
         let dra = match &self.config.device_taint_rules {
-            DeviceTaintRuleSupport::Served { version } => {
-                dra_device(&device.id).map(|d| (version.clone(), d))
-            }
+            DeviceTaintRuleSupport::Served { version } => dra_device(device).map(|d| (version.clone(), d)),
             DeviceTaintRuleSupport::NotServed => None,
         };
         match dra {
-            Some((version, (driver, pool, name))) => {
-                self.device_taint_rule(device, &version, (driver, pool, name), reason, on).await
+            Some((version, d)) => {
+                self.device_taint_rule(device, &version, (&d.driver, &d.pool, &d.device), reason, on).await
             }
             None => self.device_node_taint(device, reason, on).await,
         }
@@ -1347,7 +1346,7 @@ fn would_do(action: &Action, config: &ActuatorConfig) -> String {
             pod.namespace, pod.name, pod.uid
         ),
         Action::QuarantineDevice { device, reason } => {
-            match (&config.device_taint_rules, dra_device(&device.id)) {
+            match (&config.device_taint_rules, dra_device(device)) {
                 (DeviceTaintRuleSupport::Served { .. }, Some(_)) => format!(
                     "would quarantine device {device} with DeviceTaintRule {} (NoSchedule): {reason}",
                     device_taint_rule_name(device)
@@ -1513,14 +1512,17 @@ fn merge_stop(acc: Option<Stop>, next: Stop) -> Option<Stop> {
 
 // ---- names -------------------------------------------------------------------------------
 
-/// A DRA device id `<driver>/<pool>/<device>` (the kubelet's ResourceID format) as its parts.
-/// Driver names are DNS subdomains and device names DNS labels (neither has a slash); pool
-/// names may have slashes. Device-plugin ids (a GPU UUID) and CDI ids are not DRA devices.
-pub fn dra_device(id: &str) -> Option<(&str, &str, &str)> {
-    let (driver, rest) = id.split_once('/')?;
-    let (pool, device) = rest.rsplit_once('/')?;
-    let ok = |s: &str| !s.is_empty() && !s.contains('=');
-    (ok(driver) && driver.contains('.') && ok(pool) && ok(device)).then_some((driver, pool, device))
+/// The DRA device a device key names, in whichever shape it was written
+/// ([`devheal_core::identity::dra_device`]): `<driver>/<pool>/<device>` (the kubelet's
+/// ResourceID format, which the agent publishes and a pod's status carries under
+/// `claim:<claim>`, or the NVIDIA driver's CDI id of the claim's device there), or
+/// `<pool>/<device>` under the driver's name (PodResources). Driver names are DNS subdomains and
+/// device names DNS labels (neither has a slash); pool names may have slashes. Device-plugin ids
+/// (a GPU UUID, a legacy MIG UUID) and other CDI ids are not DRA devices.
+pub fn dra_device(device: &DeviceKey) -> Option<devheal_core::DraDevice> {
+    // A pod status' CDI id of a claim's device is one too (its pool is the node's name).
+    let key = devheal_core::canonical_key(device);
+    devheal_core::identity::dra_device(&key.resource, &key.id)
 }
 
 /// 64-bit FNV-1a: a small, stable hash for name suffixes (std's hasher may change between
@@ -1610,11 +1612,66 @@ mod tests {
 
     #[test]
     fn dra_ids_split_and_others_do_not() {
-        assert_eq!(dra_device("gpu.nvidia.com/node-a/gpu-0"), Some(("gpu.nvidia.com", "node-a", "gpu-0")));
-        assert_eq!(dra_device("gpu.example.com/rack/1/dev-3"), Some(("gpu.example.com", "rack/1", "dev-3")));
-        assert_eq!(dra_device("GPU-fef8089b-4820-abfc-e83e-94318197576e"), None);
-        assert_eq!(dra_device("k8s.gpu.nvidia.com/claim=uid-gpu-0"), None);
-        assert_eq!(dra_device("nvidia.com//x"), None);
+        let parts = |resource: &str, id: &str| {
+            dra_device(&DeviceKey::new("n", resource, id)).map(|d| (d.driver, d.pool, d.device))
+        };
+        let some = |a: &str, b: &str, c: &str| Some((a.to_string(), b.to_string(), c.to_string()));
+        assert_eq!(
+            parts("gpu.nvidia.com", "gpu.nvidia.com/node-a/gpu-0"),
+            some("gpu.nvidia.com", "node-a", "gpu-0")
+        );
+        assert_eq!(
+            parts("gpu.example.com", "gpu.example.com/rack/1/dev-3"),
+            some("gpu.example.com", "rack/1", "dev-3")
+        );
+        // The shapes the agent (PodResources) and a pod's status (KEP-4680) write it in.
+        assert_eq!(parts("gpu.nvidia.com", "node-a/gpu-0"), some("gpu.nvidia.com", "node-a", "gpu-0"));
+        assert_eq!(
+            parts("claim:train/gpu", "gpu.nvidia.com/node-a/gpu-0"),
+            some("gpu.nvidia.com", "node-a", "gpu-0")
+        );
+        assert_eq!(parts("nvidia.com/gpu", "GPU-fef8089b-4820-abfc-e83e-94318197576e"), None);
+        assert_eq!(parts("nvidia.com/gpu", "MIG-GPU-fef8089b-4820-abfc-e83e-94318197576e/3/0"), None);
+        assert_eq!(parts("nvidia.com/gpu", "k8s.gpu.nvidia.com/claim=uid-gpu-0"), None);
+        assert_eq!(parts("nvidia.com/gpu", "nvidia.com//x"), None);
+    }
+
+    /// A DRA device is quarantined with a DeviceTaintRule in every shape it is reported in:
+    /// the agent's `driver/pool/device`, PodResources' `pool/device` under the driver, a pod
+    /// status' `claim:<claim>`; a device-plugin device with a node taint.
+    #[test]
+    fn every_shape_of_a_dra_device_gets_a_device_taint_rule() {
+        let mut config = ActuatorConfig::new("test");
+        config.device_taint_rules = DeviceTaintRuleSupport::Served { version: "v1".into() };
+        let quarantine = |device: DeviceKey| {
+            would_do(&Action::QuarantineDevice { device, reason: "Xid 79".into() }, &config)
+        };
+        for device in [
+            DeviceKey::new("node-a", "gpu.nvidia.com", "gpu.nvidia.com/node-a/gpu-0"),
+            DeviceKey::new("node-a", "gpu.nvidia.com", "node-a/gpu-0"),
+            DeviceKey::new("node-a", "claim:train-gpus/gpu", "gpu.nvidia.com/node-a/gpu-0"),
+            DeviceKey::new("node-a", "gpu.nvidia.com", "node-a/gpu-1-mig-2g47gb-14-0"),
+            DeviceKey::new(
+                "node-a",
+                "claim:train-gpus",
+                "k8s.gpu.nvidia.com/claim=dab5ab50-d59a-42a6-af16-cfd4628c0f7a-gpu-0",
+            ),
+        ] {
+            let sentence = quarantine(device.clone());
+            assert!(sentence.contains("with DeviceTaintRule"), "{device}: {sentence}");
+        }
+        for device in [
+            DeviceKey::new("node-a", "nvidia.com/gpu", "GPU-4404041a-04cf-1ccf-9e70-f139a9b1e23c"),
+            DeviceKey::new(
+                "node-a",
+                "nvidia.com/mig-1g.10gb",
+                "MIG-GPU-b1028956-cfa2-0990-bf4a-5da9abb51763/3/0",
+            ),
+            DeviceKey::new("node-a", "amd.com/gpu", "0000:19:00.0"),
+        ] {
+            let sentence = quarantine(device.clone());
+            assert!(sentence.contains("with node taint"), "{device}: {sentence}");
+        }
     }
 
     #[test]

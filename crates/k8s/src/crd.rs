@@ -186,8 +186,10 @@ pub use devheal_core::{Health as DeviceHealthState, HealthSource as ReasonSource
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatus {
-    /// The id the device plugin or DRA driver gives the device (for NVIDIA, the GPU UUID).
-    #[schemars(length(min = 1, max = 128))]
+    /// The id the device is tracked under: for a DRA device `<driver>/<pool>/<device>` (what a
+    /// DeviceTaintRule selects and a pod's status names), otherwise the device plugin's id
+    /// without a replica number (for NVIDIA, the GPU or MIG UUID).
+    #[schemars(length(min = 1, max = 384))]
     pub id: String,
     /// The extended resource (`nvidia.com/gpu`) or DRA driver the device is exposed through.
     #[schemars(length(min = 1, max = 253))]
@@ -199,7 +201,7 @@ pub struct DeviceStatus {
     pub model: Option<String>,
     /// `dddd:bb:dd.f`, lower case, as the kernel log prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))]
+    #[schemars(regex(pattern = r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))]
     pub pci_address: Option<String>,
     pub health: DeviceHealthState,
     /// Since when the device has had this health.
@@ -208,10 +210,21 @@ pub struct DeviceStatus {
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub reasons: Vec<HealthReasonStatus>,
-    /// The pods (and containers) the kubelet has bound to this device.
+    /// The pods (and containers) the kubelet has bound to this device, through any of its
+    /// names (every time-slicing or MPS replica of a GPU is the GPU).
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub pods: Vec<BoundPod>,
+    /// The id of the device this one is a slice of (a MIG device's GPU): a fault on the parent
+    /// is a fault of this device too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 384))]
+    pub parent: Option<String>,
+    /// Other ids the device goes by (its UUID when published under a DRA id, the device
+    /// plugin's ids, a DRA id), without replica numbers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 384)))]
+    pub aliases: Vec<String>,
 }
 
 /// One reason behind a device's health, de-duplicated by (source, code).
@@ -464,7 +477,7 @@ mod tests {
         assert!(schema.contains("self.metadata.name == self.spec.nodeName"), "{schema}");
         assert!(schema.contains(r#""enum":["Healthy","Degraded","Unhealthy","Unknown"]"#), "{schema}");
         assert!(schema.contains("kernel_log"), "reason sources are an enumeration");
-        assert!(schema.contains(r#"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\\.[0-7]$"#), "{schema}");
+        assert!(schema.contains(r#"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\\.[0-7]$"#), "{schema}");
     }
 
     #[test]

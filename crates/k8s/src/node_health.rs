@@ -2,7 +2,7 @@
 //! health with its reasons and the pods bound to each device. This module reads its JSON/YAML
 //! shape and turns it into the engine's inputs; the CRD and its controller come later.
 
-use devheal_core::{Device, DeviceKey, Health, HealthReason, HealthSource, Time, Vendor};
+use devheal_core::{Device, DeviceKey, Health, HealthReason, HealthSource, Time, Vendor, canonical_key};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time as K8sTime;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,12 @@ pub struct DeviceStatus {
     pub since: Option<K8sTime>,
     #[serde(default)]
     pub pods: Vec<PodBinding>,
+    /// The id of the device this one is a slice of (a MIG device's GPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Other ids the device goes by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,6 +158,10 @@ pub struct DeviceReport {
     pub since: Option<Time>,
     pub reasons: Vec<HealthReason>,
     pub pods: Vec<PodBinding>,
+    /// The key of the device this one is a slice of, on the same node.
+    pub parent: Option<DeviceKey>,
+    /// Other ids the device goes by (a pod's status may name it by one of them).
+    pub aliases: Vec<String>,
 }
 
 impl NodeDeviceHealth {
@@ -197,9 +207,21 @@ impl NodeDeviceHealth {
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                // The device under its one key (devheal_core::identity), whichever shape the
+                // report wrote it in (an older agent wrote a DRA device as `pool/device`).
+                let key = canonical_key(&DeviceKey::new(node.clone(), d.resource.clone(), d.id.clone()));
+                let parent = d.parent.as_ref().map(|p| {
+                    let resource = self
+                        .status
+                        .devices
+                        .iter()
+                        .find(|x| x.id == *p)
+                        .map_or(d.resource.as_str(), |x| x.resource.as_str());
+                    canonical_key(&DeviceKey::new(node.clone(), resource, p.clone()))
+                });
                 Ok(DeviceReport {
                     device: Device {
-                        key: DeviceKey::new(node.clone(), d.resource.clone(), d.id.clone()),
+                        key,
                         pci_address: d.pci_address.as_ref().map(|p| p.to_ascii_lowercase()),
                         vendor: parse_vendor(d.vendor.as_deref()),
                         model: d.model.clone(),
@@ -208,6 +230,8 @@ impl NodeDeviceHealth {
                     since,
                     reasons,
                     pods: d.pods.clone(),
+                    parent,
+                    aliases: d.aliases.clone(),
                 })
             })
             .collect()

@@ -1,7 +1,9 @@
 //! Conversion of a k8s-openapi `Pod` into the engine's [`PodInfo`].
 
 use devheal_core::pod::ResourceHealth;
-use devheal_core::{ContainerInfo, ContainerState, DeviceKey, Health, PodCondition, PodInfo, PodPhase, Time};
+use devheal_core::{
+    ContainerInfo, ContainerState, DeviceKey, Health, PodCondition, PodInfo, PodPhase, Time, canonical_key,
+};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time as K8sTime;
 
@@ -81,7 +83,9 @@ fn container_from_k8s(c: &core::ContainerStatus) -> ContainerInfo {
 }
 
 /// Convert a Pod. Devices are taken from `allocatedResourcesStatus` (resource name and
-/// resource ID on the pod's node); other sources (PodResources, NodeDeviceHealth) add more.
+/// resource ID on the pod's node, as [`canonical_key`]s: a DRA claim's `claim:<claim>` entry
+/// is the device `driver/pool/device`, a replica its GPU); other sources (PodResources,
+/// NodeDeviceHealth) add more.
 pub fn pod_from_k8s(pod: &core::Pod) -> Result<PodInfo, ConversionError> {
     let meta = &pod.metadata;
     let name = meta.name.clone().ok_or_else(|| ConversionError::MissingField {
@@ -108,7 +112,15 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<PodInfo, ConversionError> {
     let mut devices: Vec<DeviceKey> = containers
         .iter()
         .flat_map(|c| c.allocated_resources_status.iter())
-        .map(|r| DeviceKey::new(node.clone().unwrap_or_default(), r.resource.clone(), r.device_id.clone()))
+        .map(|r| {
+            // One device, one key: a DRA claim's device is the agent's `driver/pool/device`, a
+            // time-slicing replica its GPU (devheal_core::identity).
+            canonical_key(&DeviceKey::new(
+                node.clone().unwrap_or_default(),
+                r.resource.clone(),
+                r.device_id.clone(),
+            ))
+        })
         .collect();
     devices.sort();
     devices.dedup();

@@ -292,6 +292,11 @@ const AGENT_EXPECTATIONS: &[Expectation] = &[
     ("create", "events.k8s.io", "events", true),
     // Who sent a progress report with a token (host-network pods): TokenReview.
     ("create", "authentication.k8s.io", "tokenreviews", true),
+    // Which DRA device is which GPU: its node's ResourceSlices, read only.
+    ("list", "resource.k8s.io", "resourceslices", true),
+    ("create", "resource.k8s.io", "resourceslices", false),
+    ("update", "resource.k8s.io", "resourceslices", false),
+    ("delete", "resource.k8s.io", "resourceslices", false),
     // Core-group events: nothing writes them.
     ("create", "", "events", false),
     // Acting is the controller's.
@@ -383,6 +388,7 @@ const AGENT_GRANTS: &[&str] = &[
     "cluster: create events.k8s.io/events",
     "cluster: patch events.k8s.io/events",
     "cluster: create authentication.k8s.io/tokenreviews",
+    "cluster: list resource.k8s.io/resourceslices",
 ];
 
 const CONTROLLER_GRANTS: &[&str] = &[

@@ -449,6 +449,37 @@ async fn device_and_node_actions_on_the_real_server() {
     let on_rule =
         |e: &&Value| e["regarding"]["name"] == rule.as_str() && e["regarding"]["uid"] == v["metadata"]["uid"];
     assert_eq!(quarantined.iter().filter(on_rule).count(), 1, "one Event on this rule");
+    // The same DRA device in the shapes it is reported in besides the agent's: PodResources'
+    // `pool/device` under the driver, and a pod status' claim (KEP-4680) naming it by the NVIDIA
+    // driver's CDI id (pool: the node's name). Each is a rule for that device, never a node taint.
+    let taints_before = taint_keys(&node().await);
+    for (resource, id) in [
+        ("gpu.nvidia.com".to_string(), format!("{name}/gpu-4")),
+        (
+            "claim:train-gpus/gpu".to_string(),
+            "k8s.gpu.nvidia.com/claim=dab5ab50-d59a-42a6-af16-cfd4628c0f7a-gpu-5".to_string(),
+        ),
+    ] {
+        let shaped = DeviceKey::new(&name, resource, id);
+        let rule = device_taint_rule_name(&devheal_core::canonical_key(&shaped));
+        let canonical = devheal_core::canonical_key(&shaped);
+        assert_eq!(a.execute(&quarantine(&canonical)).await, ActionOutcome::Done, "{shaped}");
+        let v = serde_json::to_value(rules.get(&rule).await.expect("the rule")).expect("json");
+        let device = canonical.id.rsplit('/').next().unwrap_or_default().to_string();
+        assert_eq!(
+            v["spec"]["deviceSelector"],
+            json!({"driver": "gpu.nvidia.com", "pool": name, "device": device})
+        );
+        // The engine hands the actuator canonical keys; the raw shape is a DRA device as well.
+        let raw_rule = device_taint_rule_name(&shaped);
+        assert_eq!(a.execute(&quarantine(&shaped)).await, ActionOutcome::Done, "{shaped}");
+        let raw = serde_json::to_value(rules.get(&raw_rule).await.expect("the rule")).expect("json");
+        assert_eq!(raw["spec"]["deviceSelector"], v["spec"]["deviceSelector"], "{shaped}");
+        for r in [&rule, &raw_rule] {
+            let _ = rules.delete(r, &Default::default()).await;
+        }
+    }
+    assert_eq!(taint_keys(&node().await), taints_before, "no node taint for a DRA device");
 
     // CordonNode / UncordonNode beside another tool's taints: devheal's cordon is marked as
     // devheal's, and only it is undone.

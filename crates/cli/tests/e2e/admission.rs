@@ -198,6 +198,8 @@ async fn the_largest_values_the_agent_publishes_are_accepted() {
     assert_eq!(back.devices[0].reasons[31].code, Some(u32::MAX - 31));
     assert_eq!(back.devices[0].reasons.len(), status.devices[0].reasons.len());
     assert_eq!(back.devices[0].pods.len(), status.devices[0].pods.len());
+    assert_eq!(back.devices[0].aliases, status.devices[0].aliases, "every alias kept");
+    assert_eq!(back.devices[0].parent, status.devices[0].parent);
     let _ = api.delete(&node, &DeleteParams::default()).await;
 }
 
@@ -215,10 +217,14 @@ fn largest_status() -> NodeDeviceHealthStatus {
         count: u64::MAX,
     };
     let device = DeviceStatus {
-        id: long(128),
+        // A DRA id: driver (63) / pool (253) / device (63), and as many aliases as the schema
+        // allows, each as long.
+        id: long(384),
         resource: long(253),
         model: Some(long(128)),
-        pci_address: Some("ffff:ff:1f.7".into()),
+        pci_address: Some("ffffffff:ff:1f.7".into()),
+        parent: Some(long(384)),
+        aliases: (0..16).map(|i| format!("{}{i:02}", long(382))).collect(),
         health: DeviceHealthState::Unhealthy,
         since: Some(far.clone()),
         reasons: (0..32).map(|i| reason(u32::MAX - i)).collect(),

@@ -233,3 +233,80 @@ async fn a_restarted_controller_finds_its_device_taint_rules_and_releases_a_reco
         metric_sum(&c3.metrics(), "devheal_controller_watch_events_total", &[("kind", "device_taint_rule")]);
     assert!(seen >= 1.0, "the controller watched no DeviceTaintRule: {seen}");
 }
+
+/// One device identity on the real server, agent to rule: the agent lists its node's
+/// ResourceSlices with its own credentials (RBAC from `deploy/base`); the slice, as the test's
+/// DRA driver writes it, announces the node's first fake GPU by its PCI address
+/// (`resource.kubernetes.io/pciBusID`) as `dev-0`. The agent publishes that GPU once, under its
+/// DRA id `driver/pool/dev-0` with the driver as its resource and its plugin name among its
+/// aliases. When it fails, the controller quarantines it with a DeviceTaintRule for `dev-0`, not
+/// with a node taint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real control plane: scripts/e2e.sh"]
+async fn the_agent_publishes_a_device_under_its_dra_id_and_the_controller_taints_that_device() {
+    let scope = Scope::new("dra-ident").await;
+    let node = scope.add_node("n1", 2).await;
+    let pool = format!("pool-{node}");
+    let domain = devheal_agent::fake::fake_pci_domain(&node);
+    let slices = api(&scope.client, "ResourceSlice", "resourceslices", None);
+    let slice_name = format!("{node}-{DRIVER}");
+    let _ = slices.delete(&slice_name, &Default::default()).await;
+    let announced = |name: &str, pci: String| json!({"name": name, "attributes": {"resource.kubernetes.io/pciBusID": {"string": pci}}});
+    slices
+        .create(
+            &PostParams::default(),
+            &object(json!({
+                "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": slice_name},
+                "spec": {"driver": DRIVER, "nodeName": node,
+                         "pool": {"name": pool, "generation": 1, "resourceSliceCount": 1},
+                         "devices": [announced("dev-0", format!("{domain}:00:00.0")),
+                                     announced("dev-1", format!("{domain}:00:01.0"))]},
+            })),
+        )
+        .await
+        .expect("create the ResourceSlice");
+    let kubelet = scope.kubelet(&node, 2).await;
+    let agent = scope.agent(&node, &kubelet, None).await;
+    let controller = scope.controller("c1", &[]).await;
+
+    let id = format!("{DRIVER}/{pool}/dev-0");
+    let published = eventually("fake-gpu-0 published under its DRA id", Duration::from_secs(40), || {
+        let (client, node, id) = (scope.client.clone(), node.clone(), id.clone());
+        async move {
+            let object = node_device_health(&client, &node).await?;
+            let sources = object["status"]["sources"].as_array()?.clone();
+            let slices_read =
+                sources.iter().any(|s| s["name"] == "resource_slices" && s["available"] == true);
+            let device =
+                object["status"]["devices"].as_array()?.iter().find(|d| d["id"] == id.as_str())?.clone();
+            slices_read.then_some((object, device))
+        }
+    })
+    .await;
+    let (object, device) = published;
+    assert_eq!(device["resource"], DRIVER, "{device}");
+    assert_eq!(device["aliases"], json!(["fake-gpu-0"]), "{device}");
+    let ids: Vec<&str> =
+        object["status"]["devices"].as_array().unwrap().iter().filter_map(|d| d["id"].as_str()).collect();
+    assert!(!ids.contains(&"fake-gpu-0"), "one device, published once: {ids:?}");
+
+    agent.inject("fail", "fake-gpu-0");
+    let rules = api(&scope.client, "DeviceTaintRule", "devicetaintrules", None);
+    eventually("a DeviceTaintRule for dev-0", Duration::from_secs(40), || {
+        let rules = rules.clone();
+        async move { rules_for(&rules, "dev-0").await.filter(|r| r.len() == 1).map(|_| ()) }
+    })
+    .await;
+    controller.await_actions("quarantine_device", "done", 1.0).await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(scope.client.clone());
+    let taints = nodes.get(&node).await.expect("the node").spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        !taints.iter().any(|t| t.key.starts_with("devheal.io/device-quarantine")),
+        "a DRA device is not quarantined with a node taint: {taints:?}"
+    );
+    for rule in rules_for(&rules, "dev-0").await.unwrap_or_default() {
+        let _ =
+            rules.delete(rule["metadata"]["name"].as_str().unwrap_or_default(), &Default::default()).await;
+    }
+    let _ = slices.delete(&slice_name, &Default::default()).await;
+}

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::action::{Action, PlannedAction, PodRef};
 use crate::device::{DeviceKey, Health, HealthReason};
 use crate::gang::{gang_of, restart_attempt};
+use crate::identity::canonical_key;
 use crate::pod::{FailureClass, GangId, PodInfo, PodPhase};
 use crate::time::{Duration, Time};
 
@@ -106,7 +107,14 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_pod(&mut self, pod: PodInfo, now: Time, out: &mut Vec<PlannedAction>) {
+    pub(super) fn on_pod(&mut self, mut pod: PodInfo, now: Time, out: &mut Vec<PlannedAction>) {
+        // One device, one key: a replica is its device, a DRA device the pod's status names as
+        // `claim:<claim>` is the `driver/pool/device` the agent reports ([`crate::identity`]).
+        if pod.devices.iter().any(|d| canonical_key(d) != *d) {
+            pod.devices = pod.devices.iter().map(canonical_key).collect();
+            pod.devices.sort();
+            pod.devices.dedup();
+        }
         let uid = pod.uid.clone();
         // An update of a known pod on the same node and devices changes no index (gang labels
         // do not change during a pod's life): update it in place.
@@ -179,11 +187,11 @@ impl Engine {
             .flat_map(|c| c.allocated_resources_status.iter())
             .filter(|r| r.health == Health::Unhealthy)
             .map(|r| {
-                let key = DeviceKey::new(
+                let key = canonical_key(&DeviceKey::new(
                     pod.node.clone().unwrap_or_default(),
                     r.resource.clone(),
                     r.device_id.clone(),
-                );
+                ));
                 let message =
                     r.message.clone().unwrap_or_else(|| "Unhealthy in allocatedResourcesStatus".to_string());
                 (key, message)
@@ -332,6 +340,53 @@ mod tests {
         assert_eq!(marks, 50, "every restart is still decided once");
         let decided = &e.pods["uid-0"].decided;
         assert!(decided.len() <= 1, "{decided:?}");
+    }
+
+    /// A DRA device the agent reports as `(driver, driver/pool/device)` and a pod's status
+    /// names as `(claim:<claim>, <CDI id>)` (KEP-4680, the NVIDIA DRA driver) is one device:
+    /// the pod is on it, the status' Unhealthy report fails it, and it is quarantined once.
+    #[test]
+    fn a_dra_device_from_the_agent_and_from_a_pod_status_is_one_device() {
+        let mut e = engine_with(1);
+        let agent = DeviceKey::new("node-0", "gpu.nvidia.com", "gpu.nvidia.com/node-0/gpu-0");
+        let device = Device {
+            key: agent.clone(),
+            pci_address: None,
+            vendor: crate::device::Vendor::Nvidia,
+            model: None,
+        };
+        e.handle(Input::Devices { node: "node-0".into(), devices: vec![device] }, t(0));
+        e.handle(
+            Input::DeviceHealth { device: agent.clone(), health: Health::Healthy, reasons: vec![] },
+            t(0),
+        );
+        let known = e.devices.len();
+        let mut p = gang_pod(0, "node-0");
+        p.labels.clear();
+        let cdi = "k8s.gpu.nvidia.com/claim=dab5ab50-d59a-42a6-af16-cfd4628c0f7a-gpu-0";
+        p.devices = vec![DeviceKey::new("node-0", "claim:train-gpus", cdi)];
+        p.containers[0].allocated_resources_status = vec![crate::pod::ResourceHealth {
+            resource: "claim:train-gpus".into(),
+            device_id: cdi.into(),
+            health: Health::Unhealthy,
+            message: Some("the driver reports it Unhealthy".into()),
+        }];
+        let acts = e.handle(Input::PodUpsert(p), t(1));
+        assert_eq!(e.pod_devices("uid-0"), std::slice::from_ref(&agent), "the pod is on the agent's device");
+        assert_eq!(e.devices.len(), known, "no second device for the pod status' name");
+        assert_eq!(e.device_health(&agent), Some(Health::Unhealthy));
+        let quarantined: Vec<&DeviceKey> = acts
+            .iter()
+            .filter_map(|a| match &a.action {
+                Action::QuarantineDevice { device, .. } => Some(device),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(quarantined, [&agent], "{acts:#?}");
+        assert_eq!(count(&acts, |a| matches!(a, Action::MarkPod { .. })), 1, "{acts:#?}");
+        // The agent's own report of the same failure adds nothing.
+        let again = unhealthy(&mut e, agent.clone(), t(2));
+        assert_eq!(count(&again, |a| matches!(a, Action::QuarantineDevice { .. })), 0, "{again:#?}");
     }
 
     #[test]
