@@ -89,8 +89,9 @@ fn edac_with_dimm() {
     assert_eq!(ce.variant, "corrected");
     assert_eq!(ce.health, Health::Healthy);
     assert!(ce.summary.contains("CPU_SrcID#0_Ha#0_Chan#2_DIMM#0"), "{}", ce.summary);
-    let ue = classify("EDAC MC1: 1 UE memory read error on CPU_SrcID#0_MC#0_Chan#0_DIMM#0 (channel:0 slot:0)")
-        .unwrap();
+    let ue =
+        classify("EDAC MC1: 1 UE memory read error on CPU_SrcID#0_MC#0_Chan#0_DIMM#0 (channel:0 slot:0)")
+            .unwrap();
     assert_eq!(ue.variant, "uncorrected");
     assert_eq!(ue.health, Health::Unhealthy);
     assert_eq!(ue.attribution, Attribution::Host);
@@ -100,8 +101,7 @@ fn edac_with_dimm() {
 
 #[test]
 fn machine_check_by_bank() {
-    let bank =
-        classify("EDAC sbridge MC0: CPU 0: Machine Check Event: 0 Bank 5: 8c00004000010092").unwrap();
+    let bank = classify("EDAC sbridge MC0: CPU 0: Machine Check Event: 0 Bank 5: 8c00004000010092").unwrap();
     assert_eq!(bank.kind, FaultKind::Mce);
     assert_eq!(bank.variant, "corrected");
     assert!(bank.summary.contains("CPU 0 bank 5"), "{}", bank.summary);
@@ -125,9 +125,10 @@ fn intel_gpu_forms() {
     assert_eq!(hang.kind, FaultKind::IntelGpu);
     assert_eq!(hang.variant, "gpu_hang");
     assert_eq!(hang.device.as_deref(), Some("0000:00:02.0"));
-    let failed =
-        classify("i915 0000:00:02.0: [drm] *ERROR* GT0: GUC: Engine reset failed on 0:0 (rcs0) because 0x00000000")
-            .unwrap();
+    let failed = classify(
+        "i915 0000:00:02.0: [drm] *ERROR* GT0: GUC: Engine reset failed on 0:0 (rcs0) because 0x00000000",
+    )
+    .unwrap();
     assert_eq!(failed.variant, "reset_failed");
     assert_eq!(failed.health, Health::Unhealthy);
     let wedged =

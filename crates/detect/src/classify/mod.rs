@@ -413,7 +413,13 @@ impl Classifier {
         // below it that cannot take part).
         if body.contains("recovery failed") || body.contains("can't recover") {
             let detail = body.trim_start_matches("AER:").trim();
-            return self.event_fault(FaultKind::PcieAer, "recovery_failed", reporter.clone(), reporter, detail);
+            return self.event_fault(
+                FaultKind::PcieAer,
+                "recovery_failed",
+                reporter.clone(),
+                reporter,
+                detail,
+            );
         }
         if let Some(at) = body.find("severity=") {
             let after = &body[at + "severity=".len()..];
