@@ -85,15 +85,17 @@ impl Classifier {
     /// `xe 0000:00:02.0: [drm] *ERROR* CRITICAL: Xe has declared device 0000:00:02.0 as wedged.`,
     /// `xe 0000:03:00.0: [drm] Tile0: GT0: Timedout job: seqno=..., guc_id=..., flags=0x0 ...`.
     pub(super) fn intel_gpu(&self, message: &str) -> Option<DeviceFault> {
-        let mut words = message.split_ascii_whitespace();
-        let driver = words.next()?;
-        let is_intel = matches!(driver, "i915" | "xe") || driver.starts_with("drmn");
-        if !is_intel || !message.contains("[drm]") {
+        // The driver word may follow a prefix the line parser left in place (`22:39:31 kernel:`).
+        let words: Vec<&str> = message.split_ascii_whitespace().take(8).collect();
+        let driver_at =
+            words.iter().position(|word| matches!(*word, "i915" | "xe") || word.starts_with("drmn"));
+        let in_function = message.contains("[i915]]") || message.contains("[xe]]");
+        if (driver_at.is_none() && !in_function) || !message.contains("[drm") {
             return None;
         }
-        let device = words.next().and_then(normalize_pci_address);
-        let after_drm = message.split_once("[drm]").map(|(_, rest)| rest.trim()).unwrap_or("");
-        let detail = after_drm.trim_start_matches("*ERROR*").trim();
+        let device = driver_at.and_then(|at| words.get(at + 1)).and_then(|word| normalize_pci_address(word));
+        let after_drm = message.split_once("*ERROR*").or_else(|| message.split_once("[drm]"));
+        let detail = after_drm.map(|(_, rest)| rest.trim()).unwrap_or("");
         let variant = if message.contains("as wedged") || message.contains("declaring it wedged") {
             "wedged"
         } else if message.contains("reset failed")
@@ -116,20 +118,34 @@ impl Classifier {
     /// `mlx5_core 0000:01:00.1 eth1: Link up`, `mlx5_core 0000:08:00.0 ens1np0: Link down`,
     /// `igb 0000:00:14.0 eth0: igb: eth0 NIC Link is Down`,
     /// `igc 0000:05:00.0 eth5: NIC Link is Up 100 Mbps Full Duplex, Flow Control: RX`.
-    /// Only lines whose second word is the port's PCI address count: that address is what the
-    /// agent maps to the NICs a workload uses.
+    /// Only lines that name the port's PCI address count: that address is what the agent maps
+    /// to the NICs a workload uses (a switch chip's `mdio-bus:1f lan: Link is Down` does not).
     pub(super) fn nic_link(&self, message: &str) -> Option<DeviceFault> {
-        let mut words = message.split_ascii_whitespace();
-        let _driver = words.next()?;
-        let device = normalize_pci_address(words.next()?)?;
-        let interface = words.next().map(|w| w.trim_end_matches(':')).filter(|w| !w.is_empty());
-        let variant = if message.ends_with("Link down") || message.contains("NIC Link is Down") {
-            "down"
-        } else if message.ends_with("Link up") || message.contains("NIC Link is Up") {
-            "up"
+        let (before, variant) = if let Some(at) = message.find("NIC Link is ") {
+            let state = &message[at + "NIC Link is ".len()..];
+            let variant = if state.starts_with("Down") {
+                "down"
+            } else if state.starts_with("Up") {
+                "up"
+            } else {
+                return None;
+            };
+            (&message[..at], variant)
+        } else if let Some(before) = message.strip_suffix("Link down") {
+            (before, "down")
+        } else if let Some(before) = message.strip_suffix("Link up") {
+            (before, "up")
         } else {
             return None;
         };
+        // `driver ADDRESS interface: ...`: the port's PCI address, then (usually) its interface.
+        let words: Vec<&str> = before.split_ascii_whitespace().collect();
+        let at = words.iter().position(|word| normalize_pci_address(word).is_some())?;
+        let device = normalize_pci_address(words[at])?;
+        let interface = words
+            .get(at + 1)
+            .map(|word| word.trim_end_matches(':'))
+            .filter(|word| !word.is_empty() && !word.contains(':'));
         let detail = interface.map(|name| format!("interface {name}")).unwrap_or_default();
         self.event_fault(FaultKind::NicLink, variant, Some(device), None, &detail)
     }
