@@ -231,6 +231,25 @@ nvswitch 0000:c6:00.0 0000:1b:00.0 0000:43:00.0
         assert!(Topology::parse("nvswitch 0000:c6:00.0\n", "t").is_err());
     }
 
+    proptest::proptest! {
+        /// The parser never panics on any text, and what it accepts answers queries without
+        /// looping (the fuzz target `fuzz/fuzz_targets/topology.rs` does the same on bytes).
+        #[test]
+        fn never_panics(lines in proptest::collection::vec(
+            "(pci|nvswitch|/sys/devices/pci0000:00|#|x)?( (0000:0[0-3]:0[0-3]\\.[0-7]|[0-9a-f:./]{1,12}))*",
+            0..12,
+        )) {
+            let text = lines.join("\n");
+            if let Ok(topology) = Topology::parse(&text, "prop") {
+                for word in text.split_ascii_whitespace() {
+                    let _ = topology.is_upstream_of(word, "0000:01:00.0");
+                    let _ = topology.is_upstream_of("0000:00:01.0", word);
+                    let _ = topology.links(word, word);
+                }
+            }
+        }
+    }
+
     #[test]
     fn limits() {
         let deep: Vec<String> = (0..=MAX_DEPTH).map(|i| format!("0000:{i:02x}:00.0")).collect();
