@@ -328,7 +328,7 @@ fn root_cause_target(
 /// A NIC port whose link changed [`FLAP_CHANGES`] times within the repeat window is flapping.
 fn note_flapping(incident: &mut KernelIncident) {
     if incident.kind == FaultKind::NicLink.as_str()
-        && u64::from(incident.count) >= u64::from(FLAP_CHANGES)
+        && incident.count >= u64::from(FLAP_CHANGES)
         && incident.health != Health::Unhealthy
     {
         incident.health = Health::Unhealthy;
