@@ -13,15 +13,14 @@
 #![forbid(unsafe_code)]
 
 pub mod daly;
-mod devheal_driver;
 pub mod html;
-mod model;
 pub mod queue;
 pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod strategy;
 pub mod trace;
+mod world;
 
 pub use report::Report;
 pub use scenario::{BUNDLED, DEFAULT_SCENARIO, Scenario, ScenarioError};
@@ -40,7 +39,35 @@ pub fn simulate_strategy(
     strategy: Strategy,
     trace: &FaultTrace,
 ) -> report::StrategyReport {
-    model::World::new(scenario, strategy, trace).run(trace)
+    run_strategy(scenario, strategy, trace, &mut |_| {})
+}
+
+/// Run one strategy over a trace, telling `on_day` each whole simulated day done. The one place
+/// that names each strategy's implementation: the world is generic over [`strategy::Policy`].
+fn run_strategy(
+    scenario: &Scenario,
+    strategy: Strategy,
+    trace: &FaultTrace,
+    on_day: &mut dyn FnMut(u32),
+) -> report::StrategyReport {
+    use strategy::{devheal, job_failure_policy, kubernetes_default, node_health_controller};
+    match strategy {
+        Strategy::KubernetesDefault => {
+            world::World::new(scenario, kubernetes_default::KubernetesDefault, trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::NodeHealthController => {
+            world::World::new(scenario, node_health_controller::NodeHealthController::new(scenario), trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::JobFailurePolicy => {
+            world::World::new(scenario, job_failure_policy::JobFailurePolicy, trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::Devheal => {
+            world::World::new(scenario, devheal::Devheal::new(scenario), trace).run_observed(trace, on_day)
+        }
+    }
 }
 
 /// What a simulation tells its caller while it runs, for a progress display.
@@ -69,8 +96,7 @@ pub fn simulate_strategies(
     let days = scenario.duration_days.ceil() as u32;
     let mut run = |scenario: &Scenario, strategy: Strategy, name: &str, number: usize| {
         progress(Progress::Run { name, number, runs });
-        model::World::new(scenario, strategy, &trace)
-            .run_observed(&trace, &mut |day| progress(Progress::Day { day, days }))
+        run_strategy(scenario, strategy, &trace, &mut |day| progress(Progress::Day { day, days }))
     };
     let mut reports = Vec::new();
     for (i, &s) in strategies.iter().enumerate() {
