@@ -1,5 +1,5 @@
 //! `devheal sim`: run the fleet simulator on a bundled or user scenario and print the
-//! comparison of the four strategies (table, JSON, or a report directory).
+//! comparison of the strategies (table, JSON, or a report directory).
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;

@@ -26,14 +26,21 @@ fn list_shows_the_bundled_default() {
     assert!(text.contains("fleet-100k-365d"), "{text}");
 }
 
-/// The main command with no arguments: the bundled llama3-16k scenario, all four strategies.
+/// The main command with no arguments: the bundled llama3-16k scenario, every strategy.
 #[test]
 fn no_arguments_runs_the_default_scenario_and_prints_the_table() {
     let out = devheal().arg("sim").output().expect("runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("scenario llama3-16k (seed 1)"), "{text}");
-    for name in ["kubernetes-default", "node-health-controller", "job-failure-policy", "devheal"] {
+    for name in [
+        "kubernetes-default",
+        "node-health-controller",
+        "job-failure-policy",
+        "nvsentinel-jobset",
+        "progress-watchdog",
+        "devheal",
+    ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "missing {name}:\n{text}");
     }
     assert!(out.stderr.is_empty(), "no progress on a non-terminal stderr");
@@ -51,7 +58,7 @@ fn json_has_the_documented_fields() {
     assert_eq!(v["scenario"], "small-cluster");
     assert_eq!(v["seed"], 5);
     let strategies = v["strategies"].as_array().expect("strategies list");
-    assert_eq!(strategies.len(), 4);
+    assert_eq!(strategies.len(), 6);
     for s in strategies {
         assert!(s["name"].is_string());
         let ettr = s["ettr"].as_f64().expect("ettr");

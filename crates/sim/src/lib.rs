@@ -50,7 +50,10 @@ fn run_strategy(
     trace: &FaultTrace,
     on_day: &mut dyn FnMut(u32),
 ) -> report::StrategyReport {
-    use strategy::{devheal, job_failure_policy, kubernetes_default, node_health_controller};
+    use strategy::{
+        devheal, job_failure_policy, kubernetes_default, node_health_controller, nvsentinel_jobset,
+        progress_watchdog,
+    };
     match strategy {
         Strategy::KubernetesDefault => {
             world::World::new(scenario, kubernetes_default::KubernetesDefault, trace)
@@ -62,6 +65,14 @@ fn run_strategy(
         }
         Strategy::JobFailurePolicy => {
             world::World::new(scenario, job_failure_policy::JobFailurePolicy, trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::NvsentinelJobset => {
+            world::World::new(scenario, nvsentinel_jobset::NvsentinelJobset::new(scenario), trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::ProgressWatchdog => {
+            world::World::new(scenario, progress_watchdog::ProgressWatchdog::new(scenario), trace)
                 .run_observed(trace, on_day)
         }
         Strategy::Devheal => {
@@ -146,7 +157,7 @@ pub fn simulate_strategies(
     }
 }
 
-/// Run all four strategies on one shared trace.
+/// Run every strategy on one shared trace.
 pub fn simulate(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress<'_>)) -> Report {
     simulate_strategies(scenario, seed, &Strategy::ALL, progress)
 }

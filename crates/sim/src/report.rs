@@ -261,6 +261,33 @@ impl Report {
         rows
     }
 
+    /// The strategy other than devheal with the highest ETTR (ties: fewer GPU-hours lost), if
+    /// devheal and another strategy ran.
+    pub fn best_other(&self) -> Option<&StrategyReport> {
+        self.strategies.iter().find(|s| s.name == "devheal")?;
+        self.strategies.iter().filter(|s| s.name != "devheal").max_by(|a, b| {
+            a.ettr.total_cmp(&b.ettr).then(b.gpu_hours_lost.total.total_cmp(&a.gpu_hours_lost.total))
+        })
+    }
+
+    /// One line comparing devheal with the best of the other strategies.
+    pub fn best_other_summary(&self) -> Option<String> {
+        let devheal = self.strategies.iter().find(|s| s.name == "devheal")?;
+        let best = self.best_other()?;
+        let lost = devheal.gpu_hours_lost.total - best.gpu_hours_lost.total;
+        Some(format!(
+            "devheal against the best other strategy ({}): ETTR {:.2}% vs {:.2}% ({:+.2} points); GPU-h lost {} vs {} ({}{}).",
+            best.name,
+            devheal.ettr * 100.0,
+            best.ettr * 100.0,
+            (devheal.ettr - best.ettr) * 100.0,
+            fmt_thousands(devheal.gpu_hours_lost.total),
+            fmt_thousands(best.gpu_hours_lost.total),
+            if lost > 0.0 { "+" } else { "" },
+            fmt_thousands(lost),
+        ))
+    }
+
     /// Two lines on what devheal's straggler detection changed, when the run compared it.
     pub fn straggler_summary(&self) -> Option<String> {
         let d = self.straggler_detection.as_ref()?;
@@ -292,6 +319,9 @@ impl Report {
         write_table(&mut out, &self.loss_rows());
         let _ = writeln!(out);
         write_table(&mut out, &self.count_rows());
+        if let Some(summary) = self.best_other_summary() {
+            let _ = writeln!(out, "\n{summary}");
+        }
         if let Some(summary) = self.straggler_summary() {
             let _ = writeln!(out, "\n{summary}");
         }

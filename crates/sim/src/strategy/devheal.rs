@@ -705,7 +705,7 @@ impl Policy for Devheal<'_> {
     }
 
     fn mechanics(&self) -> Mechanics {
-        Mechanics { recreates_pods: true }
+        Mechanics { recreates_pods: true, in_job_restart: false }
     }
 
     /// The engine learns the cluster as the controller's first list would show it.

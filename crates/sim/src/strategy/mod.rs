@@ -18,6 +18,8 @@ pub(crate) mod devheal;
 pub(crate) mod job_failure_policy;
 pub(crate) mod kubernetes_default;
 pub(crate) mod node_health_controller;
+pub(crate) mod nvsentinel_jobset;
+pub(crate) mod progress_watchdog;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -25,21 +27,31 @@ pub enum Strategy {
     /// No extra tooling: pods stay on dead devices, containers restart in place, a gang hangs
     /// until the NCCL watchdog, and a person steps in after `operator.response_min`.
     KubernetesDefault,
-    /// node-problem-detector plus a remediator (NVSentinel-like): node-level detection on a
-    /// polling period, then cordon, drain and reboot of the whole node.
+    /// node-problem-detector plus a generic remediator: node-level detection on a polling
+    /// period, then cordon, drain and reboot of the whole node, whatever the kernel line said.
     NodeHealthController,
     /// Job podFailurePolicy / JobSet failure policy: the gang is recreated when a pod fails;
     /// the scheduler honours the device plugin's Unhealthy marks; no other device awareness.
     JobFailurePolicy,
+    /// NVIDIA NVSentinel with JobSet: the Xid catalogue's action for each event (none for
+    /// application Xids 13/31), cordon, partial drain of the pods on the GPU and a GPU reset,
+    /// or a full drain and a reboot; a 15 s poll; JobSet recreates the gang.
+    NvsentinelJobset,
+    /// In-job restart on a progress timeout (nvidia-resiliency-ext's `ft_launcher`): a hung or
+    /// exited rank restarts the job in place, nodes failing the NVML health check replaced by
+    /// hot spares.
+    ProgressWatchdog,
     /// devheal's engine, unchanged, fed by the real detect code, on top of JobSet mechanics.
     Devheal,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::KubernetesDefault,
         Strategy::NodeHealthController,
         Strategy::JobFailurePolicy,
+        Strategy::NvsentinelJobset,
+        Strategy::ProgressWatchdog,
         Strategy::Devheal,
     ];
 
@@ -48,6 +60,8 @@ impl Strategy {
             Strategy::KubernetesDefault => "kubernetes-default",
             Strategy::NodeHealthController => "node-health-controller",
             Strategy::JobFailurePolicy => "job-failure-policy",
+            Strategy::NvsentinelJobset => "nvsentinel-jobset",
+            Strategy::ProgressWatchdog => "progress-watchdog",
             Strategy::Devheal => "devheal",
         }
     }
@@ -66,6 +80,12 @@ impl Strategy {
                 "node-level detection on a polling period, cordon + drain + reboot of the node"
             }
             Strategy::JobFailurePolicy => "JobSet/podFailurePolicy recreates the gang when a pod fails",
+            Strategy::NvsentinelJobset => {
+                "NVSentinel: Xid catalogue actions, partial drain + GPU reset or drain + reboot, 15 s poll; JobSet recreates the gang"
+            }
+            Strategy::ProgressWatchdog => {
+                "nvidia-resiliency-ext in-job restart on a progress timeout, NVML-unhealthy nodes swapped for hot spares"
+            }
             Strategy::Devheal => "devheal engine on the real detect path, over JobSet mechanics",
         }
     }
@@ -86,6 +106,9 @@ pub(crate) struct Mechanics {
     /// A gang restart recreates its pods (JobSet), so they are rescheduled away from devices the
     /// scheduler knows are bad; otherwise containers restart in place.
     pub recreates_pods: bool,
+    /// Restarts happen inside the running pods (the launcher respawns the ranks), so a restart
+    /// costs no pod scheduling and start.
+    pub in_job_restart: bool,
 }
 
 /// What happened in the world that a strategy may observe. A strategy reads only what the
@@ -145,6 +168,11 @@ pub(crate) enum Command<T> {
     RestartGang {
         gang: u16,
     },
+    /// The same, placing these members on other nodes (hot spares) first.
+    RestartGangWithout {
+        gang: u16,
+        members: Vec<u32>,
+    },
     /// Fail the workload: it waits for a person.
     FailGang {
         gang: u16,
@@ -176,6 +204,19 @@ pub(crate) enum Command<T> {
     Repair {
         node: u32,
         kind: Repair,
+    },
+    /// Evict every pod on the node.
+    Drain {
+        node: u32,
+    },
+    /// Evict only the pods that use this device (a partial drain).
+    EvictDevicePods {
+        node: u32,
+        device: u8,
+    },
+    /// Ask a person to look at the node (they come after `operator.response_min`).
+    Ticket {
+        node: u32,
     },
     /// Node-level remediation: cordon, drain every pod, send the node for a repair of this kind.
     DrainAndRepair {
@@ -249,6 +290,9 @@ pub(crate) trait View {
     /// Whether a device carries an active fault. Only for what a tool could read off the device
     /// itself (a faulted device keeps its fault's health, not a straggler's Degraded).
     fn device_faulty(&self, node: u32, device: u8) -> bool;
+    /// Whether NVML shows the device unhealthy or needing a recovery action (what the device
+    /// plugin's health check and NVML-based node checks read).
+    fn device_needs_recovery(&self, node: u32, device: u8) -> bool;
 }
 
 /// The commands one call returns.
@@ -272,4 +316,12 @@ pub(crate) trait Policy {
 
     /// Add the strategy's own counts (engine inputs, actions …) to the report's.
     fn counts(&self, _counts: &mut Counts) {}
+}
+
+/// The next time the check of `node` runs after `now`, for a check every `period` on a phase of
+/// its own per node.
+pub(crate) fn next_poll(node: u32, period: Duration, now: Time) -> Time {
+    let poll = period.0.max(1);
+    let phase = (i64::from(node) * 7_919_000_000) % poll;
+    Time(((now.0 - phase).div_euclid(poll) + 1) * poll + phase)
 }

@@ -6,9 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use devheal_core::{Duration, Time};
-
-use super::{Command, Commands, Mechanics, Policy, Repair, Signal, Strategy, View};
+use super::{Command, Commands, Mechanics, Policy, Repair, Signal, Strategy, View, next_poll};
 use crate::scenario::{NvmlSignal, Scenario, secs};
 
 pub(crate) struct NodeHealthController<'a> {
@@ -23,14 +21,6 @@ impl<'a> NodeHealthController<'a> {
     }
 }
 
-/// The next time the check of `node` runs after `now`, for a check every `period` on a phase of
-/// its own per node.
-pub(crate) fn next_poll(node: u32, period: Duration, now: Time) -> Time {
-    let poll = period.0.max(1);
-    let phase = (i64::from(node) * 7_919_000_000) % poll;
-    Time(((now.0 - phase).div_euclid(poll) + 1) * poll + phase)
-}
-
 impl Policy for NodeHealthController<'_> {
     /// A node's check.
     type Timer = u32;
@@ -40,7 +30,7 @@ impl Policy for NodeHealthController<'_> {
     }
 
     fn mechanics(&self) -> Mechanics {
-        Mechanics { recreates_pods: false }
+        Mechanics { recreates_pods: false, in_job_restart: false }
     }
 
     fn signal(&mut self, signal: Signal, view: &dyn View, out: &mut Commands<u32>) {

@@ -38,6 +38,15 @@ impl<P: Policy> World<'_, P> {
                     self.begin_restart(gang, false);
                 }
             }
+            Command::RestartGangWithout { gang, members } => {
+                if !matches!(
+                    self.gangs[gang as usize].state,
+                    GangState::Restarting { .. } | GangState::WaitingCapacity { .. }
+                ) {
+                    self.gangs[gang as usize].pending_moves.extend(members);
+                    self.begin_restart(gang, false);
+                }
+            }
             Command::FailGang { gang } => self.fail_gang(gang),
             Command::ReplaceMembers { gang, members } => {
                 self.counts.straggler_replacements += members.len() as u64;
@@ -67,6 +76,19 @@ impl<P: Policy> World<'_, P> {
             Command::Uncordon { node } => self.nodes[node as usize].cordoned = false,
             Command::ResetDevice { node, device } => self.reset_device(node, device),
             Command::Repair { node, kind } => self.start_repair(node, kind, true),
+            Command::Drain { node } => self.drain_node(node, true),
+            Command::EvictDevicePods { node, device } => {
+                if let Some((gang, member)) = self.nodes[node as usize].gang_member {
+                    // A gang member's pod takes every GPU of its node.
+                    self.counts.pod_evictions += 1;
+                    self.evict_gang_member(gang, member);
+                }
+                let i = self.dev(node, device);
+                if let Some((service, replica)) = self.devices[i].occupant {
+                    self.apply(Command::EvictReplica { service, replica });
+                }
+            }
+            Command::Ticket { node } => self.open_ticket(node, self.operator_delay()),
             Command::DrainAndRepair { node, kind } => {
                 if self.node_problem(node, None).is_none() {
                     self.counts.false_quarantines += 1;

@@ -256,6 +256,7 @@ fn hours(ns: i64) -> f64 {
 impl<'a, P: Policy> World<'a, P> {
     pub(crate) fn new(scenario: &'a Scenario, policy: P, trace: &FaultTrace) -> World<'a, P> {
         let gpn = scenario.cluster.gpus_per_node;
+        let mechanics = policy.mechanics();
         let training_nodes = scenario.training_nodes();
         let total = scenario.total_nodes();
         let nodes: Vec<NodeState> = (0..total)
@@ -278,7 +279,7 @@ impl<'a, P: Policy> World<'a, P> {
         let mut world = World {
             scenario,
             strategy: policy.strategy(),
-            mechanics: policy.mechanics(),
+            mechanics,
             policy: Some(policy),
             queue: EventQueue::new(),
             now: Time::ZERO,
@@ -316,7 +317,16 @@ impl<'a, P: Policy> World<'a, P> {
                 committed_work: 0.0,
                 interval: spec.checkpoint_interval_min * 60.0,
                 blocking: secs(spec.checkpoint_blocking_s),
-                restart_cost: spec.restart.total(),
+                restart_cost: if mechanics.in_job_restart {
+                    // The launcher respawns the ranks inside their pods: no scheduling, no pod start.
+                    let r = &spec.restart;
+                    let cost = secs(r.framework_init_s + r.nccl_init_s + r.checkpoint_load_s);
+                    // At least 1 ms, as `validate` asks of a whole restart: a restart onto broken
+                    // hardware is retried, and must not retry at the same instant.
+                    Duration(cost.0.max(secs(crate::scenario::MIN_INTERVAL_S).0))
+                } else {
+                    spec.restart.total()
+                },
                 watchdog: secs(spec.nccl_watchdog_s),
                 slow: BTreeMap::new(),
                 pace: 1.0,

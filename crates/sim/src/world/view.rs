@@ -3,6 +3,7 @@
 use devheal_core::Time;
 
 use super::{GangState, World};
+use crate::scenario::NvmlSignal;
 use crate::strategy::{GangPhase, GangView, NodeView, Policy, ReplicaView, View};
 
 impl<P: Policy> View for World<'_, P> {
@@ -78,5 +79,12 @@ impl<P: Policy> View for World<'_, P> {
 
     fn device_faulty(&self, node: u32, device: u8) -> bool {
         self.devices[self.dev(node, device)].fault.is_some()
+    }
+
+    fn device_needs_recovery(&self, node: u32, device: u8) -> bool {
+        self.devices[self.dev(node, device)].fault.is_some_and(|f| {
+            let class = &self.scenario.faults[f.class as usize];
+            class.device_plugin_detects || class.nvml == NvmlSignal::Unhealthy
+        })
     }
 }
