@@ -124,6 +124,9 @@ pub struct StrategyReport {
     pub counts: Counts,
     /// Events the simulator processed for this strategy.
     pub events: u64,
+    /// Faults that interrupted a running training gang, by fault class (the planned
+    /// maintenance and a strategy's own actions are not faults).
+    pub interruptions_by_class: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -334,7 +337,7 @@ impl Report {
     }
 }
 
-fn write_table(out: &mut String, rows: &[Vec<String>]) {
+pub(crate) fn write_table(out: &mut String, rows: &[Vec<String>]) {
     use std::fmt::Write;
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> =

@@ -91,6 +91,13 @@ impl<P: Policy> World<'_, P> {
             inference,
             counts,
             events: self.queue.popped() + self.trace_events,
+            interruptions_by_class: self
+                .scenario
+                .faults
+                .iter()
+                .map(|f| f.name.clone())
+                .zip(self.interruptions_by_class.iter().copied())
+                .collect(),
         }
     }
 }

@@ -245,6 +245,8 @@ pub(crate) struct World<'a, P: Policy> {
     pub(crate) fleet_lost: LostGpuHours,
     pub(crate) spare_cursor: u32,
     pub(crate) trace_events: u64,
+    /// Faults that interrupted a running gang, by fault class.
+    pub(crate) interruptions_by_class: Vec<u64>,
     /// Nodes that are down, under repair, or carry an active fault: what a restart can trip on.
     pub(crate) broken: BTreeSet<u32>,
 }
@@ -293,6 +295,7 @@ impl<'a, P: Policy> World<'a, P> {
             fleet_lost: LostGpuHours::default(),
             spare_cursor: 0,
             trace_events: 0,
+            interruptions_by_class: vec![0; scenario.faults.len()],
             broken: BTreeSet::new(),
         };
         let mut next_node = 0u32;

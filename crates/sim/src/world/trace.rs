@@ -1,7 +1,7 @@
 //! The trace lands on the cluster: faults strike devices, nodes and ranks (what each does depends
 //! on the state it finds), straggler episodes slow nodes, planned maintenance restarts gangs.
 
-use super::{ActiveFault, Event, ReplicaState, World, hours};
+use super::{ActiveFault, Event, GangState, ReplicaState, World, hours};
 use crate::scenario::{FaultScope, Manifestation, Persistence};
 use crate::strategy::{Policy, Repair, Signal};
 use crate::trace::{FaultTarget, TraceKind};
@@ -64,6 +64,12 @@ impl<P: Policy> World<'_, P> {
             if !busy {
                 return;
             }
+        }
+        // A running gang on the node is interrupted by this fault (counted by class).
+        if let Some((g, _)) = self.nodes[node as usize].gang_member
+            && matches!(self.gangs[g as usize].state, GangState::Computing | GangState::Checkpointing { .. })
+        {
+            self.interruptions_by_class[class_idx as usize] += 1;
         }
         let persistence = class.persistence;
         let manifestation = class.manifestation;
