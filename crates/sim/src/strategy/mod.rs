@@ -66,11 +66,6 @@ impl Strategy {
         }
     }
 
-    /// The strategy called `name` (as [`Strategy::name`] spells it).
-    pub fn from_name(name: &str) -> Option<Strategy> {
-        Strategy::ALL.into_iter().find(|s| s.name() == name)
-    }
-
     pub fn description(self) -> &'static str {
         match self {
             Strategy::KubernetesDefault => {
