@@ -17,6 +17,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// A staged, health-gated upgrade of one device-stack DaemonSet.
+// Each printcolumn repeats `type_`; clippy reads the repeats as one attribute given twice.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "devheal.io",

@@ -33,6 +33,9 @@ fn daemon_set(scope: &Scope) -> DaemonSet {
                 "spec": {
                     "nodeSelector": {TEST_LABEL: scope.name},
                     "terminationGracePeriodSeconds": 1,
+                    // A node DaemonSet of the device stack tolerates NoSchedule taints, devheal's
+                    // quarantine among them: a rollback must reach a node whose device failed.
+                    "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
                     "containers": [{"name": "plugin", "image": "registry.k8s.io/pause:3.10",
                                     "env": [{"name": "PLUGIN_VERSION", "value": "v1"}]}],
                 },

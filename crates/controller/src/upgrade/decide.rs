@@ -170,7 +170,7 @@ fn pass(
                     counts.push((n, r.number, r));
                 }
             }
-            counts.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+            counts.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
             let Some((_, _, from)) = counts.first() else {
                 return set(
                     st,
@@ -205,19 +205,19 @@ fn pass(
         return;
     }
     let window = st.window_start.as_ref().map(time_from_k8s).unwrap_or(now);
-    if !st.nodes.is_empty() {
-        if let Err(f) = health::check(plan, view, &to.hash, &st.nodes, window, now) {
-            if plan.rollback_on_failure {
-                set(
-                    st,
-                    UpgradePhase::RollingBack,
-                    f.reason,
-                    format!("rolling back to revision {}: {}", from.revision, f.message),
-                );
-                return rollback(plan, st, view, &from, steps);
-            }
-            return set(st, UpgradePhase::Paused, f.reason, f.message);
+    if !st.nodes.is_empty()
+        && let Err(f) = health::check(plan, view, &to.hash, &st.nodes, window, now)
+    {
+        if plan.rollback_on_failure {
+            set(
+                st,
+                UpgradePhase::RollingBack,
+                f.reason,
+                format!("rolling back to revision {}: {}", from.revision, f.message),
+            );
+            return rollback(plan, st, view, &from, steps);
         }
+        return set(st, UpgradePhase::Paused, f.reason, f.message);
     }
     if plan.paused {
         return set(st, UpgradePhase::Paused, "PausedBySpec", "spec.paused is true".into());

@@ -141,11 +141,11 @@ impl<C: Clock> UpgradeGate<C> {
         }
         // The status first: a node taken up is written down before its pod goes, so a restart
         // finds it.
-        if d.status != before {
-            if let Err(e) = apply::write_status(&self.client, plan, &d.status).await {
-                tracing::warn!(plan = %key, error = %e, "upgrade gate: status not written; no step taken this pass");
-                return Ok(());
-            }
+        if d.status != before
+            && let Err(e) = apply::write_status(&self.client, plan, &d.status).await
+        {
+            tracing::warn!(plan = %key, error = %e, "upgrade gate: status not written; no step taken this pass");
+            return Ok(());
         }
         let ns = plan.metadata.namespace.clone().unwrap_or_default();
         for step in &d.steps {

@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut UpgradePlanSpec)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut UpgradePlanSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.daemon_set.clear()), "spec.daemonSet"),
             (Box::new(|s| s.stages.clear()), "spec.stages"),
             (

@@ -192,10 +192,11 @@ impl View {
                 continue;
             }
             for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
-                if c.type_.starts_with("devheal.io/") && c.status == "True" {
-                    if let Some(t) = &c.last_transition_time {
-                        node.pod_failure_times.push(devheal_k8s::pod::time_from_k8s(t));
-                    }
+                if c.type_.starts_with("devheal.io/")
+                    && c.status == "True"
+                    && let Some(t) = &c.last_transition_time
+                {
+                    node.pod_failure_times.push(devheal_k8s::pod::time_from_k8s(t));
                 }
             }
             if phase != "Running" && phase != "Pending" {
