@@ -48,10 +48,12 @@ fn source(name: &str, available: bool, message: String, version: Option<String>)
     SourceStatus { name: name.to_string(), available, message: Some(message), version, since: None }
 }
 
-/// Read every source once and build the object.
+/// Read every source once and build the object; kernel records are classified with `catalog`
+/// (the built-in one, or the agent's `--catalog`), whose version the kernel-log source reports.
 pub async fn collect_once(
     node: &str,
     paths: &SourcePaths,
+    catalog: &Catalog,
     timeout: StdDuration,
     now: Time,
 ) -> NodeDeviceHealth {
@@ -182,7 +184,7 @@ pub async fn collect_once(
     }
 
     // Kernel log: replay this boot's records and map device faults to devices by PCI address.
-    sources.push(replay_kernel_log(node, paths, boot_id.as_deref(), &inventory, &mut tracker, now));
+    sources.push(replay_kernel_log(node, paths, catalog, boot_id.as_deref(), &inventory, &mut tracker, now));
 
     let inventory = crate::snapshot::fold_inventory(&identity, &inventory, std::iter::empty(), &bindings);
     node_device_health(SnapshotInput {
@@ -200,6 +202,7 @@ pub async fn collect_once(
 fn replay_kernel_log(
     node: &str,
     paths: &SourcePaths,
+    catalog: &Catalog,
     boot_id: Option<&str>,
     inventory: &[InventoryDevice],
     tracker: &mut DeviceHealthTracker,
@@ -218,7 +221,7 @@ fn replay_kernel_log(
         _ => return source("kernel_log", false, "cannot read the uptime from /proc/uptime".into(), None),
     };
     let boot_time = now - devheal_core::Duration::from_nanos((uptime * 1e9) as i64);
-    let classifier = Classifier::new(Catalog::builtin());
+    let classifier = Classifier::new(catalog.clone());
     let mut correlator = Correlator::new(CorrelationConfig::default());
     let (mut records, mut faults, mut unmapped, mut lost) = (0u64, 0u64, 0u64, 0u64);
     // Bounded: a ring buffer holds far fewer records than this.
@@ -266,8 +269,9 @@ fn replay_kernel_log(
         "kernel_log",
         true,
         format!(
-            "{records} record(s) of this boot read, {faults} device-fault line(s), {unmapped} on no known device, {lost} lost to overwrite"
+            "{records} record(s) of this boot read, {faults} device-fault line(s), {unmapped} on no known device, {lost} lost to overwrite; catalog {}",
+            catalog.origin()
         ),
-        None,
+        Some(catalog.version().to_string()),
     )
 }

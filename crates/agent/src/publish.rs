@@ -465,8 +465,9 @@ const RETRY_MAX: StdDuration = StdDuration::from_secs(30);
 
 /// The delays between failed status writes: doubling from [`RETRY_FIRST`] to [`RETRY_MAX`], each
 /// with up to its own length again of random jitter, so that the agents of a whole fleet that
-/// lost the API server together do not come back in step.
-fn retry_delays() -> impl Iterator<Item = StdDuration> {
+/// lost the API server together do not come back in step. Also the delays between reads of the
+/// last report at start ([`crate::run`]).
+pub(crate) fn retry_delays() -> impl Iterator<Item = StdDuration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(RETRY_FIRST)

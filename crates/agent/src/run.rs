@@ -1013,15 +1013,18 @@ fn significant(status: &NodeDeviceHealthStatus) -> NodeDeviceHealthStatus {
     s
 }
 
-/// The agent's last published status, read once at start: three tries a second apart, then
-/// none (the sources decide alone, as on a first start; said in the log).
+/// The agent's last published status, read once at start: three tries with the publisher's
+/// jittered delays between them (1–2 s, then 2–4 s: a fleet of agents restarted together does
+/// not read in step), then none (the sources decide alone, as on a first start; said in the log).
 async fn read_last_report<P: Publisher>(publisher: &mut P, node: &str) -> Option<NodeDeviceHealthStatus> {
+    let mut delays = crate::publish::retry_delays();
     for attempt in 1..=3 {
         match publisher.last_published(node).await {
             Ok(status) => return status,
             Err(e) if attempt < 3 => {
-                tracing::warn!(error = %e, attempt, "cannot read the last report yet; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let delay = delays.next().unwrap_or(std::time::Duration::from_secs(1));
+                tracing::warn!(error = %e, attempt, retry_in = ?delay, "cannot read the last report yet; retrying");
+                tokio::time::sleep(delay).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the last report: devices start from what the sources say");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use devheal_agent::once::{SourcePaths, collect_once};
 use devheal_core::Time;
+use devheal_detect::Catalog;
 use devheal_k8s::crd::DeviceHealthState;
 use devheal_kubelet::api::podresources_v1 as pr;
 use devheal_kubelet::server::{PodResourcesServer, PodResourcesState, serve};
@@ -59,8 +60,15 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
         nvml_library: Some(dir.path().join("no-libnvidia-ml.so.1")),
         boot_id_file: boot_id,
     };
+    // An operator's catalog (`--catalog`): the kernel log is classified with it, and says so.
+    let catalog = Catalog::from_yaml_str(
+        "version: \"site-7\"\nxid:\n  - code: 79\n    summary: fell off the bus (site reading)\n    attribution: device\n    health: unhealthy\n    action: inspect_hardware\n",
+        "site.yaml",
+    )
+    .expect("the override catalog");
     let object =
-        collect_once("node-a", &paths, Duration::from_secs(10), Time::from_secs(1_795_000_000)).await;
+        collect_once("node-a", &paths, &catalog, Duration::from_secs(10), Time::from_secs(1_795_000_000))
+            .await;
     kubelet.stop().await;
 
     assert_eq!(object.metadata.name.as_deref(), Some("node-a"));
@@ -97,6 +105,8 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
             numbers.len() >= 3 && numbers[1] >= 1 && numbers[2] >= 1,
             "the injected Xid was seen: {message}"
         );
+        assert_eq!(kernel.version.as_deref(), Some("site-7"), "classified with the operator's catalog");
+        assert!(message.ends_with("catalog site.yaml"), "{message}");
     } else {
         assert!(!kernel.available, "{message}");
     }
@@ -113,7 +123,8 @@ async fn a_node_with_nothing_still_gets_an_answer() {
         nvml_library: Some(missing("libnvidia-ml.so.1")),
         boot_id_file: missing("boot_id"),
     };
-    let object = collect_once("bare", &paths, Duration::from_secs(1), Time::from_secs(0)).await;
+    let object =
+        collect_once("bare", &paths, &Catalog::builtin(), Duration::from_secs(1), Time::from_secs(0)).await;
     let status = object.status.expect("status");
     assert!(status.devices.is_empty());
     let names: Vec<&str> = status.sources.iter().map(|s| s.name.as_str()).collect();

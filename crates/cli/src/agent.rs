@@ -146,12 +146,21 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         nvml_library: args.nvml_library.clone(),
         ..SourcePaths::default()
     };
+    let catalog = match &args.catalog {
+        Some(path) => {
+            let catalog = devheal_detect::catalog::Catalog::from_path(path)?;
+            eprintln!("devheal agent: Xid/event catalog {} (version {})", path.display(), catalog.version());
+            catalog
+        }
+        None => devheal_detect::catalog::Catalog::builtin(),
+    };
     if args.once {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let object = runtime.block_on(collect_once(
             &node_name(&args),
             &paths,
+            &catalog,
             Duration::from_secs(args.source_timeout_secs),
             Time::from_nanos(now),
         ));
@@ -159,14 +168,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut config = AgentConfig::new(&node_name(&args));
-    if let Some(path) = &args.catalog {
-        config.catalog = devheal_detect::catalog::Catalog::from_path(path)?;
-        eprintln!(
-            "devheal agent: Xid/event catalog {} (version {})",
-            path.display(),
-            config.catalog.version()
-        );
-    }
+    config.catalog = catalog;
     config.paths = paths;
     config.gpus = if args.no_nvml { GpuSource::Off } else { GpuSource::Nvml };
     config.fake_devices = args.fake_devices;

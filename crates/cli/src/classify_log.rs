@@ -12,15 +12,17 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use devheal_core::{Attribution, Health, Time};
-use devheal_detect::{Catalog, Classifier, Correlator, DeviceFault, FaultLine, LogScanner, MAX_LINE_BYTES};
+use devheal_detect::{
+    Catalog, Classifier, Correlator, DeviceFault, FaultLine, LogScanner, MAX_LINE_BYTES, Topology,
+};
 use serde::Serialize;
 
 #[derive(clap::Args)]
 #[command(after_help = "\
 Exit status:
   0  no hardware fault in the log (application and unknown-cause lines do not count)
-  1  at least one hardware fault: a line attributed to the device, the interconnect or the
-     host whose health is degraded or unhealthy (--exit-zero turns this into 0)
+  1  at least one hardware fault: a line attributed to the device, the interconnect, the
+     host or the network whose health is degraded or unhealthy (--exit-zero turns this into 0)
   2  bad arguments, an unreadable input or catalog, or a write error")]
 pub struct ClassifyLogArgs {
     /// The kernel log to read; `-` or nothing reads standard input.
@@ -32,6 +34,10 @@ pub struct ClassifyLogArgs {
     /// A catalog file whose entries override the built-in Xid/event catalog.
     #[arg(long, value_name = "FILE")]
     catalog: Option<PathBuf>,
+    /// The node's device topology (PCIe paths, NVSwitch links; format in docs/kernel-log.md):
+    /// faults below a failing port or switch join its incident.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
     /// Node name used in incident ids.
     #[arg(long, default_value = "local")]
     node: String,
@@ -72,6 +78,11 @@ pub fn run(args: ClassifyLogArgs) -> anyhow::Result<ExitCode> {
     });
     let classifier = Classifier::new(catalog);
     let mut correlator = Correlator::default();
+    if let Some(path) = &args.topology {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read topology {}", path.display()))?;
+        correlator = correlator.with_topology(Topology::parse(&text, &path.display().to_string())?);
+    }
     let mut scanner = LogScanner::new(&classifier);
 
     let stdout = io::stdout();
@@ -162,11 +173,13 @@ pub fn run(args: ClassifyLogArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Whether a fault line makes `classify-log` exit 1: the catalog blames the hardware (the device
-/// itself, its interconnect or its host) and says the device is not healthy. Application errors
+/// itself, its interconnect, its host or its network) and says it is not healthy. Application errors
 /// (Xid 13, 31, 43, 45 …), causes the catalog does not know, and informational lines are not.
 fn is_hardware_fault(fault: &DeviceFault) -> bool {
-    matches!(fault.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host)
-        && matches!(fault.health, Health::Degraded | Health::Unhealthy)
+    matches!(
+        fault.attribution,
+        Attribution::Device | Attribution::Interconnect | Attribution::Host | Attribution::Network
+    ) && matches!(fault.health, Health::Degraded | Health::Unhealthy)
 }
 
 fn write_table_row(out: &mut impl Write, record: &FaultRecord<'_>) -> io::Result<()> {

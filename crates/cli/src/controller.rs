@@ -52,6 +52,11 @@ pub struct ControllerArgs {
     /// How often the settings file is looked at for changes.
     #[arg(long, default_value = "10s", value_parser = crate::agent::parse_duration)]
     settings_reload_every: Duration,
+    /// How often the rollout gate looks at the UpgradePlans (staged device-plugin and driver
+    /// upgrades, docs/upgrades.md); each pass lists the plans, and the pods and NodeDeviceHealth
+    /// objects only when there is one.
+    #[arg(long, default_value = "10s", value_parser = crate::agent::parse_duration)]
+    upgrade_every: Duration,
     /// Override one setting of the file (repeatable): `--set safety.breakerWindow=10m`.
     /// Overrides win over the file, also when it is reloaded.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -166,7 +171,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let leader = leader.clone();
         Arc::new(move || leader.get())
     };
-    let actuator = actuator(&client, args.dry_run, &identity(&args)).await?.with_fence(fence);
+    let actuator = actuator(&client, args.dry_run, &identity(&args)).await?.with_fence(fence.clone());
     // Where DRA serves DeviceTaintRules, the controller watches its own (to find those an
     // earlier process wrote: leftovers.rs).
     let rule_version = match &actuator.config().device_taint_rules {
@@ -206,6 +211,16 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             elector.release().await;
         })
     };
+    // The rollout gate (UpgradePlans) beside the loop, writing under the same lease.
+    let gate = devheal_controller::upgrade::UpgradeGate::new(
+        client.clone(),
+        fence,
+        SystemClock,
+        metrics.clone(),
+        &identity(&args),
+        args.dry_run,
+    );
+    let gate_task = tokio::spawn(gate.run(args.upgrade_every, wait_stop()));
     let store =
         devheal_controller::KubeStateStore::new(client.clone(), &args.lease_namespace, &args.lease_name);
     let cluster = KubeCluster::new(
@@ -245,6 +260,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let result = controller.run(cluster.events(), shutdown_signal()).await;
     let _ = stop.send(true);
     let _ = lease_task.await;
+    let _ = gate_task.await;
     server.await.context("the metrics server task")?.context("serving metrics")?;
     result.context("the controller loop")?;
     Ok(ExitCode::SUCCESS)

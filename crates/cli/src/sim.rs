@@ -1,5 +1,5 @@
 //! `devheal sim`: run the fleet simulator on a bundled or user scenario and print the
-//! comparison of the four strategies (table, JSON, or a report directory).
+//! comparison of the strategies (table, JSON, or a report directory).
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -20,14 +20,19 @@ pub struct SimArgs {
     /// A bundled scenario name (see --list) or a path to a scenario YAML file.
     #[arg(long, default_value = DEFAULT_SCENARIO)]
     scenario: String,
-    /// Seed of the fault trace; the same scenario and seed give the same report.
+    /// Seed of the fault trace; the same scenario and seed give the same report. With --seeds,
+    /// the first of the seeds.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
+    /// Run this many seeds (SEED, SEED+1, …) and report each figure as its mean and 95 %
+    /// interval, and devheal's difference from each other strategy paired by seed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    seeds: u64,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = SimFormat::Table)]
     format: SimFormat,
     /// Also write report.json and a self-contained report.html into this directory (their paths
-    /// are printed on stderr).
+    /// are printed on stderr); with --seeds, report.json only.
     #[arg(long)]
     out: Option<PathBuf>,
     /// List the bundled scenarios and exit.
@@ -58,6 +63,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let scenario = load_scenario(&args.scenario)?;
+    if args.seeds > 1 {
+        return run_seeds(&args, &scenario);
+    }
     // Progress only on a terminal: piped or redirected stderr (CI, scripts) stays empty.
     let mut progress = std::io::stderr()
         .is_terminal()
@@ -91,6 +99,49 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--seeds N`: N traces, means and intervals.
+fn run_seeds(args: &SimArgs, scenario: &Scenario) -> anyhow::Result<ExitCode> {
+    let seeds = args.seeds as usize;
+    let mut progress = std::io::stderr().is_terminal().then(|| {
+        let mut err = std::io::stderr();
+        let _ = writeln!(
+            err,
+            "devheal sim: {} (seeds {}–{})",
+            scenario.name,
+            args.seed,
+            args.seed + args.seeds - 1
+        );
+        err
+    });
+    let started = Instant::now();
+    let report =
+        devheal_sim::simulate_seeds(scenario, args.seed, seeds, &devheal_sim::Strategy::ALL, &mut |event| {
+            if let (Some(err), Progress::Seed { seed, done, seeds }) = (&mut progress, event) {
+                let _ = write!(
+                    err,
+                    "\r  seed {seed:>5} done, {done:>4}/{seeds}  {:>7.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = err.flush();
+            }
+        });
+    if let Some(err) = &mut progress {
+        let _ = writeln!(err);
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json_path = dir.join("report.json");
+        std::fs::write(&json_path, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", json_path.display()))?;
+        eprintln!("devheal sim: wrote {}", json_path.display());
+    }
+    match args.format {
+        SimFormat::Table => print!("{}", report.to_table()),
+        SimFormat::Json => println!("{}", report.to_json()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The progress display on a terminal: one line per strategy run, rewritten in place (`\r`) as
 /// its simulated days pass, e.g. `run 2/5 node-health-controller  day  23/54   4.1 s`.
 struct ProgressLine<W: Write> {
@@ -113,6 +164,7 @@ impl<W: Write> ProgressLine<W> {
                 write!(self.out, "  run {number}/{runs} {name:<38}")?;
                 self.run = Some((number, runs, name.to_string()));
             }
+            Progress::Seed { .. } => {}
             Progress::Day { day, days } => {
                 let Some((number, runs, name)) = &self.run else { return Ok(()) };
                 // Fixed widths: each rewrite covers the one before it.

@@ -145,3 +145,33 @@ fn help_documents_the_exit_status() {
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("Exit status:") && help.contains("--exit-zero"), "{help}");
 }
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("devheal-classify-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn topology_makes_a_port_error_and_the_gpu_below_it_one_incident() {
+    let log = example_log();
+    // The example's fatal PCIe error is on port 0000:00:02.0; the GPU lost on line 11 is
+    // 0000:02:00.0. The topology says the GPU sits below that port.
+    let topology = temp_file("topology.txt", "# test\n/sys/devices/pci0000:00/0000:00:02.0/0000:02:00.0\n");
+    let output =
+        devheal(&["classify-log", "--topology", topology.to_str().unwrap(), log.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lost = stdout.lines().find(|l| l.starts_with(r#"{"line":11,"#)).expect("line 11 is reported");
+    assert!(lost.contains(r#""incident":"local/-/0000:00:02.0/pcie_aer-fatal/2""#), "{lost}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("6 device-fault lines in 2 incidents"), "{stderr}");
+
+    let bad = temp_file("bad-topology.txt", "pci 0000:00:02.0 nonsense\n");
+    let output = devheal(&["classify-log", "--topology", bad.to_str().unwrap(), log.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 1: `nonsense` is not a PCI address"), "{stderr}");
+    let _ = std::fs::remove_file(topology);
+    let _ = std::fs::remove_file(bad);
+}

@@ -26,14 +26,21 @@ fn list_shows_the_bundled_default() {
     assert!(text.contains("fleet-100k-365d"), "{text}");
 }
 
-/// The main command with no arguments: the bundled llama3-16k scenario, all four strategies.
+/// The main command with no arguments: the bundled llama3-16k scenario, every strategy.
 #[test]
 fn no_arguments_runs_the_default_scenario_and_prints_the_table() {
     let out = devheal().arg("sim").output().expect("runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("scenario llama3-16k (seed 1)"), "{text}");
-    for name in ["kubernetes-default", "node-health-controller", "job-failure-policy", "devheal"] {
+    for name in [
+        "kubernetes-default",
+        "node-health-controller",
+        "job-failure-policy",
+        "nvsentinel-jobset",
+        "progress-watchdog",
+        "devheal",
+    ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "missing {name}:\n{text}");
     }
     assert!(out.stderr.is_empty(), "no progress on a non-terminal stderr");
@@ -51,7 +58,7 @@ fn json_has_the_documented_fields() {
     assert_eq!(v["scenario"], "small-cluster");
     assert_eq!(v["seed"], 5);
     let strategies = v["strategies"].as_array().expect("strategies list");
-    assert_eq!(strategies.len(), 4);
+    assert_eq!(strategies.len(), 6);
     for s in strategies {
         assert!(s["name"].is_string());
         let ettr = s["ettr"].as_f64().expect("ettr");
@@ -61,6 +68,42 @@ fn json_has_the_documented_fields() {
         assert!(s["inference_availability"].is_number());
         assert!(s["counts"]["gang_restarts"].is_number());
     }
+}
+
+/// `--seeds N`: N seeds from `--seed`, every strategy summarised with its interval and devheal's
+/// paired differences; the table and the JSON say the same; the result is the same run twice.
+#[test]
+fn seeds_reports_means_intervals_and_paired_differences() {
+    let run = |format: &str| {
+        let out = devheal()
+            .args(["sim", "--seeds", "3", "--seed", "4", "--format", format, "--scenario"])
+            .arg(small_scenario())
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stderr.is_empty(), "no progress on a non-terminal stderr");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let json = run("json");
+    assert_eq!(json, run("json"), "deterministic whatever the threads do");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(v["seeds"], serde_json::json!([4, 5, 6]));
+    let strategies = v["strategies"].as_array().expect("strategies");
+    assert_eq!(strategies.len(), 6);
+    for s in strategies {
+        let e = &s["ettr"];
+        let (mean, low, high) =
+            (e["mean"].as_f64().unwrap(), e["low"].as_f64().unwrap(), e["high"].as_f64().unwrap());
+        assert!(low <= mean && mean <= high, "{s}");
+        assert_eq!(s["ettr_by_seed"].as_array().map(Vec::len), Some(3));
+    }
+    let differences = v["differences"].as_array().expect("differences");
+    assert_eq!(differences.len(), 5, "devheal minus each of the five others");
+    assert!(differences.iter().all(|d| d["baseline"] != "devheal"));
+    let table = run("table");
+    assert!(table.starts_with("scenario small-cluster (seeds 4–6, 3 traces)"), "{table}");
+    assert!(table.contains("devheal minus each other strategy, paired by seed"), "{table}");
+    assert!(table.contains("Best other strategy by mean ETTR"), "{table}");
 }
 
 #[test]

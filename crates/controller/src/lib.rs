@@ -14,7 +14,9 @@
 //! - [`settings`]: the settings file (budgets, breakers, probation, quorum), its overrides and
 //!   its reload;
 //! - [`status`]: the FailurePolicy status the leader writes (actions taken per policy, matched
-//!   pods, budgets), through a [`status::PolicyStatusWriter`].
+//!   pods, budgets), through a [`status::PolicyStatusWriter`];
+//! - [`upgrade`]: the rollout gate, staged device-stack DaemonSet upgrades under `UpgradePlan`s,
+//!   beside the loop and under the same lease.
 //!
 //! The controller does not pick a k8s-openapi version feature; the binary does.
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod progress;
 pub mod settings;
 pub mod status;
+pub mod upgrade;
 
 pub use cluster::{Cluster, FakeCluster, KubeCluster, WatchSettings};
 pub use controller::{

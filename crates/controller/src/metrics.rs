@@ -27,6 +27,7 @@
 //! | `devheal_controller_gang_restarts_last_hour` | gauge | gang restarts and member replacements in the cluster |
 //! | `devheal_controller_progress_breaker_open` | gauge | 1 while restarts caused by progress reports alone are held |
 //! | `devheal_controller_held_by_progress_breaker` | gauge | restarts the progress breaker held since start |
+//! | `devheal_upgrade_*` | | the rollout gate's: [`crate::upgrade::metrics`] |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,6 +81,8 @@ pub struct Metrics {
     gang_restarts_last_hour: Gauge,
     progress_breaker_open: Gauge,
     held_by_progress_breaker: Gauge,
+    /// The rollout gate's ([`crate::upgrade::metrics`]).
+    pub upgrade: crate::upgrade::UpgradeMetrics,
 }
 
 fn gauge_value(n: impl TryInto<i64>) -> i64 {
@@ -124,6 +127,7 @@ impl Metrics {
             gang_restarts_last_hour: Gauge::default(),
             progress_breaker_open: Gauge::default(),
             held_by_progress_breaker: Gauge::default(),
+            upgrade: crate::upgrade::UpgradeMetrics::default(),
         };
         registry.register(
             "controller_actions",
@@ -243,6 +247,7 @@ impl Metrics {
             "Gang restarts and replacements the progress breaker held since the controller started",
             m.held_by_progress_breaker.clone(),
         );
+        m.upgrade.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -15,6 +15,9 @@ pub enum Attribution {
     Device,
     Interconnect,
     Host,
+    /// The network the node's workloads use (a NIC or fabric link): never grounds to quarantine
+    /// a GPU; the engine treats it as the workload's network, not a device.
+    Network,
     Unknown,
 }
 
@@ -25,6 +28,7 @@ impl Attribution {
             Attribution::Device => "device",
             Attribution::Interconnect => "interconnect",
             Attribution::Host => "host",
+            Attribution::Network => "network",
             Attribution::Unknown => "unknown",
         }
     }

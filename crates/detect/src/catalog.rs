@@ -25,7 +25,9 @@ pub const EVENT_NAMES: &[&str] = &[
     "pcie_aer.corrected",
     "pcie_aer.non_fatal",
     "pcie_aer.fatal",
+    "pcie_aer.recovery_failed",
     "amdgpu.ring_timeout",
+    "amdgpu.ring_reset_failed",
     "amdgpu.reset_begin",
     "amdgpu.reset_succeeded",
     "amdgpu.reset_failed",
@@ -36,6 +38,17 @@ pub const EVENT_NAMES: &[&str] = &[
     "mce.uncorrected",
     "mce.fatal",
     "mce.logged",
+    "nvidia_gsp.heartbeat_timeout",
+    "nvidia_gsp.rpc_timeout",
+    "edac.corrected",
+    "edac.uncorrected",
+    "habanalabs.heartbeat_failed",
+    "intel_gpu.gpu_hang",
+    "intel_gpu.job_timeout",
+    "intel_gpu.reset_failed",
+    "intel_gpu.wedged",
+    "nic_link.down",
+    "nic_link.up",
 ];
 
 /// What a catalog says about one Xid code or event.

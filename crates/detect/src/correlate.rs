@@ -12,15 +12,28 @@
 //!   health to what it announces.
 //! - Xid 79 and the driver's "GPU has fallen off the bus" line for the same device within
 //!   `fold_window` are one incident.
+//! - A GPU that is lost right after an uncorrected PCIe error (`fallen off the bus`, Xid 79, or
+//!   AER recovery that failed) joins the PCIe error's incident: the error on the port is the root
+//!   cause. The error may name the GPU itself, or (with a [`Topology`]) a port above it.
+//! - With a [`Topology`], any non-application fault on a device below a port with an open
+//!   uncorrected PCIe error joins that error's incident, and an NVLink Xid (74, 144–150) on a
+//!   GPU that an NVSwitch links joins the open SXid incident of that switch.
+//! - NIC link changes on one port within `repeat_window` are one incident; at
+//!   [`FLAP_CHANGES`] changes it becomes a flapping link (unhealthy, still a network fault).
 //! - A new boot id for a node drops everything known about its earlier boot.
 //!
 //! Pure and I/O-free: time is an argument.
 
 use std::collections::HashMap;
 
-use devheal_core::{Duration, KernelIncident, Time};
+use devheal_core::{Attribution, Duration, Health, KernelIncident, Time};
 
 use crate::classify::{DeviceFault, FaultKind};
+use crate::topology::Topology;
+
+/// Link changes (downs and ups) on one NIC port within the repeat window that make it a
+/// flapping link.
+pub const FLAP_CHANGES: u32 = 4;
 
 /// Correlation windows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +80,8 @@ struct IncidentKey {
 struct NodeState {
     boot_id: Option<String>,
     open: HashMap<IncidentKey, KernelIncident>,
+    /// The port that reported each open PCIe AER incident, when it differs from the device.
+    reporters: HashMap<IncidentKey, String>,
 }
 
 /// Groups faults into incidents, per node.
@@ -76,13 +91,26 @@ pub struct Correlator {
     nodes: HashMap<String, NodeState>,
     incidents_opened: u64,
     observations_since_prune: u64,
+    topology: Topology,
 }
 
 const PRUNE_EVERY: u64 = 4096;
 
 impl Correlator {
     pub fn new(config: CorrelationConfig) -> Correlator {
-        Correlator { config, nodes: HashMap::new(), incidents_opened: 0, observations_since_prune: 0 }
+        Correlator {
+            config,
+            nodes: HashMap::new(),
+            incidents_opened: 0,
+            observations_since_prune: 0,
+            topology: Topology::new(),
+        }
+    }
+
+    /// Correlate with the node's device topology (PCIe paths, NVSwitch links).
+    pub fn with_topology(mut self, topology: Topology) -> Correlator {
+        self.topology = topology;
+        self
     }
 
     pub fn config(&self) -> &CorrelationConfig {
@@ -116,15 +144,21 @@ impl Correlator {
             && state.boot_id.as_deref() != Some(boot_id)
         {
             state.open.clear();
+            state.reporters.clear();
             state.boot_id = Some(boot_id.to_string());
         }
 
-        if let Some(target) = fold_target(state, fault, at, config.fold_window)
+        let target = fold_target(state, fault, at, config.fold_window)
+            .or_else(|| root_cause_target(state, fault, at, &config, &self.topology));
+        if let Some(target) = target
             && let Some(incident) = state.open.get_mut(&target)
         {
             absorb(incident, at);
             escalate(incident, fault);
-            return Observation { incident: incident.clone(), is_new: false, folded_into_other: true };
+            note_flapping(incident);
+            let folded_into_other =
+                target.kind != fault.kind || target.code != fault.code || target.variant != fault.variant;
+            return Observation { incident: incident.clone(), is_new: false, folded_into_other };
         }
 
         let key = IncidentKey {
@@ -156,6 +190,9 @@ impl Correlator {
             count: 1,
             summary: fault.summary.clone(),
         };
+        if let Some(reporter) = fault.reporter.as_ref().filter(|r| fault.device.as_ref() != Some(*r)) {
+            state.reporters.insert(key.clone(), reporter.clone());
+        }
         state.open.insert(key, incident.clone());
         Observation { incident, is_new: true, folded_into_other: false }
     }
@@ -165,6 +202,8 @@ impl Correlator {
         let retention = self.config.retention;
         for state in self.nodes.values_mut() {
             state.open.retain(|_, incident| within(incident.last_seen, now, retention));
+            let open = &state.open;
+            state.reporters.retain(|key, _| open.contains_key(key));
         }
         self.nodes.retain(|_, state| !state.open.is_empty() || state.boot_id.is_some());
     }
@@ -231,6 +270,73 @@ fn fold_target(state: &NodeState, fault: &DeviceFault, at: Time, window: Duratio
         .map(|(key, _)| key.clone())
 }
 
+/// The open incident whose root cause this fault shares (a PCIe error on the device's port or on
+/// the device itself, an NVSwitch that links the GPU, the same NIC port's link going down).
+fn root_cause_target(
+    state: &NodeState,
+    fault: &DeviceFault,
+    at: Time,
+    config: &CorrelationConfig,
+    topology: &Topology,
+) -> Option<IncidentKey> {
+    let device = fault.device.as_deref()?;
+    if fault.kind == FaultKind::NicLink {
+        let key = IncidentKey {
+            kind: FaultKind::NicLink,
+            device: Some(device.to_string()),
+            code: None,
+            variant: "down",
+        };
+        let open = state.open.get(&key)?;
+        return within(open.last_seen, at, config.repeat_window).then_some(key);
+    }
+    if fault.attribution == Attribution::Application {
+        return None;
+    }
+    let lost_here = matches!(
+        (fault.kind, fault.code, fault.variant),
+        (FaultKind::NvidiaFallenOffBus, _, _)
+            | (FaultKind::NvidiaXid, Some(79), _)
+            | (FaultKind::PcieAer, _, "recovery_failed")
+    );
+    let nvlink = fault.kind == FaultKind::NvidiaXid && matches!(fault.code, Some(74 | 144..=150));
+    state
+        .open
+        .iter()
+        .filter(|(key, incident)| {
+            let own = key.kind == fault.kind && key.code == fault.code && key.variant == fault.variant;
+            !own && within(incident.last_seen, at, config.fold_window)
+        })
+        .filter(|(key, _)| {
+            let Some(there) = key.device.as_deref() else { return false };
+            match key.kind {
+                FaultKind::PcieAer if matches!(key.variant, "fatal" | "non_fatal" | "recovery_failed") => {
+                    let reporter = state.reporters.get(*key).map(String::as_str);
+                    let same = there == device || reporter == Some(device);
+                    (lost_here && same)
+                        || topology.is_upstream_of(there, device)
+                        || reporter.is_some_and(|port| topology.is_upstream_of(port, device))
+                }
+                FaultKind::NvidiaSxid => nvlink && topology.links(there, device),
+                _ => false,
+            }
+        })
+        .max_by_key(|(key, incident)| (incident.first_seen, key.kind, key.code, key.variant))
+        .map(|(key, _)| key.clone())
+}
+
+/// A NIC port whose link changed [`FLAP_CHANGES`] times within the repeat window is flapping.
+fn note_flapping(incident: &mut KernelIncident) {
+    if incident.kind == FaultKind::NicLink.as_str()
+        && incident.count >= u64::from(FLAP_CHANGES)
+        && incident.health != Health::Unhealthy
+    {
+        incident.health = Health::Unhealthy;
+        let port = incident.pci_address.as_deref().unwrap_or("a NIC port");
+        incident.summary = format!("NIC link flapping on {port}: the link went down and up repeatedly.");
+    }
+}
+
 /// `node/boot/device/kind[-code|-variant]/n`, with `-` for what is unknown and the boot id cut
 /// to 8 characters.
 fn incident_id(node: &str, boot_id: Option<&str>, fault: &DeviceFault, number: u64) -> String {
@@ -277,6 +383,106 @@ mod tests {
         }
         assert_eq!(chosen.len(), 1, "{chosen:?}");
         assert!(chosen.iter().all(|id| id.ends_with("/2")), "the greater variant wins: {chosen:?}");
+    }
+
+    fn topology(text: &str) -> Topology {
+        Topology::parse(text, "test").unwrap()
+    }
+
+    #[test]
+    fn a_gpu_lost_after_a_pcie_error_joins_the_error() {
+        let mut correlator = Correlator::default();
+        let aer = fault(
+            "pcieport 0000:00:01.0: AER: Uncorrectable (Fatal) error message received from 0000:01:00.0",
+        );
+        let first = correlator.observe("n1", None, Time::from_secs(100), &aer);
+        let lost = correlator.observe(
+            "n1",
+            None,
+            Time::from_secs(101),
+            &fault("NVRM: GPU 0000:01:00.0: GPU has fallen off the bus."),
+        );
+        assert!(lost.folded_into_other);
+        assert_eq!(lost.incident.id, first.incident.id);
+        assert_eq!(lost.incident.kind, "pcie_aer");
+        // The port's own "recovery failed" line names the port, which reported the error.
+        let port = correlator.observe(
+            "n1",
+            None,
+            Time::from_secs(102),
+            &fault("pcieport 0000:00:01.0: AER: device recovery failed"),
+        );
+        assert_eq!(port.incident.id, first.incident.id);
+        assert_eq!(port.incident.count, 3);
+        assert_eq!(correlator.incidents_opened(), 1);
+        // Long after the window, a lost GPU is its own incident.
+        let later = correlator.observe("n1", None, Time::from_secs(200), &xid(79, "01"));
+        assert!(later.is_new);
+    }
+
+    #[test]
+    fn topology_joins_a_port_error_and_the_gpu_below_it() {
+        let port_error =
+            fault("pcieport 0000:00:03.0: AER: Multiple Uncorrected (Fatal) error received: 0000:00:03.0");
+        let gpu_lost = xid(79, "03");
+        let app_error = xid(13, "03");
+        // Without the topology nothing says the GPU is below the port.
+        let mut plain = Correlator::default();
+        plain.observe("n1", None, Time::from_secs(1), &port_error);
+        assert!(plain.observe("n1", None, Time::from_secs(2), &gpu_lost).is_new);
+
+        let mut aware = Correlator::default().with_topology(topology("pci 0000:00:03.0 0000:03:00.0\n"));
+        let root = aware.observe("n1", None, Time::from_secs(1), &port_error);
+        let joined = aware.observe("n1", None, Time::from_secs(2), &gpu_lost);
+        assert!(joined.folded_into_other);
+        assert_eq!(joined.incident.id, root.incident.id);
+        assert_eq!(joined.incident.pci_address.as_deref(), Some("0000:00:03.0"));
+        // An application's own error below the port stays the application's.
+        assert!(aware.observe("n1", None, Time::from_secs(3), &app_error).is_new);
+        // A GPU on another port is not joined.
+        assert!(aware.observe("n1", None, Time::from_secs(3), &xid(79, "04")).is_new);
+    }
+
+    #[test]
+    fn nvlink_xids_join_the_nvswitch_that_links_the_gpu() {
+        let sxid = fault("nvidia-nvswitch2: SXid (PCI:0000:c6:00.0): 20034, Fatal, Link 30 LTSSM Fault Up");
+        let nvlink = fault(
+            "NVRM: Xid (PCI:0000:1b:00): 149, NETIR_LINK_EVT Fatal XC0 i0 Link 00 (0x0 0x0 0x0 0x0 0x0 0x0)",
+        );
+        let mut correlator =
+            Correlator::default().with_topology(topology("nvswitch 0000:c6:00.0 0000:1b:00.0\n"));
+        let root = correlator.observe("n1", None, Time::from_secs(5), &sxid);
+        let joined = correlator.observe("n1", None, Time::from_secs(6), &nvlink);
+        assert_eq!(joined.incident.id, root.incident.id);
+        assert_eq!(joined.incident.kind, "nvidia_sxid");
+        let mut unlinked =
+            Correlator::default().with_topology(topology("nvswitch 0000:c6:00.0 0000:43:00.0\n"));
+        unlinked.observe("n1", None, Time::from_secs(5), &sxid);
+        assert!(unlinked.observe("n1", None, Time::from_secs(6), &nvlink).is_new);
+    }
+
+    #[test]
+    fn nic_link_flaps_are_one_network_incident() {
+        let down = fault("mlx5_core 0000:08:00.0 ens1np0: Link down");
+        let up = fault("mlx5_core 0000:08:00.0 ens1np0: Link up");
+        let mut correlator = Correlator::default();
+        let first = correlator.observe("n1", None, Time::from_secs(0), &down);
+        assert_eq!(first.incident.health, Health::Degraded);
+        let mut last = first.clone();
+        for (i, change) in [&up, &down, &up].into_iter().enumerate() {
+            last = correlator.observe("n1", None, Time::from_secs(10 * (i as i64 + 1)), change);
+            assert_eq!(last.incident.id, first.incident.id);
+        }
+        assert_eq!(last.incident.count, u64::from(FLAP_CHANGES));
+        assert_eq!(last.incident.health, Health::Unhealthy);
+        assert_eq!(last.incident.attribution, Attribution::Network);
+        assert!(last.incident.summary.contains("flapping"), "{}", last.incident.summary);
+        // One down and up is not a flap; a lone link-up is its own healthy incident.
+        let mut once = Correlator::default();
+        once.observe("n1", None, Time::from_secs(0), &down);
+        assert_eq!(once.observe("n1", None, Time::from_secs(5), &up).incident.health, Health::Degraded);
+        let lone = Correlator::default().observe("n1", None, Time::from_secs(0), &up);
+        assert_eq!(lone.incident.health, Health::Healthy);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! - [`Classifier`]: one message → an optional [`DeviceFault`] (NVIDIA Xid/SXid, fallen off the
 //!   bus, RmInitAdapter, PCIe AER, amdgpu, machine checks), with meanings from a versioned
 //!   [`Catalog`] that an operator can override.
-//! - [`Correlator`]: faults → incidents (repeats collapse, Xid 45 folds into 94/95/48).
+//! - [`Correlator`]: faults → incidents (repeats collapse, Xid 45 folds into 94/95/48, a GPU lost
+//!   after a PCIe error on its port joins that error, NIC link flaps become one incident).
+//! - [`Topology`]: PCIe paths and NVSwitch links, so faults below a port or switch share its
+//!   incident.
 //! - [`LogScanner`]: the fast whole-file path behind `devheal classify-log` (literal prefilter
 //!   over big blocks; only candidate lines are parsed).
 //! - [`KmsgReader`]: a streaming `/dev/kmsg` reader for the node agent.
@@ -24,6 +27,7 @@ pub mod line;
 pub mod pci;
 pub mod promtext;
 pub mod scan;
+pub mod topology;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use classify::{Classifier, DeviceFault, FaultKind};
@@ -31,3 +35,4 @@ pub use correlate::{CorrelationConfig, Correlator, Observation};
 pub use kmsg::{KmsgError, KmsgEvent, KmsgReader, KmsgRecord, StartAt, parse_kmsg_record};
 pub use line::{LineError, LineFormat, LogLine, MAX_LINE_BYTES, Timestamp, parse_line, parse_text};
 pub use scan::{FaultLine, LogScanner, ScanStats};
+pub use topology::{Topology, TopologyError};

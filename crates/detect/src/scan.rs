@@ -128,6 +128,10 @@ impl<'c> LogScanner<'c> {
     pub fn scan_block(&mut self, block: &[u8], on_fault: &mut impl FnMut(FaultLine<'_>)) {
         let clean = memchr::memchr(0, block).is_none() && std::str::from_utf8(block).is_ok();
         let candidates = self.candidate_line_starts(block);
+        if clean && self.no_line_too_long(block) {
+            self.scan_clean_block(block, &candidates, on_fault);
+            return;
+        }
         let mut next_candidate = candidates.iter().copied().peekable();
         let mut line_start = 0;
         let mut newlines = memchr::memchr_iter(b'\n', block);
@@ -147,23 +151,7 @@ impl<'c> LogScanner<'c> {
                 self.stats.skipped_too_long += 1;
             } else if is_candidate {
                 self.stats.candidates += 1;
-                match parse_line(line) {
-                    Ok(parsed) if parsed.format == LineFormat::JournalBoot => {
-                        self.boot_id = Some(parsed.message.to_string());
-                    }
-                    Ok(parsed) => {
-                        if let Some(fault) = self.classifier.classify(parsed.message) {
-                            self.stats.faults += 1;
-                            on_fault(FaultLine {
-                                line_number: self.stats.lines,
-                                line: parsed,
-                                fault,
-                                boot_id: self.boot_id.as_deref(),
-                            });
-                        }
-                    }
-                    Err(err) => self.count_error(&err),
-                }
+                self.classify_line(line, on_fault);
             } else if !clean {
                 if memchr::memchr(0, line).is_some() {
                     self.stats.skipped_binary += 1;
@@ -176,6 +164,56 @@ impl<'c> LogScanner<'c> {
                 break;
             }
         }
+    }
+
+    /// The common case, a block of text with no over-long line: only candidate lines are
+    /// visited; the lines between them are counted in bulk (like `rg -n`), not one by one.
+    fn scan_clean_block(
+        &mut self,
+        block: &[u8],
+        candidates: &[usize],
+        on_fault: &mut impl FnMut(FaultLine<'_>),
+    ) {
+        let mut counted_to = 0;
+        for &start in candidates {
+            self.stats.lines += count_newlines(&block[counted_to..start]);
+            let end = memchr::memchr(b'\n', &block[start..]).map_or(block.len(), |at| start + at);
+            self.stats.lines += 1;
+            self.stats.candidates += 1;
+            self.classify_line(&block[start..end], on_fault);
+            counted_to = (end + 1).min(block.len());
+        }
+        let rest = &block[counted_to..];
+        self.stats.lines += count_newlines(rest) + u64::from(rest.last().is_some_and(|&b| b != b'\n'));
+    }
+
+    /// Parse and classify one candidate line; `self.stats.lines` is its line number.
+    fn classify_line(&mut self, line: &[u8], on_fault: &mut impl FnMut(FaultLine<'_>)) {
+        match parse_line(line) {
+            Ok(parsed) if parsed.format == LineFormat::JournalBoot => {
+                self.boot_id = Some(parsed.message.to_string());
+            }
+            Ok(parsed) => {
+                if let Some(fault) = self.classifier.classify(parsed.message) {
+                    self.stats.faults += 1;
+                    on_fault(FaultLine {
+                        line_number: self.stats.lines,
+                        line: parsed,
+                        fault,
+                        boot_id: self.boot_id.as_deref(),
+                    });
+                }
+            }
+            Err(err) => self.count_error(&err),
+        }
+    }
+
+    /// True when no line of `block` can be longer than the limit: every stretch of half the
+    /// limit holds a newline, so no two newlines are further apart than the limit. `memchr`
+    /// stops at the first newline of each stretch, so this reads a few bytes per 32 KiB.
+    fn no_line_too_long(&self, block: &[u8]) -> bool {
+        let stretch = (self.max_line_bytes / 2).max(1);
+        block.chunks(stretch).all(|chunk| memchr::memchr(b'\n', chunk).is_some())
     }
 
     fn count_error(&mut self, err: &LineError) {
@@ -199,6 +237,12 @@ impl<'c> LogScanner<'c> {
         }
         starts
     }
+}
+
+/// Newlines in `bytes`: memchr's vectorised count (its iterator's `count` is specialised), so
+/// the bulk of a log is counted, never split into lines.
+fn count_newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
 }
 
 #[cfg(test)]
@@ -287,5 +331,30 @@ mod tests {
         scanner.scan(Trickle(input.as_bytes()), |f| lines.push(f.line_number)).unwrap();
         assert_eq!(lines, vec![2, 3]);
         assert_eq!(scanner.stats().lines, 3);
+    }
+
+    #[test]
+    fn the_clean_fast_path_counts_like_the_line_by_line_path() {
+        // The same input scanned whole (clean fast path) and with a tiny line limit (the
+        // line-by-line path): line numbers and counts agree, with and without a final newline.
+        for tail in ["", "\n", "\nlast words"] {
+            let input = format!("a\n\n{XID}\nb\nc\n{XID}\n\n\nd{tail}");
+            let (fast, fast_stats) = scan(input.as_bytes(), MAX_LINE_BYTES);
+            let classifier = Classifier::default();
+            let mut scanner = LogScanner::new(&classifier);
+            let mut slow = Vec::new();
+            let mut sink = |f: FaultLine<'_>| slow.push((f.line_number, f.fault.kind.as_str().to_string()));
+            // One byte of junk makes the block unclean: the line-by-line path.
+            let mut bytes = input.clone().into_bytes();
+            bytes.extend_from_slice(b"\n\xff");
+            scanner.scan_block(&bytes, &mut sink);
+            assert_eq!(fast, slow, "{tail:?}");
+            assert_eq!(fast, vec![(3, "nvidia_xid".to_string()), (6, "nvidia_xid".to_string())]);
+            let expected_lines = input.matches('\n').count() as u64 + u64::from(!input.ends_with('\n'));
+            assert_eq!(fast_stats.lines, expected_lines, "{tail:?}");
+            assert_eq!(count_newlines(input.as_bytes()), input.matches('\n').count() as u64);
+        }
+        let long = "x\n".repeat(40_000);
+        assert_eq!(count_newlines(long.as_bytes()), 40_000);
     }
 }

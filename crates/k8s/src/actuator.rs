@@ -22,13 +22,16 @@
 //!
 //! Events are `events.k8s.io/v1` with `reportingController: devheal.io/controller` and the
 //! configured `reportingInstance`; those about cluster-scoped objects go to namespace `default`,
-//! as kubectl's do. An Event that cannot be written is logged and never changes the outcome
+//! as kubectl's do. The same Event again within six minutes raises `series.count` on the first
+//! instead of creating another (the `events` module says why this is not kube-runtime's
+//! `Recorder`). An Event that cannot be written is logged and never changes the outcome
 //! (except for `Report`, whose only effect is its Event). An action that finds its effect already
 //! in place (a replay) returns `Done` and writes no Event.
 //!
 //! Outcomes: 404 → `Gone` (for deletions of our own objects, `Done`); 429, 5xx, transport
 //! failures and conflicts that do not settle → `Retry` with a per-target exponential backoff
-//! (`backoff_base` doubling up to `backoff_cap`), kept here and reset by any final outcome;
+//! (`backoff_base` doubling up to `backoff_cap`, jittered into `[d/2, d]`), kept here and reset
+//! by any final outcome;
 //! 403, 422 and other refusals → `Failed` quoting the API's message. With `dry_run` nothing
 //! changes: the outcome is `WouldDo` with the sentence of what would have been done, and the only
 //! write is one Normal Event per idempotency key, reason `DevhealDryRun`, with the real Event's
@@ -52,6 +55,14 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::wire::{self, Body, CallError, Clock, call, call_within, path_segment, query_escape};
+
+mod backoff;
+mod dry_run;
+mod events;
+
+use backoff::{Backoff, merge_stop, stop_of};
+use dry_run::would_do;
+use events::{EventSpec, SeriesCache};
 
 /// The field manager the actuator writes under.
 pub const FIELD_MANAGER: &str = "devheal-controller";
@@ -132,6 +143,9 @@ pub struct ActuatorConfig {
     pub backoff_base: StdDuration,
     /// Longest delay of a retried target.
     pub backoff_cap: StdDuration,
+    /// Spread each delay over `[d/2, d]` by a hash of the target and attempt (on by default;
+    /// see the `backoff` module), so that many targets failed at once are not retried at once.
+    pub backoff_jitter: bool,
     /// Where device quarantines go.
     pub device_taint_rules: DeviceTaintRuleSupport,
     /// How long one request may wait for its answer (10 s by default);
@@ -149,6 +163,7 @@ impl ActuatorConfig {
             reporting_instance: reporting_instance.into(),
             backoff_base: StdDuration::from_secs(5),
             backoff_cap: StdDuration::from_secs(300),
+            backoff_jitter: true,
             device_taint_rules: DeviceTaintRuleSupport::NotServed,
             call_timeout: crate::wire::CALL_TIMEOUT,
         }
@@ -205,22 +220,6 @@ pub async fn discover_device_taint_rules(
     Ok(DeviceTaintRuleSupport::NotServed)
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Backoff {
-    attempts: u32,
-    last: Time,
-}
-
-/// An Event to write after an action.
-struct EventSpec {
-    namespace: String,
-    regarding: Option<Value>,
-    reason: &'static str,
-    action: &'static str,
-    note: String,
-    warning: bool,
-}
-
 /// What an action came to, and the Event that tells of it.
 struct Carried {
     outcome: ActionOutcome,
@@ -260,6 +259,8 @@ pub struct KubeActuator {
     gang_restarts: Mutex<HashMap<String, (Time, bool)>>,
     /// Dry run: the idempotency keys whose `DevhealDryRun` Event was written, and when.
     dry_run_events: Mutex<HashMap<String, Time>>,
+    /// Events written recently, so that a repeat is counted in their series.
+    series: SeriesCache,
 }
 
 impl KubeActuator {
@@ -273,6 +274,7 @@ impl KubeActuator {
             backoff: Mutex::new(HashMap::new()),
             gang_restarts: Mutex::new(HashMap::new()),
             dry_run_events: Mutex::new(HashMap::new()),
+            series: SeriesCache::default(),
         }
     }
 
@@ -318,82 +320,6 @@ impl KubeActuator {
 
     fn write_query(&self) -> String {
         format!("?fieldManager={}", query_escape(&self.config.field_manager))
-    }
-
-    // ---- backoff -------------------------------------------------------------------------
-
-    fn retry(&self, key: &str, reason: String) -> (ActionOutcome, u32) {
-        let now = self.now();
-        let attempts = match self.backoff.lock() {
-            Ok(mut map) => {
-                map.retain(|_, b| now.since(b.last).as_nanos() < BACKOFF_FORGET_AFTER_NS);
-                let entry = map.entry(key.to_string()).or_insert(Backoff { attempts: 0, last: now });
-                entry.attempts = entry.attempts.saturating_add(1);
-                entry.last = now;
-                entry.attempts
-            }
-            Err(_) => 1,
-        };
-        let base = u64::try_from(self.config.backoff_base.as_millis()).unwrap_or(u64::MAX);
-        let cap = u64::try_from(self.config.backoff_cap.as_millis()).unwrap_or(u64::MAX);
-        let factor = 1u64.checked_shl(attempts.saturating_sub(1).min(63)).unwrap_or(u64::MAX);
-        let after_ms = base.saturating_mul(factor).min(cap);
-        (ActionOutcome::Retry { after_ms, reason }, attempts)
-    }
-
-    fn settle(&self, key: &str) {
-        if let Ok(mut map) = self.backoff.lock() {
-            map.remove(key);
-        }
-    }
-
-    /// The outcome of a request that failed, for a target named `key`; `what` says what was
-    /// being done, for the reason. A final outcome forgets the target's backoff.
-    fn failed_call(&self, key: &str, what: &str, err: &CallError) -> ActionOutcome {
-        self.stop_outcome(key, stop_of(what, err))
-    }
-
-    // ---- events --------------------------------------------------------------------------
-
-    async fn emit(&self, spec: EventSpec) -> Result<(), CallError> {
-        // The API server names the Event `<prefix><5 random characters>`; the prefix itself
-        // must be a valid name, so it ends in `-` (which the server's check allows at the end
-        // of a prefix), never `.` (refused with 422 by a real API server). An object name is
-        // at most 253 characters: the prefix keeps room for the suffix.
-        let mut prefix =
-            spec.regarding.as_ref().and_then(|r| r["name"].as_str()).unwrap_or("devheal").to_string();
-        let mut cut = prefix.len().min(240);
-        while !prefix.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        prefix.truncate(cut);
-        let prefix = prefix.trim_end_matches(['.', '-']).to_string();
-        let mut note = spec.note;
-        if note.len() > NOTE_MAX_BYTES {
-            let mut cut = NOTE_MAX_BYTES - 3;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-            note.push_str("...");
-        }
-        let mut event = json!({
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {"generateName": format!("{prefix}-"), "namespace": spec.namespace},
-            "eventTime": wire::rfc3339_micros(self.now()),
-            "reportingController": REPORTING_CONTROLLER,
-            "reportingInstance": self.config.reporting_instance,
-            "action": spec.action,
-            "reason": spec.reason,
-            "note": note,
-            "type": if spec.warning { "Warning" } else { "Normal" },
-        });
-        if let Some(regarding) = spec.regarding {
-            event["regarding"] = regarding;
-        }
-        let path = format!("/apis/events.k8s.io/v1/namespaces/{}/events", path_segment(&spec.namespace));
-        self.send(Method::POST, &path, Some((Body::Json, &event))).await.map(|_| ())
     }
 
     // ---- actions -------------------------------------------------------------------------
@@ -787,20 +713,6 @@ impl KubeActuator {
         }
     }
 
-    fn stop_outcome(&self, key: &str, stop: Stop) -> ActionOutcome {
-        match stop {
-            Stop::Retry(reason) => self.retry(key, reason).0,
-            Stop::Failed(reason) => {
-                self.settle(key);
-                ActionOutcome::Failed { reason }
-            }
-            Stop::Gone => {
-                self.settle(key);
-                ActionOutcome::Gone
-            }
-        }
-    }
-
     /// Quarantine (`on`) or release a device: a DeviceTaintRule where DRA serves it and the
     /// device is a DRA device ([`dra_device`]: `<driver>/<pool>/<device>` under any resource, or
     /// `<pool>/<device>` under its driver, as PodResources names it), otherwise a node taint
@@ -1156,51 +1068,6 @@ impl KubeActuator {
             },
         )
     }
-
-    /// A report is only an Event, so its Event's failure is the action's.
-    async fn report(&self, reason: &str, message: &str) -> Carried {
-        let spec = EventSpec {
-            namespace: "default".into(),
-            regarding: None,
-            reason: "DevhealReport",
-            action: "Report",
-            note: format!("{reason}: {message}"),
-            warning: true,
-        };
-        let key = "report";
-        match self.emit(spec).await {
-            Ok(()) => {
-                self.settle(key);
-                Carried::quiet(ActionOutcome::Done)
-            }
-            Err(e) => Carried::quiet(self.failed_call(key, "writing the report Event", &e)),
-        }
-    }
-
-    /// The Event about an action that failed for good, on the pod or node it names.
-    fn failure_event(action: &Action, reason: &str) -> Option<EventSpec> {
-        let (namespace, regarding) = match action {
-            Action::MarkPod { pod, .. } | Action::EvictPod { pod, .. } => {
-                (pod.namespace.clone(), Self::pod_regarding(pod))
-            }
-            Action::CordonNode { node, .. }
-            | Action::UncordonNode { node, .. }
-            | Action::RequestRepair { node, .. }
-            | Action::WithdrawRepair { node, .. } => ("default".to_string(), node_regarding(node, None)),
-            Action::QuarantineDevice { device, .. } | Action::ReleaseDevice { device, .. } => {
-                ("default".to_string(), node_regarding(&device.node, None))
-            }
-            _ => return None,
-        };
-        Some(EventSpec {
-            namespace,
-            regarding: Some(regarding),
-            reason: "DevhealActionFailed",
-            action: camel_static(action.label()),
-            note: format!("{} failed: {reason}", action.label()),
-            warning: true,
-        })
-    }
 }
 
 impl KubeActuator {
@@ -1254,124 +1121,6 @@ impl Actuator for KubeActuator {
             }
         }
         carried.outcome
-    }
-}
-
-impl KubeActuator {
-    /// Dry run: the Normal Event [`DRY_RUN_REASON`] saying what would have been done, on the
-    /// object the real action's Event would be about (a gang's owner is found by listing its
-    /// pods, a read). One per idempotency key: a dry run left on for a week writes one Event per
-    /// would-be action, not one per decision. An Event that cannot be written is logged and
-    /// tried again the next time the action is decided.
-    async fn dry_run_event(&self, planned: &PlannedAction, description: &str) {
-        let key = &planned.idempotency_key;
-        let now = self.now();
-        match self.dry_run_events.lock() {
-            Ok(mut seen) => {
-                seen.retain(|_, t| now.since(*t).as_nanos() < DRY_RUN_MEMORY_NS);
-                if seen.contains_key(key) {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-        let (namespace, regarding) = match &planned.action {
-            Action::MarkPod { pod, .. }
-            | Action::EvictPod { pod, .. }
-            | Action::ReplaceAtCheckpoint { pod, .. } => {
-                (pod.namespace.clone(), Some(Self::pod_regarding(pod)))
-            }
-            Action::RestartGang { gang, .. } | Action::FailWorkload { gang, .. } => {
-                let members = self.gang_members(gang).await.unwrap_or_default();
-                (gang.namespace.clone(), owner_regarding(&members))
-            }
-            // The rule or taint does not exist in a dry run: the node it would be on.
-            Action::QuarantineDevice { device, .. } | Action::ReleaseDevice { device, .. } => {
-                ("default".to_string(), Some(node_regarding(&device.node, None)))
-            }
-            Action::CordonNode { node, .. }
-            | Action::UncordonNode { node, .. }
-            | Action::RequestRepair { node, .. }
-            | Action::WithdrawRepair { node, .. } => {
-                ("default".to_string(), Some(node_regarding(node, None)))
-            }
-            Action::Report { .. } => ("default".to_string(), None),
-        };
-        let action = match &planned.action {
-            Action::ReplaceAtCheckpoint { .. } => "MarkPod",
-            other => camel_static(other.label()),
-        };
-        let spec = EventSpec {
-            namespace,
-            regarding,
-            reason: DRY_RUN_REASON,
-            action,
-            note: format!("dry run: {description}"),
-            warning: false,
-        };
-        match self.emit(spec).await {
-            Ok(()) => {
-                if let Ok(mut seen) = self.dry_run_events.lock() {
-                    seen.insert(key.clone(), now);
-                }
-            }
-            Err(e) => tracing::warn!(
-                action = planned.action.label(),
-                incident = %key,
-                error = %e.describe(),
-                "could not write the dry-run Event"
-            ),
-        }
-    }
-}
-
-/// The sentence a dry run answers with.
-fn would_do(action: &Action, config: &ActuatorConfig) -> String {
-    match action {
-        Action::MarkPod { pod, condition_type, reason, .. } => format!(
-            "would set condition {condition_type}=True (reason {reason}) on pod {}/{} (uid {})",
-            pod.namespace, pod.name, pod.uid
-        ),
-        Action::EvictPod { pod, reason } => {
-            format!("would evict pod {}/{} (uid {}): {reason}", pod.namespace, pod.name, pod.uid)
-        }
-        Action::RestartGang { gang, incident, reason } => {
-            format!("would restart gang {gang} by deleting its live pods (incident {incident}): {reason}")
-        }
-        Action::FailWorkload { gang, reason } => {
-            format!("would fail workload {gang}, marking its pods {WORKLOAD_FAILED_CONDITION}: {reason}")
-        }
-        Action::ReplaceAtCheckpoint { pod, gang, reason, .. } => format!(
-            "would set condition {REPLACE_AT_CHECKPOINT_CONDITION}=True on pod {}/{} (uid {}) of gang {gang}: {reason}",
-            pod.namespace, pod.name, pod.uid
-        ),
-        Action::QuarantineDevice { device, reason } => {
-            match (&config.device_taint_rules, dra_device(device)) {
-                (DeviceTaintRuleSupport::Served { .. }, Some(_)) => format!(
-                    "would quarantine device {device} with DeviceTaintRule {} (NoSchedule): {reason}",
-                    device_taint_rule_name(device)
-                ),
-                _ => format!(
-                    "would quarantine device {device} with node taint {}:NoSchedule on node {}: {reason}",
-                    node_quarantine_taint_key(device),
-                    device.node
-                ),
-            }
-        }
-        Action::ReleaseDevice { device, reason } => format!("would release device {device}: {reason}"),
-        Action::CordonNode { node, reason } => {
-            format!("would cordon node {node} with taint {UNHEALTHY_TAINT}:NoSchedule: {reason}")
-        }
-        Action::UncordonNode { node, reason } => format!("would uncordon node {node}: {reason}"),
-        Action::RequestRepair { node, kind, reason, .. } => format!(
-            "would request repair {} on node {node} ({REPAIR_REQUESTED_CONDITION}, {REPAIR_LABEL}={}): {reason}",
-            kind.as_str(),
-            kind.as_str()
-        ),
-        Action::WithdrawRepair { node, reason } => format!(
-            "would withdraw the repair request on node {node} ({REPAIR_REQUESTED_CONDITION}=False, label {REPAIR_LABEL} removed): {reason}"
-        ),
-        Action::Report { reason, message } => format!("would report {reason}: {message}"),
     }
 }
 
@@ -1486,27 +1235,6 @@ fn owner_regarding(members: &[Value]) -> Option<Value> {
             "name": o["name"], "uid": o["uid"],
         })),
         None => pod_ref(first).map(|p| KubeActuator::pod_regarding(&p)),
-    }
-}
-
-fn stop_of(what: &str, e: &CallError) -> Stop {
-    match e.code() {
-        Some(404) => Stop::Gone,
-        Some(429) | Some(500..=599) | None => Stop::Retry(format!("{what}: {}", e.describe())),
-        Some(_) => Stop::Failed(format!("{what}: {}", e.describe())),
-    }
-}
-
-/// The worse of two stops: failed over retry over gone; the first of equals.
-fn merge_stop(acc: Option<Stop>, next: Stop) -> Option<Stop> {
-    let rank = |s: &Stop| match s {
-        Stop::Failed(_) => 2,
-        Stop::Retry(_) => 1,
-        Stop::Gone => 0,
-    };
-    match acc {
-        Some(a) if rank(&a) >= rank(&next) => Some(a),
-        _ => Some(next),
     }
 }
 
@@ -1704,13 +1432,5 @@ mod tests {
     fn repair_kinds_become_reasons() {
         assert_eq!(camel("inspect_hardware"), "InspectHardware");
         assert_eq!(camel("none"), "None");
-    }
-
-    #[test]
-    fn stops_keep_the_worst() {
-        let s = merge_stop(merge_stop(None, Stop::Retry("r".into())), Stop::Gone);
-        assert!(matches!(s, Some(Stop::Retry(_))));
-        let s = merge_stop(s, Stop::Failed("f".into()));
-        assert!(matches!(s, Some(Stop::Failed(_))));
     }
 }

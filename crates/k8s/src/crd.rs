@@ -438,7 +438,8 @@ fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
 /// The CustomResourceDefinitions devheal serves, as the API server should get them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    let mut crds = vec![NodeDeviceHealth::crd(), FailurePolicy::crd()];
+    let mut crds =
+        vec![NodeDeviceHealth::crd(), FailurePolicy::crd(), crate::upgrade_plan::UpgradePlan::crd()];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
@@ -508,7 +509,7 @@ mod tests {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let yaml = crds_yaml().expect("serialises");
         let docs: Vec<&str> = yaml.split("---\n").filter(|d| !d.trim().is_empty()).collect();
-        assert_eq!(docs.len(), 2);
+        assert_eq!(docs.len(), 3);
         let back: Vec<CustomResourceDefinition> =
             docs.iter().map(|d| serde_saphyr::from_str(d).expect("YAML parses back")).collect();
         assert_eq!(back, crds());

@@ -8,7 +8,8 @@
 //!   NodeDeviceHealth objects and FailurePolicy objects, with errors that say what and where;
 //! - [`actuator`]: [`KubeActuator`], the engine's actions carried out on a cluster (evictions,
 //!   pod and node conditions, taints, DeviceTaintRules, gang restarts, Events);
-//! - [`lease`]: [`LeaseElector`], leader election on a coordination.k8s.io/v1 Lease.
+//! - [`lease`]: [`LeaseElector`], leader election on a coordination.k8s.io/v1 Lease;
+//! - [`upgrade_plan`]: the `UpgradePlan` resource, a staged device-stack DaemonSet upgrade.
 //!
 //! This library does not pick a k8s-openapi version feature; the binary does.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod node;
 pub mod node_health;
 pub mod pod;
 pub mod schema;
+pub mod upgrade_plan;
 mod wire;
 
 pub use actuator::{ActuatorConfig, ActuatorError, DeviceTaintRuleSupport, KubeActuator, StatusWriteError};

@@ -27,6 +27,8 @@ fn config() -> ActuatorConfig {
     let mut c = ActuatorConfig::new("devheal-controller-7d9f-abc");
     c.backoff_base = Duration::from_secs(1);
     c.backoff_cap = Duration::from_secs(3);
+    // Exact delays here; the jitter has its own test (and the end-to-end tests run with it).
+    c.backoff_jitter = false;
     c
 }
 
@@ -631,6 +633,60 @@ async fn a_report_is_only_an_event_and_retries_when_it_cannot_be_written() {
             }
         )
     );
+}
+
+/// The same Event within six minutes of the last is counted in the first Event's `series`
+/// (a merge patch of the Event the server named), as Kubernetes' recorders do; another note is
+/// another Event; after six minutes quiet, or once the server dropped the Event (404), a new one.
+#[tokio::test]
+async fn repeated_events_become_one_series() {
+    let report = |m: &str| Action::Report { reason: "BreakerOpen".into(), message: m.into() };
+    let body = |m: &str| {
+        let mut e =
+            event("default", None, "DevhealReport", "Report", &format!("BreakerOpen: {m}"), "Warning");
+        e["eventTime"] = json!(T0_MICROS);
+        e
+    };
+    let named =
+        |name: &str| created(json!({"kind": "Event", "metadata": {"name": name, "namespace": "default"}}));
+    let series = |count: i32, at: &str| json!({"series": {"count": count, "lastObservedTime": at}});
+    let ev = |name: &str| format!("{EVENTS_DEFAULT}/{name}");
+    let (t60, t120) = ("2026-09-21T14:14:20.000000Z", "2026-09-21T14:15:20.000000Z");
+    let t_late = "2026-09-21T14:21:21.000000Z";
+    let mut late = body("a");
+    late["eventTime"] = json!(t_late);
+    let script = vec![
+        expect("POST", EVENTS_DEFAULT, Some(body("a")), named("devheal-a1")),
+        expect("POST", EVENTS_DEFAULT, Some(body("b")), named("devheal-b1")),
+        expect("PATCH", ev("devheal-a1"), Some(series(2, t60)), ok(json!({"kind": "Event"}))),
+        expect(
+            "PATCH",
+            ev("devheal-a1"),
+            Some(series(3, t120)),
+            status(404, "NotFound", "events \"devheal-a1\" not found"),
+        ),
+        {
+            let mut again = body("a");
+            again["eventTime"] = json!(t120);
+            expect("POST", EVENTS_DEFAULT, Some(again), named("devheal-a2"))
+        },
+        expect("POST", EVENTS_DEFAULT, Some(late), named("devheal-a3")),
+    ];
+    let clock = TestClock::at(T0);
+    let tick = clock.clone();
+    run(script, |c| async move {
+        let a = KubeActuator::new(c, config()).with_clock(clock.clock());
+        let p = |m: &str| planned(report(m));
+        assert_eq!(a.execute(&p("a")).await, ActionOutcome::Done);
+        assert_eq!(a.execute(&p("b")).await, ActionOutcome::Done, "another note: another Event");
+        tick.advance_secs(60);
+        assert_eq!(a.execute(&p("a")).await, ActionOutcome::Done, "counted as the second of a's series");
+        tick.advance_secs(60);
+        assert_eq!(a.execute(&p("a")).await, ActionOutcome::Done, "the series' Event is gone: a new Event");
+        tick.advance_secs(361);
+        assert_eq!(a.execute(&p("a")).await, ActionOutcome::Done, "six minutes quiet: a new Event");
+    })
+    .await;
 }
 
 // ---- dry run and discovery -------------------------------------------------------------------

@@ -411,6 +411,13 @@ const CONTROLLER_GRANTS: &[&str] = &[
     "cluster: watch devheal.io/failurepolicies",
     "cluster: update devheal.io/failurepolicies/status",
     "cluster: patch devheal.io/failurepolicies/status",
+    "cluster: get devheal.io/upgradeplans",
+    "cluster: list devheal.io/upgradeplans",
+    "cluster: patch devheal.io/upgradeplans/status",
+    "cluster: get apps/daemonsets",
+    "cluster: patch apps/daemonsets",
+    "cluster: get apps/controllerrevisions",
+    "cluster: list apps/controllerrevisions",
     "cluster: create events.k8s.io/events",
     "cluster: patch events.k8s.io/events",
     "cluster: get resource.k8s.io/deviceclasses",
@@ -478,6 +485,71 @@ fn rbac_violations(r: &Rendered) -> Vec<String> {
         }
     }
     out
+}
+
+/// What `kubectl devheal` reads, each as `<scope>: <verb> <group>/<resource> [names]`.
+const VIEWER_GRANTS: &[&str] = &[
+    "cluster: get devheal.io/nodedevicehealths",
+    "cluster: list devheal.io/nodedevicehealths",
+    "cluster: watch devheal.io/nodedevicehealths",
+    "cluster: get devheal.io/failurepolicies",
+    "cluster: list devheal.io/failurepolicies",
+    "cluster: watch devheal.io/failurepolicies",
+    "cluster: get core/nodes",
+    "cluster: list core/nodes",
+    "cluster: watch core/nodes",
+    "cluster: get core/pods",
+    "cluster: list core/pods",
+    "cluster: watch core/pods",
+    "cluster: get events.k8s.io/events",
+    "cluster: list events.k8s.io/events",
+    "cluster: watch events.k8s.io/events",
+    "cluster: get resource.k8s.io/devicetaintrules",
+    "cluster: list resource.k8s.io/devicetaintrules",
+    "cluster: watch resource.k8s.io/devicetaintrules",
+    "ns devheal-system: get coordination.k8s.io/leases [devheal-controller]",
+    "ns devheal-system: get core/configmaps [devheal-controller-state]",
+];
+
+/// The grants of the viewer roles (ClusterRole and Role `devheal-viewer`), one line each.
+fn viewer_grants(r: &Rendered) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (kind, namespace) in [("ClusterRole", None), ("Role", Some(NAMESPACE))] {
+        let role = r.get(kind, namespace, "devheal-viewer");
+        let scope = namespace.map(|n| format!("ns {n}")).unwrap_or_else(|| "cluster".into());
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            let names = strings(&rule["resourceNames"]);
+            let names = if names.is_empty() { String::new() } else { format!(" [{}]", names.join(",")) };
+            for group in strings(&rule["apiGroups"]) {
+                let group = if group.is_empty() { "core" } else { group };
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        out.insert(format!("{scope}: {verb} {group}/{resource}{names}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The roles for `kubectl devheal` users only read, and only what the plugin reads (the
+/// plugin's end-to-end test runs as a user bound to them alone, which shows they suffice).
+#[test]
+fn the_viewer_roles_only_read_what_the_plugin_reads() {
+    let actual = viewer_grants(base());
+    let expected: BTreeSet<String> = VIEWER_GRANTS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(actual, expected);
+    for line in &actual {
+        let verb = line.split(": ").nth(1).and_then(|v| v.split(' ').next()).unwrap_or_default();
+        assert!(["get", "list", "watch"].contains(&verb), "the viewer may only read: {line}");
+    }
+    for binding in base().of_kind("ClusterRoleBinding").chain(base().of_kind("RoleBinding")) {
+        assert_ne!(
+            binding["roleRef"]["name"], "devheal-viewer",
+            "the viewer roles are bound by the user: {binding}"
+        );
+    }
 }
 
 #[test]

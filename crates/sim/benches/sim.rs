@@ -4,7 +4,7 @@
 //! - event throughput: the simulator's events/s under a high event rate (2,048 one-node gangs
 //!   checkpointing every minute) and on the bundled scenarios, each next to a plain
 //!   `BinaryHeap` push/pop loop with the same number of events (what a bare queue reaches);
-//! - the default scenario (`llama3-16k`, all four strategies) wall time, target ≤ 10 s;
+//! - the default scenario (`llama3-16k`, every strategy) wall time, target ≤ 10 s;
 //! - the 100,000-GPU, 365-day scenario, target ≤ 60 s.
 //!
 //! Run: `cargo bench -p devheal-sim --bench sim` (add `-- quick` for one repetition).
@@ -49,9 +49,7 @@ fn run_scenario(name: &str, reps: usize, target_s: f64) {
             return;
         }
     };
-    println!(
-        "== {name}: all four strategies on one trace (seed 1), {reps} repetition(s), target ≤ {target_s} s"
-    );
+    println!("== {name}: every strategy on one trace (seed 1), {reps} repetition(s), target ≤ {target_s} s");
     let mut totals = Vec::new();
     let mut per_strategy: Vec<Vec<f64>> = vec![Vec::new(); Strategy::ALL.len()];
     let mut events = vec![0u64; Strategy::ALL.len()];

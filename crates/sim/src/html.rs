@@ -11,7 +11,7 @@ use crate::report::{Report, fmt_thousands};
 
 const COLOURS: [&str; 8] =
     ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf"];
-const STRATEGY_COLOURS: [&str; 4] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"];
+const STRATEGY_COLOURS: [&str; 6] = ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#2ca02c"];
 
 const STYLE: &str = "body{font-family:sans-serif;margin:0 auto;padding:1em 1.5em;max-width:1200px;\
 box-sizing:border-box;line-height:1.4}\
@@ -165,7 +165,10 @@ fn ettr_chart(report: &Report) -> String {
         h - 6.0
     );
     for (row, (si, values)) in series.iter().enumerate() {
-        let colour = STRATEGY_COLOURS[si % STRATEGY_COLOURS.len()];
+        // Each strategy keeps its colour whichever strategies ran.
+        let name = &report.strategies[*si].name;
+        let index = crate::Strategy::ALL.iter().position(|s| s.name() == name).unwrap_or(*si);
+        let colour = STRATEGY_COLOURS[index % STRATEGY_COLOURS.len()];
         let points: Vec<String> = values
             .iter()
             .enumerate()

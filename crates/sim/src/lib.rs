@@ -13,18 +13,19 @@
 #![forbid(unsafe_code)]
 
 pub mod daly;
-mod devheal_driver;
 pub mod html;
-mod model;
 pub mod queue;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod seeds;
 pub mod strategy;
 pub mod trace;
+mod world;
 
 pub use report::Report;
 pub use scenario::{BUNDLED, DEFAULT_SCENARIO, Scenario, ScenarioError};
+pub use seeds::SeedsReport;
 pub use strategy::Strategy;
 pub use trace::FaultTrace;
 
@@ -40,7 +41,46 @@ pub fn simulate_strategy(
     strategy: Strategy,
     trace: &FaultTrace,
 ) -> report::StrategyReport {
-    model::World::new(scenario, strategy, trace).run(trace)
+    run_strategy(scenario, strategy, trace, &mut |_| {})
+}
+
+/// Run one strategy over a trace, telling `on_day` each whole simulated day done. The one place
+/// that names each strategy's implementation: the world is generic over [`strategy::Policy`].
+fn run_strategy(
+    scenario: &Scenario,
+    strategy: Strategy,
+    trace: &FaultTrace,
+    on_day: &mut dyn FnMut(u32),
+) -> report::StrategyReport {
+    use strategy::{
+        devheal, job_failure_policy, kubernetes_default, node_health_controller, nvsentinel_jobset,
+        progress_watchdog,
+    };
+    match strategy {
+        Strategy::KubernetesDefault => {
+            world::World::new(scenario, kubernetes_default::KubernetesDefault, trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::NodeHealthController => {
+            world::World::new(scenario, node_health_controller::NodeHealthController::new(scenario), trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::JobFailurePolicy => {
+            world::World::new(scenario, job_failure_policy::JobFailurePolicy, trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::NvsentinelJobset => {
+            world::World::new(scenario, nvsentinel_jobset::NvsentinelJobset::new(scenario), trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::ProgressWatchdog => {
+            world::World::new(scenario, progress_watchdog::ProgressWatchdog::new(scenario), trace)
+                .run_observed(trace, on_day)
+        }
+        Strategy::Devheal => {
+            world::World::new(scenario, devheal::Devheal::new(scenario), trace).run_observed(trace, on_day)
+        }
+    }
 }
 
 /// What a simulation tells its caller while it runs, for a progress display.
@@ -50,6 +90,8 @@ pub enum Progress<'a> {
     Run { name: &'a str, number: usize, runs: usize },
     /// The current run has simulated `day` whole days of `days` (the length rounded up).
     Day { day: u32, days: u32 },
+    /// A multi-seed run finished the seed `seed`; `done` of `seeds` are finished.
+    Seed { seed: u64, done: usize, seeds: usize },
 }
 
 /// Run the given strategies on one shared trace; `progress` hears each run start and each
@@ -69,8 +111,7 @@ pub fn simulate_strategies(
     let days = scenario.duration_days.ceil() as u32;
     let mut run = |scenario: &Scenario, strategy: Strategy, name: &str, number: usize| {
         progress(Progress::Run { name, number, runs });
-        model::World::new(scenario, strategy, &trace)
-            .run_observed(&trace, &mut |day| progress(Progress::Day { day, days }))
+        run_strategy(scenario, strategy, &trace, &mut |day| progress(Progress::Day { day, days }))
     };
     let mut reports = Vec::new();
     for (i, &s) in strategies.iter().enumerate() {
@@ -120,7 +161,51 @@ pub fn simulate_strategies(
     }
 }
 
-/// Run all four strategies on one shared trace.
+/// Run every strategy on one shared trace.
 pub fn simulate(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress<'_>)) -> Report {
     simulate_strategies(scenario, seed, &Strategy::ALL, progress)
+}
+
+/// Run `strategies` on `seeds` traces (seeds `first_seed`, `first_seed + 1`, …), on as many
+/// threads as the machine offers, and summarise each figure as a mean with its 95 % interval and
+/// devheal's paired differences ([`SeedsReport`]). Each seed's run skips devheal's
+/// without-straggler-detection comparison. The result does not depend on the thread count.
+pub fn simulate_seeds(
+    scenario: &Scenario,
+    first_seed: u64,
+    seeds: usize,
+    strategies: &[Strategy],
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> SeedsReport {
+    let mut lean = scenario.clone();
+    lean.strategies.devheal.compare_without_straggler_detection = false;
+    let workers = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, seeds.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Report)>();
+    let mut reports: Vec<Option<Report>> = (0..seeds).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (lean, next) = (&lean, &next);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= seeds {
+                        break;
+                    }
+                    let report = simulate_strategies(lean, first_seed + i as u64, strategies, &mut |_| {});
+                    if tx.send((i, report)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (done, (i, report)) in rx.iter().enumerate() {
+            progress(Progress::Seed { seed: report.seed, done: done + 1, seeds });
+            reports[i] = Some(report);
+        }
+    });
+    let reports: Vec<Report> = reports.into_iter().flatten().collect();
+    SeedsReport::from_reports(&reports)
 }

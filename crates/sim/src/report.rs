@@ -124,6 +124,9 @@ pub struct StrategyReport {
     pub counts: Counts,
     /// Events the simulator processed for this strategy.
     pub events: u64,
+    /// Faults that interrupted a running training gang, by fault class (the planned
+    /// maintenance and a strategy's own actions are not faults).
+    pub interruptions_by_class: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -261,6 +264,33 @@ impl Report {
         rows
     }
 
+    /// The strategy other than devheal with the highest ETTR (ties: fewer GPU-hours lost), if
+    /// devheal and another strategy ran.
+    pub fn best_other(&self) -> Option<&StrategyReport> {
+        self.strategies.iter().find(|s| s.name == "devheal")?;
+        self.strategies.iter().filter(|s| s.name != "devheal").max_by(|a, b| {
+            a.ettr.total_cmp(&b.ettr).then(b.gpu_hours_lost.total.total_cmp(&a.gpu_hours_lost.total))
+        })
+    }
+
+    /// One line comparing devheal with the best of the other strategies.
+    pub fn best_other_summary(&self) -> Option<String> {
+        let devheal = self.strategies.iter().find(|s| s.name == "devheal")?;
+        let best = self.best_other()?;
+        let lost = devheal.gpu_hours_lost.total - best.gpu_hours_lost.total;
+        Some(format!(
+            "devheal against the best other strategy ({}): ETTR {:.2}% vs {:.2}% ({:+.2} points); GPU-h lost {} vs {} ({}{}).",
+            best.name,
+            devheal.ettr * 100.0,
+            best.ettr * 100.0,
+            (devheal.ettr - best.ettr) * 100.0,
+            fmt_thousands(devheal.gpu_hours_lost.total),
+            fmt_thousands(best.gpu_hours_lost.total),
+            if lost > 0.0 { "+" } else { "" },
+            fmt_thousands(lost),
+        ))
+    }
+
     /// Two lines on what devheal's straggler detection changed, when the run compared it.
     pub fn straggler_summary(&self) -> Option<String> {
         let d = self.straggler_detection.as_ref()?;
@@ -292,6 +322,9 @@ impl Report {
         write_table(&mut out, &self.loss_rows());
         let _ = writeln!(out);
         write_table(&mut out, &self.count_rows());
+        if let Some(summary) = self.best_other_summary() {
+            let _ = writeln!(out, "\n{summary}");
+        }
         if let Some(summary) = self.straggler_summary() {
             let _ = writeln!(out, "\n{summary}");
         }
@@ -304,7 +337,7 @@ impl Report {
     }
 }
 
-fn write_table(out: &mut String, rows: &[Vec<String>]) {
+pub(crate) fn write_table(out: &mut String, rows: &[Vec<String>]) {
     use std::fmt::Write;
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> =

@@ -152,6 +152,10 @@ pub struct RepairSpec {
 #[serde(deny_unknown_fields)]
 pub struct StrategiesSpec {
     pub node_health_controller: NodeHealthControllerSpec,
+    #[serde(default)]
+    pub nvsentinel_jobset: NvsentinelJobsetSpec,
+    #[serde(default)]
+    pub progress_watchdog: ProgressWatchdogSpec,
     pub devheal: DevhealSpec,
 }
 
@@ -159,6 +163,56 @@ pub struct StrategiesSpec {
 #[serde(deny_unknown_fields)]
 pub struct NodeHealthControllerSpec {
     pub poll_interval_s: f64,
+}
+
+/// NVSentinel (its Xid catalogue, partial drain and GPU reset) with JobSet recreating the gang.
+/// Defaults are NVSentinel's documented values (docs/simulator.md lists the sources).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NvsentinelJobsetSpec {
+    /// syslog-health-monitor reads journald every this often (the Helm chart's
+    /// `--polling-interval 15s`); gpu-health-monitor's DCGM health check runs as often
+    /// (`PollIntervalSeconds = 15`).
+    pub poll_interval_s: f64,
+    /// Health event → node cordoned by fault-quarantine (measured in NVSentinel PR #714: 1.8 s).
+    pub quarantine_s: f64,
+    /// Health event → pods evicted by node-drainer (measured in NVSentinel PR #714: about 70 s).
+    pub eviction_s: f64,
+}
+
+impl Default for NvsentinelJobsetSpec {
+    fn default() -> Self {
+        NvsentinelJobsetSpec { poll_interval_s: 15.0, quarantine_s: 1.8, eviction_s: 70.0 }
+    }
+}
+
+/// In-job restart on a progress timeout, as nvidia-resiliency-ext's `ft_launcher` does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgressWatchdogSpec {
+    /// A rank that makes no progress for this long is declared hung and the job restarted in
+    /// place (NVRx docs: Megatron's section timeouts `step:120`).
+    pub progress_timeout_s: f64,
+    /// A rank process that exits is seen by its launcher within this (NVRx `--monitor-interval`
+    /// default 0.3 s), and the job restarted in place.
+    pub exit_detect_s: f64,
+    /// The launcher stops restarting after this many restarts in a row that made no progress
+    /// (NVRx `max_no_progress_restarts` default 3) …
+    pub max_no_progress_restarts: u32,
+    /// … where a restart made progress if it ran at least this many steps (NVRx
+    /// `min_progress_iterations` default 200).
+    pub min_progress_iterations: f64,
+}
+
+impl Default for ProgressWatchdogSpec {
+    fn default() -> Self {
+        ProgressWatchdogSpec {
+            progress_timeout_s: 120.0,
+            exit_detect_s: 0.3,
+            max_no_progress_restarts: 3,
+            min_progress_iterations: 200.0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -485,6 +539,14 @@ impl Scenario {
             "strategies.node_health_controller.poll_interval_s",
             self.strategies.node_health_controller.poll_interval_s,
         )?;
+        let n = &self.strategies.nvsentinel_jobset;
+        interval_s("strategies.nvsentinel_jobset.poll_interval_s", n.poll_interval_s)?;
+        non_negative("strategies.nvsentinel_jobset.quarantine_s", n.quarantine_s)?;
+        non_negative("strategies.nvsentinel_jobset.eviction_s", n.eviction_s)?;
+        let p = &self.strategies.progress_watchdog;
+        interval_s("strategies.progress_watchdog.progress_timeout_s", p.progress_timeout_s)?;
+        non_negative("strategies.progress_watchdog.exit_detect_s", p.exit_detect_s)?;
+        non_negative("strategies.progress_watchdog.min_progress_iterations", p.min_progress_iterations)?;
         let d = &self.strategies.devheal;
         non_negative("strategies.devheal.kernel_log_detect_ms", d.kernel_log_detect_ms)?;
         non_negative("strategies.devheal.publish_s", d.publish_s)?;

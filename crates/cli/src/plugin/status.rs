@@ -564,9 +564,17 @@ pub fn render(r: &StatusReport) -> String {
         let rows: Vec<Vec<String>> = r
             .quarantines
             .iter()
-            .map(|q| vec![q.node.clone(), q.device.clone(), q.by.clone(), or_dash(q.since_age.clone())])
+            .map(|q| {
+                vec![
+                    q.node.clone(),
+                    q.device.clone(),
+                    q.by.clone(),
+                    or_dash(q.since_age.clone()),
+                    or_dash(q.reason.clone()),
+                ]
+            })
             .collect();
-        table(&["NODE", "DEVICE", "BY", "SINCE"], &rows)
+        table(&["NODE", "DEVICE", "BY", "SINCE", "REASON"], &rows)
     });
     section(&mut out, "Cordons", r.cordons.len(), || {
         let rows: Vec<Vec<String>> = r

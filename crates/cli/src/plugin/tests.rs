@@ -182,9 +182,9 @@ fn status_text_is_aligned_tables() {
         gpu-1  GPU-2   nvidia.com/gpu  Unhealthy  12m    ml/llama-0  kernel_log 79: GPU has fallen off the bus (x3)\n";
     assert!(text.contains(expected_devices), "{text}");
     let expected_quarantines = "Quarantines (2):\n\
-        NODE   DEVICE                        BY                                        SINCE\n\
-        gpu-1  GPU-2                         taint devheal.io/device-quarantine-5f2a   11m\n\
-        gpu-3  gpu.example.com/pool-a/dev-0  DeviceTaintRule devheal-gpu-3-dev-0-1a2b  2h\n";
+        NODE   DEVICE                        BY                                        SINCE  REASON\n\
+        gpu-1  GPU-2                         taint devheal.io/device-quarantine-5f2a   11m    -\n\
+        gpu-3  gpu.example.com/pool-a/dev-0  DeviceTaintRule devheal-gpu-3-dev-0-1a2b  2h     Xid 48\n";
     assert!(text.contains(expected_quarantines), "{text}");
     assert!(text.contains("gpu-1  cordoned  yes            10m    -\n"), "{text}");
     assert!(text.contains("  quarantined nodes      1 of at most 5\n"), "{text}");

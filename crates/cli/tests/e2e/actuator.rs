@@ -227,7 +227,10 @@ async fn pod_marks_and_evictions_on_the_real_server() {
             other => panic!("an eviction the budget forbids gave {other:?}"),
         }
     }
-    assert_eq!(delays, [1000, 2000, 3000, 3000]);
+    // Jittered (on by default): each delay within [d/2, d] of 1 s doubling to the 3 s cap.
+    for (got, full) in delays.iter().zip([1000u64, 2000, 3000, 3000]) {
+        assert!((full / 2..=full).contains(got), "delays {delays:?}");
+    }
     assert!(!deleting(&get(&scope, "p2").await));
     assert_eq!(
         events(&scope.client, &scope.ns, "DevhealEvictionBlocked").await.len(),
@@ -535,25 +538,39 @@ async fn device_and_node_actions_on_the_real_server() {
     let repair = conditions.iter().find(|c| c.type_ == "devheal.io/RepairRequested").expect("the condition");
     assert_eq!((repair.status.as_str(), repair.reason.as_deref()), ("False", Some("RepairDone")));
     assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "the kubelet's Ready stays");
+    let uid = n.metadata.uid.clone().unwrap_or_default();
     assert!(!n.metadata.labels.unwrap_or_default().contains_key("devheal.io/repair"));
     assert_eq!(a.execute(&withdraw).await, ActionOutcome::Done);
     let withdrawn = events(&scope.client, "default", "DevhealRepairWithdrawn").await;
+    // This node object's (by uid): Events about an earlier node of the same name stay an hour.
     assert_eq!(
-        withdrawn.iter().filter(|e| e["regarding"]["name"] == name.as_str()).count(),
+        withdrawn
+            .iter()
+            .filter(|e| e["regarding"]["name"] == name.as_str() && e["regarding"]["uid"] == uid.as_str())
+            .count(),
         1,
         "{withdrawn:?}"
     );
 
     // Report: only an Event.
     let nonce = format!("e2e {} {}", scope.name, k8s_openapi::jiff::Timestamp::now());
+    // The same report three times in a minute is one Event with `series.count` 3 (the real API
+    // server accepts the series patch); another note is another Event.
     let report = Action::Report { reason: "BreakerOpen".into(), message: nonce.clone() };
-    assert_eq!(a.execute(&planned(report)).await, ActionOutcome::Done);
+    for _ in 0..3 {
+        assert_eq!(a.execute(&planned(report.clone())).await, ActionOutcome::Done);
+    }
+    let other = Action::Report { reason: "BreakerOpen".into(), message: format!("{nonce} (2)") };
+    assert_eq!(a.execute(&planned(other)).await, ActionOutcome::Done);
     let reports = events(&scope.client, "default", "DevhealReport").await;
-    assert_eq!(
-        reports.iter().filter(|e| e["note"] == format!("BreakerOpen: {nonce}")).count(),
-        1,
-        "{reports:?}"
-    );
+    let ours: Vec<&Value> = reports.iter().filter(|e| e["note"] == format!("BreakerOpen: {nonce}")).collect();
+    assert_eq!(ours.len(), 1, "{reports:?}");
+    assert_eq!(ours[0]["series"]["count"], 3, "{:?}", ours[0]);
+    assert!(ours[0]["series"]["lastObservedTime"].is_string(), "{:?}", ours[0]);
+    let second: Vec<&Value> =
+        reports.iter().filter(|e| e["note"] == format!("BreakerOpen: {nonce} (2)")).collect();
+    assert_eq!(second.len(), 1, "{reports:?}");
+    assert!(second[0]["series"].is_null(), "a singleton Event has no series: {:?}", second[0]);
 
     // A dry run changes nothing on the server: its only writes are one Normal `DevhealDryRun`
     // Event per would-be action, on the node, however often the action is decided.

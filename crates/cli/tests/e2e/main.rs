@@ -27,3 +27,4 @@ mod leader;
 mod pdb;
 mod plugin;
 mod trust;
+mod upgrade;

@@ -4,11 +4,18 @@
 //! status, a Lease and the controller's state ConfigMap, all written as devheal would. The
 //! real `kubectl-devheal` binary (with the admin kubeconfig in `KUBECONFIG`) must show them in
 //! `status`, `history NODE` and `explain POD`, name what is missing in its errors, and run as
-//! `kubectl devheal` through kubectl's own plugin lookup.
+//! `kubectl devheal` through kubectl's own plugin lookup. A DRA device quarantined by the real
+//! actuator (a DeviceTaintRule) shows among the quarantines. Run as a user bound only to the
+//! read-only roles of deploy/base/rbac-viewer.yaml, the plugin says the same, with nothing
+//! forbidden.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use devheal_core::{Action, ActionOutcome, Actuator, DeviceKey, FailureClass, PlannedAction};
+use devheal_k8s::actuator::{
+    ActuatorConfig, KubeActuator, device_taint_rule_name, discover_device_taint_rules,
+};
 use devheal_k8s::crd::{FailurePolicy, NodeDeviceHealth, NodeDeviceHealthSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -33,6 +40,28 @@ fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("--- {what}\n{stdout}");
     stdout
+}
+
+/// A kubeconfig for a service account bound only to the viewer roles (deploy/base/rbac-viewer.yaml):
+/// the ClusterRole through a ClusterRoleBinding, the Role in devheal's namespace through a
+/// RoleBinding, as docs/kubectl-plugin.md tells an administrator to bind them.
+async fn viewer_kubeconfig(scope: &Scope) -> std::path::PathBuf {
+    let account = format!("viewer-{}", scope.name);
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": scope.ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": format!("devheal-viewer-{}", scope.name)},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "devheal-viewer"},
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": scope.ns}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": format!("devheal-viewer-{}", scope.name), "namespace": SYSTEM_NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "devheal-viewer"},
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": scope.ns}]}]});
+    kubectl(scope.env, &["apply", "-f", "-"], Some(objects.to_string().as_bytes()));
+    let token = crate::setup::token_request(&scope.client, &scope.ns, &account, None, None)
+        .await
+        .expect("a viewer token");
+    token_kubeconfig(scope.env, scope.dir.path(), "viewer", &token)
 }
 
 fn line_with<'a>(text: &'a str, needle: &str) -> &'a str {
@@ -172,6 +201,24 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
         .await
         .expect("the state ConfigMap");
 
+    // A DRA device quarantined as the controller does it: a DeviceTaintRule by the real actuator.
+    let mut served = ActuatorConfig::new("e2e-plugin");
+    served.device_taint_rules = discover_device_taint_rules(&client).await.expect("discovery");
+    let actuator = KubeActuator::new(client.clone(), served);
+    let dra = DeviceKey::new(&node, "gpu.nvidia.com", format!("gpu.nvidia.com/{node}/gpu-1"));
+    let quarantine = |on: bool| PlannedAction {
+        idempotency_key: format!("e2e-plugin-{on}"),
+        action: if on {
+            Action::QuarantineDevice { device: dra.clone(), reason: "Xid 48 (double-bit ECC)".into() }
+        } else {
+            Action::ReleaseDevice { device: dra.clone(), reason: "test over".into() }
+        },
+        class: FailureClass::DeviceFailure,
+        policy: None,
+    };
+    assert_eq!(actuator.execute(&quarantine(true)).await, ActionOutcome::Done);
+    let rule = device_taint_rule_name(&dra);
+
     // status: the device, the node's marks, the budgets, the breakers, the leader.
     let text = ok(plugin(&kubeconfig, &["status"]), "kubectl-devheal status");
     assert!(text.starts_with("Leader: devheal-controller-e2e-leader (renewed "), "{text}");
@@ -196,6 +243,11 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
         line_with(policies_section, &format!("{}/training", scope.ns)).contains("QuarantineDevice=1"),
         "{text}"
     );
+    let by_rule = line_with(&text, &format!("DeviceTaintRule {rule}"));
+    for expected in [node.as_str(), &format!("gpu.nvidia.com/{node}/gpu-1"), "Xid 48 (double-bit ECC)"] {
+        assert!(by_rule.contains(expected), "{expected:?} missing from {by_rule:?}");
+    }
+    let status_text = text.clone();
     let json_out = ok(plugin(&kubeconfig, &["status", "-o", "json"]), "kubectl-devheal status -o json");
     let report: Value = serde_json::from_str(&json_out).expect("status -o json is JSON");
     let devices = report["devices"].as_array().expect("devices");
@@ -250,6 +302,40 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
         "{err}"
     );
 
+    // As a user bound only to the viewer roles: the same status, nothing forbidden or missing.
+    let viewer = viewer_kubeconfig(&scope).await;
+    let as_viewer = plugin(&viewer, &["status"]);
+    let err = String::from_utf8_lossy(&as_viewer.stderr).into_owned();
+    let viewed = ok(as_viewer, "kubectl-devheal status (viewer)");
+    assert!(!viewed.contains("forbidden") && !err.contains("forbidden"), "{viewed}{err}");
+    // The same report, but for the ages printed ("12s ago"), which may tick between the runs.
+    let ageless = |t: &str| {
+        t.lines().map(|l| l.split(" ago").next().unwrap_or_default().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ageless(&viewed).len(),
+        ageless(&status_text).len(),
+        "viewer:\n{viewed}\nadmin:\n{status_text}"
+    );
+    for line in
+        ["Leader: devheal-controller-e2e-leader", "DeviceTaintRule", "  node breaker           closed"]
+    {
+        assert!(viewed.contains(line), "{line:?} missing for the viewer:\n{viewed}");
+    }
+    assert!(line_with(&viewed, DEVICE).contains("Unhealthy"), "{viewed}");
+    for args in [vec!["history", node.as_str()], vec!["explain", "llama-0", "-n", &scope.ns]] {
+        let out = plugin(&viewer, &args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let text = ok(out, &format!("kubectl-devheal {} (viewer)", args[0]));
+        assert!(!text.contains("forbidden") && !err.contains("forbidden"), "{text}{err}");
+    }
+    // The viewer cannot write: a cordon through its credentials is refused.
+    let viewer_client = token_client(&viewer).await;
+    let refused = Api::<Node>::all(viewer_client)
+        .patch(&node, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"unschedulable": false}})))
+        .await;
+    assert!(matches!(refused, Err(kube::Error::Api(ref e)) if e.code == 403), "{refused:?}");
+
     // Through kubectl's own plugin lookup: `kubectl devheal status` with the binary on PATH.
     let dir = Path::new(PLUGIN).parent().expect("the binary's directory");
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
@@ -262,6 +348,7 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
     let text = ok(out, "kubectl devheal status");
     assert!(line_with(&text, DEVICE).contains("Unhealthy"), "{text}");
 
+    assert_eq!(actuator.execute(&quarantine(false)).await, ActionOutcome::Done);
     // The state and the Lease are the controller's: leave none of ours for the next test.
     let _ = maps.delete("devheal-controller-state", &DeleteParams::default()).await;
     let _ = leases.delete("devheal-controller", &DeleteParams::default()).await;

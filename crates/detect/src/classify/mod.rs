@@ -1,5 +1,7 @@
 //! Device-fault classification of one kernel message: NVIDIA Xid and SXid, "fallen off the bus",
-//! RmInitAdapter failures, PCIe AER, amdgpu and machine checks.
+//! RmInitAdapter failures, GSP firmware timeouts, PCIe AER (including failed recovery), amdgpu,
+//! machine checks, EDAC memory errors, Intel Gaudi (habanalabs), Intel GPUs (i915, xe) and NIC
+//! link state.
 //!
 //! A literal prefilter (Aho–Corasick over the few substrings that can start a device fault)
 //! rejects ordinary lines; only candidate lines reach the per-kind parsers, which are
@@ -13,6 +15,10 @@ use serde::Serialize;
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::pci::{address_from_requester_id, first_pci_address, normalize_pci_address};
 
+mod families;
+#[cfg(test)]
+mod families_tests;
+
 /// What kind of device fault a kernel message reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -25,6 +31,17 @@ pub enum FaultKind {
     PcieAer,
     Amdgpu,
     Mce,
+    /// The NVIDIA GPU System Processor stopped answering (heartbeat or RPC timeouts).
+    NvidiaGsp,
+    /// EDAC memory-controller errors (corrected or uncorrected, with the DIMM).
+    Edac,
+    /// Intel Gaudi accelerators (the `habanalabs` driver).
+    Habanalabs,
+    /// Intel GPUs (the `i915` and `xe` drivers).
+    IntelGpu,
+    /// NIC link state (mlx5 and other Ethernet/InfiniBand drivers): a network fault, never a
+    /// GPU fault.
+    NicLink,
 }
 
 impl FaultKind {
@@ -37,6 +54,11 @@ impl FaultKind {
             FaultKind::PcieAer => "pcie_aer",
             FaultKind::Amdgpu => "amdgpu",
             FaultKind::Mce => "mce",
+            FaultKind::NvidiaGsp => "nvidia_gsp",
+            FaultKind::Edac => "edac",
+            FaultKind::Habanalabs => "habanalabs",
+            FaultKind::IntelGpu => "intel_gpu",
+            FaultKind::NicLink => "nic_link",
         }
     }
 }
@@ -81,9 +103,17 @@ enum Family {
     Aer,
     Amdgpu,
     Mce,
+    Gsp,
+    Edac,
+    Habanalabs,
+    IntelGpu,
+    Nic,
     /// `journalctl`'s `-- Boot <id> --` separator: not a fault, but the scanner needs to see it.
     BootSeparator,
 }
+
+/// Number of [`Family`] values (the size of the per-message "already tried" set).
+const FAMILIES: usize = Family::BootSeparator as usize + 1;
 
 /// The literals that can start a device fault, and the parser each leads to.
 const TRIGGERS: &[(&str, Family)] = &[
@@ -99,6 +129,20 @@ const TRIGGERS: &[(&str, Family)] = &[
     ("Machine check", Family::Mce),
     ("Machine Check", Family::Mce),
     ("[Hardware Error]", Family::Mce),
+    // Literals whose first bytes are rare in ordinary kernel text keep the prefilter fast
+    // (`beat timed out` covers both `Heartbeat timed out` and `heartbeat timed out`).
+    ("beat timed out", Family::Gsp),
+    ("GSP Timeout", Family::Gsp),
+    ("RPC from GSP", Family::Gsp),
+    ("EDAC MC", Family::Edac),
+    ("Device heartbeat failed", Family::Habanalabs),
+    // Intel GPUs: the driver's name, then `intel_gpu` reads the message.
+    ("i915", Family::IntelGpu),
+    ("xe 0", Family::IntelGpu),
+    ("drmn", Family::IntelGpu),
+    ("Link down", Family::Nic),
+    ("Link up", Family::Nic),
+    ("NIC Link is", Family::Nic),
     ("-- Boot ", Family::BootSeparator),
 ];
 
@@ -131,7 +175,9 @@ impl Classifier {
             amdgpu_ras: compile(
                 r"(\d+) (un)?correctable hardware errors? (?:were )?detected in (?:total in )?(\S+) block",
             ),
-            mce_bank: compile(r"Machine Check(?: Exception)?: *(\d+) Bank (\d+): ([0-9a-fA-F]{1,16})"),
+            mce_bank: compile(
+                r"(?:CPU:? ?(\d+):? )?Machine Check(?: Exception| Event)?: *\d+ Bank (\d+): ([0-9a-fA-F]{1,16})",
+            ),
         }
     }
 
@@ -147,7 +193,7 @@ impl Classifier {
 
     /// Classify one kernel message (without its dmesg/kmsg prefix).
     pub fn classify(&self, message: &str) -> Option<DeviceFault> {
-        let mut tried = [false; 8];
+        let mut tried = [false; FAMILIES];
         for found in self.prefilter.find_iter(message) {
             let family = TRIGGERS[found.pattern().as_usize()].1;
             let slot = family as usize;
@@ -163,6 +209,11 @@ impl Classifier {
                 Family::Aer => self.aer(message, found.start()),
                 Family::Amdgpu => self.amdgpu(message),
                 Family::Mce => self.mce(message),
+                Family::Gsp => self.gsp(message),
+                Family::Edac => self.edac(message),
+                Family::Habanalabs => self.habanalabs(message),
+                Family::IntelGpu => self.intel_gpu(message),
+                Family::Nic => self.nic_link(message),
                 Family::BootSeparator => None,
             };
             if fault.is_some() {
@@ -239,6 +290,24 @@ impl Classifier {
             health = reported_health;
             announced = Some(name);
         }
+        // NVLink 5 Xids say in their text whether the event was fatal:
+        // `149, NETIR_LINK_EVT Fatal XC0 i0 Link 00 (...)`, `144, SAW_MVB Nonfatal XC0 ...`.
+        let mut severity = None;
+        if (144..=150).contains(&code) {
+            match nvlink5_severity(rest) {
+                Some(true) => {
+                    health = Health::Unhealthy;
+                    action = action.max(RepairKind::ResetDevice);
+                    severity = Some("fatal");
+                }
+                Some(false) => {
+                    health = Health::Healthy;
+                    action = RepairKind::None;
+                    severity = Some("non-fatal");
+                }
+                None => {}
+            }
+        }
         let mut summary = format!("Xid {code}");
         if let Some(mnemonic) = &entry.mnemonic {
             summary.push_str(" (");
@@ -254,6 +323,11 @@ impl Classifier {
         if let Some(name) = announced {
             summary.push_str(" to ");
             summary.push_str(name);
+        }
+        if let Some(severity) = severity {
+            summary.push_str(" (");
+            summary.push_str(severity);
+            summary.push(')');
         }
         if !listed && !rest.is_empty() {
             summary.push_str(": ");
@@ -333,6 +407,19 @@ impl Classifier {
     fn aer(&self, message: &str, trigger_at: usize) -> Option<DeviceFault> {
         let reporter = first_pci_address(&message[..trigger_at]);
         let body = &message[trigger_at..];
+        // Recovery that failed: `pcieport 0000:00:01.0: AER: device recovery failed` (the port)
+        // and `ahci 0000:01:00.0: AER: can't recover (no error_detected callback)` (a driver
+        // below it that cannot take part).
+        if body.contains("recovery failed") || body.contains("can't recover") {
+            let detail = body.trim_start_matches("AER:").trim();
+            return self.event_fault(
+                FaultKind::PcieAer,
+                "recovery_failed",
+                reporter.clone(),
+                reporter,
+                detail,
+            );
+        }
         if let Some(at) = body.find("severity=") {
             let after = &body[at + "severity=".len()..];
             let severity_text = after.split(", ").next().unwrap_or(after);
@@ -379,6 +466,25 @@ impl Classifier {
                 &format!("ring {ring}"),
             );
         }
+        // `Ring gfx_0.0.0 reset failed`: the per-ring reset did not help; a full reset follows.
+        if let Some(at) = message.find("Ring ")
+            && message[at..].contains(" reset failed")
+        {
+            let ring = message[at + "Ring ".len()..].split(' ').next().unwrap_or("");
+            return self.event_fault(
+                FaultKind::Amdgpu,
+                "ring_reset_failed",
+                device,
+                None,
+                &format!("ring {ring}"),
+            );
+        }
+        // `uncorrectable hardware error(ERREVENT_ATHUB_INTERRUPT) detected!`
+        if let Some(at) = message.find("uncorrectable hardware error(") {
+            let event = &message[at + "uncorrectable hardware error(".len()..];
+            let event = event.split(')').next().unwrap_or("");
+            return self.event_fault(FaultKind::Amdgpu, "ras_uncorrectable", device, None, event);
+        }
         if let Some(caps) = self.amdgpu_ras.captures(message) {
             let count = caps.get(1).map(|m| m.as_str()).unwrap_or("");
             let variant = if caps.get(2).is_some() { "ras_uncorrectable" } else { "ras_correctable" };
@@ -419,7 +525,11 @@ impl Classifier {
             "logged"
         } else if let Some(caps) = self.mce_bank.captures(message) {
             let status = caps.get(3).and_then(|m| u64::from_str_radix(m.as_str(), 16).ok())?;
-            detail = detail_after_tag(message);
+            let bank = caps.get(2).map(|m| m.as_str()).unwrap_or("?");
+            detail = match caps.get(1) {
+                Some(cpu) => format!("CPU {} bank {bank}, status {}", cpu.as_str(), &caps[3]),
+                None => format!("bank {bank}, status {}", &caps[3]),
+            };
             let uncorrected = status & (1 << 61) != 0;
             let context_corrupt = status & (1 << 57) != 0;
             match (uncorrected, context_corrupt) {
@@ -532,6 +642,16 @@ fn recovery_action(detail: &str) -> Option<(RepairKind, Health, &str)> {
         return None;
     };
     Some((action, health, name))
+}
+
+/// The severity word of an NVLink 5 Xid (144–150): `Some(true)` for `Fatal` (also `Link Fatal`),
+/// `Some(false)` for `Nonfatal` / `Non-fatal`, `None` when the text does not say.
+fn nvlink5_severity(detail: &str) -> Option<bool> {
+    detail.split_ascii_whitespace().take(4).find_map(|word| match word.trim_end_matches(',') {
+        "Fatal" | "fatal" => Some(true),
+        "Nonfatal" | "Non-fatal" | "Non-Fatal" | "nonfatal" => Some(false),
+        _ => None,
+    })
 }
 
 /// `Corrected`, `Multiple Uncorrected (Non-Fatal)`, `Uncorrectable (Fatal)` → catalog variant.

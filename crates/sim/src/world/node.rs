@@ -1,0 +1,313 @@
+//! Nodes and devices: what is broken, drains, repairs and the tickets people open for them,
+//! device resets, quarantines and the healthy hours they hold out.
+
+use devheal_core::Duration;
+
+use super::{Event, ReplicaState, World, hours};
+use crate::scenario::{Manifestation, Persistence, secs};
+use crate::strategy::{Policy, Repair, Signal};
+
+impl Repair {
+    /// The repair a fault of this persistence needs, if any.
+    pub(crate) fn needed_for(p: Persistence) -> Option<Repair> {
+        match p {
+            Persistence::Transient => None,
+            Persistence::UntilReset => Some(Repair::Reset),
+            Persistence::UntilReboot => Some(Repair::Reboot),
+            Persistence::UntilReplace => Some(Repair::Replace),
+        }
+    }
+
+    pub(crate) fn fixes(self, p: Persistence) -> bool {
+        Repair::needed_for(p).is_none_or(|need| need <= self)
+    }
+}
+
+impl<P: Policy> World<'_, P> {
+    /// The first active problem on a node, as (class, manifestation), ignoring faults on devices
+    /// that `replica` does not use.
+    pub(crate) fn node_problem(
+        &self,
+        node: u32,
+        replica: Option<(u16, u32)>,
+    ) -> Option<(u16, Manifestation)> {
+        let n = &self.nodes[node as usize];
+        if let Some(f) = n.host_fault {
+            return Some((f.class, self.scenario.faults[f.class as usize].manifestation));
+        }
+        let (first, count) = match replica {
+            Some((s, r)) => {
+                let svc = &self.services[s as usize];
+                (svc.replicas[r as usize].first_device, svc.gpus_per_replica as u8)
+            }
+            None => (0, self.gpn as u8),
+        };
+        (first..first + count).find_map(|d| {
+            self.devices[self.dev(node, d)]
+                .fault
+                .map(|f| (f.class, self.scenario.faults[f.class as usize].manifestation))
+        })
+    }
+
+    /// Keep `broken` in step with a node's state.
+    pub(crate) fn refresh_broken(&mut self, node: u32) {
+        let n = &self.nodes[node as usize];
+        if !n.up || n.in_repair.is_some() || self.node_problem(node, None).is_some() {
+            self.broken.insert(node);
+        } else {
+            self.broken.remove(&node);
+        }
+    }
+
+    pub(super) fn healthy_devices(&self, node: u32) -> u32 {
+        if self.nodes[node as usize].host_fault.is_some() {
+            return 0;
+        }
+        (0..self.gpn as u8).filter(|&d| self.devices[self.dev(node, d)].fault.is_none()).count() as u32
+    }
+
+    /// Evict every pod on the node (a drain). `by_strategy` marks collateral for replicas on
+    /// healthy devices.
+    pub(crate) fn drain_node(&mut self, node: u32, by_strategy: bool) {
+        let now = self.now;
+        if by_strategy {
+            self.counts.node_drains += 1;
+        }
+        if let Some((g, m)) = self.nodes[node as usize].gang_member {
+            self.evict_gang_member(g, m);
+        }
+        for d in 0..self.gpn as u8 {
+            let i = self.dev(node, d);
+            if let Some((s, r)) = self.devices[i].occupant {
+                if self.services[s as usize].replicas[r as usize].first_device != d {
+                    continue;
+                }
+                if by_strategy {
+                    self.counts.pod_evictions += 1;
+                }
+                let healthy = self.node_problem(node, Some((s, r))).is_none();
+                let state = self.services[s as usize].replicas[r as usize].state;
+                if matches!(state, ReplicaState::Up | ReplicaState::Starting { .. }) {
+                    self.replica_set_state(
+                        s,
+                        r,
+                        ReplicaState::Down { since: now, collateral: by_strategy && healthy },
+                    );
+                }
+                let epoch = self.services[s as usize].replicas[r as usize].epoch;
+                let at = now + secs(self.scenario.kubernetes.termination_grace_s);
+                self.queue.push(at, Event::ReplicaReschedule { service: s, replica: r, epoch });
+            }
+        }
+    }
+
+    /// Take a node (or, for a reset, a device) out for repair.
+    pub(crate) fn start_repair(&mut self, node: u32, kind: Repair, by_strategy: bool) {
+        let now = self.now;
+        if self.nodes[node as usize].in_repair.is_some_and(|k| k >= kind) {
+            return;
+        }
+        match kind {
+            Repair::Reset => self.counts.repairs_reset += 1,
+            Repair::Reboot => self.counts.repairs_reboot += 1,
+            Repair::Replace => self.counts.repairs_replace += 1,
+        }
+        // Pods still on the node go (a repair tool drains first).
+        self.drain_node(node, false);
+        let healthy = self.healthy_devices(node);
+        let n = &mut self.nodes[node as usize];
+        if by_strategy && n.held_out_since.is_none() {
+            n.held_out_since = Some((now, healthy));
+        }
+        n.in_repair = Some(kind);
+        n.up = false;
+        n.repair_token += 1;
+        let token = n.repair_token;
+        self.broken.insert(node);
+        let r = &self.scenario.repair;
+        let duration = match kind {
+            Repair::Reset => secs(r.reset_device_min * 60.0),
+            Repair::Reboot => secs(r.reboot_node_min * 60.0),
+            Repair::Replace => secs(r.replace_hardware_h * 3600.0),
+        };
+        self.queue.push(now + duration, Event::RepairDone { node, token });
+    }
+
+    pub(super) fn repair_done(&mut self, node: u32) {
+        let now = self.now;
+        let Some(kind) = self.nodes[node as usize].in_repair else { return };
+        for d in 0..self.gpn as u8 {
+            let i = self.dev(node, d);
+            if self.devices[i].fault.is_some_and(|f| kind.fixes(f.persistence)) {
+                self.device_fault_cleared(i);
+            }
+        }
+        let n = &mut self.nodes[node as usize];
+        if n.host_fault.is_some_and(|f| kind.fixes(f.persistence)) {
+            n.host_fault = None;
+        }
+        if kind == Repair::Replace {
+            n.lemon = false;
+        }
+        n.in_repair = None;
+        n.boot += 1;
+        n.up = n
+            .host_fault
+            .is_none_or(|f| self.scenario.faults[f.class as usize].manifestation != Manifestation::NodeDown);
+        self.refresh_broken(node);
+        let still_broken = self.node_problem(node, None).is_some();
+        let n = &mut self.nodes[node as usize];
+        // A cordon stays while the fault persists and is lifted once the hardware is fixed.
+        n.cordoned = still_broken && n.cordoned;
+        if !still_broken && let Some((since, healthy)) = n.held_out_since.take() {
+            self.fleet_lost.collateral_quarantine += hours(now.since(since).0) * f64::from(healthy);
+        }
+        if still_broken {
+            self.open_ticket(node, self.operator_delay());
+        }
+        self.signal(Signal::NodeRepaired { node });
+        self.retry_waiting();
+    }
+
+    pub(super) fn open_ticket(&mut self, node: u32, delay: Duration) {
+        let n = &mut self.nodes[node as usize];
+        if n.ticket_open {
+            return;
+        }
+        n.ticket_open = true;
+        self.queue.push(self.now + delay, Event::NodeTicket { node });
+    }
+
+    /// A person handles a node: cordon it and send it for the repair its fault needs.
+    pub(super) fn ticket_now(&mut self, node: u32) {
+        if self.nodes[node as usize].in_repair.is_some() {
+            return;
+        }
+        let mut need: Option<Repair> = None;
+        if let Some(f) = self.nodes[node as usize].host_fault {
+            need = need.max(Repair::needed_for(f.persistence));
+        }
+        if !self.nodes[node as usize].up {
+            need = need.max(Some(Repair::Reboot));
+        }
+        for d in 0..self.gpn as u8 {
+            if let Some(f) = self.devices[self.dev(node, d)].fault {
+                need = need.max(Repair::needed_for(f.persistence));
+            }
+        }
+        if let Some(kind) = need {
+            self.counts.operator_interventions += 1;
+            self.nodes[node as usize].cordoned = true;
+            let kind = if kind == Repair::Reset { Repair::Reboot } else { kind };
+            self.start_repair(node, kind, true);
+        }
+    }
+
+    /// Reset one device (the engine asked): whatever runs on it dies; the device is back after
+    /// the reset time, fixed if a reset fixes its fault.
+    pub(crate) fn reset_device(&mut self, node: u32, device: u8) {
+        let now = self.now;
+        let i = self.dev(node, device);
+        if self.devices[i].resetting {
+            return;
+        }
+        self.counts.repairs_reset += 1;
+        self.devices[i].resetting = true;
+        self.devices[i].reset_token += 1;
+        let token = self.devices[i].reset_token;
+        if let Some((g, m)) = self.nodes[node as usize].gang_member
+            && self.gang_is_active(g)
+        {
+            self.gang_fault(g, m, Manifestation::Crash, 0);
+        }
+        if let Some((s, r)) = self.devices[i].occupant {
+            let state = self.services[s as usize].replicas[r as usize].state;
+            if matches!(state, ReplicaState::Up | ReplicaState::Starting { .. }) {
+                self.replica_set_state(s, r, ReplicaState::Down { since: now, collateral: false });
+                let epoch = self.services[s as usize].replicas[r as usize].epoch;
+                self.queue.push(now, Event::ReplicaReschedule { service: s, replica: r, epoch });
+            }
+        }
+        let at = now + secs(self.scenario.repair.reset_device_min * 60.0);
+        self.queue.push(at, Event::DeviceResetDone { node, device, token });
+    }
+
+    /// Quarantine device `i` (the engine asked). Only the time it is healthy while quarantined
+    /// is collateral.
+    pub(crate) fn quarantine_device(&mut self, i: usize) {
+        let dv = &mut self.devices[i];
+        dv.quarantined = Some(self.now);
+        if dv.fault.is_none() {
+            dv.collateral_since = Some(self.now);
+        }
+    }
+
+    pub(crate) fn release_device(&mut self, i: usize) {
+        self.quarantine_collateral_close(i);
+        self.devices[i].quarantined = None;
+    }
+
+    /// A repair fixed device `i`: from now on a quarantine of it holds out a healthy GPU.
+    pub(super) fn device_fault_cleared(&mut self, i: usize) {
+        let dv = &mut self.devices[i];
+        dv.fault = None;
+        dv.plugin_unhealthy = false;
+        if dv.quarantined.is_some() && dv.collateral_since.is_none() {
+            dv.collateral_since = Some(self.now);
+        }
+    }
+
+    /// Count the healthy time of device `i`'s quarantine so far as collateral, and stop counting
+    /// (the quarantine ends, or the device faults).
+    pub(crate) fn quarantine_collateral_close(&mut self, i: usize) {
+        if let Some(since) = self.devices[i].collateral_since.take() {
+            self.fleet_lost.collateral_quarantine += hours(self.now.since(since).0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ActiveFault;
+    use super::*;
+    use crate::scenario::Scenario;
+    use crate::strategy::job_failure_policy::JobFailurePolicy;
+    use crate::trace::{FaultTarget, FaultTrace};
+    use devheal_core::Time;
+
+    pub(super) fn small() -> Scenario {
+        Scenario::from_yaml(include_str!("../../tests/data/small-cluster.yaml"), "small-cluster.yaml")
+            .expect("fixture parses")
+    }
+
+    /// Collateral from a device quarantine counts only the hours the device was healthy: not
+    /// while it was really broken, and from the moment a repair fixed it.
+    #[test]
+    pub(super) fn quarantine_collateral_counts_only_healthy_time() {
+        let scenario = small();
+        let trace = FaultTrace { events: Vec::new(), lemons: vec![false; scenario.total_nodes() as usize] };
+        let mut w = World::new(&scenario, JobFailurePolicy, &trace);
+        let at = |h: i64| Time::ZERO + Duration::from_hours(h);
+        let (broken, healthy, breaks_later) = (w.dev(2, 1), w.dev(3, 0), w.dev(4, 5));
+        let fault = ActiveFault { class: 1, persistence: Persistence::UntilReset };
+        w.devices[broken].fault = Some(fault);
+        w.now = at(1);
+        w.quarantine_device(broken);
+        w.quarantine_device(healthy);
+        w.quarantine_device(breaks_later);
+        // 1 h → 3 h: the broken one is broken (no collateral); then a reset fixes it.
+        w.now = at(3);
+        w.device_fault_cleared(broken);
+        // The third breaks at 4 h (the fault path closes its collateral) and stays broken.
+        w.now = at(4);
+        w.on_fault(1, FaultTarget::Device { node: 4, device: 5 }, false, 1);
+        assert!(w.devices[breaks_later].fault.is_some(), "class 1 (gpu_hbm) persists until a reset");
+        w.now = at(6);
+        w.release_device(broken); // healthy 3 h → 6 h: 3 GPU-h
+        w.release_device(healthy); // healthy 1 h → 6 h: 5 GPU-h
+        w.now = at(10);
+        w.release_device(breaks_later); // healthy 1 h → 4 h: 3 GPU-h
+        let got = w.fleet_lost.collateral_quarantine;
+        assert!((got - 11.0).abs() < 1e-9, "collateral {got} GPU-h, expected 11");
+    }
+}
