@@ -11,6 +11,7 @@ use devheal_controller::durable::{STATE_KEY, STATE_SUFFIX};
 use devheal_core::DurableState;
 use devheal_k8s::actuator::{DeviceTaintRuleSupport, discover_device_taint_rules};
 use devheal_k8s::crd::{FailurePolicy, NodeDeviceHealth};
+use devheal_k8s::upgrade_plan::UpgradePlan;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -105,6 +106,19 @@ impl Reader {
         }
     }
 
+    /// Every UpgradePlan, or a note saying why there are none (an older install has no such CRD).
+    async fn upgrade_plans(&self, notes: &mut Vec<String>) -> Vec<UpgradePlan> {
+        let api: Api<UpgradePlan> = Api::all(self.client.clone());
+        match self.call("listing UpgradePlans", api.list(&ListParams::default())).await {
+            Ok(list) => list.items,
+            Err(e) if is_status(&e, 404) => Vec::new(),
+            Err(e) => {
+                notes.push(format!("{e:#}"));
+                Vec::new()
+            }
+        }
+    }
+
     /// The controller's durable state, or a note saying why there is none.
     async fn state(&self, namespace: &str, lease: &str, notes: &mut Vec<String>) -> Option<DurableState> {
         let name = format!("{lease}{STATE_SUFFIX}");
@@ -183,10 +197,21 @@ impl Reader {
         }
         let device_taint_rules = self.device_taint_rules(&mut notes).await;
         let policies = self.policies(&mut notes).await;
+        let upgrade_plans = self.upgrade_plans(&mut notes).await;
         let state = self.state(namespace, lease, &mut notes).await;
         let state_source = format!("{namespace}/{lease}{STATE_SUFFIX}");
         let lease = self.lease(namespace, lease, &mut notes).await;
-        Ok(StatusInputs { nodes, health, device_taint_rules, policies, state, state_source, lease, notes })
+        Ok(StatusInputs {
+            nodes,
+            health,
+            device_taint_rules,
+            policies,
+            upgrade_plans,
+            state,
+            state_source,
+            lease,
+            notes,
+        })
     }
 
     /// devheal's Events in `namespace` (`reportingController=devheal.io/controller`).

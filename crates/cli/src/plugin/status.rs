@@ -2,7 +2,9 @@
 //! objects read once: devices that are not Healthy (NodeDeviceHealth), the nodes that need
 //! attention, quarantines (node taints and DeviceTaintRules), cordons, repair requests, the
 //! budgets and breakers (FailurePolicy status and the controller's state ConfigMap), the
-//! policies and the leader (the Lease). [`build`] and [`render`] are pure: objects in, a report
+//! policies, the leader (the Lease), the versions of the device stack the agents report with
+//! their nodes' health, and the staged upgrades (UpgradePlan) with the health of each stage's
+//! nodes. [`build`] and [`render`] are pure: objects in, a report
 //! and its text out.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +15,7 @@ use devheal_k8s::actuator::{
     RULE_REASON_ANNOTATION, UNHEALTHY_TAINT,
 };
 use devheal_k8s::crd::{BudgetStatus, DeviceStatus, FailurePolicy, NodeDeviceHealth};
+use devheal_k8s::upgrade_plan::{RevisionRef, UpgradePlan};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -29,6 +32,7 @@ pub struct StatusInputs {
     /// DeviceTaintRules labelled `app.kubernetes.io/managed-by=devheal`, as JSON.
     pub device_taint_rules: Vec<Value>,
     pub policies: Vec<FailurePolicy>,
+    pub upgrade_plans: Vec<UpgradePlan>,
     /// The controller's durable state (`<lease>-state`, key `state.json`), when it was read.
     pub state: Option<DurableState>,
     /// Where the state was read from (`devheal-system/devheal-controller-state`).
@@ -53,6 +57,10 @@ pub struct StatusReport {
     /// The breakers as the controller last saved them (its state ConfigMap).
     pub breakers: Option<Breakers>,
     pub policies: Vec<PolicyRow>,
+    /// Each version of the device stack the agents report, with its nodes and their health.
+    pub versions: Vec<VersionRow>,
+    /// The staged upgrades (UpgradePlan) and the health of each stage's nodes.
+    pub upgrades: Vec<UpgradeRow>,
     pub notes: Vec<String>,
     /// When this was read (ages in the text are relative to it).
     pub at: String,
@@ -184,6 +192,181 @@ pub struct PolicyRow {
     pub actions_taken: BTreeMap<String, u64>,
     /// `EvictPod ml/trainer-0 (5m ago): …`.
     pub last_action: Option<String>,
+}
+
+/// One version of a piece of the device stack, as the agents' sources report it (NVML reports
+/// the driver's), and the nodes that run it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRow {
+    /// What the version is of: `driver` (NVML's report), else the source's name.
+    pub component: String,
+    pub version: String,
+    pub nodes: usize,
+    pub devices: usize,
+    pub not_healthy: usize,
+    /// Its nodes with a device not Healthy (at most [`MAX_NAMED_NODES`]).
+    pub nodes_not_healthy: Vec<String>,
+}
+
+/// A staged upgrade.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeRow {
+    /// `namespace/name`.
+    pub plan: String,
+    pub daemon_set: String,
+    /// `DevicePlugin`, `Driver`, `DraDriver`.
+    pub component: String,
+    /// `Pending`, `Progressing`, `Paused`, `Completed`, `RollingBack`, `RolledBack`, `Invalid`.
+    pub phase: String,
+    /// The stage under way (1 is the canary; 0 before the first).
+    pub stage: u32,
+    /// Stages the plan writes (later waves repeat the last one's size).
+    pub stages: usize,
+    pub upgraded_nodes: u32,
+    pub pool_nodes: u32,
+    /// The revision the pool ran and the one rolled out (their images where known).
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    /// The nodes each stage took up and their devices' health now.
+    pub stage_nodes: Vec<UpgradeStageRow>,
+}
+
+/// The nodes one stage of an upgrade took up.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStageRow {
+    pub stage: u32,
+    pub nodes: Vec<String>,
+    /// Their devices, and those not Healthy now (NodeDeviceHealth).
+    pub devices: usize,
+    pub not_healthy: usize,
+    /// Their devices Unhealthy or Unknown before they were taken up.
+    pub not_healthy_before: u32,
+}
+
+/// Most node names a row lists.
+pub const MAX_NAMED_NODES: usize = 5;
+
+/// What a source's version is of.
+fn component_of(source: &str) -> String {
+    match source {
+        "nvml" => "driver".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A serde unit variant's name (`Progressing`).
+fn variant_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        _ => "-".to_string(),
+    }
+}
+
+fn revision(r: &RevisionRef) -> String {
+    match &r.images {
+        Some(images) if !images.is_empty() => format!("{} ({images})", r.hash),
+        _ => r.hash.clone(),
+    }
+}
+
+/// Devices and devices not Healthy per node, from NodeDeviceHealth.
+fn device_counts(inputs: &StatusInputs) -> BTreeMap<String, (usize, usize)> {
+    inputs
+        .health
+        .iter()
+        .filter_map(|h| {
+            let node = h.metadata.name.clone().unwrap_or_else(|| h.spec.node_name.clone());
+            let status = h.status.as_ref()?;
+            let not_healthy = status.devices.iter().filter(|d| d.health != Health::Healthy).count();
+            Some((node, (status.devices.len(), not_healthy)))
+        })
+        .collect()
+}
+
+/// The versions the agents report, each with its nodes and their devices' health; the version
+/// with the most devices not Healthy first within a component.
+fn versions(inputs: &StatusInputs) -> Vec<VersionRow> {
+    let counts = device_counts(inputs);
+    let mut by: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for h in &inputs.health {
+        let node = h.metadata.name.clone().unwrap_or_else(|| h.spec.node_name.clone());
+        let Some(status) = &h.status else { continue };
+        for source in &status.sources {
+            if let Some(version) = source.version.as_deref().filter(|v| !v.is_empty()) {
+                by.entry((component_of(&source.name), version.to_string())).or_default().insert(node.clone());
+            }
+        }
+    }
+    let mut rows: Vec<VersionRow> = by
+        .into_iter()
+        .map(|((component, version), nodes)| {
+            let (mut devices, mut not_healthy) = (0, 0);
+            let mut nodes_not_healthy = Vec::new();
+            for n in &nodes {
+                let (d, u) = counts.get(n).copied().unwrap_or_default();
+                devices += d;
+                not_healthy += u;
+                if u > 0 && nodes_not_healthy.len() < MAX_NAMED_NODES {
+                    nodes_not_healthy.push(n.clone());
+                }
+            }
+            VersionRow { component, version, nodes: nodes.len(), devices, not_healthy, nodes_not_healthy }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.component.cmp(&b.component).then(b.not_healthy.cmp(&a.not_healthy)).then(a.version.cmp(&b.version)));
+    rows
+}
+
+fn upgrades(inputs: &StatusInputs) -> Vec<UpgradeRow> {
+    let counts = device_counts(inputs);
+    let mut rows: Vec<UpgradeRow> = inputs
+        .upgrade_plans
+        .iter()
+        .map(|plan| {
+            let status = plan.status.clone().unwrap_or_default();
+            let mut stages: BTreeMap<u32, UpgradeStageRow> = BTreeMap::new();
+            for n in &status.nodes {
+                let row = stages.entry(n.stage).or_insert_with(|| UpgradeStageRow {
+                    stage: n.stage,
+                    nodes: Vec::new(),
+                    devices: 0,
+                    not_healthy: 0,
+                    not_healthy_before: 0,
+                });
+                let (d, u) = counts.get(&n.name).copied().unwrap_or_default();
+                row.nodes.push(n.name.clone());
+                row.devices += d;
+                row.not_healthy += u;
+                row.not_healthy_before += n.unhealthy_before;
+            }
+            UpgradeRow {
+                plan: format!(
+                    "{}/{}",
+                    plan.metadata.namespace.as_deref().unwrap_or_default(),
+                    plan.metadata.name.as_deref().unwrap_or_default()
+                ),
+                daemon_set: plan.spec.daemon_set.clone(),
+                component: variant_name(&plan.spec.component),
+                phase: variant_name(&status.phase),
+                stage: status.stage,
+                stages: plan.spec.stages.len(),
+                upgraded_nodes: status.upgraded_nodes,
+                pool_nodes: status.pool_nodes,
+                from: status.from_revision.as_ref().map(revision),
+                to: status.to_revision.as_ref().map(revision),
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+                stage_nodes: stages.into_values().collect(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.plan.cmp(&b.plan));
+    rows
 }
 
 /// A NodeDeviceHealth device as a row.
@@ -474,6 +657,9 @@ pub fn build(inputs: &StatusInputs, now: Timestamp) -> StatusReport {
     let mut policies: Vec<PolicyRow> = inputs.policies.iter().map(|p| policy_row(p, now)).collect();
     policies.sort_by(|a, b| a.policy.cmp(&b.policy));
 
+    let versions = versions(inputs);
+    let upgrades = upgrades(inputs);
+
     let mut notes = inputs.notes.clone();
     if inputs.lease.is_none() {
         notes.push(
@@ -490,6 +676,8 @@ pub fn build(inputs: &StatusInputs, now: Timestamp) -> StatusReport {
         budgets,
         breakers,
         policies,
+        versions,
+        upgrades,
         notes,
         at: stamp(now),
     }
@@ -690,6 +878,75 @@ pub fn render(r: &StatusReport) -> String {
             })
             .collect();
         table(&["POLICY", "MATCHED", "ACTIONS TAKEN", "LAST ACTION"], &rows)
+    });
+    section(&mut out, "Versions", r.versions.len(), || {
+        let rows: Vec<Vec<String>> = r
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.component.clone(),
+                    v.version.clone(),
+                    v.nodes.to_string(),
+                    format!("{}/{}", v.not_healthy, v.devices),
+                    or_dash(Some(v.nodes_not_healthy.join(","))),
+                ]
+            })
+            .collect();
+        table(&["COMPONENT", "VERSION", "NODES", "NOT HEALTHY", "ON NODES"], &rows)
+    });
+    section(&mut out, "Upgrades", r.upgrades.len(), || {
+        let rows: Vec<Vec<String>> = r
+            .upgrades
+            .iter()
+            .map(|u| {
+                let stage = if u.stage as usize <= u.stages {
+                    format!("{}/{}", u.stage, u.stages)
+                } else {
+                    format!("{} (waves after {})", u.stage, u.stages)
+                };
+                let why = match (&u.reason, &u.message) {
+                    (Some(r), Some(m)) => Some(clip(&format!("{r}: {m}"), 80)),
+                    (Some(r), None) => Some(r.clone()),
+                    (None, m) => m.as_deref().map(|m| clip(m, 80)),
+                };
+                vec![
+                    u.plan.clone(),
+                    format!("{} ({})", u.daemon_set, u.component),
+                    u.phase.clone(),
+                    stage,
+                    format!("{}/{}", u.upgraded_nodes, u.pool_nodes),
+                    or_dash(u.to.as_deref().map(|t| clip(t, 60))),
+                    or_dash(why),
+                ]
+            })
+            .collect();
+        let mut text =
+            table(&["PLAN", "DAEMONSET", "PHASE", "STAGE", "UPGRADED", "TO REVISION", "REASON"], &rows);
+        let stage_rows: Vec<Vec<String>> = r
+            .upgrades
+            .iter()
+            .flat_map(|u| {
+                u.stage_nodes.iter().map(|s| {
+                    let mut names: Vec<String> = s.nodes.iter().take(MAX_NAMED_NODES).cloned().collect();
+                    if s.nodes.len() > MAX_NAMED_NODES {
+                        names.push(format!("+{}", s.nodes.len() - MAX_NAMED_NODES));
+                    }
+                    vec![
+                        u.plan.clone(),
+                        s.stage.to_string(),
+                        names.join(","),
+                        format!("{}/{}", s.not_healthy, s.devices),
+                        s.not_healthy_before.to_string(),
+                    ]
+                })
+            })
+            .collect();
+        if !stage_rows.is_empty() {
+            text.push('\n');
+            text.push_str(&table(&["PLAN", "STAGE", "NODES", "NOT HEALTHY NOW", "BEFORE"], &stage_rows));
+        }
+        text
     });
     if !r.notes.is_empty() {
         out.push_str("Notes:\n");

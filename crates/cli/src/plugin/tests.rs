@@ -3,6 +3,7 @@
 
 use devheal_core::DurableState;
 use devheal_k8s::crd::{FailurePolicy, NodeDeviceHealth};
+use devheal_k8s::upgrade_plan::UpgradePlan;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -64,14 +65,16 @@ fn health() -> Vec<NodeDeviceHealth> {
                                   "firstSeen": "2026-12-04T11:48:00Z", "lastSeen": "2026-12-04T11:55:00Z", "count": 3}],
                      "pods": [{"namespace": "ml", "name": "llama-0"}]}],
                 "sources": [{"name": "nvml", "available": false, "message": "driver not loaded"},
-                            {"name": "kernel_log", "available": true}]
+                            {"name": "kernel_log", "available": true},
+                            {"name": "driver", "available": true, "version": "575.57.08"}]
             }
         })),
         from(json!({
             "apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
             "metadata": {"name": "gpu-2"}, "spec": {"nodeName": "gpu-2"},
             "status": {"lastHeartbeat": "2026-12-04T11:59:55Z",
-                       "devices": [{"id": "GPU-9", "resource": "nvidia.com/gpu", "health": "Healthy"}]}
+                       "devices": [{"id": "GPU-9", "resource": "nvidia.com/gpu", "health": "Healthy"}],
+                       "sources": [{"name": "nvml", "available": true, "version": "570.124.06"}]}
         })),
     ]
 }
@@ -86,6 +89,25 @@ fn policy() -> FailurePolicy {
                                   "reason": "device GPU-2 failed", "at": "2026-12-04T11:50:00Z"},
                    "budget": {"breakerOpen": false, "quarantinedNodes": 1, "quarantineNodeLimit": 5,
                               "evictionsLastMinute": 0, "heldVersions": []}}
+    }))
+}
+
+/// A driver upgrade paused at its canary, gpu-1, whose GPU-2 turned Unhealthy after it.
+fn upgrade_plan() -> UpgradePlan {
+    from(json!({
+        "apiVersion": "devheal.io/v1alpha1", "kind": "UpgradePlan",
+        "metadata": {"name": "nvidia-driver-575", "namespace": "gpu-operator"},
+        "spec": {"daemonSet": "nvidia-driver", "component": "Driver",
+                 "stages": [{"nodes": 1}, {"percent": 50}], "soakSeconds": 600},
+        "status": {"phase": "Paused", "reason": "HealthCheckFailed",
+                   "message": "1 device turned Unhealthy or Unknown on upgraded nodes (at most 0)",
+                   "fromRevision": {"hash": "5b8c", "name": "nvidia-driver-5b8c", "revision": 3,
+                                    "images": "driver=nvcr.io/nvidia/driver:570.124.06"},
+                   "toRevision": {"hash": "7c9d", "name": "nvidia-driver-7c9d", "revision": 4,
+                                  "images": "driver=nvcr.io/nvidia/driver:575.57.08"},
+                   "stage": 1, "upgradedNodes": 1, "poolNodes": 2,
+                   "nodes": [{"name": "gpu-1", "stage": 1, "started": "2026-12-04T11:40:00Z",
+                              "unhealthyBefore": 0}]}
     }))
 }
 
@@ -129,6 +151,7 @@ fn status_inputs() -> StatusInputs {
         health: health(),
         device_taint_rules: vec![device_taint_rule()],
         policies: vec![policy()],
+        upgrade_plans: vec![upgrade_plan()],
         state: Some(state()),
         state_source: "devheal-system/devheal-controller-state".to_string(),
         lease: Some(lease("2026-12-04T11:59:57Z")),
@@ -210,6 +233,64 @@ fn status_json_carries_full_times_and_camel_case_fields() {
     assert_eq!(v["breakers"]["nodeBreakerOpen"], false);
     assert_eq!(v["leader"]["renewed"], "2026-12-04T11:59:57Z");
     assert!(v["devices"][0].get("sinceAge").is_none(), "ages are for the text only");
+}
+
+/// Each driver version with its nodes and their devices' health, and the upgrade with the
+/// health of its canary's nodes now against before.
+#[test]
+fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
+    let r = status::build(&status_inputs(), now());
+    let versions: Vec<(&str, &str, usize, usize, usize)> = r
+        .versions
+        .iter()
+        .map(|v| (v.component.as_str(), v.version.as_str(), v.nodes, v.devices, v.not_healthy))
+        .collect();
+    // NVML's version is the driver's: one component; the version with devices not Healthy first.
+    assert_eq!(versions, [("driver", "575.57.08", 1, 2, 1), ("driver", "570.124.06", 1, 1, 0)]);
+    assert_eq!(r.versions[0].nodes_not_healthy, ["gpu-1"]);
+    assert!(r.versions[1].nodes_not_healthy.is_empty());
+
+    assert_eq!(r.upgrades.len(), 1);
+    let u = &r.upgrades[0];
+    assert_eq!(u.plan, "gpu-operator/nvidia-driver-575");
+    assert_eq!((u.component.as_str(), u.phase.as_str()), ("Driver", "Paused"));
+    assert_eq!((u.stage, u.stages, u.upgraded_nodes, u.pool_nodes), (1, 2, 1, 2));
+    assert_eq!(u.to.as_deref(), Some("7c9d (driver=nvcr.io/nvidia/driver:575.57.08)"));
+    assert_eq!(u.stage_nodes.len(), 1);
+    let s = &u.stage_nodes[0];
+    assert_eq!((s.stage, s.nodes.as_slice(), s.devices, s.not_healthy, s.not_healthy_before), (1, &["gpu-1".to_string()][..], 2, 1, 0));
+
+    let text = status::render(&r);
+    let expected_versions = "Versions (2):\n\
+        COMPONENT  VERSION     NODES  NOT HEALTHY  ON NODES\n\
+        driver     575.57.08   1      1/2          gpu-1\n\
+        driver     570.124.06  1      0/1          -\n";
+    assert!(text.contains(expected_versions), "{text}");
+    let plan_line = text.lines().find(|l| l.starts_with("gpu-operator/nvidia-driver-575  nvidia-driver")).expect(&text);
+    for part in ["(Driver)", "Paused", "1/2", "HealthCheckFailed: 1 device turned Unhealthy", "575.57.08"] {
+        assert!(plan_line.contains(part), "{part} in {plan_line}");
+    }
+    assert!(text.contains("PLAN                            STAGE  NODES  NOT HEALTHY NOW  BEFORE\n"), "{text}");
+    assert!(text.contains("gpu-operator/nvidia-driver-575  1      gpu-1  1/2              0\n"), "{text}");
+    assert!(!text.lines().any(|l| l.ends_with(' ')), "no line ends in spaces:\n{text}");
+
+    let v = serde_json::to_value(&r).expect("serialises");
+    assert_eq!(v["upgrades"][0]["stageNodes"][0]["notHealthy"], 1);
+    assert_eq!(v["versions"][0]["notHealthy"], 1);
+}
+
+/// A plan not looked at yet (no status) and a cluster without the UpgradePlan CRD are no error.
+#[test]
+fn an_upgrade_plan_without_status_is_pending() {
+    let mut plan = upgrade_plan();
+    plan.status = None;
+    let inputs = StatusInputs { upgrade_plans: vec![plan], ..StatusInputs::default() };
+    let r = status::build(&inputs, now());
+    assert_eq!(r.upgrades[0].phase, "Pending");
+    assert!(r.upgrades[0].stage_nodes.is_empty());
+    assert!(status::render(&r).contains("Upgrades (1):"));
+    let empty = status::render(&status::build(&StatusInputs::default(), now()));
+    assert!(empty.contains("Upgrades: none\n") && empty.contains("Versions: none\n"), "{empty}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The `kubectl devheal` plugin against the real API server: a node with an Unhealthy device in
 //! its NodeDeviceHealth, devheal's cordon taint and a quarantine taint, a repair label and
 //! condition, devheal Events about the node and a pod, a FailurePolicy with budgets in its
-//! status, a Lease and the controller's state ConfigMap, all written as devheal would. The
+//! status, a Lease and the controller's state ConfigMap, a driver version in the node's report
+//! and an UpgradePlan paused at that node, all written as devheal would. The
 //! real `kubectl-devheal` binary (with the admin kubeconfig in `KUBECONFIG`) must show them in
 //! `status`, `history NODE` and `explain POD`, name what is missing in its errors, and run as
 //! `kubectl devheal` through kubectl's own plugin lookup. A DRA device quarantined by the real
@@ -17,6 +18,7 @@ use devheal_k8s::actuator::{
     ActuatorConfig, KubeActuator, device_taint_rule_name, discover_device_taint_rules,
 };
 use devheal_k8s::crd::{FailurePolicy, NodeDeviceHealth, NodeDeviceHealthSpec};
+use devheal_k8s::upgrade_plan::UpgradePlan;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::api::events::v1::Event;
@@ -120,7 +122,8 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
                           "firstSeen": first, "lastSeen": last, "count": 3}],
              "pods": [{"namespace": scope.ns, "name": "llama-0"}]},
             {"id": "GPU-e2e-1", "resource": FAKE_GPU, "health": "Healthy"}],
-        "sources": [{"name": "kernel_log", "available": true}]}});
+        "sources": [{"name": "kernel_log", "available": true},
+                    {"name": "nvml", "available": true, "version": "575.57.08"}]}});
     ndh.patch_status(&node, &PatchParams::apply("devheal-e2e").force(), &Patch::Apply(&status))
         .await
         .expect("publish the status");
@@ -178,6 +181,24 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
         .patch_status("training", &PatchParams::default(), &Patch::Merge(&policy_status))
         .await
         .expect("the policy's status");
+
+    // A driver upgrade paused at its canary (this node), its status as the rollout gate writes it.
+    let plan = json!({
+        "apiVersion": "devheal.io/v1alpha1", "kind": "UpgradePlan",
+        "metadata": {"name": "nvidia-driver-575", "namespace": scope.ns},
+        "spec": {"daemonSet": "nvidia-driver", "component": "Driver", "stages": [{"nodes": 1}, {"percent": 50}]}});
+    kubectl(scope.env, &["create", "-f", "-"], Some(plan.to_string().as_bytes()));
+    let plans: Api<UpgradePlan> = Api::namespaced(client.clone(), &scope.ns);
+    let plan_status = json!({"status": {"phase": "Paused", "reason": "HealthCheckFailed",
+        "message": "1 device turned Unhealthy or Unknown on upgraded nodes (at most 0)",
+        "toRevision": {"hash": "7c9d", "name": "nvidia-driver-7c9d", "revision": 2,
+                       "images": "driver=nvcr.io/nvidia/driver:575.57.08"},
+        "stage": 1, "upgradedNodes": 1, "poolNodes": 2,
+        "nodes": [{"name": node, "stage": 1, "started": Timestamp::now().to_string(), "unhealthyBefore": 0}]}});
+    plans
+        .patch_status("nvidia-driver-575", &PatchParams::default(), &Patch::Merge(&plan_status))
+        .await
+        .expect("the plan's status");
 
     // The Lease a leader holds, and the controller's saved state.
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM_NS);
@@ -247,6 +268,22 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
     for expected in [node.as_str(), &format!("gpu.nvidia.com/{node}/gpu-1"), "Xid 48 (double-bit ECC)"] {
         assert!(by_rule.contains(expected), "{expected:?} missing from {by_rule:?}");
     }
+    // The driver version the node's NVML reports, with its device not healthy, and the upgrade
+    // with the health of its canary.
+    let versions = text.split("Versions (").nth(1).expect("the versions section");
+    let version = line_with(versions, "575.57.08");
+    for expected in ["driver", node.as_str()] {
+        assert!(version.contains(expected), "{expected:?} missing from {version:?}");
+    }
+    let upgrades = text.split("Upgrades (").nth(1).expect("the upgrades section");
+    let plan_name = format!("{}/nvidia-driver-575", scope.ns);
+    let plan_row = line_with(upgrades, &plan_name);
+    for expected in ["nvidia-driver (Driver)", "Paused", "1/2", "HealthCheckFailed", "575.57.08"] {
+        assert!(plan_row.contains(expected), "{expected:?} missing from {plan_row:?}");
+    }
+    let stages = upgrades.split("NOT HEALTHY NOW").nth(1).expect("the upgrade's stage table");
+    let cells: Vec<&str> = line_with(stages, &plan_name).split_whitespace().collect();
+    assert_eq!(cells, [plan_name.as_str(), "1", node.as_str(), "1/2", "0"], "{text}");
     let status_text = text.clone();
     let json_out = ok(plugin(&kubeconfig, &["status", "-o", "json"]), "kubectl-devheal status -o json");
     let report: Value = serde_json::from_str(&json_out).expect("status -o json is JSON");
