@@ -5,7 +5,10 @@
 //! device faults to the event loop, so a storm of ordinary kernel lines never reaches it.
 //! In the loop, [`KernelPipeline`] correlates the faults into incidents (a storm of one Xid is one
 //! reason with a count), drops what is not the device's fault (application Xids, folded Xid 45)
-//! and maps the rest to a device by its PCI address.
+//! and maps the rest to a device by its PCI address. With the node's PCIe topology
+//! ([`crate::pci_topology`]), a fault on a bridge or switch port and the faults of the devices
+//! below it are one incident whose root cause is the port, and that incident is evidence about
+//! every tracked device below the port (an NVSwitch's: about every GPU it links).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use devheal_core::{Attribution, Duration, Health, HealthSource, Time};
 use devheal_detect::{
     Catalog, Classifier, CorrelationConfig, Correlator, DeviceFault, KmsgError, KmsgEvent, KmsgReader,
-    StartAt,
+    StartAt, Topology,
 };
 use tokio::sync::mpsc;
 
@@ -110,10 +113,32 @@ pub struct KernelPipeline {
     boot_time: Time,
     classifier: Classifier,
     correlator: Correlator,
+    /// The node's PCIe paths and NVSwitch links (empty: faults map by their own address only).
+    topology: Topology,
     /// Evidence on PCI addresses no known device has yet (NVML may come up after the replay),
     /// applied when a device with that address appears. Bounded.
     pending: BTreeMap<String, Vec<(Evidence, Time)>>,
     pending_count: usize,
+}
+
+/// How a fault elsewhere concerns a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    /// The fault is on a bridge or switch port above the device.
+    BelowPort,
+    /// The fault is on an NVSwitch the device (a GPU) is linked to.
+    LinkedSwitch,
+}
+
+impl Relation {
+    /// Evidence about the device from a fault at `at`, worded so the device's reason says where.
+    pub fn evidence(self, at: &str, evidence: &Evidence) -> Evidence {
+        let place = match self {
+            Relation::BelowPort => format!("below PCIe port {at}"),
+            Relation::LinkedSwitch => format!("linked to NVSwitch {at}"),
+        };
+        Evidence { message: format!("{place}: {}", evidence.message), ..evidence.clone() }
+    }
 }
 
 /// At most this many evidence items wait for their device.
@@ -138,6 +163,7 @@ impl KernelPipeline {
             boot_time,
             classifier: Classifier::new(Catalog::builtin()),
             correlator: Correlator::new(CorrelationConfig::default()),
+            topology: Topology::new(),
             pending: BTreeMap::new(),
             pending_count: 0,
         }
@@ -147,6 +173,26 @@ impl KernelPipeline {
     pub fn with_catalog(mut self, catalog: Catalog) -> Self {
         self.classifier = Classifier::new(catalog);
         self
+    }
+
+    /// Correlate with the node's topology from now on (replacing the last one read).
+    pub fn set_topology(&mut self, topology: Topology) {
+        let config = self.correlator.config().clone();
+        let correlator = std::mem::replace(&mut self.correlator, Correlator::new(config));
+        self.correlator = correlator.with_topology(topology.clone());
+        self.topology = topology;
+    }
+
+    /// How a fault at `at` (a port, an NVSwitch) concerns the device at `device`: `None` when
+    /// it does not (the device's own address is not "below" itself).
+    pub fn relation(&self, at: &str, device: &str) -> Option<Relation> {
+        if self.topology.is_upstream_of(at, device) {
+            Some(Relation::BelowPort)
+        } else if self.topology.links(at, device) {
+            Some(Relation::LinkedSwitch)
+        } else {
+            None
+        }
     }
 
     /// The wall-clock time of a record's kernel timestamp.
@@ -204,11 +250,136 @@ impl KernelPipeline {
     pub fn has_held(&self) -> bool {
         self.pending_count > 0
     }
+
+    /// Which of `devices` (`(pci address, key)`, the physical devices tracked) a fault mapped
+    /// to `pci_address` is evidence about, with the evidence for each: the device at that
+    /// address itself; else every device below the port there or linked to the NVSwitch there,
+    /// the evidence worded to say where ([`Relation::evidence`]). Empty: no tracked device.
+    pub fn evidence_for(
+        &self,
+        pci_address: &str,
+        evidence: &Evidence,
+        devices: &[(String, String)],
+    ) -> Vec<(String, Evidence)> {
+        if let Some((_, key)) = devices.iter().find(|(pci, _)| pci == pci_address) {
+            return vec![(key.clone(), evidence.clone())];
+        }
+        devices
+            .iter()
+            .filter_map(|(pci, key)| {
+                self.relation(pci_address, pci).map(|r| (key.clone(), r.evidence(pci_address, evidence)))
+            })
+            .collect()
+    }
+
+    /// Evidence held for a port or NVSwitch that concerns some of `devices` (`(pci address,
+    /// key)`), now that the topology places them: each such device gets it (worded by
+    /// [`Relation::evidence`]) and the port's evidence is no longer held.
+    pub fn take_held_upstream(&mut self, devices: &[(String, String)]) -> Vec<(String, Evidence, Time)> {
+        let mut out = Vec::new();
+        let ports: Vec<String> = self.pending.keys().cloned().collect();
+        for port in ports {
+            let concerned: Vec<(&String, Relation)> = devices
+                .iter()
+                .filter_map(|(pci, key)| self.relation(&port, pci).map(|r| (key, r)))
+                .collect();
+            if concerned.is_empty() {
+                continue;
+            }
+            let held = self.pending.remove(&port).unwrap_or_default();
+            self.pending_count -= held.len();
+            for (evidence, at) in &held {
+                for (key, relation) in &concerned {
+                    out.push(((*key).clone(), relation.evidence(&port, evidence), *at));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two GPUs below two root ports, one NVSwitch linking both (the text form of
+    /// `classify-log --topology`).
+    fn topology() -> Topology {
+        Topology::parse(
+            "pci 0000:00:02.0 0000:02:00.0\npci 0000:00:03.0 0000:41:00.0\nnvswitch 0000:87:00.0 0000:02:00.0 0000:41:00.0\n",
+            "test",
+        )
+        .expect("a topology")
+    }
+
+    fn gpus() -> Vec<(String, String)> {
+        vec![("0000:02:00.0".into(), "GPU-a".into()), ("0000:41:00.0".into(), "GPU-b".into())]
+    }
+
+    /// The real lines of crates/detect/tests/data/real-lines.txt (a fatal AER on the root port
+    /// above an NVIDIA GPU): without the topology the port is no device and the GPU stays
+    /// Healthy; with it the GPU below is Unhealthy, and its own Xid 79 that follows is part of
+    /// the port's incident.
+    #[test]
+    fn a_fatal_aer_on_a_port_is_evidence_about_the_device_below_it() {
+        let aer = "pcieport 0000:00:02.0: AER: Uncorrected (Fatal) error received: id=0010";
+        let mut plain = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
+        let Some(Mapped::Device { pci_address, evidence, .. }) = plain.line(aer, Time::from_secs(1001)) else {
+            panic!("a fatal AER is a device fault");
+        };
+        assert_eq!(pci_address, "0000:00:02.0");
+        assert!(plain.evidence_for(&pci_address, &evidence, &gpus()).is_empty(), "no device at the port");
+
+        let mut p = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
+        p.set_topology(topology());
+        let Some(Mapped::Device { pci_address, evidence, .. }) = p.line(aer, Time::from_secs(1001)) else {
+            panic!("a fatal AER is a device fault");
+        };
+        let got = p.evidence_for(&pci_address, &evidence, &gpus());
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "GPU-a", "only the GPU below that port");
+        assert_eq!(got[0].1.health, Health::Unhealthy);
+        assert!(got[0].1.message.starts_with("below PCIe port 0000:00:02.0: "), "{:?}", got[0].1);
+        let xid = "NVRM: Xid (PCI:0000:02:00): 79, pid=1, name=x, GPU has fallen off the bus.";
+        assert_eq!(p.line(xid, Time::from_secs(1002)), Some(Mapped::Ignored), "folded into the port's incident");
+        // A device's own address is itself, not below itself.
+        let own = p.evidence_for("0000:41:00.0", &evidence, &gpus());
+        assert_eq!(own, vec![("GPU-b".to_string(), evidence.clone())]);
+    }
+
+    #[test]
+    fn a_fatal_nvswitch_fault_is_evidence_about_every_gpu_it_links() {
+        let mut p = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
+        p.set_topology(topology());
+        let sxid = "nvidia-nvswitch2: SXid (PCI:0000:87:00.0): 20034, Fatal, Link 30 LTSSM Fault Up";
+        let Some(Mapped::Device { pci_address, evidence, .. }) = p.line(sxid, Time::from_secs(1001)) else {
+            panic!("a fatal SXid is a fault");
+        };
+        let got = p.evidence_for(&pci_address, &evidence, &gpus());
+        let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["GPU-a", "GPU-b"]);
+        assert!(got.iter().all(|(_, e)| e.message.starts_with("linked to NVSwitch 0000:87:00.0: ")), "{got:?}");
+    }
+
+    /// Evidence on a port seen before the topology placed any device waits, and then reaches
+    /// every device below the port, once.
+    #[test]
+    fn evidence_held_on_a_port_reaches_the_devices_below_it_once_they_are_placed() {
+        let mut p = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
+        let aer = "pcieport 0000:00:02.0: AER: Uncorrected (Fatal) error received: id=0010";
+        let Some(Mapped::Device { pci_address, evidence, at }) = p.line(aer, Time::from_secs(1001)) else {
+            panic!("a fatal AER is a device fault");
+        };
+        p.hold(pci_address, evidence, at);
+        assert!(p.take_held_upstream(&gpus()).is_empty(), "no topology yet");
+        assert!(p.has_held());
+        p.set_topology(topology());
+        let released = p.take_held_upstream(&gpus());
+        assert_eq!(released.len(), 1, "{released:?}");
+        assert_eq!(released[0].0, "GPU-a");
+        assert!(!p.has_held());
+        assert!(p.take_held_upstream(&gpus()).is_empty(), "once");
+    }
 
     #[test]
     fn an_xid_line_becomes_evidence_about_its_pci_address_and_a_storm_is_one_reason() {

@@ -33,6 +33,7 @@ pub mod nvml;
 pub mod nvml_evidence;
 pub mod nvml_trends;
 pub mod once;
+pub mod pci_topology;
 pub mod progress;
 pub mod publish;
 pub mod restore;

@@ -5,6 +5,7 @@
 //! directory, no permission on `/dev/kmsg`) is reported in `status.sources` as unavailable with
 //! the reason, and the pass goes on: a node without a GPU or a kubelet still gets an answer.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
@@ -14,6 +15,7 @@ use devheal_k8s::crd::{NodeDeviceHealth, SourceStatus};
 use devheal_kubelet::podresources::{DeviceBinding, PodResourcesClient};
 
 use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
+use crate::kernel::{KernelPipeline, Mapped};
 use crate::nvml::{GpuTelemetry, NvmlTelemetry};
 use crate::nvml_evidence::evidence_from_sample;
 use crate::snapshot::{InventoryDevice, SnapshotInput, node_device_health};
@@ -27,6 +29,9 @@ pub struct SourcePaths {
     /// `libnvidia-ml.so.1` when it is not on the loader's path.
     pub nvml_library: Option<PathBuf>,
     pub boot_id_file: PathBuf,
+    /// sysfs' PCI devices (`/sys/bus/pci/devices`): the PCIe paths and NVSwitches
+    /// ([`crate::pci_topology`]).
+    pub pci_devices_dir: PathBuf,
 }
 
 impl Default for SourcePaths {
@@ -37,6 +42,7 @@ impl Default for SourcePaths {
             device_plugin_dir: devheal_kubelet::api::DEFAULT_DEVICE_PLUGIN_DIR.into(),
             nvml_library: None,
             boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
+            pci_devices_dir: "/sys/bus/pci/devices".into(),
         }
     }
 }
@@ -199,6 +205,21 @@ pub async fn collect_once(
     })
 }
 
+/// The physical devices of `inventory` that have a PCI address, as `(normalised address, key)`.
+pub(crate) fn physical_devices(inventory: &[InventoryDevice]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = inventory
+        .iter()
+        .filter(|d| d.parent.is_none())
+        .filter_map(|d| {
+            let pci = d.pci_address.as_deref().and_then(devheal_detect::pci::normalize_pci_address)?;
+            Some((pci, d.id.clone()))
+        })
+        .collect();
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
 fn replay_kernel_log(
     node: &str,
     paths: &SourcePaths,
@@ -221,8 +242,12 @@ fn replay_kernel_log(
         _ => return source("kernel_log", false, "cannot read the uptime from /proc/uptime".into(), None),
     };
     let boot_time = now - devheal_core::Duration::from_nanos((uptime * 1e9) as i64);
-    let classifier = Classifier::new(catalog.clone());
-    let mut correlator = Correlator::new(CorrelationConfig::default());
+    // The same correlation and mapping as the running agent, with the node's PCIe topology.
+    let devices = physical_devices(inventory);
+    let addresses: BTreeSet<String> = devices.iter().map(|(pci, _)| pci.clone()).collect();
+    let topology = crate::pci_topology::read_pci_topology(&paths.pci_devices_dir, &addresses);
+    let mut kernel = KernelPipeline::new(node, boot_id.map(str::to_string), boot_time).with_catalog(catalog.clone());
+    kernel.set_topology(topology.topology);
     let (mut records, mut faults, mut unmapped, mut lost) = (0u64, 0u64, 0u64, 0u64);
     // Bounded: a ring buffer holds far fewer records than this.
     while records < 1_000_000 {
@@ -231,31 +256,18 @@ fn replay_kernel_log(
                 records += 1;
                 let Some(fault) = classifier.classify(&record.message) else { continue };
                 faults += 1;
-                let at = boot_time + record.since_boot;
-                let observation = correlator.observe(node, boot_id, at, &fault);
-                let incident = observation.incident;
-                if observation.folded_into_other
-                    || incident.attribution == Attribution::Application
-                    || incident.health == Health::Healthy
-                {
-                    continue;
-                }
-                let device = incident
-                    .pci_address
-                    .as_deref()
-                    .and_then(|pci| inventory.iter().find(|d| d.pci_address.as_deref() == Some(pci)));
-                match device {
-                    Some(d) => tracker.observe(
-                        &d.id,
-                        Evidence {
-                            source: HealthSource::KernelLog,
-                            code: incident.code,
-                            health: incident.health,
-                            message: incident.summary.clone(),
-                        },
-                        at,
-                    ),
-                    None => unmapped += 1,
+                match kernel.fault(&fault, boot_time + record.since_boot) {
+                    Mapped::Device { pci_address, evidence, at } => {
+                        let concerned = kernel.evidence_for(&pci_address, &evidence, &devices);
+                        if concerned.is_empty() {
+                            unmapped += 1;
+                        }
+                        for (key, evidence) in concerned {
+                            tracker.observe(&key, evidence, at);
+                        }
+                    }
+                    Mapped::NoAddress => unmapped += 1,
+                    Mapped::Ignored => {}
                 }
             }
             Ok(KmsgEvent::Lost { count }) => lost += count,
@@ -269,8 +281,9 @@ fn replay_kernel_log(
         "kernel_log",
         true,
         format!(
-            "{records} record(s) of this boot read, {faults} device-fault line(s), {unmapped} on no known device, {lost} lost to overwrite; catalog {}",
-            catalog.origin()
+            "{records} record(s) of this boot read, {faults} device-fault line(s), {unmapped} on no known device, {lost} lost to overwrite; catalog {}; PCIe topology: {}",
+            catalog.origin(),
+            topology.message
         ),
         Some(catalog.version().to_string()),
     )

@@ -395,6 +395,8 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         metrics: Arc::clone(&metrics),
         refresh,
         inventory_ids: BTreeSet::new(),
+        pci_devices_dir: config.paths.pci_devices_dir.clone(),
+        topology_for: BTreeSet::new(),
         ready: false,
         started: tokio::time::Instant::now(),
         progress,
@@ -461,6 +463,10 @@ struct LoopState {
     metrics: Arc<AgentMetrics>,
     refresh: Arc<Notify>,
     inventory_ids: BTreeSet<String>,
+    /// sysfs' PCI devices, and the physical devices' addresses the kernel pipeline's topology
+    /// was last read for ([`crate::pci_topology`]).
+    pci_devices_dir: std::path::PathBuf,
+    topology_for: BTreeSet<String>,
     /// Devices kept from the last report (restore.rs): listed while no source lists them and
     /// the tracker does not call them Healthy.
     kept: crate::restore::Kept,

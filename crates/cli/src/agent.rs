@@ -43,6 +43,10 @@ pub struct AgentArgs {
     /// The kubelet's device-plugin directory (plugin sockets and the kubelet's kubelet.sock).
     #[arg(long, default_value = devheal_kubelet::api::DEFAULT_DEVICE_PLUGIN_DIR)]
     device_plugin_dir: PathBuf,
+    /// sysfs' PCI devices: each tracked device's PCIe path and the node's NVSwitches, so that a
+    /// fault on a bridge or switch port reaches the devices below it (docs/agent.md).
+    #[arg(long, default_value = "/sys/bus/pci/devices")]
+    pci_devices_dir: PathBuf,
     /// libnvidia-ml.so.1, when it is not on the loader's path (e.g. a driver mounted elsewhere).
     #[arg(long)]
     nvml_library: Option<PathBuf>,
@@ -144,6 +148,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         pod_resources_socket: args.pod_resources_socket.clone(),
         device_plugin_dir: args.device_plugin_dir.clone(),
         nvml_library: args.nvml_library.clone(),
+        pci_devices_dir: args.pci_devices_dir.clone(),
         ..SourcePaths::default()
     };
     let catalog = match &args.catalog {

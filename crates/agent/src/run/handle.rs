@@ -141,13 +141,18 @@ impl LoopState {
     pub(super) fn apply_kernel(&mut self, mapped: Mapped) {
         match mapped {
             Mapped::Device { pci_address, evidence, at } => {
-                let device = self.device_at(&pci_address);
-                match device {
-                    Some(id) => self.tracker.observe(&id, evidence, at),
-                    None => {
-                        self.metrics.kmsg_unmapped.inc();
-                        self.kernel.hold(pci_address, evidence, at);
-                    }
+                // The device at the address, else the devices below the port or linked to the
+                // NVSwitch there; held until one is known otherwise.
+                let concerned = match self.device_at(&pci_address) {
+                    Some(id) => vec![(id, evidence.clone())],
+                    None => self.kernel.evidence_for(&pci_address, &evidence, &self.placed_devices()),
+                };
+                if concerned.is_empty() {
+                    self.metrics.kmsg_unmapped.inc();
+                    self.kernel.hold(pci_address, evidence, at);
+                }
+                for (id, evidence) in concerned {
+                    self.tracker.observe(&id, evidence, at);
                 }
             }
             Mapped::NoAddress => {
@@ -155,6 +160,25 @@ impl LoopState {
             }
             Mapped::Ignored => {}
         }
+    }
+
+    /// The physical devices the topology was read for, as `(PCI address, key)`.
+    pub(super) fn placed_devices(&self) -> Vec<(String, String)> {
+        self.topology_for.iter().filter_map(|pci| self.device_at(pci).map(|key| (pci.clone(), key))).collect()
+    }
+
+    /// Read the PCIe topology again when the physical devices' addresses changed (NVML's
+    /// inventory, fake devices), and correlate kernel faults with it.
+    pub(super) fn refresh_topology(&mut self, inventory: &[InventoryDevice]) {
+        let addresses: BTreeSet<String> =
+            crate::once::physical_devices(inventory).into_iter().map(|(pci, _)| pci).collect();
+        if addresses == self.topology_for {
+            return;
+        }
+        let read = crate::pci_topology::read_pci_topology(&self.pci_devices_dir, &addresses);
+        tracing::info!(available = read.available, "PCIe topology: {}", read.message);
+        self.kernel.set_topology(read.topology);
+        self.topology_for = addresses;
     }
 
     /// The key of the physical device at `pci_address`: NVML's GPU or a fake device there, or

@@ -18,7 +18,9 @@ impl LoopState {
         }
         let now = wall_now();
         let inventory = self.inventory();
-        // Evidence that waited for a device now known.
+        self.refresh_topology(&inventory);
+        // Evidence that waited for a device now known: at its address, or below a port or
+        // linked to an NVSwitch the evidence was about.
         if self.kernel.has_held() {
             for d in &inventory {
                 if let Some(pci) = d.pci_address.as_deref() {
@@ -26,6 +28,10 @@ impl LoopState {
                         self.tracker.observe(&d.id, evidence, at);
                     }
                 }
+            }
+            let placed = self.placed_devices();
+            for (id, evidence, at) in self.kernel.take_held_upstream(&placed) {
+                self.tracker.observe(&id, evidence, at);
             }
         }
         let ids: BTreeSet<String> = inventory.iter().map(|d| d.id.clone()).collect();

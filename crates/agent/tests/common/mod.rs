@@ -237,6 +237,7 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
         device_plugin_dir: dir.join("device-plugins"),
         nvml_library: None,
         boot_id_file: boot_id,
+        pci_devices_dir: dir.join("sys-bus-pci-devices"),
     };
     config.gpus = GpuSource::Off;
     config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
