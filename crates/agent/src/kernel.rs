@@ -279,10 +279,8 @@ impl KernelPipeline {
         let mut out = Vec::new();
         let ports: Vec<String> = self.pending.keys().cloned().collect();
         for port in ports {
-            let concerned: Vec<(&String, Relation)> = devices
-                .iter()
-                .filter_map(|(pci, key)| self.relation(&port, pci).map(|r| (key, r)))
-                .collect();
+            let concerned: Vec<(&String, Relation)> =
+                devices.iter().filter_map(|(pci, key)| self.relation(&port, pci).map(|r| (key, r))).collect();
             if concerned.is_empty() {
                 continue;
             }
@@ -324,7 +322,8 @@ mod tests {
     fn a_fatal_aer_on_a_port_is_evidence_about_the_device_below_it() {
         let aer = "pcieport 0000:00:02.0: AER: Uncorrected (Fatal) error received: id=0010";
         let mut plain = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
-        let Some(Mapped::Device { pci_address, evidence, .. }) = plain.line(aer, Time::from_secs(1001)) else {
+        let Some(Mapped::Device { pci_address, evidence, .. }) = plain.line(aer, Time::from_secs(1001))
+        else {
             panic!("a fatal AER is a device fault");
         };
         assert_eq!(pci_address, "0000:00:02.0");
@@ -341,7 +340,11 @@ mod tests {
         assert_eq!(got[0].1.health, Health::Unhealthy);
         assert!(got[0].1.message.starts_with("below PCIe port 0000:00:02.0: "), "{:?}", got[0].1);
         let xid = "NVRM: Xid (PCI:0000:02:00): 79, pid=1, name=x, GPU has fallen off the bus.";
-        assert_eq!(p.line(xid, Time::from_secs(1002)), Some(Mapped::Ignored), "folded into the port's incident");
+        assert_eq!(
+            p.line(xid, Time::from_secs(1002)),
+            Some(Mapped::Ignored),
+            "folded into the port's incident"
+        );
         // A device's own address is itself, not below itself.
         let own = p.evidence_for("0000:41:00.0", &evidence, &gpus());
         assert_eq!(own, vec![("GPU-b".to_string(), evidence.clone())]);
@@ -358,7 +361,10 @@ mod tests {
         let got = p.evidence_for(&pci_address, &evidence, &gpus());
         let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["GPU-a", "GPU-b"]);
-        assert!(got.iter().all(|(_, e)| e.message.starts_with("linked to NVSwitch 0000:87:00.0: ")), "{got:?}");
+        assert!(
+            got.iter().all(|(_, e)| e.message.starts_with("linked to NVSwitch 0000:87:00.0: ")),
+            "{got:?}"
+        );
     }
 
     /// Evidence on a port seen before the topology placed any device waits, and then reaches

@@ -9,12 +9,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
-use devheal_core::{Attribution, Health, HealthSource, Time};
-use devheal_detect::{Catalog, Classifier, CorrelationConfig, Correlator, KmsgEvent, KmsgReader, StartAt};
+use devheal_core::{HealthSource, Time};
+use devheal_detect::{Catalog, KmsgEvent, KmsgReader, StartAt};
 use devheal_k8s::crd::{NodeDeviceHealth, SourceStatus};
 use devheal_kubelet::podresources::{DeviceBinding, PodResourcesClient};
 
-use crate::health::{DeviceHealthTracker, Evidence, TrackerConfig};
+use crate::health::{DeviceHealthTracker, TrackerConfig};
 use crate::kernel::{KernelPipeline, Mapped};
 use crate::nvml::{GpuTelemetry, NvmlTelemetry};
 use crate::nvml_evidence::evidence_from_sample;
@@ -246,7 +246,8 @@ fn replay_kernel_log(
     let devices = physical_devices(inventory);
     let addresses: BTreeSet<String> = devices.iter().map(|(pci, _)| pci.clone()).collect();
     let topology = crate::pci_topology::read_pci_topology(&paths.pci_devices_dir, &addresses);
-    let mut kernel = KernelPipeline::new(node, boot_id.map(str::to_string), boot_time).with_catalog(catalog.clone());
+    let mut kernel =
+        KernelPipeline::new(node, boot_id.map(str::to_string), boot_time).with_catalog(catalog.clone());
     kernel.set_topology(topology.topology);
     let (mut records, mut faults, mut unmapped, mut lost) = (0u64, 0u64, 0u64, 0u64);
     // Bounded: a ring buffer holds far fewer records than this.
@@ -254,9 +255,11 @@ fn replay_kernel_log(
         match reader.next_record() {
             Ok(KmsgEvent::Record(record)) => {
                 records += 1;
-                let Some(fault) = classifier.classify(&record.message) else { continue };
+                let Some(mapped) = kernel.line(&record.message, boot_time + record.since_boot) else {
+                    continue;
+                };
                 faults += 1;
-                match kernel.fault(&fault, boot_time + record.since_boot) {
+                match mapped {
                     Mapped::Device { pci_address, evidence, at } => {
                         let concerned = kernel.evidence_for(&pci_address, &evidence, &devices);
                         if concerned.is_empty() {

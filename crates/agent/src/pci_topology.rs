@@ -62,7 +62,8 @@ pub fn read_pci_topology(dir: &Path, devices: &BTreeSet<String>) -> PciTopology 
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            out.message = format!("cannot read {}: {e}; faults are mapped by their own address only", dir.display());
+            out.message =
+                format!("cannot read {}: {e}; faults are mapped by their own address only", dir.display());
             return out;
         }
     };
@@ -172,7 +173,12 @@ mod tests {
         let bus = fake_sysfs(root.path(), HGX);
         let read = read_pci_topology(&bus, &set(&["0000:1b:00.0", "0000:43:00.0", "0000:fa:00.0"]));
         assert!(read.available);
-        assert_eq!((read.placed, read.switches, read.linked_gpus, read.missing), (2, 1, 2, 1), "{}", read.message);
+        assert_eq!(
+            (read.placed, read.switches, read.linked_gpus, read.missing),
+            (2, 1, 2, 1),
+            "{}",
+            read.message
+        );
         let t = &read.topology;
         assert!(t.is_upstream_of("0000:02:08.0", "0000:1b:00.0"));
         assert!(t.is_upstream_of("0000:01:00.0", "0000:43:00.0"), "the switch's upstream port is above both");

@@ -99,7 +99,14 @@ async fn a_fatal_aer_on_a_root_port_makes_the_gpu_below_it_unhealthy() {
     let samples = gpus
         .iter()
         .map(|g| {
-            (g.index, GpuSample { uuid: g.uuid.clone(), pci_address: g.pci_address.clone(), ..GpuSample::default() })
+            (
+                g.index,
+                GpuSample {
+                    uuid: g.uuid.clone(),
+                    pci_address: g.pci_address.clone(),
+                    ..GpuSample::default()
+                },
+            )
         })
         .collect();
     config.gpus = GpuSource::Fake(FakeGpuTelemetry { driver: None, gpus, samples });

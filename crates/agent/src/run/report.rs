@@ -207,7 +207,10 @@ pub(super) fn significant(status: &NodeDeviceHealthStatus) -> NodeDeviceHealthSt
 /// The agent's last published status, read once at start: three tries with the publisher's
 /// jittered delays between them (1–2 s, then 2–4 s: a fleet of agents restarted together does
 /// not read in step), then none (the sources decide alone, as on a first start; said in the log).
-pub(super) async fn read_last_report<P: Publisher>(publisher: &mut P, node: &str) -> Option<NodeDeviceHealthStatus> {
+pub(super) async fn read_last_report<P: Publisher>(
+    publisher: &mut P,
+    node: &str,
+) -> Option<NodeDeviceHealthStatus> {
     let mut delays = crate::publish::retry_delays();
     for attempt in 1..=3 {
         match publisher.last_published(node).await {

@@ -318,7 +318,9 @@ fn versions(inputs: &StatusInputs) -> Vec<VersionRow> {
             VersionRow { component, version, nodes: nodes.len(), devices, not_healthy, nodes_not_healthy }
         })
         .collect();
-    rows.sort_by(|a, b| a.component.cmp(&b.component).then(b.not_healthy.cmp(&a.not_healthy)).then(a.version.cmp(&b.version)));
+    rows.sort_by(|a, b| {
+        a.component.cmp(&b.component).then(b.not_healthy.cmp(&a.not_healthy)).then(a.version.cmp(&b.version))
+    });
     rows
 }
 

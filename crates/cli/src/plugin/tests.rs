@@ -258,7 +258,10 @@ fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
     assert_eq!(u.to.as_deref(), Some("7c9d (driver=nvcr.io/nvidia/driver:575.57.08)"));
     assert_eq!(u.stage_nodes.len(), 1);
     let s = &u.stage_nodes[0];
-    assert_eq!((s.stage, s.nodes.as_slice(), s.devices, s.not_healthy, s.not_healthy_before), (1, &["gpu-1".to_string()][..], 2, 1, 0));
+    assert_eq!(
+        (s.stage, s.nodes.as_slice(), s.devices, s.not_healthy, s.not_healthy_before),
+        (1, &["gpu-1".to_string()][..], 2, 1, 0)
+    );
 
     let text = status::render(&r);
     let expected_versions = "Versions (2):\n\
@@ -266,11 +269,15 @@ fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
         driver     575.57.08   1      1/2          gpu-1\n\
         driver     570.124.06  1      0/1          -\n";
     assert!(text.contains(expected_versions), "{text}");
-    let plan_line = text.lines().find(|l| l.starts_with("gpu-operator/nvidia-driver-575  nvidia-driver")).expect(&text);
+    let plan_line =
+        text.lines().find(|l| l.starts_with("gpu-operator/nvidia-driver-575  nvidia-driver")).expect(&text);
     for part in ["(Driver)", "Paused", "1/2", "HealthCheckFailed: 1 device turned Unhealthy", "575.57.08"] {
         assert!(plan_line.contains(part), "{part} in {plan_line}");
     }
-    assert!(text.contains("PLAN                            STAGE  NODES  NOT HEALTHY NOW  BEFORE\n"), "{text}");
+    assert!(
+        text.contains("PLAN                            STAGE  NODES  NOT HEALTHY NOW  BEFORE\n"),
+        "{text}"
+    );
     assert!(text.contains("gpu-operator/nvidia-driver-575  1      gpu-1  1/2              0\n"), "{text}");
     assert!(!text.lines().any(|l| l.ends_with(' ')), "no line ends in spaces:\n{text}");
 

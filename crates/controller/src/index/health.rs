@@ -4,7 +4,11 @@
 use super::*;
 
 impl ClusterIndex {
-    pub(super) fn on_health_event(&mut self, ev: watcher::Event<NodeDeviceHealthObject>, up: &mut IndexUpdate) {
+    pub(super) fn on_health_event(
+        &mut self,
+        ev: watcher::Event<NodeDeviceHealthObject>,
+        up: &mut IndexUpdate,
+    ) {
         match ev {
             watcher::Event::Init => self.begin_list(ObjectKind::NodeDeviceHealth),
             watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => self.upsert_health(&obj, up),

@@ -52,15 +52,13 @@ fn list(index: &mut ClusterIndex, pods: Vec<Pod>) -> Vec<String> {
 #[test]
 fn an_update_that_changes_nothing_the_engine_reads_emits_nothing() {
     let mut index = ClusterIndex::new();
-    let first =
-        index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "1", "G0", "Running"))));
+    let first = index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "1", "G0", "Running"))));
     assert_eq!(names(&first.inputs), ["upsert a 1"]);
     // A new resourceVersion and a managed-fields change only.
     let mut same = pod("a", "u1", "2", "G0", "Running");
     same.metadata.managed_fields = Some(vec![Default::default()]);
     assert!(index.apply(ClusterEvent::Pod(watcher::Event::Apply(same))).inputs.is_empty());
-    let changed =
-        index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "3", "G0", "Failed"))));
+    let changed = index.apply(ClusterEvent::Pod(watcher::Event::Apply(pod("a", "u1", "3", "G0", "Failed"))));
     assert_eq!(names(&changed.inputs), ["upsert a 1"]);
 }
 
@@ -87,10 +85,8 @@ fn an_interrupted_relist_keeps_objects_until_a_complete_one() {
     index.apply(ClusterEvent::Pod(watcher::Event::InitApply(pod("a", "u1", "5", "G0", "Running"))));
     let err = index.apply(ClusterEvent::WatchError { kind: ObjectKind::Pod, message: "410".into() });
     assert!(err.watch_error && err.inputs.is_empty());
-    let out = list(
-        &mut index,
-        vec![pod("a", "u1", "6", "G0", "Running"), pod("b", "u2", "6", "G1", "Running")],
-    );
+    let out =
+        list(&mut index, vec![pod("a", "u1", "6", "G0", "Running"), pod("b", "u2", "6", "G1", "Running")]);
     assert!(out.is_empty(), "{out:?}");
 }
 
@@ -101,8 +97,7 @@ fn a_pod_recreated_under_the_same_name_replaces_the_old_uid() {
     let out = list(&mut index, vec![pod("a", "u9", "7", "G0", "Running")]);
     assert_eq!(out, ["deleted u1", "upsert a 1"]);
     // A late Delete of the old incarnation does not remove the new one.
-    let late =
-        index.apply(ClusterEvent::Pod(watcher::Event::Delete(pod("a", "u1", "8", "G0", "Running"))));
+    let late = index.apply(ClusterEvent::Pod(watcher::Event::Delete(pod("a", "u1", "8", "G0", "Running"))));
     assert!(late.inputs.is_empty());
     assert_eq!(index.len(ObjectKind::Pod), 1);
 }
@@ -137,10 +132,7 @@ fn node_device_health_sends_inventory_bindings_and_changed_health_only() {
         "status": {"phase": "Running"}
     }))
     .expect("valid pod");
-    assert_eq!(
-        names(&index.apply(ClusterEvent::Pod(watcher::Event::Apply(bare))).inputs),
-        ["upsert p 0"]
-    );
+    assert_eq!(names(&index.apply(ClusterEvent::Pod(watcher::Event::Apply(bare))).inputs), ["upsert p 0"]);
     let dev = |h: &str, pods: serde_json::Value| {
         json!([{"id": "G0", "resource": "nvidia.com/gpu", "health": h, "pods": pods},
                {"id": "G1", "resource": "nvidia.com/gpu", "health": "Healthy"}])
@@ -154,8 +146,7 @@ fn node_device_health_sends_inventory_bindings_and_changed_health_only() {
         ["devices node-0 2", "upsert p 1", "health G0 Healthy", "health G1 Healthy"]
     );
     // A heartbeat that changes nothing the engine reads.
-    let mut again =
-        health("node-0", dev("Healthy", json!([{"namespace": "ml", "name": "p", "uid": "u1"}])));
+    let mut again = health("node-0", dev("Healthy", json!([{"namespace": "ml", "name": "p", "uid": "u1"}])));
     again.status.as_mut().expect("status").last_heartbeat =
         Some(devheal_k8s::crd::k8s_time(devheal_core::Time(5)));
     assert!(index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(again))).inputs.is_empty());
@@ -348,8 +339,7 @@ fn invalid_objects_are_rejected_not_fatal() {
     let up = index.apply(ClusterEvent::Pod(watcher::Event::Apply(nameless)));
     assert_eq!(up.rejected.len(), 1);
     assert!(up.inputs.is_empty());
-    let mut bad =
-        health("node-1", json!([{"id": "G0", "resource": "nvidia.com/gpu", "health": "Healthy"}]));
+    let mut bad = health("node-1", json!([{"id": "G0", "resource": "nvidia.com/gpu", "health": "Healthy"}]));
     bad.metadata.name = Some(String::new());
     let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(bad)));
     assert_eq!(up.rejected.len(), 1, "{:?}", up.rejected);
@@ -376,11 +366,9 @@ fn matched_pods_count_each_policys_namespace_and_labels() {
     }
     list(&mut index, vec![pod("a", "u1", "1", "G0", "Running"), pod("b", "u2", "1", "G1", "Running")]);
     let mut other = pod("c", "u3", "1", "G2", "Running");
-    other.metadata.labels =
-        Some([("jobset.sigs.k8s.io/jobset-name".to_string(), "gpt".to_string())].into());
+    other.metadata.labels = Some([("jobset.sigs.k8s.io/jobset-name".to_string(), "gpt".to_string())].into());
     index.apply(ClusterEvent::Pod(watcher::Event::Apply(other)));
-    let counts =
-        |index: &ClusterIndex| -> Vec<(String, u64)> { index.matched_pods().into_iter().collect() };
+    let counts = |index: &ClusterIndex| -> Vec<(String, u64)> { index.matched_pods().into_iter().collect() };
     let expected = |llama: u64, everything: u64| {
         vec![
             ("ml/everything".to_string(), everything),

@@ -100,7 +100,13 @@ impl KubeActuator {
     /// restart is remembered by idempotency key: a replay after it completed sends nothing, and
     /// a retry after a partial failure deletes only pods created before the first attempt (to
     /// within the clock skew between this controller and the API server).
-    pub(super) async fn restart_gang(&self, key: &str, gang: &GangId, incident: &str, reason: &str) -> Carried {
+    pub(super) async fn restart_gang(
+        &self,
+        key: &str,
+        gang: &GangId,
+        incident: &str,
+        reason: &str,
+    ) -> Carried {
         let now = self.now();
         // `Some(first attempt)` when this is a retry of a restart that did not complete.
         let retry_of = match self.gang_restarts.lock() {

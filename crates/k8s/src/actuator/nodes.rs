@@ -236,16 +236,16 @@ impl KubeActuator {
 
 /// What the actuator reads from a node.
 pub(super) struct NodeView {
-    uid: Option<String>,
+    pub(super) uid: Option<String>,
     /// `spec.taints` exactly as read (`null` when absent), for the patch's `test`.
-    raw_taints: Value,
-    taints: Vec<Value>,
-    raw_unschedulable: Value,
-    unschedulable: bool,
+    pub(super) raw_taints: Value,
+    pub(super) taints: Vec<Value>,
+    pub(super) raw_unschedulable: Value,
+    pub(super) unschedulable: bool,
 }
 
 impl NodeView {
-    fn of(obj: &Value) -> Self {
+    pub(super) fn of(obj: &Value) -> Self {
         let raw_taints = obj["spec"]["taints"].clone();
         let raw_unschedulable = obj["spec"]["unschedulable"].clone();
         NodeView {
@@ -261,8 +261,8 @@ impl NodeView {
 /// The node as it should be: every taint (other managers' untouched, in their order), and the
 /// `spec.unschedulable` wanted (`None`: leave it).
 pub(super) struct NodeEdit {
-    taints: Vec<Value>,
-    unschedulable: Option<bool>,
+    pub(super) taints: Vec<Value>,
+    pub(super) unschedulable: Option<bool>,
 }
 
 pub(super) fn same_taint(t: &Value, key: &str) -> bool {

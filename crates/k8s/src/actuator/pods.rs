@@ -50,7 +50,13 @@ impl KubeActuator {
         }
     }
 
-    pub(super) async fn mark_pod(&self, pod: &PodRef, condition_type: &str, reason: &str, message: &str) -> Carried {
+    pub(super) async fn mark_pod(
+        &self,
+        pod: &PodRef,
+        condition_type: &str,
+        reason: &str,
+        message: &str,
+    ) -> Carried {
         let key = format!("pod/{}", pod.uid);
         match self.patch_pod_condition(pod, condition_type, reason, message).await {
             Ok(()) => {
