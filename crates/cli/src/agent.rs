@@ -271,6 +271,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_until_signal<P: Publisher>(config: AgentConfig, publisher: P) -> anyhow::Result<ExitCode> {
+    // Listen before the agent starts and says so: a SIGTERM right after the announcement (a pod
+    // deleted as it starts, a test) must stop it cleanly, not kill it with the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let node = config.node.clone();
     let agent = start(config, publisher).await?;
     if let Some(addr) = agent.metrics_addr {
@@ -279,11 +284,9 @@ async fn run_until_signal<P: Publisher>(config: AgentConfig, publisher: P) -> an
     if let Some(addr) = agent.progress_addr {
         tracing::info!("devheal agent: progress reports on http://{addr}/v1/progress");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("devheal agent: SIGTERM, stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("devheal agent: interrupted, stopping"),
+        _ = interrupt.recv() => tracing::info!("devheal agent: interrupted, stopping"),
     }
     agent.stop().await;
     Ok(ExitCode::SUCCESS)

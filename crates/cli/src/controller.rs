@@ -137,27 +137,20 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// differences between the machines and the API server's own delay).
 const LEAD_FOR: Duration = Duration::from_secs(12);
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+/// A future that ends at SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives after the controller announced
+/// itself stops it cleanly instead of killing it with the default action.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} }
+    })
 }
 
 async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal().context("cannot listen for SIGTERM")?;
     // Settings first: a file that cannot be used stops the start before anything is contacted.
     let settings_file = args.settings_file();
     let overrides = args.overrides();
@@ -257,7 +250,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             .with_settings_reloader(SettingsReloader::new(path, overrides), args.settings_reload_every);
     }
     controller.restore_state().await;
-    let result = controller.run(cluster.events(), shutdown_signal()).await;
+    let result = controller.run(cluster.events(), shutdown).await;
     let _ = stop.send(true);
     let _ = lease_task.await;
     let _ = gate_task.await;

@@ -38,7 +38,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
 
-use devheal_core::{Device, DeviceKey, Health, HealthReason, Input, PodInfo};
+use devheal_core::{Device, DeviceKey, Health, HealthReason, Input, NodeInfo, PodInfo};
 use devheal_k8s::crd::{
     FailurePolicy as FailurePolicyObject, NodeDeviceHealth as NodeDeviceHealthObject, WorkloadProgress,
 };
@@ -131,6 +131,18 @@ struct PodEntry {
     labels: Box<[u64]>,
 }
 
+/// A node: its conversion from the Node object (the driver version its labels give, if any),
+/// the digest of what the engine last got for it (with the agent's driver version, see
+/// [`HealthEntry::driver_version`]), and the list epoch. The conversion is kept (a few hundred
+/// bytes of labels a node) so that a new driver version from the agent can be sent without the
+/// Node changing.
+#[derive(Debug)]
+struct NodeEntry {
+    info: NodeInfo,
+    sent: u64,
+    epoch: u32,
+}
+
 #[derive(Debug, Default)]
 struct HealthEntry {
     epoch: u32,
@@ -143,6 +155,10 @@ struct HealthEntry {
     /// Every other id the report gives a device (`aliases`), to the device's key: a pod's
     /// status that names a device by one of them is matched to the device.
     aliases: HashMap<String, DeviceKey>,
+    /// The driver version the node's agent reads from NVML (its `nvml` source): the engine's
+    /// version canary counts nodes by it, over a GPU feature discovery label, so that the
+    /// version `kubectl devheal status` lists is the one a hold names.
+    driver_version: Option<String>,
 }
 
 /// A device as its NodeDeviceHealth last reported it, and the digest of what the engine last
@@ -183,7 +199,7 @@ struct ListState {
 pub struct ClusterIndex {
     /// By `namespace/name` (unique at any moment; the uid changes when a pod is re-created).
     pods: HashMap<String, PodEntry>,
-    nodes: HashMap<String, (u64, u32)>,
+    nodes: HashMap<String, NodeEntry>,
     health: HashMap<String, HealthEntry>,
     policies: BTreeMap<String, (devheal_core::FailurePolicy, u32)>,
     /// Devices NodeDeviceHealth binds to each pod key, with the uid the binding names.

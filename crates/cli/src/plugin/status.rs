@@ -207,6 +207,10 @@ pub struct VersionRow {
     pub not_healthy: usize,
     /// Its nodes with a device not Healthy (at most [`MAX_NAMED_NODES`]).
     pub nodes_not_healthy: Vec<String>,
+    /// The engine's version canary holds remediation on its nodes: the budgets or the
+    /// controller's state name it (`driver 575.57.08`, the tag the controller counts nodes under,
+    /// from the same NVML report).
+    pub held: bool,
 }
 
 /// A staged upgrade.
@@ -292,6 +296,15 @@ fn device_counts(inputs: &StatusInputs) -> BTreeMap<String, (usize, usize)> {
 /// with the most devices not Healthy first within a component.
 fn versions(inputs: &StatusInputs) -> Vec<VersionRow> {
     let counts = device_counts(inputs);
+    let mut held: BTreeSet<&str> = inputs
+        .policies
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.budget.as_ref())
+        .flat_map(|b| b.held_versions.iter().map(String::as_str))
+        .collect();
+    if let Some(breaker) = inputs.state.as_ref().and_then(|s| s.breaker.as_ref()) {
+        held.extend(breaker.held_versions.iter().map(String::as_str));
+    }
     let mut by: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for h in &inputs.health {
         let node = h.metadata.name.clone().unwrap_or_else(|| h.spec.node_name.clone());
@@ -315,7 +328,16 @@ fn versions(inputs: &StatusInputs) -> Vec<VersionRow> {
                     nodes_not_healthy.push(n.clone());
                 }
             }
-            VersionRow { component, version, nodes: nodes.len(), devices, not_healthy, nodes_not_healthy }
+            let held = held.contains(format!("{component} {version}").as_str());
+            VersionRow {
+                component,
+                version,
+                nodes: nodes.len(),
+                devices,
+                not_healthy,
+                nodes_not_healthy,
+                held,
+            }
         })
         .collect();
     rows.sort_by(|a, b| {
@@ -892,10 +914,11 @@ pub fn render(r: &StatusReport) -> String {
                     v.nodes.to_string(),
                     format!("{}/{}", v.not_healthy, v.devices),
                     or_dash(Some(v.nodes_not_healthy.join(","))),
+                    yes_no(v.held, "HELD: remediation on its nodes held", "-"),
                 ]
             })
             .collect();
-        table(&["COMPONENT", "VERSION", "NODES", "NOT HEALTHY", "ON NODES"], &rows)
+        table(&["COMPONENT", "VERSION", "NODES", "NOT HEALTHY", "ON NODES", "CANARY"], &rows)
     });
     section(&mut out, "Upgrades", r.upgrades.len(), || {
         let rows: Vec<Vec<String>> = r

@@ -120,7 +120,7 @@ fn state() -> DurableState {
         "repairs": [{"node": "gpu-1", "requests": [
             {"device": {"node": "gpu-1", "resource": "nvidia.com/gpu", "id": "GPU-2"}, "kind": "reset_device"}]}],
         "breaker": {"failures": [{"at": ns("2026-12-04T11:49:00Z"), "node": "gpu-1"}],
-                    "lastFailure": ns("2026-12-04T11:49:00Z")}
+                    "lastFailure": ns("2026-12-04T11:49:00Z"), "heldVersions": ["driver 575.57.08"]}
     }))
 }
 
@@ -249,6 +249,8 @@ fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
     assert_eq!(versions, [("driver", "575.57.08", 1, 2, 1), ("driver", "570.124.06", 1, 1, 0)]);
     assert_eq!(r.versions[0].nodes_not_healthy, ["gpu-1"]);
     assert!(r.versions[1].nodes_not_healthy.is_empty());
+    // The controller's state holds the new driver (its canary tripped): the row says so.
+    assert!(r.versions[0].held && !r.versions[1].held);
 
     assert_eq!(r.upgrades.len(), 1);
     let u = &r.upgrades[0];
@@ -265,9 +267,9 @@ fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
 
     let text = status::render(&r);
     let expected_versions = "Versions (2):\n\
-        COMPONENT  VERSION     NODES  NOT HEALTHY  ON NODES\n\
-        driver     575.57.08   1      1/2          gpu-1\n\
-        driver     570.124.06  1      0/1          -\n";
+        COMPONENT  VERSION     NODES  NOT HEALTHY  ON NODES  CANARY\n\
+        driver     575.57.08   1      1/2          gpu-1     HELD: remediation on its nodes held\n\
+        driver     570.124.06  1      0/1          -         -\n";
     assert!(text.contains(expected_versions), "{text}");
     let plan_line =
         text.lines().find(|l| l.starts_with("gpu-operator/nvidia-driver-575  nvidia-driver")).expect(&text);

@@ -1,4 +1,5 @@
-//! Nodes: their watch events.
+//! Nodes: their watch events, and the node the engine gets (with the driver version the node's
+//! agent reports).
 
 use super::*;
 
@@ -13,14 +14,17 @@ impl ClusterIndex {
                     return;
                 }
                 let epoch = self.epoch(ObjectKind::Node);
-                let d = digest(&info);
-                match self.nodes.get_mut(&info.name) {
-                    Some(entry) if entry.0 == d => entry.1 = epoch,
-                    _ => {
-                        self.nodes.insert(info.name.clone(), (d, epoch));
-                        up.inputs.push(Input::NodeUpsert(info));
+                let name = info.name.clone();
+                match self.nodes.get_mut(&name) {
+                    Some(entry) => {
+                        entry.info = info;
+                        entry.epoch = epoch;
+                    }
+                    None => {
+                        self.nodes.insert(name.clone(), NodeEntry { info, sent: 0, epoch });
                     }
                 }
+                self.send_node(&name, up);
             }
             watcher::Event::Delete(node) => {
                 if let Some(name) = node.metadata.name
@@ -33,13 +37,28 @@ impl ClusterIndex {
                 up.relisted = self.end_list(ObjectKind::Node);
                 let epoch = self.epoch(ObjectKind::Node);
                 let mut gone: Vec<String> =
-                    self.nodes.iter().filter(|(_, e)| e.1 != epoch).map(|(k, _)| k.clone()).collect();
+                    self.nodes.iter().filter(|(_, e)| e.epoch != epoch).map(|(k, _)| k.clone()).collect();
                 gone.sort();
                 for name in gone {
                     self.nodes.remove(&name);
                     up.inputs.push(Input::NodeDeleted { name });
                 }
             }
+        }
+    }
+
+    /// The node as the engine should have it (the agent's driver version over the labels'),
+    /// sent when it differs from what the engine last got.
+    pub(super) fn send_node(&mut self, name: &str, up: &mut IndexUpdate) {
+        let Some(entry) = self.nodes.get_mut(name) else { return };
+        let mut info = entry.info.clone();
+        if let Some(version) = self.health.get(name).and_then(|h| h.driver_version.clone()) {
+            info.driver_version = Some(version);
+        }
+        let d = digest(&info);
+        if entry.sent != d {
+            entry.sent = d;
+            up.inputs.push(Input::NodeUpsert(info));
         }
     }
 }

@@ -416,3 +416,43 @@ fn policies_are_sent_as_a_set_once_per_change() {
     let gone = index.apply(ClusterEvent::Policy(watcher::Event::Delete(policy("b", "Ignore"))));
     assert_eq!(names(&gone.inputs), ["policies 1"]);
 }
+
+/// The driver version a node's agent reads from NVML is the one the engine's version canary
+/// counts the node under, over a GPU feature discovery label; a new version reaches the engine
+/// without the Node changing, the same report twice sends nothing, and without a report the
+/// label is back.
+#[test]
+fn the_engine_gets_the_driver_version_the_agent_reports() {
+    let driver = |up: &IndexUpdate| -> Vec<Option<String>> {
+        up.inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::NodeUpsert(n) => Some(n.driver_version.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut index = ClusterIndex::new();
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-0",
+        "labels": {"nvidia.com/cuda.driver-version.full": "570.86.15"}}}))
+    .expect("a node");
+    let up = index.apply(ClusterEvent::Node(watcher::Event::Apply(node.clone())));
+    assert_eq!(driver(&up), [Some("570.86.15".to_string())]);
+    let report = |version: &str| -> NodeDeviceHealthObject {
+        serde_json::from_value(json!({
+            "apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+            "metadata": {"name": "node-0"}, "spec": {"nodeName": "node-0"},
+            "status": {"devices": [{"id": "GPU-0", "resource": "nvidia.com/gpu", "health": "Healthy"}],
+                       "sources": [{"name": "nvml", "available": true, "version": version}]}
+        }))
+        .expect("valid object")
+    };
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report("575.57.08"))));
+    assert_eq!(driver(&up), [Some("575.57.08".to_string())], "{:?}", names(&up.inputs));
+    let again = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report("575.57.08"))));
+    assert!(driver(&again).is_empty(), "{:?}", names(&again.inputs));
+    let unchanged = index.apply(ClusterEvent::Node(watcher::Event::Apply(node)));
+    assert!(driver(&unchanged).is_empty(), "the Node did not change: {:?}", names(&unchanged.inputs));
+    let gone = index.apply(ClusterEvent::NodeHealth(watcher::Event::Delete(report("575.57.08"))));
+    assert_eq!(driver(&gone), [Some("570.86.15".to_string())], "{:?}", names(&gone.inputs));
+}
