@@ -112,9 +112,9 @@ pub struct KernelPipeline {
     /// Wall-clock time of boot, to place records' kernel timestamps.
     boot_time: Time,
     classifier: Classifier,
+    /// Correlates with the node's PCIe paths and NVSwitch links (empty: faults map by their own
+    /// address only), which [`Self::relation`] reads too.
     correlator: Correlator,
-    /// The node's PCIe paths and NVSwitch links (empty: faults map by their own address only).
-    topology: Topology,
     /// Evidence on PCI addresses no known device has yet (NVML may come up after the replay),
     /// applied when a device with that address appears. Bounded.
     pending: BTreeMap<String, Vec<(Evidence, Time)>>,
@@ -163,7 +163,6 @@ impl KernelPipeline {
             boot_time,
             classifier: Classifier::new(Catalog::builtin()),
             correlator: Correlator::new(CorrelationConfig::default()),
-            topology: Topology::new(),
             pending: BTreeMap::new(),
             pending_count: 0,
         }
@@ -179,16 +178,16 @@ impl KernelPipeline {
     pub fn set_topology(&mut self, topology: Topology) {
         let config = self.correlator.config().clone();
         let correlator = std::mem::replace(&mut self.correlator, Correlator::new(config));
-        self.correlator = correlator.with_topology(topology.clone());
-        self.topology = topology;
+        self.correlator = correlator.with_topology(topology);
     }
 
     /// How a fault at `at` (a port, an NVSwitch) concerns the device at `device`: `None` when
     /// it does not (the device's own address is not "below" itself).
     pub fn relation(&self, at: &str, device: &str) -> Option<Relation> {
-        if self.topology.is_upstream_of(at, device) {
+        let topology = self.correlator.topology();
+        if topology.is_upstream_of(at, device) {
             Some(Relation::BelowPort)
-        } else if self.topology.links(at, device) {
+        } else if topology.links(at, device) {
             Some(Relation::LinkedSwitch)
         } else {
             None

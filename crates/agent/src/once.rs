@@ -205,21 +205,6 @@ pub async fn collect_once(
     })
 }
 
-/// The physical devices of `inventory` that have a PCI address, as `(normalised address, key)`.
-pub(crate) fn physical_devices(inventory: &[InventoryDevice]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = inventory
-        .iter()
-        .filter(|d| d.parent.is_none())
-        .filter_map(|d| {
-            let pci = d.pci_address.as_deref().and_then(devheal_detect::pci::normalize_pci_address)?;
-            Some((pci, d.id.clone()))
-        })
-        .collect();
-    out.sort();
-    out.dedup_by(|a, b| a.0 == b.0);
-    out
-}
-
 fn replay_kernel_log(
     node: &str,
     paths: &SourcePaths,
@@ -243,7 +228,7 @@ fn replay_kernel_log(
     };
     let boot_time = now - devheal_core::Duration::from_nanos((uptime * 1e9) as i64);
     // The same correlation and mapping as the running agent, with the node's PCIe topology.
-    let devices = physical_devices(inventory);
+    let devices = crate::snapshot::physical_devices(inventory);
     let addresses: BTreeSet<String> = devices.iter().map(|(pci, _)| pci.clone()).collect();
     let topology = crate::pci_topology::read_pci_topology(&paths.pci_devices_dir, &addresses);
     let mut kernel =

@@ -336,6 +336,21 @@ pub fn keep_within_schema(status: &mut NodeDeviceHealthStatus) -> Vec<devheal_k8
     removed
 }
 
+/// The physical devices of `inventory` that have a PCI address, as `(normalised address, key)`.
+pub fn physical_devices(inventory: &[InventoryDevice]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = inventory
+        .iter()
+        .filter(|d| d.parent.is_none())
+        .filter_map(|d| {
+            let pci = d.pci_address.as_deref().and_then(devheal_detect::pci::normalize_pci_address)?;
+            Some((pci, d.id.clone()))
+        })
+        .collect();
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,11 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{ChannelPublisher, test_config};
-use devheal_agent::nvml::{FakeGpuTelemetry, GpuIdentity, GpuSample, MigIdentity};
-use devheal_agent::run::{GpuSource, start};
+use common::{ChannelPublisher, kmsg_record, scripted_gpus, test_config, wait_for_status};
+use devheal_agent::nvml::{GpuIdentity, MigIdentity};
+use devheal_agent::run::start;
 use devheal_core::HealthSource;
-use devheal_k8s::crd::{DeviceHealthState, NodeDeviceHealth, NodeDeviceHealthStatus};
+use devheal_k8s::crd::{DeviceHealthState, NodeDeviceHealthStatus};
 use devheal_kubelet::api::podresources_v1 as pr;
 use devheal_kubelet::server::{PodResourcesServer, PodResourcesState, serve};
 use tokio::sync::mpsc;
@@ -64,38 +64,14 @@ fn pods(status: &NodeDeviceHealthStatus, id: &str) -> Vec<String> {
     device(status, id).map(|d| d.pods.iter().map(|p| p.name.clone()).collect()).unwrap_or_default()
 }
 
-async fn wait_for(
-    rx: &mut mpsc::UnboundedReceiver<NodeDeviceHealth>,
-    what: &str,
-    ok: impl Fn(&NodeDeviceHealthStatus) -> bool,
-) -> NodeDeviceHealthStatus {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut last = None;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(object)) => {
-                let status = object.status.expect("a status");
-                if ok(&status) {
-                    return status;
-                }
-                last = Some(status);
-            }
-            _ => panic!("never published: {what}; last seen {last:#?}"),
-        }
-    }
-}
-
 /// One `/dev/kmsg` record of Xid 79 on the GPU at `pci` (the driver prints `dddd:bb:dd`), timed
 /// now (the kernel's timestamp is time since boot).
 fn xid_79(seq: u64, pci: &str) -> String {
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(1000.0);
     let short = pci.rsplit_once('.').map_or(pci, |(h, _)| h);
-    format!(
-        "4,{seq},{},-;NVRM: Xid (PCI:{short}): 79, pid=4242, name=trainer, GPU has fallen off the bus.\n",
-        (uptime * 1e6) as u64
+    kmsg_record(
+        seq,
+        4,
+        &format!("NVRM: Xid (PCI:{short}): 79, pid=4242, name=trainer, GPU has fallen off the bus."),
     )
 }
 
@@ -108,18 +84,7 @@ async fn a_kernel_xid_on_a_gpu_reaches_the_pods_on_its_replicas_and_mig_devices(
         gpu(1, OTHER, "0019:01:00.0", &[]),
         gpu(2, SLICED, SLICED_PCI, &[]),
     ];
-    let samples = gpus
-        .iter()
-        .map(|g| {
-            let sample = GpuSample {
-                uuid: g.uuid.clone(),
-                pci_address: g.pci_address.clone(),
-                ..GpuSample::default()
-            };
-            (g.index, sample)
-        })
-        .collect();
-    config.gpus = GpuSource::Fake(FakeGpuTelemetry { driver: None, gpus, samples });
+    config.gpus = scripted_gpus(gpus);
     config.nvml_interval = Duration::from_millis(200);
 
     // The kubelet: the A100's 4 time-slicing replicas and the other GPU under nvidia.com/gpu,
@@ -152,7 +117,7 @@ async fn a_kernel_xid_on_a_gpu_reaches_the_pods_on_its_replicas_and_mig_devices(
     let agent = start(config, ChannelPublisher { statuses, events }).await.expect("agent starts");
 
     // Every device once, with every pod on any of its names.
-    let status = wait_for(&mut rx, "the inventory with its pods", |s| {
+    let status = wait_for_status(&mut rx, WAIT, "the inventory with its pods", |s| {
         pods(s, SLICED) == ["ts-a", "ts-b"] && pods(s, MIG_0) == ["mig-a"] && pods(s, MIG_1) == ["mig-b"]
     })
     .await;
@@ -178,7 +143,7 @@ async fn a_kernel_xid_on_a_gpu_reaches_the_pods_on_its_replicas_and_mig_devices(
         .open(&kmsg)
         .and_then(|mut f| f.write_all(xid_79(1, SLICED_PCI).as_bytes()))
         .expect("append a kernel record");
-    let status = wait_for(&mut rx, "the time-sliced GPU Unhealthy", |s| {
+    let status = wait_for_status(&mut rx, WAIT, "the time-sliced GPU Unhealthy", |s| {
         health(s, SLICED) == Some(DeviceHealthState::Unhealthy)
     })
     .await;
@@ -199,7 +164,7 @@ async fn a_kernel_xid_on_a_gpu_reaches_the_pods_on_its_replicas_and_mig_devices(
         .open(&kmsg)
         .and_then(|mut f| f.write_all(xid_79(2, MIG_GPU_PCI).as_bytes()))
         .expect("append a kernel record");
-    let status = wait_for(&mut rx, "the MIG GPU and its MIG devices Unhealthy", |s| {
+    let status = wait_for_status(&mut rx, WAIT, "the MIG GPU and its MIG devices Unhealthy", |s| {
         [MIG_GPU, MIG_0, MIG_1].iter().all(|id| health(s, id) == Some(DeviceHealthState::Unhealthy))
     })
     .await;

@@ -15,17 +15,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{MockApiServer, applied_status};
-use devheal_agent::nvml::{FakeGpuTelemetry, GpuIdentity, GpuSample};
+use devheal_agent::nvml::GpuIdentity;
 use devheal_agent::once::SourcePaths;
 use devheal_agent::publish::{KubePublisher, PublishConfig};
-use devheal_agent::run::{AgentConfig, GpuSource, start};
+use devheal_agent::run::{AgentConfig, start};
 use devheal_core::HealthSource;
 use devheal_k8s::crd::DeviceHealthState;
 use devheal_kubelet::api::podresources_v1 as pr;
@@ -76,19 +75,6 @@ async fn a_kernel_xid_is_published_unhealthy_with_its_pod() {
             migs: vec![],
         })
         .collect();
-    let samples: BTreeMap<u32, GpuSample> = gpus
-        .iter()
-        .map(|g| {
-            (
-                g.index,
-                GpuSample {
-                    uuid: g.uuid.clone(),
-                    pci_address: g.pci_address.clone(),
-                    ..GpuSample::default()
-                },
-            )
-        })
-        .collect();
 
     // The kubelet: pod trainer-<i> holds GPU i.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -123,7 +109,7 @@ async fn a_kernel_xid_is_published_unhealthy_with_its_pod() {
         nvml_library: None,
         ..SourcePaths::default()
     };
-    config.gpus = GpuSource::Fake(FakeGpuTelemetry { driver: None, gpus: gpus.clone(), samples });
+    config.gpus = common::scripted_gpus(gpus.clone());
     config.metrics_addr = None;
     config.publish = PublishConfig::default();
     let agent = start(config, KubePublisher::new(api.client())).await.expect("agent starts");

@@ -113,6 +113,11 @@ impl Correlator {
         self
     }
 
+    /// The node's device topology correlation uses (empty unless given).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     pub fn config(&self) -> &CorrelationConfig {
         &self.config
     }

@@ -171,7 +171,7 @@ impl LoopState {
     /// inventory, fake devices), and correlate kernel faults with it.
     pub(super) fn refresh_topology(&mut self, inventory: &[InventoryDevice]) {
         let addresses: BTreeSet<String> =
-            crate::once::physical_devices(inventory).into_iter().map(|(pci, _)| pci).collect();
+            crate::snapshot::physical_devices(inventory).into_iter().map(|(pci, _)| pci).collect();
         if addresses == self.topology_for {
             return;
         }

@@ -251,3 +251,53 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
     config.source_timeout = std::time::Duration::from_secs(2);
     config
 }
+
+/// NVML played by `gpus`, each sampled with nothing wrong.
+pub fn scripted_gpus(gpus: Vec<devheal_agent::nvml::GpuIdentity>) -> GpuSource {
+    let samples = gpus
+        .iter()
+        .map(|g| {
+            let sample = devheal_agent::nvml::GpuSample {
+                uuid: g.uuid.clone(),
+                pci_address: g.pci_address.clone(),
+                ..Default::default()
+            };
+            (g.index, sample)
+        })
+        .collect();
+    GpuSource::Fake(devheal_agent::nvml::FakeGpuTelemetry { driver: None, gpus, samples })
+}
+
+/// The next status the agent publishes for which `ok` holds, within `wait`; the last one seen is
+/// in the panic message.
+pub async fn wait_for_status(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<NodeDeviceHealth>,
+    wait: std::time::Duration,
+    what: &str,
+    ok: impl Fn(&NodeDeviceHealthStatus) -> bool,
+) -> NodeDeviceHealthStatus {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(object)) => {
+                let status = object.status.expect("a status");
+                if ok(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            _ => panic!("never published: {what}; last seen {last:#?}"),
+        }
+    }
+}
+
+/// One `/dev/kmsg` record of `message` at priority `level`, timed now (the kernel's timestamp is
+/// time since boot).
+pub fn kmsg_record(seq: u64, level: u8, message: &str) -> String {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(1000.0);
+    format!("{level},{seq},{},-;{message}\n", (uptime * 1e6) as u64)
+}

@@ -278,24 +278,18 @@ fn revision(r: &RevisionRef) -> String {
     }
 }
 
-/// Devices and devices not Healthy per node, from NodeDeviceHealth.
-fn device_counts(inputs: &StatusInputs) -> BTreeMap<String, (usize, usize)> {
-    inputs
-        .health
-        .iter()
-        .filter_map(|h| {
-            let node = h.metadata.name.clone().unwrap_or_else(|| h.spec.node_name.clone());
-            let status = h.status.as_ref()?;
-            let not_healthy = status.devices.iter().filter(|d| d.health != Health::Healthy).count();
-            Some((node, (status.devices.len(), not_healthy)))
-        })
-        .collect()
+/// Per node with a NodeDeviceHealth: its devices, those not Healthy, its last heartbeat and
+/// its sources that are down.
+type PerNode = BTreeMap<String, (usize, usize, Option<Timestamp>, Vec<String>)>;
+
+/// Devices and devices not Healthy on `node` (none without a NodeDeviceHealth).
+fn counts_of(per_node: &PerNode, node: &str) -> (usize, usize) {
+    per_node.get(node).map_or((0, 0), |(devices, not_healthy, ..)| (*devices, *not_healthy))
 }
 
 /// The versions the agents report, each with its nodes and their devices' health; the version
 /// with the most devices not Healthy first within a component.
-fn versions(inputs: &StatusInputs) -> Vec<VersionRow> {
-    let counts = device_counts(inputs);
+fn versions(inputs: &StatusInputs, per_node: &PerNode) -> Vec<VersionRow> {
     let mut held: BTreeSet<&str> = inputs
         .policies
         .iter()
@@ -321,7 +315,7 @@ fn versions(inputs: &StatusInputs) -> Vec<VersionRow> {
             let (mut devices, mut not_healthy) = (0, 0);
             let mut nodes_not_healthy = Vec::new();
             for n in &nodes {
-                let (d, u) = counts.get(n).copied().unwrap_or_default();
+                let (d, u) = counts_of(per_node, n);
                 devices += d;
                 not_healthy += u;
                 if u > 0 && nodes_not_healthy.len() < MAX_NAMED_NODES {
@@ -346,8 +340,7 @@ fn versions(inputs: &StatusInputs) -> Vec<VersionRow> {
     rows
 }
 
-fn upgrades(inputs: &StatusInputs) -> Vec<UpgradeRow> {
-    let counts = device_counts(inputs);
+fn upgrades(inputs: &StatusInputs, per_node: &PerNode) -> Vec<UpgradeRow> {
     let mut rows: Vec<UpgradeRow> = inputs
         .upgrade_plans
         .iter()
@@ -362,7 +355,7 @@ fn upgrades(inputs: &StatusInputs) -> Vec<UpgradeRow> {
                     not_healthy: 0,
                     not_healthy_before: 0,
                 });
-                let (d, u) = counts.get(&n.name).copied().unwrap_or_default();
+                let (d, u) = counts_of(per_node, &n.name);
                 row.nodes.push(n.name.clone());
                 row.devices += d;
                 row.not_healthy += u;
@@ -581,7 +574,7 @@ fn policy_row(p: &FailurePolicy, now: Timestamp) -> PolicyRow {
 /// The report, from what was read at `now`.
 pub fn build(inputs: &StatusInputs, now: Timestamp) -> StatusReport {
     let mut devices = Vec::new();
-    let mut per_node: BTreeMap<String, (usize, usize, Option<Timestamp>, Vec<String>)> = BTreeMap::new();
+    let mut per_node: PerNode = BTreeMap::new();
     for h in &inputs.health {
         let node = h.metadata.name.clone().unwrap_or_else(|| h.spec.node_name.clone());
         let Some(status) = &h.status else {
@@ -681,8 +674,8 @@ pub fn build(inputs: &StatusInputs, now: Timestamp) -> StatusReport {
     let mut policies: Vec<PolicyRow> = inputs.policies.iter().map(|p| policy_row(p, now)).collect();
     policies.sort_by(|a, b| a.policy.cmp(&b.policy));
 
-    let versions = versions(inputs);
-    let upgrades = upgrades(inputs);
+    let versions = versions(inputs, &per_node);
+    let upgrades = upgrades(inputs, &per_node);
 
     let mut notes = inputs.notes.clone();
     if inputs.lease.is_none() {
