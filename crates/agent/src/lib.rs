@@ -42,4 +42,5 @@ pub mod scrape;
 pub mod serve;
 pub mod snapshot;
 pub mod sources;
+pub mod stack;
 pub mod token;

@@ -122,6 +122,10 @@ pub struct AgentConfig {
     /// The devices this node's ResourceSlices announce ([`crate::sources::poll_resource_slices`]),
     /// which say which DRA device is which GPU; `None` without an API server.
     pub resource_slices: Option<watch::Receiver<SliceRead>>,
+    /// The device plugin (or DRA driver) pods on this node, from the pod watch
+    /// ([`crate::scrape::NodePodSinks::stack`]), reported as the `device_plugin_pod` source with
+    /// their version; `None` without an API server.
+    pub stack_pods: Option<watch::Receiver<Vec<crate::stack::StackPod>>>,
 }
 
 impl AgentConfig {
@@ -150,6 +154,7 @@ impl AgentConfig {
             node_counts: None,
             pod_addresses: None,
             resource_slices: None,
+            stack_pods: None,
         }
     }
 }
@@ -278,42 +283,21 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         .map_err(|source| AgentError::Thread { what: "NVML", source })?;
     }
 
-    // The Node's device counts, as they change.
-    if let Some(mut counts) = config.node_counts.clone() {
-        let events = events_tx.clone();
-        let mut stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let now = counts.borrow_and_update().clone();
-                if events.send(SourceEvent::NodeCounts(now)).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    changed = counts.changed() => if changed.is_err() { return },
-                    _ = stopped(&mut stop) => return,
-                }
-            }
-        }));
+    // The Node's device counts, its ResourceSlices and its device-stack pods, as they change.
+    if let Some(counts) = config.node_counts.clone() {
+        tasks.push(tokio::spawn(forward_changes(counts, events_tx.clone(), shutdown.clone(), |now| {
+            Some(SourceEvent::NodeCounts(now))
+        })));
     }
-
-    // The node's ResourceSlices, as they change.
-    if let Some(mut slices) = config.resource_slices.clone() {
-        let events = events_tx.clone();
-        let mut stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let now = slices.borrow_and_update().clone();
-                if let Some(now) = now
-                    && events.send(SourceEvent::Slices(now)).await.is_err()
-                {
-                    return;
-                }
-                tokio::select! {
-                    changed = slices.changed() => if changed.is_err() { return },
-                    _ = stopped(&mut stop) => return,
-                }
-            }
-        }));
+    if let Some(slices) = config.resource_slices.clone() {
+        tasks.push(tokio::spawn(forward_changes(slices, events_tx.clone(), shutdown.clone(), |now| {
+            now.map(SourceEvent::Slices)
+        })));
+    }
+    if let Some(pods) = config.stack_pods.clone() {
+        tasks.push(tokio::spawn(forward_changes(pods, events_tx.clone(), shutdown.clone(), |now| {
+            Some(SourceEvent::StackPods(now))
+        })));
     }
 
     // PodResources.
@@ -430,6 +414,28 @@ async fn forward<T>(
 }
 
 /// Resolves once the agent is told to stop (or its handle is gone).
+/// Sends the event `to_event` makes of `rx`'s value now and at each change, until the loop or
+/// `rx`'s sender is gone or the agent stops.
+async fn forward_changes<T: Clone>(
+    mut rx: watch::Receiver<T>,
+    events: mpsc::Sender<SourceEvent>,
+    mut shutdown: watch::Receiver<bool>,
+    to_event: impl Fn(T) -> Option<SourceEvent>,
+) {
+    loop {
+        let now = rx.borrow_and_update().clone();
+        if let Some(event) = to_event(now)
+            && events.send(event).await.is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::progress::{PodRef, StepReading};
 use crate::publish::wall_now;
+use crate::stack::{Selector, StackPod, stack_pod};
 
 pub const PROGRESS_METRIC_ANNOTATION: &str = "devheal.io/progress-metric";
 pub const PROGRESS_PORT_ANNOTATION: &str = "devheal.io/progress-port";
@@ -151,26 +152,92 @@ fn address_of(pod: &Pod) -> PodAddress {
 /// Follow the Pods on `node` and keep `targets` at those that name a progress metric. Runs
 /// until `targets` has no receiver; watch errors are retried with the watcher's back-off.
 pub async fn watch_pods(client: kube::Client, node: String, targets: watch::Sender<Vec<ScrapeTarget>>) {
-    watch_node_pods(client, node, targets, None).await
+    watch_node_pods(client, node, targets, NodePodSinks::default()).await
 }
 
-/// [`watch_pods`], also keeping `addresses` at every pod of the node (for progress reports'
-/// authentication).
+/// Where the pod watch of [`watch_node_pods`] keeps what it finds besides scrape targets.
+#[derive(Default)]
+pub struct NodePodSinks {
+    /// Every pod of the node (for progress reports' authentication).
+    pub addresses: Option<watch::Sender<PodAddresses>>,
+    /// The node's device-stack pods ([`crate::stack`]) by these selectors.
+    pub stack: Option<(Vec<Selector>, watch::Sender<Vec<StackPod>>)>,
+}
+
+/// One view of the node's pods kept from the watch: what `of` makes of each pod, by pod. A
+/// relist replaces it whole when it is done.
+struct Mirror<T> {
+    current: BTreeMap<PodRef, T>,
+    listing: Option<BTreeMap<PodRef, T>>,
+}
+
+impl<T> Mirror<T> {
+    fn new() -> Self {
+        Mirror { current: BTreeMap::new(), listing: None }
+    }
+
+    fn apply(&mut self, event: &kube::runtime::watcher::Event<Pod>, of: impl Fn(&Pod) -> Option<T>) {
+        use kube::runtime::watcher::Event;
+        match event {
+            Event::Apply(pod) => match of(pod) {
+                Some(t) => {
+                    self.current.insert(pod_key(pod), t);
+                }
+                None => {
+                    self.current.remove(&pod_key(pod));
+                }
+            },
+            Event::Delete(pod) => {
+                self.current.remove(&pod_key(pod));
+            }
+            Event::Init => self.listing = Some(BTreeMap::new()),
+            Event::InitApply(pod) => {
+                if let (Some(list), Some(t)) = (self.listing.as_mut(), of(pod)) {
+                    list.insert(pod_key(pod), t);
+                }
+            }
+            Event::InitDone => {
+                if let Some(list) = self.listing.take() {
+                    self.current = list;
+                }
+            }
+        }
+    }
+}
+
+fn pod_key(p: &Pod) -> PodRef {
+    PodRef::new(
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// Sets `tx` to `next` if it differs (receivers wake only on a change).
+fn send_changed<T: PartialEq>(tx: &watch::Sender<T>, next: T) {
+    tx.send_if_modified(|old| {
+        let changed = *old != next;
+        if changed {
+            *old = next;
+        }
+        changed
+    });
+}
+
+/// [`watch_pods`], also keeping the [`NodePodSinks`] at what they follow.
 pub async fn watch_node_pods(
     client: kube::Client,
     node: String,
     targets: watch::Sender<Vec<ScrapeTarget>>,
-    addresses: Option<watch::Sender<PodAddresses>>,
+    sinks: NodePodSinks,
 ) {
     use kube::runtime::WatchStreamExt;
-    use kube::runtime::watcher::{self, Event};
+    use kube::runtime::watcher;
     let api: kube::Api<Pod> = kube::Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut current: BTreeMap<PodRef, ScrapeTarget> = BTreeMap::new();
-    let mut listing: Option<BTreeMap<PodRef, ScrapeTarget>> = None;
-    let mut known: PodAddresses = PodAddresses::new();
-    let mut listing_known: Option<PodAddresses> = None;
+    let mut scrape: Mirror<ScrapeTarget> = Mirror::new();
+    let mut addresses: Mirror<PodAddress> = Mirror::new();
+    let mut stack: Mirror<StackPod> = Mirror::new();
     let mut failing = false;
     loop {
         let event = tokio::select! {
@@ -178,64 +245,8 @@ pub async fn watch_node_pods(
             _ = targets.closed() => return,
         };
         let Some(event) = event else { return };
-        let key = |p: &Pod| {
-            PodRef::new(
-                p.metadata.namespace.as_deref().unwrap_or("default"),
-                p.metadata.name.as_deref().unwrap_or(""),
-            )
-        };
-        match &event {
-            Ok(Event::Apply(pod)) => {
-                known.insert(key(pod), address_of(pod));
-            }
-            Ok(Event::Delete(pod)) => {
-                known.remove(&key(pod));
-            }
-            Ok(Event::Init) => listing_known = Some(PodAddresses::new()),
-            Ok(Event::InitApply(pod)) => {
-                if let Some(list) = listing_known.as_mut() {
-                    list.insert(key(pod), address_of(pod));
-                }
-            }
-            Ok(Event::InitDone) => {
-                if let Some(list) = listing_known.take() {
-                    known = list;
-                }
-            }
-            Err(_) => {}
-        }
-        if let Some(tx) = &addresses {
-            tx.send_if_modified(|a| {
-                if *a == known {
-                    return false;
-                }
-                a.clone_from(&known);
-                true
-            });
-        }
-        match event {
-            Ok(Event::Apply(pod)) => match target_of(&pod) {
-                Some(t) => {
-                    current.insert(t.pod.clone(), t);
-                }
-                None => {
-                    current.remove(&key(&pod));
-                }
-            },
-            Ok(Event::Delete(pod)) => {
-                current.remove(&key(&pod));
-            }
-            Ok(Event::Init) => listing = Some(BTreeMap::new()),
-            Ok(Event::InitApply(pod)) => {
-                if let (Some(list), Some(t)) = (listing.as_mut(), target_of(&pod)) {
-                    list.insert(t.pod.clone(), t);
-                }
-            }
-            Ok(Event::InitDone) => {
-                if let Some(list) = listing.take() {
-                    current = list;
-                }
-            }
+        let event = match event {
+            Ok(event) => event,
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "watching this node's pods failed (retrying); scrape targets may be stale");
@@ -243,16 +254,18 @@ pub async fn watch_node_pods(
                 failing = true;
                 continue;
             }
-        }
+        };
         failing = false;
-        let next: Vec<ScrapeTarget> = current.values().cloned().collect();
-        targets.send_if_modified(|old| {
-            let changed = *old != next;
-            if changed {
-                *old = next;
-            }
-            changed
-        });
+        if let Some(tx) = &sinks.addresses {
+            addresses.apply(&event, |p| Some(address_of(p)));
+            send_changed(tx, addresses.current.clone());
+        }
+        if let Some((selectors, tx)) = &sinks.stack {
+            stack.apply(&event, |p| stack_pod(p, selectors));
+            send_changed(tx, stack.current.values().cloned().collect());
+        }
+        scrape.apply(&event, target_of);
+        send_changed(&targets, scrape.current.values().cloned().collect());
     }
 }
 

@@ -60,6 +60,8 @@ pub(crate) enum SourceEvent {
     NodeCounts(Option<NodeCounts>),
     /// The devices this node's ResourceSlices announce (`Err`: why they cannot be read).
     Slices(Result<Vec<SliceDevice>, String>),
+    /// The device plugin (or DRA driver) pods on this node ([`crate::stack`]).
+    StackPods(Vec<crate::stack::StackPod>),
     Progress(ProgressRequest),
     Scrape(ScrapeEvent),
 }

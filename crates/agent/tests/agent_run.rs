@@ -452,3 +452,64 @@ impl dp::device_plugin_server::DevicePlugin for SharedChannelPlugin {
         Ok(Response::new(dp::PreStartContainerResponse {}))
     }
 }
+
+/// A device plugin DaemonSet pod as the pod watch sees it on this node.
+fn plugin_pod(name: &str, image: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "gpu-operator",
+            "labels": {"app": "nvidia-device-plugin-daemonset", "controller-revision-hash": "6b7c"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                 "name": "nvidia-device-plugin-daemonset", "uid": "u", "controller": true}]},
+        "spec": {"containers": [{"name": "plugin", "image": image}]},
+        "status": {"phase": "Running"}
+    }))
+    .expect("a pod")
+}
+
+/// The device plugin's pod on the node gives the version the agent reports (its
+/// `device_plugin_pod` source, which the controller hands the engine's version canary); a new
+/// pod after an upgrade changes it, and with no plugin pod the source is gone (the Node's
+/// labels speak again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_the_device_plugin_version_of_the_pod_on_its_node() {
+    use devheal_agent::stack::{Selector, stack_pod};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path(), "node-a");
+    let selectors = Selector::defaults();
+    let stack = |pods: &[k8s_openapi::api::core::v1::Pod]| -> Vec<devheal_agent::stack::StackPod> {
+        pods.iter().filter_map(|p| stack_pod(p, &selectors)).collect()
+    };
+    let (pods_tx, pods_rx) =
+        watch::channel(stack(&[plugin_pod("nvdp-a", "nvcr.io/nvidia/k8s-device-plugin:v0.17.0")]));
+    config.stack_pods = Some(pods_rx);
+    let (statuses, mut rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent = start(config, ChannelPublisher { statuses, events }).await.expect("agent starts");
+    let version = |s: &NodeDeviceHealthStatus| {
+        s.sources
+            .iter()
+            .find(|x| x.name == "device_plugin_pod")
+            .map(|x| (x.version.clone(), x.message.clone()))
+    };
+
+    let status = wait_for(&mut rx, "the plugin's version", |s| {
+        version(s).is_some_and(|(v, _)| v.as_deref() == Some("v0.17.0"))
+    })
+    .await;
+    let (_, message) = version(&status).expect("the source");
+    assert!(
+        message
+            .as_deref()
+            .unwrap_or("")
+            .contains("gpu-operator/nvdp-a (nvidia-device-plugin-daemonset v0.17.0, revision 6b7c"),
+        "{message:?}"
+    );
+    pods_tx.send_replace(stack(&[plugin_pod("nvdp-b", "nvcr.io/nvidia/k8s-device-plugin:v0.17.1")]));
+    wait_for(&mut rx, "the upgraded plugin's version", |s| {
+        version(s).is_some_and(|(v, _)| v.as_deref() == Some("v0.17.1"))
+    })
+    .await;
+    pods_tx.send_replace(Vec::new());
+    wait_for(&mut rx, "no plugin pod, no version", |s| version(s).is_none()).await;
+    agent.stop().await;
+}

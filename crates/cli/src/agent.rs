@@ -47,6 +47,11 @@ pub struct AgentArgs {
     /// fault on a bridge or switch port reaches the devices below it (docs/agent.md).
     #[arg(long, default_value = "/sys/bus/pci/devices")]
     pci_devices_dir: PathBuf,
+    /// The labels of the device plugin (or DRA driver) pods whose version this node reports,
+    /// `key=value[,key=value…]`, repeatable, first preferred; replaces the defaults (the
+    /// NVIDIA, AMD and Intel plugins' and NVIDIA's DRA driver's labels, docs/agent.md).
+    #[arg(long = "device-plugin-selector", value_name = "SELECTOR")]
+    device_plugin_selectors: Vec<devheal_agent::stack::Selector>,
     /// libnvidia-ml.so.1, when it is not on the loader's path (e.g. a driver mounted elsewhere).
     #[arg(long)]
     nvml_library: Option<PathBuf>,
@@ -143,6 +148,12 @@ fn node_name(args: &AgentArgs) -> String {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.device_plugin_selectors.len() <= devheal_agent::stack::MAX_SELECTORS,
+        "--device-plugin-selector is given {} times; at most {} are taken",
+        args.device_plugin_selectors.len(),
+        devheal_agent::stack::MAX_SELECTORS
+    );
     let paths = SourcePaths {
         kmsg: args.kmsg.clone(),
         pod_resources_socket: args.pod_resources_socket.clone(),
@@ -225,19 +236,30 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let client =
                 crate::kube_env::client(args.kubeconfig.as_deref(), true, "use --kubeconfig or --no-kube")
                     .await?;
-            // The pods on this node: their progress annotations, for the scraper, and their IPs,
-            // for telling a pod's own progress reports from anyone else's.
+            // The pods on this node: their progress annotations, for the scraper, their IPs,
+            // for telling a pod's own progress reports from anyone else's, and the device
+            // plugin's pods, for the version this node reports.
             let (targets_tx, targets_rx) = tokio::sync::watch::channel(Vec::new());
             let (addresses_tx, addresses_rx) = tokio::sync::watch::channel(Default::default());
+            let (stack_tx, stack_rx) = tokio::sync::watch::channel(Vec::new());
+            let selectors = if args.device_plugin_selectors.is_empty() {
+                devheal_agent::stack::Selector::defaults()
+            } else {
+                args.device_plugin_selectors.clone()
+            };
             tokio::spawn(devheal_agent::scrape::watch_node_pods(
                 client.clone(),
                 config.node.clone(),
                 targets_tx,
-                Some(addresses_tx),
+                devheal_agent::scrape::NodePodSinks {
+                    addresses: Some(addresses_tx),
+                    stack: Some((selectors, stack_tx)),
+                },
             ));
             let mut config = config;
             config.scrape_targets = Some(targets_rx);
             config.pod_addresses = Some(addresses_rx);
+            config.stack_pods = Some(stack_rx);
             // The Node's device counts: with the kubelet's allocatable devices, they say which
             // devices their plugin reported Unhealthy (the agent opens no ListAndWatch of its own).
             let (counts_tx, counts_rx) = tokio::sync::watch::channel(None);

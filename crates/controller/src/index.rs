@@ -133,7 +133,7 @@ struct PodEntry {
 
 /// A node: its conversion from the Node object (the driver version its labels give, if any),
 /// the digest of what the engine last got for it (with the agent's driver version, see
-/// [`HealthEntry::driver_version`]), and the list epoch. The conversion is kept (a few hundred
+/// [`HealthEntry::versions`]), and the list epoch. The conversion is kept (a few hundred
 /// bytes of labels a node) so that a new driver version from the agent can be sent without the
 /// Node changing.
 #[derive(Debug)]
@@ -155,10 +155,39 @@ struct HealthEntry {
     /// Every other id the report gives a device (`aliases`), to the device's key: a pod's
     /// status that names a device by one of them is matched to the device.
     aliases: HashMap<String, DeviceKey>,
-    /// The driver version the node's agent reads from NVML (its `nvml` source): the engine's
-    /// version canary counts nodes by it, over a GPU feature discovery label, so that the
-    /// version `kubectl devheal status` lists is the one a hold names.
-    driver_version: Option<String>,
+    /// The versions of the device stack the node's agent reports: the engine's version canary
+    /// counts nodes by them, over the Node's labels, so that the version `kubectl devheal
+    /// status` lists is the one a hold names.
+    versions: StackVersions,
+}
+
+/// The device stack's versions as a node's agent reports them in its NodeDeviceHealth's sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StackVersions {
+    /// The driver version NVML reads (the `nvml` source).
+    pub(crate) driver: Option<String>,
+    /// The device plugin's version, from its pod on the node (the `device_plugin_pod` source).
+    pub(crate) device_plugin: Option<String>,
+}
+
+impl StackVersions {
+    /// The versions in a NodeDeviceHealth's sources (an empty version is none).
+    pub(crate) fn of(status: Option<&devheal_k8s::crd::NodeDeviceHealthStatus>) -> StackVersions {
+        let version = |name: &str| {
+            status
+                .and_then(|s| s.sources.iter().find(|src| src.name == name))
+                .and_then(|src| src.version.clone())
+                .filter(|v| !v.is_empty())
+        };
+        StackVersions {
+            driver: version(devheal_k8s::crd::NVML_SOURCE),
+            device_plugin: version(devheal_k8s::crd::DEVICE_PLUGIN_POD_SOURCE),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.driver.is_none() && self.device_plugin.is_none()
+    }
 }
 
 /// A device as its NodeDeviceHealth last reported it, and the digest of what the engine last

@@ -257,6 +257,12 @@ pub struct BoundPod {
     pub container: Option<String>,
 }
 
+/// The source whose `version` is the driver version NVML reads.
+pub const NVML_SOURCE: &str = "nvml";
+/// The source whose `version` is the device plugin's, from its pod on the node (its
+/// `app.kubernetes.io/version` label, else its image tag).
+pub const DEVICE_PLUGIN_POD_SOURCE: &str = "device_plugin_pod";
+
 /// One of the agent's sources or a piece of the node's device infrastructure.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -2,6 +2,7 @@
 //! inventory (kernel faults by PCI address, NVML, the kubelet's view, fake devices, progress).
 
 use super::*;
+use devheal_k8s::crd::{DEVICE_PLUGIN_POD_SOURCE, NVML_SOURCE};
 
 impl LoopState {
     pub(super) fn handle(&mut self, event: SourceEvent) {
@@ -88,6 +89,16 @@ impl LoopState {
             SourceEvent::Slices(Err(message)) => {
                 self.set_source("resource_slices", false, message, None, now)
             }
+            SourceEvent::StackPods(pods) => match crate::stack::report(&pods) {
+                Some((version, message)) => {
+                    self.set_source(DEVICE_PLUGIN_POD_SOURCE, true, message, version, now)
+                }
+                // No device-stack pod here (yet, or any more): no version to report; the
+                // controller falls back to the Node's labels.
+                None => {
+                    self.sources.remove(DEVICE_PLUGIN_POD_SOURCE);
+                }
+            },
             SourceEvent::PodResources(PodResourcesEvent::Unavailable(message)) => {
                 self.set_source("pod_resources", false, message, None, now);
             }
@@ -208,7 +219,7 @@ impl LoopState {
                     self.kubelet.note(&gpu.resource, &gpu.id);
                 }
                 self.nvml_devices = devices;
-                self.set_source("nvml", true, message, driver_version, now);
+                self.set_source(NVML_SOURCE, true, message, driver_version, now);
             }
             NvmlEvent::Sample { uuid, evidence } => {
                 self.tracker.set_watch(&uuid, HealthSource::Nvml, true, now);
@@ -237,7 +248,7 @@ impl LoopState {
                 for gpu in &self.nvml_devices {
                     self.tracker.set_watch(&gpu.id, HealthSource::Nvml, false, now);
                 }
-                self.set_source("nvml", false, message, None, now);
+                self.set_source(NVML_SOURCE, false, message, None, now);
             }
         }
     }

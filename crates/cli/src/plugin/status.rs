@@ -258,7 +258,9 @@ pub const MAX_NAMED_NODES: usize = 5;
 /// What a source's version is of.
 fn component_of(source: &str) -> String {
     match source {
-        "nvml" => "driver".to_string(),
+        devheal_k8s::crd::NVML_SOURCE => "driver".to_string(),
+        // The engine's version canary names it so (`device plugin <version>`).
+        devheal_k8s::crd::DEVICE_PLUGIN_POD_SOURCE => "device plugin".to_string(),
         other => other.to_string(),
     }
 }

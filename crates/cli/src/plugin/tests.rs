@@ -74,7 +74,9 @@ fn health() -> Vec<NodeDeviceHealth> {
             "metadata": {"name": "gpu-2"}, "spec": {"nodeName": "gpu-2"},
             "status": {"lastHeartbeat": "2026-12-04T11:59:55Z",
                        "devices": [{"id": "GPU-9", "resource": "nvidia.com/gpu", "health": "Healthy"}],
-                       "sources": [{"name": "nvml", "available": true, "version": "570.124.06"}]}
+                       "sources": [{"name": "nvml", "available": true, "version": "570.124.06"},
+                                   {"name": "device_plugin_pod", "available": true, "version": "v0.17.0",
+                                    "message": "device stack pods on this node: gpu-operator/nvdp-x (…)"}]}
         })),
     ]
 }
@@ -246,11 +248,19 @@ fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
         .map(|v| (v.component.as_str(), v.version.as_str(), v.nodes, v.devices, v.not_healthy))
         .collect();
     // NVML's version is the driver's: one component; the version with devices not Healthy first.
-    assert_eq!(versions, [("driver", "575.57.08", 1, 2, 1), ("driver", "570.124.06", 1, 1, 0)]);
-    assert_eq!(r.versions[0].nodes_not_healthy, ["gpu-1"]);
-    assert!(r.versions[1].nodes_not_healthy.is_empty());
+    // The device plugin's version is the one its pod on the node runs.
+    assert_eq!(
+        versions,
+        [
+            ("device plugin", "v0.17.0", 1, 1, 0),
+            ("driver", "575.57.08", 1, 2, 1),
+            ("driver", "570.124.06", 1, 1, 0)
+        ]
+    );
+    assert_eq!(r.versions[1].nodes_not_healthy, ["gpu-1"]);
+    assert!(r.versions[2].nodes_not_healthy.is_empty());
     // The controller's state holds the new driver (its canary tripped): the row says so.
-    assert!(r.versions[0].held && !r.versions[1].held);
+    assert!(!r.versions[0].held && r.versions[1].held && !r.versions[2].held);
 
     assert_eq!(r.upgrades.len(), 1);
     let u = &r.upgrades[0];
@@ -266,10 +276,11 @@ fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
     );
 
     let text = status::render(&r);
-    let expected_versions = "Versions (2):\n\
-        COMPONENT  VERSION     NODES  NOT HEALTHY  ON NODES  CANARY\n\
-        driver     575.57.08   1      1/2          gpu-1     HELD: remediation on its nodes held\n\
-        driver     570.124.06  1      0/1          -         -\n";
+    let expected_versions = "Versions (3):\n\
+        COMPONENT      VERSION     NODES  NOT HEALTHY  ON NODES  CANARY\n\
+        device plugin  v0.17.0     1      0/1          -         -\n\
+        driver         575.57.08   1      1/2          gpu-1     HELD: remediation on its nodes held\n\
+        driver         570.124.06  1      0/1          -         -\n";
     assert!(text.contains(expected_versions), "{text}");
     let plan_line =
         text.lines().find(|l| l.starts_with("gpu-operator/nvidia-driver-575  nvidia-driver")).expect(&text);
@@ -285,7 +296,7 @@ fn status_shows_each_versions_nodes_and_health_and_each_upgrade_stage() {
 
     let v = serde_json::to_value(&r).expect("serialises");
     assert_eq!(v["upgrades"][0]["stageNodes"][0]["notHealthy"], 1);
-    assert_eq!(v["versions"][0]["notHealthy"], 1);
+    assert_eq!(v["versions"][1]["notHealthy"], 1);
 }
 
 /// A plan not looked at yet (no status) and a cluster without the UpgradePlan CRD are no error.

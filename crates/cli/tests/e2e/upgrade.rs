@@ -29,7 +29,10 @@ fn daemon_set(scope: &Scope) -> DaemonSet {
             "selector": {"matchLabels": {"app": PLUGIN}},
             "updateStrategy": {"type": "OnDelete"},
             "template": {
-                "metadata": {"labels": {"app": PLUGIN}},
+                // The NVIDIA device plugin chart's name label, which the agents' default
+                // selectors know, and the version label they report (v1, then v2).
+                "metadata": {"labels": {"app": PLUGIN, "app.kubernetes.io/name": "nvidia-device-plugin",
+                                        "app.kubernetes.io/version": "v1"}},
                 "spec": {
                     "nodeSelector": {TEST_LABEL: scope.name},
                     "terminationGracePeriodSeconds": 1,
@@ -75,8 +78,9 @@ async fn plugin_with_new_template(
     })
     .await;
     let old_hash = old.values().next().map(|p| p.1.clone()).expect("a hash");
-    let patch = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "plugin", "env": [{"name": "PLUGIN_VERSION", "value": "v2"}]}]}}}});
+    let patch = json!({"spec": {"template": {
+        "metadata": {"labels": {"app.kubernetes.io/version": "v2"}},
+        "spec": {"containers": [{"name": "plugin", "env": [{"name": "PLUGIN_VERSION", "value": "v2"}]}]}}}});
     sets.patch(PLUGIN, &PatchParams::default(), &Patch::Strategic(&patch)).await.expect("the new template");
     let revisions: Api<ControllerRevision> = Api::namespaced(scope.client.clone(), &scope.ns);
     let new_hash = eventually("a second ControllerRevision", Duration::from_secs(30), || async {
@@ -88,6 +92,21 @@ async fn plugin_with_new_template(
     .await;
     let uids = old.into_iter().map(|(node, p)| (node, p.0)).collect();
     (old_hash, new_hash, uids)
+}
+
+/// The device plugin version each node's agent reports (its `device_plugin_pod` source).
+async fn reported_versions(scope: &Scope, nodes: &[String]) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
+    for node in nodes {
+        let object = node_device_health(&scope.client, node).await;
+        let version = object.as_ref().and_then(|o| {
+            o["status"]["sources"].as_array()?.iter().find(|s| s["name"] == "device_plugin_pod")?["version"]
+                .as_str()
+                .map(str::to_string)
+        });
+        out.insert(node.clone(), version);
+    }
+    out
 }
 
 fn plans(scope: &Scope) -> Api<UpgradePlan> {
@@ -173,6 +192,19 @@ async fn a_version_that_breaks_devices_in_stage_two_pauses_before_stage_three() 
     let upgraded = pods.values().filter(|p| p.1 == new_hash).count();
     assert_eq!(upgraded, 3, "the canary and stage two only: {pods:?}");
     assert_eq!(status(&scope).await.phase, UpgradePhase::Paused);
+    // Each node's agent reports the version its plugin pod runs: the one the engine's version
+    // canary counts it under and `kubectl devheal status` lists.
+    eventually("each agent reports its plugin pod's version", Duration::from_secs(30), || async {
+        let reported = reported_versions(&scope, &names).await;
+        names
+            .iter()
+            .all(|n| {
+                let want = if pods[n].1 == new_hash { "v2" } else { "v1" };
+                reported[n].as_deref() == Some(want)
+            })
+            .then_some(())
+    })
+    .await;
     let paused = events(&scope.client, &scope.ns, "UpgradePaused").await;
     assert_eq!(paused.len(), 1, "one UpgradePaused Event: {paused:?}");
     assert!(paused[0]["note"].as_str().unwrap_or("").starts_with("DevicesUnhealthy: "), "{paused:?}");
@@ -227,6 +259,10 @@ async fn a_good_version_completes_across_a_controller_restart() {
     for (node, uid) in &old_uids {
         assert_ne!(&pods[node].0, uid, "{node}'s pod was replaced");
     }
+    eventually("every agent reports the new plugin version", Duration::from_secs(30), || async {
+        reported_versions(&scope, &names).await.values().all(|v| v.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
     let taken: Vec<&str> = st.nodes.iter().map(|t| t.name.as_str()).collect();
     let unique: BTreeSet<&str> = taken.iter().copied().collect();
     assert_eq!((taken.len(), unique.len()), (4, 4), "each node taken up once across the restart: {taken:?}");

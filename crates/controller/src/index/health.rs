@@ -124,16 +124,11 @@ impl ClusterIndex {
         entry.devices = health;
         up.foreign.extend(foreign.iter().filter(|c| !entry.foreign.contains(*c)).cloned());
         entry.foreign = foreign;
-        let driver_version = obj
-            .status
-            .as_ref()
-            .and_then(|s| s.sources.iter().find(|src| src.name == "nvml"))
-            .and_then(|src| src.version.clone())
-            .filter(|v| !v.is_empty());
-        let new_driver = entry.driver_version != driver_version;
-        entry.driver_version = driver_version;
+        let versions = StackVersions::of(obj.status.as_ref());
+        let new_versions = entry.versions != versions;
+        entry.versions = versions;
         self.health.insert(node.clone(), entry);
-        if new_driver {
+        if new_versions {
             self.send_node(&node, up);
         }
         up.progress.push((node, workloads));
@@ -195,7 +190,7 @@ impl ClusterIndex {
     /// never remediates) and its bindings no longer hold.
     pub(super) fn remove_health(&mut self, node: &str, up: &mut IndexUpdate) {
         let Some(entry) = self.health.remove(node) else { return };
-        if entry.driver_version.is_some() {
+        if !entry.versions.is_empty() {
             self.send_node(node, up);
         }
         up.progress.push((node.to_string(), Vec::new()));

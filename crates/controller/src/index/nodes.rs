@@ -47,13 +47,18 @@ impl ClusterIndex {
         }
     }
 
-    /// The node as the engine should have it (the agent's driver version over the labels'),
+    /// The node as the engine should have it (the versions its agent reports over the labels'),
     /// sent when it differs from what the engine last got.
     pub(super) fn send_node(&mut self, name: &str, up: &mut IndexUpdate) {
         let Some(entry) = self.nodes.get_mut(name) else { return };
         let mut info = entry.info.clone();
-        if let Some(version) = self.health.get(name).and_then(|h| h.driver_version.clone()) {
-            info.driver_version = Some(version);
+        if let Some(versions) = self.health.get(name).map(|h| &h.versions) {
+            if let Some(v) = &versions.driver {
+                info.driver_version = Some(v.clone());
+            }
+            if let Some(v) = &versions.device_plugin {
+                info.device_plugin_version = Some(v.clone());
+            }
         }
         let d = digest(&info);
         if entry.sent != d {

@@ -456,3 +456,51 @@ fn the_engine_gets_the_driver_version_the_agent_reports() {
     let gone = index.apply(ClusterEvent::NodeHealth(watcher::Event::Delete(report("575.57.08"))));
     assert_eq!(driver(&gone), [Some("570.86.15".to_string())], "{:?}", names(&gone.inputs));
 }
+
+/// The device plugin version the agent reads from the plugin's pod on its node is the one the
+/// engine counts the node under, over the Node's label, beside the driver's; a new plugin
+/// version reaches the engine without the Node changing, and when the agent no longer reports
+/// one the label's is back.
+#[test]
+fn the_engine_gets_the_device_plugin_version_the_agent_reports() {
+    let versions = |up: &IndexUpdate| -> Vec<(Option<String>, Option<String>)> {
+        up.inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::NodeUpsert(n) => Some((n.driver_version.clone(), n.device_plugin_version.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let some = |d: &str, p: &str| (Some(d.to_string()), Some(p.to_string()));
+    let mut index = ClusterIndex::new();
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-0", "labels": {
+        "nvidia.com/cuda.driver-version.full": "570.86.15",
+        "devheal.io/device-plugin-version": "v0.16.2"}}}))
+    .expect("a node");
+    let up = index.apply(ClusterEvent::Node(watcher::Event::Apply(node)));
+    assert_eq!(versions(&up), [some("570.86.15", "v0.16.2")]);
+    let report = |sources: serde_json::Value| -> NodeDeviceHealthObject {
+        serde_json::from_value(json!({
+            "apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+            "metadata": {"name": "node-0"}, "spec": {"nodeName": "node-0"},
+            "status": {"devices": [{"id": "GPU-0", "resource": "nvidia.com/gpu", "health": "Healthy"}],
+                       "sources": sources}
+        }))
+        .expect("valid object")
+    };
+    let plugin = |v: &str| json!({"name": "device_plugin_pod", "available": true, "version": v});
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(json!([plugin("v0.17.0")])))));
+    assert_eq!(versions(&up), [some("570.86.15", "v0.17.0")], "{:?}", names(&up.inputs));
+    let both =
+        report(json!([plugin("v0.17.1"), {"name": "nvml", "available": true, "version": "575.57.08"}]));
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(both.clone())));
+    assert_eq!(versions(&up), [some("575.57.08", "v0.17.1")], "{:?}", names(&up.inputs));
+    let again = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(both)));
+    assert!(versions(&again).is_empty(), "{:?}", names(&again.inputs));
+    // The plugin's pod is gone from the report (an empty version is none): the label's again.
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(json!([
+        {"name": "device_plugin_pod", "available": false, "version": ""},
+        {"name": "nvml", "available": true, "version": "575.57.08"}])))));
+    assert_eq!(versions(&up), [some("575.57.08", "v0.16.2")], "{:?}", names(&up.inputs));
+}
