@@ -205,8 +205,14 @@ impl View {
             if !uses_devices(pod, resource) {
                 continue;
             }
-            let gang =
-                devheal_k8s::pod_from_k8s(pod).ok().and_then(|p| devheal_core::gang_of(&p, &[])).is_some();
+            // Only what `gang_of` reads (the whole conversion was most of a pass's cost).
+            let labels_only = devheal_core::PodInfo {
+                namespace: ns.clone(),
+                labels: meta.labels.clone().unwrap_or_default(),
+                annotations: meta.annotations.clone().unwrap_or_default(),
+                ..devheal_core::PodInfo::default()
+            };
+            let gang = devheal_core::gang_of(&labels_only, &[]).is_some();
             node.device_pods.push(DevicePod {
                 namespace: ns,
                 name,
