@@ -17,6 +17,7 @@ pub mod html;
 pub mod queue;
 pub mod report;
 pub mod rng;
+pub mod rollout;
 pub mod scenario;
 pub mod seeds;
 pub mod strategy;
