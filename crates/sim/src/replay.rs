@@ -1,0 +1,864 @@
+//! Trace replay (`devheal sim --trace FILE`): a fault trace read from a file, one fault per
+//! record, instead of one drawn by [`FaultTrace::generate`]. The reader produces the same
+//! [`FaultTrace`], so every strategy replays it exactly as it replays a generated one.
+//!
+//! Two formats, chosen by the file's extension (`.csv`; `.jsonl`, `.ndjson`, `.json`) or, for
+//! any other name, by its first record (`{` → JSON lines). Fields (docs/simulator.md, "Trace
+//! replay"):
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `start` | seconds from the scenario's start, or an RFC 3339 time (then the earliest start of the file is the scenario's start); required |
+//! | `end` / `duration_s` | when the fault ended, or how long it lasted (at most one; optional, reported but not replayed: the model's repairs decide how long hardware stays broken) |
+//! | `node` | a node index (0 …), a model node name (`node-00042`), or any other name (names get node indices in order of first appearance) |
+//! | `device` | the GPU index on the node (optional; device-scoped faults without one strike GPU 0) |
+//! | `class` | a fault class of the scenario, by its exact name |
+//! | `cause` | free text mapped to a class by [`CAUSE_RULES`] (one of `class` and `cause` is required) |
+//! | `note` | free text, ignored |
+//!
+//! Lines that are blank or start with `#` are skipped. A cause that no rule maps is counted in
+//! the report (`unknown_causes`) and not replayed, unless the caller names a class to replay
+//! such records as ([`ReplayOptions::unknown_as`]). Every error names the file, the line and the
+//! field.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use devheal_core::Time;
+use serde::Serialize;
+
+use crate::scenario::{FaultScope, Scenario, secs};
+use crate::trace::{FaultTarget, FaultTrace, TraceEvent, TraceKind};
+
+/// Traces compiled into the binary: (name, CSV text). `devheal sim --trace NAME` replays one.
+pub const BUNDLED_TRACES: &[(&str, &str)] =
+    &[("infinitehbd-54d", include_str!("../traces/infinitehbd-54d.csv"))];
+
+/// Why a trace file could not be replayed. Every variant names the file; record errors name the
+/// line (from 1) and the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TraceError {
+    #[error("trace {file}, line {line}, field `{field}`: {problem}")]
+    Field { file: String, line: usize, field: String, problem: String },
+    #[error("trace {file}, line {line}: {problem}")]
+    Line { file: String, line: usize, problem: String },
+    #[error("trace {file}: {problem}")]
+    File { file: String, problem: String },
+}
+
+/// The two file formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceFormat {
+    Csv,
+    JsonLines,
+}
+
+impl TraceFormat {
+    /// The format a file name says (`.csv`, `.jsonl`, `.ndjson`, `.json`), else the format its
+    /// first record has (`{` starts a JSON object).
+    pub fn detect(file: &str, text: &str) -> TraceFormat {
+        let lower = file.to_ascii_lowercase();
+        if lower.ends_with(".csv") {
+            return TraceFormat::Csv;
+        }
+        if [".jsonl", ".ndjson", ".json"].iter().any(|e| lower.ends_with(e)) {
+            return TraceFormat::JsonLines;
+        }
+        let first = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+        if first.is_some_and(|l| l.starts_with('{')) { TraceFormat::JsonLines } else { TraceFormat::Csv }
+    }
+}
+
+/// When a record's fault started or ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stamp {
+    /// Seconds from the scenario's start.
+    Offset(f64),
+    /// An RFC 3339 time, as seconds since the Unix epoch.
+    Absolute(f64),
+}
+
+/// A node as a record names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeRef {
+    Index(u32),
+    Name(String),
+}
+
+/// What a record says caused the fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// `class`: a scenario class name, used as is.
+    Class(String),
+    /// `cause`: free text, mapped by [`CAUSE_RULES`].
+    Text(String),
+}
+
+/// One parsed record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceRecord {
+    /// Line in the file, from 1.
+    pub line: usize,
+    pub start: Stamp,
+    pub end: Option<Stamp>,
+    pub duration_s: Option<f64>,
+    pub node: NodeRef,
+    pub device: Option<u32>,
+    pub cause: Cause,
+}
+
+/// The columns (CSV) or keys (JSON) a record may have.
+pub const FIELDS: &[&str] = &["start", "end", "duration_s", "node", "device", "class", "cause", "note"];
+
+/// Free-text causes → the scenario's fault classes. The cause is lower-cased and split into
+/// words (letters and digits); a rule matches when its words appear together, in order. Rules
+/// are tried top to bottom and the first match wins, so the specific ones (an Xid number, HBM)
+/// come before the generic ones ("gpu"). A rule whose class the scenario lacks is skipped.
+pub const CAUSE_RULES: &[(&[&str], &str)] = &[
+    (
+        &[
+            "xid 79",
+            "fell off the bus",
+            "fallen off the bus",
+            "off the bus",
+            "gpu lost",
+            "gpu device not found",
+        ],
+        "gpu_fell_off_bus",
+    ),
+    (&["xid 74", "nvlink", "sxid", "nvswitch"], "gpu_nvlink"),
+    (&["xid 119", "xid 120", "gsp", "gpu system processor"], "gpu_gsp"),
+    (&["xid 95", "sram", "uncontained"], "gpu_sram"),
+    (
+        &[
+            "xid 48",
+            "xid 63",
+            "xid 64",
+            "xid 94",
+            "hbm",
+            "hbm3",
+            "dbe",
+            "double bit",
+            "ecc",
+            "row remap",
+            "row remapper",
+            "gpu memory",
+        ],
+        "gpu_hbm",
+    ),
+    (&["thermal", "temperature", "overheat", "overheating"], "gpu_thermal"),
+    (&["sdc", "silent data corruption", "nan"], "silent_data_corruption"),
+    (
+        &["xid 13", "xid 31", "xid 43", "illegal memory access", "mmu fault", "cuda error"],
+        "software_bug_cuda",
+    ),
+    (&["nccl", "watchdog", "collective timeout"], "nccl_timeout_unknown"),
+    (&["nic", "rnic", "hca", "mlx5", "network adapter"], "nic"),
+    (&["link down", "link flap", "cable", "switch", "network", "infiniband", "roce"], "network_switch_cable"),
+    (&["maintenance", "drain", "drained"], "host_maintenance"),
+    (&["cpu", "mce", "machine check", "system memory", "dimm", "host memory"], "host_cpu_memory"),
+    (
+        &[
+            "ssd",
+            "disk",
+            "nvme",
+            "psu",
+            "power supply",
+            "power",
+            "chassis",
+            "fan",
+            "motherboard",
+            "io board",
+            "io expansion",
+            "riser",
+            "raid",
+            "bmc",
+        ],
+        "host_other",
+    ),
+    (&["software", "bug", "dependency", "application", "user error", "oom"], "software_bug"),
+    (&["gpu", "xid", "faulty gpu"], "gpu_fell_off_bus"),
+];
+
+/// The words of a text: lower case, split at anything that is not a letter or a digit.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+/// The class (and the rule's pattern) a free-text cause maps to in `scenario`, if any rule whose
+/// class the scenario has matches. An exact class name maps to itself.
+pub fn map_cause(cause: &str, scenario: &Scenario) -> Option<(u16, &'static str)> {
+    let index = |name: &str| scenario.faults.iter().position(|f| f.name == name).map(|i| i as u16);
+    if let Some(i) = index(cause.trim()) {
+        return Some((i, "class name"));
+    }
+    let have = words(cause);
+    for (patterns, class) in CAUSE_RULES {
+        let Some(i) = index(class) else { continue };
+        for pattern in *patterns {
+            let want: Vec<&str> = pattern.split(' ').collect();
+            if have.windows(want.len()).any(|w| w.iter().zip(&want).all(|(a, b)| a == b)) {
+                return Some((i, pattern));
+            }
+        }
+    }
+    None
+}
+
+/// How to replay what the mapping does not know.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Replay records whose cause maps to no class as this scenario class; `None` (the default)
+    /// counts them in the report and leaves them out.
+    pub unknown_as: Option<String>,
+}
+
+/// What the replay read and what it did with it (in the report as `replay`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplaySummary {
+    /// The file name, or `bundled:NAME`.
+    pub source: String,
+    pub format: TraceFormat,
+    /// Records read.
+    pub records: u64,
+    /// Records that became faults in the replayed trace.
+    pub replayed: u64,
+    /// Replayed records by scenario class, in the scenario's order.
+    pub replayed_by_class: Vec<(String, u64)>,
+    /// Causes no rule maps, with their record counts (replayed only with `unknown_as`).
+    pub unknown_causes: Vec<(String, u64)>,
+    /// The class unknown causes were replayed as, if any.
+    pub unknown_replayed_as: Option<String>,
+    /// Records that start at or after the scenario's end (not replayed).
+    pub after_end: u64,
+    /// Workload-scoped (software) records on a node that no training gang starts on: there is no
+    /// rank there to fail (not replayed).
+    pub workload_off_gang: u64,
+    /// Distinct nodes the records name.
+    pub nodes: u64,
+    /// Sum of the recorded fault durations (records with an end or a duration), in hours.
+    pub recorded_fault_hours: f64,
+}
+
+impl ReplaySummary {
+    /// Two lines for the table.
+    pub fn lines(&self) -> String {
+        let unknown: u64 = self.unknown_causes.iter().map(|(_, n)| n).sum();
+        let mut out = format!(
+            "trace {} ({}): {} records on {} nodes, {} replayed as faults; {} with an unknown cause{}; {} after the scenario's end; {} software records off the gangs.",
+            self.source,
+            match self.format {
+                TraceFormat::Csv => "CSV",
+                TraceFormat::JsonLines => "JSON lines",
+            },
+            self.records,
+            self.nodes,
+            self.replayed,
+            unknown,
+            match &self.unknown_replayed_as {
+                Some(class) => format!(" (replayed as {class})"),
+                None => " (not replayed)".to_string(),
+            },
+            self.after_end,
+            self.workload_off_gang,
+        );
+        if !self.unknown_causes.is_empty() {
+            let list: Vec<String> = self.unknown_causes.iter().map(|(c, n)| format!("{c} ×{n}")).collect();
+            out.push_str(&format!("\nunknown causes: {}.", list.join("; ")));
+        }
+        out
+    }
+}
+
+/// Read a trace: its text, its name (for errors and the format), the scenario it is replayed on.
+pub fn read_trace(
+    text: &str,
+    file: &str,
+    scenario: &Scenario,
+    options: &ReplayOptions,
+) -> Result<(FaultTrace, ReplaySummary), TraceError> {
+    let format = TraceFormat::detect(file, text);
+    let records = parse(text, file, format)?;
+    build(&records, file, format, scenario, options)
+}
+
+/// A bundled trace by name.
+pub fn bundled(name: &str) -> Option<&'static str> {
+    BUNDLED_TRACES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// Parse every record of a file in `format`.
+pub fn parse(text: &str, file: &str, format: TraceFormat) -> Result<Vec<TraceRecord>, TraceError> {
+    let content = text.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    });
+    let records = match format {
+        TraceFormat::Csv => parse_csv(content, file)?,
+        TraceFormat::JsonLines => {
+            let mut out = Vec::new();
+            for (line, l) in content {
+                out.push(parse_json_line(l, line, file)?);
+            }
+            out
+        }
+    };
+    if records.is_empty() {
+        return Err(TraceError::File { file: file.to_string(), problem: "no records".into() });
+    }
+    Ok(records)
+}
+
+/// Split one CSV line into fields: commas separate, double quotes enclose a field that may hold
+/// commas, `""` inside quotes is a quote. Fields are trimmed.
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                _ => field.push(c),
+            }
+        } else {
+            match c {
+                ',' => {
+                    fields.push(if was_quoted {
+                        std::mem::take(&mut field)
+                    } else {
+                        field.trim().to_string()
+                    });
+                    field.clear();
+                    was_quoted = false;
+                }
+                '"' if field.trim().is_empty() => {
+                    field.clear();
+                    quoted = true;
+                    was_quoted = true;
+                }
+                '"' => return Err("a quote inside an unquoted field".into()),
+                _ if was_quoted && !c.is_whitespace() => {
+                    return Err("text after a closing quote".into());
+                }
+                _ => field.push(c),
+            }
+        }
+    }
+    if quoted {
+        return Err("a quoted field is not closed".into());
+    }
+    fields.push(if was_quoted { field } else { field.trim().to_string() });
+    Ok(fields)
+}
+
+fn parse_csv<'a>(
+    mut lines: impl Iterator<Item = (usize, &'a str)>,
+    file: &str,
+) -> Result<Vec<TraceRecord>, TraceError> {
+    let Some((header_line, header)) = lines.next() else {
+        return Err(TraceError::File { file: file.to_string(), problem: "no header line".into() });
+    };
+    let line_err = |line: usize, problem: String| TraceError::Line { file: file.to_string(), line, problem };
+    let columns = split_csv(header).map_err(|p| line_err(header_line, format!("header: {p}")))?;
+    let mut seen = BTreeSet::new();
+    for c in &columns {
+        if !FIELDS.contains(&c.as_str()) {
+            return Err(TraceError::Field {
+                file: file.to_string(),
+                line: header_line,
+                field: c.clone(),
+                problem: format!("unknown column (the columns are {})", FIELDS.join(", ")),
+            });
+        }
+        if !seen.insert(c.clone()) {
+            return Err(TraceError::Field {
+                file: file.to_string(),
+                line: header_line,
+                field: c.clone(),
+                problem: "column given twice".into(),
+            });
+        }
+    }
+    let mut out = Vec::new();
+    for (line, l) in lines {
+        let cells = split_csv(l).map_err(|p| line_err(line, p))?;
+        if cells.len() != columns.len() {
+            return Err(line_err(
+                line,
+                format!("{} fields, the header has {} ({})", cells.len(), columns.len(), columns.join(",")),
+            ));
+        }
+        let get = |name: &str| {
+            columns.iter().position(|c| c == name).map(|i| cells[i].as_str()).filter(|v| !v.is_empty())
+        };
+        let raw = Raw {
+            start: get("start").map(Value::Text),
+            end: get("end").map(Value::Text),
+            duration_s: get("duration_s").map(Value::Text),
+            node: get("node").map(Value::Text),
+            device: get("device").map(Value::Text),
+            class: get("class").map(str::to_string),
+            cause: get("cause").map(str::to_string),
+        };
+        out.push(raw.record(line, file)?);
+    }
+    Ok(out)
+}
+
+fn parse_json_line(text: &str, line: usize, file: &str) -> Result<TraceRecord, TraceError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| TraceError::Line {
+        file: file.to_string(),
+        line,
+        problem: format!("not a JSON object: {e}"),
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(TraceError::Line { file: file.to_string(), line, problem: "not a JSON object".into() });
+    };
+    let field_err = |field: &str, problem: &str| TraceError::Field {
+        file: file.to_string(),
+        line,
+        field: field.to_string(),
+        problem: problem.to_string(),
+    };
+    for key in object.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            return Err(field_err(key, &format!("unknown key (the keys are {})", FIELDS.join(", "))));
+        }
+    }
+    let scalar = |key: &str| -> Result<Option<Value>, TraceError> {
+        match object.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_f64().map(|v| Some(Value::Number(v))).ok_or_else(|| field_err(key, "not a number"))
+            }
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(Value::Text(s.trim()))),
+            Some(_) => Err(field_err(key, "must be a number or a string")),
+        }
+    };
+    let text_of = |key: &str| -> Result<Option<String>, TraceError> {
+        match object.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(field_err(key, "must be a string")),
+        }
+    };
+    if let Some(note) = object.get("note")
+        && !(note.is_string() || note.is_null())
+    {
+        return Err(field_err("note", "must be a string"));
+    }
+    let raw = Raw {
+        start: scalar("start")?,
+        end: scalar("end")?,
+        duration_s: scalar("duration_s")?,
+        node: scalar("node")?,
+        device: scalar("device")?,
+        class: text_of("class")?,
+        cause: text_of("cause")?,
+    };
+    raw.record(line, file)
+}
+
+/// A field's value before it is checked: JSON gives numbers, CSV only text.
+#[derive(Clone, Copy, Debug)]
+enum Value<'a> {
+    Number(f64),
+    Text(&'a str),
+}
+
+struct Raw<'a> {
+    start: Option<Value<'a>>,
+    end: Option<Value<'a>>,
+    duration_s: Option<Value<'a>>,
+    node: Option<Value<'a>>,
+    device: Option<Value<'a>>,
+    class: Option<String>,
+    cause: Option<String>,
+}
+
+impl Raw<'_> {
+    fn record(self, line: usize, file: &str) -> Result<TraceRecord, TraceError> {
+        let err = |field: &str, problem: String| TraceError::Field {
+            file: file.to_string(),
+            line,
+            field: field.to_string(),
+            problem,
+        };
+        let stamp = |field: &str, v: Value<'_>| -> Result<Stamp, TraceError> {
+            let seconds = |s: f64| {
+                if s.is_finite() && s >= 0.0 {
+                    Ok(Stamp::Offset(s))
+                } else {
+                    Err(err(field, format!("`{s}` is not a number of seconds ≥ 0")))
+                }
+            };
+            match v {
+                Value::Number(n) => seconds(n),
+                Value::Text(t) => match t.parse::<f64>() {
+                    Ok(n) => seconds(n),
+                    Err(_) => rfc3339(t).map(Stamp::Absolute).map_err(|p| {
+                        err(
+                            field,
+                            format!("`{t}` is neither seconds from the start nor an RFC 3339 time ({p})"),
+                        )
+                    }),
+                },
+            }
+        };
+        let start = stamp("start", self.start.ok_or_else(|| err("start", "missing".into()))?)?;
+        let end = self.end.map(|v| stamp("end", v)).transpose()?;
+        let duration_s = match self.duration_s {
+            None => None,
+            Some(v) => {
+                let d = match v {
+                    Value::Number(n) => Some(n),
+                    Value::Text(t) => t.parse::<f64>().ok(),
+                };
+                match d {
+                    Some(d) if d.is_finite() && d >= 0.0 => Some(d),
+                    _ => return Err(err("duration_s", "must be a number of seconds ≥ 0".into())),
+                }
+            }
+        };
+        if end.is_some() && duration_s.is_some() {
+            return Err(err("duration_s", "give `end` or `duration_s`, not both".into()));
+        }
+        let node = match self.node.ok_or_else(|| err("node", "missing".into()))? {
+            Value::Number(n) if n >= 0.0 && n.fract() == 0.0 && n <= f64::from(u32::MAX) => {
+                NodeRef::Index(n as u32)
+            }
+            Value::Number(n) => return Err(err("node", format!("`{n}` is not a node index"))),
+            Value::Text(t) if t.bytes().all(|b| b.is_ascii_digit()) => {
+                NodeRef::Index(t.parse().map_err(|_| err("node", format!("`{t}` is not a node index")))?)
+            }
+            Value::Text(t) => NodeRef::Name(t.to_string()),
+        };
+        let device = match self.device {
+            None => None,
+            Some(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n <= 1e6 => Some(n as u32),
+            Some(Value::Text(t)) if t.bytes().all(|b| b.is_ascii_digit()) && t.len() <= 6 => {
+                Some(t.parse().map_err(|_| err("device", format!("`{t}` is not a GPU index")))?)
+            }
+            Some(Value::Number(n)) => return Err(err("device", format!("`{n}` is not a GPU index"))),
+            Some(Value::Text(t)) => return Err(err("device", format!("`{t}` is not a GPU index"))),
+        };
+        let cause = match (self.class, self.cause) {
+            (Some(c), None) => Cause::Class(c),
+            (None, Some(c)) => Cause::Text(c),
+            (Some(_), Some(_)) => return Err(err("class", "give `class` or `cause`, not both".into())),
+            (None, None) => return Err(err("cause", "missing: give `class` or `cause`".into())),
+        };
+        Ok(TraceRecord { line, start, end, duration_s, node, device, cause })
+    }
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`
+/// (`t` or a space may stand for `T`, `z` for `Z`).
+pub fn rfc3339(text: &str) -> Result<f64, String> {
+    let b = text.as_bytes();
+    let num = |from: usize, len: usize| -> Result<i64, String> {
+        let s = text.get(from..from + len).ok_or("too short")?;
+        if s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse::<i64>().map_err(|e| e.to_string())
+        } else {
+            Err(format!("`{s}` is not a number"))
+        }
+    };
+    let at = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if b.len() < 20 || !at(4, b"-") || !at(7, b"-") || !at(10, b"Tt ") || !at(13, b":") || !at(16, b":") {
+        return Err("expected YYYY-MM-DDTHH:MM:SS and a zone".into());
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return Err("no such date".into());
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return Err("no such time of day".into());
+    }
+    let mut i = 19;
+    let mut fraction = 0.0;
+    if at(i, b".") {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err("a decimal point without digits".into());
+        }
+        fraction = format!("0.{}", &text[i + 1..i + 1 + digits]).parse::<f64>().map_err(|e| e.to_string())?;
+        i += 1 + digits;
+    }
+    let offset_min = match b.get(i) {
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && at(i + 3, b":") => {
+            let (h, m) = (num(i + 1, 2)?, num(i + 4, 2)?);
+            if h > 23 || m > 59 {
+                return Err("no such zone offset".into());
+            }
+            let minutes = h * 60 + m;
+            if *sign == b'-' { -minutes } else { minutes }
+        }
+        _ => return Err("expected a zone: Z or ±HH:MM at the end".into()),
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    Ok(seconds as f64 + fraction)
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (years from 0).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let mut days = 0;
+    for y in 1970..year {
+        days += if is_leap(y) { 366 } else { 365 };
+    }
+    for y in year..1970 {
+        days -= if is_leap(y) { 366 } else { 365 };
+    }
+    for m in 1..month {
+        days += days_in_month(year, m);
+    }
+    days + day - 1
+}
+
+/// Turn parsed records into a trace for `scenario`.
+pub fn build(
+    records: &[TraceRecord],
+    file: &str,
+    format: TraceFormat,
+    scenario: &Scenario,
+    options: &ReplayOptions,
+) -> Result<(FaultTrace, ReplaySummary), TraceError> {
+    let field_err = |line: usize, field: &str, problem: String| TraceError::Field {
+        file: file.to_string(),
+        line,
+        field: field.to_string(),
+        problem,
+    };
+    let unknown_as = match &options.unknown_as {
+        None => None,
+        Some(name) => match scenario.faults.iter().position(|f| &f.name == name) {
+            Some(i) => Some(i as u16),
+            None => {
+                return Err(TraceError::File {
+                    file: file.to_string(),
+                    problem: format!(
+                        "unknown causes are to be replayed as `{name}`, which is no class of scenario {}",
+                        scenario.name
+                    ),
+                });
+            }
+        },
+    };
+    // Every start and end in one kind of time: offsets, or RFC 3339 times measured from the
+    // earliest start.
+    let absolute = matches!(records[0].start, Stamp::Absolute(_));
+    let mut origin = f64::INFINITY;
+    for r in records {
+        for (field, stamp) in [("start", Some(r.start)), ("end", r.end)] {
+            match stamp {
+                Some(Stamp::Absolute(_)) if !absolute => {
+                    return Err(field_err(
+                        r.line,
+                        field,
+                        "an RFC 3339 time in a file that starts with seconds from the start".into(),
+                    ));
+                }
+                Some(Stamp::Offset(_)) if absolute => {
+                    return Err(field_err(
+                        r.line,
+                        field,
+                        "seconds from the start in a file that starts with RFC 3339 times".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Stamp::Absolute(t) = r.start {
+            origin = origin.min(t);
+        }
+    }
+    let seconds = |s: Stamp| match s {
+        Stamp::Offset(v) => v,
+        Stamp::Absolute(t) => t - origin,
+    };
+    // Node names: model names (`node-00042`) are those nodes; any other name takes the next
+    // node index nobody names explicitly, in order of first appearance.
+    let total = scenario.total_nodes();
+    let mut explicit = BTreeSet::new();
+    for r in records {
+        match &r.node {
+            NodeRef::Index(i) => {
+                if *i >= total {
+                    return Err(field_err(
+                        r.line,
+                        "node",
+                        format!("node {i} is outside the scenario's {total} nodes (0 … {})", total - 1),
+                    ));
+                }
+                explicit.insert(*i);
+            }
+            NodeRef::Name(name) => {
+                if let Some(i) = crate::strategy::devheal::parse_node(name).filter(|i| *i < total) {
+                    explicit.insert(i);
+                }
+            }
+        }
+    }
+    let mut named: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut next = 0u32;
+    let gang_nodes: u32 = scenario.training.iter().map(|t| t.nodes).sum();
+    let gpn = scenario.cluster.gpus_per_node;
+    let end = scenario.duration().as_secs_f64();
+    let mut events = Vec::new();
+    let mut replayed_by_class = vec![0u64; scenario.faults.len()];
+    let mut unknown: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut after_end, mut off_gang, mut fault_hours) = (0u64, 0u64, 0.0f64);
+    let mut nodes_seen = BTreeSet::new();
+    for r in records {
+        let start = seconds(r.start);
+        let stop = match (r.end, r.duration_s) {
+            (Some(e), _) => Some(seconds(e)),
+            (None, Some(d)) => Some(start + d),
+            (None, None) => None,
+        };
+        if let Some(stop) = stop {
+            if stop < start {
+                return Err(field_err(r.line, "end", "before the start".into()));
+            }
+            fault_hours += (stop - start) / 3600.0;
+        }
+        let node = match &r.node {
+            NodeRef::Index(i) => *i,
+            NodeRef::Name(name) => match crate::strategy::devheal::parse_node(name).filter(|i| *i < total) {
+                Some(i) => i,
+                None => match named.get(name.as_str()) {
+                    Some(&i) => i,
+                    None => {
+                        while explicit.contains(&next) {
+                            next += 1;
+                        }
+                        if next >= total {
+                            return Err(field_err(
+                                r.line,
+                                "node",
+                                format!("`{name}` is one name more than the scenario's {total} nodes"),
+                            ));
+                        }
+                        named.insert(name, next);
+                        next += 1;
+                        next - 1
+                    }
+                },
+            },
+        };
+        nodes_seen.insert(node);
+        if let Some(d) = r.device
+            && d >= gpn
+        {
+            return Err(field_err(
+                r.line,
+                "device",
+                format!("GPU {d} on a node of {gpn} GPUs (0 … {})", gpn - 1),
+            ));
+        }
+        let class = match &r.cause {
+            Cause::Class(name) => match scenario.faults.iter().position(|f| &f.name == name) {
+                Some(i) => i as u16,
+                None => {
+                    let names: Vec<&str> = scenario.faults.iter().map(|f| f.name.as_str()).collect();
+                    return Err(field_err(
+                        r.line,
+                        "class",
+                        format!(
+                            "no fault class `{name}` in scenario {} ({})",
+                            scenario.name,
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            },
+            Cause::Text(text) => match map_cause(text, scenario) {
+                Some((i, _)) => i,
+                None => {
+                    *unknown.entry(text.clone()).or_default() += 1;
+                    match unknown_as {
+                        Some(i) => i,
+                        None => continue,
+                    }
+                }
+            },
+        };
+        if start >= end {
+            after_end += 1;
+            continue;
+        }
+        let spec = &scenario.faults[class as usize];
+        let target = match spec.scope {
+            FaultScope::Device => FaultTarget::Device { node, device: r.device.unwrap_or(0) as u8 },
+            FaultScope::Node => FaultTarget::Node { node },
+            FaultScope::Workload => {
+                // The rank that starts on the node (software faults follow the rank).
+                if node >= gang_nodes {
+                    off_gang += 1;
+                    continue;
+                }
+                let mut first = 0;
+                let mut target = None;
+                for (g, t) in scenario.training.iter().enumerate() {
+                    if node < first + t.nodes {
+                        target = Some(FaultTarget::GangMember { gang: g as u16, member: node - first });
+                        break;
+                    }
+                    first += t.nodes;
+                }
+                match target {
+                    Some(t) => t,
+                    None => {
+                        off_gang += 1;
+                        continue;
+                    }
+                }
+            }
+        };
+        replayed_by_class[class as usize] += 1;
+        events.push(TraceEvent {
+            at: Time::ZERO + secs(start),
+            kind: TraceKind::Fault { class, target, lemon_excess: false, pid: 1000 + r.line as u32 },
+        });
+    }
+    events.sort_by_key(|e| e.at);
+    let summary = ReplaySummary {
+        source: file.to_string(),
+        format,
+        records: records.len() as u64,
+        replayed: events.len() as u64,
+        replayed_by_class: scenario.faults.iter().map(|f| f.name.clone()).zip(replayed_by_class).collect(),
+        unknown_causes: unknown.into_iter().collect(),
+        unknown_replayed_as: unknown_as.map(|i| scenario.faults[i as usize].name.clone()),
+        after_end,
+        workload_off_gang: off_gang,
+        nodes: nodes_seen.len() as u64,
+        recorded_fault_hours: fault_hours,
+    };
+    Ok((FaultTrace { events, lemons: vec![false; total as usize] }, summary))
+}
