@@ -1168,4 +1168,37 @@ mod tests {
         assert_eq!(by["gpu_hbm"], 5);
         assert_eq!(by["nic"], 6);
     }
+
+    proptest::proptest! {
+        /// What the fuzz target (`fuzz/fuzz_targets/sim_trace.rs`) checks, on generated text in
+        /// CI: the reader refuses or accepts, never panics, and accepts only ordered traces.
+        #[test]
+        fn the_reader_never_panics_on_arbitrary_text(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "start,end,node,device,cause", "start,node,class", "\n", ",", "\"", "{", "}", ":",
+                    "\"start\"", "\"node\"", "\"cause\"", "1", "-1", "1e308", "NaN", "4294967296",
+                    "2024-02-29T23:59:60+23:59", "2024-01-01T00:00:00Z", "node-99999", "node-1", "gpu_hbm",
+                    "Xid 79", "Unknown", "# x", " ", "\u{e9}", "7", "8", "0.5",
+                ]),
+                0..40,
+            ),
+            noise in ".{0,40}",
+        ) {
+            let text = pieces.concat() + &noise;
+            let scenario = llama3();
+            for format in [TraceFormat::Csv, TraceFormat::JsonLines] {
+                let Ok(records) = parse(&text, "prop", format) else { continue };
+                for unknown_as in [None, Some("nccl_timeout_unknown".to_string())] {
+                    if let Ok((trace, summary)) =
+                        build(&records, "prop", format, &scenario, &ReplayOptions { unknown_as })
+                    {
+                        proptest::prop_assert!(trace.events.windows(2).all(|w| w[0].at <= w[1].at));
+                        proptest::prop_assert_eq!(trace.events.len() as u64, summary.replayed);
+                        proptest::prop_assert!(summary.replayed <= summary.records);
+                    }
+                }
+            }
+        }
+    }
 }
