@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use crate::report::{Report, fmt_thousands};
-use crate::sweep::{SweepReport, fmt_value};
+use crate::sweep::{Range, SweepReport, fmt_value};
 
 const COLOURS: [&str; 8] =
     ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -409,7 +409,7 @@ pub enum Tornado {
 /// A tornado chart: one horizontal bar per swept parameter from devheal's lowest to highest
 /// figure over its values, widest bar on top, and a vertical line at the baseline run's figure.
 pub fn tornado_chart(sweep: &SweepReport, what: Tornado) -> String {
-    let bars: Vec<(&str, (f64, f64), (f64, f64))> = sweep
+    let mut bars: Vec<(&str, Range)> = sweep
         .sweeps
         .iter()
         .filter_map(|s| {
@@ -417,11 +417,10 @@ pub fn tornado_chart(sweep: &SweepReport, what: Tornado) -> String {
                 Tornado::Ettr => s.devheal_range(),
                 Tornado::Lead => s.lead_range(),
             }?;
-            Some((s.param.as_str(), r.0, r.1))
+            Some((s.param.as_str(), r))
         })
         .collect();
-    let mut bars = bars;
-    bars.sort_by(|a, b| (b.2.1 - b.1.1).total_cmp(&(a.2.1 - a.1.1)));
+    bars.sort_by(|a, b| (b.1.1.1 - b.1.0.1).total_cmp(&(a.1.1.1 - a.1.0.1)));
     let baseline = match what {
         Tornado::Ettr => sweep.baseline.strategies.iter().find(|s| s.name == "devheal").map(|s| s.ettr),
         Tornado::Lead => {
@@ -433,8 +432,8 @@ pub fn tornado_chart(sweep: &SweepReport, what: Tornado) -> String {
     let rows = bars.len().max(1);
     let h = top + rows as f64 * (bar_h + gap) + bottom;
     let plot_w = w - left - right;
-    let mut lo = bars.iter().map(|b| b.1.1).chain(baseline).fold(f64::INFINITY, f64::min);
-    let mut hi = bars.iter().map(|b| b.2.1).chain(baseline).fold(f64::NEG_INFINITY, f64::max);
+    let mut lo = bars.iter().map(|b| b.1.0.1).chain(baseline).fold(f64::INFINITY, f64::min);
+    let mut hi = bars.iter().map(|b| b.1.1.1).chain(baseline).fold(f64::NEG_INFINITY, f64::max);
     if !(lo.is_finite() && hi.is_finite()) {
         (lo, hi) = (0.0, 1.0);
     }
@@ -454,7 +453,7 @@ pub fn tornado_chart(sweep: &SweepReport, what: Tornado) -> String {
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h:.0}" width="{w}" height="{h:.0}" role="img" aria-label="tornado chart">"#
     );
-    for (i, (param, (v_lo, y_lo), (v_hi, y_hi))) in bars.iter().enumerate() {
+    for (i, (param, ((v_lo, y_lo), (v_hi, y_hi)))) in bars.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let (x0, x1) = (x(*y_lo), x(*y_hi));
         let _ = write!(
@@ -625,5 +624,47 @@ mod tests {
         }
         assert!(svg.contains(">simulated day</text>"));
         assert!(svg.contains(">0</text>") && svg.contains(">10</text>"), "day ticks 0 and 10");
+    }
+
+    #[test]
+    fn the_tornado_has_one_bar_per_sweep_widest_first_and_a_baseline() {
+        use crate::sweep::{ParamSweep, SweepPoint};
+        let baseline = small_report();
+        let point = |value: f64, devheal: f64, other: f64| SweepPoint {
+            value,
+            ettr: vec![("job-failure-policy".into(), other), ("devheal".into(), devheal)],
+            devheal_lead: Some(devheal - other),
+            best_other: Some("job-failure-policy".into()),
+        };
+        let sweep = |param: &str, points| ParamSweep {
+            param: param.into(),
+            description: String::new(),
+            baseline_value: 1.0,
+            points,
+        };
+        let report = SweepReport {
+            baseline,
+            sweeps: vec![
+                sweep("narrow", vec![point(1.0, 0.90, 0.89), point(2.0, 0.91, 0.89)]),
+                sweep("wide", vec![point(5.0, 0.80, 0.85), point(60.0, 0.95, 0.85), point(30.0, 0.93, 0.85)]),
+            ],
+        };
+        let svg = tornado_chart(&report, Tornado::Ettr);
+        assert_eq!(svg.matches("<rect").count(), 2);
+        assert!(svg.find(">wide</text>") < svg.find(">narrow</text>"), "widest on top: {svg}");
+        assert!(svg.contains("80.00% (5)") && svg.contains("95.00% (60)"), "{svg}");
+        assert!(svg.contains("stroke-dasharray") && svg.contains("baseline "), "{svg}");
+        // The wide bar spans more of the plot than the narrow one.
+        let widths: Vec<f64> = svg
+            .split("<rect ")
+            .skip(1)
+            .filter_map(|r| r.split("width=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect();
+        assert!(widths[0] > 5.0 * widths[1], "{widths:?}");
+        let lead = tornado_chart(&report, Tornado::Lead);
+        assert!(lead.contains("-5.00 (5)") && lead.contains("+10.00 (60)"), "{lead}");
+        let html = render_sweep(&report);
+        assert!(html.contains("<h2>Sensitivity</h2>"));
+        assert_eq!(html.matches("<svg").count(), html.matches("viewBox=").count());
     }
 }

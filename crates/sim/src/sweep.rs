@@ -202,6 +202,10 @@ impl SweepPoint {
     }
 }
 
+/// A figure's range over a sweep: ((value at the minimum, minimum), (value at the maximum,
+/// maximum)).
+pub type Range = ((f64, f64), (f64, f64));
+
 /// One swept parameter.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ParamSweep {
@@ -214,18 +218,18 @@ pub struct ParamSweep {
 
 impl ParamSweep {
     /// The lowest and highest devheal ETTR over the values, with the values that gave them.
-    pub fn devheal_range(&self) -> Option<((f64, f64), (f64, f64))> {
+    pub fn devheal_range(&self) -> Option<Range> {
         range(self.points.iter().filter_map(|p| Some((p.value, p.devheal_ettr()?))))
     }
 
     /// The lowest and highest devheal lead over the values, with the values that gave them.
-    pub fn lead_range(&self) -> Option<((f64, f64), (f64, f64))> {
+    pub fn lead_range(&self) -> Option<Range> {
         range(self.points.iter().filter_map(|p| Some((p.value, p.devheal_lead?))))
     }
 }
 
 /// ((value at the minimum, minimum), (value at the maximum, maximum)).
-fn range(items: impl Iterator<Item = (f64, f64)>) -> Option<((f64, f64), (f64, f64))> {
+fn range(items: impl Iterator<Item = (f64, f64)>) -> Option<Range> {
     items.fold(None, |acc, (v, y)| match acc {
         None => Some(((v, y), (v, y))),
         Some((lo, hi)) => Some((if y < lo.1 { (v, y) } else { lo }, if y > hi.1 { (v, y) } else { hi })),
