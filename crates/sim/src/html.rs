@@ -431,7 +431,9 @@ pub fn tornado_chart(sweep: &SweepReport, what: Tornado) -> String {
     let (w, left, right, top, bar_h, gap, bottom) = (960.0, 330.0, 150.0, 20.0, 22.0, 12.0, 40.0);
     let rows = bars.len().max(1);
     let h = top + rows as f64 * (bar_h + gap) + bottom;
-    let plot_w = w - left - right;
+    // Room left of the lowest bar end for its label, so it never runs into the parameter names.
+    let label_room = 110.0;
+    let plot_w = w - left - right - label_room;
     let mut lo = bars.iter().map(|b| b.1.0.1).chain(baseline).fold(f64::INFINITY, f64::min);
     let mut hi = bars.iter().map(|b| b.1.1.1).chain(baseline).fold(f64::NEG_INFINITY, f64::max);
     if !(lo.is_finite() && hi.is_finite()) {
@@ -443,7 +445,7 @@ pub fn tornado_chart(sweep: &SweepReport, what: Tornado) -> String {
     }
     let pad = (hi - lo) * 0.05;
     let (lo, hi) = (lo - pad, hi + pad);
-    let x = |v: f64| left + plot_w * (v - lo) / (hi - lo);
+    let x = |v: f64| left + label_room + plot_w * (v - lo) / (hi - lo);
     let label = |v: f64| match what {
         Tornado::Ettr => format!("{:.2}%", v * 100.0),
         Tornado::Lead => format!("{:+.2}", v * 100.0),
