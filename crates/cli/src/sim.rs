@@ -35,9 +35,49 @@ pub struct SimArgs {
     /// are printed on stderr); with --seeds, report.json only.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// List the bundled scenarios and exit.
+    /// Rerun the scenario with PARAM set to each value (same trace) and report every strategy's
+    /// ETTR per value; PARAM is a scenario path such as training.checkpoint_interval_min
+    /// (docs/simulator.md lists them). May be given several times; with --out, report.html gets
+    /// a tornado chart.
+    #[arg(long, value_name = "PARAM=V1,V2,…")]
+    sweep: Vec<String>,
+    /// Replay this fault trace (a bundled trace name, see --list, or a CSV / JSON-lines file)
+    /// instead of generating one from the seed.
+    #[arg(long, value_name = "NAME|FILE")]
+    trace: Option<String>,
+    /// With --trace: replay records whose cause maps to no fault class as this scenario class
+    /// (default: count and list them, do not replay them).
+    #[arg(long, value_name = "CLASS", requires = "trace")]
+    trace_unknown: Option<String>,
+    /// List the bundled scenarios and traces and exit.
     #[arg(long)]
     list: bool,
+}
+
+/// The trace a run replays: the file's (`--trace`) with what was read, or the seed's.
+fn load_trace(
+    args: &SimArgs,
+    scenario: &Scenario,
+) -> anyhow::Result<(devheal_sim::FaultTrace, Option<devheal_sim::replay::ReplaySummary>)> {
+    let Some(arg) = &args.trace else {
+        return Ok((devheal_sim::FaultTrace::generate(scenario, args.seed), None));
+    };
+    let options = devheal_sim::replay::ReplayOptions { unknown_as: args.trace_unknown.clone() };
+    let (text, name) = match devheal_sim::replay::bundled(arg) {
+        Some(text) => (text.to_string(), format!("bundled:{arg}.csv")),
+        None => {
+            let path = PathBuf::from(arg);
+            if !path.exists() {
+                let names: Vec<&str> = devheal_sim::replay::BUNDLED_TRACES.iter().map(|(n, _)| *n).collect();
+                anyhow::bail!("--trace `{arg}` is neither a bundled trace ({}) nor a file", names.join(", "));
+            }
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading trace {}", path.display()))?;
+            (text, path.display().to_string())
+        }
+    };
+    let (trace, summary) = devheal_sim::replay::read_trace(&text, &name, scenario, &options)?;
+    Ok((trace, Some(summary)))
 }
 
 fn load_scenario(arg: &str) -> anyhow::Result<Scenario> {
@@ -60,23 +100,49 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             let s = Scenario::bundled(name)?;
             println!("{name:<18} {}", s.description);
         }
+        for (name, text) in devheal_sim::replay::BUNDLED_TRACES {
+            let first = text.lines().next().unwrap_or("").trim_start_matches('#').trim();
+            println!("{name:<18} trace: {first}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let scenario = load_scenario(&args.scenario)?;
+    let specs = args
+        .sweep
+        .iter()
+        .map(|s| s.parse::<devheal_sim::sweep::SweepSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    devheal_sim::sweep::validate(&scenario, &specs)?;
     if args.seeds > 1 {
+        if !specs.is_empty() || args.trace.is_some() {
+            anyhow::bail!(
+                "--seeds runs several generated traces; it does not combine with --sweep or --trace"
+            );
+        }
         return run_seeds(&args, &scenario);
+    }
+    let (trace, replay) = load_trace(&args, &scenario)?;
+    if !specs.is_empty() {
+        return run_sweep(&args, &scenario, &trace, replay, &specs);
     }
     // Progress only on a terminal: piped or redirected stderr (CI, scripts) stays empty.
     let mut progress = std::io::stderr()
         .is_terminal()
         .then(|| ProgressLine::new(std::io::stderr(), &scenario.name, args.seed));
     let started = Instant::now();
-    let report = devheal_sim::simulate(&scenario, args.seed, &mut |event| {
-        if let Some(line) = &mut progress {
-            // A failed write to the terminal only loses the display, never the report.
-            let _ = line.show(event, started.elapsed());
-        }
-    });
+    let mut report = devheal_sim::simulate_trace(
+        &scenario,
+        args.seed,
+        &trace,
+        &devheal_sim::Strategy::ALL,
+        &mut |event| {
+            if let Some(line) = &mut progress {
+                // A failed write to the terminal only loses the display, never the report.
+                let _ = line.show(event, started.elapsed());
+            }
+        },
+    );
+    report.replay = replay;
     if let Some(line) = &mut progress {
         let _ = line.finish();
     }
@@ -89,6 +155,70 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(&html_path, devheal_sim::html::render(&report))
             .with_context(|| format!("writing {}", html_path.display()))?;
         // Always said (on stderr, so stdout stays the report): the caller asked for files.
+        eprintln!("devheal sim: wrote {}", json_path.display());
+        eprintln!("devheal sim: wrote {}", html_path.display());
+    }
+    match args.format {
+        SimFormat::Table => {
+            if let Some(replay) = &report.replay {
+                println!("{}\n", replay.lines());
+            }
+            print!("{}", report.to_table());
+            if report.replay.is_some() {
+                for a in &report.checkpoint_advice {
+                    println!("devheal's checkpoint advice: {}", a.line());
+                }
+            }
+        }
+        SimFormat::Json => println!("{}", report.to_json()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--sweep`: the baseline run and one run per swept value, all on one trace.
+fn run_sweep(
+    args: &SimArgs,
+    scenario: &Scenario,
+    trace: &devheal_sim::FaultTrace,
+    replay: Option<devheal_sim::replay::ReplaySummary>,
+    specs: &[devheal_sim::sweep::SweepSpec],
+) -> anyhow::Result<ExitCode> {
+    let progress = std::cell::RefCell::new(
+        std::io::stderr()
+            .is_terminal()
+            .then(|| ProgressLine::new(std::io::stderr(), &scenario.name, args.seed)),
+    );
+    let started = Instant::now();
+    let mut report = devheal_sim::sweep::run_sweeps(
+        scenario,
+        args.seed,
+        trace,
+        &devheal_sim::Strategy::ALL,
+        specs,
+        &mut |event| {
+            if let Some(line) = progress.borrow_mut().as_mut() {
+                let _ = line.show(event, started.elapsed());
+            }
+        },
+        &mut |param, value| {
+            if let Some(line) = progress.borrow_mut().as_mut() {
+                let _ = line.finish();
+                let _ = writeln!(line.out, "sweep {param}={}", devheal_sim::sweep::fmt_value(value));
+            }
+        },
+    )?;
+    if let Some(line) = progress.borrow_mut().as_mut() {
+        let _ = line.finish();
+    }
+    report.baseline.replay = replay;
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json_path = dir.join("report.json");
+        std::fs::write(&json_path, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", json_path.display()))?;
+        let html_path = dir.join("report.html");
+        std::fs::write(&html_path, devheal_sim::html::render_sweep(&report))
+            .with_context(|| format!("writing {}", html_path.display()))?;
         eprintln!("devheal sim: wrote {}", json_path.display());
         eprintln!("devheal sim: wrote {}", html_path.display());
     }

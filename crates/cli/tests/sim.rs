@@ -166,3 +166,155 @@ fn an_invalid_scenario_names_the_field_and_where() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-scenario"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--sweep`: one table per parameter on stdout, the same in JSON, a tornado chart in
+/// report.html; several --sweep flags give one bar each; bad parameters and values are named.
+#[test]
+fn sweep_reports_each_value_and_draws_a_tornado() {
+    let dir = temp_dir("sweep");
+    let args = |extra: &[&str]| {
+        let mut c = devheal();
+        c.args(["sim", "--seed", "2", "--scenario"]).arg(small_scenario()).args([
+            "--sweep",
+            "training.checkpoint_interval_min=5,30,90",
+            "--sweep",
+            "operator.response_min=10,60",
+        ]);
+        c.args(extra);
+        c.output().expect("runs")
+    };
+    let out = args(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("sweep training.checkpoint_interval_min"), "{table}");
+    assert!(table.contains("sweep operator.response_min"), "{table}");
+    assert!(table.contains("devheal − best other"), "{table}");
+    assert!(table.contains("devheal's ETTR over each sweep, widest range first"), "{table}");
+    let out = args(&["--format", "json", "--out", dir.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let sweeps = v["sweeps"].as_array().expect("sweeps");
+    assert_eq!(sweeps.len(), 2);
+    assert_eq!(sweeps[0]["param"], "training.checkpoint_interval_min");
+    assert_eq!(sweeps[0]["baseline_value"], 30.0);
+    let points = sweeps[0]["points"].as_array().expect("points");
+    assert_eq!(points.len(), 3);
+    for p in points {
+        assert_eq!(p["ettr"].as_array().map(Vec::len), Some(6), "every strategy");
+        assert!(p["devheal_lead"].is_number());
+    }
+    assert_eq!(v["baseline"]["strategies"].as_array().map(Vec::len), Some(6));
+    assert!(v["baseline"]["checkpoint_advice"][0]["daly_optimal_interval_s"].is_number());
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html written");
+    assert!(html.contains("<h2>Sensitivity</h2>"));
+    assert_eq!(html.matches("aria-label=\"tornado chart\"").count(), 2, "ETTR and lead");
+    let tornado = html.split("aria-label=\"tornado chart\"").nth(1).expect("chart");
+    let tornado = tornado.split("</svg>").next().expect("chart end");
+    assert_eq!(tornado.matches("<rect").count(), 2, "one bar per --sweep");
+    assert_eq!(std::fs::read(dir.join("report.json")).expect("report.json"), out.stdout);
+    // Errors name the parameter or the value, exit 2, no panic.
+    for (arg, words) in [
+        ("no.such=1", "unknown parameter `no.such`"),
+        ("operator.response_min=5,abc", "`abc` is not a number"),
+        ("training.checkpoint_interval_min=0", "training.checkpoint_interval_min=0"),
+        ("operator.response_min", "PARAM=v1,v2"),
+    ] {
+        let out = devheal()
+            .args(["sim", "--scenario"])
+            .arg(small_scenario())
+            .args(["--sweep", arg])
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{arg}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words) && !err.contains("panicked"), "{arg}: {err}");
+        assert!(out.stdout.is_empty(), "{arg}: nothing runs");
+    }
+    let out = devheal()
+        .args(["sim", "--seeds", "2", "--sweep", "operator.response_min=5"])
+        .arg("--scenario")
+        .arg(small_scenario())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--trace`: a file (CSV or JSON lines) or the bundled trace replaces the generated one; the
+/// table says what was read; unknown causes are listed (or replayed with --trace-unknown); a bad
+/// record names the file, line and field.
+#[test]
+fn trace_replays_a_file_or_the_bundled_trace() {
+    let dir = temp_dir("trace");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let csv = dir.join("faults.csv");
+    std::fs::write(&csv, "start,end,node,cause\n3600,4000,1,Xid 79\n7200,,2,HBM3\n9000,,3,Unknown Error\n")
+        .expect("write");
+    let run = |extra: &[&str]| {
+        devheal()
+            .args(["sim", "--scenario"])
+            .arg(small_scenario())
+            .arg("--trace")
+            .arg(&csv)
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("3 records on 3 nodes, 2 replayed as faults; 1 with an unknown cause (not replayed)"),
+        "{table}"
+    );
+    assert!(table.contains("unknown causes: Unknown Error ×1."), "{table}");
+    assert!(table.contains("2 faults in the shared trace"), "{table}");
+    let json = |extra: &[&str]| {
+        let out = run(&[&["--format", "json"], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let a = json(&[]);
+    assert_eq!(a, json(&[]), "deterministic");
+    let v: serde_json::Value = serde_json::from_str(&a).expect("JSON");
+    assert_eq!(v["replay"]["records"], 3);
+    assert_eq!(v["replay"]["unknown_causes"], serde_json::json!([["Unknown Error", 1]]));
+    let v: serde_json::Value =
+        serde_json::from_str(&json(&["--trace-unknown", "nccl_timeout_unknown"])).expect("JSON");
+    assert_eq!(v["replay"]["replayed"], 3);
+    assert_eq!(v["replay"]["unknown_replayed_as"], "nccl_timeout_unknown");
+    // The bundled trace on the default scenario, combined with a sweep.
+    let out = devheal()
+        .args(["sim", "--trace", "infinitehbd-54d", "--sweep", "operator.response_min=15,60"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("trace bundled:infinitehbd-54d.csv (CSV): 151 records"), "{table}");
+    assert!(table.contains("sweep operator.response_min"), "{table}");
+    let list = devheal().args(["sim", "--list"]).output().expect("runs");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("infinitehbd-54d"));
+    // Bad records and bad arguments.
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"start\": 1, \"node\": 1, \"cause\": \"HBM\"}\n{\"start\": \"soon\", \"node\": 1, \"cause\": \"HBM\"}\n")
+        .expect("write");
+    let out = devheal()
+        .args(["sim", "--scenario"])
+        .arg(small_scenario())
+        .arg("--trace")
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jsonl, line 2, field `start`") && !err.contains("panicked"), "{err}");
+    let out = devheal().args(["sim", "--trace", "no-such-trace"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-trace"));
+    let out = devheal().args(["sim", "--trace-unknown", "gpu_hbm"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2), "--trace-unknown needs --trace");
+    let out = run(&["--trace-unknown", "no_class"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_class"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@
 use std::fmt::Write;
 
 use crate::report::{Report, fmt_thousands};
+use crate::sweep::{Range, SweepReport, fmt_value};
 
 const COLOURS: [&str; 8] =
     ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -298,6 +299,52 @@ fn fault_table(report: &Report) -> String {
 
 /// The whole report as one HTML document.
 pub fn render(report: &Report) -> String {
+    let mut html = head(report);
+    html.push_str(&body(report));
+    html.push_str(FOOT);
+    html
+}
+
+/// A sweep's report: the baseline run's report, then a "Sensitivity" section with the tornado
+/// charts (devheal's ETTR and its lead over the best other strategy, one bar per swept
+/// parameter) and a table per parameter.
+pub fn render_sweep(sweep: &SweepReport) -> String {
+    let mut html = head(&sweep.baseline);
+    html.push_str(&body(&sweep.baseline));
+    html.push_str(
+        "<h2>Sensitivity</h2><p>Each swept parameter's values rerun the scenario on the same trace. \
+         A bar spans devheal's lowest and highest figure over the values (the values at each end are \
+         printed beside it); the line is the baseline run. Widest first.</p>",
+    );
+    let _ = write!(html, "<h3>devheal's ETTR</h3>{}", tornado_chart(sweep, Tornado::Ettr));
+    let _ = write!(
+        html,
+        "<h3>devheal minus the best other strategy (ETTR points)</h3>{}",
+        tornado_chart(sweep, Tornado::Lead)
+    );
+    for s in &sweep.sweeps {
+        let _ = write!(html, "<h3>{} <small>({})</small></h3>", escape(&s.param), escape(&s.description));
+        let mut rows = vec![{
+            let mut h = vec!["value".to_string()];
+            h.extend(sweep.baseline.strategies.iter().map(|s| s.name.clone()));
+            h.push("devheal − best other".into());
+            h
+        }];
+        for p in &s.points {
+            let mut row = vec![fmt_value(p.value)];
+            row.extend(p.ettr.iter().map(|(_, e)| format!("{:.2}%", e * 100.0)));
+            row.push(p.devheal_lead.map_or("-".into(), |l| format!("{:+.2}", l * 100.0)));
+            rows.push(row);
+        }
+        html.push_str(&table(&rows, None));
+    }
+    html.push_str(FOOT);
+    html
+}
+
+const FOOT: &str = "<p>Model and sources: docs/simulator.md.</p></body></html>\n";
+
+fn head(report: &Report) -> String {
     let mut html = String::new();
     let _ = write!(
         html,
@@ -306,6 +353,11 @@ pub fn render(report: &Report) -> String {
          <title>devheal sim: {}</title><style>{STYLE}</style></head><body>",
         escape(&report.scenario)
     );
+    html
+}
+
+fn body(report: &Report) -> String {
+    let mut html = String::new();
     let _ = write!(
         html,
         "<h1>devheal sim: {}</h1><p>{}</p><p>Seed {}; {} GPUs; {} simulated days. Every strategy replays the same fault trace.</p>",
@@ -315,6 +367,9 @@ pub fn render(report: &Report) -> String {
         report.gpus,
         report.duration_days
     );
+    if let Some(replay) = &report.replay {
+        let _ = write!(html, "<p class=\"note\">{}</p>", escape(&replay.lines()));
+    }
     let _ = write!(html, "<h2>Comparison</h2><p>{}</p>", escape(&report.headline()));
     html.push_str(&table(&report.loss_rows(), None));
     html.push_str(&table(&report.count_rows(), None));
@@ -326,11 +381,130 @@ pub fn render(report: &Report) -> String {
          training and inference, by cause. Repairs r/b/x: device resets / node reboots / hardware \
          replacements.</p>",
     );
+    if !report.checkpoint_advice.is_empty() {
+        html.push_str(
+            "<h2>Checkpoint interval</h2><p>devheal's recommendation from the interruptions it observed \
+             (Daly's higher-order optimum, fault-model.md §4):</p><ul>",
+        );
+        for a in &report.checkpoint_advice {
+            let _ = write!(html, "<li>{}</li>", escape(&a.line()));
+        }
+        html.push_str("</ul>");
+    }
     let _ = write!(html, "<h2>ETTR over time (cumulative)</h2>{}", ettr_chart(report));
     let _ = write!(html, "<h2>Lost GPU-hours by cause</h2>{}", lost_chart(report));
     let _ = write!(html, "<h2>Fault trace</h2>{}", fault_table(report));
-    html.push_str("<p>Model and sources: docs/simulator.md.</p></body></html>\n");
     html
+}
+
+/// Which figure a tornado chart shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tornado {
+    /// devheal's ETTR.
+    Ettr,
+    /// devheal's ETTR minus the best other strategy's.
+    Lead,
+}
+
+/// A tornado chart: one horizontal bar per swept parameter from devheal's lowest to highest
+/// figure over its values, widest bar on top, and a vertical line at the baseline run's figure.
+pub fn tornado_chart(sweep: &SweepReport, what: Tornado) -> String {
+    let mut bars: Vec<(&str, Range)> = sweep
+        .sweeps
+        .iter()
+        .filter_map(|s| {
+            let r = match what {
+                Tornado::Ettr => s.devheal_range(),
+                Tornado::Lead => s.lead_range(),
+            }?;
+            Some((s.param.as_str(), r))
+        })
+        .collect();
+    bars.sort_by(|a, b| (b.1.1.1 - b.1.0.1).total_cmp(&(a.1.1.1 - a.1.0.1)));
+    let baseline = match what {
+        Tornado::Ettr => sweep.baseline.strategies.iter().find(|s| s.name == "devheal").map(|s| s.ettr),
+        Tornado::Lead => {
+            let d = sweep.baseline.strategies.iter().find(|s| s.name == "devheal");
+            d.zip(sweep.baseline.best_other()).map(|(d, b)| d.ettr - b.ettr)
+        }
+    };
+    let (w, left, right, top, bar_h, gap, bottom) = (960.0, 330.0, 150.0, 20.0, 22.0, 12.0, 40.0);
+    let rows = bars.len().max(1);
+    let h = top + rows as f64 * (bar_h + gap) + bottom;
+    // Room left of the lowest bar end for its label, so it never runs into the parameter names.
+    let label_room = 110.0;
+    let plot_w = w - left - right - label_room;
+    let mut lo = bars.iter().map(|b| b.1.0.1).chain(baseline).fold(f64::INFINITY, f64::min);
+    let mut hi = bars.iter().map(|b| b.1.1.1).chain(baseline).fold(f64::NEG_INFINITY, f64::max);
+    if !(lo.is_finite() && hi.is_finite()) {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if hi - lo < 0.002 {
+        let mid = (hi + lo) / 2.0;
+        (lo, hi) = (mid - 0.001, mid + 0.001);
+    }
+    let pad = (hi - lo) * 0.05;
+    let (lo, hi) = (lo - pad, hi + pad);
+    let x = |v: f64| left + label_room + plot_w * (v - lo) / (hi - lo);
+    let label = |v: f64| match what {
+        Tornado::Ettr => format!("{:.2}%", v * 100.0),
+        Tornado::Lead => format!("{:+.2}", v * 100.0),
+    };
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h:.0}" width="{w}" height="{h:.0}" role="img" aria-label="tornado chart">"#
+    );
+    for (i, (param, ((v_lo, y_lo), (v_hi, y_hi)))) in bars.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + gap);
+        let (x0, x1) = (x(*y_lo), x(*y_hi));
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + bar_h / 2.0 + 4.0,
+            escape(param)
+        );
+        let _ = write!(
+            svg,
+            r##"<rect x="{x0:.1}" y="{y:.1}" width="{:.1}" height="{bar_h}" fill="#2ca02c"><title>{}: {} at {}, {} at {}</title></rect>"##,
+            (x1 - x0).max(1.0),
+            escape(param),
+            label(*y_lo),
+            fmt_value(*v_lo),
+            label(*y_hi),
+            fmt_value(*v_hi)
+        );
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{} ({})</text>"#,
+            x0 - 4.0,
+            y + bar_h / 2.0 + 4.0,
+            label(*y_lo),
+            fmt_value(*v_lo)
+        );
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11">{} ({})</text>"#,
+            x1.max(x0 + 1.0) + 4.0,
+            y + bar_h / 2.0 + 4.0,
+            label(*y_hi),
+            fmt_value(*v_hi)
+        );
+    }
+    if let Some(b) = baseline {
+        let bx = x(b);
+        let _ = write!(
+            svg,
+            r##"<line x1="{bx:.1}" y1="{:.1}" x2="{bx:.1}" y2="{:.1}" stroke="#333" stroke-dasharray="4 3"/><text x="{bx:.1}" y="{:.1}" font-size="11" text-anchor="middle">baseline {}</text>"##,
+            top - 6.0,
+            top + rows as f64 * (bar_h + gap),
+            top + rows as f64 * (bar_h + gap) + 16.0,
+            label(b)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 #[cfg(test)]
@@ -452,5 +626,47 @@ mod tests {
         }
         assert!(svg.contains(">simulated day</text>"));
         assert!(svg.contains(">0</text>") && svg.contains(">10</text>"), "day ticks 0 and 10");
+    }
+
+    #[test]
+    fn the_tornado_has_one_bar_per_sweep_widest_first_and_a_baseline() {
+        use crate::sweep::{ParamSweep, SweepPoint};
+        let baseline = small_report();
+        let point = |value: f64, devheal: f64, other: f64| SweepPoint {
+            value,
+            ettr: vec![("job-failure-policy".into(), other), ("devheal".into(), devheal)],
+            devheal_lead: Some(devheal - other),
+            best_other: Some("job-failure-policy".into()),
+        };
+        let sweep = |param: &str, points| ParamSweep {
+            param: param.into(),
+            description: String::new(),
+            baseline_value: 1.0,
+            points,
+        };
+        let report = SweepReport {
+            baseline,
+            sweeps: vec![
+                sweep("narrow", vec![point(1.0, 0.90, 0.89), point(2.0, 0.91, 0.89)]),
+                sweep("wide", vec![point(5.0, 0.80, 0.85), point(60.0, 0.95, 0.85), point(30.0, 0.93, 0.85)]),
+            ],
+        };
+        let svg = tornado_chart(&report, Tornado::Ettr);
+        assert_eq!(svg.matches("<rect").count(), 2);
+        assert!(svg.find(">wide</text>") < svg.find(">narrow</text>"), "widest on top: {svg}");
+        assert!(svg.contains("80.00% (5)") && svg.contains("95.00% (60)"), "{svg}");
+        assert!(svg.contains("stroke-dasharray") && svg.contains("baseline "), "{svg}");
+        // The wide bar spans more of the plot than the narrow one.
+        let widths: Vec<f64> = svg
+            .split("<rect ")
+            .skip(1)
+            .filter_map(|r| r.split("width=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect();
+        assert!(widths[0] > 5.0 * widths[1], "{widths:?}");
+        let lead = tornado_chart(&report, Tornado::Lead);
+        assert!(lead.contains("-5.00 (5)") && lead.contains("+10.00 (60)"), "{lead}");
+        let html = render_sweep(&report);
+        assert!(html.contains("<h2>Sensitivity</h2>"));
+        assert_eq!(html.matches("<svg").count(), html.matches("viewBox=").count());
     }
 }

@@ -15,12 +15,14 @@
 pub mod daly;
 pub mod html;
 pub mod queue;
+pub mod replay;
 pub mod report;
 pub mod rng;
 pub mod rollout;
 pub mod scenario;
 pub mod seeds;
 pub mod strategy;
+pub mod sweep;
 pub mod trace;
 mod world;
 
@@ -104,6 +106,18 @@ pub fn simulate_strategies(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Report {
     let trace = FaultTrace::generate(scenario, seed);
+    simulate_trace(scenario, seed, &trace, strategies, progress)
+}
+
+/// Run the given strategies on a trace the caller supplies (generated with [`FaultTrace::generate`]
+/// or read from a file with [`replay::read_trace`]); `seed` is only recorded in the report.
+pub fn simulate_trace(
+    scenario: &Scenario,
+    seed: u64,
+    trace: &FaultTrace,
+    strategies: &[Strategy],
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Report {
     let d = &scenario.strategies.devheal;
     let compare_stragglers = d.detect_stragglers
         && d.compare_without_straggler_detection
@@ -112,7 +126,7 @@ pub fn simulate_strategies(
     let days = scenario.duration_days.ceil() as u32;
     let mut run = |scenario: &Scenario, strategy: Strategy, name: &str, number: usize| {
         progress(Progress::Run { name, number, runs });
-        run_strategy(scenario, strategy, &trace, &mut |day| progress(Progress::Day { day, days }))
+        run_strategy(scenario, strategy, trace, &mut |day| progress(Progress::Day { day, days }))
     };
     let mut reports = Vec::new();
     for (i, &s) in strategies.iter().enumerate() {
@@ -157,8 +171,10 @@ pub fn simulate_strategies(
         duration_days: scenario.duration_days,
         gpus: u64::from(scenario.total_nodes()) * u64::from(scenario.cluster.gpus_per_node),
         trace: summary,
+        checkpoint_advice: report::CheckpointAdvice::for_devheal(scenario, &reports),
         strategies: reports,
         straggler_detection,
+        replay: None,
     }
 }
 

@@ -420,3 +420,99 @@ fn the_ranking_holds_over_seeds_with_its_intervals() {
         assert!(paired(a, b).above_zero(), "{a} − {b}: {:?}", paired(a, b));
     }
 }
+
+/// Trace replay: a hand-written trace (one fault every 12 hours, each on a gang node no earlier
+/// fault touched, few enough hardware replacements for the spares) replays identically twice,
+/// and for every strategy each record interrupts its gang exactly once, by the class it names.
+#[test]
+fn a_replayed_trace_interrupts_once_per_record_and_replays_identically() {
+    use devheal_sim::replay::{ReplayOptions, read_trace};
+    let scenario = Scenario::from_yaml(SMALL, "tests/data/small-cluster.yaml").expect("fixture parses");
+    // gang-a is nodes 0–15, gang-b 16–23.
+    let records = [
+        (0, "GPU HBM3 Memory: Xid 48 double bit error"),
+        (17, "Network Switch/Cable: link down"),
+        (2, "software_bug_cuda"),
+        (18, "GPU HBM3 Memory"),
+        (4, "Parameter Plane Cable: Link Down"),
+        (5, "GPU has fallen off the bus (Xid 79)"),
+        (19, "Xid 31 illegal memory access"),
+        (7, "HBM"),
+        (20, "network switch"),
+        (9, "Power Supply Failure"),
+    ];
+    let mut csv = String::from("# hand-written\nstart,node,cause\n");
+    for (i, (node, cause)) in records.iter().enumerate() {
+        csv.push_str(&format!("{},{node},\"{cause}\"\n", 7200 + i * 12 * 3600));
+    }
+    let (trace, summary) =
+        read_trace(&csv, "hand.csv", &scenario, &ReplayOptions::default()).expect("the trace reads");
+    assert_eq!(summary.replayed, records.len() as u64);
+    assert!(summary.unknown_causes.is_empty());
+    let run = || {
+        let mut r = devheal_sim::simulate_trace(&scenario, 1, &trace, &Strategy::ALL, &mut |_| {});
+        r.replay = Some(summary.clone());
+        r
+    };
+    let report = run();
+    assert_eq!(report.to_json(), run().to_json(), "deterministic");
+    let faults: u64 = report.trace.faults_by_class.iter().map(|(_, n)| n).sum();
+    assert_eq!(faults, records.len() as u64);
+    for s in &report.strategies {
+        assert_eq!(s.counts.training_interruptions, records.len() as u64, "{}: {:?}", s.name, s.counts);
+        assert_eq!(s.interruptions_by_class, summary.replayed_by_class, "{}", s.name);
+    }
+    let json = report.to_json();
+    assert!(json.contains("\"replay\"") && json.contains("\"replayed_by_class\""));
+}
+
+/// Sensitivity: sweeping the checkpoint interval on the Daly fixture (M = 6 h, δ = 5 min,
+/// R = 10 min) moves ETTR as Daly's model says: up towards the optimum τ* = 56.7 min, down past
+/// it; and devheal's checkpoint advice, from the interruptions it observed, lands near τ*.
+#[test]
+fn sweeping_the_checkpoint_interval_peaks_near_dalys_optimum() {
+    use devheal_sim::sweep::{SweepSpec, run_sweeps};
+    let mut scenario = Scenario::from_yaml(DALY, "tests/data/daly.yaml").expect("fixture parses");
+    let m_min = 6.0 * 60.0;
+    scenario.faults[0].rate_per_gpu_hour = 1.0 / (m_min / 60.0 * 8.0);
+    scenario.duration_days = 3000.0 / 24.0;
+    let tau = daly_optimal_interval(5.0, m_min);
+    let factors = [0.125, 1.0 / 3.0, 1.0, 3.0, 8.0];
+    let spec = SweepSpec {
+        param: "training.checkpoint_interval_min".into(),
+        values: factors.iter().map(|f| f * tau).collect(),
+    };
+    let trace = FaultTrace::generate(&scenario, 1);
+    let report = run_sweeps(
+        &scenario,
+        1,
+        &trace,
+        &[Strategy::JobFailurePolicy, Strategy::Devheal],
+        &[spec],
+        &mut |_| {},
+        &mut |_, _| {},
+    )
+    .expect("the sweep runs");
+    let sweep = &report.sweeps[0];
+    for name in ["job-failure-policy", "devheal"] {
+        let ettr: Vec<f64> =
+            sweep.points.iter().map(|p| p.ettr.iter().find(|(n, _)| n == name).expect("ran").1).collect();
+        eprintln!("{name}: ETTR at τ* × {factors:?} = {ettr:?}");
+        assert!(ettr[0] < ettr[1] && ettr[1] < ettr[2], "{name}: rises towards τ*: {ettr:?}");
+        assert!(ettr[2] > ettr[3] && ettr[3] > ettr[4], "{name}: falls past τ*: {ettr:?}");
+        for (f, e) in factors.iter().zip(&ettr) {
+            let daly = expected_ettr(f * tau, 5.0, 10.0, m_min);
+            assert!((e - daly).abs() < 0.03, "{name} at τ* × {f}: {e:.4} vs Daly {daly:.4}");
+        }
+    }
+    let (lo, hi) = sweep.devheal_range().expect("devheal ran");
+    assert!(hi.1 > lo.1 && (hi.0 - tau).abs() < 1e-9, "devheal's best value is τ*: {lo:?} {hi:?}");
+    let advice = &report.baseline.checkpoint_advice[0];
+    let m = advice.mean_time_to_interrupt_s.expect("interrupted") / 60.0;
+    assert!((m / m_min - 1.0).abs() < 0.15, "observed M {m:.1} min vs {m_min}");
+    let recommended = advice.daly_optimal_interval_s.expect("recommended") / 60.0;
+    assert!((recommended / tau - 1.0).abs() < 0.1, "recommended {recommended:.1} min vs τ* {tau:.1}");
+    let table = report.to_table();
+    assert!(table.contains("sweep training.checkpoint_interval_min"), "{table}");
+    assert!(table.contains("Daly's optimal interval"), "{table}");
+}

@@ -112,7 +112,7 @@ pub(crate) fn node_name(node: u32) -> String {
     format!("node-{node:05}")
 }
 
-fn parse_node(name: &str) -> Option<u32> {
+pub(crate) fn parse_node(name: &str) -> Option<u32> {
     name.strip_prefix("node-")?.parse().ok()
 }
 
