@@ -12,6 +12,7 @@ mod explain;
 mod kube_env;
 mod logging;
 mod sim;
+mod sim_rollout;
 
 use clap::{CommandFactory, Parser, Subcommand};
 

@@ -49,6 +49,11 @@ pub struct SimArgs {
     /// (default: count and list them, do not replay them).
     #[arg(long, value_name = "CLASS", requires = "trace")]
     trace_unknown: Option<String>,
+    /// Instead of the fault comparison: roll a device-stack version out to a fleet, fleet-wide
+    /// versus staged behind devheal's rollout gate, with a bad and a good version (a bundled
+    /// rollout scenario, see --list, or a YAML file; docs/simulator.md "Rollouts").
+    #[arg(long, value_name = "NAME|FILE", conflicts_with_all = ["sweep", "trace", "out"])]
+    rollout: Option<String>,
     /// List the bundled scenarios and traces and exit.
     #[arg(long)]
     list: bool,
@@ -100,9 +105,23 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             let s = Scenario::bundled(name)?;
             println!("{name:<18} {}", s.description);
         }
+        for (name, text) in devheal_sim::rollout::BUNDLED_ROLLOUTS {
+            let s = devheal_sim::rollout::RolloutScenario::from_yaml(text, name)?;
+            println!("{name:<18} rollout (--rollout): {}", s.description);
+        }
         for (name, text) in devheal_sim::replay::BUNDLED_TRACES {
             let first = text.lines().next().unwrap_or("").trim_start_matches('#').trim();
             println!("{name:<18} trace: {first}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(rollout) = &args.rollout {
+        anyhow::ensure!(args.seeds == 1, "--rollout runs one seed; it does not combine with --seeds");
+        let scenario = crate::sim_rollout::load(rollout)?;
+        let report = crate::sim_rollout::compare(&scenario, args.seed)?;
+        match args.format {
+            SimFormat::Table => print!("{}", report.to_table()),
+            SimFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         }
         return Ok(ExitCode::SUCCESS);
     }
