@@ -318,3 +318,47 @@ fn trace_replays_a_file_or_the_bundled_trace() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_class"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--rollout FILE`: the four runs as JSON, the same twice; a scenario with a bad field is
+/// refused with the field's name.
+#[test]
+fn rollout_compares_fleet_wide_and_staged_and_names_bad_fields() {
+    let bundled = devheal_sim::rollout::BUNDLED_ROLLOUTS[0].1;
+    let small = bundled
+        .replace("gangs: 8", "gangs: 2")
+        .replace("gang_nodes: 256", "gang_nodes: 16")
+        .replace("spare_nodes: 64", "spare_nodes: 4")
+        .replace("maxUnavailable: 211", "maxUnavailable: 4")
+        .replace("horizon_h: 36", "horizon_h: 8");
+    let dir = temp_dir("rollout");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("small-rollout.yaml");
+    std::fs::write(&file, &small).expect("write");
+    let run =
+        || devheal().args(["sim", "--rollout"]).arg(&file).args(["--format", "json"]).output().expect("runs");
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["nodes"], 36);
+    let runs = v["runs"].as_array().expect("runs");
+    let names: Vec<(&str, bool)> =
+        runs.iter().map(|r| (r["strategy"].as_str().unwrap_or(""), r["bad_version"] == true)).collect();
+    assert_eq!(
+        names,
+        [
+            ("fleet-wide", true),
+            ("staged (devheal gate)", true),
+            ("fleet-wide", false),
+            ("staged (devheal gate)", false)
+        ]
+    );
+    assert_eq!(runs[3]["final_version"], "new", "{v}");
+    assert_eq!(run().stdout, out.stdout, "deterministic");
+
+    std::fs::write(&file, small.replace("broken_gpu_share: 0.25", "broken_gpu_share: 2")).expect("write");
+    let out = run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad_version.broken_gpu_share") && err.contains("small-rollout.yaml"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
