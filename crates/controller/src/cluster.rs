@@ -419,6 +419,16 @@ impl FakeCluster {
         }
     }
 
+    /// Change every pod as a workload's owner would (an annotation, a label).
+    pub fn edit_pods(&self, edit: impl Fn(&mut Pod)) {
+        let mut s = self.lock();
+        let pods: Vec<Pod> = s.pods.values().cloned().collect();
+        for mut pod in pods {
+            edit(&mut pod);
+            s.put_pod(pod);
+        }
+    }
+
     /// A JobSet gang of `size` pods (one GPU each), placed on free devices in node order.
     pub fn add_jobset(&self, namespace: &str, name: &str, size: usize) {
         let now = self.clock.now();

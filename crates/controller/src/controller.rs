@@ -25,6 +25,7 @@ use devheal_core::{
 };
 use futures::{Stream, StreamExt};
 
+use crate::checkpoint_advice::{CheckpointAdvisor, WRITE_SECONDS_ANNOTATION};
 use crate::durable::StateStore;
 use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
 use crate::leftovers::Leftovers;
@@ -327,6 +328,8 @@ pub struct Controller<A, L, C> {
     /// The settings file, looked at again every `reload_every` ([`crate::settings`]).
     reloader: Option<SettingsReloader>,
     reload_every: std::time::Duration,
+    /// Daly's checkpoint interval per gang that declares its write time ([`crate::checkpoint_advice`]).
+    advice: CheckpointAdvisor,
 }
 
 impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L, C> {
@@ -368,6 +371,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             saved: None,
             reloader: None,
             reload_every: std::time::Duration::from_secs(10),
+            advice: CheckpointAdvisor::default(),
         }
     }
 
@@ -589,7 +593,17 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             if let Input::PodDeleted { uid } = &input {
                 gone.push(uid.clone());
             }
+            // Only pods that declare a checkpoint write time are kept for the advice.
+            let declared = match &input {
+                Input::PodUpsert(p) if p.annotations.contains_key(WRITE_SECONDS_ANNOTATION) => {
+                    Some(p.clone())
+                }
+                _ => None,
+            };
             planned.extend(self.engine.handle(input, now));
+            if let Some(p) = declared {
+                self.advice.observe_pod(&p, self.engine.pod_gang(&p.uid), now);
+            }
         }
         for uid in gone {
             let fx = self.progress.forget_pod(&uid);
@@ -627,6 +641,7 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         self.run_due_retries().await;
         self.persist_state(now).await;
         self.metrics.safety(&self.engine.safety_state(now));
+        self.metrics.checkpoint_advice(&self.advice.advice(now));
         self.flush_status().await;
         self.health.beat();
     }
@@ -735,6 +750,11 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         let label = planned.action.label();
         let outcome = self.actuator.execute(&planned).await;
         self.metrics.action(label, outcome.label());
+        if let (Action::RestartGang { gang, .. }, ActionOutcome::Done | ActionOutcome::WouldDo { .. }) =
+            (&planned.action, &outcome)
+        {
+            self.advice.interrupted(gang, self.clock.now());
+        }
         // One structured line per action and outcome (docs/controller.md, "Logs").
         let s = Subjects::of(&planned.action, &self.engine);
         macro_rules! action_line {

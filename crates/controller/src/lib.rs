@@ -21,6 +21,7 @@
 //! The controller does not pick a k8s-openapi version feature; the binary does.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint_advice;
 pub mod cluster;
 pub mod controller;
 pub mod durable;

@@ -25,6 +25,8 @@
 //! | `devheal_controller_held_by_breaker` | gauge | remediation steps the breaker held since start |
 //! | `devheal_controller_held_versions` | gauge | driver/plugin versions whose nodes are held |
 //! | `devheal_controller_gang_restarts_last_hour` | gauge | gang restarts and member replacements in the cluster |
+//! | `devheal_controller_recommended_checkpoint_interval_seconds` | gauge | `namespace`, `gang` (`kind/name`): Daly's optimal interval for a gang that declares its checkpoint write time ([`crate::checkpoint_advice`]) |
+//! | `devheal_controller_gang_mean_time_to_interrupt_seconds` | gauge | `namespace`, `gang`: the observed mean time between its interruptions |
 //! | `devheal_controller_progress_breaker_open` | gauge | 1 while restarts caused by progress reports alone are held |
 //! | `devheal_controller_held_by_progress_breaker` | gauge | restarts the progress breaker held since start |
 //! | `devheal_upgrade_*` | | the rollout gate's: [`crate::upgrade::metrics`] |
@@ -81,6 +83,9 @@ pub struct Metrics {
     gang_restarts_last_hour: Gauge,
     progress_breaker_open: Gauge,
     held_by_progress_breaker: Gauge,
+    /// Per gang ([`crate::checkpoint_advice`]).
+    checkpoint_interval: Family<Vec<(String, String)>, Gauge>,
+    mean_time_to_interrupt: Family<Vec<(String, String)>, Gauge>,
     /// The rollout gate's ([`crate::upgrade::metrics`]).
     pub upgrade: crate::upgrade::UpgradeMetrics,
 }
@@ -125,6 +130,8 @@ impl Metrics {
             held_by_breaker: Gauge::default(),
             held_versions: Gauge::default(),
             gang_restarts_last_hour: Gauge::default(),
+            checkpoint_interval: Family::default(),
+            mean_time_to_interrupt: Family::default(),
             progress_breaker_open: Gauge::default(),
             held_by_progress_breaker: Gauge::default(),
             upgrade: crate::upgrade::UpgradeMetrics::default(),
@@ -236,6 +243,16 @@ impl Metrics {
             "controller_gang_restarts_last_hour",
             "Gang restarts and member replacements planned in the cluster in the last hour",
             m.gang_restarts_last_hour.clone(),
+        );
+        registry.register(
+            "controller_recommended_checkpoint_interval_seconds",
+            "Daly's optimal compute time between checkpoints for a gang that declares its checkpoint write time, from its interruptions in the window",
+            m.checkpoint_interval.clone(),
+        );
+        registry.register(
+            "controller_gang_mean_time_to_interrupt_seconds",
+            "Observed mean time between a gang's interruptions (gangs that declare a checkpoint write time)",
+            m.mean_time_to_interrupt.clone(),
         );
         registry.register(
             "controller_progress_breaker_open",
@@ -362,6 +379,20 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Every gang's checkpoint advice now (a gang without advice has no series).
+    pub fn checkpoint_advice(&self, advice: &[crate::checkpoint_advice::Advice]) {
+        self.checkpoint_interval.clear();
+        self.mean_time_to_interrupt.clear();
+        for a in advice {
+            let labels = vec![
+                ("namespace".to_string(), a.gang.namespace.clone()),
+                ("gang".to_string(), format!("{}/{}", a.gang.kind, a.gang.name)),
+            ];
+            self.checkpoint_interval.get_or_create(&labels).set(a.interval_s.round() as i64);
+            self.mean_time_to_interrupt.get_or_create(&labels).set(a.mean_time_to_interrupt_s.round() as i64);
+        }
     }
 
     pub fn safety(&self, s: &SafetyState) {

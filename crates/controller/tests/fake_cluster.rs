@@ -663,3 +663,44 @@ async fn a_reloaded_settings_file_applies_a_new_budget_and_a_bad_one_keeps_it() 
     assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&1), "the old settings stayed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A gang that declares its checkpoint write time gets Daly's interval for the interruptions the
+/// controller restarted it for, exported per gang; without two interruptions it gets none.
+#[tokio::test]
+async fn a_gang_that_declares_its_checkpoint_write_time_gets_dalys_interval() {
+    let (fake, clock) = gang_cluster();
+    fake.edit_pods(|p| {
+        p.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("devheal.io/checkpoint-write-seconds".into(), "60".into());
+    });
+    let mut h = Harness::start(&fake, &clock, AlwaysLeader, false);
+    h.pump().await;
+    let series = |h: &Harness<AlwaysLeader>, name: &str| -> Option<f64> {
+        let text = h.controller.metrics().encode();
+        let prefix = format!("{name}{{namespace=\"ml\",gang=\"jobset/llama\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok())
+    };
+    kill_gpu(&mut h, &fake, &clock).await;
+    clock.advance(Duration::from_secs(60));
+    h.tick().await;
+    assert_eq!(
+        series(&h, "devheal_controller_recommended_checkpoint_interval_seconds"),
+        None,
+        "one is no rate"
+    );
+
+    clock.advance(Duration::from_secs(2 * 3600));
+    fake.set_gpu_health("node-06", 2, Health::Unhealthy, 79, "GPU has fallen off the bus");
+    h.pump().await;
+    clock.advance(Duration::from_secs(60));
+    h.tick().await;
+    assert_eq!(fake.record().gang_restarts.get("ml/jobset/llama"), Some(&2), "{:?}", fake.record());
+    let mtti = series(&h, "devheal_controller_gang_mean_time_to_interrupt_seconds").expect("the gang's MTTI");
+    // Observed from the first pod seen (START) to the tick: 10 s + 60 s + 2 h + 60 s, over 2.
+    assert_eq!(mtti, ((10 + 60 + 7200 + 60) / 2) as f64);
+    let interval = series(&h, "devheal_controller_recommended_checkpoint_interval_seconds").expect("advice");
+    let expected = devheal_core::checkpoint::daly_optimal_interval(60.0, mtti).round();
+    assert_eq!(interval, expected, "Daly's optimum for δ = 60 s, M = {mtti} s");
+}

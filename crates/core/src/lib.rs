@@ -9,6 +9,7 @@
 pub mod action;
 pub mod attribution;
 pub mod catalog;
+pub mod checkpoint;
 pub mod device;
 pub mod engine;
 pub mod gang;

@@ -1,15 +1,8 @@
 //! Young's and Daly's checkpoint models (fault-model.md §4), used to validate the simulator
 //! analytically and to pick checkpoint intervals.
 
-/// Daly's higher-order optimum compute time between checkpoints, for dump time `delta` and mean
-/// time to interrupt `m` (same unit): `√(2δM)·[1 + ⅓√(δ/2M) + ⅑(δ/2M)] − δ` for `δ < 2M`, else `M`.
-pub fn daly_optimal_interval(delta: f64, m: f64) -> f64 {
-    if delta >= 2.0 * m {
-        return m;
-    }
-    let x = delta / (2.0 * m);
-    (2.0 * delta * m).sqrt() * (1.0 + x.sqrt() / 3.0 + x / 9.0) - delta
-}
+/// Daly's higher-order optimum (the controller's checkpoint advice uses the same function).
+pub use devheal_core::checkpoint::daly_optimal_interval;
 
 /// Young's first-order optimum `√(2δM)`.
 pub fn young_optimal_interval(delta: f64, m: f64) -> f64 {
