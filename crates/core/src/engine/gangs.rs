@@ -84,6 +84,13 @@ impl Engine {
     ) {
         self.progressing.remove(g);
         let (class, cause) = self.hang_blame(g);
+        let network = self.gang_network_fault(g).filter(|_| class != FailureClass::DeviceFailure);
+        let (class, cause, reason) = match &network {
+            // A member's node lost its network: the hang is the fault's, not progress alone.
+            Some((_, _, why)) => (FailureClass::Infrastructure, Cause::Fault, format!("{reason}; {why}")),
+            None => (class, cause, reason.to_string()),
+        };
+        let reason = reason.as_str();
         let incident = format!("hang/{g}/{}", since.as_nanos());
         if let Some(gs) = self.gangs.get_mut(g) {
             gs.last_progress = None;
