@@ -164,15 +164,18 @@ impl LinkTracker {
     }
 
     /// The port's link is `state` at `at` (a kernel line, or sysfs read now). A change older
-    /// than the port's last one (a replayed line) counts from the last change.
+    /// than the state the port is known to have (a line of this boot replayed at start, after
+    /// sysfs said how the link is now) is stale and changes nothing.
     pub fn change(&mut self, pci: &str, state: LinkState, at: Time) -> (LinkChange, Option<FaultChange>) {
         let config = self.config.clone();
         let Some(port) = self.ports.get_mut(pci) else { return (LinkChange::NotTracked, None) };
-        if port.state == Some(state) {
+        if port.state == Some(state) || (port.state.is_some() && at < port.changed_at) {
             return (LinkChange::Unchanged, None);
         }
         let previous = port.state.replace(state);
-        let at = at.max(port.changed_at);
+        if previous.is_none() {
+            port.changed_at = at;
+        }
         let lasted = at.since(port.changed_at);
         port.changed_at = at;
         match (previous, state) {
@@ -378,10 +381,20 @@ mod tests {
     }
 
     #[test]
-    fn a_replayed_older_line_counts_from_the_last_change() {
+    fn a_replayed_line_older_than_the_known_state_is_stale() {
         let mut links = tracker();
+        // sysfs says up at 100; the boot's replayed lines (down at 10, up at 12) change nothing.
         links.change(NIC, LinkState::Down, t(100));
-        // An "up" stamped before the down (out of order): a flap of no length, not a panic.
-        assert_eq!(links.change(NIC, LinkState::Up, t(50)).0, LinkChange::Up { flap: true });
+        links.change(NIC, LinkState::Up, t(101));
+        assert_eq!(links.change(NIC, LinkState::Down, t(10)).0, LinkChange::Unchanged);
+        assert_eq!(links.change(NIC, LinkState::Up, t(12)).0, LinkChange::Unchanged);
+        assert_eq!(links.ports().next().unwrap().1.flaps_total, 1, "only the live flap");
+        // A port whose state is not known yet takes the first line at its own time.
+        let mut fresh = LinkTracker::new(LinkConfig::default());
+        fresh.set_ports([(NIC.to_string(), NIC.to_string())], t(500));
+        fresh.change(NIC, LinkState::Up, t(5));
+        fresh.change(NIC, LinkState::Down, t(400));
+        assert_eq!(fresh.tick(t(500)).len(), 1, "down since 400, seen at 500");
+        assert_eq!(fresh.fault().map(|f| f.since), Some(t(400)));
     }
 }
