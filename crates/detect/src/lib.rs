@@ -37,6 +37,6 @@ pub use classify::{Classifier, DeviceFault, FaultKind};
 pub use correlate::{CorrelationConfig, Correlator, Observation};
 pub use kmsg::{KmsgError, KmsgEvent, KmsgReader, KmsgRecord, StartAt, parse_kmsg_record};
 pub use line::{LineError, LineFormat, LogLine, MAX_LINE_BYTES, Timestamp, parse_line, parse_text};
-pub use link::{FaultChange, LinkChange, LinkConfig, LinkState, LinkTracker, PortLink};
+pub use link::{FaultChange, LinkChange, LinkConfig, LinkConfigError, LinkState, LinkTracker, PortLink};
 pub use scan::{FaultLine, LogScanner, ScanStats};
 pub use topology::{Topology, TopologyError};

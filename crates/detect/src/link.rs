@@ -45,6 +45,38 @@ impl Default for LinkConfig {
     }
 }
 
+/// A [`LinkConfig`] that cannot work, naming the setting.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LinkConfigError {
+    #[error("the NIC link down-after time must be at least 1 s (got {0:.3} s)")]
+    DownAfter(f64),
+    #[error("the NIC flap window ({window:.0} s) must be at least the down-after time ({down_after:.0} s)")]
+    FlapWindow { window: f64, down_after: f64 },
+    #[error("the NIC stable-after time must be at least 1 s (got {0:.3} s)")]
+    StableAfter(f64),
+}
+
+impl LinkConfig {
+    /// Refuse settings that cannot work: a zero down-after would make every down a fault at
+    /// once, a flap window shorter than it would forget a flap before it could be one.
+    pub fn validate(&self) -> Result<(), LinkConfigError> {
+        let second = Duration::from_secs(1);
+        if self.down_after < second {
+            return Err(LinkConfigError::DownAfter(self.down_after.as_secs_f64()));
+        }
+        if self.flap_window < self.down_after {
+            return Err(LinkConfigError::FlapWindow {
+                window: self.flap_window.as_secs_f64(),
+                down_after: self.down_after.as_secs_f64(),
+            });
+        }
+        if self.stable_after < second {
+            return Err(LinkConfigError::StableAfter(self.stable_after.as_secs_f64()));
+        }
+        Ok(())
+    }
+}
+
 /// Whether a link is up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LinkState {
@@ -369,6 +401,17 @@ mod tests {
         links.change(NIC, LinkState::Down, t(0));
         assert!(links.tick(t(3600)).is_empty());
         assert_eq!(links.change("0000:09:00.0", LinkState::Down, t(1)).0, LinkChange::NotTracked);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_the_setting() {
+        assert_eq!(LinkConfig::default().validate(), Ok(()));
+        let zero = LinkConfig { down_after: Duration::ZERO, ..LinkConfig::default() };
+        assert!(zero.validate().unwrap_err().to_string().contains("down-after"));
+        let short = LinkConfig { flap_window: Duration::from_secs(5), ..LinkConfig::default() };
+        assert!(short.validate().unwrap_err().to_string().contains("flap window"));
+        let stable = LinkConfig { stable_after: Duration::ZERO, ..LinkConfig::default() };
+        assert!(stable.validate().unwrap_err().to_string().contains("stable-after"));
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub struct NicLinkStatus {
     #[schemars(length(max = 8), inner(length(min = 1, max = 64)))]
     pub names: Vec<String>,
     pub link: NicLinkState,
-    /// Flaps (down, then up within the flap window) since the agent started.
+    /// Flaps (down, then up again before the down counted as a fault) since the agent started.
     #[serde(default, serialize_with = "int64::value")]
     pub flaps: u64,
     /// The network fault, when the link is at fault: what it did.
