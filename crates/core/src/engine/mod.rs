@@ -391,6 +391,7 @@ impl Engine {
         self.tick_breaker(now, out);
         self.end_probations(now, out);
         self.retry_held(now, out);
+        self.retry_network_cordons(now, out);
         self.retry_deferred_restarts(now, out);
         self.tick_gangs(now, out);
         self.prune(now);

@@ -31,11 +31,12 @@ impl Engine {
         now: Time,
         out: &mut Vec<PlannedAction>,
     ) {
-        let Some(ns) = self.nodes.get_mut(node) else {
-            // A node the engine does not know: its NodeUpsert comes first, and the agent reports
-            // the fault again with every report.
+        if fault.is_none() && !self.nodes.contains_key(node) {
             return;
-        };
+        }
+        // A node not seen yet (its NodeDeviceHealth came before its Node): the fault is kept,
+        // as the controller sends it only when it changes.
+        let ns = self.nodes.entry(node.to_string()).or_default();
         match fault {
             Some(fault) => {
                 let new_episode = ns.network.as_ref().is_none_or(|old| old.since != fault.since);
@@ -48,11 +49,36 @@ impl Engine {
             None => {
                 // A cordon restored from an earlier engine ([`super::durable`]) has no fault
                 // with it: the first report without one lifts it too.
-                if ns.network.take().is_none() && !ns.network_cordon {
+                let ended = ns.network.take();
+                if ended.is_none() && !ns.network_cordon {
                     return;
                 }
                 self.network_faulted.remove(node);
-                self.network_cleared(node, now, out);
+                self.network_cleared(node, ended.as_ref(), now, out);
+            }
+        }
+    }
+
+    /// Level-triggered, each Tick: a node still at fault that is not cordoned (the breaker or a
+    /// version hold held it, or the budget was full when the fault began) is cordoned once
+    /// nothing holds it. Looks only at the nodes at fault now (few).
+    pub(super) fn retry_network_cordons(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
+        let waiting: Vec<(String, NetworkFault)> = self
+            .network_faulted
+            .iter()
+            .filter_map(|n| {
+                let ns = self.nodes.get(n)?;
+                (!ns.cordoned).then(|| ns.network.clone().map(|f| (n.clone(), f))).flatten()
+            })
+            .collect();
+        for (node, fault) in waiting {
+            if self.node_held(&node).is_some() {
+                continue;
+            }
+            let incident = Self::network_incident(&node, &fault);
+            self.cordon(&node, &incident, &format!("network fault: {}", fault.reason), now, out);
+            if let Some(ns) = self.nodes.get_mut(&node) {
+                ns.network_cordon = ns.cordoned;
             }
         }
     }
@@ -95,7 +121,14 @@ impl Engine {
         }
     }
 
-    fn network_cleared(&mut self, node: &str, now: Time, out: &mut Vec<PlannedAction>) {
+    /// The fault `ended` (none known: a cordon restored from an earlier engine) is over.
+    fn network_cleared(
+        &mut self,
+        node: &str,
+        ended: Option<&NetworkFault>,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
         let Some(ns) = self.nodes.get_mut(node) else { return };
         if !(ns.cordoned && ns.network_cordon) {
             return;
@@ -107,7 +140,12 @@ impl Engine {
         self.node_probation.remove(node);
         self.durable_changes += 1;
         self.unquarantine_node(node);
-        let key = format!("uncordon/{node}/{}", now.as_nanos());
+        // One uncordon per episode: two episodes may end at one instant, and the key must not
+        // make the second uncordon a replay of the first.
+        let key = match ended {
+            Some(fault) => format!("uncordon/{}", Self::network_incident(node, fault)),
+            None => format!("uncordon/{node}/network-restored/{}", now.as_nanos()),
+        };
         let action = Action::UncordonNode {
             node: node.to_string(),
             reason: "network fault cleared: its links are up and stable".into(),
@@ -261,6 +299,18 @@ mod tests {
     }
 
     #[test]
+    fn two_episodes_ending_at_one_instant_are_two_uncordons() {
+        let mut e = engine_with(20);
+        e.handle(link_down("node-0", 1), t(1));
+        let first = e.handle(cleared("node-0"), t(2));
+        let again = e.handle(link_down("node-0", 2), t(2));
+        let second = e.handle(cleared("node-0"), t(2));
+        let uncordons = |acts: &[PlannedAction]| count(acts, |a| matches!(a, Action::UncordonNode { .. }));
+        assert_eq!(count(&again, |a| matches!(a, Action::CordonNode { .. })), 1);
+        assert_eq!((uncordons(&first), uncordons(&second)), (1, 1), "{second:#?}");
+    }
+
+    #[test]
     fn a_host_cordon_is_not_lifted_by_the_network_clearing() {
         let mut e = engine_with(20);
         e.handle(link_down("node-0", 2), t(3));
@@ -275,15 +325,37 @@ mod tests {
     }
 
     #[test]
-    fn a_network_cordon_respects_the_quarantine_budget() {
+    fn a_network_cordon_respects_the_quarantine_budget_and_waits_for_room() {
         let mut e = engine_with(4);
         let mut cordoned = 0;
+        let mut refused = 0;
         for n in 0..4 {
             let acts = e.handle(link_down(&format!("node-{n}"), 2), t(32));
             cordoned += count(&acts, |a| matches!(a, Action::CordonNode { .. }));
+            refused += reports(&acts, "QuarantineBudgetExhausted").len();
         }
-        assert!(cordoned <= e.safety_state(t(32)).quarantine_node_limit, "{cordoned}");
-        assert!(cordoned >= 1);
+        let limit = e.safety_state(t(32)).quarantine_node_limit;
+        assert_eq!(cordoned, limit);
+        assert_eq!(refused, 4 - limit);
+        assert!(e.handle(Input::Tick, t(40)).is_empty(), "no room yet, and no repeated report");
+        // node-0's link comes back: its cordon goes, and a waiting node gets the room.
+        let acts = e.handle(cleared("node-0"), t(900));
+        assert_eq!(count(&acts, |a| matches!(a, Action::UncordonNode { .. })), 1, "{acts:#?}");
+        let acts = e.handle(Input::Tick, t(905));
+        assert_eq!(count(&acts, |a| matches!(a, Action::CordonNode { .. })), 1, "{acts:#?}");
+    }
+
+    #[test]
+    fn a_fault_reported_before_the_node_is_known_is_kept() {
+        let mut e = Engine::default();
+        assert!(
+            e.handle(link_down("node-9", 2), t(32))
+                .iter()
+                .all(|a| !matches!(a.action, Action::QuarantineDevice { .. } | Action::RequestRepair { .. }))
+        );
+        e.handle(node_info("node-9", "b1"), t(33));
+        let acts = e.handle(cleared("node-9"), t(900));
+        assert_eq!(count(&acts, |a| matches!(a, Action::UncordonNode { .. })), 1, "{acts:#?}");
     }
 
     #[test]
