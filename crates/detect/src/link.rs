@@ -111,6 +111,12 @@ pub struct PortLink {
     pub changed_at: Time,
     /// The port was up at some time in this boot (a port never up is not in use).
     pub seen_up: bool,
+    /// The state is the first one known and no change has followed: lines older than it (the
+    /// boot's log replayed at start) may still say since when it holds and that it was up.
+    first_known: bool,
+    /// When the state was last learned (a change, or the read at start): a line older than
+    /// this is stale. `changed_at` may lie before it (a link down since before the start).
+    known_at: Time,
     /// Flaps within the flap window (bounded to `max_flaps + 1`).
     flaps: VecDeque<Time>,
     /// Flaps since the agent started.
@@ -179,6 +185,8 @@ impl LinkTracker {
                 state: None,
                 changed_at: now,
                 seen_up: false,
+                first_known: false,
+                known_at: now,
                 flaps: VecDeque::new(),
                 flaps_total: 0,
                 fault: None,
@@ -201,10 +209,26 @@ impl LinkTracker {
     pub fn change(&mut self, pci: &str, state: LinkState, at: Time) -> (LinkChange, Option<FaultChange>) {
         let config = self.config.clone();
         let Some(port) = self.ports.get_mut(pci) else { return (LinkChange::NotTracked, None) };
-        if port.state == Some(state) || (port.state.is_some() && at < port.changed_at) {
+        if port.state.is_some() && at < port.known_at {
+            // Older than the state known now: it changes nothing, except that a port whose
+            // state is only the one read at start learns from the boot's log that it was up,
+            // and since when a link that is down now has been down (an agent restarted while a
+            // link is dead finds the fault again, from when it began).
+            if port.first_known {
+                match state {
+                    LinkState::Up => port.seen_up = true,
+                    LinkState::Down if port.state == Some(LinkState::Down) => port.changed_at = at,
+                    LinkState::Down => {}
+                }
+            }
+            return (LinkChange::Unchanged, None);
+        }
+        if port.state == Some(state) {
             return (LinkChange::Unchanged, None);
         }
         let previous = port.state.replace(state);
+        port.first_known = previous.is_none();
+        port.known_at = at;
         if previous.is_none() {
             port.changed_at = at;
         }
@@ -401,6 +425,27 @@ mod tests {
         links.change(NIC, LinkState::Down, t(0));
         assert!(links.tick(t(3600)).is_empty());
         assert_eq!(links.change("0000:09:00.0", LinkState::Down, t(1)).0, LinkChange::NotTracked);
+    }
+
+    #[test]
+    fn an_agent_restarted_while_a_link_is_dead_finds_the_fault_from_when_it_began() {
+        let mut links = LinkTracker::new(LinkConfig::default());
+        links.set_ports([(NIC.to_string(), NIC.to_string())], t(1000));
+        // sysfs at start: down. Then the boot's log, replayed: up at 5, down at 100, up at 150,
+        // down at 200.
+        links.change(NIC, LinkState::Down, t(1000));
+        for (state, at) in
+            [(LinkState::Up, 5), (LinkState::Down, 100), (LinkState::Up, 150), (LinkState::Down, 200)]
+        {
+            assert_eq!(links.change(NIC, state, t(at)).0, LinkChange::Unchanged);
+        }
+        assert_eq!(links.tick(t(1001)).len(), 1);
+        assert_eq!(links.fault().map(|f| f.since), Some(t(200)));
+        // Once a live change followed, old lines teach nothing.
+        links.change(NIC, LinkState::Up, t(1100));
+        links.change(NIC, LinkState::Down, t(1200));
+        links.change(NIC, LinkState::Down, t(300));
+        assert_eq!(links.ports().next().unwrap().1.changed_at, t(1200));
     }
 
     #[test]
