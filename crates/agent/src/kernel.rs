@@ -9,6 +9,8 @@
 //! ([`crate::pci_topology`]), a fault on a bridge or switch port and the faults of the devices
 //! below it are one incident whose root cause is the port, and that incident is evidence about
 //! every tracked device below the port (an NVSwitch's: about every GPU it links).
+//! NIC link lines are never evidence about a device: they go to the loop as
+//! [`Mapped::Link`], for the NIC link tracker ([`devheal_detect::LinkTracker`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use devheal_core::{Attribution, Duration, Health, HealthSource, Time};
 use devheal_detect::{
-    Catalog, Classifier, CorrelationConfig, Correlator, DeviceFault, KmsgError, KmsgEvent, KmsgReader,
-    StartAt, Topology,
+    Catalog, Classifier, CorrelationConfig, Correlator, DeviceFault, FaultKind, KmsgError, KmsgEvent,
+    KmsgReader, LinkState, StartAt, Topology,
 };
 use tokio::sync::mpsc;
 
@@ -153,6 +155,8 @@ pub enum Mapped {
     Ignored,
     /// A device fault that names no PCI address.
     NoAddress,
+    /// A NIC's link went down or came up: the port by its PCI address, its interface, or both.
+    Link { pci_address: Option<String>, interface: Option<String>, state: LinkState, at: Time },
 }
 
 impl KernelPipeline {
@@ -208,6 +212,17 @@ impl KernelPipeline {
 
     /// Correlate one fault and say which device it is evidence about.
     pub fn fault(&mut self, fault: &DeviceFault, at: Time) -> Mapped {
+        if fault.kind == FaultKind::NicLink {
+            // A network link, never a device's fault: the loop's link tracker tells a flap from
+            // a dead link.
+            let state = if fault.variant == "up" { LinkState::Up } else { LinkState::Down };
+            return Mapped::Link {
+                pci_address: fault.device.clone(),
+                interface: fault.interface.clone(),
+                state,
+                at,
+            };
+        }
         let observation = self.correlator.observe(&self.node, self.boot_id.as_deref(), at, fault);
         let incident = observation.incident;
         if observation.folded_into_other
@@ -401,6 +416,28 @@ mod tests {
         assert_eq!(at, Time::from_secs(1001));
         assert!(p.line("usb 1-1: new high-speed USB device", Time::from_secs(1002)).is_none());
         assert_eq!(p.wall_time(Duration::from_secs(5)), Time::from_secs(1005));
+    }
+
+    #[test]
+    fn nic_link_lines_go_to_the_link_tracker_never_to_a_device() {
+        let mut p = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
+        let down = p.line("mlx5_core 0000:08:00.0 ens1np0: Link down", Time::from_secs(1001));
+        assert_eq!(
+            down,
+            Some(Mapped::Link {
+                pci_address: Some("0000:08:00.0".into()),
+                interface: Some("ens1np0".into()),
+                state: LinkState::Down,
+                at: Time::from_secs(1001),
+            })
+        );
+        let up = p.line("e1000e: eth0 NIC Link is Up 1000 Mbps Full Duplex", Time::from_secs(1002));
+        assert!(
+            matches!(up, Some(Mapped::Link { pci_address: None, state: LinkState::Up, ref interface, .. })
+                if interface.as_deref() == Some("eth0")),
+            "{up:?}"
+        );
+        assert!(!p.has_held(), "nothing waits for a device at a NIC's address");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod kernel;
 pub mod kubelet_devices;
 pub mod metrics;
+pub mod nic;
 pub mod nvml;
 pub mod nvml_evidence;
 pub mod nvml_trends;

@@ -8,6 +8,10 @@
 //! | `devheal_agent_kmsg_faults_total` | counter | | records that are device faults |
 //! | `devheal_agent_kmsg_lost_total` | counter | | records overwritten before they were read |
 //! | `devheal_agent_kmsg_unmapped_faults_total` | counter | | device faults on no known device |
+//! | `devheal_agent_nic_link_changes_total` | counter | `state` | NIC link changes (`up`, `down`) on this node's followed NICs |
+//! | `devheal_agent_nic_link_flaps_total` | counter | | NIC links back up within the flap window (recorded, no action) |
+//! | `devheal_agent_nic_links_at_fault` | gauge | | NIC links at fault now (down too long, or flapping too often) |
+//! | `devheal_agent_nic_lines_not_followed_total` | counter | | NIC link lines naming no followed NIC of this node |
 //! | `devheal_agent_pod_resources_calls_total` | counter | | calls to the kubelet's PodResources API |
 //! | `devheal_agent_publishes_total` | counter | `kind` | successful writes (`status`, `condition`, `event`) |
 //! | `devheal_agent_publish_failures_total` | counter | `kind` | failed writes |
@@ -34,6 +38,11 @@ pub struct HealthLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +86,10 @@ pub struct AgentMetrics {
     pub kmsg_faults: Counter,
     pub kmsg_lost: Counter,
     pub kmsg_unmapped: Counter,
+    pub nic_link_changes: Family<StateLabel, Counter>,
+    pub nic_link_flaps: Counter,
+    pub nic_links_at_fault: Gauge,
+    pub nic_lines_not_followed: Counter,
     pub pod_resources_calls: Counter,
     pub publishes: Family<KindLabel, Counter>,
     pub publish_failures: Family<KindLabel, Counter>,
@@ -122,6 +135,30 @@ impl AgentMetrics {
             "kmsg_unmapped_faults",
             "Device faults in the kernel log on no device this node knows",
             kmsg_unmapped.clone(),
+        );
+        let nic_link_changes = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "nic_link_changes",
+            "NIC link changes (up, down) on the NICs of this node the agent follows",
+            nic_link_changes.clone(),
+        );
+        let nic_link_flaps = Counter::default();
+        registry.register(
+            "nic_link_flaps",
+            "NIC links that came back up within the flap window (recorded, no action)",
+            nic_link_flaps.clone(),
+        );
+        let nic_links_at_fault = Gauge::default();
+        registry.register(
+            "nic_links_at_fault",
+            "NIC links at fault now (down for longer than a flap, or flapping too often)",
+            nic_links_at_fault.clone(),
+        );
+        let nic_lines_not_followed = Counter::default();
+        registry.register(
+            "nic_lines_not_followed",
+            "NIC link lines in the kernel log that name no followed NIC of this node",
+            nic_lines_not_followed.clone(),
         );
         let pod_resources_calls = Counter::default();
         registry.register(
@@ -181,6 +218,10 @@ impl AgentMetrics {
             kmsg_faults,
             kmsg_lost,
             kmsg_unmapped,
+            nic_link_changes,
+            nic_link_flaps,
+            nic_links_at_fault,
+            nic_lines_not_followed,
             pod_resources_calls,
             publishes,
             publish_failures,

@@ -32,6 +32,9 @@ pub struct SourcePaths {
     /// sysfs' PCI devices (`/sys/bus/pci/devices`): the PCIe paths and NVSwitches
     /// ([`crate::pci_topology`]).
     pub pci_devices_dir: PathBuf,
+    /// sysfs' device classes (`/sys/class`): the node's NICs, `net/` and `infiniband/`
+    /// ([`crate::nic`]).
+    pub sys_class_dir: PathBuf,
 }
 
 impl Default for SourcePaths {
@@ -43,6 +46,7 @@ impl Default for SourcePaths {
             nvml_library: None,
             boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
             pci_devices_dir: "/sys/bus/pci/devices".into(),
+            sys_class_dir: "/sys/class".into(),
         }
     }
 }
@@ -255,7 +259,8 @@ fn replay_kernel_log(
                         }
                     }
                     Mapped::NoAddress => unmapped += 1,
-                    Mapped::Ignored => {}
+                    // NIC links are followed over time by the running agent, not in one read.
+                    Mapped::Link { .. } | Mapped::Ignored => {}
                 }
             }
             Ok(KmsgEvent::Lost { count }) => lost += count,

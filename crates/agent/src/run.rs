@@ -42,7 +42,7 @@ use crate::http::{ProgressControl, ProgressRefusal, ProgressRequest};
 use crate::identity::{NodeIdentity, SliceRead};
 use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
 use crate::kubelet_devices::{KubeletDevices, KubeletView, NodeCounts, per_device};
-use crate::metrics::{AgentMetrics, DeviceLabels, HealthLabel, MAX_DEVICE_SERIES, SourceLabel};
+use crate::metrics::{AgentMetrics, DeviceLabels, HealthLabel, MAX_DEVICE_SERIES, SourceLabel, StateLabel};
 use crate::once::SourcePaths;
 use crate::progress::{PodRef, ProgressBook, ProgressConfig, ProgressError};
 use crate::publish::{
@@ -58,6 +58,7 @@ use crate::sources::{
 };
 
 mod handle;
+mod links;
 mod report;
 
 use report::read_last_report;
@@ -96,6 +97,10 @@ pub struct AgentConfig {
     pub pod_resources_min_interval: StdDuration,
     /// How often NVML is sampled.
     pub nvml_interval: StdDuration,
+    /// When a NIC link change is a flap and when a network fault ([`devheal_detect::LinkConfig`]).
+    pub links: devheal_detect::LinkConfig,
+    /// How often the NICs and their link state are read from sysfs.
+    pub nic_interval: StdDuration,
     /// How long one kubelet or plugin call may take.
     pub source_timeout: StdDuration,
     /// Workload progress: windows, hang timeout, scrape interval.
@@ -144,6 +149,8 @@ impl AgentConfig {
             pod_resources_interval: StdDuration::from_secs(10),
             pod_resources_min_interval: StdDuration::from_secs(1),
             nvml_interval: StdDuration::from_secs(10),
+            links: devheal_detect::LinkConfig::default(),
+            nic_interval: StdDuration::from_secs(10),
             source_timeout: StdDuration::from_secs(5),
             progress: ProgressConfig::default(),
             scrape_targets: None,
@@ -361,7 +368,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
             identity.add_device_at(&d.id, pci);
         }
     }
-    let state = LoopState {
+    let mut state = LoopState {
         node: config.node.clone(),
         boot_id: boot_id.clone(),
         tracker,
@@ -381,12 +388,20 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         inventory_ids: BTreeSet::new(),
         pci_devices_dir: config.paths.pci_devices_dir.clone(),
         topology_for: BTreeSet::new(),
+        sys_class_dir: config.paths.sys_class_dir.clone(),
+        nics: crate::nic::NicInventory::default(),
+        links: devheal_detect::LinkTracker::new(config.links.clone()),
+        nic_interval: config.nic_interval,
+        nics_read: None,
         ready: false,
         started: tokio::time::Instant::now(),
         progress,
         bound: BTreeSet::new(),
         bound_tx,
     };
+    // The NICs before the kernel log's replay reaches the loop, so that its lines find them
+    // (and lines older than the state sysfs reads now are stale).
+    state.refresh_nics(wall_now());
     drop(progress_tx);
     tasks.push(tokio::spawn(event_loop(state, events_rx, publication_tx, transition_tx, shutdown.clone())));
 
@@ -473,6 +488,13 @@ struct LoopState {
     /// was last read for ([`crate::pci_topology`]).
     pci_devices_dir: std::path::PathBuf,
     topology_for: BTreeSet<String>,
+    /// sysfs' device classes, the NICs last read there, their links, how often they are read
+    /// and when they were last ([`links`]).
+    sys_class_dir: std::path::PathBuf,
+    nics: crate::nic::NicInventory,
+    links: devheal_detect::LinkTracker,
+    nic_interval: StdDuration,
+    nics_read: Option<tokio::time::Instant>,
     /// Devices kept from the last report (restore.rs): listed while no source lists them and
     /// the tracker does not call them Healthy.
     kept: crate::restore::Kept,
@@ -522,6 +544,7 @@ async fn event_loop(
                 let now = wall_now();
                 state.tracker.tick(now);
                 state.progress.tick(now);
+                state.tick_links(now);
                 state.metrics.mark_loop_alive(now.as_nanos() / 1_000_000_000);
             }
             _ = shutdown.changed() => break,

@@ -266,6 +266,7 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
         devices,
         sources: input.sources,
         workloads: Vec::new(),
+        network: Vec::new(),
     });
     object
 }
@@ -290,6 +291,13 @@ pub fn within_schema(status: &mut NodeDeviceHealthStatus) {
     for s in &mut status.sources {
         if let Some(message) = s.message.as_mut() {
             truncate_chars(message, 1024);
+        }
+    }
+    status.network.truncate(64);
+    for n in &mut status.network {
+        n.names.truncate(8);
+        if let Some(fault) = n.fault.as_mut() {
+            truncate_chars(fault, 1024);
         }
     }
     status.workloads.truncate(256);

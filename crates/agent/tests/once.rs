@@ -60,6 +60,7 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
         nvml_library: Some(dir.path().join("no-libnvidia-ml.so.1")),
         boot_id_file: boot_id,
         pci_devices_dir: dir.path().join("no-sysfs"),
+        sys_class_dir: dir.path().join("no-sysfs-class"),
     };
     // An operator's catalog (`--catalog`): the kernel log is classified with it, and says so.
     let catalog = Catalog::from_yaml_str(
@@ -124,6 +125,7 @@ async fn a_node_with_nothing_still_gets_an_answer() {
         nvml_library: Some(missing("libnvidia-ml.so.1")),
         boot_id_file: missing("boot_id"),
         pci_devices_dir: missing("sys-bus-pci-devices"),
+        sys_class_dir: missing("sys-class"),
     };
     let object =
         collect_once("bare", &paths, &Catalog::builtin(), Duration::from_secs(1), Time::from_secs(0)).await;

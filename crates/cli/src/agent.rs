@@ -52,6 +52,22 @@ pub struct AgentArgs {
     /// NVIDIA, AMD and Intel plugins' and NVIDIA's DRA driver's labels, docs/agent.md).
     #[arg(long = "device-plugin-selector", value_name = "SELECTOR")]
     device_plugin_selectors: Vec<devheal_agent::stack::Selector>,
+    /// sysfs' device classes: the node's NICs (`net/`, `infiniband/`), whose link lines in the
+    /// kernel log and link state the agent follows (docs/agent.md, "NIC links").
+    #[arg(long, default_value = "/sys/class")]
+    sys_class_dir: PathBuf,
+    /// A NIC link down for this long is a network fault; one back up sooner was a flap.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    nic_down_after: Duration,
+    /// NIC link flaps are counted within this window.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    nic_flap_window: Duration,
+    /// More NIC link flaps than this within the flap window is a network fault.
+    #[arg(long, default_value_t = 1)]
+    nic_max_flaps: u32,
+    /// A NIC link at fault is clear again once up and unchanged for this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    nic_stable_after: Duration,
     /// libnvidia-ml.so.1, when it is not on the loader's path (e.g. a driver mounted elsewhere).
     #[arg(long)]
     nvml_library: Option<PathBuf>,
@@ -160,6 +176,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         device_plugin_dir: args.device_plugin_dir.clone(),
         nvml_library: args.nvml_library.clone(),
         pci_devices_dir: args.pci_devices_dir.clone(),
+        sys_class_dir: args.sys_class_dir.clone(),
         ..SourcePaths::default()
     };
     let catalog = match &args.catalog {
@@ -208,6 +225,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.progress.max_pause = core_duration(args.max_pause);
     config.progress.scrape_every = core_duration(args.scrape_every);
     config.progress.validate()?;
+    config.links = devheal_detect::LinkConfig {
+        down_after: core_duration(args.nic_down_after),
+        flap_window: core_duration(args.nic_flap_window),
+        max_flaps: args.nic_max_flaps,
+        stable_after: core_duration(args.nic_stable_after),
+    };
+    config.links.validate()?;
     config.progress_auth = match args.progress_auth {
         ProgressAuthArg::Pod => {
             if args.no_kube {

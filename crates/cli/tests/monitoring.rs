@@ -324,7 +324,7 @@ fn controller_exposition() -> String {
 
 /// The agent's exposition once every family holds a series.
 fn agent_exposition() -> String {
-    use devheal_agent::metrics::{AgentMetrics, DeviceLabels, HealthLabel, SourceLabel};
+    use devheal_agent::metrics::{AgentMetrics, DeviceLabels, HealthLabel, SourceLabel, StateLabel};
     let m = AgentMetrics::new();
     let gpu = DeviceLabels {
         UUID: "GPU-1".into(),
@@ -342,6 +342,7 @@ fn agent_exposition() -> String {
     m.progress_report(202);
     m.progress_steps(1, 1);
     m.scraped(true);
+    m.nic_link_changes.get_or_create(&StateLabel { state: "down" }).inc();
     m.render()
 }
 

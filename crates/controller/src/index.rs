@@ -14,6 +14,11 @@
 //!   reasons, and the pods the agent binds to each device;
 //! - the FailurePolicies, converted.
 //!
+//! NodeDeviceHealth's `status.network` (the node's NICs and their links) becomes the node's
+//! network fault ([`network_fault`]), sent to the engine as `Input::NodeNetwork` when it changes:
+//! a fault when a link is at fault, `None` when none is (which lifts a network cordon). A
+//! deleted NodeDeviceHealth sends nothing: with no agent, nothing is known of the links.
+//!
 //! NodeDeviceHealth also carries the progress of the node's pods (`status.workloads`): the
 //! index hands it on ([`IndexUpdate::progress`], with each pod's uid filled in) for the
 //! controller's [`crate::progress::ProgressMonitor`], and merges what that monitor finds about
@@ -159,6 +164,8 @@ struct HealthEntry {
     /// counts nodes by them, over the Node's labels, so that the version `kubectl devheal
     /// status` lists is the one a hold names.
     versions: StackVersions,
+    /// The network fault the node's agent last reported (`status.network`), as the engine got it.
+    network: Option<devheal_core::NetworkFault>,
 }
 
 /// The device stack's versions as a node's agent reports them in its NodeDeviceHealth's sources.

@@ -57,3 +57,19 @@ pub struct KernelIncident {
     pub count: u64,
     pub summary: String,
 }
+
+/// A node's network at fault, as its agent judges it from the link state of its own NICs
+/// (`docs/agent.md`): a link that went down and stayed down, or one that flapped too often.
+/// A brief flap is not a fault and never reaches the engine. A network fault is never grounds
+/// to quarantine a device or to ask for a node repair: the node's GPUs are fine, it is cordoned
+/// so that a gang hung on the dead link is restarted away from it, and uncordoned when its
+/// agent no longer reports the fault (the link up and stable).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkFault {
+    /// The NIC ports at fault (`interface (PCI address)`), sorted.
+    pub links: Vec<String>,
+    /// When the fault began (the earliest among the links): one episode per value.
+    pub since: Time,
+    /// One human sentence: what the links did.
+    pub reason: String,
+}

@@ -30,7 +30,7 @@ pub use engine::{
 };
 pub use gang::gang_of;
 pub use identity::{DeviceId, DraDevice, canonical_key, dra_device, parse_device_id};
-pub use incident::{Attribution, KernelIncident};
+pub use incident::{Attribution, KernelIncident, NetworkFault};
 pub use pod::ResourceHealth;
 pub use pod::{
     ContainerInfo, ContainerState, FailureClass, GangId, NodeInfo, PodCondition, PodInfo, PodPhase,

@@ -1,14 +1,15 @@
 //! Property tests of the engine over arbitrary input sequences on a small cluster with tight
 //! budgets: budgets are never exceeded, a gang restarts at most once per incident, `Unknown`
-//! health and stale input never cause an action, and the same inputs give the same actions.
+//! health and stale input never cause an action, a network fault never quarantines a device,
+//! evicts a pod or requests a repair, and the same inputs give the same actions.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use devheal_core::policy::SafetySettings;
 use devheal_core::{
     Action, Attribution, ContainerInfo, ContainerState, Device, DeviceKey, Duration, Engine, EngineConfig,
-    Health, HealthReason, HealthSource, Input, KernelIncident, NodeInfo, PlannedAction, PodInfo, PodPhase,
-    RepairKind, Time, Vendor,
+    Health, HealthReason, HealthSource, Input, KernelIncident, NetworkFault, NodeInfo, PlannedAction,
+    PodInfo, PodPhase, RepairKind, Time, Vendor,
 };
 use proptest::prelude::*;
 
@@ -20,11 +21,17 @@ const PODS: usize = 10;
 enum Op {
     Advance(u16),
     Health(usize, u8),
-    Incident { device: usize, attribution: u8, stale: bool },
+    Incident {
+        device: usize,
+        attribution: u8,
+        stale: bool,
+    },
     PodFails(usize, i32),
     PodReplaced(usize),
     Progress(usize),
     Reboot(usize),
+    /// The node's agent reports its network at fault (true) or not.
+    Network(usize, bool),
     Tick,
 }
 
@@ -39,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..PODS).prop_map(Op::PodReplaced),
         (0..PODS).prop_map(Op::Progress),
         (0..NODES).prop_map(Op::Reboot),
+        (0..NODES, any::<bool>()).prop_map(|(n, down)| Op::Network(n, down)),
         Just(Op::Tick),
     ]
 }
@@ -99,6 +107,8 @@ fn pod(p: usize, generation: u32, now: Time, phase: PodPhase, exit: Option<i32>)
 struct Run {
     /// (time, the input was Unknown health or stale, actions)
     steps: Vec<(Time, bool, Vec<PlannedAction>)>,
+    /// Indices into `steps` of the network reports.
+    network_steps: Vec<usize>,
 }
 
 fn run(ops: &[Op]) -> Run {
@@ -123,6 +133,8 @@ fn run(ops: &[Op]) -> Run {
         engine.handle(Input::PodUpsert(pod(p, 0, now, PodPhase::Running, None)), now);
     }
     let mut incident_seq = 0u32;
+    let mut network_since: [Option<Time>; NODES] = [None; NODES];
+    let mut network_steps = Vec::new();
     for op in ops {
         let mut ignorable = false;
         let input = match op {
@@ -192,12 +204,24 @@ fn run(ops: &[Op]) -> Run {
                     ..NodeInfo::default()
                 })
             }
+            Op::Network(n, down) => {
+                network_since[*n] = if *down { Some(network_since[*n].unwrap_or(now)) } else { None };
+                network_steps.push(steps.len());
+                Input::NodeNetwork {
+                    node: format!("n{n}"),
+                    fault: network_since[*n].map(|since| NetworkFault {
+                        links: vec!["ib0 (0000:08:00.0)".into()],
+                        since,
+                        reason: "link down".into(),
+                    }),
+                }
+            }
             Op::Tick => Input::Tick,
         };
         let actions = engine.handle(input, now);
         steps.push((now, ignorable, actions));
     }
-    Run { steps }
+    Run { steps, network_steps }
 }
 
 fn node_limit() -> usize {
@@ -268,6 +292,21 @@ proptest! {
         for (now, ignorable, actions) in &r.steps {
             if *ignorable {
                 prop_assert!(actions.is_empty(), "at {now:?}: {actions:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_network_fault_never_quarantines_evicts_or_requests_a_repair(ops in prop::collection::vec(op(), 1..80)) {
+        let r = run(&ops);
+        for i in &r.network_steps {
+            let (now, _, actions) = &r.steps[*i];
+            for a in actions {
+                let device_action = matches!(
+                    a.action,
+                    Action::QuarantineDevice { .. } | Action::EvictPod { .. } | Action::RequestRepair { .. }
+                );
+                prop_assert!(!device_action, "at {now:?}: {:?}", a.action);
             }
         }
     }

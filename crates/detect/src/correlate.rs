@@ -168,7 +168,7 @@ impl Correlator {
 
         let key = IncidentKey {
             kind: fault.kind,
-            device: fault.device.clone(),
+            device: port_of(fault),
             code: fault.code,
             variant: fault.variant,
         };
@@ -284,17 +284,13 @@ fn root_cause_target(
     config: &CorrelationConfig,
     topology: &Topology,
 ) -> Option<IncidentKey> {
-    let device = fault.device.as_deref()?;
     if fault.kind == FaultKind::NicLink {
-        let key = IncidentKey {
-            kind: FaultKind::NicLink,
-            device: Some(device.to_string()),
-            code: None,
-            variant: "down",
-        };
+        let key =
+            IncidentKey { kind: FaultKind::NicLink, device: port_of(fault), code: None, variant: "down" };
         let open = state.open.get(&key)?;
         return within(open.last_seen, at, config.repeat_window).then_some(key);
     }
+    let device = fault.device.as_deref()?;
     if fault.attribution == Attribution::Application {
         return None;
     }
@@ -328,6 +324,15 @@ fn root_cause_target(
         })
         .max_by_key(|(key, incident)| (incident.first_seen, key.kind, key.code, key.variant))
         .map(|(key, _)| key.clone())
+}
+
+/// What an incident of this fault is keyed by: its device, or for a NIC line that names only
+/// its interface, the interface (two interfaces' links are two incidents).
+fn port_of(fault: &DeviceFault) -> Option<String> {
+    match (&fault.device, fault.kind) {
+        (None, FaultKind::NicLink) => fault.interface.as_ref().map(|name| format!("interface {name}")),
+        (device, _) => device.clone(),
+    }
 }
 
 /// A NIC port whose link changed [`FLAP_CHANGES`] times within the repeat window is flapping.
@@ -488,6 +493,25 @@ mod tests {
         assert_eq!(once.observe("n1", None, Time::from_secs(5), &up).incident.health, Health::Degraded);
         let lone = Correlator::default().observe("n1", None, Time::from_secs(0), &up);
         assert_eq!(lone.incident.health, Health::Healthy);
+    }
+
+    #[test]
+    fn nic_lines_that_name_only_an_interface_are_one_incident_per_interface() {
+        let mut correlator = Correlator::default();
+        let eth0 =
+            correlator.observe("n1", None, Time::from_secs(0), &fault("e1000e: eth0 NIC Link is Down"));
+        let eth1 =
+            correlator.observe("n1", None, Time::from_secs(1), &fault("e1000e: eth1 NIC Link is Down"));
+        assert!(eth0.is_new && eth1.is_new, "two interfaces, two incidents");
+        assert_eq!(eth0.incident.attribution, Attribution::Network);
+        assert_eq!(eth0.incident.pci_address, None, "no device named");
+        let up = correlator.observe(
+            "n1",
+            None,
+            Time::from_secs(5),
+            &fault("e1000e: eth0 NIC Link is Up 1000 Mbps"),
+        );
+        assert_eq!(up.incident.id, eth0.incident.id, "the up joins its own interface's down");
     }
 
     #[test]

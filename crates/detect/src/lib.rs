@@ -7,6 +7,8 @@
 //!   [`Catalog`] that an operator can override.
 //! - [`Correlator`]: faults → incidents (repeats collapse, Xid 45 folds into 94/95/48, a GPU lost
 //!   after a PCIe error on its port joins that error, NIC link flaps become one incident).
+//! - [`LinkTracker`]: NIC link changes over time, per port: a brief flap is counted, a link
+//!   that stays down (or flaps too often) is a network fault, cleared once up and stable.
 //! - [`Topology`]: PCIe paths and NVSwitch links, so faults below a port or switch share its
 //!   incident.
 //! - [`LogScanner`]: the fast whole-file path behind `devheal classify-log` (literal prefilter
@@ -24,6 +26,7 @@ pub mod correlate;
 pub mod degradation;
 pub mod kmsg;
 pub mod line;
+pub mod link;
 pub mod pci;
 pub mod promtext;
 pub mod scan;
@@ -34,5 +37,6 @@ pub use classify::{Classifier, DeviceFault, FaultKind};
 pub use correlate::{CorrelationConfig, Correlator, Observation};
 pub use kmsg::{KmsgError, KmsgEvent, KmsgReader, KmsgRecord, StartAt, parse_kmsg_record};
 pub use line::{LineError, LineFormat, LogLine, MAX_LINE_BYTES, Timestamp, parse_line, parse_text};
+pub use link::{FaultChange, LinkChange, LinkConfig, LinkConfigError, LinkState, LinkTracker, PortLink};
 pub use scan::{FaultLine, LogScanner, ScanStats};
 pub use topology::{Topology, TopologyError};

@@ -83,6 +83,47 @@ pub struct NodeDeviceHealthStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub workloads: Vec<WorkloadProgress>,
+    /// The node's NICs and their links as the agent follows them (`docs/agent.md`, "NIC
+    /// links"): a link that stayed down, or flapped too often, is a network fault, which the
+    /// controller answers by cordoning the node and restarting gangs hung or failed on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub network: Vec<NicLinkStatus>,
+}
+
+/// A NIC link's state as the agent reads it.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub enum NicLinkState {
+    Up,
+    Down,
+    /// Not known yet, or administratively down (not in use).
+    #[default]
+    Unknown,
+}
+
+/// One NIC of the node (a PCI function with network interfaces or RDMA devices) and its link.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NicLinkStatus {
+    /// `dddd:bb:dd.f`, lower case.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))]
+    pub pci_address: String,
+    /// Its interfaces and RDMA devices (`ens1np0`, `mlx5_0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 64)))]
+    pub names: Vec<String>,
+    pub link: NicLinkState,
+    /// Flaps (down, then up again before the down counted as a fault) since the agent started.
+    #[serde(default, serialize_with = "int64::value")]
+    pub flaps: u64,
+    /// The network fault, when the link is at fault: what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub fault: Option<String>,
+    /// Since when the link has been at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_since: Option<Time>,
 }
 
 /// How the agent learns a pod's progress.

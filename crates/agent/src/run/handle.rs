@@ -169,6 +169,9 @@ impl LoopState {
             Mapped::NoAddress => {
                 self.metrics.kmsg_unmapped.inc();
             }
+            Mapped::Link { pci_address, interface, state, at } => {
+                self.apply_link(pci_address.as_deref(), interface.as_deref(), state, at);
+            }
             Mapped::Ignored => {}
         }
     }

@@ -52,6 +52,7 @@ impl LoopState {
         });
         if let Some(status) = object.status.as_mut() {
             status.workloads = self.progress.workloads();
+            status.network = self.network_status();
             within_schema(status);
             for v in keep_within_schema(status) {
                 tracing::warn!(field = %v.path, problem = %v.problem,

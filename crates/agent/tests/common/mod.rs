@@ -238,6 +238,7 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
         nvml_library: None,
         boot_id_file: boot_id,
         pci_devices_dir: dir.join("sys-bus-pci-devices"),
+        sys_class_dir: dir.join("sys-class"),
     };
     config.gpus = GpuSource::Off;
     config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));

@@ -273,6 +273,16 @@ fn largest_status() -> NodeDeviceHealthStatus {
             error: Some(long(1024)),
             ..WorkloadProgress::default()
         }],
+        network: (0..64)
+            .map(|i| devheal_k8s::crd::NicLinkStatus {
+                pci_address: format!("ffffffff:ff:{i:02x}.7"),
+                names: (0..8).map(|n| format!("{}{n}", long(63))).collect(),
+                link: devheal_k8s::crd::NicLinkState::Down,
+                flaps: u64::MAX,
+                fault: Some(long(1024)),
+                fault_since: Some(far.clone()),
+            })
+            .collect(),
     }
 }
 

@@ -127,6 +127,11 @@ impl ClusterIndex {
         let versions = StackVersions::of(obj.status.as_ref());
         let new_versions = entry.versions != versions;
         entry.versions = versions;
+        let network = obj.status.as_ref().and_then(|s| network_fault(&s.network));
+        if entry.network != network {
+            entry.network = network.clone();
+            up.inputs.push(Input::NodeNetwork { node: node.clone(), fault: network });
+        }
         self.health.insert(node.clone(), entry);
         if new_versions {
             self.send_node(&node, up);
@@ -203,4 +208,25 @@ impl ClusterIndex {
             });
         }
     }
+}
+
+/// The node's network fault from its NICs' links: the links at fault, the earliest since, their
+/// reasons. `None` when no link is at fault (or none says since when).
+pub fn network_fault(nics: &[devheal_k8s::crd::NicLinkStatus]) -> Option<devheal_core::NetworkFault> {
+    let faulted: Vec<(&devheal_k8s::crd::NicLinkStatus, &str)> =
+        nics.iter().filter_map(|n| n.fault.as_deref().map(|f| (n, f))).collect();
+    let since = faulted
+        .iter()
+        .filter_map(|(n, _)| n.fault_since.as_ref().map(devheal_k8s::pod::time_from_k8s))
+        .min()?;
+    let mut links: Vec<String> = faulted
+        .iter()
+        .map(|(n, _)| match n.names.first() {
+            Some(name) => format!("{name} ({})", n.pci_address),
+            None => n.pci_address.clone(),
+        })
+        .collect();
+    links.sort();
+    let reason = faulted.iter().map(|(_, f)| *f).collect::<Vec<_>>().join("; ");
+    Some(devheal_core::NetworkFault { links, since, reason })
 }

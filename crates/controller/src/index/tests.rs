@@ -457,6 +457,50 @@ fn the_engine_gets_the_driver_version_the_agent_reports() {
     assert_eq!(driver(&gone), [Some("570.86.15".to_string())], "{:?}", names(&gone.inputs));
 }
 
+#[test]
+fn a_network_fault_reaches_the_engine_once_and_its_clearing_too() {
+    let network = |up: &IndexUpdate| -> Vec<Option<devheal_core::NetworkFault>> {
+        up.inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::NodeNetwork { node, fault } if node == "node-0" => Some(fault.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let report = |nics: serde_json::Value| -> NodeDeviceHealthObject {
+        serde_json::from_value(json!({
+            "apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+            "metadata": {"name": "node-0"}, "spec": {"nodeName": "node-0"},
+            "status": {"devices": [{"id": "GPU-0", "resource": "nvidia.com/gpu", "health": "Healthy"}],
+                       "network": nics}
+        }))
+        .expect("valid object")
+    };
+    let up_link =
+        json!([{"pciAddress": "0000:08:00.0", "names": ["ens1np0", "mlx5_0"], "link": "Up", "flaps": 1}]);
+    let dead = json!([
+        {"pciAddress": "0000:08:00.0", "names": ["ens1np0", "mlx5_0"], "link": "Down", "flaps": 1,
+         "fault": "link down on ens1np0 (0000:08:00.0)", "faultSince": "2026-01-01T00:00:30Z"},
+        {"pciAddress": "0000:09:00.0", "link": "Down", "flaps": 0,
+         "fault": "link down on 0000:09:00.0", "faultSince": "2026-01-01T00:00:10Z"}
+    ]);
+    let mut index = ClusterIndex::new();
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(up_link.clone()))));
+    assert!(network(&up).is_empty(), "no fault, none before: {:?}", names(&up.inputs));
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(dead.clone()))));
+    let sent = network(&up);
+    assert_eq!(sent.len(), 1, "{:?}", names(&up.inputs));
+    let fault = sent[0].clone().expect("a fault");
+    assert_eq!(fault.links, ["0000:09:00.0", "ens1np0 (0000:08:00.0)"]);
+    assert_eq!(fault.since, devheal_core::Time::from_secs(1_767_225_610), "the earliest");
+    assert!(fault.reason.contains("link down on ens1np0"), "{}", fault.reason);
+    let again = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(dead))));
+    assert!(network(&again).is_empty(), "the same fault again: {:?}", names(&again.inputs));
+    let cleared = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(up_link))));
+    assert_eq!(network(&cleared), [None]);
+}
+
 /// The device plugin version the agent reads from the plugin's pod on its node is the one the
 /// engine counts the node under, over the Node's label, beside the driver's; a new plugin
 /// version reaches the engine without the Node changing, and when the agent no longer reports

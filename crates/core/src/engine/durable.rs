@@ -60,6 +60,9 @@ pub struct NodeCordon {
     /// Rebooted already: uncordoned at this time unless it fails again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probation_until: Option<Time>,
+    /// Cordoned for a network fault alone: lifted when the node's agent no longer reports one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
 }
 
 /// What a controller restart must not lose.
@@ -187,6 +190,7 @@ impl Engine {
                 node: node.clone(),
                 boot_id: ns.info.as_ref().and_then(|i| i.boot_id.clone()).or_else(|| ns.cordon_boot.clone()),
                 probation_until: ns.probation_until,
+                network: ns.network_cordon,
             })
             .collect();
         let minute = now - Duration::from_mins(1);
@@ -242,6 +246,7 @@ impl Engine {
             // and a reboot seen from now on (or one already seen: probation) uncordons it.
             ns.cordoned = true;
             ns.cordon_boot = c.boot_id;
+            ns.network_cordon = c.network;
             *self.quarantined_nodes.entry(c.node.clone()).or_default() += 1;
             if let Some(until) = c.probation_until {
                 ns.probation_until = Some(until);

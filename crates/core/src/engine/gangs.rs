@@ -84,6 +84,11 @@ impl Engine {
     ) {
         self.progressing.remove(g);
         let (class, cause) = self.hang_blame(g);
+        let reason = match self.gang_network_fault(g) {
+            Some((_, _, why)) if class == FailureClass::Infrastructure => format!("{reason}; {why}"),
+            _ => reason.to_string(),
+        };
+        let reason = reason.as_str();
         let incident = format!("hang/{g}/{}", since.as_nanos());
         if let Some(gs) = self.gangs.get_mut(g) {
             gs.last_progress = None;
@@ -92,9 +97,15 @@ impl Engine {
     }
 
     /// What a hang of `g` answers: the workload's own reports (or their absence) say it is hung;
-    /// only a member's failed device makes the restart answer a fault.
+    /// only a member's failed device, or a member's node whose network is at fault, makes the
+    /// restart answer a fault.
+    /// A member's node with a network fault makes the hang the network's (`infrastructure`, a
+    /// fault), unless a member's device failed.
     pub(super) fn hang_blame(&self, g: &GangId) -> (FailureClass, Cause) {
         let class = self.gang_device_class(g);
+        if class != FailureClass::DeviceFailure && self.gang_network_fault(g).is_some() {
+            return (FailureClass::Infrastructure, Cause::Fault);
+        }
         let cause = if class == FailureClass::DeviceFailure { Cause::Fault } else { Cause::Progress };
         (class, cause)
     }

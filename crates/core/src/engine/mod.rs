@@ -23,12 +23,17 @@
 //! - every destructive action carries an idempotency key and is never planned twice;
 //! - what a restart of the process must not lose (the restart budgets' hour, repeat offenders,
 //!   cordons) can be taken out and restored into a new engine, which then refuses what the first
-//!   would have refused (`durable`).
+//!   would have refused (`durable`);
+//! - a network fault never quarantines a device, marks one unhealthy or requests a repair; the
+//!   cordon it places is lifted when the node's agent no longer reports it.
 //!
 //! This file holds the public types, the engine's state and the dispatch of each input; the
 //! rest is split by what it looks after:
 //! - `devices`: inventory, health reports, kernel incidents, a device failing or degrading;
 //! - `nodes`: boots and versions, reboots, incidents of a whole node;
+//! - `network`: a node's network fault (dead or flapping NIC links): the node cordoned, gangs
+//!   with a hung or failed member there restarted away from it, the cordon lifted when the
+//!   links are up and stable again; never a device quarantine or a repair request;
 //! - `pods`: the lean pod index, pod updates and deletions, evictions;
 //! - `decide`: the policy applied to one pod's failure;
 //! - `gangs`: progress, hangs, gang restarts, replacement at a checkpoint;
@@ -49,6 +54,7 @@ mod deferred;
 mod devices;
 mod durable;
 mod gangs;
+mod network;
 mod nodes;
 mod pods;
 mod progress_breaker;
@@ -65,7 +71,7 @@ use serde::{Deserialize, Serialize};
 use crate::action::{Action, PlannedAction, RepairKind};
 use crate::attribution::Verdict;
 use crate::device::{Device, DeviceKey, Health, HealthReason};
-use crate::incident::KernelIncident;
+use crate::incident::{KernelIncident, NetworkFault};
 use crate::pod::{FailureClass, GangId, NodeInfo, PodInfo};
 use crate::policy::{FailurePolicy, RuleAction, SafetySettings};
 use crate::time::{Duration, Time};
@@ -110,6 +116,12 @@ pub enum Input {
     },
     /// A correlated kernel/NVML incident on a node.
     KernelIncident(KernelIncident),
+    /// The network fault a node's agent reports now (`None`: none, or no longer). Level-triggered:
+    /// the same fault (same `since`) sent again changes nothing.
+    NodeNetwork {
+        node: String,
+        fault: Option<NetworkFault>,
+    },
     PodUpsert(PodInfo),
     PodDeleted {
         uid: String,
@@ -211,6 +223,8 @@ pub struct Engine {
     durable_changes: u64,
     /// Cordoned nodes that rebooted and wait for probation to end (Ticks look only at these).
     node_probation: BTreeSet<String>,
+    /// Nodes whose agent reports a network fault now (few: a hang looks only at these).
+    network_faulted: BTreeSet<String>,
     version_nodes: HashMap<String, u32>,
     held_versions: BTreeSet<String>,
     breaker: Breaker,
@@ -263,6 +277,7 @@ impl Engine {
             restored_history: BTreeMap::new(),
             durable_changes: 0,
             node_probation: BTreeSet::new(),
+            network_faulted: BTreeSet::new(),
             version_nodes: HashMap::new(),
             held_versions: BTreeSet::new(),
             breaker: Breaker::default(),
@@ -314,6 +329,7 @@ impl Engine {
                 self.on_device_health(device, health, reasons, now, &mut out)
             }
             Input::KernelIncident(incident) => self.on_incident(incident, now, &mut out),
+            Input::NodeNetwork { node, fault } => self.on_node_network(&node, fault, now, &mut out),
             Input::PodUpsert(pod) => self.on_pod(pod, now, &mut out),
             Input::PodDeleted { uid } => self.on_pod_deleted(&uid),
             Input::NodeUpsert(info) => self.on_node(info, now, &mut out),
@@ -375,6 +391,7 @@ impl Engine {
         self.tick_breaker(now, out);
         self.end_probations(now, out);
         self.retry_held(now, out);
+        self.retry_network_cordons(now, out);
         self.retry_deferred_restarts(now, out);
         self.tick_gangs(now, out);
         self.prune(now);

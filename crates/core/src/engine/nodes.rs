@@ -22,6 +22,11 @@ pub(super) struct NodeState {
     /// When this engine last lifted a cordon or withdrew a repair request here (such marks
     /// are not adopted back from the node for a while: [`super::repairs::ADOPT_QUIET`]).
     pub(super) released_at: Option<Time>,
+    /// The network fault the node's agent reports now ([`super::network`]).
+    pub(super) network: Option<crate::incident::NetworkFault>,
+    /// The node's cordon was placed for its network alone: it is lifted when the network
+    /// fault clears (a cordon for anything else waits for a reboot and probation).
+    pub(super) network_cordon: bool,
 }
 
 impl Engine {
@@ -84,6 +89,7 @@ impl Engine {
             self.pending_devices.remove(&k);
         }
         self.quarantined_nodes.remove(name);
+        self.network_faulted.remove(name);
         self.repairs.remove(name);
         self.vanished.retain(|k, _| k.node != name);
     }
@@ -105,6 +111,11 @@ impl Engine {
         if let Some(hold) = self.node_held(&node) {
             self.report_hold(out, hold, &node, format!("node {node}: {reason}"), now);
             return;
+        }
+        // Cordoned for this incident now, whatever the network does (a cordon for the network
+        // alone is lifted when the network recovers; this one waits for a reboot).
+        if let Some(ns) = self.nodes.get_mut(&node) {
+            ns.network_cordon = false;
         }
         self.cordon(&node, &inc.id, &reason, now, out);
         if self.config.safety.request_repairs && inc.action > RepairKind::RestartApp {

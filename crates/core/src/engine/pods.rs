@@ -222,6 +222,17 @@ impl Engine {
             self.on_device_health(key, Health::Unhealthy, vec![reason], now, out);
         }
         let verdict = self.verdict(&pod, now);
+        // (Not a device's failure, an OOM or a disruption: those are their own.)
+        if verdict.failing
+            && matches!(
+                verdict.class,
+                FailureClass::Application | FailureClass::Infrastructure | FailureClass::None
+            )
+            && let Some(g) = self.pods.get(&uid).and_then(|p| p.gang.clone())
+        {
+            // A member failing on a node whose network is at fault: the network's failure.
+            self.member_failed_on_faulted_network(&uid, &g, now, out);
+        }
         if verdict.is_failure() && (verdict.failing || verdict.class == FailureClass::DeviceDegraded) {
             self.decide_pod(&uid, Some(&pod), verdict, None, now, out);
         }

@@ -171,6 +171,13 @@ impl Engine {
             if !ns.cordoned {
                 continue;
             }
+            if ns.network.is_some() {
+                // Through probation, but its network is still at fault: the cordon stays, now
+                // for the network, and is lifted when that clears ([`super::network`]).
+                ns.network_cordon = true;
+                ns.probation_until = None;
+                continue;
+            }
             ns.cordoned = false;
             ns.probation_until = None;
             ns.released_at = Some(now);

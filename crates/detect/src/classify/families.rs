@@ -118,8 +118,9 @@ impl Classifier {
     /// `mlx5_core 0000:01:00.1 eth1: Link up`, `mlx5_core 0000:08:00.0 ens1np0: Link down`,
     /// `igb 0000:00:14.0 eth0: igb: eth0 NIC Link is Down`,
     /// `igc 0000:05:00.0 eth5: NIC Link is Up 100 Mbps Full Duplex, Flow Control: RX`.
-    /// Only lines that name the port's PCI address count: that address is what the agent maps
-    /// to the NICs a workload uses (a switch chip's `mdio-bus:1f lan: Link is Down` does not).
+    /// A line names the port by its PCI address (which the agent maps to a NIC of its node),
+    /// by its interface name (`e1000e: eth0 NIC Link is Down`), or both; a line that names
+    /// neither does not count (a switch chip's `mdio-bus:1f lan: Link is Down` is not a NIC's).
     pub(super) fn nic_link(&self, message: &str) -> Option<DeviceFault> {
         let (before, variant) = if let Some(at) = message.find("NIC Link is ") {
             let state = &message[at + "NIC Link is ".len()..];
@@ -139,14 +140,32 @@ impl Classifier {
             return None;
         };
         // `driver ADDRESS interface: ...`: the port's PCI address, then (usually) its interface.
+        // Without an address (`e1000e: eth0 NIC Link is Down`), the interface alone: the last
+        // word before the state, which the agent maps to a NIC of its node by name.
         let words: Vec<&str> = before.split_ascii_whitespace().collect();
-        let at = words.iter().position(|word| normalize_pci_address(word).is_some())?;
-        let device = normalize_pci_address(words[at])?;
-        let interface = words
-            .get(at + 1)
-            .map(|word| word.trim_end_matches(':'))
-            .filter(|word| !word.is_empty() && !word.contains(':'));
+        let (device, interface) = match words.iter().position(|word| normalize_pci_address(word).is_some()) {
+            Some(at) => {
+                let device = normalize_pci_address(words[at])?;
+                let interface = words
+                    .get(at + 1)
+                    .map(|word| word.trim_end_matches(':'))
+                    .filter(|word| !word.contains(':') && is_interface_name(word));
+                (Some(device), interface)
+            }
+            None => (None, Some(words.last()?.trim_end_matches(':')).filter(|w| is_interface_name(w))),
+        };
+        if device.is_none() && interface.is_none() {
+            return None;
+        }
         let detail = interface.map(|name| format!("interface {name}")).unwrap_or_default();
-        self.event_fault(FaultKind::NicLink, variant, Some(device), None, &detail)
+        let mut fault = self.event_fault(FaultKind::NicLink, variant, device, None, &detail)?;
+        fault.interface = interface.map(str::to_string);
+        Some(fault)
     }
+}
+
+/// A Linux interface name: 1 to 15 bytes (`IFNAMSIZ` less the NUL), no `/`, `:` or blank.
+fn is_interface_name(word: &str) -> bool {
+    (1..=15).contains(&word.len())
+        && word.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'@'))
 }

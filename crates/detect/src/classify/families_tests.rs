@@ -152,6 +152,18 @@ fn nic_link_is_a_network_fault() {
     assert_eq!(up.health, Health::Healthy);
     let igb = classify("igb 0000:00:14.0 eth0: igb: eth0 NIC Link is Down").unwrap();
     assert_eq!(igb.variant, "down");
+    assert_eq!(down.interface.as_deref(), Some("ens1np0"));
+    assert_eq!(igb.interface.as_deref(), Some("eth0"));
+    // The interface alone: mapped by name on the node.
+    let named = classify("e1000e: eth0 NIC Link is Down").unwrap();
+    assert_eq!(
+        (named.variant, named.device.as_deref(), named.interface.as_deref()),
+        ("down", None, Some("eth0"))
+    );
+    let bare = classify("mlx5_core 0000:08:00.0: Link down").unwrap();
+    assert_eq!((bare.device.as_deref(), bare.interface.as_deref()), (Some("0000:08:00.0"), None));
+    assert!(classify("Link down").is_none(), "names no port");
+    assert!(classify("foo/bar: Link down").is_none(), "not an interface name");
     assert!(classify("mt7530-mdio mdio-bus:1f lan: Link is Down").is_none());
     assert!(classify("ata23: SATA link down (SStatus FFFFFFFF SControl FFFFFFFF)").is_none());
 }

@@ -82,6 +82,9 @@ pub struct DeviceFault {
     pub device: Option<String>,
     /// The device that reported the error, when it differs from the failing one (PCIe AER).
     pub reporter: Option<String>,
+    /// The network interface a NIC link line names (`ens1np0`), with or without a PCI address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     /// NVIDIA's mnemonic for an Xid.
     pub mnemonic: Option<String>,
     pub attribution: Attribution,
@@ -263,6 +266,7 @@ impl Classifier {
             code: None,
             device,
             reporter,
+            interface: None,
             mnemonic: None,
             attribution: entry.attribution,
             health: entry.health,
@@ -347,6 +351,7 @@ impl Classifier {
             code: Some(code),
             device: header.device,
             reporter: None,
+            interface: None,
             mnemonic: entry.mnemonic.clone(),
             attribution: entry.attribution,
             health,
