@@ -319,6 +319,13 @@ fn controller_exposition() -> String {
     m.indexed(kind, 1);
     m.set_leader(true);
     m.safety(&devheal_core::SafetyState::default());
+    m.checkpoint_advice(&[devheal_controller::checkpoint_advice::Advice {
+        gang: devheal_core::GangId { namespace: "ml".into(), kind: "jobset".into(), name: "llama".into() },
+        interruptions: 2,
+        mean_time_to_interrupt_s: 21_600.0,
+        write_seconds: 60.0,
+        interval_s: 1_584.0,
+    }]);
     m.encode()
 }
 
