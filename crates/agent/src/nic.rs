@@ -141,6 +141,28 @@ fn combine(a: Option<LinkState>, b: Option<LinkState>) -> Option<LinkState> {
     }
 }
 
+/// Each entry of a sysfs class directory that is a PCI function, handed to `f` with the NIC of
+/// its address (at most [`MAX_ENTRIES`] entries and [`MAX_NICS`] NICs; entries beyond are
+/// counted in `skipped`).
+fn each_function(
+    entries: std::fs::ReadDir,
+    nics: &mut BTreeMap<String, Nic>,
+    skipped: &mut usize,
+    mut f: impl FnMut(&mut Nic, String, &Path),
+) {
+    for entry in entries.take(MAX_ENTRIES).flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let path = entry.path();
+        let Some(pci) = pci_of(&path) else { continue };
+        if !nics.contains_key(&pci) && nics.len() >= MAX_NICS {
+            *skipped += 1;
+            continue;
+        }
+        let nic = nics.entry(pci.clone()).or_insert_with(|| Nic { pci_address: pci, ..Nic::default() });
+        f(nic, name, &path);
+    }
+}
+
 /// Read the node's NICs under `class_dir` (`/sys/class`).
 pub fn read_nics(class_dir: &Path) -> NicInventory {
     let mut out = NicInventory::default();
@@ -150,18 +172,10 @@ pub fn read_nics(class_dir: &Path) -> NicInventory {
     match std::fs::read_dir(&net) {
         Ok(entries) => {
             out.available = true;
-            for entry in entries.take(MAX_ENTRIES).flatten() {
-                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-                let Some(pci) = pci_of(&entry.path()) else { continue };
-                if !nics.contains_key(&pci) && nics.len() >= MAX_NICS {
-                    skipped += 1;
-                    continue;
-                }
-                let nic =
-                    nics.entry(pci.clone()).or_insert_with(|| Nic { pci_address: pci, ..Nic::default() });
-                nic.link = combine(nic.link, interface_link(&entry.path()));
+            each_function(entries, &mut nics, &mut skipped, |nic, name, path| {
+                nic.link = combine(nic.link, interface_link(path));
                 nic.interfaces.push(name);
-            }
+            });
         }
         Err(e) => {
             out.message = format!("cannot read {}: {e}; NIC link lines are not followed", net.display());
@@ -169,17 +183,10 @@ pub fn read_nics(class_dir: &Path) -> NicInventory {
         }
     }
     if let Ok(entries) = std::fs::read_dir(class_dir.join("infiniband")) {
-        for entry in entries.take(MAX_ENTRIES).flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-            let Some(pci) = pci_of(&entry.path()) else { continue };
-            if !nics.contains_key(&pci) && nics.len() >= MAX_NICS {
-                skipped += 1;
-                continue;
-            }
-            let nic = nics.entry(pci.clone()).or_insert_with(|| Nic { pci_address: pci, ..Nic::default() });
-            nic.link = combine(nic.link, rdma_link(&entry.path()));
+        each_function(entries, &mut nics, &mut skipped, |nic, name, path| {
+            nic.link = combine(nic.link, rdma_link(path));
             nic.rdma.push(name);
-        }
+        });
     }
     for nic in nics.values_mut() {
         nic.interfaces.sort();

@@ -166,16 +166,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         let _ = line.finish();
     }
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let json_path = dir.join("report.json");
-        std::fs::write(&json_path, report.to_json() + "\n")
-            .with_context(|| format!("writing {}", json_path.display()))?;
-        let html_path = dir.join("report.html");
-        std::fs::write(&html_path, devheal_sim::html::render(&report))
-            .with_context(|| format!("writing {}", html_path.display()))?;
-        // Always said (on stderr, so stdout stays the report): the caller asked for files.
-        eprintln!("devheal sim: wrote {}", json_path.display());
-        eprintln!("devheal sim: wrote {}", html_path.display());
+        write_report(dir, report.to_json(), devheal_sim::html::render(&report))?;
     }
     match args.format {
         SimFormat::Table => {
@@ -192,6 +183,19 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         SimFormat::Json => println!("{}", report.to_json()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--out DIR`: report.json and report.html, each named on stderr (always: the caller asked for
+/// files, and stdout stays the report).
+fn write_report(dir: &std::path::Path, json: String, html: String) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json_path = dir.join("report.json");
+    std::fs::write(&json_path, json + "\n").with_context(|| format!("writing {}", json_path.display()))?;
+    let html_path = dir.join("report.html");
+    std::fs::write(&html_path, html).with_context(|| format!("writing {}", html_path.display()))?;
+    eprintln!("devheal sim: wrote {}", json_path.display());
+    eprintln!("devheal sim: wrote {}", html_path.display());
+    Ok(())
 }
 
 /// `--sweep`: the baseline run and one run per swept value, all on one trace.
@@ -231,15 +235,7 @@ fn run_sweep(
     }
     report.baseline.replay = replay;
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let json_path = dir.join("report.json");
-        std::fs::write(&json_path, report.to_json() + "\n")
-            .with_context(|| format!("writing {}", json_path.display()))?;
-        let html_path = dir.join("report.html");
-        std::fs::write(&html_path, devheal_sim::html::render_sweep(&report))
-            .with_context(|| format!("writing {}", html_path.display()))?;
-        eprintln!("devheal sim: wrote {}", json_path.display());
-        eprintln!("devheal sim: wrote {}", html_path.display());
+        write_report(dir, report.to_json(), devheal_sim::html::render_sweep(&report))?;
     }
     match args.format {
         SimFormat::Table => print!("{}", report.to_table()),
