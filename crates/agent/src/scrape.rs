@@ -212,15 +212,29 @@ fn pod_key(p: &Pod) -> PodRef {
     )
 }
 
-/// Sets `tx` to `next` if it differs (receivers wake only on a change).
-fn send_changed<T: PartialEq>(tx: &watch::Sender<T>, next: T) {
-    tx.send_if_modified(|old| {
-        let changed = *old != next;
-        if changed {
-            *old = next;
-        }
-        changed
-    });
+impl<T: Clone + PartialEq> Mirror<T> {
+    /// Sets `tx` to the view, by pod, if it differs (receivers wake only on a change; nothing is
+    /// copied when nothing changed).
+    fn publish_map(&self, tx: &watch::Sender<BTreeMap<PodRef, T>>) {
+        tx.send_if_modified(|old| {
+            let changed = *old != self.current;
+            if changed {
+                old.clone_from(&self.current);
+            }
+            changed
+        });
+    }
+
+    /// Sets `tx` to the view's values in pod order, if they differ.
+    fn publish_values(&self, tx: &watch::Sender<Vec<T>>) {
+        tx.send_if_modified(|old| {
+            let changed = !old.iter().eq(self.current.values());
+            if changed {
+                *old = self.current.values().cloned().collect();
+            }
+            changed
+        });
+    }
 }
 
 /// [`watch_pods`], also keeping the [`NodePodSinks`] at what they follow.
@@ -258,14 +272,14 @@ pub async fn watch_node_pods(
         failing = false;
         if let Some(tx) = &sinks.addresses {
             addresses.apply(&event, |p| Some(address_of(p)));
-            send_changed(tx, addresses.current.clone());
+            addresses.publish_map(tx);
         }
         if let Some((selectors, tx)) = &sinks.stack {
             stack.apply(&event, |p| stack_pod(p, selectors));
-            send_changed(tx, stack.current.values().cloned().collect());
+            stack.publish_values(tx);
         }
         scrape.apply(&event, target_of);
-        send_changed(&targets, scrape.current.values().cloned().collect());
+        scrape.publish_values(&targets);
     }
 }
 

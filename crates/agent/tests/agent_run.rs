@@ -39,35 +39,13 @@ fn pod(name: &str, ids: &[&str]) -> pr::PodResources {
     pod_resources("ml", name, "trainer", RESOURCE, ids)
 }
 
-/// Health and pods of each device, sorted by id.
-fn view(status: &NodeDeviceHealthStatus) -> Vec<(String, DeviceHealthState, Vec<String>)> {
-    status
-        .devices
-        .iter()
-        .map(|d| (d.id.clone(), d.health, d.pods.iter().map(|p| p.name.clone()).collect()))
-        .collect()
-}
-
-/// Wait for a published status for which `ok` holds; the last one seen is in the panic message.
+/// Wait for a published status for which `ok` holds (within [`WAIT`]).
 async fn wait_for(
     rx: &mut mpsc::UnboundedReceiver<NodeDeviceHealth>,
     what: &str,
     ok: impl Fn(&NodeDeviceHealthStatus) -> bool,
 ) -> NodeDeviceHealthStatus {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut last = None;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(object)) => {
-                let status = object.status.expect("a status");
-                if ok(&status) {
-                    return status;
-                }
-                last = Some(view(&status));
-            }
-            _ => panic!("never published: {what}; last seen {last:?}"),
-        }
-    }
+    common::wait_for_status(rx, WAIT, what, ok).await
 }
 
 fn health_of(status: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceHealthState> {

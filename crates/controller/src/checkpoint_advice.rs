@@ -88,17 +88,19 @@ impl CheckpointAdvisor {
         self.gangs.is_empty()
     }
 
-    /// A pod of `gang` was seen: a declared write time registers the gang (or updates it).
-    pub fn observe_pod(&mut self, pod: &PodInfo, gang: Option<&GangId>, now: Time) {
+    /// A pod of `gang` that carries the annotation was seen, with the write time it declares
+    /// (`None`: not a usable one, see [`write_seconds`]): a usable one registers the gang (or
+    /// updates it); any keeps a registered gang from being forgotten.
+    pub fn observe(&mut self, gang: Option<&GangId>, write: Option<f64>, now: Time) {
         let Some(gang) = gang else { return };
         if let Some(record) = self.gangs.get_mut(gang) {
             record.last_seen = now;
-            if let Some(w) = write_seconds(pod) {
+            if let Some(w) = write {
                 record.write_seconds = w;
             }
             return;
         }
-        let Some(w) = write_seconds(pod) else { return };
+        let Some(w) = write else { return };
         if self.gangs.len() >= self.settings.max_gangs
             && let Some(oldest) = self.gangs.iter().min_by_key(|(_, r)| r.last_seen).map(|(g, _)| g.clone())
         {
@@ -178,9 +180,9 @@ mod tests {
     #[test]
     fn advice_is_dalys_optimum_for_the_observed_rate() {
         let mut a = CheckpointAdvisor::new(AdviceSettings::default());
-        a.observe_pod(&pod(Some("60")), Some(&gang("llama")), at(0));
-        a.observe_pod(&pod(None), Some(&gang("silent")), at(0));
-        a.observe_pod(&pod(Some("30")), Some(&gang("once")), at(0));
+        a.observe(Some(&gang("llama")), write_seconds(&pod(Some("60"))), at(0));
+        a.observe(Some(&gang("silent")), write_seconds(&pod(None)), at(0));
+        a.observe(Some(&gang("once")), write_seconds(&pod(Some("30"))), at(0));
         for h in [6, 12, 18, 24] {
             a.interrupted(&gang("llama"), at(h));
             a.interrupted(&gang("silent"), at(h));
@@ -202,7 +204,7 @@ mod tests {
         let settings =
             AdviceSettings { window: Duration::from_hours(24), max_gangs: 2, ..AdviceSettings::default() };
         let mut a = CheckpointAdvisor::new(settings);
-        a.observe_pod(&pod(Some("60")), Some(&gang("a")), at(0));
+        a.observe(Some(&gang("a")), write_seconds(&pod(Some("60"))), at(0));
         for h in [1, 2, 30, 40] {
             a.interrupted(&gang("a"), at(h));
         }
@@ -212,11 +214,11 @@ mod tests {
         assert!(a.advice(at(100)).is_empty() && a.is_empty(), "forgotten after a quiet window");
 
         for bad in ["0", "-5", "nan", "inf", "90000", "soon"] {
-            a.observe_pod(&pod(Some(bad)), Some(&gang("bad")), at(0));
+            a.observe(Some(&gang("bad")), write_seconds(&pod(Some(bad))), at(0));
         }
         assert!(a.is_empty());
         for (i, name) in ["x", "y", "z"].iter().enumerate() {
-            a.observe_pod(&pod(Some("10")), Some(&gang(name)), at(i as i64));
+            a.observe(Some(&gang(name)), write_seconds(&pod(Some("10"))), at(i as i64));
         }
         assert_eq!(a.len(), 2, "at most max_gangs; the one seen longest ago went");
         a.interrupted(&gang("x"), at(5));

@@ -25,7 +25,7 @@ use devheal_core::{
 };
 use futures::{Stream, StreamExt};
 
-use crate::checkpoint_advice::{CheckpointAdvisor, WRITE_SECONDS_ANNOTATION};
+use crate::checkpoint_advice::{self, CheckpointAdvisor, WRITE_SECONDS_ANNOTATION};
 use crate::durable::StateStore;
 use crate::index::{ClusterEvent, ClusterIndex, ObjectKind};
 use crate::leftovers::Leftovers;
@@ -593,16 +593,16 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
             if let Input::PodDeleted { uid } = &input {
                 gone.push(uid.clone());
             }
-            // Only pods that declare a checkpoint write time are kept for the advice.
+            // Pods that carry the checkpoint annotation: its value, not a copy of the pod.
             let declared = match &input {
                 Input::PodUpsert(p) if p.annotations.contains_key(WRITE_SECONDS_ANNOTATION) => {
-                    Some(p.clone())
+                    Some((p.uid.clone(), checkpoint_advice::write_seconds(p)))
                 }
                 _ => None,
             };
             planned.extend(self.engine.handle(input, now));
-            if let Some(p) = declared {
-                self.advice.observe_pod(&p, self.engine.pod_gang(&p.uid), now);
+            if let Some((uid, write)) = declared {
+                self.advice.observe(self.engine.pod_gang(&uid), write, now);
             }
         }
         for uid in gone {

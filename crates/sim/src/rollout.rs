@@ -44,8 +44,6 @@ pub struct RolloutScenario {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// What is upgraded (`driver` or `device-plugin`), for the report.
-    pub component: String,
     /// Replacing a node's pod stops the node's GPU workloads (a driver reload).
     pub disruptive: bool,
     pub horizon_h: f64,
@@ -281,7 +279,6 @@ struct Node {
     /// When each GPU the bad version will break breaks.
     breaks: Vec<Time>,
     upgrades: u32,
-    ran_new: bool,
     gang: Option<usize>,
 }
 
@@ -347,7 +344,6 @@ impl<'a> Sim<'a> {
                 broken: 0,
                 breaks: Vec::new(),
                 upgrades: 0,
-                ran_new: false,
                 gang,
             });
         }
@@ -474,7 +470,7 @@ impl<'a> Sim<'a> {
                 Rollout::Staged(_) => "staged (devheal gate)".into(),
             },
             bad_version: self.bad,
-            nodes_on_new: self.nodes.iter().filter(|n| n.ran_new).count() as u32,
+            nodes_on_new: self.nodes.iter().filter(|n| n.upgrades > 0).count() as u32,
             gpus_broken: self.gpus_broken,
             gang_interruptions: self.interruptions,
             gpu_hours_lost: hours(self.lost_ns),
@@ -533,7 +529,6 @@ impl<'a> Sim<'a> {
             n.breaks.clear();
             n.broken = 0;
             if version == Version::New {
-                n.ran_new = true;
                 n.upgrades += 1;
                 if bad {
                     let mut rng = Xoshiro256StarStar::stream(seed, &format!("rollout:{i}:{}", n.upgrades));
@@ -607,13 +602,15 @@ impl<'a> Sim<'a> {
                     if self.nodes[i].broken == 0 {
                         continue;
                     }
-                    if let Some(spare) = (0..self.nodes.len())
+                    // No healthy spare now: none for the members after this one either.
+                    let Some(spare) = (0..self.nodes.len())
                         .find(|&j| self.nodes[j].gang.is_none() && self.nodes[j].available())
-                    {
-                        self.nodes[i].gang = None;
-                        self.nodes[spare].gang = Some(g);
-                        self.gangs[g].nodes[k] = spare;
-                    }
+                    else {
+                        break;
+                    };
+                    self.nodes[i].gang = None;
+                    self.nodes[spare].gang = Some(g);
+                    self.gangs[g].nodes[k] = spare;
                 }
                 if self.gangs[g].nodes.iter().all(|&i| self.nodes[i].available()) {
                     self.gangs[g].state = GangState::Restarting { until: now + restart };
