@@ -232,8 +232,12 @@ impl LinkTracker {
         if previous.is_none() {
             port.changed_at = at;
         }
-        let lasted = at.since(port.changed_at);
+        let down_since = port.changed_at;
+        let lasted = at.since(down_since);
         port.changed_at = at;
+        // A tick already judged this down a fault (it lasted `down_after` by the tick's clock):
+        // its end is no flap, even if the up's own time (a kernel line's) is earlier than that.
+        let down_at_fault = port.fault.as_ref().is_some_and(|f| f.since == down_since);
         match (previous, state) {
             (_, LinkState::Down) => (LinkChange::Down, None),
             (None, LinkState::Up) => {
@@ -242,7 +246,7 @@ impl LinkTracker {
             }
             (Some(_), LinkState::Up) => {
                 port.seen_up = true;
-                if lasted >= config.down_after {
+                if lasted >= config.down_after || down_at_fault {
                     // Down for longer than a flap: a fault (raised here if no tick saw it yet),
                     // cleared only once the link has been stable.
                     let raised = raise(port, pci, at - lasted, |label| {
@@ -346,6 +350,20 @@ mod tests {
         links.set_ports([(NIC.to_string(), "ens1np0 (0000:08:00.0)".to_string())], t(0));
         links.change(NIC, LinkState::Up, t(0));
         links
+    }
+
+    #[test]
+    fn a_down_a_tick_judged_a_fault_does_not_end_in_a_flap_whatever_the_ups_time() {
+        let mut links = LinkTracker::new(LinkConfig::default());
+        links.set_ports([(NIC.to_string(), "ens1np0".to_string())], t(0));
+        links.change(NIC, LinkState::Up, t(0));
+        links.change(NIC, LinkState::Down, t(100));
+        assert_eq!(links.tick(t(131)).len(), 1, "down for 31 s by the tick's clock: a fault");
+        // The up's time comes from another clock (a kernel line's) that runs behind the tick's.
+        let (change, _) = links.change(NIC, LinkState::Up, t(120));
+        assert_eq!(change, LinkChange::Up { flap: false });
+        let port = links.ports().next().expect("the port").1;
+        assert_eq!((port.flaps_total, port.recent_flaps()), (0, 0));
     }
 
     #[test]
