@@ -35,6 +35,12 @@ pub struct SourcePaths {
     /// sysfs' device classes (`/sys/class`): the node's NICs, `net/` and `infiniband/`
     /// ([`crate::nic`]).
     pub sys_class_dir: PathBuf,
+    /// sysfs' DRM cards (`/sys/class/drm`) and accel devices (`/sys/class/accel`): AMD and
+    /// Intel accelerators by PCI address ([`crate::accel`]).
+    pub drm_class_dir: PathBuf,
+    pub accel_class_dir: PathBuf,
+    /// `libamd_smi.so` when it is not on the loader's path ([`crate::amd`]).
+    pub amdsmi_library: Option<PathBuf>,
 }
 
 impl Default for SourcePaths {
@@ -47,6 +53,9 @@ impl Default for SourcePaths {
             boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
             pci_devices_dir: "/sys/bus/pci/devices".into(),
             sys_class_dir: "/sys/class".into(),
+            drm_class_dir: "/sys/class/drm".into(),
+            accel_class_dir: "/sys/class/accel".into(),
+            amdsmi_library: None,
         }
     }
 }

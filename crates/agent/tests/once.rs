@@ -61,6 +61,9 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
         boot_id_file: boot_id,
         pci_devices_dir: dir.path().join("no-sysfs"),
         sys_class_dir: dir.path().join("no-sysfs-class"),
+        drm_class_dir: dir.path().join("no-sysfs-drm"),
+        accel_class_dir: dir.path().join("no-sysfs-accel"),
+        amdsmi_library: None,
     };
     // An operator's catalog (`--catalog`): the kernel log is classified with it, and says so.
     let catalog = Catalog::from_yaml_str(
@@ -126,6 +129,9 @@ async fn a_node_with_nothing_still_gets_an_answer() {
         boot_id_file: missing("boot_id"),
         pci_devices_dir: missing("sys-bus-pci-devices"),
         sys_class_dir: missing("sys-class"),
+        drm_class_dir: missing("sys-class-drm"),
+        accel_class_dir: missing("sys-class-accel"),
+        amdsmi_library: None,
     };
     let object =
         collect_once("bare", &paths, &Catalog::builtin(), Duration::from_secs(1), Time::from_secs(0)).await;

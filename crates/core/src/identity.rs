@@ -183,9 +183,12 @@ pub const INTEL_GPU_RESOURCE_PREFIX: &str = "gpu.intel.com/";
 /// else (a connector `card1-DP-1`, a render node `renderD128`).
 pub fn drm_card(name: &str) -> Option<u32> {
     let n = name.strip_prefix("card")?;
-    (!n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0')))
-        .then(|| n.parse().ok())
-        .flatten()
+    (!n.is_empty()
+        && n.len() <= 6
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && (n == "0" || !n.starts_with('0')))
+    .then(|| n.parse().ok())
+    .flatten()
 }
 
 /// A PCI address as the kernel prints it: lower-case `dddd:bb:dd.f`, the domain without the

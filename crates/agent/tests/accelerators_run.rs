@@ -1,0 +1,232 @@
+//! AMD and Intel accelerators end to end in the running agent: sysfs (a fake tree built from
+//! `tests/data/sysfs/amd-intel-gaudi.txt`, which names its sources) says which PCI device each
+//! DRM card and accel device is; the kubelet (an in-process PodResources server) names an AMD
+//! GPU by its PCI address (the ROCm plugin) and an Intel GPU by its card's shares (`card2-0`,
+//! `card2-1`: Intel's GPU plugin); the kernel log (a saved log file the test appends records
+//! to) names both by PCI address; amdsmi is played by scripted GPUs.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ChannelPublisher, kmsg_record, test_config, wait_for_status};
+use devheal_agent::accel::read_accelerators;
+use devheal_agent::amd::{AmdSource, FakeAmdTelemetry};
+use devheal_agent::run::start;
+use devheal_amdsmi::EccCounts;
+use devheal_core::{HealthSource, Vendor};
+use devheal_k8s::crd::{DeviceHealthState, NodeDeviceHealthStatus};
+use devheal_kubelet::api::podresources_v1 as pr;
+use devheal_kubelet::server::{PodResourcesServer, PodResourcesState, serve};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(20);
+const AMD_GPU: &str = "0000:c1:00.0";
+const INTEL_GPU: &str = "0000:03:00.0";
+const GAUDI: &str = "0000:19:00.0";
+/// A GPU only amdsmi reports (no plugin names it here), with uncorrectable ECC errors.
+const AMD_ECC_GPU: &str = "0000:c2:00.0";
+
+/// Build the tree `fixture` describes under `root` (standing for `/sys`).
+fn build_sysfs(root: &Path, fixture: &str) {
+    let path = format!("{}/tests/data/sysfs/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.splitn(3, ' ');
+        let (kind, at, rest) = (words.next(), words.next(), words.next());
+        let at = root.join(at.unwrap_or_else(|| panic!("{path}:{}: no path", n + 1)));
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).expect("parent directory");
+        }
+        match (kind, rest) {
+            (Some("dir"), None) => std::fs::create_dir_all(&at).expect("dir"),
+            (Some("file"), Some(content)) => std::fs::write(&at, format!("{content}\n")).expect("file"),
+            (Some("link"), Some(target)) => std::os::unix::fs::symlink(target, &at).expect("link"),
+            _ => panic!("{path}:{}: cannot read {line:?}", n + 1),
+        }
+    }
+}
+
+fn device<'a>(status: &'a NodeDeviceHealthStatus, id: &str) -> Option<&'a devheal_k8s::crd::DeviceStatus> {
+    status.devices.iter().find(|d| d.id == id)
+}
+
+fn health(status: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceHealthState> {
+    device(status, id).map(|d| d.health)
+}
+
+fn pods(status: &NodeDeviceHealthStatus, id: &str) -> Vec<String> {
+    device(status, id).map(|d| d.pods.iter().map(|p| p.name.clone()).collect()).unwrap_or_default()
+}
+
+/// Append one record and give the reader time to take it alone (a saved log is read one
+/// record per read, as `/dev/kmsg` is).
+async fn append(kmsg: &Path, record: &str) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(kmsg)
+        .and_then(|mut f| f.write_all(record.as_bytes()))
+        .expect("append a kernel record");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
+#[test]
+fn the_fixture_tree_reads_as_its_cards_and_accel_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sysfs(dir.path(), "amd-intel-gaudi.txt");
+    let inv = read_accelerators(&dir.path().join("class/drm"), &dir.path().join("class/accel"));
+    assert!(inv.available, "{}", inv.message);
+    let seen: Vec<(&str, &str, Vendor, Option<&str>)> = inv
+        .devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.pci_address.as_str(), d.vendor, d.driver.as_deref()))
+        .collect();
+    // card0 is the BMC's VGA (ASPEED, not read), card2-DP-1 a connector, renderD128 a render
+    // node, card9 a partition (counted).
+    assert_eq!(
+        seen,
+        [
+            ("accel0", GAUDI, Vendor::Intel, Some("habanalabs")),
+            ("card1", AMD_GPU, Vendor::Amd, Some("amdgpu")),
+            ("card2", INTEL_GPU, Vendor::Intel, Some("xe")),
+        ]
+    );
+    assert_eq!(inv.partitions, 1);
+    assert_eq!(inv.pci_of("hl0"), Some(GAUDI));
+    assert_eq!(inv.devices[1].class.as_deref(), Some("0x120000"));
+    assert!(inv.message.starts_with("1 AMD and 2 Intel accelerator(s)"), "{}", inv.message);
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    kmsg: std::path::PathBuf,
+    rx: mpsc::UnboundedReceiver<devheal_k8s::crd::NodeDeviceHealth>,
+    agent: devheal_agent::run::AgentHandle,
+    kubelet: devheal_kubelet::server::ServerHandle,
+}
+
+/// The agent on the fixture's node, with sysfs' accelerators read or not (`mapped`).
+async fn start_node(mapped: bool) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path(), "node-amd");
+    if mapped {
+        build_sysfs(&dir.path().join("sys"), "amd-intel-gaudi.txt");
+        config.paths.drm_class_dir = dir.path().join("sys/class/drm");
+        config.paths.accel_class_dir = dir.path().join("sys/class/accel");
+    }
+    config.amd = AmdSource::Fake(FakeAmdTelemetry {
+        gpus: vec![AMD_GPU.into(), AMD_ECC_GPU.into()],
+        ecc: [
+            (AMD_GPU.to_string(), EccCounts::default()),
+            (AMD_ECC_GPU.to_string(), EccCounts { correctable: 4, uncorrectable: 2, deferred: 0 }),
+        ]
+        .into(),
+    });
+    config.nvml_interval = Duration::from_millis(200);
+
+    let state = PodResourcesState::default();
+    state.set_pods(vec![
+        common::pod_resources("ml", "rocm-a", "trainer", "amd.com/gpu", &[AMD_GPU]),
+        common::pod_resources("media", "xe-a", "encoder", "gpu.intel.com/xe", &["card2-0"]),
+        common::pod_resources("media", "xe-b", "encoder", "gpu.intel.com/xe", &["card2-1"]),
+    ]);
+    state.set_allocatable(vec![
+        pr::ContainerDevices {
+            resource_name: "amd.com/gpu".into(),
+            device_ids: vec![AMD_GPU.into()],
+            topology: None,
+        },
+        pr::ContainerDevices {
+            resource_name: "gpu.intel.com/xe".into(),
+            device_ids: vec!["card2-0".into(), "card2-1".into()],
+            topology: None,
+        },
+    ]);
+    let kubelet = serve(&config.paths.pod_resources_socket, PodResourcesServer { state }.router())
+        .expect("serve kubelet");
+    let (statuses, rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let kmsg = config.paths.kmsg.clone();
+    let agent = start(config, ChannelPublisher { statuses, events }).await.expect("agent starts");
+    Node { _dir: dir, kmsg, rx, agent, kubelet }
+}
+
+const AMDGPU_LINE: &str =
+    "amdgpu 0000:c1:00.0: amdgpu: uncorrectable hardware error(ERREVENT_ATHUB_INTERRUPT) detected!";
+const XE_LINE: &str =
+    "xe 0000:03:00.0: [drm] *ERROR* CRITICAL: Xe has declared device 0000:03:00.0 as wedged.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amdgpu_and_xe_kernel_faults_reach_the_pods_holding_the_devices() {
+    let mut node = start_node(true).await;
+
+    // Every device once: the Intel GPU's two shares are one device at its PCI address.
+    let status = wait_for_status(&mut node.rx, WAIT, "the AMD and Intel GPUs with their pods", |s| {
+        pods(s, AMD_GPU) == ["rocm-a"]
+            && pods(s, INTEL_GPU) == ["xe-a", "xe-b"]
+            && health(s, AMD_ECC_GPU) == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    let intel = device(&status, INTEL_GPU).expect("the Intel GPU");
+    assert_eq!(
+        (intel.resource.as_str(), intel.pci_address.as_deref(), intel.vendor),
+        ("gpu.intel.com/xe", Some(INTEL_GPU), Vendor::Intel)
+    );
+    let amd = device(&status, AMD_GPU).expect("the AMD GPU");
+    assert_eq!((amd.pci_address.as_deref(), amd.vendor), (Some(AMD_GPU), Vendor::Amd));
+    assert!(status.devices.iter().all(|d| !d.id.starts_with("card")), "{status:#?}");
+    let source = |name: &str| status.sources.iter().find(|s| s.name == name).cloned();
+    assert!(source("sysfs_accelerators").is_some_and(|s| s.available), "{:?}", status.sources);
+
+    // amdsmi: the GPU with uncorrectable ECC errors is Unhealthy, with amdsmi's reason.
+    let ecc = device(&status, AMD_ECC_GPU).expect("amdsmi's GPU");
+    assert!(ecc.reasons.iter().any(|r| r.source == HealthSource::AmdSmi && r.code == Some(1)), "{ecc:?}");
+    assert!(status.sources.iter().any(|s| s.name == "amd_smi" && s.available), "{:?}", status.sources);
+    assert_eq!(health(&status, AMD_GPU), Some(DeviceHealthState::Healthy));
+
+    // The kernel names each by its PCI address: each device is Unhealthy, with its pods.
+    append(&node.kmsg, &kmsg_record(1, 3, AMDGPU_LINE)).await;
+    append(&node.kmsg, &kmsg_record(2, 3, XE_LINE)).await;
+    let status = wait_for_status(&mut node.rx, WAIT, "the AMD and Intel GPUs Unhealthy", |s| {
+        health(s, AMD_GPU) == Some(DeviceHealthState::Unhealthy)
+            && health(s, INTEL_GPU) == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    for (id, want) in [(AMD_GPU, vec!["rocm-a"]), (INTEL_GPU, vec!["xe-a", "xe-b"])] {
+        let d = device(&status, id).expect("device");
+        assert_eq!(pods(&status, id), want);
+        assert!(d.reasons.iter().any(|r| r.source == HealthSource::KernelLog), "{d:?}");
+    }
+
+    node.agent.stop().await;
+    node.kubelet.stop().await;
+}
+
+/// The same node without sysfs' accelerators: the Intel plugin's `card2-0` is no PCI address,
+/// so the `xe 0000:03:00.0` line reaches no device and the pods on the card are never told.
+/// (The AMD GPU still is: the ROCm plugin's id is its address.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_sysfs_mapping_an_xe_fault_reaches_no_pod() {
+    let mut node = start_node(false).await;
+    wait_for_status(&mut node.rx, WAIT, "the Intel GPU by its card", |s| {
+        pods(s, "card2") == ["xe-a", "xe-b"]
+    })
+    .await;
+    append(&node.kmsg, &kmsg_record(1, 3, XE_LINE)).await;
+    append(&node.kmsg, &kmsg_record(2, 3, AMDGPU_LINE)).await;
+    let status = wait_for_status(&mut node.rx, WAIT, "the AMD GPU Unhealthy", |s| {
+        health(s, AMD_GPU) == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    assert!(node.agent.metrics.kmsg_unmapped.get() >= 1, "the xe line found no device");
+    assert_eq!(health(&status, "card2"), Some(DeviceHealthState::Healthy), "{status:#?}");
+    assert_eq!(device(&status, "card2").and_then(|d| d.pci_address.clone()), None);
+    node.agent.stop().await;
+    node.kubelet.stop().await;
+}
