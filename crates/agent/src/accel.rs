@@ -7,8 +7,13 @@
 //!   `device/vendor`, `device/class` (`0x030000` VGA, `0x038000` display controller, `0x120000`
 //!   processing accelerator) and the `device/driver` link say what it is. Intel's GPU plugin
 //!   names GPUs by card (`card1-0`, [`devheal_core::identity::split_replica_of`]); AMD's by PCI
-//!   address. An MI300 partition's card (`device` → `amdgpu_xcp_<n>`, a platform device) is not
-//!   a PCI device: it is counted, and which GPU it belongs to is not read here.
+//!   address.
+//! - **MI300 partitions.** A partition beyond the first is a platform device,
+//!   `/sys/devices/platform/amdgpu_xcp_<n>`, with a card and a render node of its own (the
+//!   ROCm plugin's id for it is `amdgpu_xcp_<n>`). Which GPU it is a slice of, KFD's topology
+//!   says (as the ROCm plugin reads it): the node whose `drm_render_minor` is the partition's
+//!   render node has the GPU's `domain` and `location_id` (bus in bits 8–15, device in bits
+//!   3–7; the function bits number the partition), so the GPU is `domain:bus:device.0`.
 //! - **accel devices** (`/sys/class/accel/accel<N>`, `accel_dir`): Intel Gaudi (`habanalabs`,
 //!   vendor `0x1da3`), whose kernel lines name the device `accel<N>` or, with the driver before
 //!   the accel subsystem, `hl<N>` (the same number: both are the driver's device id).
@@ -25,8 +30,11 @@ use devheal_core::identity::{drm_card, normalise_pci_address};
 /// Most entries looked at in each class directory (`drm/` also holds connectors and render
 /// nodes: a few per card).
 pub const MAX_ENTRIES: usize = 4096;
-/// Most devices kept.
+/// Most devices kept (and most partitions).
 pub const MAX_DEVICES: usize = 256;
+/// Most KFD topology nodes read, and the longest `properties` file read of each.
+pub const MAX_KFD_NODES: usize = 1024;
+pub const MAX_PROPERTIES_BYTES: u64 = 64 * 1024;
 
 /// PCI vendor ids.
 const AMD_VENDOR: &str = "0x1002";
@@ -47,13 +55,24 @@ pub struct SysfsAccelerator {
     pub driver: Option<String>,
 }
 
+/// An MI300 partition (a platform device `amdgpu_xcp_<n>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmdPartition {
+    /// `amdgpu_xcp_<n>`: the ROCm plugin's id for it.
+    pub id: String,
+    /// Its render node's minor number (`renderD<minor>`).
+    pub render_minor: Option<u32>,
+    /// The GPU it is a slice of, from KFD's topology.
+    pub gpu: Option<String>,
+}
+
 /// What was read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AcceleratorInventory {
     /// Sorted by name.
     pub devices: Vec<SysfsAccelerator>,
-    /// MI300 partitions' cards seen (not PCI devices, not mapped).
-    pub partitions: usize,
+    /// MI300 partitions, by id.
+    pub partitions: Vec<AmdPartition>,
     /// Whether either directory could be read.
     pub available: bool,
     /// One line for the source's status.
@@ -69,6 +88,11 @@ impl AcceleratorInventory {
             _ => name.to_string(),
         };
         self.devices.iter().find(|d| d.name == wanted).map(|d| d.pci_address.as_str())
+    }
+
+    /// Each partition whose GPU is known: partition id → the GPU's PCI address.
+    pub fn partition_gpus(&self) -> BTreeMap<String, String> {
+        self.partitions.iter().filter_map(|p| Some((p.id.clone(), p.gpu.clone()?))).collect()
     }
 
     /// Every name → PCI address, `hl<N>` beside `accel<N>`.
@@ -118,7 +142,7 @@ fn walk(
     is_device: impl Fn(&str) -> bool,
     vendors: &[&str],
     out: &mut BTreeMap<String, SysfsAccelerator>,
-    partitions: &mut usize,
+    partitions: &mut BTreeMap<String, AmdPartition>,
     optional: bool,
 ) -> Walk {
     let mut walk = Walk::default();
@@ -134,13 +158,28 @@ fn walk(
     walk.readable = true;
     for entry in entries.take(MAX_ENTRIES).flatten() {
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-        if !is_device(&name) {
+        let render_minor = name.strip_prefix("renderD").and_then(|m| m.parse::<u32>().ok());
+        if !is_device(&name) && render_minor.is_none() {
             continue;
         }
         let path = entry.path();
         let Some(target) = link_name(&path.join("device")) else { continue };
         if target.starts_with("amdgpu_xcp_") {
-            *partitions += 1;
+            if !partitions.contains_key(&target) && partitions.len() >= MAX_DEVICES {
+                walk.skipped += 1;
+                continue;
+            }
+            let partition = partitions.entry(target.clone()).or_insert_with(|| AmdPartition {
+                id: target,
+                render_minor: None,
+                gpu: None,
+            });
+            if render_minor.is_some() {
+                partition.render_minor = render_minor;
+            }
+            continue;
+        }
+        if render_minor.is_some() {
             continue;
         }
         let Some(pci_address) = normalise_pci_address(&target).filter(|_| target.contains('.')) else {
@@ -169,11 +208,44 @@ fn walk(
     walk
 }
 
-/// Read the DRM cards under `drm_dir` (`/sys/class/drm`) and the accel devices under
-/// `accel_dir` (`/sys/class/accel`).
-pub fn read_accelerators(drm_dir: &Path, accel_dir: &Path) -> AcceleratorInventory {
+/// The PCI address of the GPU each KFD topology node under `dir`
+/// (`/sys/class/kfd/kfd/topology/nodes`) with a render node stands for: render minor → GPU.
+/// A node without a GPU (a CPU: `drm_render_minor 0`) or whose properties cannot be read is
+/// skipped; `None` when the directory cannot be read.
+pub fn read_kfd_gpus(dir: &Path) -> Option<BTreeMap<u32, String>> {
+    use std::io::Read;
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut out = BTreeMap::new();
+    for entry in entries.take(MAX_KFD_NODES).flatten() {
+        let Ok(file) = std::fs::File::open(entry.path().join("properties")) else { continue };
+        let mut text = String::new();
+        if file.take(MAX_PROPERTIES_BYTES).read_to_string(&mut text).is_err() {
+            continue;
+        }
+        let value = |key: &str| -> Option<u64> {
+            text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        let (Some(minor), Some(location), Some(domain)) =
+            (value("drm_render_minor"), value("location_id"), value("domain"))
+        else {
+            continue;
+        };
+        let Ok(minor) = u32::try_from(minor) else { continue };
+        if minor == 0 || domain > 0xffff_ffff {
+            continue;
+        }
+        let (bus, device) = ((location >> 8) & 0xff, (location >> 3) & 0x1f);
+        out.insert(minor, format!("{domain:04x}:{bus:02x}:{device:02x}.0"));
+    }
+    Some(out)
+}
+
+/// Read the DRM cards under `drm_dir` (`/sys/class/drm`), the accel devices under
+/// `accel_dir` (`/sys/class/accel`) and, for MI300 partitions, KFD's topology nodes under
+/// `kfd_dir` (`/sys/class/kfd/kfd/topology/nodes`).
+pub fn read_accelerators(drm_dir: &Path, accel_dir: &Path, kfd_dir: &Path) -> AcceleratorInventory {
     let mut found = BTreeMap::new();
-    let mut partitions = 0;
+    let mut partitions = BTreeMap::new();
     let drm = walk(
         drm_dir,
         |n| drm_card(n).is_some(),
@@ -190,9 +262,14 @@ pub fn read_accelerators(drm_dir: &Path, accel_dir: &Path) -> AcceleratorInvento
         &mut partitions,
         true,
     );
+    // Each partition's GPU, from KFD (read only where there are partitions).
+    let kfd = if partitions.is_empty() { Some(BTreeMap::new()) } else { read_kfd_gpus(kfd_dir) };
+    for p in partitions.values_mut() {
+        p.gpu = p.render_minor.and_then(|m| kfd.as_ref()?.get(&m).cloned());
+    }
     let mut out = AcceleratorInventory {
         devices: found.into_values().collect(),
-        partitions,
+        partitions: partitions.into_values().collect(),
         available: drm.readable || accel.readable,
         message: String::new(),
     };
@@ -202,8 +279,13 @@ pub fn read_accelerators(drm_dir: &Path, accel_dir: &Path) -> AcceleratorInvento
         count(Vendor::Amd),
         count(Vendor::Intel)
     );
-    if partitions > 0 {
-        out.message.push_str(&format!(", {partitions} partition card(s) not mapped to their GPU"));
+    if !out.partitions.is_empty() {
+        let mapped = out.partitions.iter().filter(|p| p.gpu.is_some()).count();
+        let total = out.partitions.len();
+        out.message.push_str(&format!(", {total} MI300 partition(s), {mapped} mapped to their GPU"));
+        if kfd.is_none() {
+            out.message.push_str(&format!(" (cannot read {})", kfd_dir.display()));
+        }
     }
     let skipped = drm.skipped + accel.skipped;
     if skipped > 0 {
@@ -241,7 +323,11 @@ mod tests {
 
     #[test]
     fn missing_directories_are_reported_not_fatal() {
-        let inv = read_accelerators(Path::new("/nonexistent/drm"), Path::new("/nonexistent/accel"));
+        let inv = read_accelerators(
+            Path::new("/nonexistent/drm"),
+            Path::new("/nonexistent/accel"),
+            Path::new("/nonexistent/kfd"),
+        );
         assert!(!inv.available);
         assert!(inv.devices.is_empty());
         assert!(inv.message.contains("cannot read /nonexistent/drm"), "{}", inv.message);

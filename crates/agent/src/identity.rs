@@ -97,6 +97,8 @@ pub struct NodeIdentity {
     /// AMD and Intel accelerators by the name sysfs gives them (`card1`, `accel0`, `hl0`):
     /// name → PCI address ([`crate::accel`]).
     sysfs_names: BTreeMap<String, String>,
+    /// MI300 partitions by the ROCm plugin's id (`amdgpu_xcp_30`) → their GPU's PCI address.
+    amd_partitions: BTreeMap<String, String>,
 }
 
 impl NodeIdentity {
@@ -122,6 +124,12 @@ impl NodeIdentity {
     /// `(name, PCI address)`.
     pub fn set_sysfs_names(&mut self, names: BTreeMap<String, String>) {
         self.sysfs_names = names;
+    }
+
+    /// Which GPU each MI300 partition is a slice of (replacing the last read): partition id →
+    /// the GPU's PCI address ([`crate::accel`]).
+    pub fn set_amd_partitions(&mut self, partitions: BTreeMap<String, String>) {
+        self.amd_partitions = partitions;
     }
 
     /// The PCI address of the device sysfs calls `name` (`card1`, `accel0`, `hl0`).
@@ -241,7 +249,13 @@ impl NodeIdentity {
                 }
                 None => plain(base.clone(), None),
             },
-            DeviceId::AmdPartition(_) | DeviceId::Other(_) => plain(base.clone(), None),
+            // An MI300 partition: a device of its own whose parent is its GPU, when KFD said.
+            DeviceId::AmdPartition(_) => {
+                let gpu = self.amd_partitions.get(&base);
+                let parent = gpu.map(|pci| self.key_at_pci(pci).unwrap_or_else(|| pci.clone()));
+                plain(base.clone(), parent)
+            }
+            DeviceId::Other(_) => plain(base.clone(), None),
         }
     }
 
@@ -536,7 +550,15 @@ mod tests {
         let r = n.resolve("devheal.io/fake-gpu", "fake-0");
         assert_eq!((r.key.as_str(), r.parent, r.identified), ("fake-0", None, false));
         let r = n.resolve("amd.com/gpu", "amdgpu_xcp_30");
-        assert_eq!(r.key, "amdgpu_xcp_30");
+        assert_eq!((r.key.as_str(), r.parent.as_deref()), ("amdgpu_xcp_30", None));
+        // With KFD's word on its GPU, a partition is a slice of it.
+        let mut amd = n.clone();
+        amd.set_amd_partitions(BTreeMap::from([("amdgpu_xcp_30".to_string(), "0000:05:00.0".to_string())]));
+        let r = amd.resolve("amd.com/gpu", "amdgpu_xcp_30");
+        assert_eq!(
+            (r.key.as_str(), r.parent.as_deref(), r.identified),
+            ("amdgpu_xcp_30", Some("0000:05:00.0"), true)
+        );
         // An Intel card sysfs does not list (yet): its name without the share.
         let r = n.resolve("gpu.intel.com/xe", "card4-1");
         assert_eq!((r.key.as_str(), r.replica, r.identified), ("card4", Some(1), false));

@@ -39,6 +39,9 @@ pub struct SourcePaths {
     /// Intel accelerators by PCI address ([`crate::accel`]).
     pub drm_class_dir: PathBuf,
     pub accel_class_dir: PathBuf,
+    /// KFD's topology nodes (`/sys/class/kfd/kfd/topology/nodes`): which AMD GPU each MI300
+    /// partition is a slice of.
+    pub kfd_topology_dir: PathBuf,
     /// `libamd_smi.so` when it is not on the loader's path ([`crate::amd`]).
     pub amdsmi_library: Option<PathBuf>,
 }
@@ -55,6 +58,7 @@ impl Default for SourcePaths {
             sys_class_dir: "/sys/class".into(),
             drm_class_dir: "/sys/class/drm".into(),
             accel_class_dir: "/sys/class/accel".into(),
+            kfd_topology_dir: "/sys/class/kfd/kfd/topology/nodes".into(),
             amdsmi_library: None,
         }
     }

@@ -401,6 +401,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         accelerators: crate::accel::AcceleratorInventory::default(),
         drm_class_dir: config.paths.drm_class_dir.clone(),
         accel_class_dir: config.paths.accel_class_dir.clone(),
+        kfd_topology_dir: config.paths.kfd_topology_dir.clone(),
         accelerator_interval: config.accelerator_interval,
         accelerators_read: None,
         identity,
@@ -505,6 +506,7 @@ struct LoopState {
     accelerators: crate::accel::AcceleratorInventory,
     drm_class_dir: std::path::PathBuf,
     accel_class_dir: std::path::PathBuf,
+    kfd_topology_dir: std::path::PathBuf,
     accelerator_interval: StdDuration,
     accelerators_read: Option<tokio::time::Instant>,
     /// Every name each device goes by ([`crate::identity`]).

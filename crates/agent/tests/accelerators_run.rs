@@ -26,6 +26,8 @@ const WAIT: Duration = Duration::from_secs(20);
 const AMD_GPU: &str = "0000:c1:00.0";
 const INTEL_GPU: &str = "0000:03:00.0";
 const GAUDI: &str = "0000:19:00.0";
+/// An MI300 partition of the AMD GPU (KFD says whose).
+const PARTITION: &str = "amdgpu_xcp_30";
 /// A GPU only amdsmi reports (no plugin names it here), with uncorrectable ECC errors.
 const AMD_ECC_GPU: &str = "0000:c2:00.0";
 
@@ -46,7 +48,9 @@ fn build_sysfs(root: &Path, fixture: &str) {
         }
         match (kind, rest) {
             (Some("dir"), None) => std::fs::create_dir_all(&at).expect("dir"),
-            (Some("file"), Some(content)) => std::fs::write(&at, format!("{content}\n")).expect("file"),
+            (Some("file"), Some(content)) => {
+                std::fs::write(&at, format!("{}\n", content.replace("\\n", "\n"))).expect("file")
+            }
             (Some("link"), Some(target)) => std::os::unix::fs::symlink(target, &at).expect("link"),
             _ => panic!("{path}:{}: cannot read {line:?}", n + 1),
         }
@@ -80,7 +84,11 @@ async fn append(kmsg: &Path, record: &str) {
 fn the_fixture_tree_reads_as_its_cards_and_accel_devices() {
     let dir = tempfile::tempdir().expect("tempdir");
     build_sysfs(dir.path(), "amd-intel-gaudi.txt");
-    let inv = read_accelerators(&dir.path().join("class/drm"), &dir.path().join("class/accel"));
+    let inv = read_accelerators(
+        &dir.path().join("class/drm"),
+        &dir.path().join("class/accel"),
+        &dir.path().join("class/kfd/kfd/topology/nodes"),
+    );
     assert!(inv.available, "{}", inv.message);
     let seen: Vec<(&str, &str, Vendor, Option<&str>)> = inv
         .devices
@@ -88,7 +96,7 @@ fn the_fixture_tree_reads_as_its_cards_and_accel_devices() {
         .map(|d| (d.name.as_str(), d.pci_address.as_str(), d.vendor, d.driver.as_deref()))
         .collect();
     // card0 is the BMC's VGA (ASPEED, not read), card2-DP-1 a connector, renderD128 a render
-    // node, card9 a partition (counted).
+    // node, card9 and renderD136 a partition's.
     assert_eq!(
         seen,
         [
@@ -97,10 +105,15 @@ fn the_fixture_tree_reads_as_its_cards_and_accel_devices() {
             ("card2", INTEL_GPU, Vendor::Intel, Some("xe")),
         ]
     );
-    assert_eq!(inv.partitions, 1);
+    let partitions: Vec<(&str, Option<u32>, Option<&str>)> =
+        inv.partitions.iter().map(|p| (p.id.as_str(), p.render_minor, p.gpu.as_deref())).collect();
+    assert_eq!(partitions, [("amdgpu_xcp_30", Some(136), Some(AMD_GPU))], "KFD's node for renderD136");
     assert_eq!(inv.pci_of("hl0"), Some(GAUDI));
     assert_eq!(inv.devices[1].class.as_deref(), Some("0x120000"));
-    assert!(inv.message.starts_with("1 AMD and 2 Intel accelerator(s)"), "{}", inv.message);
+    assert_eq!(
+        inv.message,
+        "1 AMD and 2 Intel accelerator(s) by PCI address, 1 MI300 partition(s), 1 mapped to their GPU"
+    );
 }
 
 struct Node {
@@ -119,6 +132,7 @@ async fn start_node(mapped: bool) -> Node {
         build_sysfs(&dir.path().join("sys"), "amd-intel-gaudi.txt");
         config.paths.drm_class_dir = dir.path().join("sys/class/drm");
         config.paths.accel_class_dir = dir.path().join("sys/class/accel");
+        config.paths.kfd_topology_dir = dir.path().join("sys/class/kfd/kfd/topology/nodes");
     }
     config.amd = AmdSource::Fake(FakeAmdTelemetry {
         gpus: vec![AMD_GPU.into(), AMD_ECC_GPU.into()],
@@ -133,13 +147,14 @@ async fn start_node(mapped: bool) -> Node {
     let state = PodResourcesState::default();
     state.set_pods(vec![
         common::pod_resources("ml", "rocm-a", "trainer", "amd.com/gpu", &[AMD_GPU]),
+        common::pod_resources("ml", "xcp-a", "trainer", "amd.com/gpu", &[PARTITION]),
         common::pod_resources("media", "xe-a", "encoder", "gpu.intel.com/xe", &["card2-0"]),
         common::pod_resources("media", "xe-b", "encoder", "gpu.intel.com/xe", &["card2-1"]),
     ]);
     state.set_allocatable(vec![
         pr::ContainerDevices {
             resource_name: "amd.com/gpu".into(),
-            device_ids: vec![AMD_GPU.into()],
+            device_ids: vec![AMD_GPU.into(), PARTITION.into()],
             topology: None,
         },
         pr::ContainerDevices {
@@ -180,6 +195,11 @@ async fn amdgpu_and_xe_kernel_faults_reach_the_pods_holding_the_devices() {
     );
     let amd = device(&status, AMD_GPU).expect("the AMD GPU");
     assert_eq!((amd.pci_address.as_deref(), amd.vendor), (Some(AMD_GPU), Vendor::Amd));
+    let partition = device(&status, PARTITION).expect("the partition");
+    assert_eq!(
+        (partition.parent.as_deref(), pods(&status, PARTITION)),
+        (Some(AMD_GPU), vec!["xcp-a".to_string()])
+    );
     assert!(status.devices.iter().all(|d| !d.id.starts_with("card")), "{status:#?}");
     let source = |name: &str| status.sources.iter().find(|s| s.name == name).cloned();
     assert!(source("sysfs_accelerators").is_some_and(|s| s.available), "{:?}", status.sources);
@@ -196,9 +216,19 @@ async fn amdgpu_and_xe_kernel_faults_reach_the_pods_holding_the_devices() {
     let status = wait_for_status(&mut node.rx, WAIT, "the AMD and Intel GPUs Unhealthy", |s| {
         health(s, AMD_GPU) == Some(DeviceHealthState::Unhealthy)
             && health(s, INTEL_GPU) == Some(DeviceHealthState::Unhealthy)
+            && health(s, PARTITION) == Some(DeviceHealthState::Unhealthy)
     })
     .await;
-    for (id, want) in [(AMD_GPU, vec!["rocm-a"]), (INTEL_GPU, vec!["xe-a", "xe-b"])] {
+    // The partition takes on its GPU's fault, with the pod on it.
+    let inherited = device(&status, PARTITION)
+        .and_then(|d| d.reasons.iter().find(|r| r.source == HealthSource::KernelLog));
+    assert!(
+        inherited.is_some_and(|r| r.message.starts_with(&format!("on its parent {AMD_GPU}: "))),
+        "{inherited:?}"
+    );
+    for (id, want) in
+        [(AMD_GPU, vec!["rocm-a"]), (PARTITION, vec!["xcp-a"]), (INTEL_GPU, vec!["xe-a", "xe-b"])]
+    {
         let d = device(&status, id).expect("device");
         assert_eq!(pods(&status, id), want);
         assert!(d.reasons.iter().any(|r| r.source == HealthSource::KernelLog), "{d:?}");
@@ -227,6 +257,9 @@ async fn without_the_sysfs_mapping_an_xe_fault_reaches_no_pod() {
     assert!(node.agent.metrics.kmsg_unmapped.get() >= 1, "the xe line found no device");
     assert_eq!(health(&status, "card2"), Some(DeviceHealthState::Healthy), "{status:#?}");
     assert_eq!(device(&status, "card2").and_then(|d| d.pci_address.clone()), None);
+    // Nor does the partition know its GPU: it stays Healthy beside the Unhealthy GPU.
+    assert_eq!(device(&status, PARTITION).and_then(|d| d.parent.clone()), None);
+    assert_eq!(health(&status, PARTITION), Some(DeviceHealthState::Healthy));
     node.agent.stop().await;
     node.kubelet.stop().await;
 }

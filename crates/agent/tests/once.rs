@@ -63,6 +63,7 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
         sys_class_dir: dir.path().join("no-sysfs-class"),
         drm_class_dir: dir.path().join("no-sysfs-drm"),
         accel_class_dir: dir.path().join("no-sysfs-accel"),
+        kfd_topology_dir: dir.path().join("no-sysfs-kfd"),
         amdsmi_library: None,
     };
     // An operator's catalog (`--catalog`): the kernel log is classified with it, and says so.
@@ -131,6 +132,7 @@ async fn a_node_with_nothing_still_gets_an_answer() {
         sys_class_dir: missing("sys-class"),
         drm_class_dir: missing("sys-class-drm"),
         accel_class_dir: missing("sys-class-accel"),
+        kfd_topology_dir: missing("sys-class-kfd"),
         amdsmi_library: None,
     };
     let object =

@@ -64,6 +64,10 @@ pub struct AgentArgs {
     /// the device (docs/agent.md, "AMD and Intel").
     #[arg(long, default_value = "/sys/class/accel")]
     accel_class_dir: PathBuf,
+    /// KFD's topology nodes: which AMD GPU each MI300 partition (`amdgpu_xcp_<n>`) is a slice
+    /// of, so that a fault on the GPU reaches the pods on its partitions.
+    #[arg(long, default_value = "/sys/class/kfd/kfd/topology/nodes")]
+    kfd_topology_dir: PathBuf,
     /// A NIC link down for this long is a network fault; one back up sooner was a flap.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     nic_down_after: Duration,
@@ -194,6 +198,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         sys_class_dir: args.sys_class_dir.clone(),
         drm_class_dir: args.drm_class_dir.clone(),
         accel_class_dir: args.accel_class_dir.clone(),
+        kfd_topology_dir: args.kfd_topology_dir.clone(),
         amdsmi_library: args.amdsmi_library.clone(),
         ..SourcePaths::default()
     };

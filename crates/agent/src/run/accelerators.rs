@@ -19,11 +19,16 @@ impl LoopState {
             return;
         }
         self.accelerators_read = Some(tokio::time::Instant::now());
-        let read = crate::accel::read_accelerators(&self.drm_class_dir, &self.accel_class_dir);
+        let read = crate::accel::read_accelerators(
+            &self.drm_class_dir,
+            &self.accel_class_dir,
+            &self.kfd_topology_dir,
+        );
         if read != self.accelerators {
             tracing::info!(available = read.available, "accelerators in sysfs: {}", read.message);
             let names = read.names();
             self.identity.set_sysfs_names(names.clone());
+            self.identity.set_amd_partitions(read.partition_gpus());
             self.kernel.set_device_names(names);
             // The kubelet's names resolve anew (card1-0 is now a PCI address).
             self.kubelet_last.clear();

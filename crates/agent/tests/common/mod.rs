@@ -241,6 +241,7 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
         sys_class_dir: dir.join("sys-class"),
         drm_class_dir: dir.join("sys-class-drm"),
         accel_class_dir: dir.join("sys-class-accel"),
+        kfd_topology_dir: dir.join("sys-class-kfd"),
         amdsmi_library: None,
     };
     config.gpus = GpuSource::Off;
