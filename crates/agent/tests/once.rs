@@ -133,14 +133,17 @@ async fn a_node_with_nothing_still_gets_an_answer() {
         drm_class_dir: missing("sys-class-drm"),
         accel_class_dir: missing("sys-class-accel"),
         kfd_topology_dir: missing("sys-class-kfd"),
-        amdsmi_library: None,
+        amdsmi_library: Some(missing("libamd_smi.so")),
     };
     let object =
         collect_once("bare", &paths, &Catalog::builtin(), Duration::from_secs(1), Time::from_secs(0)).await;
     let status = object.status.expect("status");
     assert!(status.devices.is_empty());
     let names: Vec<&str> = status.sources.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, vec!["nvml", "pod_resources", "device_plugins", "kernel_log"]);
+    assert_eq!(
+        names,
+        vec!["nvml", "sysfs_accelerators", "amd_smi", "pod_resources", "device_plugins", "kernel_log"]
+    );
     assert!(
         status.sources.iter().all(|s| !s.available && s.message.as_deref().is_some_and(|m| !m.is_empty()))
     );
