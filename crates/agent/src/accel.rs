@@ -90,6 +90,11 @@ impl AcceleratorInventory {
         self.devices.iter().find(|d| d.name == wanted).map(|d| d.pci_address.as_str())
     }
 
+    /// Whether sysfs was read and shows no AMD GPU: amdsmi's absence then says nothing.
+    pub fn has_no_amd_gpu(&self) -> bool {
+        self.available && !self.devices.iter().any(|d| d.vendor == Vendor::Amd) && self.partitions.is_empty()
+    }
+
     /// Each partition whose GPU is known: partition id → the GPU's PCI address.
     pub fn partition_gpus(&self) -> BTreeMap<String, String> {
         self.partitions.iter().filter_map(|p| Some((p.id.clone(), p.gpu.clone()?))).collect()

@@ -129,7 +129,11 @@ pub async fn collect_once(
     identity.set_sysfs_names(accelerators.names());
     identity.set_amd_partitions(accelerators.partition_gpus());
     sources.push(source("sysfs_accelerators", accelerators.available, accelerators.message.clone(), None));
-    sources.push(amd_once(paths, &identity, &mut inventory, &mut tracker, now));
+    let amd = amd_once(paths, &identity, &mut inventory, &mut tracker, now);
+    // Without an AMD GPU in sysfs, amdsmi's absence says nothing (as in the running agent).
+    if amd.available || !accelerators.has_no_amd_gpu() {
+        sources.push(amd);
+    }
 
     // PodResources: who holds which device, and the devices the kubelet offers (those it
     // counts healthy; no plugin's own ListAndWatch is opened, see crate::kubelet_devices).

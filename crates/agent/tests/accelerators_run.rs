@@ -124,8 +124,20 @@ struct Node {
     kubelet: devheal_kubelet::server::ServerHandle,
 }
 
+/// amdsmi played by scripted GPUs: the fixture's AMD GPU and one with ECC errors.
+fn scripted_amdsmi() -> AmdSource {
+    AmdSource::Fake(FakeAmdTelemetry {
+        gpus: vec![AMD_GPU.into(), AMD_ECC_GPU.into()],
+        ecc: [
+            (AMD_GPU.to_string(), EccCounts::default()),
+            (AMD_ECC_GPU.to_string(), EccCounts { correctable: 4, uncorrectable: 2, deferred: 0 }),
+        ]
+        .into(),
+    })
+}
+
 /// The agent on the fixture's node, with sysfs' accelerators read or not (`mapped`).
-async fn start_node(mapped: bool) -> Node {
+async fn start_node(mapped: bool, amd: AmdSource) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path(), "node-amd");
     if mapped {
@@ -134,14 +146,8 @@ async fn start_node(mapped: bool) -> Node {
         config.paths.accel_class_dir = dir.path().join("sys/class/accel");
         config.paths.kfd_topology_dir = dir.path().join("sys/class/kfd/kfd/topology/nodes");
     }
-    config.amd = AmdSource::Fake(FakeAmdTelemetry {
-        gpus: vec![AMD_GPU.into(), AMD_ECC_GPU.into()],
-        ecc: [
-            (AMD_GPU.to_string(), EccCounts::default()),
-            (AMD_ECC_GPU.to_string(), EccCounts { correctable: 4, uncorrectable: 2, deferred: 0 }),
-        ]
-        .into(),
-    });
+    config.amd = amd;
+    config.paths.amdsmi_library = Some(dir.path().join("no-rocm/libamd_smi.so"));
     config.nvml_interval = Duration::from_millis(200);
 
     let state = PodResourcesState::default();
@@ -179,7 +185,7 @@ const XE_LINE: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amdgpu_and_xe_kernel_faults_reach_the_pods_holding_the_devices() {
-    let mut node = start_node(true).await;
+    let mut node = start_node(true, scripted_amdsmi()).await;
 
     // Every device once: the Intel GPU's two shares are one device at its PCI address.
     let status = wait_for_status(&mut node.rx, WAIT, "the AMD and Intel GPUs with their pods", |s| {
@@ -243,7 +249,7 @@ async fn amdgpu_and_xe_kernel_faults_reach_the_pods_holding_the_devices() {
 /// (The AMD GPU still is: the ROCm plugin's id is its address.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_sysfs_mapping_an_xe_fault_reaches_no_pod() {
-    let mut node = start_node(false).await;
+    let mut node = start_node(false, scripted_amdsmi()).await;
     wait_for_status(&mut node.rx, WAIT, "the Intel GPU by its card", |s| {
         pods(s, "card2") == ["xe-a", "xe-b"]
     })
@@ -262,4 +268,49 @@ async fn without_the_sysfs_mapping_an_xe_fault_reaches_no_pod() {
     assert_eq!(health(&status, PARTITION), Some(DeviceHealthState::Healthy));
     node.agent.stop().await;
     node.kubelet.stop().await;
+}
+
+/// amdsmi absent (the real loader, pointed at no library): on the AMD node the source is
+/// unavailable with the reason and the agent runs on, its kernel faults still mapped; on a node
+/// whose sysfs shows no AMD GPU the absent library is not a source down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_amdsmi_the_agent_runs_on_and_says_why() {
+    let mut node = start_node(true, AmdSource::AmdSmi).await;
+    let status = wait_for_status(&mut node.rx, WAIT, "amdsmi unavailable", |s| {
+        s.sources.iter().any(|s| s.name == "amd_smi" && !s.available)
+    })
+    .await;
+    let amd = status.sources.iter().find(|s| s.name == "amd_smi").expect("the source");
+    let message = amd.message.as_deref().unwrap_or_default();
+    assert!(message.starts_with("amdsmi unavailable: cannot load "), "{message}");
+    assert!(device(&status, AMD_ECC_GPU).is_none(), "no amdsmi, no GPU only it knows");
+    append(&node.kmsg, &kmsg_record(1, 3, AMDGPU_LINE)).await;
+    wait_for_status(&mut node.rx, WAIT, "the AMD GPU Unhealthy all the same", |s| {
+        health(s, AMD_GPU) == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    node.agent.stop().await;
+    node.kubelet.stop().await;
+
+    // No AMD GPU in sysfs (an empty DRM class): no amd_smi source at all.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path(), "node-nvidia");
+    std::fs::create_dir_all(dir.path().join("drm")).expect("an empty DRM class");
+    config.paths.drm_class_dir = dir.path().join("drm");
+    config.paths.amdsmi_library = Some(dir.path().join("libamd_smi.so"));
+    config.amd = AmdSource::AmdSmi;
+    let (statuses, mut rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent = start(config, ChannelPublisher { statuses, events }).await.expect("agent starts");
+    let status = wait_for_status(&mut rx, WAIT, "the first status", |_| true).await;
+    // The amdsmi thread's first try is at once; give the loop a moment to have taken it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = rx.try_recv().ok().and_then(|o| o.status).unwrap_or(status);
+    assert!(
+        later.sources.iter().any(|s| s.name == "sysfs_accelerators" && s.available),
+        "{:?}",
+        later.sources
+    );
+    assert!(!later.sources.iter().any(|s| s.name == "amd_smi"), "{:?}", later.sources);
+    agent.stop().await;
 }

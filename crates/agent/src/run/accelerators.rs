@@ -86,6 +86,13 @@ impl LoopState {
                 for gpu in &self.amd_devices {
                     self.tracker.set_watch(&gpu.id, HealthSource::AmdSmi, false, now);
                 }
+                // A node whose sysfs shows no AMD GPU does not need amdsmi: its absence is not
+                // a source down there (an NVIDIA node would otherwise always list one).
+                if self.amd_devices.is_empty() && self.accelerators.has_no_amd_gpu() {
+                    tracing::debug!(%message, "amdsmi not loaded; no AMD GPU in sysfs");
+                    self.sources.remove(AMD_SMI_SOURCE);
+                    return;
+                }
                 self.set_source(AMD_SMI_SOURCE, false, message, None, now);
             }
         }
