@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use devheal_core::Vendor;
 use devheal_core::identity::{
     DeviceId, DraDevice, NVIDIA_DRA_DRIVER, NvidiaDraName, normalise_pci_address, nvidia_dra_name,
-    parse_device_id, split_replica,
+    parse_device_id, split_replica_of,
 };
 
 /// A GPU as NVML enumerates it.
@@ -94,6 +94,11 @@ pub struct NodeIdentity {
     slices: Vec<SliceDevice>,
     /// Other physical devices by PCI address (fake devices): address → key.
     pci_keys: BTreeMap<String, String>,
+    /// AMD and Intel accelerators by the name sysfs gives them (`card1`, `accel0`, `hl0`):
+    /// name → PCI address ([`crate::accel`]).
+    sysfs_names: BTreeMap<String, String>,
+    /// MI300 partitions by the ROCm plugin's id (`amdgpu_xcp_30`) → their GPU's PCI address.
+    amd_partitions: BTreeMap<String, String>,
 }
 
 impl NodeIdentity {
@@ -113,6 +118,23 @@ impl NodeIdentity {
 
     pub fn slices(&self) -> &[SliceDevice] {
         &self.slices
+    }
+
+    /// The node's DRM cards and accel devices by name (replacing the last read):
+    /// `(name, PCI address)`.
+    pub fn set_sysfs_names(&mut self, names: BTreeMap<String, String>) {
+        self.sysfs_names = names;
+    }
+
+    /// Which GPU each MI300 partition is a slice of (replacing the last read): partition id →
+    /// the GPU's PCI address ([`crate::accel`]).
+    pub fn set_amd_partitions(&mut self, partitions: BTreeMap<String, String>) {
+        self.amd_partitions = partitions;
+    }
+
+    /// The PCI address of the device sysfs calls `name` (`card1`, `accel0`, `hl0`).
+    pub fn pci_of_sysfs_name(&self, name: &str) -> Option<&str> {
+        self.sysfs_names.get(name).map(String::as_str)
     }
 
     /// A device at `pci_address` known by `key` (fake devices).
@@ -185,7 +207,7 @@ impl NodeIdentity {
     /// driver, a KEP-4680 `claim:…`). See the module documentation.
     pub fn resolve(&self, resource: &str, id: &str) -> Resolved {
         let parsed = parse_device_id(resource, id);
-        let base = split_replica(id).0.to_string();
+        let base = split_replica_of(resource, id).0.to_string();
         let plain = |key: String, parent: Option<String>| Resolved {
             identified: key != base || parent.is_some(),
             key,
@@ -218,7 +240,22 @@ impl NodeIdentity {
             DeviceId::MinorGpuInstance { minor, .. } => {
                 plain(base.clone(), self.gpu_by_minor(minor).map(|g| g.uuid.clone()))
             }
-            DeviceId::AmdPartition(_) | DeviceId::Other(_) => plain(base.clone(), None),
+            // An Intel GPU by its DRM card: the device at the card's PCI address (its key is the
+            // address, as an AMD GPU's; NVML's key if NVML knows it).
+            DeviceId::DrmCard(n) => match self.pci_of_sysfs_name(&format!("card{n}")) {
+                Some(pci) => {
+                    let key = self.key_at_pci(pci).unwrap_or_else(|| pci.to_string());
+                    Resolved { identified: true, ..plain(key, None) }
+                }
+                None => plain(base.clone(), None),
+            },
+            // An MI300 partition: a device of its own whose parent is its GPU, when KFD said.
+            DeviceId::AmdPartition(_) => {
+                let gpu = self.amd_partitions.get(&base);
+                let parent = gpu.map(|pci| self.key_at_pci(pci).unwrap_or_else(|| pci.clone()));
+                plain(base.clone(), parent)
+            }
+            DeviceId::Other(_) => plain(base.clone(), None),
         }
     }
 
@@ -428,6 +465,7 @@ mod tests {
             "nvidia-dra-driver-gpu.json",
             "rocm-k8s-device-plugin.json",
             "gke-device-plugin.json",
+            "intel-gpu-plugin.json",
         ] {
             let text = std::fs::read_to_string(format!("{dir}/{file}")).expect("fixture");
             let f: serde_json::Value = serde_json::from_str(&text).expect("json");
@@ -455,6 +493,17 @@ mod tests {
             n.set_slices(
                 f["node"]["slices"].as_array().into_iter().flatten().flat_map(slice_devices).collect(),
             );
+            n.set_sysfs_names(
+                f["node"]["drm_cards"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        let field = |k: &str| c[k].as_str().expect("drm card field").to_string();
+                        (field("name"), field("pci_address"))
+                    })
+                    .collect(),
+            );
             for case in f["cases"].as_array().expect("cases") {
                 let Some(key) = case["key"].as_str() else { continue };
                 let (resource, id) =
@@ -474,7 +523,7 @@ mod tests {
                 assert_eq!(n.key_at_pci(pci).as_deref(), g["uuid"].as_str(), "{file}: {pci}");
             }
         }
-        assert!(checked >= 28, "only {checked} cases");
+        assert!(checked >= 31, "only {checked} cases");
     }
 
     #[test]
@@ -501,7 +550,18 @@ mod tests {
         let r = n.resolve("devheal.io/fake-gpu", "fake-0");
         assert_eq!((r.key.as_str(), r.parent, r.identified), ("fake-0", None, false));
         let r = n.resolve("amd.com/gpu", "amdgpu_xcp_30");
-        assert_eq!(r.key, "amdgpu_xcp_30");
+        assert_eq!((r.key.as_str(), r.parent.as_deref()), ("amdgpu_xcp_30", None));
+        // With KFD's word on its GPU, a partition is a slice of it.
+        let mut amd = n.clone();
+        amd.set_amd_partitions(BTreeMap::from([("amdgpu_xcp_30".to_string(), "0000:05:00.0".to_string())]));
+        let r = amd.resolve("amd.com/gpu", "amdgpu_xcp_30");
+        assert_eq!(
+            (r.key.as_str(), r.parent.as_deref(), r.identified),
+            ("amdgpu_xcp_30", Some("0000:05:00.0"), true)
+        );
+        // An Intel card sysfs does not list (yet): its name without the share.
+        let r = n.resolve("gpu.intel.com/xe", "card4-1");
+        assert_eq!((r.key.as_str(), r.replica, r.identified), ("card4", Some(1), false));
         let r = n.resolve("nic.example.com", "pool/eth-0");
         assert_eq!((r.key.as_str(), r.identified), ("nic.example.com/pool/eth-0", false));
         // An index only for NVIDIA resources.

@@ -121,6 +121,9 @@ pub struct KernelPipeline {
     /// applied when a device with that address appears. Bounded.
     pending: BTreeMap<String, Vec<(Evidence, Time)>>,
     pending_count: usize,
+    /// Devices by the name their driver gives them in place of a PCI address (Gaudi's `hl0`,
+    /// `accel0`): name → PCI address ([`crate::accel`]).
+    names: BTreeMap<String, String>,
 }
 
 /// How a fault elsewhere concerns a device.
@@ -169,6 +172,7 @@ impl KernelPipeline {
             correlator: Correlator::new(CorrelationConfig::default()),
             pending: BTreeMap::new(),
             pending_count: 0,
+            names: BTreeMap::new(),
         }
     }
 
@@ -176,6 +180,12 @@ impl KernelPipeline {
     pub fn with_catalog(mut self, catalog: Catalog) -> Self {
         self.classifier = Classifier::new(catalog);
         self
+    }
+
+    /// Map the devices a line names by their own name (`hl0`, `accel0`) to these PCI
+    /// addresses from now on (replacing the last names).
+    pub fn set_device_names(&mut self, names: BTreeMap<String, String>) {
+        self.names = names;
     }
 
     /// Correlate with the node's topology from now on (replacing the last one read).
@@ -212,6 +222,16 @@ impl KernelPipeline {
 
     /// Correlate one fault and say which device it is evidence about.
     pub fn fault(&mut self, fault: &DeviceFault, at: Time) -> Mapped {
+        // A line that names the device by its driver's name (`habanalabs hl0: ...`): its
+        // address, when sysfs says which device that is.
+        let named;
+        let fault = match (&fault.device, fault.device_name.as_ref().and_then(|n| self.names.get(n))) {
+            (None, Some(pci)) => {
+                named = DeviceFault { device: Some(pci.clone()), ..fault.clone() };
+                &named
+            }
+            _ => fault,
+        };
         if fault.kind == FaultKind::NicLink {
             // A network link, never a device's fault: the loop's link tracker tells a flap from
             // a dead link.
@@ -438,6 +458,22 @@ mod tests {
             "{up:?}"
         );
         assert!(!p.has_held(), "nothing waits for a device at a NIC's address");
+    }
+
+    /// A Gaudi line names the device `hl0`: with sysfs' names it is evidence about the device
+    /// at that address; without them it names no address.
+    #[test]
+    fn a_gaudi_line_by_name_maps_through_the_sysfs_names() {
+        let line = "habanalabs hl0: Device heartbeat failed! PCI link is broken";
+        let mut p = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
+        assert_eq!(p.line(line, Time::from_secs(1001)), Some(Mapped::NoAddress));
+        let mut p = KernelPipeline::new("n", Some("b".into()), Time::from_secs(1000));
+        p.set_device_names(BTreeMap::from([("hl0".to_string(), "0000:19:00.0".to_string())]));
+        let Some(Mapped::Device { pci_address, evidence, .. }) = p.line(line, Time::from_secs(1001)) else {
+            panic!("a heartbeat failure is a device fault");
+        };
+        assert_eq!(pci_address, "0000:19:00.0");
+        assert_eq!(evidence.health, Health::Unhealthy);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - [`nvml`]: GPU telemetry and Xid events through NVML, loaded at run time;
 //!   [`nvml_evidence`] turns a sample into health evidence.
 //! - [`health`]: the per-device health state machine (probation, Unknown when blind, no latching).
+//! - [`accel`]: AMD and Intel accelerators from sysfs (DRM cards, accel devices) by PCI
+//!   address; [`amd`]: AMD GPUs' ECC counts through amdsmi, loaded at run time.
 //! - [`identity`]: every name a device goes by (UUID, PCI id, replicas, MIG, DRA) resolved to
 //!   one key and its parent.
 //! - [`snapshot`]: the `NodeDeviceHealth` object built from inventory, verdicts, the kubelet's
@@ -22,6 +24,8 @@
 //! `devheal-kubelet`. See `docs/agent.md`.
 #![forbid(unsafe_code)]
 
+pub mod accel;
+pub mod amd;
 pub mod fake;
 pub mod health;
 pub mod http;

@@ -1,7 +1,7 @@
 //! One pass over every source, for `devheal agent --once`: read what the node knows now and build
 //! the `NodeDeviceHealth` the agent would publish.
 //!
-//! Each source that cannot be read (no NVIDIA driver, no kubelet socket, no device-plugin
+//! Each source that cannot be read (no NVIDIA driver, no amdsmi, no kubelet socket, no device-plugin
 //! directory, no permission on `/dev/kmsg`) is reported in `status.sources` as unavailable with
 //! the reason, and the pass goes on: a node without a GPU or a kubelet still gets an answer.
 
@@ -35,6 +35,15 @@ pub struct SourcePaths {
     /// sysfs' device classes (`/sys/class`): the node's NICs, `net/` and `infiniband/`
     /// ([`crate::nic`]).
     pub sys_class_dir: PathBuf,
+    /// sysfs' DRM cards (`/sys/class/drm`) and accel devices (`/sys/class/accel`): AMD and
+    /// Intel accelerators by PCI address ([`crate::accel`]).
+    pub drm_class_dir: PathBuf,
+    pub accel_class_dir: PathBuf,
+    /// KFD's topology nodes (`/sys/class/kfd/kfd/topology/nodes`): which AMD GPU each MI300
+    /// partition is a slice of.
+    pub kfd_topology_dir: PathBuf,
+    /// `libamd_smi.so` when it is not on the loader's path ([`crate::amd`]).
+    pub amdsmi_library: Option<PathBuf>,
 }
 
 impl Default for SourcePaths {
@@ -47,6 +56,10 @@ impl Default for SourcePaths {
             boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
             pci_devices_dir: "/sys/bus/pci/devices".into(),
             sys_class_dir: "/sys/class".into(),
+            drm_class_dir: "/sys/class/drm".into(),
+            accel_class_dir: "/sys/class/accel".into(),
+            kfd_topology_dir: "/sys/class/kfd/kfd/topology/nodes".into(),
+            amdsmi_library: None,
         }
     }
 }
@@ -105,6 +118,21 @@ pub async fn collect_once(
             }
         }
         Err(e) => sources.push(source("nvml", false, e.to_string(), None)),
+    }
+
+    // AMD and Intel accelerators: their names in sysfs, MI300 partitions' GPUs, and amdsmi.
+    let accelerators = crate::accel::read_accelerators(
+        &paths.drm_class_dir,
+        &paths.accel_class_dir,
+        &paths.kfd_topology_dir,
+    );
+    identity.set_sysfs_names(accelerators.names());
+    identity.set_amd_partitions(accelerators.partition_gpus());
+    sources.push(source("sysfs_accelerators", accelerators.available, accelerators.message.clone(), None));
+    let amd = amd_once(paths, &identity, &mut inventory, &mut tracker, now);
+    // Without an AMD GPU in sysfs, amdsmi's absence says nothing (as in the running agent).
+    if amd.available || !accelerators.has_no_amd_gpu() {
+        sources.push(amd);
     }
 
     // PodResources: who holds which device, and the devices the kubelet offers (those it
@@ -209,6 +237,46 @@ pub async fn collect_once(
     })
 }
 
+/// amdsmi once: each AMD GPU into the inventory, with its ECC evidence; the source's status.
+fn amd_once(
+    paths: &SourcePaths,
+    identity: &crate::identity::NodeIdentity,
+    inventory: &mut Vec<InventoryDevice>,
+    tracker: &mut DeviceHealthTracker,
+    now: Time,
+) -> SourceStatus {
+    let name = crate::amd::AMD_SMI_SOURCE;
+    let mut smi = match devheal_amdsmi::AmdSmi::open(paths.amdsmi_library.as_deref()) {
+        Ok(smi) => smi,
+        Err(e) => return source(name, false, e.to_string(), None),
+    };
+    let gpus = match smi.gpus() {
+        Ok(gpus) => gpus,
+        Err(e) => return source(name, false, e.to_string(), None),
+    };
+    let mut seen = BTreeSet::new();
+    for gpu in &gpus {
+        if !seen.insert(gpu.pci_address.clone()) {
+            continue;
+        }
+        let key = identity.key_at_pci(&gpu.pci_address).unwrap_or_else(|| gpu.pci_address.clone());
+        if let Ok(ecc) = smi.ecc(gpu) {
+            tracker.set_watch(&key, HealthSource::AmdSmi, true, now);
+            for e in crate::amd::evidence_from_ecc(&ecc) {
+                tracker.observe(&key, e, now);
+            }
+        }
+        inventory.push(InventoryDevice {
+            id: key,
+            resource: crate::amd::AMD_GPU_RESOURCE.into(),
+            vendor: devheal_k8s::crd::DeviceVendor::Amd,
+            pci_address: Some(gpu.pci_address.clone()),
+            ..InventoryDevice::default()
+        });
+    }
+    source(name, true, format!("{} AMD GPU(s)", seen.len()), None)
+}
+
 fn replay_kernel_log(
     node: &str,
     paths: &SourcePaths,
@@ -238,6 +306,15 @@ fn replay_kernel_log(
     let mut kernel =
         KernelPipeline::new(node, boot_id.map(str::to_string), boot_time).with_catalog(catalog.clone());
     kernel.set_topology(topology.topology);
+    // Gaudi lines name their device hl<N>/accel<N> (read again here: one cheap directory walk).
+    kernel.set_device_names(
+        crate::accel::read_accelerators(
+            &paths.drm_class_dir,
+            &paths.accel_class_dir,
+            &paths.kfd_topology_dir,
+        )
+        .names(),
+    );
     let (mut records, mut faults, mut unmapped, mut lost) = (0u64, 0u64, 0u64, 0u64);
     // Bounded: a ring buffer holds far fewer records than this.
     while records < 1_000_000 {

@@ -57,6 +57,7 @@ use crate::sources::{
     NvmlEvent, PodResourcesEvent, PodResourcesSettings, SourceEvent, pod_resources_task, spawn_gpu_telemetry,
 };
 
+mod accelerators;
 mod handle;
 mod links;
 mod report;
@@ -79,6 +80,10 @@ pub struct AgentConfig {
     pub node: String,
     pub paths: SourcePaths,
     pub gpus: GpuSource,
+    /// AMD GPUs' ECC counts: amdsmi, loaded at run time ([`crate::amd`]).
+    pub amd: crate::amd::AmdSource,
+    /// How often the DRM cards and accel devices are read from sysfs ([`crate::accel`]).
+    pub accelerator_interval: StdDuration,
     /// Serve this many fake devices (`devheal.io/fake-gpu`) and accept fault injection.
     pub fake_devices: usize,
     /// `/metrics`, `/healthz` and `/fake/*`; `None` serves nothing.
@@ -148,6 +153,8 @@ impl AgentConfig {
             node: node.to_string(),
             paths: SourcePaths::default(),
             gpus: GpuSource::Nvml,
+            amd: crate::amd::AmdSource::AmdSmi,
+            accelerator_interval: StdDuration::from_secs(30),
             fake_devices: 0,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9101))),
             progress_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9102))),
@@ -303,6 +310,20 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         .map_err(|source| AgentError::Thread { what: "NVML", source })?;
     }
 
+    // AMD GPUs through amdsmi.
+    if !matches!(config.amd, crate::amd::AmdSource::Off) {
+        let (amd_tx, amd_rx) = mpsc::channel::<crate::amd::AmdEvent>(256);
+        crate::amd::spawn_amd_telemetry(
+            config.amd.clone(),
+            config.paths.amdsmi_library.clone(),
+            config.nvml_interval,
+            amd_tx,
+            Arc::clone(&stop_threads),
+        )
+        .map_err(|source| AgentError::Thread { what: "amdsmi", source })?;
+        tasks.push(tokio::spawn(forward(amd_rx, events_tx.clone(), SourceEvent::Amd, shutdown.clone())));
+    }
+
     // The Node's device counts, its ResourceSlices and its device-stack pods, as they change.
     if let Some(counts) = config.node_counts.clone() {
         tasks.push(tokio::spawn(forward_changes(counts, events_tx.clone(), shutdown.clone(), |now| {
@@ -426,6 +447,13 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         kernel: KernelPipeline::new(&config.node, boot_id, boot_time).with_catalog(config.catalog.clone()),
         static_devices,
         nvml_devices: Vec::new(),
+        amd_devices: Vec::new(),
+        accelerators: crate::accel::AcceleratorInventory::default(),
+        drm_class_dir: config.paths.drm_class_dir.clone(),
+        accel_class_dir: config.paths.accel_class_dir.clone(),
+        kfd_topology_dir: config.paths.kfd_topology_dir.clone(),
+        accelerator_interval: config.accelerator_interval,
+        accelerators_read: None,
         identity,
         kubelet,
         kubelet_last: BTreeMap::new(),
@@ -453,6 +481,8 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
     // The NICs before the kernel log's replay reaches the loop, so that its lines find them
     // (and lines older than the state sysfs reads now are stale).
     state.refresh_nics(wall_now());
+    // The accelerators too: a Gaudi line names its device hl0, an Intel plugin card1-0.
+    state.refresh_accelerators(wall_now());
     drop(progress_tx);
     tasks.push(tokio::spawn(event_loop(state, events_rx, publication_tx, transition_tx, shutdown.clone())));
 
@@ -520,6 +550,16 @@ struct LoopState {
     /// Fake devices.
     static_devices: Vec<InventoryDevice>,
     nvml_devices: Vec<InventoryDevice>,
+    /// amdsmi's GPUs.
+    amd_devices: Vec<InventoryDevice>,
+    /// The DRM cards and accel devices last read from sysfs, where, how often and when
+    /// ([`accelerators`]).
+    accelerators: crate::accel::AcceleratorInventory,
+    drm_class_dir: std::path::PathBuf,
+    accel_class_dir: std::path::PathBuf,
+    kfd_topology_dir: std::path::PathBuf,
+    accelerator_interval: StdDuration,
+    accelerators_read: Option<tokio::time::Instant>,
     /// Every name each device goes by ([`crate::identity`]).
     identity: NodeIdentity,
     /// The devices the kubelet offers, and what it says of the others (plugin-side health).
@@ -598,6 +638,7 @@ async fn event_loop(
                 state.tracker.tick(now);
                 state.progress.tick(now);
                 state.tick_links(now);
+                state.refresh_accelerators(now);
                 state.metrics.mark_loop_alive(now.as_nanos() / 1_000_000_000);
             }
             _ = shutdown.changed() => break,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use devheal_core::Time;
-use devheal_core::identity::split_replica;
+use devheal_core::identity::split_replica_of;
 use devheal_k8s::crd::{
     BoundPod, DeviceHealthState, DeviceStatus, DeviceVendor, HealthReasonStatus, HealthSummary,
     NodeDeviceHealth, NodeDeviceHealthSpec, NodeDeviceHealthStatus, SourceStatus, k8s_time,
@@ -93,7 +93,7 @@ pub fn fold_inventory<'a>(
                 if named.insert(r.key.clone()) {
                     unit.resource = resource.to_string();
                 }
-                let base = split_replica(id).0;
+                let base = split_replica_of(resource, id).0;
                 if base != r.key {
                     unit.aliases.insert(base.to_string());
                 }

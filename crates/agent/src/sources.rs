@@ -55,6 +55,7 @@ pub(crate) enum SourceEvent {
     Kernel(KernelEvent),
     Fake(FakeSignal),
     Nvml(NvmlEvent),
+    Amd(crate::amd::AmdEvent),
     PodResources(PodResourcesEvent),
     /// The Node's device counts changed (`None`: not known).
     NodeCounts(Option<NodeCounts>),

@@ -61,6 +61,10 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
         boot_id_file: boot_id,
         pci_devices_dir: dir.path().join("no-sysfs"),
         sys_class_dir: dir.path().join("no-sysfs-class"),
+        drm_class_dir: dir.path().join("no-sysfs-drm"),
+        accel_class_dir: dir.path().join("no-sysfs-accel"),
+        kfd_topology_dir: dir.path().join("no-sysfs-kfd"),
+        amdsmi_library: None,
     };
     // An operator's catalog (`--catalog`): the kernel log is classified with it, and says so.
     let catalog = Catalog::from_yaml_str(
@@ -126,13 +130,20 @@ async fn a_node_with_nothing_still_gets_an_answer() {
         boot_id_file: missing("boot_id"),
         pci_devices_dir: missing("sys-bus-pci-devices"),
         sys_class_dir: missing("sys-class"),
+        drm_class_dir: missing("sys-class-drm"),
+        accel_class_dir: missing("sys-class-accel"),
+        kfd_topology_dir: missing("sys-class-kfd"),
+        amdsmi_library: Some(missing("libamd_smi.so")),
     };
     let object =
         collect_once("bare", &paths, &Catalog::builtin(), Duration::from_secs(1), Time::from_secs(0)).await;
     let status = object.status.expect("status");
     assert!(status.devices.is_empty());
     let names: Vec<&str> = status.sources.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, vec!["nvml", "pod_resources", "device_plugins", "kernel_log"]);
+    assert_eq!(
+        names,
+        vec!["nvml", "sysfs_accelerators", "amd_smi", "pod_resources", "device_plugins", "kernel_log"]
+    );
     assert!(
         status.sources.iter().all(|s| !s.available && s.message.as_deref().is_some_and(|m| !m.is_empty()))
     );

@@ -56,6 +56,18 @@ pub struct AgentArgs {
     /// kernel log and link state the agent follows (docs/agent.md, "NIC links").
     #[arg(long, default_value = "/sys/class")]
     sys_class_dir: PathBuf,
+    /// sysfs' DRM cards: AMD and Intel GPUs by PCI address, so that the Intel GPU plugin's
+    /// `card1-0` and a kernel line's address name one device (docs/agent.md, "AMD and Intel").
+    #[arg(long, default_value = "/sys/class/drm")]
+    drm_class_dir: PathBuf,
+    /// sysfs' accel devices: Intel Gaudi by PCI address, so that `habanalabs hl0:` lines reach
+    /// the device (docs/agent.md, "AMD and Intel").
+    #[arg(long, default_value = "/sys/class/accel")]
+    accel_class_dir: PathBuf,
+    /// KFD's topology nodes: which AMD GPU each MI300 partition (`amdgpu_xcp_<n>`) is a slice
+    /// of, so that a fault on the GPU reaches the pods on its partitions.
+    #[arg(long, default_value = "/sys/class/kfd/kfd/topology/nodes")]
+    kfd_topology_dir: PathBuf,
     /// A NIC link down for this long is a network fault; one back up sooner was a flap.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     nic_down_after: Duration,
@@ -74,6 +86,13 @@ pub struct AgentArgs {
     /// Do not load NVML at all.
     #[arg(long)]
     no_nvml: bool,
+    /// libamd_smi.so (AMD's management library), when it is not on the loader's path (ROCm
+    /// installs it in /opt/rocm/lib).
+    #[arg(long)]
+    amdsmi_library: Option<PathBuf>,
+    /// Do not load amdsmi at all.
+    #[arg(long)]
+    no_amdsmi: bool,
     /// How long to wait for each kubelet or plugin call.
     #[arg(long, default_value_t = 5)]
     source_timeout_secs: u64,
@@ -203,6 +222,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         nvml_library: args.nvml_library.clone(),
         pci_devices_dir: args.pci_devices_dir.clone(),
         sys_class_dir: args.sys_class_dir.clone(),
+        drm_class_dir: args.drm_class_dir.clone(),
+        accel_class_dir: args.accel_class_dir.clone(),
+        kfd_topology_dir: args.kfd_topology_dir.clone(),
+        amdsmi_library: args.amdsmi_library.clone(),
         ..SourcePaths::default()
     };
     let catalog = match &args.catalog {
@@ -230,6 +253,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.catalog = catalog;
     config.paths = paths;
     config.gpus = if args.no_nvml { GpuSource::Off } else { GpuSource::Nvml };
+    config.amd = if args.no_amdsmi {
+        devheal_agent::amd::AmdSource::Off
+    } else {
+        devheal_agent::amd::AmdSource::AmdSmi
+    };
     config.fake_devices = args.fake_devices;
     config.metrics_addr = Some(args.metrics_addr);
     config.progress_addr = Some(args.progress_addr);

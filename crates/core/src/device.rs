@@ -83,6 +83,8 @@ pub enum HealthSource {
     PodStatus,
     Progress,
     Operator,
+    /// AMD's management library (amdsmi, `libamd_smi.so`): ECC/RAS counts.
+    AmdSmi,
 }
 
 /// One reason behind a device's health, de-duplicated by (source, code).

@@ -12,6 +12,7 @@
 //! | the kernel log, NVML, AMD ROCm plugin | PCI bus id | `0000:3b:00.0`, `00000000:3B:00.0` |
 //! | `/dev/nvidiaN`, GKE's plugin | minor number | `nvidia3`, `/dev/nvidia3`; MIG `nvidia0/gi2`, shares `nvidia0/vgpu1` |
 //! | AMD ROCm plugin, MI300 partitions | partition | `amdgpu_xcp_30` |
+//! | Intel GPU plugin (`gpu.intel.com/i915`, `gpu.intel.com/xe`) | DRM card and share | `card1-0`, `card1-3` (the 4th container sharing `card1`) |
 //! | DRA (PodResources, ResourceClaim, DeviceTaintRule) | `driver/pool/device` | `gpu.nvidia.com/node-1/gpu-0`, `…/gpu-1-mig-2g47gb-14-0` |
 //! | pod status (KEP-4680) for a DRA claim | resource `claim:<claim>[/<request>]`, id the first CDI device id the driver prepared, else `driver/pool/device` | `claim:train-gpus` + `k8s.gpu.nvidia.com/claim=dab5ab50-d59a-42a6-af16-cfd4628c0f7a-gpu-0`, or + `gpu.nvidia.com/node-1/gpu-0` |
 //!
@@ -160,6 +161,36 @@ pub fn split_replica(id: &str) -> (&str, Option<u32>) {
     (id, None)
 }
 
+/// [`split_replica`] for an id exposed under `resource`: Intel's GPU plugin
+/// (`gpu.intel.com/…`) names each share of a DRM card `card<N>-<share>` (one id per container
+/// that may share it, `-shared-dev-num`), so `card1-3` is share 3 of `card1`. Other resources as
+/// [`split_replica`].
+pub fn split_replica_of<'a>(resource: &str, id: &'a str) -> (&'a str, Option<u32>) {
+    if resource.starts_with(INTEL_GPU_RESOURCE_PREFIX)
+        && let Some((card, share)) = id.rsplit_once('-')
+        && drm_card(card).is_some()
+        && let Ok(share) = share.parse::<u32>()
+    {
+        return (card, Some(share));
+    }
+    split_replica(id)
+}
+
+/// The resource prefix of Intel's GPU plugin (`gpu.intel.com/i915`, `gpu.intel.com/xe`).
+pub const INTEL_GPU_RESOURCE_PREFIX: &str = "gpu.intel.com/";
+
+/// The number of a DRM card name, `card<N>` (`/sys/class/drm/card<N>`); `None` for anything
+/// else (a connector `card1-DP-1`, a render node `renderD128`).
+pub fn drm_card(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("card")?;
+    (!n.is_empty()
+        && n.len() <= 6
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && (n == "0" || !n.starts_with('0')))
+    .then(|| n.parse().ok())
+    .flatten()
+}
+
 /// A PCI address as the kernel prints it: lower-case `dddd:bb:dd.f`, the domain without the
 /// zero padding NVML adds (`00000000:3B:00.0` → `0000:3b:00.0`, a VMD domain
 /// `00010000:E1:00.0` → `10000:e1:00.0`). Accepts `dddd:bb:dd` (function 0, the NVIDIA Xid
@@ -220,6 +251,8 @@ pub enum DeviceId {
     MinorGpuInstance { minor: u32, gi: u32 },
     /// `amdgpu_xcp_<n>`: a partition of an AMD Instinct GPU (ROCm plugin).
     AmdPartition(u32),
+    /// `card<n>`: a DRM card (`/sys/class/drm/card<n>`), as Intel's GPU plugin names a GPU.
+    DrmCard(u32),
     /// A DRA device.
     Dra(DraDevice),
     /// Any other id (a fake device, another vendor's plugin).
@@ -241,7 +274,7 @@ pub fn parse_device_id(resource: &str, id: &str) -> ParsedId {
     if let Some(d) = dra_device(resource, id) {
         return ParsedId { id: DeviceId::Dra(d), replica: None };
     }
-    let (base, replica) = split_replica(id);
+    let (base, replica) = split_replica_of(resource, id);
     ParsedId { id: parse_base(resource, base), replica }
 }
 
@@ -286,6 +319,11 @@ fn parse_base(resource: &str, id: &str) -> DeviceId {
     }
     if let Some(n) = id.strip_prefix("amdgpu_xcp_").and_then(number) {
         return DeviceId::AmdPartition(n);
+    }
+    if resource.starts_with(INTEL_GPU_RESOURCE_PREFIX)
+        && let Some(n) = drm_card(id)
+    {
+        return DeviceId::DrmCard(n);
     }
     let nvidia = resource.starts_with("nvidia.com/") || resource == NVIDIA_DRA_DRIVER;
     if nvidia {
@@ -345,7 +383,7 @@ pub fn canonical_key(key: &DeviceKey) -> DeviceKey {
     if let Some(d) = dra {
         return DeviceKey::new(key.node.clone(), d.driver.clone(), d.id());
     }
-    let (base, replica) = split_replica(&key.id);
+    let (base, replica) = split_replica_of(&key.resource, &key.id);
     match replica {
         Some(_) => DeviceKey::new(key.node.clone(), key.resource.clone(), base),
         None => key.clone(),
@@ -413,6 +451,10 @@ mod tests {
         assert_eq!(split_replica("0::1"), ("0", Some(1)));
         assert_eq!(split_replica("a::b"), ("a::b", None));
         assert_eq!(split_replica("::1"), ("::1", None));
+        assert_eq!(split_replica_of("gpu.intel.com/i915", "card1-3"), ("card1", Some(3)));
+        assert_eq!(split_replica_of("gpu.intel.com/xe", "card1-DP-1"), ("card1-DP-1", None));
+        assert_eq!(split_replica_of("example.com/x", "card1-3"), ("card1-3", None));
+        assert_eq!((drm_card("card0"), drm_card("card01"), drm_card("renderD128")), (Some(0), None, None));
     }
 
     #[test]

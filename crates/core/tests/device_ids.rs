@@ -1,13 +1,14 @@
 //! Every device id shape in `tests/data/device-ids/` (real shapes from the NVIDIA and AMD device
-//! plugins, GKE's plugin and the NVIDIA DRA driver, each with its source) reads as the fixture
+//! plugins, Intel's GPU plugin, GKE's plugin and the NVIDIA DRA driver, each with its source) reads as the fixture
 //! says: what it names, its replica number, and the key it is tracked under.
 
 use devheal_core::DeviceKey;
 use devheal_core::identity::{canonical_key, parse_device_id};
 use serde_json::Value;
 
-const FILES: [&str; 4] = [
+const FILES: [&str; 5] = [
     "nvidia-k8s-device-plugin.json",
+    "intel-gpu-plugin.json",
     "nvidia-dra-driver-gpu.json",
     "rocm-k8s-device-plugin.json",
     "gke-device-plugin.json",

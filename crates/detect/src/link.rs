@@ -10,6 +10,15 @@
 //! Only a port seen up (in this boot) can be at fault: a port that was never up is not in use
 //! (no cable, not configured), and its being down says nothing about the node's network.
 //!
+//! **One clock.** Every duration (how long a link was down, how long it has been stable, the
+//! flap window) is measured on the tracker's own clock: the `now` its caller passes to
+//! [`LinkTracker::tick`], [`LinkTracker::set_ports`] and [`LinkTracker::change_logged`] (the
+//! agent's wall clock when the event reaches it), which never runs backwards (an earlier `now`
+//! counts as the latest one seen). The time a kernel line was logged is used for one thing
+//! only: telling a line of this boot replayed at start from a live one (it is older than the
+//! state sysfs read). A kernel clock that runs ahead of or behind the agent's can no longer
+//! make a dead link a flap or a flap a fault.
+//!
 //! Pure and I/O-free: time is an argument; the number of ports is bounded ([`MAX_PORTS`]) and
 //! so is each port's flap history.
 
@@ -157,11 +166,19 @@ pub struct LinkTracker {
     config: LinkConfig,
     /// By PCI address.
     ports: BTreeMap<String, PortLink>,
+    /// The latest `now` seen: the tracker's clock.
+    clock: Time,
 }
 
 impl LinkTracker {
     pub fn new(config: LinkConfig) -> Self {
-        LinkTracker { config, ports: BTreeMap::new() }
+        LinkTracker { config, ports: BTreeMap::new(), clock: Time::ZERO }
+    }
+
+    /// The tracker's clock at `now`: `now`, or the latest time already seen if `now` is earlier.
+    fn advance(&mut self, now: Time) -> Time {
+        self.clock = self.clock.max(now);
+        self.clock
     }
 
     pub fn config(&self) -> &LinkConfig {
@@ -203,13 +220,27 @@ impl LinkTracker {
         self.ports.iter().map(|(pci, port)| (pci.as_str(), port))
     }
 
-    /// The port's link is `state` at `at` (a kernel line, or sysfs read now). A change older
-    /// than the state the port is known to have (a line of this boot replayed at start, after
-    /// sysfs said how the link is now) is stale and changes nothing.
-    pub fn change(&mut self, pci: &str, state: LinkState, at: Time) -> (LinkChange, Option<FaultChange>) {
+    /// The port's link is `state` now (sysfs read it now): [`Self::change_logged`] with the
+    /// log's time and the tracker's the same.
+    pub fn change(&mut self, pci: &str, state: LinkState, now: Time) -> (LinkChange, Option<FaultChange>) {
+        self.change_logged(pci, state, now, now)
+    }
+
+    /// The port's link became `state`: a kernel line logged at `logged_at` that reaches the
+    /// tracker at `now` (its clock). A change logged before the state the port is known to have
+    /// (a line of this boot replayed at start, after sysfs said how the link is now) is stale
+    /// and changes nothing; a live one counts from `now`.
+    pub fn change_logged(
+        &mut self,
+        pci: &str,
+        state: LinkState,
+        logged_at: Time,
+        now: Time,
+    ) -> (LinkChange, Option<FaultChange>) {
         let config = self.config.clone();
+        let at = self.advance(now);
         let Some(port) = self.ports.get_mut(pci) else { return (LinkChange::NotTracked, None) };
-        if port.state.is_some() && at < port.known_at {
+        if port.state.is_some() && logged_at < port.known_at {
             // Older than the state known now: it changes nothing, except that a port whose
             // state is only the one read at start learns from the boot's log that it was up,
             // and since when a link that is down now has been down (an agent restarted while a
@@ -217,7 +248,7 @@ impl LinkTracker {
             if port.first_known {
                 match state {
                     LinkState::Up => port.seen_up = true,
-                    LinkState::Down if port.state == Some(LinkState::Down) => port.changed_at = at,
+                    LinkState::Down if port.state == Some(LinkState::Down) => port.changed_at = logged_at,
                     LinkState::Down => {}
                 }
             }
@@ -226,18 +257,18 @@ impl LinkTracker {
         if port.state == Some(state) {
             return (LinkChange::Unchanged, None);
         }
+        // The first state a port learns (no sysfs state yet) is taken at its own time, if it
+        // is not in the future: a line of the boot's log says since when.
+        let at = if port.state.is_none() { logged_at.min(at) } else { at };
         let previous = port.state.replace(state);
         port.first_known = previous.is_none();
-        port.known_at = at;
+        // Which lines are older than this state is told on the log's own clock.
+        port.known_at = logged_at;
         if previous.is_none() {
             port.changed_at = at;
         }
-        let down_since = port.changed_at;
-        let lasted = at.since(down_since);
+        let lasted = at.since(port.changed_at);
         port.changed_at = at;
-        // A tick already judged this down a fault (it lasted `down_after` by the tick's clock):
-        // its end is no flap, even if the up's own time (a kernel line's) is earlier than that.
-        let down_at_fault = port.fault.as_ref().is_some_and(|f| f.since == down_since);
         match (previous, state) {
             (_, LinkState::Down) => (LinkChange::Down, None),
             (None, LinkState::Up) => {
@@ -246,7 +277,7 @@ impl LinkTracker {
             }
             (Some(_), LinkState::Up) => {
                 port.seen_up = true;
-                if lasted >= config.down_after || down_at_fault {
+                if lasted >= config.down_after {
                     // Down for longer than a flap: a fault (raised here if no tick saw it yet),
                     // cleared only once the link has been stable.
                     let raised = raise(port, pci, at - lasted, |label| {
@@ -274,6 +305,7 @@ impl LinkTracker {
     /// Time passes: links down for `down_after` become faults; faulted links up and stable for
     /// `stable_after` are clear.
     pub fn tick(&mut self, now: Time) -> Vec<FaultChange> {
+        let now = self.advance(now);
         let config = self.config.clone();
         let mut changes = Vec::new();
         for (pci, port) in self.ports.iter_mut() {
@@ -350,6 +382,26 @@ mod tests {
         links.set_ports([(NIC.to_string(), "ens1np0 (0000:08:00.0)".to_string())], t(0));
         links.change(NIC, LinkState::Up, t(0));
         links
+    }
+
+    /// The kernel's clock runs 20 s ahead of the agent's: a link down for 31 s by the
+    /// tracker's clock is a fault, though its line says it went down only 11 s before the
+    /// tick. Measured on the line's time (two clocks), it would still be taken for a flap.
+    #[test]
+    fn a_kernel_clock_ahead_of_the_agents_does_not_hide_a_dead_link() {
+        let mut links = LinkTracker::new(LinkConfig::default());
+        links.set_ports([(NIC.to_string(), "ens1np0".to_string())], t(0));
+        links.change(NIC, LinkState::Up, t(0));
+        // Logged at 120 by the kernel's clock, it reaches the agent at 100.
+        links.change_logged(NIC, LinkState::Down, t(120), t(100));
+        assert_eq!(links.tick(t(131)).len(), 1, "down for 31 s by the tracker's clock: a fault");
+        let (change, _) = links.change_logged(NIC, LinkState::Up, t(135), t(140));
+        assert_eq!(change, LinkChange::Up { flap: false });
+        let port = links.ports().next().expect("the port").1;
+        assert_eq!((port.flaps_total, port.fault.as_ref().map(|f| f.since)), (0, Some(t(100))));
+        // Stable from the up's arrival (140), on the same clock.
+        assert!(links.tick(t(140 + 599)).is_empty(), "not yet stable for 10 min");
+        assert_eq!(links.tick(t(140 + 600)).len(), 1, "cleared");
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub enum NodeHealthError {
     )]
     Health { node: String, device: String, health: String },
     #[error(
-        "NodeDeviceHealth {node}: device {device}: unknown reason source {source_name:?} (expected kernel_log, nvml, device_plugin, pod_status, progress or operator)"
+        "NodeDeviceHealth {node}: device {device}: unknown reason source {source_name:?} (expected kernel_log, nvml, device_plugin, pod_status, progress, operator or amd_smi)"
     )]
     Source { node: String, device: String, source_name: String },
 }
@@ -137,6 +137,7 @@ fn parse_source(s: &str) -> Option<HealthSource> {
         "pod_status" | "PodStatus" => HealthSource::PodStatus,
         "progress" | "Progress" => HealthSource::Progress,
         "operator" | "Operator" => HealthSource::Operator,
+        "amd_smi" | "AmdSmi" => HealthSource::AmdSmi,
         _ => return None,
     })
 }

@@ -47,6 +47,7 @@ impl LoopState {
                 );
             }
             SourceEvent::Nvml(event) => self.handle_nvml(event, now),
+            SourceEvent::Amd(event) => self.handle_amd(event, now),
             SourceEvent::PodResources(PodResourcesEvent::Listed { bindings, allocatable }) => {
                 let message = format!("{} device binding(s)", bindings.len());
                 self.bound = bindings.iter().map(|b| PodRef::new(&b.namespace, &b.pod)).collect();
@@ -339,7 +340,7 @@ impl LoopState {
     pub(super) fn inventory(&self) -> Vec<InventoryDevice> {
         let mut devices = fold_inventory(
             &self.identity,
-            self.static_devices.iter().chain(self.nvml_devices.iter()),
+            self.static_devices.iter().chain(self.nvml_devices.iter()).chain(self.amd_devices.iter()),
             self.kubelet.devices(),
             &self.bindings,
         );

@@ -46,15 +46,22 @@ impl LoopState {
     ) {
         let pci = self.nics.find(pci_address, interface).map(|n| n.pci_address.clone());
         match pci {
-            Some(pci) if self.links.is_tracked(&pci) => self.link_changed(&pci, state, at),
+            // Logged at `at` (the kernel's clock); it counts from now, on the tracker's clock.
+            Some(pci) if self.links.is_tracked(&pci) => self.link_logged(&pci, state, at, wall_now()),
             _ => {
                 self.metrics.nic_lines_not_followed.inc();
             }
         }
     }
 
-    fn link_changed(&mut self, pci: &str, state: LinkState, at: Time) {
-        let (change, raised) = self.links.change(pci, state, at);
+    /// A link state sysfs reads now.
+    fn link_changed(&mut self, pci: &str, state: LinkState, now: Time) {
+        self.link_logged(pci, state, now, now);
+    }
+
+    /// A link change logged at `logged_at` that reaches the loop at `now`.
+    fn link_logged(&mut self, pci: &str, state: LinkState, logged_at: Time, now: Time) {
+        let (change, raised) = self.links.change_logged(pci, state, logged_at, now);
         match change {
             LinkChange::NotTracked | LinkChange::Unchanged => {}
             LinkChange::Down => {

@@ -179,6 +179,7 @@ pub(super) fn source_word(source: HealthSource) -> &'static str {
         HealthSource::PodStatus => "pod status",
         HealthSource::Progress => "progress",
         HealthSource::Operator => "agent",
+        HealthSource::AmdSmi => "amdsmi",
     }
 }
 

@@ -239,8 +239,13 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
         boot_id_file: boot_id,
         pci_devices_dir: dir.join("sys-bus-pci-devices"),
         sys_class_dir: dir.join("sys-class"),
+        drm_class_dir: dir.join("sys-class-drm"),
+        accel_class_dir: dir.join("sys-class-accel"),
+        kfd_topology_dir: dir.join("sys-class-kfd"),
+        amdsmi_library: None,
     };
     config.gpus = GpuSource::Off;
+    config.amd = devheal_agent::amd::AmdSource::Off;
     config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.progress_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.publish = PublishConfig {

@@ -6,6 +6,7 @@
 mod fetch;
 mod history;
 mod live_explain;
+mod network;
 mod status;
 #[cfg(test)]
 mod tests;

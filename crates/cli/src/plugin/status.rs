@@ -1,6 +1,6 @@
 //! `kubectl devheal status`: what is wrong now and what devheal has done about it, from the
 //! objects read once: devices that are not Healthy (NodeDeviceHealth), the nodes that need
-//! attention, quarantines (node taints and DeviceTaintRules), cordons, repair requests, the
+//! attention, NIC links down, at fault or flapping ([`super::network`]), quarantines (node taints and DeviceTaintRules), cordons, repair requests, the
 //! budgets and breakers (FailurePolicy status and the controller's state ConfigMap), the
 //! policies, the leader (the Lease), the versions of the device stack the agents report with
 //! their nodes' health, and the staged upgrades (UpgradePlan) with the health of each stage's
@@ -49,6 +49,7 @@ pub struct StatusReport {
     pub leader: Leader,
     pub devices: Vec<DeviceRow>,
     pub nodes: Vec<NodeRow>,
+    pub network: Vec<super::network::LinkRow>,
     pub quarantines: Vec<Quarantine>,
     pub cordons: Vec<Cordon>,
     pub repairs: Vec<Repair>,
@@ -689,6 +690,7 @@ pub fn build(inputs: &StatusInputs, now: Timestamp) -> StatusReport {
         leader: leader(inputs.lease.as_ref(), now),
         devices,
         nodes,
+        network: super::network::links(&inputs.health, now),
         quarantines,
         cordons,
         repairs,
@@ -767,6 +769,7 @@ pub fn render(r: &StatusReport) -> String {
             &rows,
         )
     });
+    section(&mut out, "Network links", r.network.len(), || super::network::render(&r.network));
     section(&mut out, "Quarantines", r.quarantines.len(), || {
         let rows: Vec<Vec<String>> = r
             .quarantines

@@ -76,7 +76,12 @@ fn health() -> Vec<NodeDeviceHealth> {
                        "devices": [{"id": "GPU-9", "resource": "nvidia.com/gpu", "health": "Healthy"}],
                        "sources": [{"name": "nvml", "available": true, "version": "570.124.06"},
                                    {"name": "device_plugin_pod", "available": true, "version": "v0.17.0",
-                                    "message": "device stack pods on this node: gpu-operator/nvdp-x (…)"}]}
+                                    "message": "device stack pods on this node: gpu-operator/nvdp-x (…)"}],
+                       "network": [
+                           {"pciAddress": "0000:08:00.0", "names": ["ens1np0", "mlx5_0"], "link": "Down", "flaps": 0,
+                            "fault": "link down on ens1np0 (0000:08:00.0)", "faultSince": "2026-12-04T11:57:00Z"},
+                           {"pciAddress": "0000:09:00.0", "names": ["ens2np0"], "link": "Up", "flaps": 0},
+                           {"pciAddress": "0000:0a:00.0", "link": "Up", "flaps": 2}]}
         })),
     ]
 }
@@ -221,6 +226,25 @@ fn status_text_is_aligned_tables() {
         "{text}"
     );
     assert!(!text.lines().any(|l| l.ends_with(' ')), "no line ends in spaces:\n{text}");
+}
+
+/// `status.network`: a link at fault and one that flapped are listed, with their node; a link
+/// up that never flapped is not.
+#[test]
+fn status_shows_nic_links_down_at_fault_or_flapping() {
+    let r = status::build(&status_inputs(), now());
+    let links: Vec<(&str, &str, &str, u64)> =
+        r.network.iter().map(|l| (l.node.as_str(), l.nic.as_str(), l.link.as_str(), l.flaps)).collect();
+    assert_eq!(links, [("gpu-2", "ens1np0,mlx5_0", "Down", 0), ("gpu-2", "0000:0a:00.0", "Up", 2)]);
+    assert_eq!(r.network[0].fault_since_age.as_deref(), Some("3m"));
+    let text = status::render(&r);
+    let expected = "Network links (2):\n\
+        NODE   NIC             PCI           LINK  FLAPS  FAULT SINCE  FAULT\n\
+        gpu-2  ens1np0,mlx5_0  0000:08:00.0  Down  0      3m           link down on ens1np0 (0000:08:00.0)\n\
+        gpu-2  0000:0a:00.0    0000:0a:00.0  Up    2      -            -\n";
+    assert!(text.contains(expected), "{text}");
+    let empty = status::render(&status::build(&StatusInputs::default(), now()));
+    assert!(empty.contains("Network links: none\n"), "{empty}");
 }
 
 #[test]

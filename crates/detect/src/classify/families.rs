@@ -74,8 +74,20 @@ impl Classifier {
             return None;
         }
         let device = message[..at].split_ascii_whitespace().find_map(normalize_pci_address);
+        // Without an address, the device's own name: `hl0`, `accel0` (the word after the
+        // driver's or the class's).
+        let name = match device {
+            Some(_) => None,
+            None => message[..at]
+                .split_ascii_whitespace()
+                .map(|w| w.trim_end_matches(':'))
+                .find(|w| is_accel_name(w))
+                .map(str::to_string),
+        };
         let detail = message[at + "Device heartbeat failed".len()..].trim_start_matches('!').trim();
-        self.event_fault(FaultKind::Habanalabs, "heartbeat_failed", device, None, detail)
+        let mut fault = self.event_fault(FaultKind::Habanalabs, "heartbeat_failed", device, None, detail)?;
+        fault.device_name = name;
+        Some(fault)
     }
 
     /// Intel GPUs, i915 and xe:
@@ -162,6 +174,13 @@ impl Classifier {
         fault.interface = interface.map(str::to_string);
         Some(fault)
     }
+}
+
+/// A Gaudi device's own name: `hl<N>` (the habanalabs class, before the accel subsystem) or
+/// `accel<N>` (the accel class, Linux 6.2 and later).
+fn is_accel_name(word: &str) -> bool {
+    let digits = word.strip_prefix("accel").or_else(|| word.strip_prefix("hl"));
+    digits.is_some_and(|d| !d.is_empty() && d.len() <= 4 && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A Linux interface name: 1 to 15 bytes (`IFNAMSIZ` less the NUL), no `/`, `:` or blank.

@@ -113,8 +113,12 @@ fn habanalabs_heartbeat() {
     assert_eq!(fault.kind, FaultKind::Habanalabs);
     assert_eq!(fault.health, Health::Unhealthy);
     assert!(fault.summary.ends_with("PCI link is broken."), "{}", fault.summary);
+    assert_eq!((fault.device.as_deref(), fault.device_name.as_deref()), (None, Some("hl0")));
+    let accel = classify("accel accel3: Device heartbeat failed! PCI link is broken").unwrap();
+    assert_eq!(accel.device_name.as_deref(), Some("accel3"));
     let by_address = classify("habanalabs 0000:19:00.0: Device heartbeat failed!").unwrap();
     assert_eq!(by_address.device.as_deref(), Some("0000:19:00.0"));
+    assert_eq!(by_address.device_name, None, "the address is the name");
     assert!(classify("myapp: Device heartbeat failed: timeout").is_none());
 }
 

@@ -85,6 +85,11 @@ pub struct DeviceFault {
     /// The network interface a NIC link line names (`ens1np0`), with or without a PCI address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The driver's own name for the failing device when the line names it so rather than by
+    /// its PCI address: Intel Gaudi's `hl0` (the habanalabs class) or `accel0` (the accel
+    /// class). The agent maps it to a PCI address through sysfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
     /// NVIDIA's mnemonic for an Xid.
     pub mnemonic: Option<String>,
     pub attribution: Attribution,
@@ -267,6 +272,7 @@ impl Classifier {
             device,
             reporter,
             interface: None,
+            device_name: None,
             mnemonic: None,
             attribution: entry.attribution,
             health: entry.health,
@@ -352,6 +358,7 @@ impl Classifier {
             device: header.device,
             reporter: None,
             interface: None,
+            device_name: None,
             mnemonic: entry.mnemonic.clone(),
             attribution: entry.attribution,
             health,
