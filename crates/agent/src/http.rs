@@ -30,7 +30,11 @@
 //!   `--max-pause`).
 //!
 //! Answers (JSON): 202 `{"accepted":N,"rejected":[{"index":i,"error":"..."}]}` (a step that ended
-//! in a window already closed, or in the future, is rejected, the others kept); 400
+//! in a window already closed, or in the future, is rejected, the others kept), with
+//! `"replaceAtCheckpoint":{"message":"...","exitCode":75}` while the pod carries the condition
+//! `devheal.io/ReplaceAtCheckpoint` (the controller wants this gang member to write its checkpoint
+//! and exit with that code, so that only it is replaced: `docs/policy.md`, "Replacing a slow
+//! member"); 400
 //! `{"error":"..."}` naming the field (and step index) for a malformed body; 401 for a bearer
 //! token that is not a pod's projected token for the audience `devheal`; 403 when the request is
 //! not shown to come from the pod (its own IP, or its own token; [`ProgressAuth`]; the same
@@ -489,6 +493,11 @@ async fn progress(
     let Some(control) = state.progress.as_ref() else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "progress reports are not taken" }));
     };
+    // The pod is proven to be itself: it may be told what the controller wants of it.
+    let replace = state
+        .pod_addresses
+        .as_ref()
+        .and_then(|a| a.borrow().get(&post.pod).and_then(|p| p.replace_at_checkpoint.clone()));
     match control.submit(post, wall_now()).await {
         Ok(outcome) => {
             state.metrics.progress_steps(outcome.accepted, outcome.rejected.len());
@@ -497,7 +506,14 @@ async fn progress(
                 .iter()
                 .map(|(index, error)| json!({ "index": index, "error": error }))
                 .collect();
-            answer(StatusCode::ACCEPTED, json!({ "accepted": outcome.accepted, "rejected": rejected }))
+            let mut body = json!({ "accepted": outcome.accepted, "rejected": rejected });
+            if let Some(message) = replace {
+                body["replaceAtCheckpoint"] = json!({
+                    "message": message,
+                    "exitCode": devheal_core::pod::REPLACE_EXIT_CODE,
+                });
+            }
+            answer(StatusCode::ACCEPTED, body)
         }
         Err(SubmitError::Refused(e @ ProgressRefusal::NotOnNode(_))) => {
             answer(StatusCode::NOT_FOUND, json!({ "error": e.to_string() }))

@@ -136,6 +136,10 @@ pub struct PodAddress {
     pub uid: Option<String>,
     /// A host-network pod shares the node's IP: its address proves nothing.
     pub host_network: bool,
+    /// The message of the pod's `devheal.io/ReplaceAtCheckpoint` condition while it is True:
+    /// the controller wants this gang member to checkpoint and leave (`docs/policy.md`,
+    /// "Replacing a slow member"); its progress reports are answered with it.
+    pub replace_at_checkpoint: Option<String>,
 }
 
 /// Every pod on the node, by namespace and name.
@@ -146,6 +150,16 @@ fn address_of(pod: &Pod) -> PodAddress {
         ip: pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()),
         uid: pod.metadata.uid.clone(),
         host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
+        replace_at_checkpoint: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| {
+                cs.iter().find(|c| {
+                    c.type_ == devheal_k8s::actuator::REPLACE_AT_CHECKPOINT_CONDITION && c.status == "True"
+                })
+            })
+            .map(|c| c.message.clone().unwrap_or_default()),
     }
 }
 

@@ -73,7 +73,12 @@ fn node() -> Node {
         .expect("serve kubelet");
     // As the pod watch would see them: trainer-3 and a pod without devices at 127.0.0.1 (where
     // the test posts from), another pod elsewhere, and a host-network pod (the node's IP).
-    let address = |ip: &str, host_network: bool| PodAddress { ip: ip.parse().ok(), uid: None, host_network };
+    let address = |ip: &str, host_network: bool| PodAddress {
+        ip: ip.parse().ok(),
+        uid: None,
+        host_network,
+        replace_at_checkpoint: None,
+    };
     let (addresses, addresses_rx) = tokio::sync::watch::channel(PodAddresses::from([
         (PodRef::new("ml", "trainer-3"), address("127.0.0.1", false)),
         (PodRef::new("ml", "no-device"), address("127.0.0.1", false)),
@@ -159,6 +164,25 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
     let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
     assert_eq!(answer, serde_json::json!({ "accepted": 3, "rejected": [] }));
 
+    // The controller marks the pod ReplaceAtCheckpoint (the pod watch sees the condition): the
+    // next answer tells the pod to checkpoint and leave with the contract's exit code.
+    node._addresses.send_modify(|a| {
+        if let Some(p) = a.get_mut(&PodRef::new("ml", "trainer-3")) {
+            p.replace_at_checkpoint =
+                Some("replace this member of gang ml/llama at its next checkpoint".into());
+        }
+    });
+    let (code, answer) = post_async(addr, r#"{"namespace":"ml","pod":"trainer-3","steps":[]}"#.into()).await;
+    assert_eq!(code, 202, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
+    assert_eq!(answer["replaceAtCheckpoint"]["exitCode"], devheal_core::pod::REPLACE_EXIT_CODE);
+    assert!(answer["replaceAtCheckpoint"]["message"].as_str().is_some_and(|m| m.contains("next checkpoint")));
+    node._addresses.send_modify(|a| {
+        if let Some(p) = a.get_mut(&PodRef::new("ml", "trainer-3")) {
+            p.replace_at_checkpoint = None;
+        }
+    });
+
     let w = wait_workload(&mut rx, "a closed window", |_| {}, |w| !w.windows.is_empty()).await;
     assert_eq!(w.reporter, ProgressReporter::Endpoint);
     assert_eq!(w.window_seconds, 1);
@@ -216,7 +240,7 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
         tokio::task::spawn_blocking(move || http(metrics_addr, "GET", "/metrics")).await.expect("join");
     assert_eq!(code, 200);
     for line in [
-        "devheal_agent_progress_reports_total{code=\"202\"} 2",
+        "devheal_agent_progress_reports_total{code=\"202\"} 3",
         "devheal_agent_progress_reports_total{code=\"404\"} 1",
         "devheal_agent_progress_reports_total{code=\"403\"} 3",
         "devheal_agent_progress_reports_total{code=\"400\"} 2",

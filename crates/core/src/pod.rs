@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::device::{DeviceKey, Health};
 use crate::time::Time;
 
+/// The exit code of the `ReplaceAtCheckpoint` contract (`docs/policy.md`, "Replacing a slow
+/// member"): a gang member told to leave writes its checkpoint and exits with this code
+/// (`EX_TEMPFAIL` of sysexits.h: a temporary failure, to be retried), and devheal replaces only
+/// that member. Any other exit of a marked member is a failure like any other.
+pub const REPLACE_EXIT_CODE: i32 = 75;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PodPhase {
     #[default]

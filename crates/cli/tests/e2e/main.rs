@@ -26,6 +26,7 @@ mod helm;
 mod leader;
 mod pdb;
 mod plugin;
+mod replace;
 mod reset;
 mod trust;
 mod upgrade;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::action::{Action, PlannedAction};
+use crate::action::{Action, PlannedAction, RepairKind};
 use crate::device::{DeviceKey, Health};
 use crate::pod::{FailureClass, GangId};
 use crate::time::{Duration, Time};
@@ -165,11 +165,54 @@ impl Engine {
             self.report_refused(out, &refused, g, Refused::Replacement { uid, pod, identity }, reason, now);
             return;
         }
-        let action =
-            Action::ReplaceAtCheckpoint { pod: pref, gang: g.clone(), devices, reason: reason.to_string() };
-        if self.emit(out, key, action, class, now) && cause == Cause::Progress {
-            self.planned_progress_restart(&g.namespace, now, out);
+        let action = Action::ReplaceAtCheckpoint {
+            pod: pref,
+            gang: g.clone(),
+            devices: devices.clone(),
+            reason: reason.to_string(),
+        };
+        if self.emit(out, key, action, class, now) {
+            self.replacing.insert(uid.to_string(), devices);
+            if cause == Cause::Progress {
+                self.planned_progress_restart(&g.namespace, now, out);
+            }
         }
+    }
+
+    /// A member marked for replacement at its gang's checkpoint exited with
+    /// [`crate::pod::REPLACE_EXIT_CODE`]: it wrote its checkpoint and left, as the contract asks.
+    /// Only it is replaced: its slow devices are quarantined (so that its workload controller
+    /// places the new member elsewhere), the gang is not restarted, and the exit is not judged a
+    /// failure. Returns whether this was such an exit.
+    pub(super) fn replaced_at_checkpoint(
+        &mut self,
+        uid: &str,
+        pod: &crate::pod::PodInfo,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) -> bool {
+        let exited = pod.containers.iter().any(|c| {
+            matches!(c.state, crate::pod::ContainerState::Terminated { exit_code, .. } if exit_code == crate::pod::REPLACE_EXIT_CODE)
+        });
+        if !exited || !self.replacing.contains_key(uid) {
+            return false;
+        }
+        let devices = self.replacing.remove(uid).unwrap_or_default();
+        let who = format!("{}/{}", pod.namespace, pod.name);
+        let reason =
+            format!("{who} left at its checkpoint to be replaced (exit {})", crate::pod::REPLACE_EXIT_CODE);
+        // Only those still slow: a device whose slow-down ended since is not kept off.
+        let devices: Vec<DeviceKey> = devices
+            .into_iter()
+            .filter(|d| self.devices.get(d).is_some_and(|st| st.health != Health::Healthy))
+            .collect();
+        for d in &devices {
+            self.remediate_device(d, &format!("replace/{uid}"), RepairKind::None, &reason, now, out);
+        }
+        let listed: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+        let msg = format!("{reason}; its slow devices kept off: {}", listed.join(", "));
+        self.report(out, format!("replaced/{uid}"), "MemberReplacedAtCheckpoint", msg, now);
+        true
     }
 
     /// Restart the whole gang once for `incident`, unless a restart is already planned, a
@@ -316,6 +359,66 @@ mod tests {
         later.extend(e.handle(Input::PodUpsert(p), t(100 + 42 * 60)));
         assert!(later.is_empty(), "one replacement per episode: {later:?}");
         assert!(!e.is_quarantined(&key("node-0", 0)));
+    }
+
+    /// A gang whose member 0 on node-0 was planned for replacement at the checkpoint.
+    fn marked_for_replacement() -> Engine {
+        let mut e = engine_with(2);
+        for (i, node) in ["node-0", "node-1"].into_iter().enumerate() {
+            let mut p = gang_pod(i, node);
+            p.devices = (0..2).map(|d| key(node, d)).collect();
+            e.handle(Input::PodUpsert(p), t(1));
+        }
+        for d in 0..2 {
+            degraded(&mut e, key("node-0", d), t(100));
+        }
+        let acts = e.handle(Input::Tick, t(100 + 20 * 60));
+        assert_eq!(count(&acts, |a| matches!(a, Action::ReplaceAtCheckpoint { .. })), 1, "{acts:#?}");
+        e
+    }
+
+    fn member_0(code: i32) -> crate::pod::PodInfo {
+        let mut p = failed(gang_pod(0, "node-0"), code);
+        p.devices = (0..2).map(|d| key("node-0", d)).collect();
+        p
+    }
+
+    #[test]
+    fn a_marked_member_that_leaves_at_its_checkpoint_is_replaced_alone_off_its_slow_devices() {
+        let mut e = marked_for_replacement();
+        let acts = e.handle(Input::PodUpsert(member_0(crate::pod::REPLACE_EXIT_CODE)), t(100 + 30 * 60));
+        assert_eq!(count(&acts, |a| matches!(a, Action::RestartGang { .. })), 0, "{acts:#?}");
+        assert_eq!(count(&acts, |a| matches!(a, Action::QuarantineDevice { .. })), 2, "{acts:#?}");
+        assert_eq!(reports(&acts, "MemberReplacedAtCheckpoint").len(), 1, "{acts:#?}");
+        assert!(e.is_quarantined(&key("node-0", 1)));
+        // Seen again (the pod object is updated while it is cleaned up): nothing more.
+        assert!(
+            e.handle(Input::PodUpsert(member_0(crate::pod::REPLACE_EXIT_CODE)), t(100 + 31 * 60)).is_empty()
+        );
+    }
+
+    #[test]
+    fn a_marked_member_that_fails_otherwise_is_a_failure_and_an_unmarked_exit_75_too() {
+        let mut e = marked_for_replacement();
+        let acts = e.handle(Input::PodUpsert(member_0(1)), t(100 + 30 * 60));
+        assert_eq!(reports(&acts, "MemberReplacedAtCheckpoint").len(), 0, "{acts:#?}");
+        assert_eq!(count(&acts, |a| matches!(a, Action::QuarantineDevice { .. })), 0, "{acts:#?}");
+
+        // Member 1 was never marked: its exit 75 is judged as any exit.
+        let mut e = marked_for_replacement();
+        let mut p = failed(gang_pod(1, "node-1"), crate::pod::REPLACE_EXIT_CODE);
+        p.devices = (0..2).map(|d| key("node-1", d)).collect();
+        let acts = e.handle(Input::PodUpsert(p), t(100 + 30 * 60));
+        assert_eq!(reports(&acts, "MemberReplacedAtCheckpoint").len(), 0, "{acts:#?}");
+    }
+
+    #[test]
+    fn a_device_whose_slow_down_ended_before_the_checkpoint_is_not_kept_off() {
+        let mut e = marked_for_replacement();
+        healthy(&mut e, key("node-0", 1), t(100 + 25 * 60));
+        let acts = e.handle(Input::PodUpsert(member_0(crate::pod::REPLACE_EXIT_CODE)), t(100 + 30 * 60));
+        assert_eq!(count(&acts, |a| matches!(a, Action::QuarantineDevice { .. })), 1, "{acts:#?}");
+        assert!(e.is_quarantined(&key("node-0", 0)) && !e.is_quarantined(&key("node-0", 1)));
     }
 
     #[test]

@@ -228,6 +228,10 @@ pub struct Engine {
     /// (a GPU taken out for a swap), kept while the request stands: a new device at that address
     /// answers it ([`Engine::device_replaced`]). At most one entry per standing request.
     departed: BTreeMap<DeviceKey, String>,
+    /// Gang members planned to be replaced at their gang's next checkpoint, by pod uid, with
+    /// the slow devices to keep the replacement off ([`Engine::replaced_at_checkpoint`]). One
+    /// entry per marked pod, removed when the pod leaves or exits.
+    replacing: BTreeMap<String, Vec<DeviceKey>>,
     /// Repeat-offender history restored from an earlier engine ([`Engine::restore`]) for
     /// devices not seen yet: (incidents, Degraded episodes), taken when the device appears.
     restored_history: BTreeMap<DeviceKey, (VecDeque<Time>, VecDeque<Time>)>,
@@ -288,6 +292,7 @@ impl Engine {
             unwell: BTreeSet::new(),
             vanished: BTreeMap::new(),
             departed: BTreeMap::new(),
+            replacing: BTreeMap::new(),
             restored_history: BTreeMap::new(),
             durable_changes: 0,
             node_probation: BTreeSet::new(),

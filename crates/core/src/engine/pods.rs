@@ -221,6 +221,9 @@ impl Engine {
             };
             self.on_device_health(key, Health::Unhealthy, vec![reason], now, out);
         }
+        if self.replaced_at_checkpoint(&uid, &pod, now, out) {
+            return;
+        }
         let verdict = self.verdict(&pod, now);
         // (Not a device's failure, an OOM or a disruption: those are their own.)
         if verdict.failing
@@ -252,6 +255,7 @@ impl Engine {
     }
 
     pub(super) fn on_pod_deleted(&mut self, uid: &str) {
+        self.replacing.remove(uid);
         let Some(old) = self.pods.remove(uid) else { return };
         self.unindex(uid, &old);
         self.pending_evictions.remove(uid);
