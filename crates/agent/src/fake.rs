@@ -11,9 +11,10 @@
 //!   kernel-log reasons clear and probation starts, as after a real GPU reset;
 //! - **ecc**: an Xid 48 (double-bit ECC error) line, whose repair is a reset, and the plugin
 //!   reports the device `Unhealthy` (as NVIDIA's plugin does for that Xid) until it is reset;
-//! - **wedge** / **hold** / **free**: how the device answers a reset the agent carries out
-//!   ([`crate::reset`]): a wedged device does not come back from it; a held one has a process on
-//!   it (so it is not reset) until freed.
+//! - **wedge** / **corrupt** / **hold** / **free**: how the device answers a reset the agent
+//!   carries out ([`crate::reset`]): a wedged device does not come back from it; a corrupt one
+//!   comes back but fails the functional check; a held one has a process on it (so it is not
+//!   reset) until freed.
 //!
 //! The fake devices are their own reset backend: a reset of a device that is not wedged makes
 //! the plugin report it `Healthy` again.
@@ -62,6 +63,7 @@ pub enum FakeFault {
     Recover,
     Ecc,
     Wedge,
+    Corrupt,
     Hold,
     Free,
 }
@@ -74,6 +76,7 @@ impl FakeFault {
             "recover" => Some(FakeFault::Recover),
             "ecc" => Some(FakeFault::Ecc),
             "wedge" => Some(FakeFault::Wedge),
+            "corrupt" => Some(FakeFault::Corrupt),
             "hold" => Some(FakeFault::Hold),
             "free" => Some(FakeFault::Free),
             _ => None,
@@ -128,6 +131,7 @@ pub struct FakeControl {
 #[derive(Default)]
 struct FakeResetState {
     wedged: std::collections::BTreeSet<String>,
+    corrupt: std::collections::BTreeSet<String>,
     held: std::collections::BTreeSet<String>,
 }
 
@@ -165,11 +169,12 @@ impl FakeControl {
                     "NVRM: Xid (PCI:{short}): 48, pid=0, name=devheal-fake, An uncorrectable double bit error (DBE) has been detected on GPU in the framebuffer at partition 0, subpartition 0."
                 )),
             ),
-            FakeFault::Wedge | FakeFault::Hold | FakeFault::Free => {
+            FakeFault::Wedge | FakeFault::Corrupt | FakeFault::Hold | FakeFault::Free => {
                 if let Ok(mut s) = self.resets.lock() {
                     let id = device.to_string();
                     match fault {
                         FakeFault::Wedge => s.wedged.insert(id),
+                        FakeFault::Corrupt => s.corrupt.insert(id),
                         FakeFault::Hold => s.held.insert(id),
                         _ => s.held.remove(&id),
                     };
@@ -240,6 +245,15 @@ impl crate::reset::ResetBackend for FakeControl {
 
     fn describe(&self, target: &crate::reset::ResetTarget) -> String {
         format!("a fake reset of {}", target.id)
+    }
+
+    fn check(&self, target: &crate::reset::ResetTarget) -> crate::reset::CheckOutcome {
+        if self.resets.lock().map(|s| s.corrupt.contains(&target.id)).unwrap_or(false) {
+            return crate::reset::CheckOutcome::Failed(
+                "the constant pattern read back: word 4096 (byte offset 0x4000) is 0xa5a5a5a4, not 0xa5a5a5a5".into(),
+            );
+        }
+        crate::reset::CheckOutcome::Passed(format!("fake device {} passed the fake check", target.id))
     }
 }
 

@@ -4,7 +4,7 @@
 //!   - `GET /metrics`: Prometheus metrics (OpenMetrics text);
 //!   - `GET /healthz`: 200 while the event loop has turned within the last 30 s, else 503;
 //!   - with `--fake-devices N` only: `POST /fake/<action>?device=ID`, the action one of `fail`,
-//!     `degrade`, `recover`, `ecc`, `wedge`, `hold`, `free` (see [`crate::fake`]); 404 for an
+//!     `degrade`, `recover`, `ecc`, `wedge`, `corrupt`, `hold`, `free` (see [`crate::fake`]); 404 for an
 //!     unknown device;
 //! - the progress port (default `0.0.0.0:9102`, [`progress_router`]), the only one the
 //!   DaemonSet publishes on the node's IP (a `hostPort`), so that training pods reach it:
@@ -319,7 +319,9 @@ async fn fake(State(state): State<HttpState>, Path(action): Path<String>, uri: U
     let Some(fault) = FakeFault::parse(&action) else {
         return (
             StatusCode::NOT_FOUND,
-            format!("no fake action {action:?}: use fail, degrade, recover, ecc, wedge, hold or free\n"),
+            format!(
+                "no fake action {action:?}: use fail, degrade, recover, ecc, wedge, corrupt, hold or free\n"
+            ),
         )
             .into_response();
     };

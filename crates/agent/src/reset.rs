@@ -21,9 +21,14 @@
 //!    default, `--device-reset-command`), bounded by [`ResetLimits::timeout`].
 //! 6. **Observed**: the result is what the driver shows afterwards, not the command's exit
 //!    status alone: the device must be found again at its PCI address, as the same device (its
-//!    UUID), and answer a query. Then `Succeeded`, and the device's reasons clear and its
-//!    probation starts, as after a reset the kernel logged; otherwise `Failed`, which the
-//!    controller answers by asking for a reboot of the node.
+//!    UUID), and answer a query.
+//! 7. **Checked** (`--device-check`): a short functional check of the device, run as a child
+//!    process with a time limit (`devheal gpu-check`: allocation, write/read patterns over its
+//!    memory, a small kernel with a known answer). Only a device that passes returns: then
+//!    `Succeeded`, and the device's reasons clear and its probation starts, as after a reset the
+//!    kernel logged; otherwise `Failed`, which the controller answers by asking for a reboot of
+//!    the node. With `if-available` (the default) a node where the check cannot run (no CUDA
+//!    driver library for the agent) returns the device on the observation alone and says so.
 //!
 //! One reset runs at a time per node, on a thread of its own (a reset blocks for seconds). Each
 //! request id is answered once: the answers are published and read back by a restarted agent
@@ -79,6 +84,8 @@ pub struct ResetLimits {
     pub busy_poll: StdDuration,
     /// How long the reset command may run.
     pub timeout: StdDuration,
+    /// Whether the device must pass the functional check before it returns.
+    pub check: CheckMode,
 }
 
 impl Default for ResetLimits {
@@ -89,6 +96,7 @@ impl Default for ResetLimits {
             busy_wait: StdDuration::from_secs(300),
             busy_poll: StdDuration::from_secs(5),
             timeout: StdDuration::from_secs(60),
+            check: CheckMode::IfAvailable,
         }
     }
 }
@@ -114,6 +122,42 @@ pub enum ResetError {
     Failed(String),
 }
 
+/// Whether a device must pass the functional check before it returns (`--device-check`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckMode {
+    /// No check: the observation alone.
+    Off,
+    /// The check where it can run; where it cannot (no CUDA driver library), the observation
+    /// alone, and the answer says so.
+    #[default]
+    IfAvailable,
+    /// The check, and a device whose check cannot run does not return.
+    Required,
+}
+
+impl CheckMode {
+    pub fn parse(word: &str) -> Option<CheckMode> {
+        match word {
+            "off" => Some(CheckMode::Off),
+            "if-available" => Some(CheckMode::IfAvailable),
+            "required" => Some(CheckMode::Required),
+            _ => None,
+        }
+    }
+}
+
+/// The exit status of `devheal gpu-check` when the check cannot run on the node.
+pub const CHECK_UNAVAILABLE_EXIT: i32 = 2;
+
+/// What a functional check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Passed(String),
+    Failed(String),
+    /// It could not run here (and why).
+    Unavailable(String),
+}
+
 /// The driver's side of a reset. Implementations: [`NvidiaReset`] (NVML and `nvidia-smi`) and
 /// the fake devices' ([`crate::fake::FakeControl`]).
 pub trait ResetBackend: Send + Sync + 'static {
@@ -125,6 +169,8 @@ pub trait ResetBackend: Send + Sync + 'static {
     fn observe(&self, target: &ResetTarget) -> Result<String, ResetError>;
     /// What a reset of `target` would run (for dry runs and messages).
     fn describe(&self, target: &ResetTarget) -> String;
+    /// The functional check of a device back from its reset.
+    fn check(&self, target: &ResetTarget) -> CheckOutcome;
 }
 
 /// One reset job's end, sent back to the loop.
@@ -315,11 +361,33 @@ pub fn carry_out(
         Err(ResetError::Unsupported(e)) => return end(DeviceResetPhase::Refused, e),
         Err(ResetError::Failed(e)) => return end(DeviceResetPhase::Failed, e),
     };
-    match backend.observe(target) {
-        Ok(seen) => end(DeviceResetPhase::Succeeded, join_words(&printed, &seen)),
+    let seen = match backend.observe(target) {
+        Ok(seen) => join_words(&printed, &seen),
         Err(e) => {
-            end(DeviceResetPhase::Failed, join_words(&printed, &format!("not back after the reset: {e}")))
+            return end(
+                DeviceResetPhase::Failed,
+                join_words(&printed, &format!("not back after the reset: {e}")),
+            );
         }
+    };
+    if limits.check == CheckMode::Off {
+        return end(DeviceResetPhase::Succeeded, seen);
+    }
+    match backend.check(target) {
+        CheckOutcome::Passed(what) => {
+            end(DeviceResetPhase::Succeeded, join_words(&seen, &format!("check passed: {what}")))
+        }
+        CheckOutcome::Failed(why) => {
+            end(DeviceResetPhase::Failed, join_words(&seen, &format!("failed the functional check: {why}")))
+        }
+        CheckOutcome::Unavailable(why) if limits.check == CheckMode::IfAvailable => end(
+            DeviceResetPhase::Succeeded,
+            join_words(&seen, &format!("not checked (the check cannot run here: {why})")),
+        ),
+        CheckOutcome::Unavailable(why) => end(
+            DeviceResetPhase::Failed,
+            join_words(&seen, &format!("the required functional check cannot run here: {why}")),
+        ),
     }
 }
 
@@ -354,6 +422,9 @@ pub fn spawn_worker(
 pub struct NvidiaReset {
     /// The command, as words; `{pci}`, `{uuid}` and `{id}` are replaced.
     pub command: Vec<String>,
+    /// The functional check, as words (`devheal gpu-check --pci {pci}`), run with `timeout`;
+    /// `None`: none is known (the check cannot run).
+    pub check_command: Option<Vec<String>>,
     pub nvml_library: Option<std::path::PathBuf>,
     pub timeout: StdDuration,
 }
@@ -377,6 +448,22 @@ pub fn fill_command(command: &[String], target: &ResetTarget) -> Vec<String> {
 
 /// Run `words` with a time limit; Ok(output) when it exits 0.
 pub fn run_bounded(words: &[String], timeout: StdDuration) -> Result<String, ResetError> {
+    match run_with_status(words, timeout)? {
+        (Some(0), text) => Ok(format!(
+            "{} exited 0{}",
+            words.join(" "),
+            if text.is_empty() { String::new() } else { format!(": {text}") }
+        )),
+        (code, text) => Err(ResetError::Failed(format!(
+            "{} failed ({}): {text}",
+            words.join(" "),
+            code.map_or_else(|| "killed by a signal".to_string(), |c| format!("exit status {c}"))
+        ))),
+    }
+}
+
+/// Run `words` with a time limit: its exit status (`None`: ended by a signal) and its output.
+pub fn run_with_status(words: &[String], timeout: StdDuration) -> Result<(Option<i32>, String), ResetError> {
     let Some((program, args)) = words.split_first() else {
         return Err(ResetError::Unsupported("no reset command".into()));
     };
@@ -413,15 +500,7 @@ pub fn run_bounded(words: &[String], timeout: StdDuration) -> Result<String, Res
         text = join_words(&text, err.trim());
     }
     let text: String = text.chars().take(1000).collect();
-    if status.success() {
-        Ok(format!(
-            "{} exited 0{}",
-            words.join(" "),
-            if text.is_empty() { String::new() } else { format!(": {text}") }
-        ))
-    } else {
-        Err(ResetError::Failed(format!("{} failed ({status}): {text}", words.join(" "))))
-    }
+    Ok((status.code(), text))
 }
 
 impl NvidiaReset {
@@ -493,6 +572,20 @@ impl ResetBackend for NvidiaReset {
 
     fn describe(&self, target: &ResetTarget) -> String {
         fill_command(&self.command, target).join(" ")
+    }
+
+    fn check(&self, target: &ResetTarget) -> CheckOutcome {
+        let Some(command) = &self.check_command else {
+            return CheckOutcome::Unavailable("no check command".into());
+        };
+        match run_with_status(&fill_command(command, target), self.timeout) {
+            Ok((Some(0), text)) => CheckOutcome::Passed(text),
+            Ok((Some(CHECK_UNAVAILABLE_EXIT), text)) => CheckOutcome::Unavailable(text),
+            Ok((Some(code), text)) => CheckOutcome::Failed(format!("exit status {code}: {text}")),
+            Ok((None, text)) => CheckOutcome::Failed(format!("ended by a signal: {text}")),
+            Err(ResetError::Unsupported(why)) => CheckOutcome::Unavailable(why),
+            Err(ResetError::Failed(why)) => CheckOutcome::Failed(why),
+        }
     }
 }
 
@@ -655,6 +748,7 @@ mod tests {
         held_for: Mutex<u32>,
         reset: Result<String, ResetError>,
         observe: Result<String, ResetError>,
+        check: CheckOutcome,
         calls: Mutex<Vec<&'static str>>,
     }
 
@@ -679,6 +773,10 @@ mod tests {
         fn describe(&self, _: &ResetTarget) -> String {
             "scripted".into()
         }
+        fn check(&self, _: &ResetTarget) -> CheckOutcome {
+            self.calls.lock().unwrap().push("check");
+            self.check.clone()
+        }
     }
 
     fn scripted(
@@ -686,7 +784,13 @@ mod tests {
         reset: Result<String, ResetError>,
         observe: Result<String, ResetError>,
     ) -> Scripted {
-        Scripted { held_for: Mutex::new(held_for), reset, observe, calls: Mutex::new(vec![]) }
+        Scripted {
+            held_for: Mutex::new(held_for),
+            reset,
+            observe,
+            check: CheckOutcome::Passed("memory and kernel".into()),
+            calls: Mutex::new(vec![]),
+        }
     }
 
     fn quick() -> ResetLimits {
@@ -703,8 +807,8 @@ mod tests {
         let b = scripted(2, Ok("reset done".into()), Ok("seen again".into()));
         let r = carry_out(&b, &quick(), "r", &dev);
         assert_eq!(r.phase, DeviceResetPhase::Succeeded, "{r:?}");
-        assert_eq!(r.message, "reset done; seen again");
-        assert_eq!(*b.calls.lock().unwrap(), ["holders", "holders", "holders", "reset", "observe"]);
+        assert_eq!(r.message, "reset done; seen again; check passed: memory and kernel");
+        assert_eq!(*b.calls.lock().unwrap(), ["holders", "holders", "holders", "reset", "observe", "check"]);
 
         // The command said it worked; the device did not come back: Failed.
         let b = scripted(
@@ -718,6 +822,55 @@ mod tests {
 
         let b = scripted(0, Err(ResetError::Failed("GPU in use".into())), Ok(String::new()));
         assert_eq!(carry_out(&b, &quick(), "r", &dev).phase, DeviceResetPhase::Failed);
+    }
+
+    #[test]
+    fn a_device_returns_only_when_it_passes_the_check_unless_the_check_cannot_run() {
+        let dev = target("GPU-1").unwrap();
+        let mut b = scripted(0, Ok("reset".into()), Ok("seen".into()));
+        b.check = CheckOutcome::Failed("word 12 is 0xa5a5a5a4, not 0xa5a5a5a5".into());
+        let r = carry_out(&b, &quick(), "r", &dev);
+        assert_eq!(r.phase, DeviceResetPhase::Failed, "{r:?}");
+        assert!(r.message.contains("failed the functional check: word 12"), "{r:?}");
+
+        b.check = CheckOutcome::Unavailable("cannot load libcuda.so.1".into());
+        let r = carry_out(&b, &quick(), "r", &dev);
+        assert_eq!(r.phase, DeviceResetPhase::Succeeded, "if-available: {r:?}");
+        assert!(r.message.contains("not checked"), "{r:?}");
+        let required = ResetLimits { check: CheckMode::Required, ..quick() };
+        assert_eq!(carry_out(&b, &required, "r", &dev).phase, DeviceResetPhase::Failed);
+
+        let off = ResetLimits { check: CheckMode::Off, ..quick() };
+        b.check = CheckOutcome::Failed("never asked".into());
+        assert_eq!(carry_out(&b, &off, "r", &dev).phase, DeviceResetPhase::Succeeded);
+    }
+
+    #[test]
+    fn the_check_command_s_exit_status_is_its_verdict() {
+        let dev = target("GPU-1").unwrap();
+        let backend = |script: &str| NvidiaReset {
+            command: default_reset_command(),
+            check_command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+                "check".into(),
+                "{pci}".into(),
+            ]),
+            nvml_library: None,
+            timeout: StdDuration::from_secs(5),
+        };
+        assert!(
+            matches!(backend("echo passed $1").check(&dev), CheckOutcome::Passed(t) if t.contains("0000:3b:00.0"))
+        );
+        assert!(
+            matches!(backend("echo bad; exit 1").check(&dev), CheckOutcome::Failed(t) if t.contains("bad"))
+        );
+        assert!(matches!(backend("exit 2").check(&dev), CheckOutcome::Unavailable(_)));
+        let slow = NvidiaReset { timeout: StdDuration::from_millis(100), ..backend("sleep 5") };
+        assert!(matches!(slow.check(&dev), CheckOutcome::Failed(t) if t.contains("killed")));
+        let none = NvidiaReset { check_command: None, ..backend("true") };
+        assert!(matches!(none.check(&dev), CheckOutcome::Unavailable(_)));
     }
 
     #[test]
@@ -754,6 +907,7 @@ mod tests {
     fn without_nvml_a_reset_is_refused_not_failed() {
         let b = NvidiaReset {
             command: default_reset_command(),
+            check_command: None,
             nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()),
             timeout: StdDuration::from_secs(1),
         };

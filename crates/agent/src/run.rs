@@ -142,6 +142,9 @@ pub struct AgentConfig {
     pub reset_mode: crate::reset::ResetMode,
     pub reset_limits: crate::reset::ResetLimits,
     pub reset_command: Vec<String>,
+    /// The functional check a reset device must pass (`devheal gpu-check --pci {pci}`, from the
+    /// agent's own binary); `None`: none (the check cannot run, see [`crate::reset::CheckMode`]).
+    pub reset_check_command: Option<Vec<String>>,
     /// The controller's reset requests of this node (`spec.resetRequests`, from
     /// [`crate::sources::watch_reset_requests`]); `None` without an API server.
     pub reset_requests: Option<watch::Receiver<Vec<devheal_k8s::crd::DeviceResetRequest>>>,
@@ -181,6 +184,7 @@ impl AgentConfig {
             reset_mode: crate::reset::ResetMode::Off,
             reset_limits: crate::reset::ResetLimits::default(),
             reset_command: crate::reset::default_reset_command(),
+            reset_check_command: None,
             reset_requests: None,
         }
     }
@@ -350,6 +354,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         Some(control) => Arc::new(control.clone()),
         None => Arc::new(crate::reset::NvidiaReset {
             command: config.reset_command.clone(),
+            check_command: config.reset_check_command.clone(),
             nvml_library: config.paths.nvml_library.clone(),
             timeout: config.reset_limits.timeout,
         }),

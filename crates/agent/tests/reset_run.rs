@@ -113,6 +113,22 @@ async fn a_requested_reset_waits_for_the_device_to_be_idle_and_clears_its_fault_
     let answer = failed.resets.iter().find(|r| r.id == "repair/ecc-0").expect("answered");
     assert!(answer.message.contains("did not come back"), "{answer:?}");
 
+    // A device that comes back but fails the functional check: Failed, still Unhealthy.
+    post(addr, "/fake/corrupt?device=fake-gpu-1").await;
+    post(addr, "/fake/ecc?device=fake-gpu-1").await;
+    requests_tx.send_replace(vec![
+        request("repair/ecc-1", "fake-gpu-1"),
+        request("repair/ecc-0", "fake-gpu-0"),
+        request("repair/ecc-1b", "fake-gpu-1"),
+    ]);
+    let checked = wait_for_status(&mut rx, WAIT, "the corrupt device failed its check", |s| {
+        phase_of(s, "repair/ecc-1b") == Some(DeviceResetPhase::Failed)
+            && health_of(s, "fake-gpu-1") == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    let answer = checked.resets.iter().find(|r| r.id == "repair/ecc-1b").expect("answered");
+    assert!(answer.message.contains("failed the functional check"), "{answer:?}");
+
     // A request for a device the agent does not report is refused.
     requests_tx.send_replace(vec![request("repair/x", "GPU-not-here")]);
     wait_for_status(&mut rx, WAIT, "an unknown device refused", |s| {
@@ -135,7 +151,7 @@ async fn a_requested_reset_waits_for_the_device_to_be_idle_and_clears_its_fault_
         tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
     for line in [
         "devheal_agent_device_resets_total{phase=\"Succeeded\"} 1",
-        "devheal_agent_device_resets_total{phase=\"Failed\"} 1",
+        "devheal_agent_device_resets_total{phase=\"Failed\"} 2",
         "devheal_agent_device_resets_total{phase=\"Refused\"} 1",
     ] {
         assert!(metrics.contains(line), "no {line:?} in\n{metrics}");

@@ -174,6 +174,26 @@ pub struct AgentArgs {
     /// How long a device still held by a process is waited for before the reset is refused.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     device_reset_busy_wait: Duration,
+    /// The functional check a reset GPU must pass before it returns (`devheal gpu-check`, run
+    /// as a child with --device-reset-timeout): `if-available` runs it where the CUDA driver
+    /// library loads and otherwise returns the GPU on NVML's word alone, saying so; `required`
+    /// fails the reset where the check cannot run; `off` never runs it.
+    #[arg(long, value_enum, default_value_t = DeviceCheckArg::IfAvailable)]
+    device_check: DeviceCheckArg,
+    /// How much of the GPU's memory the check's patterns cover, in MiB.
+    #[arg(long, default_value_t = 256)]
+    device_check_memory_mib: u64,
+    /// The CUDA driver library the check loads, when it is not `libcuda.so.1` on the loader's
+    /// path.
+    #[arg(long)]
+    cuda_library: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceCheckArg {
+    Off,
+    IfAvailable,
+    Required,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -296,8 +316,31 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         per_device: args.device_reset_limit,
         busy_wait: args.device_reset_busy_wait,
         timeout: args.device_reset_timeout.max(Duration::from_secs(1)),
+        check: match args.device_check {
+            DeviceCheckArg::Off => devheal_agent::reset::CheckMode::Off,
+            DeviceCheckArg::IfAvailable => devheal_agent::reset::CheckMode::IfAvailable,
+            DeviceCheckArg::Required => devheal_agent::reset::CheckMode::Required,
+        },
         ..devheal_agent::reset::ResetLimits::default()
     };
+    anyhow::ensure!(args.device_check_memory_mib >= 1, "--device-check-memory-mib must be at least 1");
+    // The check is this binary's own `gpu-check`, run as a child so that a hung GPU call can be
+    // killed at the time limit.
+    config.reset_check_command = std::env::current_exe().ok().map(|exe| {
+        let mut words = vec![
+            exe.to_string_lossy().into_owned(),
+            "gpu-check".to_string(),
+            "--pci".to_string(),
+            "{pci}".to_string(),
+            "--memory-mib".to_string(),
+            args.device_check_memory_mib.to_string(),
+        ];
+        if let Some(library) = &args.cuda_library {
+            words.push("--cuda-library".to_string());
+            words.push(library.to_string_lossy().into_owned());
+        }
+        words
+    });
     if let Some(command) = &args.device_reset_command {
         let words: Vec<String> = command.split_whitespace().map(str::to_string).collect();
         anyhow::ensure!(!words.is_empty(), "--device-reset-command needs a program");

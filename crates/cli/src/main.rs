@@ -9,6 +9,7 @@ mod controller;
 mod crds;
 mod degradation_eval;
 mod explain;
+mod gpu_check;
 mod kube_env;
 mod logging;
 mod sim;
@@ -43,6 +44,9 @@ enum Command {
     Agent(Box<agent::AgentArgs>),
     /// The cluster controller: watches, decides, and (while leader) acts; serves metrics.
     Controller(controller::ControllerArgs),
+    /// A short functional check of one NVIDIA GPU (memory patterns, a kernel with a known
+    /// answer) through the CUDA driver API: what the agent runs before a reset GPU returns.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth, FailurePolicy) as YAML.
     Crds(crds::CrdsArgs),
     /// Score the degradation detectors (stragglers, baseline shifts, hangs) on labelled traces.
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::ClassifyLog(args) => classify_log::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::GpuCheck(args) => gpu_check::run(args),
         Command::Agent(args) => agent::run(*args),
         Command::Controller(args) => controller::run(args),
         Command::DegradationEval(args) => degradation_eval::run(args),
