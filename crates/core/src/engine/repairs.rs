@@ -56,6 +56,10 @@ pub struct RepairRequest {
     pub kind: RepairKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The device's PCI address when the request was saved: a new device found there after a
+    /// restart of the engine is still recognised as the replacement ([`Engine::device_replaced`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_address: Option<String>,
 }
 
 /// A node's standing requests, in the engine: by device, the repair and the boot it was made in.
@@ -79,7 +83,12 @@ impl Repairs {
     fn listed(&self) -> Vec<RepairRequest> {
         self.requests
             .iter()
-            .map(|(d, (k, b))| RepairRequest { device: d.clone(), kind: *k, boot_id: b.clone() })
+            .map(|(d, (k, b))| RepairRequest {
+                device: d.clone(),
+                kind: *k,
+                boot_id: b.clone(),
+                pci_address: None,
+            })
             .collect()
     }
 }
@@ -263,7 +272,19 @@ impl Engine {
     pub(super) fn durable_repairs(&self) -> Vec<NodeRepairs> {
         self.repairs
             .iter()
-            .map(|(node, r)| NodeRepairs { node: node.clone(), requests: r.listed() })
+            .map(|(node, r)| {
+                let mut requests = r.listed();
+                for q in &mut requests {
+                    let Some(k) = &q.device else { continue };
+                    q.pci_address = self
+                        .devices
+                        .get(k)
+                        .and_then(|d| d.pci.clone())
+                        .or_else(|| self.vanished.get(k).and_then(|(_, d)| d.pci.clone()))
+                        .or_else(|| self.departed.get(k).cloned());
+                }
+                NodeRepairs { node: node.clone(), requests }
+            })
             .collect()
     }
 
@@ -276,7 +297,14 @@ impl Engine {
             }
             let r =
                 self.repairs.entry(node).or_insert_with(|| Repairs { requests: BTreeMap::new(), since: now });
-            for RepairRequest { device, kind, boot_id } in requests {
+            for RepairRequest { device, kind, boot_id, pci_address } in requests {
+                if let (Some(k), Some(pci)) = (&device, pci_address)
+                    && !self.devices.contains_key(k)
+                {
+                    // Known again if it is still there (the inventory drops this); else a new
+                    // device at that address is its replacement.
+                    self.departed.insert(k.clone(), pci.to_ascii_lowercase());
+                }
                 if !r.requests.contains_key(&device) {
                     r.add(device, kind, boot_id);
                 }
@@ -384,6 +412,7 @@ mod tests {
                     device: Some(old.clone()),
                     kind: RepairKind::InspectHardware,
                     boot_id: Some("b1".into()),
+                    pci_address: None,
                 }],
             }],
             t(1),
@@ -397,6 +426,38 @@ mod tests {
         let acts = e.handle(Input::Devices { node, devices }, t(30));
         assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
         assert!(e.repair_requests("node-0").is_empty());
+    }
+
+    #[test]
+    fn a_swap_made_while_the_engine_restarted_is_recognised_from_its_saved_state() {
+        let mut e = engine_with(4);
+        let old = key("node-0", 3);
+        e.restore_repairs(
+            vec![NodeRepairs {
+                node: "node-0".into(),
+                requests: vec![RepairRequest {
+                    device: Some(old.clone()),
+                    kind: RepairKind::InspectHardware,
+                    boot_id: Some("b1".into()),
+                    pci_address: None,
+                }],
+            }],
+            t(1),
+        );
+        let saved = e.durable_repairs();
+        assert_eq!(saved[0].requests[0].pci_address.as_deref(), Some("0000:04:00.0"), "{saved:?}");
+        // A new engine, which never saw the old GPU: the first inventory already has the new one.
+        let mut fresh = engine_with(0);
+        fresh.restore_repairs(saved, t(100));
+        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
+        devices[3].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-swapped");
+        let acts = fresh.handle(Input::Devices { node, devices }, t(200));
+        assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
+        // Saved, then found still there: not a swap.
+        let mut again = engine_with(0);
+        again.restore_repairs(e.durable_repairs(), t(100));
+        assert!(withdrawn(&again.handle(inventory("node-0", None), t(200))).is_empty());
+        assert_eq!(again.repair_requests("node-0").len(), 1);
     }
 
     #[test]
@@ -428,11 +489,17 @@ mod tests {
             vec![NodeRepairs {
                 node: "node-0".into(),
                 requests: vec![
-                    RepairRequest { device: None, kind: RepairKind::RebootNode, boot_id: Some("b1".into()) },
+                    RepairRequest {
+                        device: None,
+                        kind: RepairKind::RebootNode,
+                        boot_id: Some("b1".into()),
+                        pci_address: None,
+                    },
                     RepairRequest {
                         device: Some(key("node-0", 1)),
                         kind: RepairKind::InspectHardware,
                         boot_id: Some("b1".into()),
+                        pci_address: None,
                     },
                 ],
             }],
@@ -444,7 +511,8 @@ mod tests {
             [RepairRequest {
                 device: Some(key("node-0", 1)),
                 kind: RepairKind::InspectHardware,
-                boot_id: Some("b1".into())
+                boot_id: Some("b1".into()),
+                pci_address: None,
             }]
         );
     }
