@@ -13,6 +13,11 @@
 //!   or a reboot clears them.
 //! - **Probation.** When the last bad reason clears, the device is `Degraded` ("probation") until
 //!   it has been clean for the probation period; any new bad evidence restarts it.
+//! - **A check before it returns** ([`TrackerConfig::check_after_probation`]): at the end of
+//!   probation the device stays `Degraded` until the functional check has passed
+//!   ([`DeviceHealthTracker::due_checks`], [`DeviceHealthTracker::check_passed`]); a failed check
+//!   is an `Unhealthy` reason of its own (source `functional_check`), which only a reset or a
+//!   reboot clears, like a kernel-log fault.
 //! - **Blind is not bad.** When every source that watches a device has lost sight of it (plugin
 //!   gone, NVML not answering), a device with no standing bad reason is `Unknown`, never
 //!   `Unhealthy`; a standing bad reason keeps its health.
@@ -27,12 +32,28 @@ use devheal_core::{Duration, Health, HealthReason, HealthSource, Time};
 pub struct TrackerConfig {
     /// How long a device must stay clean after its last bad reason cleared.
     pub probation: Duration,
+    /// Whether a device that was bad must pass the functional check at the end of its
+    /// probation before it is `Healthy` again.
+    pub check_after_probation: bool,
 }
 
 impl Default for TrackerConfig {
     fn default() -> Self {
-        TrackerConfig { probation: Duration::from_mins(10) }
+        TrackerConfig { probation: Duration::from_mins(10), check_after_probation: false }
     }
+}
+
+/// Where a device is with its end-of-probation check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum CheckState {
+    #[default]
+    NotNeeded,
+    /// Probation is over; the check is to be run.
+    Due,
+    /// Handed out by `due_checks`, not answered yet.
+    Running,
+    /// Passed: the device may return.
+    Passed,
 }
 
 /// One piece of evidence about one device.
@@ -63,6 +84,7 @@ struct DeviceState {
     clean_since: Option<Time>,
     /// Set once the device has had a bad reason, so a clean device never enters probation.
     was_bad: bool,
+    check: CheckState,
 }
 
 /// What the machine says about one device now.
@@ -182,6 +204,43 @@ impl DeviceHealthTracker {
         self.evaluate_one(device, now);
     }
 
+    /// The devices whose probation is over and whose functional check is to be run now; each is
+    /// handed out once (until it is answered or the device turns bad again).
+    pub fn due_checks(&mut self) -> Vec<String> {
+        let mut due = Vec::new();
+        for (name, state) in &mut self.devices {
+            if state.check == CheckState::Due {
+                state.check = CheckState::Running;
+                due.push(name.clone());
+            }
+        }
+        due
+    }
+
+    /// The functional check passed: the device returns (`Healthy`, unless something new stands).
+    pub fn check_passed(&mut self, device: &str, now: Time) {
+        if let Some(state) = self.devices.get_mut(device)
+            && state.check == CheckState::Running
+        {
+            state.check = CheckState::Passed;
+        }
+        self.evaluate_one(device, now);
+    }
+
+    /// The functional check failed: an `Unhealthy` reason that only a reset or a reboot clears.
+    pub fn check_failed(&mut self, device: &str, message: &str, now: Time) {
+        if let Some(state) = self.devices.get_mut(device) {
+            state.check = CheckState::NotNeeded;
+        }
+        let evidence = Evidence {
+            source: HealthSource::FunctionalCheck,
+            code: None,
+            health: Health::Unhealthy,
+            message: format!("failed the functional check at the end of probation: {message}"),
+        };
+        self.observe(device, evidence, now);
+    }
+
     /// The device was reset: every reason from before clears, probation starts.
     pub fn device_reset(&mut self, device: &str, now: Time) {
         if let Some(state) = self.devices.get_mut(device) {
@@ -223,16 +282,29 @@ impl DeviceHealthTracker {
             Some(h) if severity(h) > 0 => {
                 state.was_bad = true;
                 state.clean_since = None;
+                state.check = CheckState::NotNeeded;
                 h
             }
             _ => {
                 if state.was_bad && state.clean_since.is_none() {
                     state.clean_since = Some(now);
                 }
-                let in_probation = state.clean_since.is_some_and(|t| now.since(t) < probation);
+                let mut in_probation = state.clean_since.is_some_and(|t| now.since(t) < probation);
+                if !in_probation && state.was_bad && self.config.check_after_probation {
+                    // Probation is over: the functional check decides.
+                    match state.check {
+                        CheckState::NotNeeded => {
+                            state.check = CheckState::Due;
+                            in_probation = true;
+                        }
+                        CheckState::Due | CheckState::Running => in_probation = true,
+                        CheckState::Passed => {}
+                    }
+                }
                 if !in_probation {
                     state.was_bad = false;
                     state.clean_since = None;
+                    state.check = CheckState::NotNeeded;
                 }
                 let blind = !state.watchers.is_empty() && state.watchers.values().all(|sees| !sees);
                 if blind {
@@ -258,6 +330,9 @@ impl DeviceHealthTracker {
         let mut reasons: Vec<HealthReason> = standing.into_iter().map(|r| r.reason.clone()).collect();
         if reasons.is_empty() {
             let note = match state.health {
+                Health::Degraded if matches!(state.check, CheckState::Due | CheckState::Running) => {
+                    Some("probation over; waiting for the functional check before it returns".to_string())
+                }
                 Health::Degraded => state.clean_since.map(|t| {
                     format!(
                         "probation: no fault since {:.0} s; healthy after {:.0} s clean",
@@ -308,6 +383,43 @@ mod tests {
 
     fn plugin(health: Health) -> Evidence {
         Evidence { source: HealthSource::DevicePlugin, code: None, health, message: "plugin".into() }
+    }
+
+    #[test]
+    fn with_the_check_on_a_device_returns_after_probation_only_once_its_check_passed() {
+        let config = TrackerConfig { probation: Duration::from_secs(600), check_after_probation: true };
+        let mut m = DeviceHealthTracker::new(config, Some("b".into()));
+        m.add_device("GPU-0", t(0));
+        m.add_device("GPU-1", t(0));
+        assert!(m.due_checks().is_empty(), "a device that was never bad is not checked");
+        for d in ["GPU-0", "GPU-1"] {
+            m.observe(d, xid(48, Health::Unhealthy), t(10));
+            m.device_reset(d, t(20));
+        }
+        m.tick(t(20 + 599));
+        assert!(m.due_checks().is_empty(), "still in probation");
+        m.tick(t(20 + 600));
+        assert_eq!(m.verdict("GPU-0").map(|v| v.health), Some(Health::Degraded));
+        assert!(m.verdict("GPU-0").unwrap().reasons[0].message.contains("waiting for the functional check"));
+        assert_eq!(m.due_checks(), ["GPU-0", "GPU-1"]);
+        assert!(m.due_checks().is_empty(), "handed out once");
+        m.check_passed("GPU-0", t(700));
+        assert_eq!(m.verdict("GPU-0").map(|v| v.health), Some(Health::Healthy));
+        m.check_failed("GPU-1", "word 7 is 0x0, not 0xa5a5a5a5", t(700));
+        let v = m.verdict("GPU-1").unwrap();
+        assert_eq!(v.health, Health::Unhealthy);
+        assert_eq!(v.reasons[0].source, HealthSource::FunctionalCheck);
+        // Only a reset clears it; then probation and the check again.
+        m.tick(t(5_000));
+        assert_eq!(m.verdict("GPU-1").map(|v| v.health), Some(Health::Unhealthy));
+        m.device_reset("GPU-1", t(5_000));
+        m.tick(t(5_600));
+        assert_eq!(m.due_checks(), ["GPU-1"]);
+        // And a passed device that fails again is checked again after its next probation.
+        m.observe("GPU-0", xid(48, Health::Unhealthy), t(6_000));
+        m.device_reset("GPU-0", t(6_001));
+        m.tick(t(6_601));
+        assert_eq!(m.due_checks(), ["GPU-0"]);
     }
 
     #[test]

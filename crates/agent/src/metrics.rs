@@ -94,6 +94,8 @@ pub struct AgentMetrics {
     pub nic_link_changes: Family<StateLabel, Counter>,
     /// Reset requests answered, by the phase reached (`docs/agent.md`, "Device resets").
     pub device_resets: Family<PhaseLabel, Counter>,
+    /// End-of-probation functional checks, by result.
+    pub device_checks: Family<ResultLabel, Counter>,
     pub nic_link_flaps: Counter,
     pub nic_links_at_fault: Gauge,
     pub nic_lines_not_followed: Counter,
@@ -148,6 +150,12 @@ impl AgentMetrics {
             "device_resets",
             "Steps of the device resets the controller requested, by phase (Pending: taken; Succeeded, Failed, Refused, WouldReset: answered)",
             device_resets.clone(),
+        );
+        let device_checks = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "device_checks",
+            "Functional checks of devices at the end of their probation, by result (passed, failed, unavailable)",
+            device_checks.clone(),
         );
         let nic_link_changes = Family::<StateLabel, Counter>::default();
         registry.register(
@@ -233,6 +241,7 @@ impl AgentMetrics {
             kmsg_unmapped,
             nic_link_changes,
             device_resets,
+            device_checks,
             nic_link_flaps,
             nic_links_at_fault,
             nic_lines_not_followed,

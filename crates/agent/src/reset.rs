@@ -399,17 +399,52 @@ fn join_words(a: &str, b: &str) -> String {
     }
 }
 
-/// The worker: one thread that runs jobs one at a time and sends each result back.
+/// A job for the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Carry out reset request `id` ([`carry_out`]).
+    Reset { id: String, target: ResetTarget },
+    /// The end-of-probation check of a device ([`check_at_end_of_probation`]).
+    Check { target: ResetTarget },
+}
+
+/// A job's end, sent back to the loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    Reset(ResetResult),
+    Check { device: String, outcome: CheckOutcome },
+}
+
+/// The end-of-probation check: a device a process holds is in use and working (its workload
+/// is the test), and is not disturbed; any other is checked. Blocking.
+pub fn check_at_end_of_probation(backend: &dyn ResetBackend, target: &ResetTarget) -> CheckOutcome {
+    match backend.holders(target) {
+        Ok(held) if !held.is_empty() => CheckOutcome::Passed(format!(
+            "in use by {}: its workload runs on it, not checked",
+            held.join(", ")
+        )),
+        _ => backend.check(target),
+    }
+}
+
+/// The worker: one thread that runs jobs one at a time (a reset and a check never overlap on
+/// a node) and sends each result back.
 pub fn spawn_worker(
     backend: Arc<dyn ResetBackend>,
     limits: ResetLimits,
-    results: mpsc::Sender<ResetResult>,
-) -> std::io::Result<std::sync::mpsc::SyncSender<(String, ResetTarget)>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, ResetTarget)>(MAX_RESETS);
+    results: mpsc::Sender<Done>,
+) -> std::io::Result<std::sync::mpsc::SyncSender<Job>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(MAX_RESETS);
     std::thread::Builder::new().name("device-reset".into()).spawn(move || {
-        while let Ok((id, target)) = rx.recv() {
-            let result = carry_out(backend.as_ref(), &limits, &id, &target);
-            if results.blocking_send(result).is_err() {
+        while let Ok(job) = rx.recv() {
+            let done = match job {
+                Job::Reset { id, target } => Done::Reset(carry_out(backend.as_ref(), &limits, &id, &target)),
+                Job::Check { target } => Done::Check {
+                    device: target.id.clone(),
+                    outcome: check_at_end_of_probation(backend.as_ref(), &target),
+                },
+            };
+            if results.blocking_send(done).is_err() {
                 return;
             }
         }

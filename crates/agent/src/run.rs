@@ -359,7 +359,8 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
             timeout: config.reset_limits.timeout,
         }),
     };
-    let reset_jobs = if config.reset_mode == crate::reset::ResetMode::On {
+    let checks = config.tracker.check_after_probation;
+    let reset_jobs = if config.reset_mode == crate::reset::ResetMode::On || checks {
         let (done_tx, done_rx) = mpsc::channel(crate::reset::MAX_RESETS);
         let jobs =
             crate::reset::spawn_worker(Arc::clone(&reset_backend), config.reset_limits.clone(), done_tx)
@@ -641,6 +642,7 @@ async fn event_loop(
             _ = tick.tick() => {
                 let now = wall_now();
                 state.tracker.tick(now);
+                state.start_due_checks();
                 state.progress.tick(now);
                 state.tick_links(now);
                 state.refresh_accelerators(now);

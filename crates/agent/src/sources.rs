@@ -67,8 +67,8 @@ pub(crate) enum SourceEvent {
     Scrape(ScrapeEvent),
     /// The controller's reset requests of this node (`spec.resetRequests`), the whole list.
     ResetRequests(Vec<devheal_k8s::crd::DeviceResetRequest>),
-    /// A reset the worker finished ([`crate::reset`]).
-    ResetDone(crate::reset::ResetResult),
+    /// A reset or check the worker finished ([`crate::reset`]).
+    ResetDone(crate::reset::Done),
 }
 
 #[derive(Debug)]

@@ -252,7 +252,8 @@ async fn fake_devices_register_fail_and_recover_through_the_kube_publisher() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path(), "node-b");
     config.fake_devices = 2;
-    config.tracker = TrackerConfig { probation: devheal_core::Duration::from_secs(600) };
+    config.tracker =
+        TrackerConfig { probation: devheal_core::Duration::from_secs(600), check_after_probation: false };
     std::fs::create_dir(&config.paths.device_plugin_dir).expect("mkdir");
     // The kubelet: Registration on device-plugins/kubelet.sock and PodResources.
     let (reg_tx, mut registrations) = mpsc::unbounded_channel();

@@ -183,3 +183,52 @@ async fn with_resets_off_a_request_is_refused_and_nothing_is_reset() {
     assert!(answer.message.contains("--device-reset=off"), "{answer:?}");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_end_of_probation_a_device_returns_only_once_its_functional_check_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path(), "node-p");
+    config.fake_devices = 2;
+    std::fs::create_dir(&config.paths.device_plugin_dir).expect("mkdir");
+    config.tracker = devheal_agent::health::TrackerConfig {
+        probation: devheal_core::Duration::from_secs(1),
+        check_after_probation: true,
+    };
+    let (statuses, mut rx) = mpsc::unbounded_channel();
+    let (events, _event_rx) = mpsc::unbounded_channel();
+    let agent = start(config, ChannelPublisher { statuses, events }).await.expect("agent starts");
+    let addr = agent.metrics_addr.expect("served");
+    // Both fail and are reset (the fake's recover); fake-gpu-0 comes back corrupt.
+    post(addr, "/fake/corrupt?device=fake-gpu-0").await;
+    post(addr, "/fake/ecc?device=fake-gpu-0").await;
+    post(addr, "/fake/ecc?device=fake-gpu-1").await;
+    wait_for_status(&mut rx, WAIT, "both Unhealthy", |s| {
+        health_of(s, "fake-gpu-0") == Some(DeviceHealthState::Unhealthy)
+            && health_of(s, "fake-gpu-1") == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    post(addr, "/fake/recover?device=fake-gpu-0").await;
+    post(addr, "/fake/recover?device=fake-gpu-1").await;
+    let status =
+        wait_for_status(&mut rx, WAIT, "the good one back, the corrupt one Unhealthy on its check", |s| {
+            health_of(s, "fake-gpu-1") == Some(DeviceHealthState::Healthy)
+                && health_of(s, "fake-gpu-0") == Some(DeviceHealthState::Unhealthy)
+        })
+        .await;
+    let bad = status.devices.iter().find(|d| d.id == "fake-gpu-0").expect("device");
+    assert!(
+        bad.reasons
+            .iter()
+            .any(|r| r.source == HealthSource::FunctionalCheck && r.message.contains("word 4096")),
+        "{bad:?}"
+    );
+    let (_, metrics) =
+        tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics")).await.expect("join");
+    for line in [
+        "devheal_agent_device_checks_total{result=\"passed\"} 1",
+        "devheal_agent_device_checks_total{result=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    agent.stop().await;
+}

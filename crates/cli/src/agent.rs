@@ -285,6 +285,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         probation: devheal_core::Duration::from_secs(
             args.probation_secs.min(i64::MAX as u64 / 1_000_000_000) as i64,
         ),
+        // A device that was bad returns only after its functional check (--device-check).
+        check_after_probation: args.device_check != DeviceCheckArg::Off,
     };
     config.publish = PublishConfig {
         heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),

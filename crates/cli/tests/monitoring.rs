@@ -353,6 +353,7 @@ fn agent_exposition() -> String {
     m.scraped(true);
     m.nic_link_changes.get_or_create(&StateLabel { state: "down" }).inc();
     m.device_resets.get_or_create(&PhaseLabel { phase: "Failed" }).inc();
+    m.device_checks.get_or_create(&devheal_agent::metrics::ResultLabel { result: "passed".into() }).inc();
     m.render()
 }
 

@@ -9,7 +9,10 @@ impl LoopState {
         let now = wall_now();
         match event {
             SourceEvent::ResetRequests(requests) => self.take_reset_requests(&requests, now),
-            SourceEvent::ResetDone(result) => self.finish_reset(result, now),
+            SourceEvent::ResetDone(crate::reset::Done::Reset(result)) => self.finish_reset(result, now),
+            SourceEvent::ResetDone(crate::reset::Done::Check { device, outcome }) => {
+                self.finish_check(&device, outcome, now)
+            }
             SourceEvent::Kernel(KernelEvent::Following { path }) => {
                 self.set_source("kernel_log", true, format!("following {path}"), None, now);
             }

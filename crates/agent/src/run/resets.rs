@@ -12,8 +12,8 @@ pub(super) struct Resets {
     pub(super) mode: ResetMode,
     pub(super) limits: ResetLimits,
     pub(super) backend: Arc<dyn ResetBackend>,
-    /// The worker's queue (with `--device-reset=on`).
-    pub(super) jobs: Option<std::sync::mpsc::SyncSender<(String, ResetTarget)>>,
+    /// The worker's queue (with `--device-reset=on` or the end-of-probation check).
+    pub(super) jobs: Option<std::sync::mpsc::SyncSender<crate::reset::Job>>,
     /// Steps to report as Events at the end of the turn: (device, resource, phase, message).
     pub(super) pending: Vec<(String, String, DeviceResetPhase, String)>,
 }
@@ -43,7 +43,9 @@ impl LoopState {
                 ResetStep::Run { id, target } => {
                     let device = target.id.clone();
                     let sent = match &self.resets.jobs {
-                        Some(jobs) => jobs.try_send((id.clone(), target)).is_ok(),
+                        Some(jobs) => {
+                            jobs.try_send(crate::reset::Job::Reset { id: id.clone(), target }).is_ok()
+                        }
                         None => false,
                     };
                     if sent {
@@ -62,6 +64,68 @@ impl LoopState {
                         self.finish_reset(result, now);
                     }
                 }
+            }
+        }
+    }
+
+    /// Hand the devices whose probation is over to the worker for their functional check.
+    pub(super) fn start_due_checks(&mut self) {
+        let due = self.tracker.due_checks();
+        if due.is_empty() {
+            return;
+        }
+        let inventory = self.inventory();
+        for key in due {
+            let now = wall_now();
+            let target = inventory.iter().find(|d| d.id == key).map(|d| ResetTarget {
+                id: d.published_id().to_string(),
+                pci_address: d.pci_address.clone(),
+                uuid: d.id.starts_with("GPU-").then(|| d.id.clone()),
+            });
+            let sent = match (&self.resets.jobs, target) {
+                (Some(jobs), Some(target)) => jobs.try_send(crate::reset::Job::Check { target }).is_ok(),
+                _ => false,
+            };
+            if !sent {
+                // Nothing can check it (no worker, a device no longer listed, a full queue): it
+                // returns on its probation alone, as without the check.
+                self.tracker.check_passed(&key, now);
+            }
+        }
+    }
+
+    /// A device's end-of-probation check is back.
+    pub(super) fn finish_check(&mut self, device: &str, outcome: crate::reset::CheckOutcome, now: Time) {
+        use crate::reset::{CheckMode, CheckOutcome};
+        let key = self
+            .inventory()
+            .into_iter()
+            .find(|d| d.published_id() == device || d.id == device)
+            .map_or_else(|| device.to_string(), |d| d.id);
+        let word = match &outcome {
+            CheckOutcome::Passed(_) => "passed",
+            CheckOutcome::Failed(_) => "failed",
+            CheckOutcome::Unavailable(_) => "unavailable",
+        };
+        self.metrics
+            .device_checks
+            .get_or_create(&crate::metrics::ResultLabel { result: word.to_string() })
+            .inc();
+        match outcome {
+            CheckOutcome::Passed(what) => {
+                tracing::info!(%device, %what, "functional check passed at the end of probation");
+                self.tracker.check_passed(&key, now);
+            }
+            CheckOutcome::Unavailable(why) if self.resets.limits.check != CheckMode::Required => {
+                tracing::info!(%device, %why, "functional check cannot run here: the device returns on its probation");
+                self.tracker.check_passed(&key, now);
+            }
+            CheckOutcome::Unavailable(why) => {
+                self.tracker.check_failed(&key, &format!("the required check cannot run here: {why}"), now)
+            }
+            CheckOutcome::Failed(why) => {
+                tracing::warn!(%device, %why, "functional check failed at the end of probation");
+                self.tracker.check_failed(&key, &why, now);
             }
         }
     }
