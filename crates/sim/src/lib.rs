@@ -24,6 +24,7 @@ pub mod seeds;
 pub mod strategy;
 pub mod sweep;
 pub mod trace;
+pub mod noise;
 mod world;
 
 pub use report::Report;
@@ -81,7 +82,8 @@ fn run_strategy(
                 .run_observed(trace, on_day)
         }
         Strategy::Devheal => {
-            world::World::new(scenario, devheal::Devheal::new(scenario), trace).run_observed(trace, on_day)
+            world::World::new(scenario, devheal::Devheal::new(scenario, trace.seed), trace)
+                .run_observed(trace, on_day)
         }
     }
 }
@@ -163,6 +165,7 @@ pub fn simulate_trace(
             .filter(|e| matches!(e.kind, TraceKind::PlannedMaintenance { .. }))
             .count() as u64,
         lemon_nodes: trace.lemons.iter().filter(|&&l| l).count() as u64,
+        noise: trace.noise.clone(),
     };
     Report {
         scenario: scenario.name.clone(),

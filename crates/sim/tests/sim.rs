@@ -188,11 +188,11 @@ fn hand_made(faults: &[(u16, FaultTarget, f64)]) -> (Scenario, FaultTrace) {
         .iter()
         .map(|&(class, target, h)| TraceEvent {
             at: Time::ZERO + secs(h * 3600.0),
-            kind: TraceKind::Fault { class, target, lemon_excess: false, pid: 4242 },
+            kind: TraceKind::Fault { class, target, lemon_excess: false, pid: 4242, lines: Default::default() },
         })
         .collect();
     let lemons = vec![false; scenario.total_nodes() as usize];
-    (scenario, FaultTrace { events, lemons })
+    (scenario, FaultTrace { events, lemons, noise: Default::default(), seed: 0 })
 }
 
 /// A rank hangs with no evidence but its silence (class 8, nccl_timeout_unknown) twice: the

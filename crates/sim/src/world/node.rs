@@ -285,7 +285,12 @@ mod tests {
     #[test]
     pub(super) fn quarantine_collateral_counts_only_healthy_time() {
         let scenario = small();
-        let trace = FaultTrace { events: Vec::new(), lemons: vec![false; scenario.total_nodes() as usize] };
+        let trace = FaultTrace {
+            events: Vec::new(),
+            lemons: vec![false; scenario.total_nodes() as usize],
+            noise: Default::default(),
+            seed: 0,
+        };
         let mut w = World::new(&scenario, JobFailurePolicy, &trace);
         let at = |h: i64| Time::ZERO + Duration::from_hours(h);
         let (broken, healthy, breaks_later) = (w.dev(2, 1), w.dev(3, 0), w.dev(4, 5));
