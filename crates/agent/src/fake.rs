@@ -8,7 +8,15 @@
 //! - **degrade**: an Xid 92 (excessive single-bit ECC interrupts, Degraded) line; the plugin keeps
 //!   the device `Healthy`, as NVIDIA's plugin does for that Xid;
 //! - **recover**: the plugin reports the device `Healthy` again and the device is reset, so the
-//!   kernel-log reasons clear and probation starts, as after a real GPU reset.
+//!   kernel-log reasons clear and probation starts, as after a real GPU reset;
+//! - **ecc**: an Xid 48 (double-bit ECC error) line, whose repair is a reset, and the plugin
+//!   reports the device `Unhealthy` (as NVIDIA's plugin does for that Xid) until it is reset;
+//! - **wedge** / **hold** / **free**: how the device answers a reset the agent carries out
+//!   ([`crate::reset`]): a wedged device does not come back from it; a held one has a process on
+//!   it (so it is not reset) until freed.
+//!
+//! The fake devices are their own reset backend: a reset of a device that is not wedged makes
+//! the plugin report it `Healthy` again.
 //!
 //! The plugin serves `<device-plugin-dir>/devheal-fake-gpu.sock` and registers with the
 //! kubelet's `kubelet.sock` there. A kubelet that restarts deletes every socket in that
@@ -52,6 +60,10 @@ pub enum FakeFault {
     Fail,
     Degrade,
     Recover,
+    Ecc,
+    Wedge,
+    Hold,
+    Free,
 }
 
 impl FakeFault {
@@ -60,6 +72,10 @@ impl FakeFault {
             "fail" => Some(FakeFault::Fail),
             "degrade" => Some(FakeFault::Degrade),
             "recover" => Some(FakeFault::Recover),
+            "ecc" => Some(FakeFault::Ecc),
+            "wedge" => Some(FakeFault::Wedge),
+            "hold" => Some(FakeFault::Hold),
+            "free" => Some(FakeFault::Free),
             _ => None,
         }
     }
@@ -105,6 +121,14 @@ pub struct FakeControl {
     devices: Arc<Vec<InventoryDevice>>,
     health: Arc<Mutex<watch::Sender<Vec<dp::Device>>>>,
     signals: mpsc::Sender<FakeSignal>,
+    /// Devices that do not come back from a reset, and devices a process holds.
+    resets: Arc<Mutex<FakeResetState>>,
+}
+
+#[derive(Default)]
+struct FakeResetState {
+    wedged: std::collections::BTreeSet<String>,
+    held: std::collections::BTreeSet<String>,
 }
 
 impl FakeControl {
@@ -135,6 +159,23 @@ impl FakeControl {
                 )),
             ),
             FakeFault::Recover => (Some(HEALTHY), None),
+            FakeFault::Ecc => (
+                Some(UNHEALTHY),
+                Some(format!(
+                    "NVRM: Xid (PCI:{short}): 48, pid=0, name=devheal-fake, An uncorrectable double bit error (DBE) has been detected on GPU in the framebuffer at partition 0, subpartition 0."
+                )),
+            ),
+            FakeFault::Wedge | FakeFault::Hold | FakeFault::Free => {
+                if let Ok(mut s) = self.resets.lock() {
+                    let id = device.to_string();
+                    match fault {
+                        FakeFault::Wedge => s.wedged.insert(id),
+                        FakeFault::Hold => s.held.insert(id),
+                        _ => s.held.remove(&id),
+                    };
+                }
+                (None, None)
+            }
         };
         if let Some(health) = plugin_health
             && let Ok(sender) = self.health.lock()
@@ -159,6 +200,46 @@ impl FakeControl {
                 .map_err(|_| FakeError::Closed)?;
         }
         Ok(line)
+    }
+}
+
+impl crate::reset::ResetBackend for FakeControl {
+    fn holders(&self, target: &crate::reset::ResetTarget) -> Result<Vec<String>, crate::reset::ResetError> {
+        let held = self.resets.lock().map(|s| s.held.contains(&target.id)).unwrap_or(false);
+        Ok(if held { vec!["pid 4242 (devheal-fake-workload)".to_string()] } else { Vec::new() })
+    }
+
+    fn reset(&self, target: &crate::reset::ResetTarget) -> Result<String, crate::reset::ResetError> {
+        if !self.devices.iter().any(|d| d.id == target.id) {
+            return Err(crate::reset::ResetError::Unsupported(format!("no fake device {}", target.id)));
+        }
+        Ok(format!("fake reset of {}", target.id))
+    }
+
+    fn observe(&self, target: &crate::reset::ResetTarget) -> Result<String, crate::reset::ResetError> {
+        if self.resets.lock().map(|s| s.wedged.contains(&target.id)).unwrap_or(false) {
+            return Err(crate::reset::ResetError::Failed(format!(
+                "fake device {} did not come back (wedged)",
+                target.id
+            )));
+        }
+        // Back: the plugin serves it Healthy again (the loop clears its reasons itself).
+        if let Ok(sender) = self.health.lock() {
+            sender.send_modify(|devices| {
+                for dev in devices.iter_mut().filter(|x| x.id == target.id) {
+                    dev.health = HEALTHY.to_string();
+                }
+            });
+        }
+        let signal = FakeSignal::PluginHealth { device: target.id.clone(), healthy: true };
+        if self.signals.try_send(signal).is_err() {
+            tracing::warn!(device = %target.id, "fake plugin health after a reset not passed on (queue full)");
+        }
+        Ok(format!("fake device {} answers again", target.id))
+    }
+
+    fn describe(&self, target: &crate::reset::ResetTarget) -> String {
+        format!("a fake reset of {}", target.id)
     }
 }
 
@@ -193,7 +274,7 @@ pub fn fake_devices(
             plugin,
             check_every: StdDuration::from_secs(1),
         },
-        FakeControl { devices: Arc::new(devices), health, signals },
+        FakeControl { devices: Arc::new(devices), health, signals, resets: Arc::default() },
     )
 }
 

@@ -3,8 +3,9 @@
 //! - the metrics port (default `0.0.0.0:9101`, [`metrics_router`]):
 //!   - `GET /metrics`: Prometheus metrics (OpenMetrics text);
 //!   - `GET /healthz`: 200 while the event loop has turned within the last 30 s, else 503;
-//!   - with `--fake-devices N` only: `POST /fake/fail?device=ID`, `POST /fake/degrade?device=ID`,
-//!     `POST /fake/recover?device=ID` (see [`crate::fake`]); 404 for an unknown device;
+//!   - with `--fake-devices N` only: `POST /fake/<action>?device=ID`, the action one of `fail`,
+//!     `degrade`, `recover`, `ecc`, `wedge`, `hold`, `free` (see [`crate::fake`]); 404 for an
+//!     unknown device;
 //! - the progress port (default `0.0.0.0:9102`, [`progress_router`]), the only one the
 //!   DaemonSet publishes on the node's IP (a `hostPort`), so that training pods reach it:
 //!   - `POST /v1/progress`: a pod's training steps (below).
@@ -312,7 +313,10 @@ async fn fake(State(state): State<HttpState>, Path(action): Path<String>, uri: U
             .into_response();
     };
     let Some(fault) = FakeFault::parse(&action) else {
-        return (StatusCode::NOT_FOUND, format!("no fake action {action:?}: use fail, degrade or recover\n"))
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no fake action {action:?}: use fail, degrade, recover, ecc, wedge, hold or free\n"),
+        )
             .into_response();
     };
     let Some(device) = query_param(uri.query().unwrap_or(""), "device") else {

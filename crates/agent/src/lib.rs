@@ -37,6 +37,7 @@ pub mod once;
 pub mod pci_topology;
 pub mod progress;
 pub mod publish;
+pub mod reset;
 pub mod restore;
 pub mod run;
 pub mod scrape;

@@ -41,6 +41,11 @@ pub struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
 }
@@ -87,6 +92,8 @@ pub struct AgentMetrics {
     pub kmsg_lost: Counter,
     pub kmsg_unmapped: Counter,
     pub nic_link_changes: Family<StateLabel, Counter>,
+    /// Reset requests answered, by the phase reached (`docs/agent.md`, "Device resets").
+    pub device_resets: Family<PhaseLabel, Counter>,
     pub nic_link_flaps: Counter,
     pub nic_links_at_fault: Gauge,
     pub nic_lines_not_followed: Counter,
@@ -135,6 +142,12 @@ impl AgentMetrics {
             "kmsg_unmapped_faults",
             "Device faults in the kernel log on no device this node knows",
             kmsg_unmapped.clone(),
+        );
+        let device_resets = Family::<PhaseLabel, Counter>::default();
+        registry.register(
+            "device_resets",
+            "Steps of the device resets the controller requested, by phase (Pending: taken; Succeeded, Failed, Refused, WouldReset: answered)",
+            device_resets.clone(),
         );
         let nic_link_changes = Family::<StateLabel, Counter>::default();
         registry.register(
@@ -219,6 +232,7 @@ impl AgentMetrics {
             kmsg_lost,
             kmsg_unmapped,
             nic_link_changes,
+            device_resets,
             nic_link_flaps,
             nic_links_at_fault,
             nic_lines_not_followed,

@@ -155,12 +155,25 @@ pub struct DeviceTransition {
     pub reasons: String,
     /// `namespace/pod` of the pods bound to the device.
     pub pods: Vec<String>,
+    /// Not a change of health but a step of a reset the controller requested
+    /// ([`crate::reset`]): the phase reached and what happened.
+    pub reset: Option<(devheal_k8s::crd::DeviceResetPhase, String)>,
 }
 
 impl DeviceTransition {
     /// The Event reason (CamelCase, stable): `DeviceUnhealthy`, `DeviceDegraded`, `DeviceHealthy`,
     /// `DeviceHealthUnknown`.
     pub fn reason(&self) -> &'static str {
+        use devheal_k8s::crd::DeviceResetPhase as P;
+        if let Some((phase, _)) = &self.reset {
+            return match phase {
+                P::Pending => "DeviceResetStarted",
+                P::Succeeded => "DeviceResetSucceeded",
+                P::Failed => "DeviceResetFailed",
+                P::Refused => "DeviceResetRefused",
+                P::WouldReset => "DeviceResetDryRun",
+            };
+        }
         match self.to {
             Health::Unhealthy => "DeviceUnhealthy",
             Health::Degraded => "DeviceDegraded",
@@ -170,12 +183,24 @@ impl DeviceTransition {
     }
 
     pub fn is_warning(&self) -> bool {
-        self.to != Health::Healthy
+        use devheal_k8s::crd::DeviceResetPhase as P;
+        match &self.reset {
+            Some((phase, _)) => matches!(phase, P::Failed | P::Refused),
+            None => self.to != Health::Healthy,
+        }
+    }
+
+    /// The Event's action: `ResetDevice` for a reset's steps, `UpdateDeviceHealth` otherwise.
+    pub fn action(&self) -> &'static str {
+        if self.reset.is_some() { "ResetDevice" } else { "UpdateDeviceHealth" }
     }
 
     pub fn note(&self) -> String {
         let from = self.from.map_or("new", Health::as_str);
-        let mut note = format!("device {} ({}) {} -> {}", self.device, self.resource, from, self.to.as_str());
+        let mut note = match &self.reset {
+            Some((_, message)) => format!("device {} ({}) reset: {message}", self.device, self.resource),
+            None => format!("device {} ({}) {} -> {}", self.device, self.resource, from, self.to.as_str()),
+        };
         if !self.reasons.is_empty() {
             note.push_str(": ");
             note.push_str(&self.reasons);
@@ -373,7 +398,7 @@ impl Publisher for KubePublisher {
             type_: if transition.is_warning() { EventType::Warning } else { EventType::Normal },
             reason: transition.reason().into(),
             note: Some(transition.note()),
-            action: "UpdateDeviceHealth".into(),
+            action: transition.action().into(),
             secondary,
         };
         bounded("create Event", self.recorder.publish(&event, &regarding)).await
@@ -687,8 +712,10 @@ mod tests {
     }
 
     fn publication(condition_status: &'static str) -> Publication {
-        let mut object =
-            NodeDeviceHealth::new("n", devheal_k8s::crd::NodeDeviceHealthSpec { node_name: "n".into() });
+        let mut object = NodeDeviceHealth::new(
+            "n",
+            devheal_k8s::crd::NodeDeviceHealthSpec { node_name: "n".into(), ..Default::default() },
+        );
         object.status = Some(devheal_k8s::crd::NodeDeviceHealthStatus::default());
         Publication {
             object,
@@ -736,6 +763,7 @@ mod tests {
                 to: Health::Unhealthy,
                 reasons: String::new(),
                 pods: vec![],
+                reset: None,
             })
             .await
             .expect("send");
@@ -772,6 +800,7 @@ mod tests {
             to: Health::Unhealthy,
             reasons: "kernel_log Xid 79: GPU has fallen off the bus".into(),
             pods: vec!["ml/trainer-0".into()],
+            reset: None,
         };
         assert_eq!(t.reason(), "DeviceUnhealthy");
         assert!(t.is_warning());
@@ -781,7 +810,20 @@ mod tests {
         );
         let long = DeviceTransition { reasons: "é".repeat(2000), ..t.clone() };
         assert!(long.note().len() <= 1000);
-        let back = DeviceTransition { from: Some(Health::Degraded), to: Health::Healthy, ..t };
+        let back = DeviceTransition { from: Some(Health::Degraded), to: Health::Healthy, ..t.clone() };
         assert_eq!((back.reason(), back.is_warning()), ("DeviceHealthy", false));
+        use devheal_k8s::crd::DeviceResetPhase as P;
+        let step = |phase, m: &str| DeviceTransition { reset: Some((phase, m.to_string())), ..t.clone() };
+        let failed = step(P::Failed, "not back after the reset");
+        assert_eq!(
+            (failed.reason(), failed.is_warning(), failed.action()),
+            ("DeviceResetFailed", true, "ResetDevice")
+        );
+        assert!(failed.note().starts_with("device GPU-1 (nvidia.com/gpu) reset: not back after the reset"));
+        let done = step(P::Succeeded, "seen again");
+        assert_eq!((done.reason(), done.is_warning()), ("DeviceResetSucceeded", false));
+        assert_eq!(step(P::Refused, "off").reason(), "DeviceResetRefused");
+        assert_eq!(step(P::WouldReset, "dry").reason(), "DeviceResetDryRun");
+        assert_eq!(step(P::Pending, "taken").reason(), "DeviceResetStarted");
     }
 }

@@ -60,6 +60,7 @@ use crate::sources::{
 mod handle;
 mod links;
 mod report;
+mod resets;
 
 use report::read_last_report;
 
@@ -131,6 +132,14 @@ pub struct AgentConfig {
     /// ([`crate::scrape::NodePodSinks::stack`]), reported as the `device_plugin_pod` source with
     /// their version; `None` without an API server.
     pub stack_pods: Option<watch::Receiver<Vec<crate::stack::StackPod>>>,
+    /// What the agent does with the controller's reset requests (`--device-reset`), its own
+    /// bounds on them, and the command that resets an NVIDIA GPU ([`crate::reset`]).
+    pub reset_mode: crate::reset::ResetMode,
+    pub reset_limits: crate::reset::ResetLimits,
+    pub reset_command: Vec<String>,
+    /// The controller's reset requests of this node (`spec.resetRequests`, from
+    /// [`crate::sources::watch_reset_requests`]); `None` without an API server.
+    pub reset_requests: Option<watch::Receiver<Vec<devheal_k8s::crd::DeviceResetRequest>>>,
 }
 
 impl AgentConfig {
@@ -162,6 +171,10 @@ impl AgentConfig {
             pod_addresses: None,
             resource_slices: None,
             stack_pods: None,
+            reset_mode: crate::reset::ResetMode::Off,
+            reset_limits: crate::reset::ResetLimits::default(),
+            reset_command: crate::reset::default_reset_command(),
+            reset_requests: None,
         }
     }
 }
@@ -306,6 +319,35 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
             Some(SourceEvent::StackPods(now))
         })));
     }
+    if let Some(requests) = config.reset_requests.clone() {
+        tasks.push(tokio::spawn(forward_changes(requests, events_tx.clone(), shutdown.clone(), |now| {
+            Some(SourceEvent::ResetRequests(now))
+        })));
+    }
+    // Device resets: the fake devices are their own backend; real GPUs go through NVML.
+    let reset_backend: Arc<dyn crate::reset::ResetBackend> = match &fake {
+        Some(control) => Arc::new(control.clone()),
+        None => Arc::new(crate::reset::NvidiaReset {
+            command: config.reset_command.clone(),
+            nvml_library: config.paths.nvml_library.clone(),
+            timeout: config.reset_limits.timeout,
+        }),
+    };
+    let reset_jobs = if config.reset_mode == crate::reset::ResetMode::On {
+        let (done_tx, done_rx) = mpsc::channel(crate::reset::MAX_RESETS);
+        let jobs =
+            crate::reset::spawn_worker(Arc::clone(&reset_backend), config.reset_limits.clone(), done_tx)
+                .map_err(|source| AgentError::Thread { what: "device reset", source })?;
+        tasks.push(tokio::spawn(forward(
+            done_rx,
+            events_tx.clone(),
+            SourceEvent::ResetDone,
+            shutdown.clone(),
+        )));
+        Some(jobs)
+    } else {
+        None
+    };
 
     // PodResources.
     let refresh = Arc::new(Notify::new());
@@ -356,6 +398,14 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         tracker.set_watch(&d.id, HealthSource::DevicePlugin, true, now);
     }
     let kept = crate::restore::restore(&mut tracker, last.as_ref(), boot_id.as_deref(), now);
+    let resets = resets::Resets {
+        book: crate::reset::ResetBook::restored(last.as_ref().map_or(&[][..], |s| &s.resets)),
+        mode: config.reset_mode,
+        limits: config.reset_limits.clone(),
+        backend: reset_backend,
+        jobs: reset_jobs,
+        pending: Vec::new(),
+    };
     if !kept.is_empty() {
         tracing::warn!(devices = ?kept.keys().collect::<Vec<_>>(),
             "kept the devices the last report had Unhealthy or Degraded until there is evidence they recovered");
@@ -398,6 +448,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         progress,
         bound: BTreeSet::new(),
         bound_tx,
+        resets,
     };
     // The NICs before the kernel log's replay reaches the loop, so that its lines find them
     // (and lines older than the state sysfs reads now are stale).
@@ -507,6 +558,8 @@ struct LoopState {
     /// Pods bound to a device on this node (PodResources), for the scraper too.
     bound: BTreeSet<PodRef>,
     bound_tx: watch::Sender<BTreeSet<PodRef>>,
+    /// The controller's reset requests and the agent's answers ([`resets`]).
+    resets: resets::Resets,
 }
 
 /// The longest the first publication waits for PodResources.
@@ -549,6 +602,7 @@ async fn event_loop(
             }
             _ = shutdown.changed() => break,
         }
+        state.send_reset_steps(&transitions);
         state.publish(&publications, &transitions);
     }
 }

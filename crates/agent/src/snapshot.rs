@@ -257,8 +257,10 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
             aliases: aliases.into_iter().collect(),
         });
     }
-    let mut object =
-        NodeDeviceHealth::new(input.node, NodeDeviceHealthSpec { node_name: input.node.to_string() });
+    let mut object = NodeDeviceHealth::new(
+        input.node,
+        NodeDeviceHealthSpec { node_name: input.node.to_string(), ..Default::default() },
+    );
     object.status = Some(NodeDeviceHealthStatus {
         boot_id: input.boot_id.map(str::to_string),
         last_heartbeat: Some(k8s_time(input.now)),
@@ -267,6 +269,7 @@ pub fn node_device_health(input: SnapshotInput<'_>) -> NodeDeviceHealth {
         sources: input.sources,
         workloads: Vec::new(),
         network: Vec::new(),
+        resets: Vec::new(),
     });
     object
 }

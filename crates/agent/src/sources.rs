@@ -64,6 +64,10 @@ pub(crate) enum SourceEvent {
     StackPods(Vec<crate::stack::StackPod>),
     Progress(ProgressRequest),
     Scrape(ScrapeEvent),
+    /// The controller's reset requests of this node (`spec.resetRequests`), the whole list.
+    ResetRequests(Vec<devheal_k8s::crd::DeviceResetRequest>),
+    /// A reset the worker finished ([`crate::reset`]).
+    ResetDone(crate::reset::ResetResult),
 }
 
 #[derive(Debug)]
@@ -169,6 +173,42 @@ pub async fn poll_node_counts(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = counts.closed() => return,
+        }
+    }
+}
+
+/// Watches this node's NodeDeviceHealth (field selector `metadata.name`) and keeps `requests` at
+/// its `spec.resetRequests`, the resets the controller asks of this agent ([`crate::reset`]).
+/// The object not existing yet is no request. Needs `watch` on `nodedevicehealths`. Runs until
+/// `requests` has no receiver.
+pub async fn watch_reset_requests(
+    client: kube::Client,
+    node: String,
+    requests: watch::Sender<Vec<devheal_k8s::crd::DeviceResetRequest>>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<devheal_k8s::crd::NodeDeviceHealth> = kube::Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut stream = watcher::watcher(api, config).default_backoff().applied_objects().boxed();
+    loop {
+        tokio::select! {
+            next = stream.next() => match next {
+                Some(Ok(object)) if object.metadata.name.as_deref() == Some(node.as_str()) => {
+                    let now = object.spec.reset_requests;
+                    requests.send_if_modified(|old| {
+                        let changed = *old != now;
+                        if changed {
+                            old.clone_from(&now);
+                        }
+                        changed
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::warn!(%node, error = %e, "watching this node's reset requests"),
+                None => return,
+            },
+            _ = requests.closed() => return,
         }
     }
 }

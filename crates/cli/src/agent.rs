@@ -136,6 +136,32 @@ pub struct AgentArgs {
     /// How often pods that name a progress metric are scraped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     scrape_every: Duration,
+    /// The device resets the controller requests of this node (docs/agent.md, "Device
+    /// resets"): `off` answers each request Refused and leaves it to a repair system or a
+    /// person; `dry-run` answers with what would be run; `on` resets the device once no
+    /// process holds it, and reports what the driver shows afterwards.
+    #[arg(long, value_enum, default_value_t = DeviceResetArg::Off)]
+    device_reset: DeviceResetArg,
+    /// The command that resets one NVIDIA GPU, one string split at spaces (no shell); `{pci}`,
+    /// `{uuid}` and `{id}` are replaced. Default: NVIDIA's `nvidia-smi --gpu-reset -i {pci}`.
+    #[arg(long, value_name = "COMMAND", allow_hyphen_values = true)]
+    device_reset_command: Option<String>,
+    /// How long the reset command may run.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    device_reset_timeout: Duration,
+    /// At most this many resets of one device within 24 h, whatever the controller asks.
+    #[arg(long, default_value_t = 3)]
+    device_reset_limit: usize,
+    /// How long a device still held by a process is waited for before the reset is refused.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    device_reset_busy_wait: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceResetArg {
+    Off,
+    DryRun,
+    On,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -232,6 +258,23 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         stable_after: core_duration(args.nic_stable_after),
     };
     config.links.validate()?;
+    config.reset_mode = match args.device_reset {
+        DeviceResetArg::Off => devheal_agent::reset::ResetMode::Off,
+        DeviceResetArg::DryRun => devheal_agent::reset::ResetMode::DryRun,
+        DeviceResetArg::On => devheal_agent::reset::ResetMode::On,
+    };
+    anyhow::ensure!(args.device_reset_limit >= 1, "--device-reset-limit must be at least 1");
+    config.reset_limits = devheal_agent::reset::ResetLimits {
+        per_device: args.device_reset_limit,
+        busy_wait: args.device_reset_busy_wait,
+        timeout: args.device_reset_timeout.max(Duration::from_secs(1)),
+        ..devheal_agent::reset::ResetLimits::default()
+    };
+    if let Some(command) = &args.device_reset_command {
+        let words: Vec<String> = command.split_whitespace().map(str::to_string).collect();
+        anyhow::ensure!(!words.is_empty(), "--device-reset-command needs a program");
+        config.reset_command = words;
+    }
     config.progress_auth = match args.progress_auth {
         ProgressAuthArg::Pod => {
             if args.no_kube {
@@ -305,6 +348,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 slices_tx,
             ));
             config.resource_slices = Some(slices_rx);
+            // The controller's reset requests of this node (spec.resetRequests of its NodeDeviceHealth).
+            let (resets_tx, resets_rx) = tokio::sync::watch::channel(Vec::new());
+            tokio::spawn(devheal_agent::sources::watch_reset_requests(
+                client.clone(),
+                config.node.clone(),
+                resets_tx,
+            ));
+            config.reset_requests = Some(resets_rx);
             // Pods that prove who they are with a token (host-network pods): TokenReview.
             config.progress_tokens = Some(std::sync::Arc::new(devheal_agent::token::PodTokens::new(
                 std::sync::Arc::new(devheal_agent::token::KubeTokenReviewer::new(client.clone())),

@@ -40,7 +40,7 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// The node agent: follow every device health source and publish NodeDeviceHealth
     /// (`--once`: read every source one time and print it).
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// The cluster controller: watches, decides, and (while leader) acts; serves metrics.
     Controller(controller::ControllerArgs),
     /// Print devheal's CustomResourceDefinitions (NodeDeviceHealth, FailurePolicy) as YAML.
@@ -63,7 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::ClassifyLog(args) => classify_log::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Crds(args) => crds::run(args),
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(*args),
         Command::Controller(args) => controller::run(args),
         Command::DegradationEval(args) => degradation_eval::run(args),
         Command::Config(args) => config::run(args),

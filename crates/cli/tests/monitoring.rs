@@ -331,7 +331,9 @@ fn controller_exposition() -> String {
 
 /// The agent's exposition once every family holds a series.
 fn agent_exposition() -> String {
-    use devheal_agent::metrics::{AgentMetrics, DeviceLabels, HealthLabel, SourceLabel, StateLabel};
+    use devheal_agent::metrics::{
+        AgentMetrics, DeviceLabels, HealthLabel, PhaseLabel, SourceLabel, StateLabel,
+    };
     let m = AgentMetrics::new();
     let gpu = DeviceLabels {
         UUID: "GPU-1".into(),
@@ -350,6 +352,7 @@ fn agent_exposition() -> String {
     m.progress_steps(1, 1);
     m.scraped(true);
     m.nic_link_changes.get_or_create(&StateLabel { state: "down" }).inc();
+    m.device_resets.get_or_create(&PhaseLabel { phase: "Failed" }).inc();
     m.render()
 }
 

@@ -143,7 +143,8 @@ fn health(n: usize, failed: Option<(usize, Time)>) -> NodeDeviceHealth {
             }
         })
         .collect();
-    let mut obj = NodeDeviceHealth::new(&name, NodeDeviceHealthSpec { node_name: name.clone() });
+    let mut obj =
+        NodeDeviceHealth::new(&name, NodeDeviceHealthSpec { node_name: name.clone(), ..Default::default() });
     obj.status = Some(NodeDeviceHealthStatus { devices, ..NodeDeviceHealthStatus::default() });
     obj
 }

@@ -404,7 +404,10 @@ impl FakeCluster {
                     ..DeviceStatus::default()
                 })
                 .collect();
-            let mut obj = NodeDeviceHealth::new(&name, NodeDeviceHealthSpec { node_name: name.clone() });
+            let mut obj = NodeDeviceHealth::new(
+                &name,
+                NodeDeviceHealthSpec { node_name: name.clone(), ..Default::default() },
+            );
             obj.status = Some(NodeDeviceHealthStatus { devices, ..NodeDeviceHealthStatus::default() });
             s.put_health(obj);
         }

@@ -166,6 +166,9 @@ struct HealthEntry {
     versions: StackVersions,
     /// The network fault the node's agent last reported (`status.network`), as the engine got it.
     network: Option<devheal_core::NetworkFault>,
+    /// The reset requests the node's agent answered `Failed` (`status.resets`) that the engine
+    /// was told of, by id: each once. Bounded by the CRD (64 answers).
+    resets_failed: BTreeSet<String>,
 }
 
 /// The device stack's versions as a node's agent reports them in its NodeDeviceHealth's sources.

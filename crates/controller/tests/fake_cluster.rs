@@ -227,6 +227,10 @@ async fn each_action_is_one_log_line_with_what_it_names_and_its_outcome() {
         .with_max_level(tracing::Level::INFO)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have registered the controller's callsites while no subscriber
+    // wanted them (cached as "never"): ask every callsite again, now that this one does. Without
+    // it the test saw no lines under load.
+    tracing::callsite::rebuild_interest_cache();
     let clock = ManualClock::new(START);
     let fake = FakeCluster::new(clock.clone());
     fake.add_gpu_nodes(2, 8);

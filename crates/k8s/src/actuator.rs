@@ -362,7 +362,20 @@ impl KubeActuator {
             Action::CordonNode { node, reason } => self.cordon(node, reason, true).await,
             Action::UncordonNode { node, reason } => self.cordon(node, reason, false).await,
             Action::RequestRepair { node, device, kind, reason } => {
-                self.request_repair(node, device.as_ref(), kind.as_str(), &camel(kind.as_str()), reason).await
+                let carried = self
+                    .request_repair(node, device.as_ref(), kind.as_str(), &camel(kind.as_str()), reason)
+                    .await;
+                match (kind, device) {
+                    (devheal_core::RepairKind::ResetDevice, Some(device))
+                        if matches!(carried.outcome, ActionOutcome::Done) =>
+                    {
+                        match self.ask_agent_to_reset(node, device, &planned.idempotency_key, reason).await {
+                            Ok(()) => carried,
+                            Err(outcome) => Carried::quiet(outcome),
+                        }
+                    }
+                    _ => carried,
+                }
             }
             Action::WithdrawRepair { node, reason } => self.withdraw_repair(node, reason).await,
             Action::Report { reason, message } => self.report(reason, message).await,

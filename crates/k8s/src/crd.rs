@@ -55,6 +55,63 @@ pub struct NodeDeviceHealthSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.nodeName is immutable"))]
     #[schemars(length(min = 1, max = 253))]
     pub node_name: String,
+    /// Device resets the controller asks the agent on this node to carry out (`docs/actuator.md`,
+    /// "Device resets"). Written by the controller only; the agent answers each in
+    /// `status.resets`. Cleared when the node's repair requests are withdrawn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub reset_requests: Vec<DeviceResetRequest>,
+}
+
+/// A reset the controller requests of one device.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceResetRequest {
+    /// The device, by the id the agent reports it under (`status.devices[].id`).
+    #[schemars(length(min = 1, max = 512))]
+    pub device: String,
+    /// The request's identity (the engine's idempotency key): the agent answers each id once.
+    #[schemars(length(min = 1, max = 512))]
+    pub id: String,
+    pub requested_at: Time,
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+}
+
+/// Where the agent is with one reset request.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceResetPhase {
+    /// Taken, not finished (waiting for the device's processes to exit, or running).
+    #[default]
+    Pending,
+    /// The device was reset and answered afterwards as the same device.
+    Succeeded,
+    /// The reset was tried and the device did not come back, or the driver refused it.
+    Failed,
+    /// Not carried out: resets are off on this agent (`--device-reset=off`), the device is
+    /// unknown, still in use past the wait, or over the agent's own limit. Nothing was tried.
+    Refused,
+    /// Dry run (`--device-reset=dry-run`): what would have been run is in the message.
+    WouldReset,
+}
+
+/// The agent's answer to one reset request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceResetStatus {
+    #[schemars(length(min = 1, max = 512))]
+    pub device: String,
+    /// The request's id (`spec.resetRequests[].id`).
+    #[schemars(length(min = 1, max = 512))]
+    pub id: String,
+    pub phase: DeviceResetPhase,
+    /// What happened, in words (the command's output, the processes holding the device).
+    #[serde(default)]
+    #[schemars(length(max = 2048))]
+    pub message: String,
+    /// When the phase was last set.
+    pub at: Time,
 }
 
 /// What the agent last published.
@@ -89,6 +146,11 @@ pub struct NodeDeviceHealthStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub network: Vec<NicLinkStatus>,
+    /// The agent's answers to `spec.resetRequests`, newest last; kept after the request is
+    /// cleared so that a restarted agent does not answer a request twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub resets: Vec<DeviceResetStatus>,
 }
 
 /// A NIC link's state as the agent reads it.

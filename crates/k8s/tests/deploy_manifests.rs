@@ -329,6 +329,8 @@ const CONTROLLER_EXPECTATIONS: &[Expectation] = &[
     ("watch", "", "pods", true),
     ("list", "", "nodes", true),
     ("watch", "devheal.io", "nodedevicehealths", true),
+    // Device resets asked of an agent: spec.resetRequests, never the agent's status.
+    ("patch", "devheal.io", "nodedevicehealths", true),
     ("watch", "devheal.io", "failurepolicies", true),
     ("create", "", "pods/eviction", true),
     ("delete", "", "pods", true),
@@ -406,6 +408,7 @@ const CONTROLLER_GRANTS: &[&str] = &[
     "cluster: get devheal.io/nodedevicehealths",
     "cluster: list devheal.io/nodedevicehealths",
     "cluster: watch devheal.io/nodedevicehealths",
+    "cluster: patch devheal.io/nodedevicehealths",
     "cluster: get devheal.io/failurepolicies",
     "cluster: list devheal.io/failurepolicies",
     "cluster: watch devheal.io/failurepolicies",

@@ -8,6 +8,8 @@ impl LoopState {
     pub(super) fn handle(&mut self, event: SourceEvent) {
         let now = wall_now();
         match event {
+            SourceEvent::ResetRequests(requests) => self.take_reset_requests(&requests, now),
+            SourceEvent::ResetDone(result) => self.finish_reset(result, now),
             SourceEvent::Kernel(KernelEvent::Following { path }) => {
                 self.set_source("kernel_log", true, format!("following {path}"), None, now);
             }

@@ -53,6 +53,7 @@ impl LoopState {
         if let Some(status) = object.status.as_mut() {
             status.workloads = self.progress.workloads();
             status.network = self.network_status();
+            status.resets = self.resets.book.answers();
             within_schema(status);
             for v in keep_within_schema(status) {
                 tracing::warn!(field = %v.path, problem = %v.problem,
@@ -84,6 +85,7 @@ impl LoopState {
                 to: d.health,
                 reasons: reasons.join("; "),
                 pods: d.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+                reset: None,
             };
             if transitions.try_send(transition).is_err() {
                 tracing::warn!(device = %d.id, "event queue full: transition not reported as an Event");

@@ -124,12 +124,16 @@ async fn the_crds_rules_are_enforced() {
     let node = scope.node_name("x");
     let _ = api.delete(&node, &DeleteParams::default()).await;
     // metadata.name must equal spec.nodeName.
-    let wrong = NodeDeviceHealth::new(&node, NodeDeviceHealthSpec { node_name: "another-node".into() });
+    let wrong = NodeDeviceHealth::new(
+        &node,
+        NodeDeviceHealthSpec { node_name: "another-node".into(), ..Default::default() },
+    );
     let answer = api.create(&PostParams::default(), &wrong).await;
     let text = message(answer);
     assert!(text.contains("422") && text.contains("named after its node"), "{text}");
     // spec.nodeName is immutable.
-    let right = NodeDeviceHealth::new(&node, NodeDeviceHealthSpec { node_name: node.clone() });
+    let right =
+        NodeDeviceHealth::new(&node, NodeDeviceHealthSpec { node_name: node.clone(), ..Default::default() });
     api.create(&PostParams::default(), &right).await.expect("a well-named object is accepted");
     let answer = api
         .patch(&node, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"nodeName": "moved"}})))
@@ -178,7 +182,8 @@ async fn the_largest_values_the_agent_publishes_are_accepted() {
     let api = ndh_api(&scope.client);
     let node = scope.node_name("x");
     let _ = api.delete(&node, &DeleteParams::default()).await;
-    let object = NodeDeviceHealth::new(&node, NodeDeviceHealthSpec { node_name: node.clone() });
+    let object =
+        NodeDeviceHealth::new(&node, NodeDeviceHealthSpec { node_name: node.clone(), ..Default::default() });
     api.create(&PostParams::default(), &object).await.expect("create");
     let status = largest_status();
     let answer = api
@@ -281,6 +286,17 @@ fn largest_status() -> NodeDeviceHealthStatus {
                 flaps: u64::MAX,
                 fault: Some(long(1024)),
                 fault_since: Some(far.clone()),
+            })
+            .collect(),
+        // The agent's answers to reset requests: 64 at most (reset.rs' bound), the message cut
+        // at 2,000 characters, ids as long as the controller's requests may be.
+        resets: (0..devheal_agent::reset::MAX_RESETS)
+            .map(|i| devheal_k8s::crd::DeviceResetStatus {
+                device: long(512),
+                id: format!("{i:03}{}", long(509)),
+                phase: devheal_k8s::crd::DeviceResetPhase::Failed,
+                message: long(2000),
+                at: far.clone(),
             })
             .collect(),
     }

@@ -26,5 +26,6 @@ mod helm;
 mod leader;
 mod pdb;
 mod plugin;
+mod reset;
 mod trust;
 mod upgrade;

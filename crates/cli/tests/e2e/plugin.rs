@@ -108,7 +108,7 @@ async fn the_kubectl_plugin_shows_status_history_and_explain() {
     let _ = ndh.delete(&node, &DeleteParams::default()).await;
     ndh.create(
         &PostParams::default(),
-        &NodeDeviceHealth::new(&node, NodeDeviceHealthSpec { node_name: node.clone() }),
+        &NodeDeviceHealth::new(&node, NodeDeviceHealthSpec { node_name: node.clone(), ..Default::default() }),
     )
     .await
     .expect("create the NodeDeviceHealth");

@@ -132,6 +132,32 @@ impl ClusterIndex {
             entry.network = network.clone();
             up.inputs.push(Input::NodeNetwork { node: node.clone(), fault: network });
         }
+        // Resets the agent tried and that failed: the engine asks for the next repair, once each.
+        let answers = obj.status.as_ref().map_or(&[][..], |s| &s.resets[..]);
+        let failed: BTreeSet<String> = answers
+            .iter()
+            .filter(|a| a.phase == devheal_k8s::crd::DeviceResetPhase::Failed)
+            .map(|a| a.id.clone())
+            .collect();
+        for a in answers.iter().filter(|a| failed.contains(&a.id) && !entry.resets_failed.contains(&a.id)) {
+            let key = entry
+                .devices
+                .keys()
+                .find(|k| k.id == a.device)
+                .or_else(|| entry.aliases.get(&a.device))
+                .cloned();
+            match key {
+                Some(device) => up.inputs.push(Input::DeviceResetFailed {
+                    device,
+                    request: a.id.clone(),
+                    message: a.message.clone(),
+                }),
+                None => {
+                    tracing::warn!(%node, device = %a.device, "a failed reset names no device the node reports")
+                }
+            }
+        }
+        entry.resets_failed = failed;
         self.health.insert(node.clone(), entry);
         if new_versions {
             self.send_node(&node, up);

@@ -548,3 +548,45 @@ fn the_engine_gets_the_device_plugin_version_the_agent_reports() {
         {"name": "nvml", "available": true, "version": "575.57.08"}])))));
     assert_eq!(versions(&up), [some("575.57.08", "v0.16.2")], "{:?}", names(&up.inputs));
 }
+
+#[test]
+fn a_reset_the_agent_reports_failed_reaches_the_engine_once_per_request() {
+    let failed = |up: &IndexUpdate| -> Vec<(String, String, String)> {
+        up.inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::DeviceResetFailed { device, request, message } => {
+                    Some((device.id.clone(), request.clone(), message.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let report = |resets: serde_json::Value| -> NodeDeviceHealthObject {
+        serde_json::from_value(json!({
+            "apiVersion": "devheal.io/v1alpha1", "kind": "NodeDeviceHealth",
+            "metadata": {"name": "node-0"}, "spec": {"nodeName": "node-0"},
+            "status": {"devices": [{"id": "GPU-0", "resource": "nvidia.com/gpu", "health": "Unhealthy"}],
+                       "resets": resets}
+        }))
+        .expect("valid object")
+    };
+    let at = "2026-01-01T00:00:30Z";
+    let pending =
+        json!([{"device": "GPU-0", "id": "repair/a", "phase": "Pending", "message": "taken", "at": at}]);
+    let done = json!([
+        {"device": "GPU-0", "id": "repair/a", "phase": "Failed", "message": "not back after the reset", "at": at},
+        {"device": "GPU-0", "id": "repair/b", "phase": "Refused", "message": "off", "at": at}
+    ]);
+    let mut index = ClusterIndex::new();
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(pending))));
+    assert!(failed(&up).is_empty(), "{:?}", names(&up.inputs));
+    let up = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(done.clone()))));
+    assert_eq!(
+        failed(&up),
+        [("GPU-0".to_string(), "repair/a".to_string(), "not back after the reset".to_string())],
+        "a refusal is not a failure"
+    );
+    let again = index.apply(ClusterEvent::NodeHealth(watcher::Event::Apply(report(done))));
+    assert!(failed(&again).is_empty(), "the same answer again: {:?}", names(&again.inputs));
+}

@@ -98,15 +98,55 @@ impl Engine {
         self.node_devices(node).map(|(k, _)| k.clone()).collect()
     }
 
-    pub(super) fn on_devices(&mut self, node: String, devices: Vec<Device>, now: Time) {
+    pub(super) fn on_devices(
+        &mut self,
+        node: String,
+        devices: Vec<Device>,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
         self.nodes.entry(node.clone()).or_default();
         let listed: BTreeSet<&DeviceKey> = devices.iter().map(|d| &d.key).collect();
         let gone: Vec<DeviceKey> =
             self.node_devices(&node).filter(|(k, _)| !listed.contains(k)).map(|(k, _)| k.clone()).collect();
+        // A device that left and a new one (another id: serial, UUID) at its PCI address: the
+        // hardware was replaced. Gone now, or gone earlier and kept as vanished.
+        let mut left_at: Vec<(DeviceKey, String)> = gone
+            .iter()
+            .filter_map(|k| Some((k.clone(), self.devices.get(k)?.pci.clone()?)))
+            .chain(
+                self.vanished
+                    .iter()
+                    .filter(|(k, _)| k.node == node && !listed.contains(k))
+                    .filter_map(|(k, (_, st))| Some((k.clone(), st.pci.clone()?))),
+            )
+            .chain(
+                self.departed
+                    .iter()
+                    .filter(|(k, _)| k.node == node && !listed.contains(k))
+                    .map(|(k, pci)| (k.clone(), pci.clone())),
+            )
+            .collect();
+        left_at.sort();
+        left_at.dedup();
+        let replaced: Vec<(DeviceKey, DeviceKey)> = devices
+            .iter()
+            .filter(|d| !self.devices.contains_key(&d.key) && !self.vanished.contains_key(&d.key))
+            .filter_map(|d| {
+                let pci = d.pci_address.as_deref()?.to_ascii_lowercase();
+                let (old, _) = left_at.iter().find(|(_, p)| *p == pci)?;
+                Some((old.clone(), d.key.clone()))
+            })
+            .collect();
         for k in gone {
             self.probation.remove(&k);
             self.pending_devices.remove(&k);
             let Some(mut st) = self.devices.remove(&k) else { continue };
+            let requested =
+                self.repairs.get(&k.node).is_some_and(|r| r.requests.contains_key(&Some(k.clone())));
+            if requested && let Some(pci) = &st.pci {
+                self.departed.insert(k.clone(), pci.clone());
+            }
             if st.quarantined {
                 // A device that is gone keeps no pod off its node: release its budget share as
                 // the release path does, and remember it so that it comes back quarantined.
@@ -117,6 +157,7 @@ impl Engine {
             }
         }
         for d in devices {
+            self.departed.remove(&d.key);
             if !self.devices.contains_key(&d.key)
                 && let Some((_, mut st)) = self.vanished.remove(&d.key)
             {
@@ -135,6 +176,9 @@ impl Engine {
             }
             let st = self.device_entry(&d.key, now);
             st.pci = d.pci_address.map(|p| p.to_ascii_lowercase());
+        }
+        for (old, new) in replaced {
+            self.device_replaced(&old, &new, now, out);
         }
     }
 

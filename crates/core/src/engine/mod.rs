@@ -144,6 +144,15 @@ pub enum Input {
         since: Time,
         evidence: String,
     },
+    /// The node's agent tried the reset the engine requested for `device` (request `request`,
+    /// the `RequestRepair`'s idempotency key) and it failed: the device is still there but did
+    /// not come back, or the driver refused. The engine asks for the next repair, a reboot of
+    /// the node. Sent once per request by the controller.
+    DeviceResetFailed {
+        device: DeviceKey,
+        request: String,
+        message: String,
+    },
     /// Time passes (budgets refill, probation ends, hangs are noticed).
     Tick,
     /// Replace the operator policies (the safety settings stay).
@@ -215,6 +224,10 @@ pub struct Engine {
     /// Quarantined devices that dropped out of their node's inventory (Xid 79, "fallen off the
     /// bus"), with when: they hold no budget while gone and come back quarantined.
     vanished: BTreeMap<DeviceKey, (Time, DeviceState)>,
+    /// The PCI address of each device that left its node while a repair was requested for it
+    /// (a GPU taken out for a swap), kept while the request stands: a new device at that address
+    /// answers it ([`Engine::device_replaced`]). At most one entry per standing request.
+    departed: BTreeMap<DeviceKey, String>,
     /// Repeat-offender history restored from an earlier engine ([`Engine::restore`]) for
     /// devices not seen yet: (incidents, Degraded episodes), taken when the device appears.
     restored_history: BTreeMap<DeviceKey, (VecDeque<Time>, VecDeque<Time>)>,
@@ -274,6 +287,7 @@ impl Engine {
             probation: BTreeSet::new(),
             unwell: BTreeSet::new(),
             vanished: BTreeMap::new(),
+            departed: BTreeMap::new(),
             restored_history: BTreeMap::new(),
             durable_changes: 0,
             node_probation: BTreeSet::new(),
@@ -324,12 +338,15 @@ impl Engine {
     pub fn handle(&mut self, input: Input, now: Time) -> Vec<PlannedAction> {
         let mut out = Vec::new();
         match input {
-            Input::Devices { node, devices } => self.on_devices(node, devices, now),
+            Input::Devices { node, devices } => self.on_devices(node, devices, now, &mut out),
             Input::DeviceHealth { device, health, reasons } => {
                 self.on_device_health(device, health, reasons, now, &mut out)
             }
             Input::KernelIncident(incident) => self.on_incident(incident, now, &mut out),
             Input::NodeNetwork { node, fault } => self.on_node_network(&node, fault, now, &mut out),
+            Input::DeviceResetFailed { device, request, message } => {
+                self.on_reset_failed(&device, &request, &message, now, &mut out)
+            }
             Input::PodUpsert(pod) => self.on_pod(pod, now, &mut out),
             Input::PodDeleted { uid } => self.on_pod_deleted(&uid),
             Input::NodeUpsert(info) => self.on_node(info, now, &mut out),
@@ -426,6 +443,10 @@ impl Engine {
             self.issued.retain(|_, t| *t >= horizon);
             self.seen_incidents.retain(|_, t| *t >= horizon);
             self.vanished.retain(|_, (t, _)| *t >= horizon);
+            let repairs = &self.repairs;
+            self.departed.retain(|k, _| {
+                repairs.get(&k.node).is_some_and(|r| r.requests.contains_key(&Some(k.clone())))
+            });
             let hour = now - Duration::from_hours(1);
             self.restart_windows.prune(hour);
             let empty: Vec<GangId> = self

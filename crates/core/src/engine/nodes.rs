@@ -92,6 +92,7 @@ impl Engine {
         self.network_faulted.remove(name);
         self.repairs.remove(name);
         self.vanished.retain(|k, _| k.node != name);
+        self.departed.retain(|k, _| k.node != name);
     }
 
     pub(super) fn node_incident(&mut self, inc: KernelIncident, now: Time, out: &mut Vec<PlannedAction>) {

@@ -145,6 +145,66 @@ impl Engine {
         }
     }
 
+    /// The agent's reset of `device` failed (`Input::DeviceResetFailed`): a reboot of the node
+    /// is the next repair, requested once per failed request and only while the device's reset
+    /// request stands (a reset answered by a reboot since, or withdrawn, asks for nothing).
+    /// The device stays quarantined; the node is not cordoned for it (the repair system that
+    /// takes the request drains the node as its reboot needs).
+    pub(super) fn on_reset_failed(
+        &mut self,
+        device: &DeviceKey,
+        request: &str,
+        message: &str,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let standing = self.repairs.get(&device.node).is_some_and(|r| {
+            r.requests.get(&Some(device.clone())).is_some_and(|(k, _)| *k == RepairKind::ResetDevice)
+        });
+        if !standing || !self.config.safety.request_repairs {
+            return;
+        }
+        let node = device.node.clone();
+        let reason = format!("the reset of device {device} failed: {message}");
+        if let Some(hold) = self.node_held(&node) {
+            self.report_hold(out, hold, &node, format!("node {node}: {reason}"), now);
+            return;
+        }
+        let action =
+            Action::RequestRepair { node: node.clone(), device: None, kind: RepairKind::RebootNode, reason };
+        self.emit(
+            out,
+            format!("repair/{node}/reset-failed/{request}"),
+            action,
+            FailureClass::DeviceFailure,
+            now,
+        );
+    }
+
+    /// `old` left the node and `new` is at its PCI address: the hardware was replaced. Its
+    /// standing requests are answered (a hardware inspection too: the part was swapped), a
+    /// quarantine the old device left behind is lifted (nothing of it is left to keep pods off),
+    /// and `new` starts clean.
+    pub(super) fn device_replaced(
+        &mut self,
+        old: &DeviceKey,
+        new: &DeviceKey,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        self.departed.remove(old);
+        if self.vanished.remove(old).is_some_and(|(_, st)| st.quarantined) {
+            let reason = format!("device {old} was replaced by {new} at the same PCI address");
+            let action = Action::ReleaseDevice { device: old.clone(), reason };
+            self.emit(out, format!("release/{old}/replaced"), action, FailureClass::None, now);
+        }
+        let Some(r) = self.repairs.get_mut(&old.node) else { return };
+        if r.requests.remove(&Some(old.clone())).is_some() {
+            let reason = format!("device {old} was replaced by {new}");
+            self.withdraw_if_answered(&old.node, &reason, now, out);
+        }
+    }
+
     fn withdraw_if_answered(&mut self, node: &str, reason: &str, now: Time, out: &mut Vec<PlannedAction>) {
         let Some(r) = self.repairs.get(node) else { return };
         if !r.requests.is_empty() {
@@ -270,6 +330,95 @@ mod tests {
         let acts = e.handle(Input::Tick, t(100 + 600));
         assert_eq!(count(&acts, |a| matches!(a, Action::ReleaseDevice { .. })), 1, "{acts:#?}");
         assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
+    }
+
+    #[test]
+    fn a_failed_reset_asks_for_a_reboot_once_and_only_while_the_reset_stands() {
+        let mut e = engine_with(4);
+        let k = key("node-0", 0);
+        unhealthy(&mut e, k.clone(), t(2));
+        let failed = |request: &str| Input::DeviceResetFailed {
+            device: k.clone(),
+            request: request.into(),
+            message: "nvidia-smi exited 255: GPU is lost".into(),
+        };
+        let acts = e.handle(failed("repair/a"), t(30));
+        let reboots: Vec<_> = acts
+            .iter()
+            .filter_map(|a| match &a.action {
+                Action::RequestRepair { node, device: None, kind: RepairKind::RebootNode, reason } => {
+                    Some((node.clone(), reason.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reboots.len(), 1, "{acts:#?}");
+        assert_eq!(reboots[0].0, "node-0");
+        assert!(reboots[0].1.contains("GPU is lost"), "{reboots:?}");
+        assert!(e.handle(failed("repair/a"), t(31)).is_empty(), "once per request");
+        // The reboot answers every request: a late report of the old failure asks for nothing.
+        e.handle(node_info("node-0", "b2"), t(40));
+        e.handle(node_info("node-0", "b3"), t(50));
+        assert!(e.repair_requests("node-0").is_empty());
+        assert!(e.handle(failed("repair/b"), t(60)).is_empty());
+    }
+
+    #[test]
+    fn a_failed_reset_of_a_device_without_a_reset_request_asks_for_nothing() {
+        let mut e = engine_with(4);
+        let acts = e.handle(
+            Input::DeviceResetFailed { device: key("node-0", 3), request: "x".into(), message: "m".into() },
+            t(5),
+        );
+        assert!(acts.is_empty(), "{acts:#?}");
+    }
+
+    #[test]
+    fn a_replaced_device_answers_its_hardware_inspection() {
+        let mut e = engine_with(4);
+        let old = key("node-0", 1);
+        e.restore_repairs(
+            vec![NodeRepairs {
+                node: "node-0".into(),
+                requests: vec![RepairRequest {
+                    device: Some(old.clone()),
+                    kind: RepairKind::InspectHardware,
+                    boot_id: Some("b1".into()),
+                }],
+            }],
+            t(1),
+        );
+        // Taken out for the swap: nothing is answered while it is gone.
+        assert!(withdrawn(&e.handle(inventory("node-0", Some(1)), t(10))).is_empty());
+        assert!(withdrawn(&e.handle(node_info("node-0", "b2"), t(20))).is_empty());
+        // A new GPU (another UUID) at the old one's PCI address.
+        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
+        devices[1].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-new-serial");
+        let acts = e.handle(Input::Devices { node, devices }, t(30));
+        assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
+        assert!(e.repair_requests("node-0").is_empty());
+    }
+
+    #[test]
+    fn a_device_swapped_while_quarantined_is_released_and_its_request_answered() {
+        let mut e = engine_with(4);
+        let old = key("node-0", 2);
+        let acts = unhealthy(&mut e, old.clone(), t(2));
+        assert_eq!(count(&acts, |a| matches!(a, Action::QuarantineDevice { .. })), 1, "{acts:#?}");
+        // In one inventory: the old device gone, a new one at its address.
+        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
+        devices[2].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-replacement");
+        let acts = e.handle(Input::Devices { node, devices }, t(3_000));
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::ReleaseDevice { device, .. } if *device == old)),
+            1,
+            "{acts:#?}"
+        );
+        assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
+        // The same inventory again: nothing more.
+        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
+        devices[2].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-replacement");
+        assert!(e.handle(Input::Devices { node, devices }, t(3_001)).is_empty());
     }
 
     #[test]

@@ -187,6 +187,9 @@ impl KubeActuator {
             Err(e) if e.code() == Some(404) => return Carried::quiet(ActionOutcome::Done),
             Err(e) => return Carried::quiet(self.failed_call(&key, "reading the node", &e)),
         };
+        if let Err(e) = self.clear_reset_requests(node).await {
+            return Carried::quiet(self.failed_call(&key, "clearing the resets asked of the agent", &e));
+        }
         let standing = current["status"]["conditions"].as_array().is_some_and(|cs| {
             cs.iter().any(|c| c["type"] == REPAIR_REQUESTED_CONDITION && c["status"] == "True")
         });
@@ -231,6 +234,89 @@ impl KubeActuator {
                 warning: false,
             },
         )
+    }
+}
+
+/// The path of a node's NodeDeviceHealth.
+fn device_health_path(node: &str) -> String {
+    format!("/apis/{}/{}/nodedevicehealths/{}", crate::crd::GROUP, crate::crd::VERSION, path_segment(node))
+}
+
+/// The most reset requests kept on one NodeDeviceHealth (the CRD's bound).
+const MAX_RESET_REQUESTS: usize = 64;
+
+impl KubeActuator {
+    /// A device reset is also asked of the node's agent, the one thing on the node that can
+    /// carry it out: the request joins `spec.resetRequests` of the node's NodeDeviceHealth (an
+    /// optimistic-concurrency merge patch; the controller is the only writer of that list), and
+    /// the agent answers in `status.resets` (`docs/actuator.md`, "Device resets"). A node
+    /// without a NodeDeviceHealth has no agent to ask: the condition and label stand alone.
+    pub(super) async fn ask_agent_to_reset(
+        &self,
+        node: &str,
+        device: &DeviceKey,
+        id: &str,
+        reason: &str,
+    ) -> Result<(), ActionOutcome> {
+        let key = format!("node/{node}");
+        let path = device_health_path(node);
+        let mut last = String::new();
+        for _ in 0..NODE_PATCH_ATTEMPTS {
+            let current = match self.send(Method::GET, &path, None).await {
+                Ok(obj) => obj,
+                Err(e) if e.code() == Some(404) => return Ok(()),
+                Err(e) => return Err(self.failed_call(&key, "reading the node's NodeDeviceHealth", &e)),
+            };
+            let mut requests: Vec<Value> =
+                current["spec"]["resetRequests"].as_array().cloned().unwrap_or_default();
+            if requests.iter().any(|r| r["id"] == id) {
+                return Ok(());
+            }
+            let reason: String = reason.chars().take(1024).collect();
+            requests.push(json!({
+                "device": device.id,
+                "id": id,
+                "requestedAt": wire::rfc3339_seconds(self.now()),
+                "reason": reason,
+            }));
+            let excess = requests.len().saturating_sub(MAX_RESET_REQUESTS);
+            requests.drain(..excess);
+            let patch = json!({
+                "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                "spec": {"resetRequests": requests},
+            });
+            let write = format!("{path}{}", self.write_query());
+            match self.send(Method::PATCH, &write, Some((Body::MergePatch, &patch))).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code() == Some(409) => last = e.to_string(),
+                Err(e) => return Err(self.failed_call(&key, "asking the agent for a device reset", &e)),
+            }
+        }
+        Err(self.stop_outcome(
+            &key,
+            Stop::Retry(format!(
+                "NodeDeviceHealth {node} changed under each of {NODE_PATCH_ATTEMPTS} patches; last: {last}"
+            )),
+        ))
+    }
+
+    /// The node's repair requests were withdrawn: so are the resets asked of its agent.
+    async fn clear_reset_requests(&self, node: &str) -> Result<(), CallError> {
+        let path = device_health_path(node);
+        let current = match self.send(Method::GET, &path, None).await {
+            Ok(obj) => obj,
+            Err(e) if e.code() == Some(404) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if current["spec"]["resetRequests"].as_array().is_none_or(|r| r.is_empty()) {
+            return Ok(());
+        }
+        let patch = json!({"spec": {"resetRequests": null}});
+        let write = format!("{path}{}", self.write_query());
+        match self.send(Method::PATCH, &write, Some((Body::MergePatch, &patch))).await {
+            Err(e) if e.code() != Some(404) => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
