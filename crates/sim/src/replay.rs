@@ -866,7 +866,10 @@ pub fn build(
         nodes: nodes_seen.len() as u64,
         recorded_fault_hours: fault_hours,
     };
-    Ok((FaultTrace { events, lemons: vec![false; total as usize], noise: Default::default(), seed: 0 }, summary))
+    Ok((
+        FaultTrace { events, lemons: vec![false; total as usize], noise: Default::default(), seed: 0 },
+        summary,
+    ))
 }
 
 #[cfg(test)]
@@ -925,6 +928,7 @@ mod tests {
                 target: FaultTarget::Device { node: 3, device: 5 },
                 lemon_excess: false,
                 pid: 1004,
+                lines: crate::noise::LineDelivery::default(),
             }
         );
         assert_eq!(a.events[0].at, Time::ZERO + secs(60.0));

@@ -345,7 +345,8 @@ impl Report {
 
     /// devheal's detectors on the simulated step times, one line each.
     pub fn detector_lines(&self) -> Vec<String> {
-        let Some(d) = self.strategies.iter().find(|s| s.name == "devheal").and_then(|s| s.detectors.as_ref()) else {
+        let Some(d) = self.strategies.iter().find(|s| s.name == "devheal").and_then(|s| s.detectors.as_ref())
+        else {
             return Vec::new();
         };
         vec![
@@ -520,7 +521,10 @@ impl Report {
         }
         let detectors = self.detector_lines();
         if !detectors.is_empty() {
-            let _ = writeln!(out, "\ndevheal's degradation detectors (crates/detect) on the simulated step times:");
+            let _ = writeln!(
+                out,
+                "\ndevheal's degradation detectors (crates/detect) on the simulated step times:"
+            );
             for line in detectors {
                 let _ = writeln!(out, "{line}");
             }

@@ -85,7 +85,12 @@ pub struct FaultTrace {
 }
 
 /// Poisson arrivals with the given total rate per hour over `[0, end)`.
-pub(crate) fn poisson_times(rng: &mut Xoshiro256StarStar, rate_per_hour: f64, end: Time, mut f: impl FnMut(Time)) {
+pub(crate) fn poisson_times(
+    rng: &mut Xoshiro256StarStar,
+    rate_per_hour: f64,
+    end: Time,
+    mut f: impl FnMut(Time),
+) {
     if rate_per_hour <= 0.0 {
         return;
     }
@@ -278,7 +283,8 @@ impl FaultTrace {
                         n += 1;
                         let mut push = |at: Time, recovery: bool| {
                             let lines = LineDelivery::default();
-                            let kind = TraceKind::Noise { kind: ki as u16, node, device, pid, recovery, lines };
+                            let kind =
+                                TraceKind::Noise { kind: ki as u16, node, device, pid, recovery, lines };
                             events.push(TraceEvent { at, kind });
                         };
                         push(at, false);

@@ -13,12 +13,12 @@ use devheal_core::{
 };
 use devheal_detect::{Catalog, Classifier, CorrelationConfig, Correlator};
 
+use super::Detector;
+use super::steps::GangSteps;
 use super::{
-    Command, Commands, GangPhase, Mechanics, LineSource, Policy, Repair, Signal, Strategy, View, arriving,
+    Command, Commands, GangPhase, LineSource, Mechanics, Policy, Repair, Signal, Strategy, View, arriving,
     source_lines,
 };
-use super::steps::GangSteps;
-use super::Detector;
 use crate::report::Counts;
 use crate::scenario::{Manifestation, NvmlSignal, Scenario, secs};
 

@@ -134,7 +134,15 @@ pub(crate) struct NvsentinelJobset<'a> {
 impl<'a> NvsentinelJobset<'a> {
     /// The monitor saw `action` for the node: the event reaches fault-quarantine at the node's
     /// next poll (the NIC monitor's in 3 s).
-    fn act(&mut self, node: u32, device: Option<u8>, action: Action, nic: bool, view: &dyn View, out: &mut Out) {
+    fn act(
+        &mut self,
+        node: u32,
+        device: Option<u8>,
+        action: Action,
+        nic: bool,
+        view: &dyn View,
+        out: &mut Out,
+    ) {
         if action == Action::None {
             return;
         }

@@ -29,12 +29,17 @@ impl<P: Policy> World<'_, P> {
             .map(|g| {
                 let gang = &self.gangs[g];
                 matches!(gang.state, GangState::Computing | GangState::Checkpointing { .. })
-                    && gang.members.iter().all(|&n| !self.broken.contains(&n) && self.nodes[n as usize].slowdown <= 1.0)
+                    && gang
+                        .members
+                        .iter()
+                        .all(|&n| !self.broken.contains(&n) && self.nodes[n as usize].slowdown <= 1.0)
             })
             .collect();
         self.apply_one(command);
         for (g, was_healthy) in healthy.into_iter().enumerate() {
-            if was_healthy && !matches!(self.gangs[g].state, GangState::Computing | GangState::Checkpointing { .. }) {
+            if was_healthy
+                && !matches!(self.gangs[g].state, GangState::Computing | GangState::Checkpointing { .. })
+            {
                 self.counts.false_restarts += 1;
             }
         }

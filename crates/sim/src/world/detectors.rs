@@ -7,8 +7,8 @@ use devheal_core::Time;
 
 use super::{GangState, World};
 use crate::report::{DetectorReport, DetectorScore};
-use crate::strategy::{Detector, Policy};
 use crate::strategy::steps::in_panel;
+use crate::strategy::{Detector, Policy};
 
 /// An episode the straggler detector can find with its defaults: at least 6 % slower (its
 /// relative threshold) for at least 4 one-minute windows (3 slow windows of 4).
@@ -70,12 +70,14 @@ impl<P: Policy> World<'_, P> {
                 self.detectors[Detector::BaselineShift as usize].episodes += 1;
             }
         }
-        self.nodes[node as usize].episode = Some(EpisodeMark { since: self.now, detectable, panel, found: [false; 2] });
+        self.nodes[node as usize].episode =
+            Some(EpisodeMark { since: self.now, detectable, panel, found: [false; 2] });
     }
 
     /// Whether this run scores detectors (devheal with straggler detection on).
     fn scores_detectors(&self) -> bool {
-        self.strategy == crate::strategy::Strategy::Devheal && self.scenario.strategies.devheal.detect_stragglers
+        self.strategy == crate::strategy::Strategy::Devheal
+            && self.scenario.strategies.devheal.detect_stragglers
     }
 
     /// A hang finding, or a straggler or baseline-shift finding about `member` of `gang`.

@@ -101,7 +101,8 @@ impl<P: Policy> World<'_, P> {
         }
         g.state = GangState::Hung { since: now };
         // A silent stall (a hang, a dead node): what the hang detector is for.
-        g.hang_episode = matches!(manifestation, Manifestation::Hang | Manifestation::NodeDown).then_some((now, false));
+        g.hang_episode =
+            matches!(manifestation, Manifestation::Hang | Manifestation::NodeDown).then_some((now, false));
         g.epoch += 1;
         g.run_token += 1;
         if !g.streak_active {

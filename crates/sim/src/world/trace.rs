@@ -2,8 +2,8 @@
 //! on the state it finds), straggler episodes slow nodes, planned maintenance restarts gangs.
 
 use super::{ActiveFault, Event, GangState, ReplicaState, World, hours};
-use crate::scenario::{FaultScope, Manifestation, Persistence};
 use crate::noise::{LineDelivery, all_lines};
+use crate::scenario::{FaultScope, Manifestation, Persistence};
 use crate::strategy::{LineSource, Policy, Repair, Signal};
 use crate::trace::{FaultTarget, TraceKind};
 
@@ -65,7 +65,8 @@ impl<P: Policy> World<'_, P> {
         }
         let late = lines.late & all_lines(count);
         if late != 0 {
-            self.queue.push(self.now + lines.late_by, Event::LateLines { source, node, device, pid, lines: late });
+            self.queue
+                .push(self.now + lines.late_by, Event::LateLines { source, node, device, pid, lines: late });
         }
     }
 
@@ -146,7 +147,8 @@ impl<P: Policy> World<'_, P> {
         let late = lines.late & all_lines(count);
         if late != 0 {
             let source = LineSource::Fault(class_idx);
-            self.queue.push(self.now + lines.late_by, Event::LateLines { source, node, device, pid, lines: late });
+            self.queue
+                .push(self.now + lines.late_by, Event::LateLines { source, node, device, pid, lines: late });
         }
         // A person opens a repair ticket for hardware that Kubernetes shows as broken.
         let visible_to_people = class.device_plugin_detects || manifestation == Manifestation::NodeDown;
