@@ -132,14 +132,13 @@ fn member_offset_sigma() -> f64 {
     0.01
 }
 fn bursts_per_member_hour() -> f64 {
-    // Off until the false findings at 0.05 are explained (docs/simulator.md).
-    0.0
+    0.05
 }
 fn burst_median_s() -> f64 {
-    40.0
+    20.0
 }
 fn burst_sigma() -> f64 {
-    0.8
+    0.6
 }
 fn burst_slowdown() -> f64 {
     0.15
@@ -190,8 +189,16 @@ impl NoiseSpec {
         let mut names = std::collections::BTreeSet::new();
         for (i, k) in self.kinds.iter().enumerate() {
             let f = |name: &str| format!("noise.kinds[{i}].{name}");
-            check(!k.name.is_empty() && names.insert(k.name.clone()), f("name"), "must be non-empty and unique")?;
-            check(rate(k.rate_per_gpu_hour), f("rate_per_gpu_hour"), "must be a rate between 0 and 1 per GPU-hour")?;
+            check(
+                !k.name.is_empty() && names.insert(k.name.clone()),
+                f("name"),
+                "must be non-empty and unique",
+            )?;
+            check(
+                rate(k.rate_per_gpu_hour),
+                f("rate_per_gpu_hour"),
+                "must be a rate between 0 and 1 per GPU-hour",
+            )?;
             check(!k.kernel_lines.is_empty(), f("kernel_lines"), "must list at least one line")?;
             check(k.kernel_lines.len() <= 8, f("kernel_lines"), "at most 8 lines")?;
             check(k.recovery_lines.len() <= 8, f("recovery_lines"), "at most 8 lines")?;
@@ -243,7 +250,11 @@ impl StepTimesSpec {
             s("member_offset_sigma"),
             "must be between 0 and 1",
         )?;
-        check(rate(self.bursts_per_member_hour), s("bursts_per_member_hour"), "must be a rate between 0 and 1")?;
+        check(
+            rate(self.bursts_per_member_hour),
+            s("bursts_per_member_hour"),
+            "must be a rate between 0 and 1",
+        )?;
         check(positive(self.burst_median_s), s("burst_median_s"), "must be above 0 seconds")?;
         check(non_negative(self.burst_sigma), s("burst_sigma"), "must be a number ≥ 0")?;
         check(
@@ -318,12 +329,17 @@ impl LineFate {
         {
             let mut rng = Xoshiro256StarStar::stream(seed, "noise:blind");
             let mut place = Xoshiro256StarStar::stream(seed, "noise:blind:place");
-            crate::trace::poisson_times(&mut rng, s.blind_episodes_per_node_hour * f64::from(nodes), end, |at| {
-                let node = place.below(u64::from(nodes)) as u32;
-                let minutes = place.lognormal(s.blind_median_min, s.blind_sigma);
-                fate.blind.entry(node).or_default().push((at, at + secs(minutes * 60.0)));
-                episodes += 1;
-            });
+            crate::trace::poisson_times(
+                &mut rng,
+                s.blind_episodes_per_node_hour * f64::from(nodes),
+                end,
+                |at| {
+                    let node = place.below(u64::from(nodes)) as u32;
+                    let minutes = place.lognormal(s.blind_median_min, s.blind_sigma);
+                    fate.blind.entry(node).or_default().push((at, at + secs(minutes * 60.0)));
+                    episodes += 1;
+                },
+            );
         }
         (fate, episodes)
     }
@@ -333,7 +349,13 @@ impl LineFate {
     }
 
     /// The fate of the `count` lines an event on `node` prints at `at`.
-    pub(crate) fn draw(&mut self, node: u32, at: Time, count: usize, summary: &mut NoiseSummary) -> LineDelivery {
+    pub(crate) fn draw(
+        &mut self,
+        node: u32,
+        at: Time,
+        count: usize,
+        summary: &mut NoiseSummary,
+    ) -> LineDelivery {
         let mut d = LineDelivery::default();
         if count == 0 {
             return d;

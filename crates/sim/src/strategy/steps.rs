@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use devheal_core::{Duration, Time};
 use devheal_detect::degradation::{
-    BaselineConfig, BaselineShiftDetector, DegradationFinding, GangStragglerDetector, HangConfig, HangDetector,
-    StepWindow, StragglerConfig,
+    BaselineConfig, BaselineShiftDetector, DegradationFinding, GangStragglerDetector, HangConfig,
+    HangDetector, StepWindow, StragglerConfig,
 };
 
 use crate::noise::StepTimesSpec;
@@ -78,6 +78,9 @@ pub(crate) struct GangSteps {
     burst_rng: Xoshiro256StarStar,
     next_burst_s: f64,
     bursts: Vec<Burst>,
+    /// Every burst drawn (tests compare findings with them).
+    #[cfg(test)]
+    drawn: Vec<Burst>,
     reported: BTreeSet<u32>,
     /// Members off the panel stay watched this many windows after their last slow or burst
     /// window (by member: the last window to draw), so their detector history sees the normal
@@ -93,7 +96,8 @@ impl GangSteps {
         let offsets = (0..members).map(|_| offsets_rng.lognormal(1.0, spec.member_offset_sigma)).collect();
         let mut burst_rng = Xoshiro256StarStar::stream(seed, &format!("steps:bursts:{gang}"));
         let rate_per_s = spec.bursts_per_member_hour * f64::from(members) / 3600.0;
-        let next_burst_s = if rate_per_s > 0.0 { burst_rng.exponential(1.0 / rate_per_s) } else { f64::INFINITY };
+        let next_burst_s =
+            if rate_per_s > 0.0 { burst_rng.exponential(1.0 / rate_per_s) } else { f64::INFINITY };
         let straggler_cfg = StragglerConfig::default();
         let window = straggler_cfg.window;
         let panel_size = spec.panel_members.min(members);
@@ -105,13 +109,16 @@ impl GangSteps {
             offsets,
             window,
             straggler: GangStragglerDetector::new(straggler_cfg).ok()?,
-            baseline: BaselineShiftDetector::new(BaselineConfig { window, ..BaselineConfig::default() }).ok()?,
+            baseline: BaselineShiftDetector::new(BaselineConfig { window, ..BaselineConfig::default() })
+                .ok()?,
             hang: HangDetector::new(HangConfig::default()).ok()?,
             hang_subject: None,
             jitter: Xoshiro256StarStar::stream(seed, &format!("steps:jitter:{gang}")),
             burst_rng,
             next_burst_s,
             bursts: Vec::new(),
+            #[cfg(test)]
+            drawn: Vec::new(),
             reported: BTreeSet::new(),
             watch_until: std::collections::BTreeMap::new(),
         })
@@ -142,7 +149,10 @@ impl GangSteps {
             let member = self.burst_rng.below(u64::from(self.members)) as u32;
             let length = self.burst_rng.lognormal(self.spec.burst_median_s, self.spec.burst_sigma);
             let excess = self.burst_rng.lognormal(self.spec.burst_slowdown, self.spec.burst_slowdown_sigma);
-            self.bursts.push(Burst { member, from: start, to: start + secs(length), excess: excess.min(10.0) });
+            let burst = Burst { member, from: start, to: start + secs(length), excess: excess.min(10.0) };
+            #[cfg(test)]
+            self.drawn.push(burst);
+            self.bursts.push(burst);
             self.next_burst_s += self.burst_rng.exponential(1.0 / rate_per_s);
         }
         self.bursts.retain(|b| b.to > from);
@@ -188,7 +198,8 @@ impl GangSteps {
         for m in watched {
             let mut burst = 0.0;
             for b in self.bursts.iter().filter(|b| b.member == m) {
-                let covered = (b.to.min(end).as_secs_f64() - b.from.max(start).as_secs_f64()).max(0.0) / window_s;
+                let covered =
+                    (b.to.min(end).as_secs_f64() - b.from.max(start).as_secs_f64()).max(0.0) / window_s;
                 burst += b.excess * ((covered - 0.25) / 0.5).clamp(0.0, 1.0);
             }
             let noise = (sigma * self.jitter.standard_normal()).exp();
@@ -290,5 +301,49 @@ mod tests {
         }
         let at = found_at.expect("found");
         assert!((22..=24).contains(&at), "found in window {at}");
+    }
+
+    /// Bursts only (no straggler episodes), 2,048 members, one day. Every straggler finding is
+    /// on a member with a burst of at least 90 s that began within the last ten minutes (the
+    /// bookkeeping for members off the panel is sound); with the old length model (median 40 s,
+    /// σ 0.8: about 11 % of bursts over 2 min) the detector finds those long bursts, as it
+    /// should; with the default "tens of seconds" model it finds almost nothing.
+    #[test]
+    fn burst_findings_are_explained_by_long_bursts() {
+        let mut counts = Vec::new();
+        for (median, sigma) in
+            [(40.0, 0.8), (StepTimesSpec::default().burst_median_s, StepTimesSpec::default().burst_sigma)]
+        {
+            let spec = StepTimesSpec {
+                bursts_per_member_hour: 0.05,
+                burst_median_s: median,
+                burst_sigma: sigma,
+                ..StepTimesSpec::default()
+            };
+            let mut steps = GangSteps::new(&spec, 3, "g", 2048).expect("default configs validate");
+            let none = BTreeSet::new();
+            let mut findings = Vec::new();
+            for w in 0..1440i64 {
+                for m in steps.judge(w, 12, 5.0, &none, &|_| 1.0).stragglers {
+                    findings.push((w, m));
+                }
+            }
+            let long = steps.drawn.iter().filter(|b| b.to.since(b.from).as_secs_f64() >= 120.0).count();
+            for &(w, m) in &findings {
+                let end = Time::from_nanos((w + 1) * 60_000_000_000);
+                assert!(
+                    steps.drawn.iter().any(|b| b.member == m
+                        && b.from < end
+                        && b.to.since(b.from).as_secs_f64() >= 90.0
+                        && end.since(b.from).as_secs_f64() <= 600.0),
+                    "finding on m{m} in window {w} with no long burst"
+                );
+            }
+            counts.push((steps.drawn.len(), long, findings.len()));
+        }
+        let (bursts, long, found) = counts[0];
+        assert!(bursts > 2000 && long > 150 && found > 100 && found <= long, "{counts:?}");
+        let (_, long, found) = counts[1];
+        assert!(long < 20 && found <= 5, "{counts:?}");
     }
 }
