@@ -637,6 +637,35 @@ mod tests {
         assert!(err.contains("operator.response_min"), "{err}");
     }
 
+    /// The noise and step-time keys are validated like the rest: a bad value names its path,
+    /// an unknown key is named.
+    #[test]
+    fn bad_noise_and_step_time_keys_are_named() {
+        let base = BUNDLED[0].1;
+        for (from, to, field) in [
+            ("lost_line_probability: 0.001", "lost_line_probability: 1.5", "noise.lost_line_probability"),
+            ("late_median_s: 30", "late_median_s: 0", "noise.late_median_s"),
+            ("blind_median_min: 30", "blind_median_min: -3", "noise.blind_median_min"),
+            ("rate_per_gpu_hour: 1.43e-6", "rate_per_gpu_hour: -1", "noise.kinds[0].rate_per_gpu_hour"),
+            ("recover_median_s: 5", "recover_median_s: 0", "noise.kinds[4].recover_median_s"),
+            ("jitter_sigma: 0.03", "jitter_sigma: 2", "step_times.jitter_sigma"),
+            (
+                "bursts_per_member_hour: 0.05",
+                "bursts_per_member_hour: -0.1",
+                "step_times.bursts_per_member_hour",
+            ),
+            ("burst_median_s: 20", "burst_median_s: 0", "step_times.burst_median_s"),
+            ("panel_members: 32", "panel_members: 2", "step_times.panel_members"),
+            ("  lost_line_probability:", "  lost_lines_probability:", "lost_lines_probability"),
+            ("  burst_sigma:", "  burst_sigmaa:", "burst_sigmaa"),
+        ] {
+            assert!(base.contains(from), "the bundled scenario has {from}");
+            let text = base.replacen(from, to, 1);
+            let err = Scenario::from_yaml(&text, "bad.yaml").unwrap_err().to_string();
+            assert!(err.contains(field), "{to}: {err}");
+        }
+    }
+
     /// Durations that drive repeating events and round to nothing are refused by name, before a
     /// run could spin at one instant.
     #[test]
