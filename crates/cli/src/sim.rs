@@ -149,11 +149,14 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         .is_terminal()
         .then(|| ProgressLine::new(std::io::stderr(), &scenario.name, args.seed));
     let started = Instant::now();
-    let mut report = devheal_sim::simulate_trace(
+    // The runs are independent: one per core (the report does not depend on it).
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut report = devheal_sim::simulate_trace_on(
         &scenario,
         args.seed,
         &trace,
         &devheal_sim::Strategy::ALL,
+        workers,
         &mut |event| {
             if let Some(line) = &mut progress {
                 // A failed write to the terminal only loses the display, never the report.

@@ -289,6 +289,44 @@ fn table(rows: &[Vec<String>], footer: Option<&[String]>) -> String {
     html
 }
 
+/// devheal's degradation detectors as scored against the trace: one row each (none when devheal
+/// did not run with them).
+fn detector_table(report: &Report) -> Option<String> {
+    let d = report.strategies.iter().find(|s| s.name == "devheal").and_then(|s| s.detectors.as_ref())?;
+    let header = [
+        "detector",
+        "findings",
+        "true",
+        "precision",
+        "episodes",
+        "found",
+        "recall",
+        "delay median",
+        "delay p95",
+    ];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    let ratio = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} s"));
+    for (name, s) in [
+        ("straggler (gang median, acted on)", &d.straggler),
+        ("baseline shift (panel, scored only)", &d.baseline_shift),
+        ("hang (rank 0 silence)", &d.hang),
+    ] {
+        rows.push(vec![
+            name.to_string(),
+            s.findings.to_string(),
+            s.true_findings.to_string(),
+            ratio(s.precision),
+            s.episodes.to_string(),
+            s.found.to_string(),
+            ratio(s.recall),
+            secs(s.delay_median_s),
+            secs(s.delay_p95_s),
+        ]);
+    }
+    Some(table(&rows, None))
+}
+
 /// The fault trace's classes with their event counts and a total row.
 fn fault_table(report: &Report) -> String {
     let mut rows = vec![vec!["class".to_string(), "events".to_string()]];
@@ -371,6 +409,9 @@ fn body(report: &Report) -> String {
         let _ = write!(html, "<p class=\"note\">{}</p>", escape(&replay.lines()));
     }
     let _ = write!(html, "<h2>Comparison</h2><p>{}</p>", escape(&report.headline()));
+    if let Some(noise) = report.noise_line() {
+        let _ = write!(html, "<p class=\"note\">{}</p>", escape(&noise));
+    }
     html.push_str(&table(&report.loss_rows(), None));
     html.push_str(&table(&report.count_rows(), None));
     if let Some(summary) = report.straggler_summary() {
@@ -378,9 +419,19 @@ fn body(report: &Report) -> String {
     }
     html.push_str(
         "<p class=\"note\">ETTR: useful training time / wall time of the training gangs. GPU-h lost: \
-         training and inference, by cause. Repairs r/b/x: device resets / node reboots / hardware \
-         replacements.</p>",
+         training and inference, by cause. False restarts: of a gang running on healthy hardware, or \
+         of a serving replica on healthy devices; false repairs: drains, reboots, replacements, resets \
+         of healthy hardware; healthy GPU-h out: healthy GPUs taken out of service. Repairs r/b/x: \
+         device resets / node reboots / hardware replacements.</p>",
     );
+    if let Some(detectors) = detector_table(report) {
+        html.push_str(
+            "<h2>devheal's degradation detectors</h2><p>crates/detect's detectors on the simulated step \
+             times, scored against the trace: precision = true findings / findings; recall = episodes \
+             found / episodes they could find; delay from an episode's start to its first true finding.</p>",
+        );
+        html.push_str(&detectors);
+    }
     if !report.checkpoint_advice.is_empty() {
         html.push_str(
             "<h2>Checkpoint interval</h2><p>devheal's recommendation from the interruptions it observed \
@@ -587,11 +638,32 @@ mod tests {
         assert!(html.contains("name=\"viewport\""));
         // Every table sits in its scrolling box; every chart has a viewBox to scale by.
         assert_eq!(html.matches("<div class=\"scroll\"><table>").count(), html.matches("<table>").count());
-        assert_eq!(html.matches("<table>").count(), 3);
+        let tables = 3 + usize::from(report.strategies.iter().any(|s| s.detectors.is_some()));
+        assert_eq!(html.matches("<table>").count(), tables);
         assert_eq!(html.matches("<svg").count(), html.matches("viewBox=").count());
         for s in &report.strategies {
             assert!(html.contains(&format!("<th>{}</th>", escape(&s.name))), "{}", s.name);
         }
+    }
+
+    /// The HTML carries what the text table does about noise: the false-action columns, the
+    /// noise line and devheal's detectors with their precision, recall and delays.
+    #[test]
+    fn the_report_shows_false_actions_noise_and_the_detectors() {
+        let report = small_report();
+        let html = render(&report);
+        for column in ["false restarts", "false repairs", "healthy GPU-h out", "false quar."] {
+            assert!(html.contains(&format!("<th>{column}</th>")), "{column}");
+        }
+        if let Some(noise) = report.noise_line() {
+            assert!(html.contains(&escape(&noise)));
+        }
+        let d = report.strategies.iter().find(|s| s.name == "devheal").and_then(|s| s.detectors.as_ref());
+        let d = d.expect("the fixture runs devheal with its detectors");
+        assert!(html.contains("<th>straggler (gang median, acted on)</th>"));
+        assert!(html.contains("<th>precision</th>") && html.contains("<th>delay p95</th>"));
+        let found = format!("<td>{}</td><td>{}</td>", d.straggler.findings, d.straggler.true_findings);
+        assert!(html.contains(&found), "{found}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod daly;
 pub mod html;
+pub mod noise;
 pub mod queue;
 pub mod replay;
 pub mod report;
@@ -80,9 +81,8 @@ fn run_strategy(
             world::World::new(scenario, progress_watchdog::ProgressWatchdog::new(scenario), trace)
                 .run_observed(trace, on_day)
         }
-        Strategy::Devheal => {
-            world::World::new(scenario, devheal::Devheal::new(scenario), trace).run_observed(trace, on_day)
-        }
+        Strategy::Devheal => world::World::new(scenario, devheal::Devheal::new(scenario, trace.seed), trace)
+            .run_observed(trace, on_day),
     }
 }
 
@@ -118,37 +118,78 @@ pub fn simulate_trace(
     strategies: &[Strategy],
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Report {
+    simulate_trace_on(scenario, seed, trace, strategies, 1, progress)
+}
+
+/// [`simulate_trace`] with the runs (each strategy, and devheal without straggler detection)
+/// spread over up to `workers` threads. The runs share nothing but the trace, so the report is
+/// the same for any `workers`; with more than one, `progress` hears [`Progress::Run`] as each
+/// run ends (numbered in the order they end) and no [`Progress::Day`].
+pub fn simulate_trace_on(
+    scenario: &Scenario,
+    seed: u64,
+    trace: &FaultTrace,
+    strategies: &[Strategy],
+    workers: usize,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Report {
     let d = &scenario.strategies.devheal;
     let compare_stragglers = d.detect_stragglers
         && d.compare_without_straggler_detection
         && strategies.contains(&Strategy::Devheal);
     let runs = strategies.len() + usize::from(compare_stragglers);
     let days = scenario.duration_days.ceil() as u32;
-    let mut run = |scenario: &Scenario, strategy: Strategy, name: &str, number: usize| {
-        progress(Progress::Run { name, number, runs });
-        run_strategy(scenario, strategy, trace, &mut |day| progress(Progress::Day { day, days }))
-    };
-    let mut reports = Vec::new();
-    for (i, &s) in strategies.iter().enumerate() {
-        reports.push(run(scenario, s, s.name(), i + 1));
+    let mut off = scenario.clone();
+    off.strategies.devheal.detect_stragglers = false;
+    let mut jobs: Vec<(&Scenario, Strategy, &str)> =
+        strategies.iter().map(|&s| (scenario, s, s.name())).collect();
+    if compare_stragglers {
+        jobs.push((&off, Strategy::Devheal, "devheal (without straggler detection)"));
     }
+    let mut done: Vec<Option<report::StrategyReport>> = (0..runs).map(|_| None).collect();
+    if workers <= 1 {
+        for (i, &(s, strategy, name)) in jobs.iter().enumerate() {
+            progress(Progress::Run { name, number: i + 1, runs });
+            done[i] =
+                Some(run_strategy(s, strategy, trace, &mut |day| progress(Progress::Day { day, days })));
+        }
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, report::StrategyReport)>();
+        std::thread::scope(|scope| {
+            for _ in 0..workers.min(runs) {
+                let (tx, next, jobs) = (tx.clone(), &next, &jobs);
+                scope.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(s, strategy, _)) = jobs.get(i) else { break };
+                        if tx.send((i, run_strategy(s, strategy, trace, &mut |_| {}))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (n, (i, report)) in rx.iter().enumerate() {
+                progress(Progress::Run { name: jobs[i].2, number: n + 1, runs });
+                done[i] = Some(report);
+            }
+        });
+    }
+    let mut reports: Vec<report::StrategyReport> = done.into_iter().flatten().collect();
+    let without = if compare_stragglers { reports.pop() } else { None };
     let straggler_detection =
-        reports.iter().find(|r| r.name == Strategy::Devheal.name()).filter(|_| compare_stragglers).map(
-            |with| {
-                let mut off = scenario.clone();
-                off.strategies.devheal.detect_stragglers = false;
-                let without = run(&off, Strategy::Devheal, "devheal (without straggler detection)", runs);
-                report::StragglerDetectionReport {
-                    ettr_with: with.ettr,
-                    ettr_without: without.ettr,
-                    straggler_gpu_hours_with: with.gpu_hours_lost.by_cause.straggler_slowdown,
-                    straggler_gpu_hours_without: without.gpu_hours_lost.by_cause.straggler_slowdown,
-                    gpu_hours_lost_with: with.gpu_hours_lost.total,
-                    gpu_hours_lost_without: without.gpu_hours_lost.total,
-                    replacements: with.counts.straggler_replacements,
-                }
-            },
-        );
+        reports.iter().find(|r| r.name == Strategy::Devheal.name()).zip(without).map(|(with, without)| {
+            report::StragglerDetectionReport {
+                ettr_with: with.ettr,
+                ettr_without: without.ettr,
+                straggler_gpu_hours_with: with.gpu_hours_lost.by_cause.straggler_slowdown,
+                straggler_gpu_hours_without: without.gpu_hours_lost.by_cause.straggler_slowdown,
+                gpu_hours_lost_with: with.gpu_hours_lost.total,
+                gpu_hours_lost_without: without.gpu_hours_lost.total,
+                replacements: with.counts.straggler_replacements,
+            }
+        });
     let counts = trace.fault_counts(scenario.faults.len());
     let summary = TraceSummary {
         faults_by_class: scenario.faults.iter().map(|f| f.name.clone()).zip(counts).collect(),
@@ -163,6 +204,7 @@ pub fn simulate_trace(
             .filter(|e| matches!(e.kind, TraceKind::PlannedMaintenance { .. }))
             .count() as u64,
         lemon_nodes: trace.lemons.iter().filter(|&&l| l).count() as u64,
+        noise: trace.noise.clone(),
     };
     Report {
         scenario: scenario.name.clone(),

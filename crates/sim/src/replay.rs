@@ -843,7 +843,13 @@ pub fn build(
         replayed_by_class[class as usize] += 1;
         events.push(TraceEvent {
             at: Time::ZERO + secs(start),
-            kind: TraceKind::Fault { class, target, lemon_excess: false, pid: 1000 + r.line as u32 },
+            kind: TraceKind::Fault {
+                class,
+                target,
+                lemon_excess: false,
+                pid: 1000 + r.line as u32,
+                lines: Default::default(),
+            },
         });
     }
     events.sort_by_key(|e| e.at);
@@ -860,7 +866,10 @@ pub fn build(
         nodes: nodes_seen.len() as u64,
         recorded_fault_hours: fault_hours,
     };
-    Ok((FaultTrace { events, lemons: vec![false; total as usize] }, summary))
+    Ok((
+        FaultTrace { events, lemons: vec![false; total as usize], noise: Default::default(), seed: 0 },
+        summary,
+    ))
 }
 
 #[cfg(test)]
@@ -919,6 +928,7 @@ mod tests {
                 target: FaultTarget::Device { node: 3, device: 5 },
                 lemon_excess: false,
                 pid: 1004,
+                lines: crate::noise::LineDelivery::default(),
             }
         );
         assert_eq!(a.events[0].at, Time::ZERO + secs(60.0));

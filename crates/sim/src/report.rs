@@ -80,6 +80,15 @@ pub struct Counts {
     pub engine_ticks: u64,
     /// Slow members moved elsewhere at a checkpoint (devheal's degradation policy).
     pub straggler_replacements: u64,
+    /// … of which on a node that was not slow when they moved.
+    pub false_replacements: u64,
+    /// Restarts a strategy caused of a gang that was running on healthy hardware (no member
+    /// broken or slow), and evictions of serving replicas on healthy devices.
+    pub false_restarts: u64,
+    /// Drains, reboots, replacements and resets a strategy ordered of healthy hardware.
+    pub false_repairs: u64,
+    /// Harmless kernel events (noise) that struck a node that was up.
+    pub noise_events: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -127,6 +136,54 @@ pub struct StrategyReport {
     /// Faults that interrupted a running training gang, by fault class (the planned
     /// maintenance and a strategy's own actions are not faults).
     pub interruptions_by_class: Vec<(String, u64)>,
+    /// devheal's degradation detectors, scored (devheal's run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detectors: Option<DetectorReport>,
+}
+
+/// How one of devheal's degradation detectors did, scored by the world against the truth.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DetectorScore {
+    /// Findings, and those that were true (a straggler or baseline finding while the member's
+    /// node was slow; a hang finding while the gang was hung).
+    pub findings: u64,
+    pub true_findings: u64,
+    pub precision: Option<f64>,
+    /// Episodes it could find (straggler: ≥ 6 % slower for ≥ 4 min on a gang member; baseline:
+    /// the same on a panel member; hang: a silence of ≥ 120 s or one it found), and found.
+    pub episodes: u64,
+    pub found: u64,
+    pub recall: Option<f64>,
+    /// From the episode's start to its first true finding, over the episodes found.
+    pub delay_median_s: Option<f64>,
+    pub delay_p95_s: Option<f64>,
+}
+
+impl DetectorScore {
+    /// `precision 0.95 (190/200), recall 0.88 (176/200), delay median 240 s, p95 420 s`.
+    pub fn line(&self) -> String {
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} s"));
+        format!(
+            "precision {} ({}/{}), recall {} ({}/{}), delay median {}, p95 {}",
+            pct(self.precision),
+            self.true_findings,
+            self.findings,
+            pct(self.recall),
+            self.found,
+            self.episodes,
+            secs(self.delay_median_s),
+            secs(self.delay_p95_s)
+        )
+    }
+}
+
+/// devheal's degradation detectors on the simulated step times.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DetectorReport {
+    pub straggler: DetectorScore,
+    pub baseline_shift: DetectorScore,
+    pub hang: DetectorScore,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -136,6 +193,8 @@ pub struct TraceSummary {
     pub straggler_episodes: u64,
     pub planned_maintenance: u64,
     pub lemon_nodes: u64,
+    /// What the signal noise put into the trace.
+    pub noise: crate::noise::NoiseSummary,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -266,6 +325,37 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
+    /// What the signal noise put into the trace, in one line (none without noise).
+    pub fn noise_line(&self) -> Option<String> {
+        let n = &self.trace.noise;
+        let events: u64 = n.events_by_kind.iter().map(|(_, c)| c).sum();
+        if events == 0 && n.lines_lost + n.lines_late + n.blind_episodes == 0 {
+            return None;
+        }
+        let kinds: Vec<String> = n.events_by_kind.iter().map(|(k, c)| format!("{c} {k}")).collect();
+        Some(format!(
+            "noise: {events} harmless kernel events ({}); {} lines lost, {} late; {} blind log-source episodes ({} lines missed)",
+            kinds.join(", "),
+            n.lines_lost,
+            n.lines_late,
+            n.blind_episodes,
+            n.lines_blind
+        ))
+    }
+
+    /// devheal's detectors on the simulated step times, one line each.
+    pub fn detector_lines(&self) -> Vec<String> {
+        let Some(d) = self.strategies.iter().find(|s| s.name == "devheal").and_then(|s| s.detectors.as_ref())
+        else {
+            return Vec::new();
+        };
+        vec![
+            format!("  straggler (gang median, acted on): {}", d.straggler.line()),
+            format!("  baseline shift (panel, scored only): {}", d.baseline_shift.line()),
+            format!("  hang (rank 0 silence → Hung):       {}", d.hang.line()),
+        ]
+    }
+
     /// The first line of the table: the scenario, its size and the shared trace.
     pub fn headline(&self) -> String {
         let faults: u64 = self.trace.faults_by_class.iter().map(|(_, n)| n).sum();
@@ -333,6 +423,9 @@ impl Report {
             "node drains",
             "quarantines",
             "false quar.",
+            "false restarts",
+            "false repairs",
+            "healthy GPU-h out",
             "repairs r/b/x",
             "operator",
             "engine actions",
@@ -348,6 +441,9 @@ impl Report {
                 c.node_drains.to_string(),
                 c.device_quarantines.to_string(),
                 c.false_quarantines.to_string(),
+                c.false_restarts.to_string(),
+                c.false_repairs.to_string(),
+                fmt_thousands(s.gpu_hours_lost.by_cause.collateral_quarantine),
                 format!("{}/{}/{}", c.repairs_reset, c.repairs_reboot, c.repairs_replace),
                 c.operator_interventions.to_string(),
                 if s.name == "devheal" { c.engine_actions.to_string() } else { "-".to_string() },
@@ -410,6 +506,9 @@ impl Report {
         use std::fmt::Write;
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.headline());
+        if let Some(line) = self.noise_line() {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = writeln!(out);
         write_table(&mut out, &self.loss_rows());
         let _ = writeln!(out);
@@ -420,9 +519,21 @@ impl Report {
         if let Some(summary) = self.straggler_summary() {
             let _ = writeln!(out, "\n{summary}");
         }
+        let detectors = self.detector_lines();
+        if !detectors.is_empty() {
+            let _ = writeln!(
+                out,
+                "\ndevheal's degradation detectors (crates/detect) on the simulated step times:"
+            );
+            for line in detectors {
+                let _ = writeln!(out, "{line}");
+            }
+        }
         let _ = writeln!(
             out,
             "\nETTR: useful training time / wall time of the training gangs. GPU-h lost: training and inference, by cause.\n\
+             False restarts: of a gang running on healthy hardware, or of a serving replica on healthy devices; false repairs:\n\
+             drains, reboots, replacements, resets of healthy hardware; healthy GPU-h out: healthy GPUs taken out of service.\n\
              Repairs r/b/x: device resets / node reboots / hardware replacements. See docs/simulator.md for the model."
         );
         out

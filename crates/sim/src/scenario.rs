@@ -49,6 +49,12 @@ pub struct Scenario {
     pub planned_maintenance: Option<PlannedMaintenanceSpec>,
     #[serde(default)]
     pub stragglers: Option<StragglerSpec>,
+    /// Harmless kernel events, lost and late lines, blind log sources (absent: none).
+    #[serde(default)]
+    pub noise: Option<crate::noise::NoiseSpec>,
+    /// The step times the degradation detectors read (absent: the defaults).
+    #[serde(default)]
+    pub step_times: crate::noise::StepTimesSpec,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -236,17 +242,11 @@ pub struct DevhealSpec {
     /// updates), documented in docs/simulator.md. Default `true`.
     #[serde(default = "yes")]
     pub resend_restarted_members: bool,
-    /// Degradation detection: a straggler episode slowing a gang member by at least
-    /// `straggler_min_slowdown` is found `straggler_detect_s` after it starts (and its end that
-    /// long after it ends), and reported as the member's devices turning Degraded. Both from
-    /// `devheal degradation-eval` (docs/degradation.md): recall ≥ 0.97 from 10 % slow-downs on,
-    /// p95 delay 284 s; smaller slow-downs are taken as not found.
+    /// Degradation detection: devheal's gang straggler detector (`devheal_detect`) judges the
+    /// members' simulated step-time windows; a finding marks the member's devices Degraded, as
+    /// the controller does (docs/simulator.md, "Step times and the detectors").
     #[serde(default = "yes")]
     pub detect_stragglers: bool,
-    #[serde(default = "straggler_min_slowdown")]
-    pub straggler_min_slowdown: f64,
-    #[serde(default = "straggler_detect_s")]
-    pub straggler_detect_s: f64,
     /// Also run devheal with straggler detection off on the same trace, and report the
     /// difference (doubles devheal's run time; the fleet scenario turns it off).
     #[serde(default = "yes")]
@@ -255,14 +255,6 @@ pub struct DevhealSpec {
 
 fn yes() -> bool {
     true
-}
-
-fn straggler_min_slowdown() -> f64 {
-    1.10
-}
-
-fn straggler_detect_s() -> f64 {
-    284.0
 }
 
 /// Which part of the cluster a fault strikes.
@@ -363,8 +355,12 @@ pub struct StragglerSpec {
     pub episodes_per_node_hour: f64,
     pub median_duration_min: f64,
     pub duration_sigma: f64,
-    /// Step-time multiplier while a member is slow (1.1 = 10 % slower).
+    /// Median step-time multiplier while a member is slow (1.1 = 10 % slower) …
     pub slowdown: f64,
+    /// … and the sigma of the log-normal spread of the excess (`slowdown` − 1) around it
+    /// (0: every episode exactly `slowdown`).
+    #[serde(default)]
+    pub slowdown_sigma: f64,
 }
 
 /// The shortest duration `validate` accepts for anything that schedules a repeating event.
@@ -554,13 +550,6 @@ impl Scenario {
         interval_s("strategies.devheal.tick_active_s", d.tick_active_s)?;
         interval_s("strategies.devheal.tick_idle_s", d.tick_idle_s)?;
         interval_s("strategies.devheal.progress_interval_s", d.progress_interval_s)?;
-        interval_s("strategies.devheal.straggler_detect_s", d.straggler_detect_s)?;
-        if !(d.straggler_min_slowdown.is_finite() && d.straggler_min_slowdown > 1.0) {
-            return Err(bad(
-                "strategies.devheal.straggler_min_slowdown".into(),
-                "must be a slow-down factor above 1 (1.10 = 10 % slower)",
-            ));
-        }
         let mut fault_names = std::collections::BTreeSet::new();
         for (i, fc) in self.faults.iter().enumerate() {
             let f = |name: &str| format!("faults[{i}].{name}");
@@ -578,6 +567,9 @@ impl Scenario {
             if fc.scope == FaultScope::Workload && fc.persistence != Persistence::Transient {
                 return Err(bad(f("persistence"), "a workload-scoped fault must be transient"));
             }
+            if fc.kernel_lines.len() > 8 {
+                return Err(bad(f("kernel_lines"), "at most 8 lines"));
+            }
             for (j, line) in fc.kernel_lines.iter().enumerate() {
                 if line.trim().is_empty() {
                     return Err(bad(format!("faults[{i}].kernel_lines[{j}]"), "must not be empty"));
@@ -591,10 +583,17 @@ impl Scenario {
             non_negative("stragglers.episodes_per_node_hour", s.episodes_per_node_hour)?;
             positive("stragglers.median_duration_min", s.median_duration_min)?;
             non_negative("stragglers.duration_sigma", s.duration_sigma)?;
-            if !(s.slowdown.is_finite() && s.slowdown >= 1.0) {
-                return Err(bad("stragglers.slowdown".into(), "must be a number ≥ 1"));
+            if !(s.slowdown.is_finite() && (1.0..=10.0).contains(&s.slowdown)) {
+                return Err(bad("stragglers.slowdown".into(), "must be a number between 1 and 10"));
+            }
+            if !(s.slowdown_sigma.is_finite() && (0.0..=3.0).contains(&s.slowdown_sigma)) {
+                return Err(bad("stragglers.slowdown_sigma".into(), "must be a number between 0 and 3"));
             }
         }
+        if let Some(n) = &self.noise {
+            n.validate().map_err(|(field, problem)| bad(field, problem))?;
+        }
+        self.step_times.validate().map_err(|(field, problem)| bad(field, problem))?;
         Ok(())
     }
 }
@@ -636,6 +635,35 @@ mod tests {
         let text = base.replacen("response_min: 30", "response_min: -1", 1);
         let err = Scenario::from_yaml(&text, "bad.yaml").unwrap_err().to_string();
         assert!(err.contains("operator.response_min"), "{err}");
+    }
+
+    /// The noise and step-time keys are validated like the rest: a bad value names its path,
+    /// an unknown key is named.
+    #[test]
+    fn bad_noise_and_step_time_keys_are_named() {
+        let base = BUNDLED[0].1;
+        for (from, to, field) in [
+            ("lost_line_probability: 0.001", "lost_line_probability: 1.5", "noise.lost_line_probability"),
+            ("late_median_s: 30", "late_median_s: 0", "noise.late_median_s"),
+            ("blind_median_min: 30", "blind_median_min: -3", "noise.blind_median_min"),
+            ("rate_per_gpu_hour: 1.43e-6", "rate_per_gpu_hour: -1", "noise.kinds[0].rate_per_gpu_hour"),
+            ("recover_median_s: 5", "recover_median_s: 0", "noise.kinds[4].recover_median_s"),
+            ("jitter_sigma: 0.03", "jitter_sigma: 2", "step_times.jitter_sigma"),
+            (
+                "bursts_per_member_hour: 0.05",
+                "bursts_per_member_hour: -0.1",
+                "step_times.bursts_per_member_hour",
+            ),
+            ("burst_median_s: 20", "burst_median_s: 0", "step_times.burst_median_s"),
+            ("panel_members: 32", "panel_members: 2", "step_times.panel_members"),
+            ("  lost_line_probability:", "  lost_lines_probability:", "lost_lines_probability"),
+            ("  burst_sigma:", "  burst_sigmaa:", "burst_sigmaa"),
+        ] {
+            assert!(base.contains(from), "the bundled scenario has {from}");
+            let text = base.replacen(from, to, 1);
+            let err = Scenario::from_yaml(&text, "bad.yaml").unwrap_err().to_string();
+            assert!(err.contains(field), "{to}: {err}");
+        }
     }
 
     /// Durations that drive repeating events and round to nothing are refused by name, before a

@@ -6,6 +6,7 @@
 
 use devheal_core::{Duration, Time};
 
+use crate::noise::{LineDelivery, LineFate, NoisePool, NoiseScope, NoiseSummary};
 use crate::rng::Xoshiro256StarStar;
 use crate::scenario::{FaultScope, Scenario, secs};
 
@@ -41,6 +42,18 @@ pub enum TraceKind {
         lemon_excess: bool,
         /// The process id printed in the kernel lines.
         pid: u32,
+        /// Which of its kernel lines reach the log readers, and when.
+        lines: LineDelivery,
+    },
+    /// A harmless kernel event (noise kind `kind`): it prints lines and changes nothing; with
+    /// `recovery`, the kind's recovery lines (a link back up).
+    Noise {
+        kind: u16,
+        node: u32,
+        device: u8,
+        pid: u32,
+        recovery: bool,
+        lines: LineDelivery,
     },
     Straggler {
         node: u32,
@@ -64,10 +77,20 @@ pub struct FaultTrace {
     pub events: Vec<TraceEvent>,
     /// Which nodes are lemons.
     pub lemons: Vec<bool>,
+    /// What the noise put into the trace.
+    pub noise: NoiseSummary,
+    /// The seed the trace was drawn from (0 for a replayed file): the step-time noise the
+    /// detectors read is drawn from it too.
+    pub seed: u64,
 }
 
 /// Poisson arrivals with the given total rate per hour over `[0, end)`.
-fn poisson_times(rng: &mut Xoshiro256StarStar, rate_per_hour: f64, end: Time, mut f: impl FnMut(Time)) {
+pub(crate) fn poisson_times(
+    rng: &mut Xoshiro256StarStar,
+    rate_per_hour: f64,
+    end: Time,
+    mut f: impl FnMut(Time),
+) {
     if rate_per_hour <= 0.0 {
         return;
     }
@@ -133,6 +156,7 @@ impl FaultTrace {
                                     target: FaultTarget::Device { node, device },
                                     lemon_excess,
                                     pid,
+                                    lines: LineDelivery::default(),
                                 },
                             });
                         } else if place.bernoulli(class.rack_burst_probability) {
@@ -147,6 +171,7 @@ impl FaultTrace {
                                         target: FaultTarget::Node { node: n },
                                         lemon_excess: false,
                                         pid,
+                                        lines: LineDelivery::default(),
                                     },
                                 });
                             }
@@ -158,6 +183,7 @@ impl FaultTrace {
                                     target: FaultTarget::Node { node },
                                     lemon_excess,
                                     pid,
+                                    lines: LineDelivery::default(),
                                 },
                             });
                         }
@@ -178,6 +204,7 @@ impl FaultTrace {
                                     target: FaultTarget::GangMember { gang: gi as u16, member },
                                     lemon_excess: false,
                                     pid,
+                                    lines: LineDelivery::default(),
                                 },
                             });
                         });
@@ -196,6 +223,7 @@ impl FaultTrace {
                                     target: FaultTarget::Replica { service: si as u16, replica },
                                     lemon_excess: false,
                                     pid,
+                                    lines: LineDelivery::default(),
                                 },
                             });
                         });
@@ -207,12 +235,16 @@ impl FaultTrace {
         if let Some(s) = &scenario.stragglers {
             let mut rng = Xoshiro256StarStar::stream(seed, "stragglers");
             let mut place = Xoshiro256StarStar::stream(seed, "stragglers:place");
+            // Its own stream, so the episodes' places and lengths do not depend on the spread.
+            let mut size = Xoshiro256StarStar::stream(seed, "stragglers:slowdown");
             poisson_times(&mut rng, s.episodes_per_node_hour * f64::from(nodes), end, |at| {
                 let node = place.below(u64::from(nodes)) as u32;
                 let minutes = place.lognormal(s.median_duration_min, s.duration_sigma);
+                let excess = (s.slowdown - 1.0) * (s.slowdown_sigma * size.standard_normal()).exp();
+                let slowdown = 1.0 + excess.min(9.0);
                 events.push(TraceEvent {
                     at,
-                    kind: TraceKind::Straggler { node, duration: secs(minutes * 60.0), slowdown: s.slowdown },
+                    kind: TraceKind::Straggler { node, duration: secs(minutes * 60.0), slowdown },
                 });
             });
         }
@@ -227,9 +259,80 @@ impl FaultTrace {
             }
         }
 
+        let mut noise = NoiseSummary::default();
+        if let Some(spec) = &scenario.noise {
+            let training_nodes = scenario.training_nodes();
+            for (ki, kind) in spec.kinds.iter().enumerate() {
+                let (first, count) = match kind.pool {
+                    NoisePool::All => (0, nodes),
+                    NoisePool::Training => (0, training_nodes),
+                    NoisePool::Inference => (training_nodes, nodes - training_nodes),
+                };
+                let mut n = 0u64;
+                if count > 0 {
+                    let mut rng = Xoshiro256StarStar::stream(seed, &format!("noise:{}", kind.name));
+                    let mut place = Xoshiro256StarStar::stream(seed, &format!("noise:place:{}", kind.name));
+                    let gpus = f64::from(count) * f64::from(gpn);
+                    poisson_times(&mut rng, kind.rate_per_gpu_hour * gpus, end, |at| {
+                        let node = first + place.below(u64::from(count)) as u32;
+                        let device = match kind.scope {
+                            NoiseScope::Device => place.below(u64::from(gpn)) as u8,
+                            NoiseScope::Node => 0,
+                        };
+                        let pid = 1000 + place.below(4_000_000) as u32;
+                        n += 1;
+                        let mut push = |at: Time, recovery: bool| {
+                            let lines = LineDelivery::default();
+                            let kind =
+                                TraceKind::Noise { kind: ki as u16, node, device, pid, recovery, lines };
+                            events.push(TraceEvent { at, kind });
+                        };
+                        push(at, false);
+                        if !kind.recovery_lines.is_empty() {
+                            let after = place.lognormal(kind.recover_median_s, kind.recover_sigma);
+                            push(at + secs(after).max(Duration::from_millis(1)), true);
+                        }
+                    });
+                }
+                noise.events_by_kind.push((kind.name.clone(), n));
+            }
+        }
+
         // Stable sort: equal times keep generation order, which is itself deterministic.
         events.sort_by_key(|e| e.at);
-        FaultTrace { events, lemons }
+        // A recovery drawn past the end is not part of the run.
+        events.retain(|e| e.at < end || !matches!(e.kind, TraceKind::Noise { .. }));
+
+        // Each kernel line's fate (lost, late, on time; all lost while the node's source is
+        // blind), drawn in trace order from one stream.
+        let (mut fate, blind) = LineFate::new(scenario.noise.as_ref(), seed, nodes, end);
+        noise.blind_episodes = blind;
+        for e in &mut events {
+            match &mut e.kind {
+                TraceKind::Fault { class, target, lines, .. } => {
+                    let count = scenario.faults[*class as usize].kernel_lines.len();
+                    // Where a rank's software fault lands is known only when it lands; its
+                    // lines' fate is drawn for the rank's first node (a blind episode elsewhere
+                    // then misses it: a small approximation).
+                    let node = match *target {
+                        FaultTarget::Device { node, .. } | FaultTarget::Node { node } => node,
+                        FaultTarget::GangMember { gang, member } => {
+                            scenario.training[..gang as usize].iter().map(|t| t.nodes).sum::<u32>() + member
+                        }
+                        FaultTarget::Replica { .. } => u32::MAX,
+                    };
+                    *lines = fate.draw(node, e.at, count, &mut noise);
+                }
+                TraceKind::Noise { kind, node, recovery, lines, .. } => {
+                    let Some(spec) = &scenario.noise else { continue };
+                    let k = &spec.kinds[*kind as usize];
+                    let count = if *recovery { k.recovery_lines.len() } else { k.kernel_lines.len() };
+                    *lines = fate.draw(*node, e.at, count, &mut noise);
+                }
+                _ => {}
+            }
+        }
+        FaultTrace { events, lemons, noise, seed }
     }
 
     /// Number of fault events of each class.

@@ -95,6 +95,25 @@ fn same_scenario_and_seed_give_identical_json_and_another_seed_differs() {
     assert_ne!(a, c);
 }
 
+/// The CLI spreads the runs over threads; the report must not depend on how many, and progress
+/// still names every run once.
+#[test]
+fn runs_on_several_threads_give_the_same_report() {
+    let scenario = Scenario::from_yaml(SMALL, "tests/data/small-cluster.yaml").expect("fixture parses");
+    let trace = FaultTrace::generate(&scenario, 7);
+    let one = devheal_sim::simulate_trace(&scenario, 7, &trace, &Strategy::ALL, &mut |_| {}).to_json();
+    let mut names = Vec::new();
+    let three = devheal_sim::simulate_trace_on(&scenario, 7, &trace, &Strategy::ALL, 3, &mut |p| {
+        if let Progress::Run { name, .. } = p {
+            names.push(name.to_string());
+        }
+    });
+    assert_eq!(one, three.to_json());
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= Strategy::ALL.len(), "{names:?}");
+}
+
 /// Progress names every run in order with its number, then counts each run's days up to the
 /// scenario's end; watching does not change the report.
 #[test]
@@ -162,7 +181,9 @@ fn gang_time_is_fully_accounted_for_every_strategy() {
 }
 
 /// On the default scenario the devheal strategy is driven by the engine: it acts, every action
-/// names something in the model, and it quarantines single devices (with no false quarantines).
+/// names something in the model, and it quarantines single devices. Some quarantines are false
+/// (noise: Xid 74 and tenants' Xids read as the device's fault; 45 of 281 on seed 1): fewer than a
+/// quarter. With the noise off there are none (`noise_turns_false_actions_...`).
 #[test]
 fn devheal_on_the_default_scenario_is_the_engine_at_work() {
     let scenario = Scenario::bundled("llama3-16k").expect("bundled");
@@ -172,7 +193,7 @@ fn devheal_on_the_default_scenario_is_the_engine_at_work() {
     assert!(c.engine_actions > 0, "{c:?}");
     assert_eq!(c.engine_actions_unmapped, 0, "{c:?}");
     assert!(c.device_quarantines > 0, "{c:?}");
-    assert_eq!(c.false_quarantines, 0, "{c:?}");
+    assert!(c.false_quarantines * 4 < c.device_quarantines, "{c:?}");
 }
 
 /// The small fixture with no random faults, and a trace of `faults` (class index, target, hours).
@@ -188,11 +209,17 @@ fn hand_made(faults: &[(u16, FaultTarget, f64)]) -> (Scenario, FaultTrace) {
         .iter()
         .map(|&(class, target, h)| TraceEvent {
             at: Time::ZERO + secs(h * 3600.0),
-            kind: TraceKind::Fault { class, target, lemon_excess: false, pid: 4242 },
+            kind: TraceKind::Fault {
+                class,
+                target,
+                lemon_excess: false,
+                pid: 4242,
+                lines: Default::default(),
+            },
         })
         .collect();
     let lemons = vec![false; scenario.total_nodes() as usize];
-    (scenario, FaultTrace { events, lemons })
+    (scenario, FaultTrace { events, lemons, noise: Default::default(), seed: 0 })
 }
 
 /// A rank hangs with no evidence but its silence (class 8, nccl_timeout_unknown) twice: the
@@ -225,11 +252,11 @@ fn a_second_hang_soon_after_a_restart_is_detected_by_the_engine() {
 /// measures, only how many inputs the engine reads.
 #[test]
 fn re_sending_only_rank_0_after_a_restart_changes_no_outcome() {
-    let mut full = Scenario::bundled("llama3-16k").expect("bundled");
-    full.duration_days = 12.0;
-    assert!(full.strategies.devheal.resend_restarted_members, "the default scenario re-sends every member");
-    let mut lean = full.clone();
-    lean.strategies.devheal.resend_restarted_members = false;
+    let mut lean = Scenario::bundled("llama3-16k").expect("bundled");
+    lean.duration_days = 12.0;
+    assert!(!lean.strategies.devheal.resend_restarted_members, "the default scenario takes the shortcut");
+    let mut full = lean.clone();
+    full.strategies.devheal.resend_restarted_members = true;
     let trace = FaultTrace::generate(&full, 3);
     let a = simulate_strategy(&full, Strategy::Devheal, &trace);
     let b = simulate_strategy(&lean, Strategy::Devheal, &trace);
@@ -251,18 +278,18 @@ fn re_sending_only_rank_0_after_a_restart_changes_no_outcome() {
 }
 
 /// Issue 7: with stragglers in the trace, devheal with its straggler detection (lasting slow
-/// members replaced at a checkpoint) keeps a higher ETTR than devheal without it, and the
-/// report carries the difference.
+/// members replaced at a checkpoint) loses fewer GPU-hours to slow ranks than devheal without
+/// it, and the report carries the difference. Its ETTR is not higher on seed 1 (86.41 % with,
+/// 86.51 % without: each replacement is a gang restart, and false findings on transient bursts
+/// replace healthy members too), so that is bounded, not claimed: within half a point.
 #[test]
-fn straggler_detection_raises_devheal_ettr_on_the_default_scenario() {
-    let mut scenario = Scenario::bundled("llama3-16k").expect("bundled");
-    // Identical outcomes, fewer engine inputs (see re_sending_only_rank_0_...).
-    scenario.strategies.devheal.resend_restarted_members = false;
+fn straggler_detection_cuts_slow_rank_hours_on_the_default_scenario() {
+    let scenario = Scenario::bundled("llama3-16k").expect("bundled");
     let report = devheal_sim::simulate_strategies(&scenario, 1, &[Strategy::Devheal], &mut |_| {});
     let d = report.straggler_detection.as_ref().expect("the comparison is on by default");
     assert!(d.replacements > 0, "{d:?}");
-    assert!(d.ettr_with > d.ettr_without, "{d:?}");
-    assert!(d.straggler_gpu_hours_with < d.straggler_gpu_hours_without, "{d:?}");
+    assert!(d.straggler_gpu_hours_with < 0.8 * d.straggler_gpu_hours_without, "{d:?}");
+    assert!((d.ettr_with - d.ettr_without).abs() < 0.005, "{d:?}");
     assert!(report.to_table().contains("straggler detection: ETTR"), "{}", report.to_table());
     assert!(report.to_json().contains("\"straggler_detection\""));
 }
@@ -383,28 +410,28 @@ fn the_default_report_matches_the_golden_file_and_the_readme() {
 
 /// The ranking of the strategies, checked over eight seeds with the 95 % intervals of the
 /// paired differences (not per seed): devheal's ETTR is above kubernetes-default's,
-/// node-health-controller's and job-failure-policy's (each interval above 0); the two strongest
-/// baselines, nvsentinel-jobset and progress-watchdog, are above job-failure-policy, and
-/// devheal's difference from each lies within half a point either way (on these seeds neither
-/// difference need be resolved); among the simpler baselines job-failure-policy is above
-/// node-health-controller, which is above kubernetes-default.
+/// node-health-controller's, job-failure-policy's and nvsentinel-jobset's (each interval above
+/// 0; measured +0.24 ± 0.13 points over nvsentinel-jobset) and below progress-watchdog's
+/// (interval below 0, measured −0.63 ± 0.15 points: with noise and transient bursts devheal's
+/// false quarantines and straggler replacements cost restarts that the watchdog, which only
+/// restarts hung gangs, does not make); the two strongest baselines are above
+/// job-failure-policy; among the simpler baselines job-failure-policy is above
+/// node-health-controller, which is now below kubernetes-default (−2.45 ± 0.71 points: with
+/// noise it drains a node for every tenant's Xid and NIC flap, about 1,290 false quarantines a
+/// run; before noise it was above).
 #[test]
 fn the_ranking_holds_over_seeds_with_its_intervals() {
-    let mut scenario = Scenario::bundled("llama3-16k").expect("bundled");
-    // Identical outcomes on these traces' restarts, fewer engine inputs (see re_sending_only_rank_0_...).
-    scenario.strategies.devheal.resend_restarted_members = false;
+    let scenario = Scenario::bundled("llama3-16k").expect("bundled");
     let report = simulate_seeds(&scenario, 1, 8, &Strategy::ALL, &mut |_| {});
     eprintln!("{}", report.to_table());
     let diff = |name: &str| {
         report.differences.iter().find(|d| d.baseline == name).unwrap_or_else(|| panic!("no {name}")).ettr
     };
-    for name in ["kubernetes-default", "node-health-controller", "job-failure-policy"] {
+    for name in ["kubernetes-default", "node-health-controller", "job-failure-policy", "nvsentinel-jobset"] {
         assert!(diff(name).above_zero(), "devheal − {name}: {:?}", diff(name));
     }
-    for name in ["nvsentinel-jobset", "progress-watchdog"] {
-        let d = diff(name);
-        assert!(d.low > -0.005 && d.high < 0.005, "devheal − {name}: {d:?}");
-    }
+    let d = diff("progress-watchdog");
+    assert!(d.high < 0.0 && d.low > -0.015, "devheal − progress-watchdog: {d:?}");
     let ettr =
         |name: &str| report.strategies.iter().find(|s| s.name == name).expect("ran").ettr_by_seed.clone();
     let paired = |a: &str, b: &str| {
@@ -415,7 +442,7 @@ fn the_ranking_holds_over_seeds_with_its_intervals() {
         ("nvsentinel-jobset", "job-failure-policy"),
         ("progress-watchdog", "job-failure-policy"),
         ("job-failure-policy", "node-health-controller"),
-        ("node-health-controller", "kubernetes-default"),
+        ("kubernetes-default", "node-health-controller"),
     ] {
         assert!(paired(a, b).above_zero(), "{a} − {b}: {:?}", paired(a, b));
     }
@@ -515,4 +542,76 @@ fn sweeping_the_checkpoint_interval_peaks_near_dalys_optimum() {
     let table = report.to_table();
     assert!(table.contains("sweep training.checkpoint_interval_min"), "{table}");
     assert!(table.contains("Daly's optimal interval"), "{table}");
+}
+
+/// Noise is what makes most strategies act on healthy hardware: with every noise source at rate
+/// 0 (and no transient slow-downs) no strategy but node-health-controller makes a false restart,
+/// repair or quarantine in the default scenario's first 12 days (seed 2); node-health-controller
+/// already drains nodes on software faults' Xid lines (13 false repairs), and with the
+/// scenario's noise rates it makes many more (237), and false restarts (45) where it made none.
+#[test]
+fn noise_turns_false_actions_from_zero_to_some_for_the_node_level_baseline() {
+    let mut noisy = Scenario::bundled("llama3-16k").expect("bundled");
+    noisy.duration_days = 12.0;
+    let mut quiet = noisy.clone();
+    quiet.noise = None;
+    quiet.step_times.bursts_per_member_hour = 0.0;
+    let seed = 2;
+    let quiet_trace = FaultTrace::generate(&quiet, seed);
+    let noisy_trace = FaultTrace::generate(&noisy, seed);
+    for s in Strategy::ALL {
+        let c = simulate_strategy(&quiet, s, &quiet_trace).counts;
+        let falses = [c.false_restarts, c.false_repairs, c.false_quarantines, c.false_replacements];
+        if s != Strategy::NodeHealthController {
+            assert_eq!(falses, [0; 4], "{}: {c:?}", s.name());
+        }
+    }
+    let quiet = simulate_strategy(&quiet, Strategy::NodeHealthController, &quiet_trace).counts;
+    let noisy = simulate_strategy(&noisy, Strategy::NodeHealthController, &noisy_trace).counts;
+    assert_eq!(quiet.false_restarts, 0, "{quiet:?}");
+    assert!(noisy.false_restarts > 0, "{noisy:?}");
+    assert!(noisy.false_repairs > 5 * quiet.false_repairs.max(1), "{quiet:?} {noisy:?}");
+}
+
+/// The straggler findings come from the detector, not from the trace: on a hand-made day with
+/// four slow members of gang-a, a 3 % slow-down (under the detector's 6 % threshold) is never
+/// reported, while the three detectable ones (12–20 %, an hour each, starting off the minute
+/// boundaries) are each found once, with delays that differ (an oracle's fixed delay would not).
+#[test]
+fn straggler_findings_come_from_the_detector_not_the_trace() {
+    let (mut scenario, mut trace) = hand_made(&[]);
+    scenario.step_times.bursts_per_member_hour = 0.0;
+    scenario.strategies.devheal.detect_stragglers = true;
+    for (node, start_h, slowdown) in [(3u32, 1.0, 1.03), (5, 4.0, 1.20), (7, 7.0, 1.12), (9, 10.0, 1.15)] {
+        trace.events.push(TraceEvent {
+            at: Time::ZERO + secs(start_h * 3600.0 + 17.0 * f64::from(node)),
+            kind: TraceKind::Straggler { node, duration: secs(3600.0), slowdown },
+        });
+    }
+    let report = simulate_strategy(&scenario, Strategy::Devheal, &trace);
+    let s = report.detectors.expect("devheal scores its detectors").straggler;
+    assert_eq!((s.episodes, s.found), (3, 3), "{s:?}");
+    assert_eq!((s.findings, s.true_findings), (3, 3), "the 3 % member is not reported: {s:?}");
+    let (median, p95) = (s.delay_median_s.expect("delays"), s.delay_p95_s.expect("delays"));
+    assert!(median >= 120.0 && p95 <= 600.0, "{s:?}");
+    assert!(p95 > median, "delays vary with the window alignment: {s:?}");
+}
+
+/// The detectors' measured accuracy on the default scenario (seed 1) within the bounds
+/// docs/simulator.md states: the straggler detector finds at least 90 % of the episodes it can
+/// find, at a precision of at least 0.4 (transient bursts of over two minutes are found too,
+/// and are false), a median delay of 2–5 minutes (3 slow one-minute windows of 4); the hang
+/// detector's findings are at least 70 % true and it finds at least 40 % of the silent stalls
+/// (the rest are cut short by the NCCL watchdog or a crash before its 90 s timeout).
+#[test]
+fn the_detectors_accuracy_on_the_default_scenario_is_within_its_bounds() {
+    let scenario = Scenario::bundled("llama3-16k").expect("bundled");
+    let trace = FaultTrace::generate(&scenario, 1);
+    let d = simulate_strategy(&scenario, Strategy::Devheal, &trace).detectors.expect("scored");
+    let (p, r) = (d.straggler.precision.expect("findings"), d.straggler.recall.expect("episodes"));
+    assert!(r >= 0.9 && (0.4..1.0).contains(&p), "{:?}", d.straggler);
+    let median = d.straggler.delay_median_s.expect("found");
+    assert!((120.0..=300.0).contains(&median), "{:?}", d.straggler);
+    let (p, r) = (d.hang.precision.expect("findings"), d.hang.recall.expect("stalls"));
+    assert!(p >= 0.7 && r >= 0.4, "{:?}", d.hang);
 }

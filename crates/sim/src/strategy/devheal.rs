@@ -13,7 +13,12 @@ use devheal_core::{
 };
 use devheal_detect::{Catalog, Classifier, CorrelationConfig, Correlator};
 
-use super::{Command, Commands, GangPhase, Mechanics, Policy, Repair, Signal, Strategy, View};
+use super::Detector;
+use super::steps::GangSteps;
+use super::{
+    Command, Commands, GangPhase, LineSource, Mechanics, Policy, Repair, Signal, Strategy, View, arriving,
+    source_lines,
+};
 use crate::report::Counts;
 use crate::scenario::{Manifestation, NvmlSignal, Scenario, secs};
 
@@ -40,10 +45,8 @@ pub(crate) enum Timer {
     Tick,
     /// Rank 0 of the gang reports progress.
     Progress { gang: u16 },
-    /// The straggler detector finds episode `token` of the node.
-    StragglerFound { node: u32, token: u32 },
-    /// The straggler detector sees the node's slow-down has ended.
-    StragglerGone { node: u32 },
+    /// A detector window of the gang ends: its members' step times are judged.
+    Window { gang: u16 },
 }
 
 type Out = Commands<Timer>;
@@ -68,8 +71,11 @@ pub(crate) struct Devheal<'a> {
     /// whole, and formatting 16,384 keys each time was a third of the run.
     node_names: Vec<String>,
     device_keys: Vec<DeviceKey>,
-    /// The latest straggler episode of each node (what a detector finding refers to).
-    straggler_token: Vec<u32>,
+    /// Each gang's step-time model and devheal's real degradation detectors on it.
+    steps: Vec<Option<GangSteps>>,
+    /// Per gang, the members whose node has a straggler episode now (their step times are
+    /// drawn every window).
+    slow_members: Vec<BTreeSet<u32>>,
     /// Nodes whose member the detector reported slow (their devices published Degraded).
     straggler_reported: BTreeSet<u32>,
     /// Per gang: members to move elsewhere at the next checkpoint (slow ones).
@@ -77,7 +83,8 @@ pub(crate) struct Devheal<'a> {
 }
 
 impl<'a> Devheal<'a> {
-    pub(crate) fn new(scenario: &'a Scenario) -> Devheal<'a> {
+    /// `seed` draws the step-time noise the detectors read (the trace's seed).
+    pub(crate) fn new(scenario: &'a Scenario, seed: u64) -> Devheal<'a> {
         let d = &scenario.strategies.devheal;
         Devheal {
             scenario,
@@ -101,7 +108,12 @@ impl<'a> Devheal<'a> {
                         .map(move |d| DeviceKey::new(node_name(n), GPU_RESOURCE, gpu_id(n, d as u8)))
                 })
                 .collect(),
-            straggler_token: vec![0; scenario.total_nodes() as usize],
+            steps: scenario
+                .training
+                .iter()
+                .map(|t| GangSteps::new(&scenario.step_times, seed, &t.name, t.nodes))
+                .collect(),
+            slow_members: vec![BTreeSet::new(); scenario.training.len()],
             straggler_reported: BTreeSet::new(),
             replace_at_checkpoint: BTreeMap::new(),
         }
@@ -299,6 +311,7 @@ impl Devheal<'_> {
         let recent = gang_stalled || now.since(self.last_input).as_secs_f64() < ACTIVE_WINDOW_S;
         let d = &self.scenario.strategies.devheal;
         let next = secs(if recent { d.tick_active_s } else { d.tick_idle_s });
+        self.check_hangs(view, out);
         self.inputs += 1;
         self.ticks += 1;
         let actions = self.engine.handle(Input::Tick, now);
@@ -318,42 +331,30 @@ impl Devheal<'_> {
         let step = (work_s / step_time_s) as u64;
         let step_time = secs(step_time_s * view.gang(gang).pace);
         let pod_uid = Self::member_uid(view, gang, 0);
+        let attempt = view.gang(gang).attempt;
+        if let Some(Some(steps)) = self.steps.get_mut(gang as usize) {
+            steps.progress(&pod_uid, attempt, view.now());
+        }
         self.deliver_now(Input::Progress { pod_uid, step, step_time }, view, out);
     }
 
     /// A fault's signals: kernel lines through the real classifier and correlator, NVML health.
+    #[allow(clippy::too_many_arguments)]
     fn fault_signals(
         &mut self,
         class_idx: u16,
         node: u32,
         device: Option<u8>,
         pid: u32,
+        mask: u8,
         view: &dyn View,
         out: &mut Out,
     ) {
         let class = &self.scenario.faults[class_idx as usize];
+        self.kernel_lines(LineSource::Fault(class_idx), node, device, pid, mask, view, out);
         let device = device.unwrap_or(0);
-        let boot = boot_id(node, view.node(node).boot);
-        let name = node_name(node);
         let now = view.now();
-        let lines: Vec<String> = class
-            .kernel_lines
-            .iter()
-            .map(|t| {
-                t.replace("{pci}", &pci(device))
-                    .replace("{bdf}", &bdf(device))
-                    .replace("{nic}", NIC_ADDRESS)
-                    .replace("{pid}", &pid.to_string())
-            })
-            .collect();
-        let delay = self.kernel_latency + self.publish;
-        for line in &lines {
-            let Some(fault) = self.classifier.classify(line) else { continue };
-            let observation = self.correlator.observe(&name, Some(boot.as_str()), now, &fault);
-            if observation.is_new {
-                Self::send(out, delay, Input::KernelIncident(observation.incident));
-            }
-        }
+        let lines = &class.kernel_lines;
         let nvml = class.nvml;
         if lines.is_empty() && nvml != NvmlSignal::None {
             let health = if nvml == NvmlSignal::Degraded { Health::Degraded } else { Health::Unhealthy };
@@ -377,6 +378,41 @@ impl Devheal<'_> {
             info.ready = Some(false);
             let grace = secs(self.scenario.kubernetes.node_monitor_grace_s);
             Self::send(out, grace, Input::NodeUpsert(info));
+        }
+    }
+
+    /// Kernel lines reach the agent: each through the real classifier and correlator, a new
+    /// incident published to the engine.
+    #[allow(clippy::too_many_arguments)]
+    fn kernel_lines(
+        &mut self,
+        source: LineSource,
+        node: u32,
+        device: Option<u8>,
+        pid: u32,
+        mask: u8,
+        view: &dyn View,
+        out: &mut Out,
+    ) {
+        if mask == 0 {
+            return;
+        }
+        let device = device.unwrap_or(0);
+        let boot = boot_id(node, view.node(node).boot);
+        let name = node_name(node);
+        let now = view.now();
+        let delay = self.kernel_latency + self.publish;
+        for template in arriving(source_lines(self.scenario, source), mask) {
+            let line = template
+                .replace("{pci}", &pci(device))
+                .replace("{bdf}", &bdf(device))
+                .replace("{nic}", NIC_ADDRESS)
+                .replace("{pid}", &pid.to_string());
+            let Some(fault) = self.classifier.classify(&line) else { continue };
+            let observation = self.correlator.observe(&name, Some(boot.as_str()), now, &fault);
+            if observation.is_new {
+                Self::send(out, delay, Input::KernelIncident(observation.incident));
+            }
         }
     }
 
@@ -444,6 +480,23 @@ impl Devheal<'_> {
     }
 
     fn member_moved(&mut self, gang: u16, member: u32, view: &dyn View, out: &mut Out) {
+        if let Some(Some(steps)) = self.steps.get_mut(gang as usize) {
+            steps.forget(member);
+        }
+        // The controller withdraws a straggler reason when the pod goes away: a node the
+        // member left is no longer marked Degraded.
+        let left: Vec<u32> =
+            self.straggler_reported.iter().copied().filter(|&n| view.node(n).gang_member.is_none()).collect();
+        for node in left {
+            self.straggler_gone(node, view, out);
+        }
+        if let Some(set) = self.slow_members.get_mut(gang as usize) {
+            set.remove(&member);
+            let node = view.gang(gang).members[member as usize];
+            if view.node(node).slowdown > 1.0 {
+                set.insert(member);
+            }
+        }
         let g = view.gang(gang);
         let old_uid =
             format!("{}-{}-g{}", g.name, member, g.pod_generation[member as usize].saturating_sub(1));
@@ -508,18 +561,74 @@ impl Devheal<'_> {
         }
     }
 
-    /// A straggler episode began: the detector finds it `straggler_detect_s` later if it is at
-    /// least `straggler_min_slowdown`.
-    fn straggler_started(&mut self, node: u32, slowdown: f64, out: &mut Out) {
-        let token = &mut self.straggler_token[node as usize];
-        *token += 1;
-        let d = &self.scenario.strategies.devheal;
-        if d.detect_stragglers && slowdown >= d.straggler_min_slowdown {
-            let token = *token;
-            out.push(Command::After {
-                delay: secs(d.straggler_detect_s),
-                timer: Timer::StragglerFound { node, token },
-            });
+    /// The agents' hang detectors on rank 0: a gang silent past the timeout is reported to the
+    /// engine as hung (the controller's `Input::Hung`); a gang whose pods are being recreated is
+    /// not followed.
+    fn check_hangs(&mut self, view: &dyn View, out: &mut Out) {
+        let now = view.now();
+        for g in 0..self.steps.len() {
+            let gang = g as u16;
+            let phase = view.gang(gang).phase;
+            let Some(Some(steps)) = self.steps.get_mut(g) else { continue };
+            if matches!(phase, GangPhase::Restarting | GangPhase::WaitingCapacity) {
+                steps.restarting();
+                continue;
+            }
+            let Some(finding) = steps.check_hang(now) else { continue };
+            out.push(Command::Finding { detector: Detector::Hang, gang, member: 0 });
+            let pod_uid = Self::member_uid(view, gang, 0);
+            let input = Input::Hung { pod_uid, since: finding.since, evidence: finding.evidence };
+            Self::send(out, self.publish, input);
+        }
+    }
+
+    /// A detector window of the gang ended: its members' step times go to the detectors; a new
+    /// straggler finding marks the member's devices Degraded, a cleared one Healthy again.
+    fn window(&mut self, gang: u16, view: &dyn View, out: &mut Out) {
+        let g = gang as usize;
+        let Some(Some(steps)) = self.steps.get_mut(g) else { return };
+        let window = steps.window();
+        out.push(Command::After { delay: window, timer: Timer::Window { gang } });
+        let now = view.now();
+        let index = now.as_nanos().div_euclid(window.as_nanos().max(1)) - 1;
+        let v = view.gang(gang);
+        let step_time_s = self.scenario.training[g].step_time_s;
+        let steps_in_window = (window.as_secs_f64() / (step_time_s * v.pace)).floor() as u32;
+        let samples = match v.phase {
+            GangPhase::Computing => steps_in_window,
+            GangPhase::Checkpointing => steps_in_window / 2,
+            _ => 0,
+        };
+        let members = v.members;
+        let slowdown = |m: u32| members.get(m as usize).map_or(1.0, |&n| view.node(n).slowdown);
+        let found = steps.judge(index, samples, step_time_s, &self.slow_members[g], &slowdown);
+        for m in found.baseline {
+            out.push(Command::Finding { detector: Detector::BaselineShift, gang, member: m });
+        }
+        for m in found.stragglers {
+            out.push(Command::Finding { detector: Detector::Straggler, gang, member: m });
+            if let Some(&node) = members.get(m as usize) {
+                self.straggler_found(node, view, out);
+            }
+        }
+        for m in found.cleared {
+            if let Some(&node) = members.get(m as usize) {
+                self.straggler_gone(node, view, out);
+            }
+        }
+    }
+
+    /// A straggler episode began or ended on a node: its gang member's step times are drawn
+    /// every window while it lasts.
+    fn straggler_changed(&mut self, node: u32, view: &dyn View) {
+        if let Some((g, m)) = view.node(node).gang_member
+            && let Some(set) = self.slow_members.get_mut(g as usize)
+        {
+            if view.node(node).slowdown > 1.0 {
+                set.insert(m);
+            } else {
+                set.remove(&m);
+            }
         }
     }
 
@@ -527,9 +636,10 @@ impl Devheal<'_> {
     /// Degraded (a device with an active fault keeps that health).
     fn straggler_found(&mut self, node: u32, view: &dyn View, out: &mut Out) {
         let now = view.now();
-        let slowdown = view.node(node).slowdown;
-        self.straggler_reported.insert(node);
-        let message = format!("straggler: {:.0} % slower than the gang median", (slowdown - 1.0) * 100.0);
+        if !self.straggler_reported.insert(node) {
+            return;
+        }
+        let message = "straggler: slower than the gang median".to_string();
         for d in 0..self.gpn as u8 {
             if view.device_faulty(node, d) {
                 continue;
@@ -732,6 +842,11 @@ impl Policy for Devheal<'_> {
                 self.deliver_now(Input::PodUpsert(pod), view, out);
             }
             out.push(Command::After { delay: interval, timer: Timer::Progress { gang: g } });
+            if self.scenario.strategies.devheal.detect_stragglers
+                && let Some(Some(steps)) = self.steps.get(g as usize)
+            {
+                out.push(Command::After { delay: steps.window(), timer: Timer::Window { gang: g } });
+            }
         }
         for s in 0..view.services() as u16 {
             for r in 0..view.replicas(s) as u32 {
@@ -747,15 +862,14 @@ impl Policy for Devheal<'_> {
 
     fn signal(&mut self, signal: Signal, view: &dyn View, out: &mut Out) {
         match signal {
-            Signal::Fault { class, node, device, pid } => {
-                self.fault_signals(class, node, device, pid, view, out)
+            Signal::Fault { class, node, device, pid, lines } => {
+                self.fault_signals(class, node, device, pid, lines, view, out)
             }
-            Signal::StragglerStarted { node, slowdown } => self.straggler_started(node, slowdown, out),
-            Signal::StragglerEnded { node } => {
-                if self.straggler_reported.contains(&node) {
-                    let delay = secs(self.scenario.strategies.devheal.straggler_detect_s);
-                    out.push(Command::After { delay, timer: Timer::StragglerGone { node } });
-                }
+            Signal::KernelLines { source, node, device, pid, lines } => {
+                self.kernel_lines(source, node, device, pid, lines, view, out)
+            }
+            Signal::StragglerStarted { node } | Signal::StragglerEnded { node } => {
+                self.straggler_changed(node, view)
             }
             Signal::GangFailed { gang, member, manifestation, class } => {
                 self.gang_failure(gang, member, manifestation, class, view, out)
@@ -779,18 +893,7 @@ impl Policy for Devheal<'_> {
             Timer::Deliver(input) => self.deliver_now(*input, view, out),
             Timer::Tick => self.tick(view, out),
             Timer::Progress { gang } => self.progress(gang, view, out),
-            Timer::StragglerFound { node, token } => {
-                let n = view.node(node);
-                if self.straggler_token[node as usize] == token && n.slowdown > 1.0 && n.gang_member.is_some()
-                {
-                    self.straggler_found(node, view, out);
-                }
-            }
-            Timer::StragglerGone { node } => {
-                if view.node(node).slowdown <= 1.0 {
-                    self.straggler_gone(node, view, out);
-                }
-            }
+            Timer::Window { gang } => self.window(gang, view, out),
         }
     }
 

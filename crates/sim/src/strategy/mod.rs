@@ -12,7 +12,7 @@ use devheal_core::{Duration, Time};
 use serde::Serialize;
 
 use crate::report::Counts;
-use crate::scenario::Manifestation;
+use crate::scenario::{Manifestation, Scenario};
 
 pub(crate) mod devheal;
 pub(crate) mod job_failure_policy;
@@ -20,6 +20,7 @@ pub(crate) mod kubernetes_default;
 pub(crate) mod node_health_controller;
 pub(crate) mod nvsentinel_jobset;
 pub(crate) mod progress_watchdog;
+pub(crate) mod steps;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -113,10 +114,15 @@ pub(crate) struct Mechanics {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Signal {
     /// A fault struck (`device` is the GPU it names, if any): it prints its class's kernel
-    /// lines, NVML shows its class's signal, and a `node_down` fault stops the node.
-    Fault { class: u16, node: u32, device: Option<u8>, pid: u32 },
+    /// lines (`lines`: the mask of those that reach the log readers now; lost ones never do,
+    /// late ones come as [`Signal::KernelLines`]), NVML shows its class's signal, and a
+    /// `node_down` fault stops the node.
+    Fault { class: u16, node: u32, device: Option<u8>, pid: u32, lines: u8 },
+    /// Kernel lines reach the log readers with nothing else: a harmless event's (noise), or a
+    /// fault's lines that arrive late. `lines` is the mask of the source's lines.
+    KernelLines { source: LineSource, node: u32, device: Option<u8>, pid: u32, lines: u8 },
     /// A straggler episode began on the node (or a new one replaced the last).
-    StragglerStarted { node: u32, slowdown: f64 },
+    StragglerStarted { node: u32 },
     /// The node's latest straggler episode ended.
     StragglerEnded { node: u32 },
     /// A running gang failed because of `member` (its pods' status shows it after the
@@ -137,6 +143,34 @@ pub(crate) enum Signal {
     NodeRepaired { node: u32 },
     /// A device reset finished.
     DeviceRepaired { node: u32, device: u8 },
+}
+
+/// Whose kernel lines a [`Signal::KernelLines`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LineSource {
+    /// A fault class's lines (arriving late).
+    Fault(u16),
+    /// A noise kind's lines, or its recovery lines.
+    Noise { kind: u16, recovery: bool },
+}
+
+/// The lines of a source, all of them.
+pub(crate) fn source_lines(scenario: &Scenario, source: LineSource) -> &[String] {
+    match source {
+        LineSource::Fault(class) => &scenario.faults[class as usize].kernel_lines,
+        LineSource::Noise { kind, recovery } => match &scenario.noise {
+            Some(n) => {
+                let k = &n.kinds[kind as usize];
+                if recovery { &k.recovery_lines } else { &k.kernel_lines }
+            }
+            None => &[],
+        },
+    }
+}
+
+/// The lines of `lines` whose bit is set in `mask`.
+pub(crate) fn arriving(lines: &[String], mask: u8) -> impl Iterator<Item = &String> {
+    lines.iter().enumerate().filter(move |(i, _)| *i < 8 && mask & (1 << i) != 0).map(|(_, l)| l)
 }
 
 /// What a strategy asks the world to do. The world applies commands in order, right after the
@@ -218,6 +252,21 @@ pub(crate) enum Command<T> {
         node: u32,
         kind: Repair,
     },
+    /// A degradation detector concluded about a gang member (or, for a hang, the gang): changes
+    /// nothing; the world scores it against what really happened.
+    Finding {
+        detector: Detector,
+        gang: u16,
+        member: u32,
+    },
+}
+
+/// devheal's degradation detectors, as the world scores them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Detector {
+    Straggler = 0,
+    BaselineShift = 1,
+    Hang = 2,
 }
 
 /// Where a gang is in its life, as a controller watching its pods and progress would tell.

@@ -34,9 +34,14 @@ impl Policy for NodeHealthController<'_> {
     }
 
     fn signal(&mut self, signal: Signal, view: &dyn View, out: &mut Commands<u32>) {
-        let Signal::Fault { class, node, .. } = signal else { return };
-        let class = &self.scenario.faults[class as usize];
-        let visible = !class.kernel_lines.is_empty() || class.nvml != NvmlSignal::None;
+        let (node, visible) = match signal {
+            Signal::Fault { class, node, lines, .. } => {
+                (node, lines != 0 || self.scenario.faults[class as usize].nvml != NvmlSignal::None)
+            }
+            // Any kernel line: a harmless one (noise) or a fault's late one.
+            Signal::KernelLines { node, lines, .. } => (node, lines != 0),
+            _ => return,
+        };
         if !visible || !self.pending.insert(node) {
             return;
         }

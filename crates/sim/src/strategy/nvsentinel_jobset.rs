@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use devheal_core::Duration;
 
-use super::{Command, Commands, Mechanics, Policy, Repair, Signal, Strategy, View, next_poll};
+use super::{
+    Command, Commands, Mechanics, Policy, Repair, Signal, Strategy, View, arriving, next_poll, source_lines,
+};
 use crate::scenario::{NvmlSignal, Scenario, secs};
 
 /// What NVSentinel does about a health event, in increasing order of reach.
@@ -82,6 +84,20 @@ pub(crate) fn line_action(line: &str) -> (Action, bool) {
     (Action::None, false)
 }
 
+/// The strongest action of some lines, and whether the NIC monitor (not the 15 s poll) saw it.
+fn lines_action<'l>(lines: impl Iterator<Item = &'l String>) -> (Action, bool) {
+    let mut action = Action::None;
+    let mut nic = false;
+    for line in lines {
+        let (a, from_nic) = line_action(line);
+        if a > action {
+            action = a;
+            nic = from_nic;
+        }
+    }
+    (action, nic)
+}
+
 /// What NVSentinel does about one node.
 #[derive(Debug)]
 struct Remediation {
@@ -116,6 +132,26 @@ pub(crate) struct NvsentinelJobset<'a> {
 }
 
 impl<'a> NvsentinelJobset<'a> {
+    /// The monitor saw `action` for the node: the event reaches fault-quarantine at the node's
+    /// next poll (the NIC monitor's in 3 s).
+    fn act(
+        &mut self,
+        node: u32,
+        device: Option<u8>,
+        action: Action,
+        nic: bool,
+        view: &dyn View,
+        out: &mut Out,
+    ) {
+        if action == Action::None {
+            return;
+        }
+        let now = view.now();
+        let at = if nic { now + secs(3.0) } else { next_poll(node, self.poll, now) };
+        let device = device.unwrap_or(0);
+        out.push(Command::After { delay: at.since(now), timer: Timer::Found { node, device, action } });
+    }
+
     pub(crate) fn new(scenario: &'a Scenario) -> Self {
         let n = &scenario.strategies.nvsentinel_jobset;
         NvsentinelJobset {
@@ -215,31 +251,18 @@ impl Policy for NvsentinelJobset<'_> {
 
     fn signal(&mut self, signal: Signal, view: &dyn View, out: &mut Out) {
         match signal {
-            Signal::Fault { class, node, device, .. } => {
+            Signal::Fault { class, node, device, lines, .. } => {
                 let class = &self.scenario.faults[class as usize];
-                let mut action = Action::None;
-                let mut nic = false;
-                for line in &class.kernel_lines {
-                    let (a, from_nic) = line_action(line);
-                    if a > action {
-                        action = a;
-                        nic = from_nic;
-                    }
-                }
+                let (mut action, nic) = lines_action(arriving(&class.kernel_lines, lines));
                 if class.kernel_lines.is_empty() && class.nvml == NvmlSignal::Unhealthy {
                     // DCGM's health check: a GPU that needs a reset.
                     action = Action::ComponentReset;
                 }
-                if action == Action::None {
-                    return;
-                }
-                let now = view.now();
-                let at = if nic { now + secs(3.0) } else { next_poll(node, self.poll, now) };
-                let device = device.unwrap_or(0);
-                out.push(Command::After {
-                    delay: at.since(now),
-                    timer: Timer::Found { node, device, action },
-                });
+                self.act(node, device, action, nic, view, out);
+            }
+            Signal::KernelLines { source, node, device, lines, .. } => {
+                let (action, nic) = lines_action(arriving(source_lines(self.scenario, source), lines));
+                self.act(node, device, action, nic, view, out);
             }
             Signal::DeviceRepaired { node, .. } => self.reset_done(node, view, out),
             Signal::NodeRepaired { node } => {

@@ -6,10 +6,56 @@ use crate::scenario::secs;
 use crate::strategy::{Command, Policy};
 
 impl<P: Policy> World<'_, P> {
+    /// Carry out one command, counting the restarts it causes of a gang that ran on healthy
+    /// hardware (false restarts).
     pub(super) fn apply(&mut self, command: Command<P::Timer>) {
+        let may_stop = matches!(
+            command,
+            Command::RestartGang { .. }
+                | Command::RestartGangWithout { .. }
+                | Command::ReplaceMembers { .. }
+                | Command::EvictGangMember { .. }
+                | Command::EvictDevicePods { .. }
+                | Command::Drain { .. }
+                | Command::DrainAndRepair { .. }
+                | Command::Repair { .. }
+                | Command::FailGang { .. }
+        );
+        if !may_stop {
+            return self.apply_one(command);
+        }
+        // Which gangs run on healthy hardware now (no member broken or slow).
+        let healthy: Vec<bool> = (0..self.gangs.len())
+            .map(|g| {
+                let gang = &self.gangs[g];
+                matches!(gang.state, GangState::Computing | GangState::Checkpointing { .. })
+                    && gang
+                        .members
+                        .iter()
+                        .all(|&n| !self.broken.contains(&n) && self.nodes[n as usize].slowdown <= 1.0)
+            })
+            .collect();
+        self.apply_one(command);
+        for (g, was_healthy) in healthy.into_iter().enumerate() {
+            if was_healthy
+                && !matches!(self.gangs[g].state, GangState::Computing | GangState::Checkpointing { .. })
+            {
+                self.counts.false_restarts += 1;
+            }
+        }
+    }
+
+    /// Whether a node's hardware is healthy (nothing to repair).
+    fn node_healthy(&self, node: u32) -> bool {
+        let n = &self.nodes[node as usize];
+        n.up && self.node_problem(node, None).is_none()
+    }
+
+    fn apply_one(&mut self, command: Command<P::Timer>) {
         let now = self.now;
         match command {
             Command::After { delay, timer } => self.queue.push(now + delay, Event::Strategy(timer)),
+            Command::Finding { detector, gang, member } => self.score_finding(detector, gang, member),
             Command::EvictGangMember { gang, member } => {
                 self.counts.pod_evictions += 1;
                 self.evict_gang_member(gang, member);
@@ -20,6 +66,7 @@ impl<P: Policy> World<'_, P> {
                 let healthy = node.is_some_and(|n| self.node_problem(n, Some((service, replica))).is_none());
                 let state = self.services[service as usize].replicas[replica as usize].state;
                 if matches!(state, ReplicaState::Up | ReplicaState::Starting { .. }) {
+                    self.counts.false_restarts += u64::from(healthy);
                     self.replica_set_state(
                         service,
                         replica,
@@ -49,6 +96,11 @@ impl<P: Policy> World<'_, P> {
             }
             Command::FailGang { gang } => self.fail_gang(gang),
             Command::ReplaceMembers { gang, members } => {
+                let truly_slow = members.iter().any(|&m| {
+                    let node = self.gangs[gang as usize].members[m as usize];
+                    self.nodes[node as usize].slowdown > 1.0
+                });
+                self.counts.false_replacements += u64::from(!truly_slow) * members.len() as u64;
                 self.counts.straggler_replacements += members.len() as u64;
                 self.gangs[gang as usize].pending_moves.extend(members);
                 self.begin_restart(gang, false);
@@ -74,9 +126,25 @@ impl<P: Policy> World<'_, P> {
                 self.nodes[node as usize].cordoned = true;
             }
             Command::Uncordon { node } => self.nodes[node as usize].cordoned = false,
-            Command::ResetDevice { node, device } => self.reset_device(node, device),
-            Command::Repair { node, kind } => self.start_repair(node, kind, true),
-            Command::Drain { node } => self.drain_node(node, true),
+            Command::ResetDevice { node, device } => {
+                let i = self.dev(node, device);
+                if !self.devices[i].resetting && self.devices[i].fault.is_none() {
+                    self.counts.false_repairs += 1;
+                }
+                self.reset_device(node, device)
+            }
+            Command::Repair { node, kind } => {
+                if self.nodes[node as usize].in_repair.is_none() && self.node_healthy(node) {
+                    self.counts.false_repairs += 1;
+                }
+                self.start_repair(node, kind, true)
+            }
+            Command::Drain { node } => {
+                if self.node_healthy(node) {
+                    self.counts.false_repairs += 1;
+                }
+                self.drain_node(node, true)
+            }
             Command::EvictDevicePods { node, device } => {
                 if let Some((gang, member)) = self.nodes[node as usize].gang_member {
                     // A gang member's pod takes every GPU of its node.
@@ -92,6 +160,9 @@ impl<P: Policy> World<'_, P> {
             Command::DrainAndRepair { node, kind } => {
                 if self.node_problem(node, None).is_none() {
                     self.counts.false_quarantines += 1;
+                    if self.nodes[node as usize].in_repair.is_none() && self.nodes[node as usize].up {
+                        self.counts.false_repairs += 1;
+                    }
                 }
                 self.nodes[node as usize].cordoned = true;
                 self.drain_node(node, true);

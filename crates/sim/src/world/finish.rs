@@ -98,6 +98,7 @@ impl<P: Policy> World<'_, P> {
                 .map(|f| f.name.clone())
                 .zip(self.interruptions_by_class.iter().copied())
                 .collect(),
+            detectors: self.detector_report(),
         }
     }
 }

@@ -100,6 +100,9 @@ impl<P: Policy> World<'_, P> {
             }
         }
         g.state = GangState::Hung { since: now };
+        // A silent stall (a hang, a dead node): what the hang detector is for.
+        g.hang_episode =
+            matches!(manifestation, Manifestation::Hang | Manifestation::NodeDown).then_some((now, false));
         g.epoch += 1;
         g.run_token += 1;
         if !g.streak_active {
@@ -196,6 +199,7 @@ impl<P: Policy> World<'_, P> {
     /// Restart the gang now (JobSet recreate, in-place restart, engine or operator request).
     pub(crate) fn begin_restart(&mut self, gang: u16, planned: bool) {
         let now = self.now;
+        self.score_hang_end(gang);
         {
             let g = &mut self.gangs[gang as usize];
             if matches!(g.state, GangState::Computing | GangState::Checkpointing { .. }) {

@@ -25,6 +25,7 @@ use crate::strategy::{Commands, Mechanics, Policy, Repair, Signal, Strategy, Vie
 use crate::trace::FaultTrace;
 
 mod commands;
+mod detectors;
 mod finish;
 mod gang;
 mod node;
@@ -59,6 +60,9 @@ pub(crate) struct NodeState {
     pub held_out_since: Option<(Time, u32)>,
     /// A repair ticket is already open for the node.
     pub ticket_open: bool,
+    /// The node's latest straggler episode while it ran a gang member, as the detectors are
+    /// scored on it.
+    pub episode: Option<detectors::EpisodeMark>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -113,6 +117,8 @@ pub(crate) struct Gang {
     pub lost: LostGpuHours,
     pub ettr_by_day: Vec<f64>,
     pub waiting: bool,
+    /// The gang's current silent hang (since, found by the hang detector), for scoring it.
+    pub hang_episode: Option<(Time, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -219,6 +225,14 @@ pub(crate) enum Event<T> {
         node: u32,
         token: u32,
     },
+    /// Kernel lines that reach the log readers late.
+    LateLines {
+        source: crate::strategy::LineSource,
+        node: u32,
+        device: Option<u8>,
+        pid: u32,
+        lines: u8,
+    },
     DaySample,
     /// A timer the strategy set ([`Command::After`]).
     Strategy(T),
@@ -249,6 +263,8 @@ pub(crate) struct World<'a, P: Policy> {
     pub(crate) interruptions_by_class: Vec<u64>,
     /// Nodes that are down, under repair, or carry an active fault: what a restart can trip on.
     pub(crate) broken: BTreeSet<u32>,
+    /// devheal's detectors, scored (by [`crate::strategy::Detector`]).
+    pub(crate) detectors: [detectors::Tally; 3],
 }
 
 fn hours(ns: i64) -> f64 {
@@ -275,6 +291,7 @@ impl<'a, P: Policy> World<'a, P> {
                 straggler_token: 0,
                 held_out_since: None,
                 ticket_open: false,
+                episode: None,
             })
             .collect();
         let devices = vec![DeviceState::default(); (total * gpn) as usize];
@@ -297,6 +314,7 @@ impl<'a, P: Policy> World<'a, P> {
             trace_events: 0,
             interruptions_by_class: vec![0; scenario.faults.len()],
             broken: BTreeSet::new(),
+            detectors: Default::default(),
         };
         let mut next_node = 0u32;
         for (gi, spec) in scenario.training.iter().enumerate() {
@@ -341,6 +359,7 @@ impl<'a, P: Policy> World<'a, P> {
                 lost: LostGpuHours::default(),
                 ettr_by_day: Vec::new(),
                 waiting: false,
+                hang_episode: None,
             });
         }
         // Inference replicas packed onto the inference pool in order.
@@ -557,6 +576,9 @@ impl<'a, P: Policy> World<'a, P> {
                     }
                     self.signal(Signal::StragglerEnded { node });
                 }
+            }
+            Event::LateLines { source, node, device, pid, lines } => {
+                self.signal(Signal::KernelLines { source, node, device, pid, lines });
             }
             Event::DaySample => {
                 for g in &mut self.gangs {

@@ -285,7 +285,12 @@ mod tests {
     #[test]
     pub(super) fn quarantine_collateral_counts_only_healthy_time() {
         let scenario = small();
-        let trace = FaultTrace { events: Vec::new(), lemons: vec![false; scenario.total_nodes() as usize] };
+        let trace = FaultTrace {
+            events: Vec::new(),
+            lemons: vec![false; scenario.total_nodes() as usize],
+            noise: Default::default(),
+            seed: 0,
+        };
         let mut w = World::new(&scenario, JobFailurePolicy, &trace);
         let at = |h: i64| Time::ZERO + Duration::from_hours(h);
         let (broken, healthy, breaks_later) = (w.dev(2, 1), w.dev(3, 0), w.dev(4, 5));
@@ -300,7 +305,13 @@ mod tests {
         w.device_fault_cleared(broken);
         // The third breaks at 4 h (the fault path closes its collateral) and stays broken.
         w.now = at(4);
-        w.on_fault(1, FaultTarget::Device { node: 4, device: 5 }, false, 1);
+        w.on_fault(
+            1,
+            FaultTarget::Device { node: 4, device: 5 },
+            false,
+            1,
+            crate::noise::LineDelivery::default(),
+        );
         assert!(w.devices[breaks_later].fault.is_some(), "class 1 (gpu_hbm) persists until a reset");
         w.now = at(6);
         w.release_device(broken); // healthy 3 h → 6 h: 3 GPU-h

@@ -2,15 +2,19 @@
 //! on the state it finds), straggler episodes slow nodes, planned maintenance restarts gangs.
 
 use super::{ActiveFault, Event, GangState, ReplicaState, World, hours};
+use crate::noise::{LineDelivery, all_lines};
 use crate::scenario::{FaultScope, Manifestation, Persistence};
-use crate::strategy::{Policy, Repair, Signal};
+use crate::strategy::{LineSource, Policy, Repair, Signal};
 use crate::trace::{FaultTarget, TraceKind};
 
 impl<P: Policy> World<'_, P> {
     pub(super) fn on_trace(&mut self, kind: TraceKind) {
         match kind {
-            TraceKind::Fault { class, target, lemon_excess, pid } => {
-                self.on_fault(class, target, lemon_excess, pid);
+            TraceKind::Fault { class, target, lemon_excess, pid, lines } => {
+                self.on_fault(class, target, lemon_excess, pid, lines);
+            }
+            TraceKind::Noise { kind, node, device, pid, recovery, lines } => {
+                self.on_noise(kind, node, device, pid, recovery, lines);
             }
             TraceKind::Straggler { node, duration, slowdown } => {
                 let n = &mut self.nodes[node as usize];
@@ -21,8 +25,9 @@ impl<P: Policy> World<'_, P> {
                 n.slowdown = slowdown;
                 let token = n.straggler_token;
                 let member = n.gang_member;
+                self.score_episode_start(node, slowdown, duration.as_secs_f64());
                 self.queue.push(self.now + duration, Event::StragglerEnd { node, token });
-                self.signal(Signal::StragglerStarted { node, slowdown });
+                self.signal(Signal::StragglerStarted { node });
                 if let Some((g, _)) = member {
                     self.gang_slow(g, node, Some(slowdown));
                 }
@@ -31,7 +36,48 @@ impl<P: Policy> World<'_, P> {
         }
     }
 
-    pub(super) fn on_fault(&mut self, class_idx: u16, target: FaultTarget, lemon_excess: bool, pid: u32) {
+    /// A harmless kernel event: it changes nothing but what the log readers see. A node that is
+    /// down or under repair prints nothing.
+    fn on_noise(&mut self, kind: u16, node: u32, device: u8, pid: u32, recovery: bool, lines: LineDelivery) {
+        let n = &self.nodes[node as usize];
+        if !n.up || n.in_repair.is_some() {
+            return;
+        }
+        self.counts.noise_events += u64::from(!recovery);
+        let source = LineSource::Noise { kind, recovery };
+        let count = crate::strategy::source_lines(self.scenario, source).len();
+        self.deliver_lines(source, node, Some(device), pid, count, lines);
+    }
+
+    /// Hand the on-time lines to the strategy now and queue the late ones.
+    fn deliver_lines(
+        &mut self,
+        source: LineSource,
+        node: u32,
+        device: Option<u8>,
+        pid: u32,
+        count: usize,
+        lines: LineDelivery,
+    ) {
+        let now = lines.on_time(count);
+        if now != 0 {
+            self.signal(Signal::KernelLines { source, node, device, pid, lines: now });
+        }
+        let late = lines.late & all_lines(count);
+        if late != 0 {
+            self.queue
+                .push(self.now + lines.late_by, Event::LateLines { source, node, device, pid, lines: late });
+        }
+    }
+
+    pub(super) fn on_fault(
+        &mut self,
+        class_idx: u16,
+        target: FaultTarget,
+        lemon_excess: bool,
+        pid: u32,
+        lines: LineDelivery,
+    ) {
         let class = &self.scenario.faults[class_idx as usize];
         let (node, device) = match target {
             FaultTarget::Device { node, device } => (node, Some(device)),
@@ -95,8 +141,15 @@ impl<P: Policy> World<'_, P> {
             self.nodes[node as usize].up = false;
         }
         self.refresh_broken(node);
-        // Signals the strategies can see.
-        self.signal(Signal::Fault { class: class_idx, node, device, pid });
+        // Signals the strategies can see: the lines that arrive now (late ones follow).
+        let count = class.kernel_lines.len();
+        self.signal(Signal::Fault { class: class_idx, node, device, pid, lines: lines.on_time(count) });
+        let late = lines.late & all_lines(count);
+        if late != 0 {
+            let source = LineSource::Fault(class_idx);
+            self.queue
+                .push(self.now + lines.late_by, Event::LateLines { source, node, device, pid, lines: late });
+        }
         // A person opens a repair ticket for hardware that Kubernetes shows as broken.
         let visible_to_people = class.device_plugin_detects || manifestation == Manifestation::NodeDown;
         if visible_to_people && persistence != Persistence::Transient {
