@@ -18,16 +18,30 @@ pub(super) struct Resets {
     pub(super) pending: Vec<(String, String, DeviceResetPhase, String)>,
 }
 
+/// The device of `inventory` a request or a result names: by the id it is published under, or
+/// by its tracker key.
+fn named<'a>(inventory: &'a [InventoryDevice], id: &str) -> Option<&'a InventoryDevice> {
+    inventory.iter().find(|d| d.published_id() == id || d.id == id)
+}
+
+/// What the reset worker needs of a device.
+fn target_of(d: &InventoryDevice) -> ResetTarget {
+    ResetTarget {
+        id: d.published_id().to_string(),
+        pci_address: d.pci_address.clone(),
+        uuid: d.id.starts_with("GPU-").then(|| d.id.clone()),
+    }
+}
+
 impl LoopState {
+    /// The tracker key of the device a request or result names (the name itself if unknown).
+    fn tracker_key(&self, device: &str) -> String {
+        named(&self.inventory(), device).map_or_else(|| device.to_string(), |d| d.id.clone())
+    }
+
     pub(super) fn take_reset_requests(&mut self, requests: &[DeviceResetRequest], now: Time) {
         let inventory = self.inventory();
-        let known = |id: &str| {
-            inventory.iter().find(|d| d.published_id() == id || d.id == id).map(|d| ResetTarget {
-                id: d.published_id().to_string(),
-                pci_address: d.pci_address.clone(),
-                uuid: d.id.starts_with("GPU-").then(|| d.id.clone()),
-            })
-        };
+        let known = |id: &str| named(&inventory, id).map(target_of);
         let backend = Arc::clone(&self.resets.backend);
         let steps = self.resets.book.take(
             requests,
@@ -77,11 +91,7 @@ impl LoopState {
         let inventory = self.inventory();
         for key in due {
             let now = wall_now();
-            let target = inventory.iter().find(|d| d.id == key).map(|d| ResetTarget {
-                id: d.published_id().to_string(),
-                pci_address: d.pci_address.clone(),
-                uuid: d.id.starts_with("GPU-").then(|| d.id.clone()),
-            });
+            let target = inventory.iter().find(|d| d.id == key).map(target_of);
             let sent = match (&self.resets.jobs, target) {
                 (Some(jobs), Some(target)) => jobs.try_send(crate::reset::Job::Check { target }).is_ok(),
                 _ => false,
@@ -97,11 +107,7 @@ impl LoopState {
     /// A device's end-of-probation check is back.
     pub(super) fn finish_check(&mut self, device: &str, outcome: crate::reset::CheckOutcome, now: Time) {
         use crate::reset::{CheckMode, CheckOutcome};
-        let key = self
-            .inventory()
-            .into_iter()
-            .find(|d| d.published_id() == device || d.id == device)
-            .map_or_else(|| device.to_string(), |d| d.id);
+        let key = self.tracker_key(device);
         let word = match &outcome {
             CheckOutcome::Passed(_) => "passed",
             CheckOutcome::Failed(_) => "failed",
@@ -134,11 +140,7 @@ impl LoopState {
         self.resets.book.finish(&result, now);
         if result.phase == DeviceResetPhase::Succeeded {
             // The reset's answer, not a source's: every reason clears, probation starts.
-            let key = self
-                .inventory()
-                .into_iter()
-                .find(|d| d.published_id() == result.device || d.id == result.device)
-                .map_or_else(|| result.device.clone(), |d| d.id);
+            let key = self.tracker_key(&result.device);
             self.tracker.device_reset(&key, now);
         }
         self.note_reset(&result.device, result.phase, result.message);
@@ -159,12 +161,8 @@ impl LoopState {
             }
             _ => tracing::info!(%device, phase = word, %message, "device reset"),
         }
-        let resource = self
-            .inventory()
-            .into_iter()
-            .find(|d| d.published_id() == device || d.id == device)
-            .map(|d| d.published_resource().to_string())
-            .unwrap_or_default();
+        let resource =
+            named(&self.inventory(), device).map(|d| d.published_resource().to_string()).unwrap_or_default();
         if self.resets.pending.len() < crate::reset::MAX_RESETS {
             self.resets.pending.push((device.to_string(), resource, phase, message));
         }

@@ -319,6 +319,26 @@ mod tests {
     use crate::engine::test_support::*;
     use crate::pod::NodeInfo;
 
+    /// A saved hardware inspection of `device` on node-0.
+    fn inspection_of(device: &DeviceKey) -> Vec<NodeRepairs> {
+        vec![NodeRepairs {
+            node: "node-0".into(),
+            requests: vec![RepairRequest {
+                device: Some(device.clone()),
+                kind: RepairKind::InspectHardware,
+                boot_id: Some("b1".into()),
+                pci_address: None,
+            }],
+        }]
+    }
+
+    /// node-0's inventory with a new device (id `new`) where device `i` was.
+    fn swapped(i: usize, new: &str) -> Input {
+        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
+        devices[i].key = DeviceKey::new("node-0", "nvidia.com/gpu", new);
+        Input::Devices { node, devices }
+    }
+
     fn withdrawn(acts: &[PlannedAction]) -> Vec<String> {
         acts.iter()
             .filter_map(|a| match &a.action {
@@ -405,25 +425,12 @@ mod tests {
     fn a_replaced_device_answers_its_hardware_inspection() {
         let mut e = engine_with(4);
         let old = key("node-0", 1);
-        e.restore_repairs(
-            vec![NodeRepairs {
-                node: "node-0".into(),
-                requests: vec![RepairRequest {
-                    device: Some(old.clone()),
-                    kind: RepairKind::InspectHardware,
-                    boot_id: Some("b1".into()),
-                    pci_address: None,
-                }],
-            }],
-            t(1),
-        );
+        e.restore_repairs(inspection_of(&old), t(1));
         // Taken out for the swap: nothing is answered while it is gone.
         assert!(withdrawn(&e.handle(inventory("node-0", Some(1)), t(10))).is_empty());
         assert!(withdrawn(&e.handle(node_info("node-0", "b2"), t(20))).is_empty());
         // A new GPU (another UUID) at the old one's PCI address.
-        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
-        devices[1].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-new-serial");
-        let acts = e.handle(Input::Devices { node, devices }, t(30));
+        let acts = e.handle(swapped(1, "GPU-new-serial"), t(30));
         assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
         assert!(e.repair_requests("node-0").is_empty());
     }
@@ -432,26 +439,13 @@ mod tests {
     fn a_swap_made_while_the_engine_restarted_is_recognised_from_its_saved_state() {
         let mut e = engine_with(4);
         let old = key("node-0", 3);
-        e.restore_repairs(
-            vec![NodeRepairs {
-                node: "node-0".into(),
-                requests: vec![RepairRequest {
-                    device: Some(old.clone()),
-                    kind: RepairKind::InspectHardware,
-                    boot_id: Some("b1".into()),
-                    pci_address: None,
-                }],
-            }],
-            t(1),
-        );
+        e.restore_repairs(inspection_of(&old), t(1));
         let saved = e.durable_repairs();
         assert_eq!(saved[0].requests[0].pci_address.as_deref(), Some("0000:04:00.0"), "{saved:?}");
         // A new engine, which never saw the old GPU: the first inventory already has the new one.
         let mut fresh = engine_with(0);
         fresh.restore_repairs(saved, t(100));
-        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
-        devices[3].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-swapped");
-        let acts = fresh.handle(Input::Devices { node, devices }, t(200));
+        let acts = fresh.handle(swapped(3, "GPU-swapped"), t(200));
         assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
         // Saved, then found still there: not a swap.
         let mut again = engine_with(0);
@@ -467,9 +461,7 @@ mod tests {
         let acts = unhealthy(&mut e, old.clone(), t(2));
         assert_eq!(count(&acts, |a| matches!(a, Action::QuarantineDevice { .. })), 1, "{acts:#?}");
         // In one inventory: the old device gone, a new one at its address.
-        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
-        devices[2].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-replacement");
-        let acts = e.handle(Input::Devices { node, devices }, t(3_000));
+        let acts = e.handle(swapped(2, "GPU-replacement"), t(3_000));
         assert_eq!(
             count(&acts, |a| matches!(a, Action::ReleaseDevice { device, .. } if *device == old)),
             1,
@@ -477,9 +469,7 @@ mod tests {
         );
         assert_eq!(withdrawn(&acts), ["node-0"], "{acts:#?}");
         // The same inventory again: nothing more.
-        let Input::Devices { node, mut devices } = inventory("node-0", None) else { unreachable!() };
-        devices[2].key = crate::device::DeviceKey::new("node-0", "nvidia.com/gpu", "GPU-replacement");
-        assert!(e.handle(Input::Devices { node, devices }, t(3_001)).is_empty());
+        assert!(e.handle(swapped(2, "GPU-replacement"), t(3_001)).is_empty());
     }
 
     #[test]
