@@ -34,7 +34,11 @@
 //! `"replaceAtCheckpoint":{"message":"...","exitCode":75}` while the pod carries the condition
 //! `devheal.io/ReplaceAtCheckpoint` (the controller wants this gang member to write its checkpoint
 //! and exit with that code, so that only it is replaced: `docs/policy.md`, "Replacing a slow
-//! member"); 400
+//! member), and `"restartInPlace":{"message":"...","incident":"...","exitCode":76}` while the pod
+//! carries the condition `devheal.io/RestartInPlace` and has not restarted since (the controller
+//! restarts the member's gang and wants this member restarted in place: it exits with that code,
+//! and its pod's container restart rule restarts it on the same node and devices:
+//! `docs/policy.md`, "Restarting a gang in place"); a body with no steps is a poll for these; 400
 //! `{"error":"..."}` naming the field (and step index) for a malformed body; 401 for a bearer
 //! token that is not a pod's projected token for the audience `devheal`; 403 when the request is
 //! not shown to come from the pod (its own IP, or its own token; [`ProgressAuth`]; the same
@@ -496,10 +500,13 @@ async fn progress(
         return answer(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "progress reports are not taken" }));
     };
     // The pod is proven to be itself: it may be told what the controller wants of it.
-    let replace = state
+    let (replace, restart) = state
         .pod_addresses
         .as_ref()
-        .and_then(|a| a.borrow().get(&post.pod).and_then(|p| p.replace_at_checkpoint.clone()));
+        .and_then(|a| {
+            a.borrow().get(&post.pod).map(|p| (p.replace_at_checkpoint.clone(), p.restart_in_place.clone()))
+        })
+        .unwrap_or_default();
     match control.submit(post, wall_now()).await {
         Ok(outcome) => {
             state.metrics.progress_steps(outcome.accepted, outcome.rejected.len());
@@ -513,6 +520,15 @@ async fn progress(
                 body["replaceAtCheckpoint"] = json!({
                     "message": message,
                     "exitCode": devheal_core::pod::REPLACE_EXIT_CODE,
+                });
+            }
+            if let Some(message) = restart {
+                let incident =
+                    devheal_k8s::actuator::in_place_request_of(&message).map(|(i, _)| i.to_string());
+                body["restartInPlace"] = json!({
+                    "message": message,
+                    "incident": incident,
+                    "exitCode": devheal_core::pod::RESTART_IN_PLACE_EXIT_CODE,
                 });
             }
             answer(StatusCode::ACCEPTED, body)

@@ -140,6 +140,11 @@ pub struct PodAddress {
     /// the controller wants this gang member to checkpoint and leave (`docs/policy.md`,
     /// "Replacing a slow member"); its progress reports are answered with it.
     pub replace_at_checkpoint: Option<String>,
+    /// The message of the pod's `devheal.io/RestartInPlace` condition while it is True and the
+    /// pod has not restarted since it was asked (its containers' restart counts add up to no
+    /// more than the count the condition names): the controller wants this gang member to exit
+    /// with the restart-in-place code (`docs/policy.md`, "Restarting a gang in place").
+    pub restart_in_place: Option<String>,
 }
 
 /// Every pod on the node, by namespace and name.
@@ -160,7 +165,28 @@ fn address_of(pod: &Pod) -> PodAddress {
                 })
             })
             .map(|c| c.message.clone().unwrap_or_default()),
+        restart_in_place: pending_in_place(pod),
     }
+}
+
+/// The message of a pod's standing `devheal.io/RestartInPlace` request, unless the pod restarted
+/// since it was made (or the message is not one the controller writes).
+fn pending_in_place(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let condition = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == devheal_k8s::actuator::RESTART_IN_PLACE_CONDITION && c.status == "True")?;
+    let message = condition.message.as_deref()?;
+    let (_, asked_at) = devheal_k8s::actuator::in_place_request_of(message)?;
+    let restarts: u32 = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+        .fold(0, u32::saturating_add);
+    (restarts <= asked_at).then(|| message.to_string())
 }
 
 /// Follow the Pods on `node` and keep `targets` at those that name a progress metric. Runs
@@ -421,6 +447,30 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    /// A restart-in-place request stands until the pod's restart count passes the count it
+    /// was made at: a member restarted as asked is not told again (it would restart forever).
+    #[test]
+    fn a_restart_in_place_request_ends_when_the_pod_restarted() {
+        let message = devheal_k8s::actuator::in_place_message("ml/jobset/llama", "inc-1", 2, "hang");
+        let with = |restart_counts: &[i32], status: &str, message: &str| {
+            let mut p = pod(&[], Some("10.1.2.3"));
+            let s: PodStatus = serde_json::from_value(serde_json::json!({
+                "phase": "Running", "podIP": "10.1.2.3",
+                "conditions": [{"type": "devheal.io/RestartInPlace", "status": status, "message": message}],
+                "containerStatuses": restart_counts.iter().enumerate().map(|(i, n)| serde_json::json!({
+                    "name": format!("c{i}"), "image": "i", "imageID": "", "ready": true, "restartCount": n,
+                })).collect::<Vec<_>>(),
+            }))
+            .expect("a status");
+            p.status = Some(s);
+            address_of(&p).restart_in_place
+        };
+        assert_eq!(with(&[1, 1], "True", &message).as_deref(), Some(message.as_str()));
+        assert_eq!(with(&[2, 1], "True", &message), None, "restarted since");
+        assert_eq!(with(&[1, 1], "False", &message), None);
+        assert_eq!(with(&[0], "True", "restart, please"), None, "not a request the controller wrote");
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn node() -> Node {
         uid: None,
         host_network,
         replace_at_checkpoint: None,
+        restart_in_place: None,
     };
     let (addresses, addresses_rx) = tokio::sync::watch::channel(PodAddresses::from([
         (PodRef::new("ml", "trainer-3"), address("127.0.0.1", false)),
@@ -183,6 +184,26 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
         }
     });
 
+    // The controller restarts the gang and this member in place: a poll (no steps) is told to
+    // exit with the restart-in-place code, naming the incident.
+    node._addresses.send_modify(|a| {
+        if let Some(p) = a.get_mut(&PodRef::new("ml", "trainer-3")) {
+            p.restart_in_place =
+                Some(devheal_k8s::actuator::in_place_message("ml/jobset/llama", "inc-9", 0, "GPU lost"));
+        }
+    });
+    let (code, answer) = post_async(addr, r#"{"namespace":"ml","pod":"trainer-3"}"#.into()).await;
+    assert_eq!(code, 202, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
+    assert_eq!(answer["restartInPlace"]["exitCode"], devheal_core::pod::RESTART_IN_PLACE_EXIT_CODE);
+    assert_eq!(answer["restartInPlace"]["incident"], "inc-9", "{answer}");
+    assert!(answer.get("replaceAtCheckpoint").is_none(), "{answer}");
+    node._addresses.send_modify(|a| {
+        if let Some(p) = a.get_mut(&PodRef::new("ml", "trainer-3")) {
+            p.restart_in_place = None;
+        }
+    });
+
     let w = wait_workload(&mut rx, "a closed window", |_| {}, |w| !w.windows.is_empty()).await;
     assert_eq!(w.reporter, ProgressReporter::Endpoint);
     assert_eq!(w.window_seconds, 1);
@@ -240,7 +261,7 @@ async fn posted_steps_are_published_as_windows_then_a_hang() {
         tokio::task::spawn_blocking(move || http(metrics_addr, "GET", "/metrics")).await.expect("join");
     assert_eq!(code, 200);
     for line in [
-        "devheal_agent_progress_reports_total{code=\"202\"} 3",
+        "devheal_agent_progress_reports_total{code=\"202\"} 4",
         "devheal_agent_progress_reports_total{code=\"404\"} 1",
         "devheal_agent_progress_reports_total{code=\"403\"} 3",
         "devheal_agent_progress_reports_total{code=\"400\"} 2",

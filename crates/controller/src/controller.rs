@@ -750,8 +750,10 @@ impl<A: Actuator + PolicyStatusWriter, L: Leadership, C: Clock> Controller<A, L,
         let label = planned.action.label();
         let outcome = self.actuator.execute(&planned).await;
         self.metrics.action(label, outcome.label());
+        // One interruption per incident: the fallback of an in-place restart is the same one.
         if let (Action::RestartGang { gang, .. }, ActionOutcome::Done | ActionOutcome::WouldDo { .. }) =
             (&planned.action, &outcome)
+            && !planned.idempotency_key.ends_with(devheal_core::IN_PLACE_FALLBACK_SUFFIX)
         {
             self.advice.interrupted(gang, self.clock.now());
         }

@@ -314,6 +314,7 @@ fn trimmed(pod: &PodInfo) -> PodInfo {
         start_time: pod.start_time,
         devices: pod.devices.clone(),
         deletion_requested: pod.deletion_requested,
+        in_place: pod.in_place,
         // Restart counts keep the engine's failure identities stable when the pod is re-sent.
         containers: pod
             .containers

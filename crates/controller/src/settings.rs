@@ -249,6 +249,20 @@ pub static FIELDS: &[Field] = &[
         true,
         "Kernel incidents count as evidence for a pod failure for this long."
     ),
+    safety_field!(
+        "restartInPlace",
+        restart_in_place,
+        Bool,
+        true,
+        "Restart a gang's healthy members in place where their pods' restart rules allow it (exit 76); false: re-create every member."
+    ),
+    safety_field!(
+        "inPlaceRestartDeadline",
+        in_place_restart_deadline,
+        Duration,
+        true,
+        "Members told to restart in place that have not within this long make the gang be re-created (positive)."
+    ),
     Field {
         key: "progress.hangQuorum",
         kind: Kind::Number,

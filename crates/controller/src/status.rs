@@ -297,6 +297,7 @@ mod tests {
                 gang: GangId { namespace: "ml".into(), kind: "jobset".into(), name: "llama".into() },
                 incident: "i".into(),
                 reason: "DeviceFailure: Xid 79".into(),
+                in_place: vec![],
             },
             class: FailureClass::DeviceFailure,
             policy: policy.map(str::to_string),

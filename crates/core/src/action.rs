@@ -54,11 +54,16 @@ pub enum Action {
         pod: PodRef,
         reason: String,
     },
-    /// Restart every member of a gang at once.
+    /// Restart every member of a gang at once: those in `in_place` by telling them to exit with
+    /// [`crate::pod::RESTART_IN_PLACE_EXIT_CODE`] (their pods restart them on the same node and
+    /// devices), every other live member by re-creating its pod.
     RestartGang {
         gang: GangId,
         incident: String,
         reason: String,
+        /// Healthy members whose pods restart in place; empty: every member is re-created.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        in_place: Vec<PodRef>,
     },
     /// Keep new pods off one device.
     QuarantineDevice {
@@ -164,8 +169,11 @@ impl Action {
                 format!("mark {}/{} {condition_type}={reason}", pod.namespace, pod.name)
             }
             Action::EvictPod { pod, .. } => format!("evict {}/{}", pod.namespace, pod.name),
-            Action::RestartGang { gang, incident, .. } => {
+            Action::RestartGang { gang, incident, in_place, .. } if in_place.is_empty() => {
                 format!("restart gang {gang} (incident {incident})")
+            }
+            Action::RestartGang { gang, incident, in_place, .. } => {
+                format!("restart gang {gang} (incident {incident}), {} member(s) in place", in_place.len())
             }
             Action::QuarantineDevice { device, .. } => format!("quarantine device {device}"),
             Action::ReleaseDevice { device, .. } => format!("release device {device}"),

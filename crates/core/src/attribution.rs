@@ -391,6 +391,14 @@ fn judge_container(
             if *exit_code == 0 && reason != "OOMKilled" {
                 continue;
             }
+            if *exit_code == crate::pod::RESTART_IN_PLACE_EXIT_CODE && reason != "OOMKilled" {
+                // The restart-in-place contract: the member left to be restarted in place.
+                c.note(format!(
+                    "{kind} {} exited {exit_code}{when} to be restarted in place (devheal's contract)",
+                    ct.name
+                ));
+                continue;
+            }
             // A previous failure only matters while the container keeps failing or restarting.
             if !when.is_empty() && matches!(ct.state, ContainerState::Running { .. }) && ct.restart_count == 0
             {
@@ -529,6 +537,27 @@ mod tests {
         assert_eq!(v.class, FailureClass::DeviceFailure);
         assert!(v.confidence > 0.9);
         assert_eq!(v.suspect_devices.len(), 1);
+    }
+
+    /// The restart-in-place contract's exit is no failure, before the restart (the container
+    /// terminated, the pod still Running) or after it (its last state); any other exit of a
+    /// restarted container still is.
+    #[test]
+    fn an_exit_to_restart_in_place_is_not_a_failure() {
+        let code = crate::pod::RESTART_IN_PLACE_EXIT_CODE;
+        let mut p = failed_with(code, "Error", "");
+        p.phase = PodPhase::Running;
+        let v = attribute(&p, &[device(Health::Healthy)]);
+        assert!(!v.failing, "{v:?}");
+        assert!(v.evidence.iter().any(|e| e.contains("restarted in place")), "{:?}", v.evidence);
+        p.containers[0].last_state = p.containers[0].state.clone();
+        p.containers[0].state = ContainerState::Running { started_at: None };
+        p.containers[0].restart_count = 1;
+        assert!(!attribute(&p, &[device(Health::Healthy)]).failing);
+        if let ContainerState::Terminated { exit_code, .. } = &mut p.containers[0].last_state {
+            *exit_code = 1;
+        }
+        assert!(attribute(&p, &[device(Health::Healthy)]).failing, "exit 1 and a restart: a failure");
     }
 
     #[test]

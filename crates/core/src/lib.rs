@@ -24,16 +24,17 @@ pub use attribution::{DeviceEvidence, IncidentEvidence, Verdict, attribute};
 pub use catalog::ExitCodeCatalog;
 pub use device::{Device, DeviceHealth, DeviceKey, Health, HealthReason, HealthSource, Vendor};
 pub use engine::{
-    BreakerFailure, BreakerState, DeviceHistory, DurableState, Engine, EngineConfig, GangRestarts, Input,
-    MAX_DURABLE_DEVICES, NodeCordon, NodeRepairs, PolicyDecision, ProgressBreakerState, ProgressRestart,
-    RepairRequest, SafetyState,
+    BreakerFailure, BreakerState, DeviceHistory, DurableState, Engine, EngineConfig, GangRestarts,
+    IN_PLACE_FALLBACK_SUFFIX, Input, MAX_DURABLE_DEVICES, NodeCordon, NodeRepairs, PolicyDecision,
+    ProgressBreakerState, ProgressRestart, RepairRequest, SafetyState,
 };
 pub use gang::gang_of;
 pub use identity::{DeviceId, DraDevice, canonical_key, dra_device, parse_device_id};
 pub use incident::{Attribution, KernelIncident, NetworkFault};
 pub use pod::ResourceHealth;
 pub use pod::{
-    ContainerInfo, ContainerState, FailureClass, GangId, NodeInfo, PodCondition, PodInfo, PodPhase,
+    ContainerInfo, ContainerState, FailureClass, GangId, InPlaceRestart, NodeInfo, PodCondition, PodInfo,
+    PodPhase,
 };
 pub use policy::{FailurePolicy, PolicyRule, RuleAction, SafetySettings, SafetySettingsError};
 pub use time::{Duration, Time};

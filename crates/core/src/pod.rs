@@ -14,6 +14,34 @@ use crate::time::Time;
 /// that member. Any other exit of a marked member is a failure like any other.
 pub const REPLACE_EXIT_CODE: i32 = 75;
 
+/// The exit code of the restart-in-place contract (`docs/policy.md`, "Restarting a gang in
+/// place"): a healthy gang member told to restart in place exits with this code (from its
+/// training container, or from a watcher container), and a container restart rule of its pod
+/// (KEP-5307 `Restart`, KEP-5532 `RestartAllContainers`) makes the kubelet restart it on the
+/// same node and devices. An exit with this code is never judged a failure.
+pub const RESTART_IN_PLACE_EXIT_CODE: i32 = 76;
+
+/// How the kubelet restarts a pod whose container exits with [`RESTART_IN_PLACE_EXIT_CODE`],
+/// as its spec's container restart rules say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InPlaceRestart {
+    /// `action: Restart` (KEP-5307): only the container that exited is restarted.
+    Container,
+    /// `action: RestartAllContainers` (KEP-5532): every container of the pod, init containers
+    /// again first, in the same sandbox with the same devices.
+    AllContainers,
+}
+
+impl InPlaceRestart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InPlaceRestart::Container => "Restart",
+            InPlaceRestart::AllContainers => "RestartAllContainers",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PodPhase {
     #[default]
@@ -108,6 +136,10 @@ pub struct PodInfo {
     pub devices: Vec<DeviceKey>,
     pub start_time: Option<Time>,
     pub deletion_requested: bool,
+    /// The pod's spec restarts it in place when a container exits with
+    /// [`RESTART_IN_PLACE_EXIT_CODE`] (its container restart rules), and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<InPlaceRestart>,
 }
 
 /// A node as the engine needs it.

@@ -318,6 +318,13 @@ pub struct SafetySettings {
     pub degraded_replace_after: Duration,
     /// Kernel incidents count as evidence for a pod failure for this long.
     pub incident_window: Duration,
+    /// Restart a gang's healthy members in place (the restart-in-place contract,
+    /// `docs/policy.md`) where their pods' restart rules allow it; `false`: every member of a
+    /// restarted gang is re-created.
+    pub restart_in_place: bool,
+    /// Members told to restart in place that have not restarted within this long (the kubelet
+    /// shows no container restart) fail the in-place restart: the whole gang is then re-created.
+    pub in_place_restart_deadline: Duration,
 }
 
 impl Default for SafetySettings {
@@ -347,6 +354,8 @@ impl Default for SafetySettings {
             degraded_episodes_to_quarantine: 3,
             degraded_replace_after: Duration::from_mins(20),
             incident_window: Duration::from_mins(15),
+            restart_in_place: true,
+            in_place_restart_deadline: Duration::from_mins(2),
         }
     }
 }
@@ -368,6 +377,7 @@ impl SafetySettings {
             ("breakerWindow", self.breaker_window),
             ("breakerCooldown", self.breaker_cooldown),
             ("progressBreakerWindow", self.progress_breaker_window),
+            ("inPlaceRestartDeadline", self.in_place_restart_deadline),
         ];
         for (field, d) in durations {
             if d <= Duration::ZERO {

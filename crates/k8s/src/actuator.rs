@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `MarkPod` | strategic-merge patch of `pods/status`: one condition, merged by `type` | `DevhealPodMarked` (Warning) | the pod |
 //! | `EvictPod` | `POST pods/{name}/eviction` (policy/v1, UID precondition) | `DevhealEvicted` (Warning); `DevhealEvictionBlocked` (Warning) on the first refusal | the pod |
-//! | `RestartGang` | list the gang's pods, `DELETE` each live one with a UID precondition (LeaderWorkerSet: the group's leader, foreground) | `DevhealGangRestart` (Warning) | the members' controlling owner, else a member pod |
+//! | `RestartGang` | list the gang's pods; condition `devheal.io/RestartInPlace` on each member the action restarts in place whose spec still allows it; `DELETE` each other live one with a UID precondition (LeaderWorkerSet: the group's leader, foreground, unless every member restarts in place) | `DevhealGangRestart` (Warning) | the members' controlling owner, else a member pod |
 //! | `ReplaceAtCheckpoint` | condition `devheal.io/ReplaceAtCheckpoint` on the slow member (as `MarkPod`), for the launcher that sees checkpoints | `DevhealPodMarked` (Warning) | the pod |
 //! | `FailWorkload` | condition `devheal.io/WorkloadFailed` on each live member; for Jobs and JobSets the pod is then deleted | `DevhealWorkloadFailed` (Warning) | as for `RestartGang` |
 //! | `QuarantineDevice` | create a DRA `DeviceTaintRule` (NoSchedule), or a node taint where DRA cannot name the device | `DevhealDeviceQuarantined` (Warning) | the rule, or the node |
@@ -92,6 +92,32 @@ pub const GANG_RESTART_CONDITION: &str = "devheal.io/GangRestart";
 /// Pod condition set on every member of a workload devheal fails, for a Job's
 /// `podFailurePolicy` rule `{action: FailJob, onPodConditions: [{type: devheal.io/WorkloadFailed}]}`.
 pub const WORKLOAD_FAILED_CONDITION: &str = "devheal.io/WorkloadFailed";
+/// Pod condition telling a healthy member of a restarted gang to restart in place: the agent
+/// answers the member's progress reports with `restartInPlace` while it stands and the pod has
+/// not restarted since, and the member exits with
+/// [`devheal_core::pod::RESTART_IN_PLACE_EXIT_CODE`] for its pod's container restart rule
+/// (docs/policy.md, "Restarting a gang in place"). Its message ends with
+/// [`in_place_message`]'s `[incident …, restarts N]`.
+pub const RESTART_IN_PLACE_CONDITION: &str = "devheal.io/RestartInPlace";
+
+/// The message of [`RESTART_IN_PLACE_CONDITION`]: what is asked, then the incident and the pod's
+/// restart count (the sum over its containers) when it was asked, which
+/// [`in_place_request_of`] reads back.
+pub fn in_place_message(gang: &str, incident: &str, restarts: u32, reason: &str) -> String {
+    format!(
+        "devheal restarts gang {gang} in place: exit {} to be restarted on this node and its devices: {reason} [incident {incident}, restarts {restarts}]",
+        devheal_core::pod::RESTART_IN_PLACE_EXIT_CODE
+    )
+}
+
+/// The incident and the restart count an [`in_place_message`] names; `None` for any other text.
+pub fn in_place_request_of(message: &str) -> Option<(&str, u32)> {
+    let tail = message.strip_suffix(']')?;
+    let open = tail.rfind("[incident ")?;
+    let (incident, restarts) = tail[open + "[incident ".len()..].rsplit_once(", restarts ")?;
+    Some((incident, restarts.parse().ok()?))
+}
+
 /// Pod condition asking for a slow gang member to be replaced at the gang's next checkpoint
 /// (`Action::ReplaceAtCheckpoint`). The controller does not see checkpoints: the training
 /// launcher or operator that does acts on the condition (restart from the checkpoint with this
@@ -345,8 +371,8 @@ impl KubeActuator {
                 self.mark_pod(pod, condition_type, reason, message).await
             }
             Action::EvictPod { pod, reason } => self.evict(pod, reason).await,
-            Action::RestartGang { gang, incident, reason } => {
-                self.restart_gang(&planned.idempotency_key, gang, incident, reason).await
+            Action::RestartGang { gang, incident, reason, in_place } => {
+                self.restart_gang(&planned.idempotency_key, gang, incident, reason, in_place).await
             }
             Action::FailWorkload { gang, reason } => self.fail_workload(gang, reason).await,
             Action::ReplaceAtCheckpoint { pod, gang, devices, reason } => {
@@ -440,6 +466,17 @@ impl Actuator for KubeActuator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent reads back what the actuator wrote; a reason with brackets of its own does not
+    /// confuse it, and other text is no request.
+    #[test]
+    fn an_in_place_request_reads_back_its_incident_and_restart_count() {
+        let m = in_place_message("ml/jobset/llama", "hang/ml/jobset/llama/17", 3, "no progress [rank 2]");
+        assert_eq!(in_place_request_of(&m), Some(("hang/ml/jobset/llama/17", 3)));
+        assert!(m.contains("exit 76"), "{m}");
+        assert_eq!(in_place_request_of("restart please"), None);
+        assert_eq!(in_place_request_of("[incident x, restarts many]"), None);
+    }
 
     #[test]
     fn dra_ids_split_and_others_do_not() {

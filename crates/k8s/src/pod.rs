@@ -2,7 +2,8 @@
 
 use devheal_core::pod::ResourceHealth;
 use devheal_core::{
-    ContainerInfo, ContainerState, DeviceKey, Health, PodCondition, PodInfo, PodPhase, Time, canonical_key,
+    ContainerInfo, ContainerState, DeviceKey, Health, InPlaceRestart, PodCondition, PodInfo, PodPhase, Time,
+    canonical_key,
 };
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time as K8sTime;
@@ -80,6 +81,35 @@ fn container_from_k8s(c: &core::ContainerStatus) -> ContainerInfo {
         restart_count: c.restart_count.max(0) as u32,
         allocated_resources_status,
     }
+}
+
+/// How the pod's spec restarts it in place when a container exits with
+/// [`devheal_core::pod::RESTART_IN_PLACE_EXIT_CODE`]: the first of a container's
+/// `restartPolicyRules` (KEP-5307) whose exit codes take that code decides, and
+/// `RestartAllContainers` (KEP-5532) on any container wins over `Restart`. `None` when no
+/// container's rules restart on it (a rule that does nothing for it, or no rules).
+pub fn in_place_restart(spec: &core::PodSpec) -> Option<InPlaceRestart> {
+    let code = devheal_core::pod::RESTART_IN_PLACE_EXIT_CODE;
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    let mut found = None;
+    for c in containers {
+        let first = c.restart_policy_rules.iter().flatten().find(|r| {
+            r.exit_codes.as_ref().is_some_and(|e| {
+                let listed = e.values.iter().flatten().any(|v| *v == code);
+                match e.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    _ => false,
+                }
+            })
+        });
+        match first.map(|r| r.action.as_str()) {
+            Some("RestartAllContainers") => return Some(InPlaceRestart::AllContainers),
+            Some("Restart") => found = Some(InPlaceRestart::Container),
+            _ => {}
+        }
+    }
+    found
 }
 
 /// Convert a Pod. Devices are taken from `allocatedResourcesStatus` (resource name and
@@ -160,6 +190,7 @@ pub fn pod_from_k8s(pod: &core::Pod) -> Result<PodInfo, ConversionError> {
         devices,
         start_time: status.and_then(|s| s.start_time.as_ref()).map(time_from_k8s),
         deletion_requested: meta.deletion_timestamp.is_some(),
+        in_place: spec.and_then(in_place_restart),
     })
 }
 
@@ -182,6 +213,58 @@ mod tests {
 
     fn pod_json(v: serde_json::Value) -> core::Pod {
         serde_json::from_value(v).expect("valid pod")
+    }
+
+    /// The shapes of the 1.34 blog's example (KEP-5307) and of KEP-5532: the first matching rule
+    /// of a container decides, `RestartAllContainers` anywhere wins, `NotIn` counts, and a
+    /// rule for other codes or a pod without rules restarts nothing in place.
+    #[test]
+    fn reads_the_container_restart_rules_for_the_in_place_exit_code() {
+        let with = |containers: serde_json::Value, init: serde_json::Value| {
+            let pod = pod_json(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ml"},
+                "spec": {"restartPolicy": "Never", "containers": containers, "initContainers": init},
+            }));
+            pod_from_k8s(&pod).expect("converts").in_place
+        };
+        let rule = |action: &str, op: &str, values: serde_json::Value| serde_json::json!({"action": action, "exitCodes": {"operator": op, "values": values}});
+        let trainer = |rules: Vec<serde_json::Value>| serde_json::json!({"name": "trainer", "restartPolicy": "Never", "restartPolicyRules": rules});
+        let none = serde_json::json!([]);
+        assert_eq!(with(serde_json::json!([{"name": "trainer"}]), none.clone()), None);
+        assert_eq!(
+            with(
+                serde_json::json!([trainer(vec![rule("Restart", "In", serde_json::json!([42]))])]),
+                none.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            with(
+                serde_json::json!([trainer(vec![rule("Restart", "In", serde_json::json!([76]))])]),
+                none.clone()
+            ),
+            Some(InPlaceRestart::Container)
+        );
+        assert_eq!(
+            with(
+                serde_json::json!([trainer(vec![rule("Restart", "NotIn", serde_json::json!([0]))])]),
+                none.clone()
+            ),
+            Some(InPlaceRestart::Container)
+        );
+        // The first matching rule decides: an earlier rule that matches 76 with another action.
+        let shadowed = trainer(vec![
+            rule("Restart", "NotIn", serde_json::json!([76])),
+            rule("RestartAllContainers", "In", serde_json::json!([1, 76])),
+        ]);
+        assert_eq!(with(serde_json::json!([shadowed]), none.clone()), Some(InPlaceRestart::AllContainers));
+        // A watcher sidecar (an init container that keeps running) asks for the whole pod.
+        let watcher = serde_json::json!([{"name": "devheal-watcher", "restartPolicy": "Always",
+            "restartPolicyRules": [rule("RestartAllContainers", "In", serde_json::json!([76]))]}]);
+        assert_eq!(
+            with(serde_json::json!([trainer(vec![rule("Restart", "In", serde_json::json!([76]))])]), watcher),
+            Some(InPlaceRestart::AllContainers)
+        );
     }
 
     #[test]

@@ -382,8 +382,12 @@ const JOBSET_LIST: &str = "/api/v1/namespaces/ml/pods?labelSelector=jobset.sigs.
 
 #[tokio::test]
 async fn restart_gang_retry_spares_pods_created_since_the_first_attempt() {
-    let restart =
-        Action::RestartGang { gang: gang("jobset", "llama"), incident: "inc-43".into(), reason: "r".into() };
+    let restart = Action::RestartGang {
+        gang: gang("jobset", "llama"),
+        incident: "inc-43".into(),
+        reason: "r".into(),
+        in_place: vec![],
+    };
     let mut recreated = member("llama-w-0", "uid-new", jobset_labels(), "Pending", false);
     recreated["metadata"]["creationTimestamp"] = json!("2026-09-21T14:13:25Z");
     let second_list = json!({"kind": "PodList", "items": [
@@ -712,7 +716,7 @@ async fn a_dry_run_writes_one_event_per_action_and_says_what_it_would_do() {
          "would set condition devheal.io/DeviceFailure=True (reason XidFallenOffBus) on pod ml/llama-w-0 (uid uid-0)".into()),
         (evict(), None, EVENTS_ML, "ml", Some(pod_regarding()), "Evict",
          "would evict pod ml/llama-w-0 (uid uid-0): GPU-1 fell off the bus".into()),
-        (Action::RestartGang { gang: gang("jobset", "llama"), incident: "inc-1".into(), reason: "r".into() },
+        (Action::RestartGang { gang: gang("jobset", "llama"), incident: "inc-1".into(), reason: "r".into(), in_place: vec![] },
          Some(expect("GET", JOBSET_LIST, None, ok(jobset_pods()))), EVENTS_ML, "ml", Some(job_regarding()),
          "RestartGang", "would restart gang ml/jobset/llama by deleting its live pods (incident inc-1): r".into()),
         (Action::FailWorkload { gang: gang("job", "idx"), reason: "r".into() },

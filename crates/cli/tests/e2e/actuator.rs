@@ -273,6 +273,7 @@ async fn gang_restarts_and_failed_workloads_on_the_real_server() {
         gang: gang("jobset", "llama"),
         incident: "inc-42".into(),
         reason: "GPU-1 fell off the bus".into(),
+        in_place: vec![],
     });
     assert_eq!(a.execute(&restart).await, ActionOutcome::Done);
     for name in ["w-0", "w-1"] {
@@ -304,8 +305,12 @@ async fn gang_restarts_and_failed_workloads_on_the_real_server() {
     };
     pod(&scope, "vllm-3", &node, lws("0"), "Running").await;
     pod(&scope, "vllm-3-1", &node, lws("1"), "Running").await;
-    let lws_restart =
-        Action::RestartGang { gang: gang("lws", "vllm/3"), incident: "inc-7".into(), reason: "r".into() };
+    let lws_restart = Action::RestartGang {
+        gang: gang("lws", "vllm/3"),
+        incident: "inc-7".into(),
+        reason: "r".into(),
+        in_place: vec![],
+    };
     // The garbage collector lifts `foregroundDeletion` as soon as it sees no dependents, so the
     // finalizer is looked for in every update a watch of the leader shows, not in one read.
     let foreground = watch_for_foreground_deletion(&scope, "vllm-3").await;
@@ -330,7 +335,12 @@ async fn gang_restarts_and_failed_workloads_on_the_real_server() {
         )
         .await
         .expect("mpi-0 failed");
-    let pg = Action::RestartGang { gang: gang("podgroup", "pg1"), incident: "i".into(), reason: "r".into() };
+    let pg = Action::RestartGang {
+        gang: gang("podgroup", "pg1"),
+        incident: "i".into(),
+        reason: "r".into(),
+        in_place: vec![],
+    };
     assert_eq!(a.execute(&planned(pg)).await, ActionOutcome::Gone);
 
     // FailWorkload of an Indexed Job: each pod marked WorkloadFailed, then deleted.

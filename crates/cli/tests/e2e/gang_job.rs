@@ -123,6 +123,7 @@ async fn gang_failure(scope: &Scope, limits: serde_json::Value) -> (Duration, Jo
         }
     }
 
+    let (stop_count, writes) = count_pod_writes(&pods).await;
     let failed_at = Instant::now();
     kubelets[k].state.lock().unwrap().unhealthy.insert(device.clone());
     agents[k].inject("fail", &device);
@@ -137,6 +138,8 @@ async fn gang_failure(scope: &Scope, limits: serde_json::Value) -> (Duration, Jo
     )
     .await;
     let took = failed_at.elapsed();
+    let _ = stop_count.send(());
+    eprintln!("re-created: {} writes to the namespace's pods", writes.await.unwrap_or(0));
     for p in &second {
         let name = p.metadata.name.clone().unwrap();
         let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();

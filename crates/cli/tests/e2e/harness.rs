@@ -243,6 +243,9 @@ impl Scope {
                          "kernelVersion": "6.1.0", "osImage": "e2e", "containerRuntimeVersion": "fake://1",
                          "kubeletVersion": "v1.37.2", "kubeProxyVersion": "", "operatingSystem": "linux",
                          "architecture": "amd64"},
+            // As a v1.37 kubelet with its default gates declares (KEP-5328): the scheduler
+            // places a pod with a `RestartAllContainers` rule only on such a node.
+            "declaredFeatures": ["RestartAllContainersOnContainerExits"],
         }});
         nodes
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
@@ -887,4 +890,32 @@ pub async fn published_pods(client: &Client, node: &str, device: &str) -> Vec<St
         .and_then(|d| d["pods"].as_array())
         .map(|ps| ps.iter().filter_map(|p| p["name"].as_str().map(str::to_string)).collect())
         .unwrap_or_default()
+}
+
+/// Counts the writes to the namespace's pods (every watch event) from now until `stop`.
+pub async fn count_pod_writes(
+    pods: &Api<Pod>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<usize>) {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{WatchEvent, WatchParams};
+    let rv =
+        pods.list(&ListParams::default()).await.expect("list").metadata.resource_version.unwrap_or_default();
+    let pods = pods.clone();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut n = 0;
+        let Ok(stream) = pods.watch(&WatchParams::default().timeout(290), &rv).await else { return n };
+        let mut stream = stream.boxed();
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return n,
+                e = stream.try_next() => match e {
+                    Ok(Some(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_))) => n += 1,
+                    Ok(Some(_)) => {}
+                    _ => return n,
+                },
+            }
+        }
+    });
+    (stop, task)
 }

@@ -23,6 +23,7 @@ mod agent_path;
 mod dra;
 mod gang_job;
 mod helm;
+mod in_place;
 mod leader;
 mod pdb;
 mod plugin;

@@ -2,7 +2,7 @@
 //! members' later failures until the gang runs again), and replacement of one member at the
 //! next checkpoint. Both kinds of restart pass the budgets in `budgets`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::action::{Action, PlannedAction, RepairKind};
 use crate::device::{DeviceKey, Health};
@@ -19,7 +19,11 @@ const RESTART_SETTLE: Duration = Duration::from_mins(20);
 pub(super) struct OpenRestart {
     pub(super) incident: String,
     pub(super) at: Time,
+    /// Members to be re-created: the restart is over when each is seen re-created.
     pub(super) doomed: BTreeSet<String>,
+    /// Members told to restart in place, with their pods' restart count when told: each is
+    /// done when the count goes up.
+    pub(super) in_place: BTreeMap<String, u32>,
     pub(super) attempt: Option<u64>,
 }
 
@@ -39,6 +43,7 @@ impl Engine {
         if let Some(open) = &gs.open_restart
             && now > open.at
             && !open.doomed.contains(uid)
+            && !open.in_place.contains_key(uid)
         {
             // The restarted gang makes progress again: the incident is over.
             gs.open_restart = None;
@@ -111,7 +116,7 @@ impl Engine {
     }
 
     /// The class a hang is blamed on: the worst device health among the gang's members.
-    fn gang_device_class(&self, g: &GangId) -> FailureClass {
+    pub(super) fn gang_device_class(&self, g: &GangId) -> FailureClass {
         if !self.gangs.contains_key(g) {
             return FailureClass::Application;
         }
@@ -260,12 +265,16 @@ impl Engine {
             self.defer_restart(g, incident, reason, class, cause, now);
             return;
         }
+        let in_place = self.in_place_members(g);
         let Some(gs) = self.gangs.get_mut(g) else { return };
         let attempt = gs.members.iter().filter_map(|uid| self.pods.get(uid).and_then(|p| p.attempt)).max();
+        let doomed =
+            gs.members.iter().filter(|uid| !in_place.iter().any(|(r, _)| &r.uid == *uid)).cloned().collect();
         gs.open_restart = Some(OpenRestart {
             incident: incident.to_string(),
             at: now,
-            doomed: gs.members.clone(),
+            doomed,
+            in_place: in_place.iter().map(|(r, restarts)| (r.uid.clone(), *restarts)).collect(),
             attempt,
         });
         gs.last_progress = None;
@@ -275,6 +284,7 @@ impl Engine {
             gang: g.clone(),
             incident: incident.to_string(),
             reason: reason.to_string(),
+            in_place: in_place.into_iter().map(|(r, _)| r).collect(),
         };
         if self.emit(out, key, action, class, now) && cause == Cause::Progress {
             self.planned_progress_restart(&g.namespace, now, out);
@@ -284,6 +294,7 @@ impl Engine {
     /// Open restarts settle (the gang made progress, or `RESTART_SETTLE` passed); gangs silent
     /// for `hang_timeout` are hung.
     pub(super) fn tick_gangs(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
+        self.in_place_fallbacks(now, out);
         let hang_timeout = self.config.safety.hang_timeout;
         let settled: Vec<GangId> = self
             .restarting

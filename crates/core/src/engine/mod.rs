@@ -8,7 +8,9 @@
 //! What it guarantees (checked by the property tests in `tests/engine_properties.rs` and
 //! `tests/restart_budgets.rs`):
 //! - one gang restart per incident, however many members fail or are reported afterwards; the
-//!   restart is planned the moment a member's device fails, not when the others time out;
+//!   restart is planned the moment a member's device fails, not when the others time out; its
+//!   healthy members whose pods allow it restart in place, and only when they have not restarted
+//!   within `in_place_restart_deadline` is the gang re-created, once more for that incident;
 //! - `Unknown` health and stale input (an earlier boot, evidence older than the device's last
 //!   recovery) never cause an action;
 //! - budgets (nodes quarantined at once, evictions per minute, gang restarts and member
@@ -37,6 +39,8 @@
 //! - `pods`: the lean pod index, pod updates and deletions, evictions;
 //! - `decide`: the policy applied to one pod's failure;
 //! - `gangs`: progress, hangs, gang restarts, replacement at a checkpoint;
+//! - `in_place`: which members of a restarted gang restart in place, and the fallback to
+//!   re-creating the gang when they do not;
 //! - `deferred`: restarts held or refused, retried when the hold ends;
 //! - `budgets`: the hourly restart budgets (gang, namespace, cluster) both kinds of restart pass;
 //! - `progress_breaker`: the hold on restarts caused by progress reports alone;
@@ -47,6 +51,10 @@
 //! - `durable`: the state a new process restores (budgets' hour, repeat offenders, cordons,
 //!   breakers, repair requests).
 
+/// The end of the idempotency key of the `RestartGang` that re-creates a gang whose members did
+/// not restart in place (`in_place`): the same incident as the restart before it.
+pub const IN_PLACE_FALLBACK_SUFFIX: &str = "/in-place-timeout";
+
 mod breaker;
 mod budgets;
 mod decide;
@@ -54,6 +62,7 @@ mod deferred;
 mod devices;
 mod durable;
 mod gangs;
+mod in_place;
 mod network;
 mod nodes;
 mod pods;

@@ -7,7 +7,7 @@ use crate::action::{Action, PlannedAction, PodRef};
 use crate::device::{DeviceKey, Health, HealthReason};
 use crate::gang::{gang_of, restart_attempt};
 use crate::identity::canonical_key;
-use crate::pod::{FailureClass, GangId, PodInfo, PodPhase};
+use crate::pod::{FailureClass, GangId, InPlaceRestart, PodInfo, PodPhase};
 use crate::time::{Duration, Time};
 
 use super::Engine;
@@ -28,6 +28,7 @@ pub(super) struct LeanPod {
     pub(super) phase: PodPhase,
     pub(super) devices: Vec<DeviceKey>,
     pub(super) start_time: Option<Time>,
+    pub(super) in_place: Option<InPlaceRestart>,
 }
 
 impl LeanPod {
@@ -42,6 +43,7 @@ impl LeanPod {
             phase: self.phase,
             devices: self.devices.clone(),
             start_time: self.start_time,
+            in_place: self.in_place,
             ..PodInfo::default()
         }
     }
@@ -104,6 +106,7 @@ impl Engine {
             phase: pod.phase,
             devices: pod.devices.clone(),
             start_time: pod.start_time,
+            in_place: pod.in_place,
         }
     }
 
@@ -124,6 +127,7 @@ impl Engine {
             let Some(p) = self.pods.get_mut(&uid) else { return };
             p.info.phase = pod.phase;
             p.info.start_time = pod.start_time;
+            p.info.in_place = pod.in_place;
             p.restarts = pod.containers.iter().map(|c| c.restart_count).sum();
             p.attempt = restart_attempt(&pod);
             prune_decided(&mut p.decided, &uid, p.restarts);
@@ -161,6 +165,23 @@ impl Engine {
             if !gs.members.contains(&uid) {
                 gs.members.insert(uid.clone());
             }
+            let restarts: u32 = pod.containers.iter().map(|c| c.restart_count).sum();
+            if let Some(open) = &mut gs.open_restart
+                && let Some(before) = open.in_place.get(&uid).copied()
+            {
+                if restarts > before {
+                    // The kubelet restarted it in place, as it was told.
+                    open.in_place.remove(&uid);
+                    if open.doomed.is_empty() && open.in_place.is_empty() {
+                        gs.open_restart = None;
+                        self.restarting.remove(g);
+                    }
+                } else {
+                    // Told to restart in place and not yet restarted: what it shows meanwhile
+                    // (its exit with the contract's code, a hang) is part of the incident.
+                    absorbed = true;
+                }
+            }
             if let Some(open) = &mut gs.open_restart
                 && open.doomed.contains(&uid)
             {
@@ -168,7 +189,7 @@ impl Engine {
                     || restart_attempt(&pod).zip(open.attempt).is_some_and(|(a, b)| a > b);
                 if new_incarnation {
                     open.doomed.remove(&uid);
-                    if open.doomed.is_empty() {
+                    if open.doomed.is_empty() && open.in_place.is_empty() {
                         gs.open_restart = None;
                         self.restarting.remove(g);
                     }
@@ -264,7 +285,8 @@ impl Engine {
         {
             if let Some(open) = &mut gs.open_restart {
                 open.doomed.remove(uid);
-                if open.doomed.is_empty() {
+                open.in_place.remove(uid);
+                if open.doomed.is_empty() && open.in_place.is_empty() {
                     gs.open_restart = None;
                     self.restarting.remove(g);
                 }

@@ -7,9 +7,9 @@ use devheal_core::{Action, PlannedAction};
 use super::events::EventSpec;
 use super::{
     ActuatorConfig, DRY_RUN_MEMORY_NS, DRY_RUN_REASON, DeviceTaintRuleSupport, KubeActuator, REPAIR_LABEL,
-    REPAIR_REQUESTED_CONDITION, REPLACE_AT_CHECKPOINT_CONDITION, UNHEALTHY_TAINT, WORKLOAD_FAILED_CONDITION,
-    camel_static, device_taint_rule_name, dra_device, node_quarantine_taint_key, node_regarding,
-    owner_regarding,
+    REPAIR_REQUESTED_CONDITION, REPLACE_AT_CHECKPOINT_CONDITION, RESTART_IN_PLACE_CONDITION, UNHEALTHY_TAINT,
+    WORKLOAD_FAILED_CONDITION, camel_static, device_taint_rule_name, dra_device, node_quarantine_taint_key,
+    node_regarding, owner_regarding,
 };
 
 impl KubeActuator {
@@ -90,8 +90,15 @@ pub(super) fn would_do(action: &Action, config: &ActuatorConfig) -> String {
         Action::EvictPod { pod, reason } => {
             format!("would evict pod {}/{} (uid {}): {reason}", pod.namespace, pod.name, pod.uid)
         }
-        Action::RestartGang { gang, incident, reason } => {
+        Action::RestartGang { gang, incident, reason, in_place } if in_place.is_empty() => {
             format!("would restart gang {gang} by deleting its live pods (incident {incident}): {reason}")
+        }
+        Action::RestartGang { gang, incident, reason, in_place } => {
+            let names: Vec<String> = in_place.iter().map(|p| p.name.clone()).collect();
+            format!(
+                "would restart gang {gang} (incident {incident}): {} in place by condition {RESTART_IN_PLACE_CONDITION}, deleting its other live pods: {reason}",
+                names.join(", ")
+            )
         }
         Action::FailWorkload { gang, reason } => {
             format!("would fail workload {gang}, marking its pods {WORKLOAD_FAILED_CONDITION}: {reason}")

@@ -106,6 +106,7 @@ impl KubeActuator {
         gang: &GangId,
         incident: &str,
         reason: &str,
+        in_place: &[PodRef],
     ) -> Carried {
         let now = self.now();
         // `Some(first attempt)` when this is a retry of a restart that did not complete.
@@ -137,7 +138,12 @@ impl KubeActuator {
             self.settle(&backoff_key);
             return Carried::quiet(ActionOutcome::Gone);
         }
-        let leaders: Vec<&Value> = if gang.kind == "lws" {
+        // Members the engine restarts in place, if their spec (as listed now) still allows it.
+        let (stay, go): (Vec<&Value>, Vec<&Value>) = members.iter().partition(|p| {
+            let uid = p["metadata"]["uid"].as_str().unwrap_or("");
+            in_place.iter().any(|r| r.uid == uid) && restarts_in_place(p)
+        });
+        let leaders: Vec<&Value> = if gang.kind == "lws" && !go.is_empty() {
             members
                 .iter()
                 .filter(|p| p["metadata"]["labels"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0")
@@ -145,10 +151,16 @@ impl KubeActuator {
         } else {
             Vec::new()
         };
-        let (targets, foreground): (Vec<&Value>, bool) =
-            if leaders.is_empty() { (members.iter().collect(), false) } else { (leaders, true) };
-        let mark = format!("devheal restarts gang {gang} (incident {incident}): {reason}");
+        // A LeaderWorkerSet group goes as a whole when any member must be re-created.
+        let (stay, targets, foreground): (Vec<&Value>, Vec<&Value>, bool) =
+            if leaders.is_empty() { (stay, go, false) } else { (Vec::new(), leaders, true) };
         let mut stop = None;
+        for pod in &stay {
+            if let Err(s) = self.ask_in_place(pod, gang, incident, reason).await {
+                stop = merge_stop(stop, s);
+            }
+        }
+        let mark = format!("devheal restarts gang {gang} (incident {incident}): {reason}");
         for pod in &targets {
             // Marked first, so the pod ends Failed carrying the condition a podFailurePolicy
             // can ignore.
@@ -176,15 +188,59 @@ impl KubeActuator {
                         regarding,
                         reason: "DevhealGangRestart",
                         action: "RestartGang",
-                        note: format!(
-                            "restarting gang {gang} (incident {incident}): deleted {} of {} pods: {reason}",
-                            targets.len(),
-                            members.len()
-                        ),
+                        note: if stay.is_empty() {
+                            format!(
+                                "restarting gang {gang} (incident {incident}): deleted {} of {} pods: {reason}",
+                                targets.len(),
+                                members.len()
+                            )
+                        } else {
+                            format!(
+                                "restarting gang {gang} (incident {incident}): {} of {} pods restart in place (exit {}), deleted {}: {reason}",
+                                stay.len(),
+                                members.len(),
+                                devheal_core::pod::RESTART_IN_PLACE_EXIT_CODE,
+                                targets.len()
+                            )
+                        },
                         warning: true,
                     },
                 )
             }
+        }
+    }
+
+    /// Tells a member to restart in place: condition [`RESTART_IN_PLACE_CONDITION`] with the
+    /// incident and the pod's restart count now. A member that already carries it for this
+    /// incident (a retry) is left alone, so that a member restarted since is not told twice.
+    async fn ask_in_place(
+        &self,
+        pod: &Value,
+        gang: &GangId,
+        incident: &str,
+        reason: &str,
+    ) -> Result<(), Stop> {
+        let Some(r) = pod_ref(pod) else {
+            return Err(Stop::Failed("a listed pod has no name or uid".into()));
+        };
+        let told = pod["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == RESTART_IN_PLACE_CONDITION
+                    && c["status"] == "True"
+                    && c["message"].as_str().and_then(in_place_request_of).is_some_and(|(i, _)| i == incident)
+            })
+        });
+        if told {
+            return Ok(());
+        }
+        let message = in_place_message(&gang.to_string(), incident, restart_total(pod), reason);
+        match self
+            .patch_pod_condition(&r, RESTART_IN_PLACE_CONDITION, "DevhealRestartInPlace", &message)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(404) || Self::is_replaced_pod(&e) => Ok(()),
+            Err(e) => Err(stop_of(&format!("asking pod {}/{} to restart in place", r.namespace, r.name), &e)),
         }
     }
 
@@ -245,6 +301,23 @@ impl KubeActuator {
             }
         }
     }
+}
+
+/// Whether a listed pod's spec restarts it in place on the contract's exit code.
+fn restarts_in_place(pod: &Value) -> bool {
+    serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(pod["spec"].clone())
+        .ok()
+        .and_then(|spec| crate::pod::in_place_restart(&spec))
+        .is_some()
+}
+
+/// The sum of a listed pod's containers' restart counts.
+pub(super) fn restart_total(pod: &Value) -> u32 {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["restartCount"].as_u64()).sum::<u64>())
+        .unwrap_or(0)
+        .min(u64::from(u32::MAX)) as u32
 }
 
 /// The parts of a listed pod that [`gang_of`] reads.
