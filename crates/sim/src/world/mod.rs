@@ -63,6 +63,9 @@ pub(crate) struct NodeState {
     /// The node's latest straggler episode while it ran a gang member, as the detectors are
     /// scored on it.
     pub episode: Option<detectors::EpisodeMark>,
+    /// How many of its devices an inference replica occupies (kept by `set_occupant`), so a
+    /// search for a free slot skips full nodes without looking at their devices.
+    pub occupied: u8,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -292,6 +295,7 @@ impl<'a, P: Policy> World<'a, P> {
                 held_out_since: None,
                 ticket_open: false,
                 episode: None,
+                occupied: 0,
             })
             .collect();
         let devices = vec![DeviceState::default(); (total * gpn) as usize];
@@ -373,8 +377,8 @@ impl<'a, P: Policy> World<'a, P> {
                 let node = (slot / u64::from(gpn)) as u32;
                 let first = (slot % u64::from(gpn)) as u8;
                 for d in 0..spec.gpus_per_replica {
-                    world.devices[(slot + u64::from(d)) as usize].occupant =
-                        Some((world.services.len() as u16, r));
+                    world
+                        .set_occupant((slot + u64::from(d)) as usize, Some((world.services.len() as u16, r)));
                 }
                 slot += g;
                 replicas.push(Replica {
