@@ -550,10 +550,7 @@ impl<'a, P: Policy> World<'a, P> {
                     }
                 }
             }
-            Event::NodeTicket { node } => {
-                self.nodes[node as usize].ticket_open = false;
-                self.ticket_now(node);
-            }
+            Event::NodeTicket { node } => self.ticket_due(node),
             Event::RepairDone { node, token } => {
                 if self.nodes[node as usize].repair_token == token {
                     self.repair_done(node);

@@ -178,6 +178,21 @@ impl<P: Policy> World<'_, P> {
         self.queue.push(self.now + delay, Event::NodeTicket { node });
     }
 
+    /// A person takes a node from the ticket queue (a strategy handed it over, or a repair did
+    /// not fix it) and sends it for the repair its fault needs. A node with nothing to repair (a
+    /// false alarm, or a fault gone by then) passes the person's checks and is uncordoned: it
+    /// would otherwise stay out of service for the rest of the run.
+    pub(super) fn ticket_due(&mut self, node: u32) {
+        self.nodes[node as usize].ticket_open = false;
+        self.ticket_now(node);
+        let n = &self.nodes[node as usize];
+        if n.cordoned && n.up && n.in_repair.is_none() && self.node_problem(node, None).is_none() {
+            self.counts.operator_interventions += 1;
+            self.nodes[node as usize].cordoned = false;
+            self.retry_waiting();
+        }
+    }
+
     /// A person handles a node: cordon it and send it for the repair its fault needs.
     pub(super) fn ticket_now(&mut self, node: u32) {
         if self.nodes[node as usize].in_repair.is_some() {
