@@ -634,7 +634,8 @@ fn nvsentinel_gets_back_the_nodes_it_escalated_on_a_false_alarm() {
             scope: NoiseScope::Device,
             pool: devheal_sim::noise::NoisePool::Training,
             kernel_lines: vec![
-                "NVRM: Xid (PCI:{pci}): 74, pid={pid}, name=python3, NVLink: fatal error detected on link 6".into(),
+                "NVRM: Xid (PCI:{pci}): 74, pid={pid}, name=python3, NVLink: fatal error detected on link 6"
+                    .into(),
             ],
             recovery_lines: Vec::new(),
             recover_median_s: 0.0,
