@@ -411,10 +411,10 @@ fn the_default_report_matches_the_golden_file_and_the_readme() {
 /// The ranking of the strategies, checked over eight seeds with the 95 % intervals of the
 /// paired differences (not per seed): devheal's ETTR is above kubernetes-default's,
 /// node-health-controller's, job-failure-policy's and nvsentinel-jobset's (each interval above
-/// 0; measured +0.24 ± 0.13 points over nvsentinel-jobset) and below progress-watchdog's
-/// (interval below 0, measured −0.63 ± 0.15 points: with noise and transient bursts devheal's
-/// false quarantines and straggler replacements cost restarts that the watchdog, which only
-/// restarts hung gangs, does not make); the two strongest baselines are above
+/// 0; measured +0.84 ± 0.20 points over nvsentinel-jobset) and level with progress-watchdog's
+/// (measured −0.01 ± 0.10 points, not resolved; checked within ±1.5 points: it was −0.63 ±
+/// 0.15 while every noise Xid 74 quarantined a device and restarted its gang, before the
+/// engine held a lone NVLink error); the two strongest baselines are above
 /// job-failure-policy; among the simpler baselines job-failure-policy is above
 /// node-health-controller, which is now below kubernetes-default (−2.45 ± 0.71 points: with
 /// noise it drains a node for every tenant's Xid and NIC flap, about 1,290 false quarantines a
@@ -431,7 +431,7 @@ fn the_ranking_holds_over_seeds_with_its_intervals() {
         assert!(diff(name).above_zero(), "devheal − {name}: {:?}", diff(name));
     }
     let d = diff("progress-watchdog");
-    assert!(d.high < 0.0 && d.low > -0.015, "devheal − progress-watchdog: {d:?}");
+    assert!(d.high < 0.015 && d.low > -0.015, "devheal − progress-watchdog: {d:?}");
     let ettr =
         |name: &str| report.strategies.iter().find(|s| s.name == name).expect("ran").ettr_by_seed.clone();
     let paired = |a: &str, b: &str| {

@@ -29,7 +29,10 @@
 //!
 //! This file holds the public types, the engine's state and the dispatch of each input; the
 //! rest is split by what it looks after:
-//! - `devices`: inventory, health reports, kernel incidents, a device failing or degrading;
+//! - `devices`: inventory, health reports, kernel incidents, a device failing or degrading (a
+//!   lone NVLink error, Xid 74, is held: the device fails on a second one within 24 h, on a
+//!   fatal NVSwitch SXid on its node, or when a job on it is interrupted within 10 minutes, its
+//!   pod failing or its gang going silent);
 //! - `nodes`: boots and versions, reboots, incidents of a whole node;
 //! - `network`: a node's network fault (dead or flapping NIC links): the node cordoned, gangs
 //!   with a hung or failed member there restarted away from it, the cordon lifted when the
@@ -221,6 +224,9 @@ pub struct Engine {
     /// Every device made Unhealthy or Degraded since the last prune (a superset of those that
     /// are now): a hang is blamed by looking at these, not at every device of a 2,560-pod gang.
     unwell: BTreeSet<DeviceKey>,
+    /// Devices holding a lone NVLink error (`devices::HeldNvlink`): an interrupted job on one
+    /// of them confirms it.
+    held_nvlink: BTreeSet<DeviceKey>,
     /// Quarantined devices that dropped out of their node's inventory (Xid 79, "fallen off the
     /// bus"), with when: they hold no budget while gone and come back quarantined.
     vanished: BTreeMap<DeviceKey, (Time, DeviceState)>,
@@ -290,6 +296,7 @@ impl Engine {
             acting_for: None,
             probation: BTreeSet::new(),
             unwell: BTreeSet::new(),
+            held_nvlink: BTreeSet::new(),
             vanished: BTreeMap::new(),
             departed: BTreeMap::new(),
             replacing: BTreeMap::new(),
