@@ -447,7 +447,7 @@ impl Engine {
     }
 
     /// Once an hour: forget old idempotency keys, incidents, vanished devices, restarts outside
-    /// the budget's hour and gangs with nothing left.
+    /// the budget's hour, gangs with nothing left and lone NVLink errors past their hold.
     fn prune(&mut self, now: Time) {
         if now.since(self.last_prune) >= Duration::from_hours(1) {
             self.last_prune = now;
@@ -478,6 +478,17 @@ impl Engine {
             let devices = &self.devices;
             self.unwell.retain(|k| {
                 devices.get(k).is_some_and(|d| matches!(d.health, Health::Unhealthy | Health::Degraded))
+            });
+            // A lone NVLink error nothing confirmed within its hold was noise.
+            let held_horizon = now - devices::NVLINK_HOLD;
+            let devices = &mut self.devices;
+            self.held_nvlink.retain(|k| {
+                let Some(d) = devices.get_mut(k) else { return false };
+                if d.held_nvlink.as_ref().is_some_and(|h| h.at >= held_horizon) {
+                    return true;
+                }
+                d.held_nvlink = None;
+                false
             });
         }
     }

@@ -190,8 +190,8 @@ impl GangStragglerDetector {
         self.last_judged = Some(window);
         // Only the members reporting this window, by slot (a gang can have thousands of members
         // followed and a few dozen reporting): the last usable summary of a member counts.
-        let mut locations: Vec<(usize, f64)> = Vec::with_capacity(members.len());
-        for (member, summary) in members {
+        let mut reports: Vec<(usize, usize, f64)> = Vec::with_capacity(members.len());
+        for (i, (member, summary)) in members.iter().enumerate() {
             if summary.index != window {
                 continue;
             }
@@ -200,14 +200,18 @@ impl GangStragglerDetector {
                 None => self.members.add(member.clone().into(), MemberState::default()),
             };
             if summary.samples as usize >= self.config.min_samples && summary.location_secs.is_finite() {
-                locations.push((slot, summary.location_secs));
+                reports.push((slot, i, summary.location_secs));
             }
         }
-        // Stable: a member's summaries keep their order, and the last one is kept.
-        locations.sort_by_key(|&(slot, _)| slot);
-        locations.reverse();
-        locations.dedup_by_key(|&mut (slot, _)| slot);
-        locations.reverse();
+        // By slot, and a member's summaries in their order: the last one is kept.
+        reports.sort_unstable_by_key(|&(slot, i, _)| (slot, i));
+        let mut locations: Vec<(usize, f64)> = Vec::with_capacity(reports.len());
+        for (slot, _, location) in reports {
+            if locations.last().is_some_and(|&(last, _)| last == slot) {
+                locations.pop();
+            }
+            locations.push((slot, location));
+        }
         Ok(self.judge(window, &locations))
     }
 
