@@ -69,6 +69,9 @@ pub struct Counts {
     /// Devices or nodes quarantined, drained or cordoned while their hardware was healthy.
     pub false_quarantines: u64,
     pub repairs_reset: u64,
+    /// Resets not carried out: the device stayed held by a process for the agent's whole wait,
+    /// or (devheal's agent) it had had its 3 resets in 24 h.
+    pub resets_refused: u64,
     pub repairs_reboot: u64,
     pub repairs_replace: u64,
     pub operator_interventions: u64,

@@ -669,3 +669,18 @@ fn nvsentinel_gets_back_the_nodes_it_escalated_on_a_false_alarm() {
     assert_eq!(r.gpu_hours_lost.by_cause.capacity_held_out, 0.0, "{:?}", r.gpu_hours_lost);
     assert!(r.ettr > 0.85, "ETTR {}", r.ettr);
 }
+
+/// The reset path under devheal: an Xid 119 (GSP RPC timeout, `gpu_gsp`, which only a reboot
+/// cures in this model) on a gang member's GPU. The engine quarantines the GPU, restarts the gang
+/// away from it and asks for a reset; the agent resets it once the gang's pod has left (never
+/// under a running process), the GPU is still faulty, the agent reports the reset failed, and the
+/// engine asks for a reboot of the node: one reset, one reboot, no person needed.
+#[test]
+fn a_failed_reset_escalates_to_a_reboot_of_the_node() {
+    let (scenario, trace) = hand_made(&[(2, FaultTarget::GangMember { gang: 0, member: 5 }, 1.0)]);
+    assert_eq!(scenario.faults[2].name, "gpu_gsp");
+    let c = simulate_strategy(&scenario, Strategy::Devheal, &trace).counts;
+    assert_eq!((c.repairs_reset, c.resets_refused, c.repairs_reboot), (1, 0, 1), "{c:?}");
+    assert_eq!(c.operator_interventions, 0, "{c:?}");
+    assert_eq!(c.engine_actions_unmapped, 0, "{c:?}");
+}

@@ -78,6 +78,10 @@ pub(crate) struct DeviceState {
     pub resetting: bool,
     pub reset_token: u32,
     pub occupant: Option<(u16, u32)>,
+    /// A reset waiting for the device to be idle: since when.
+    pub reset_waiting: Option<Time>,
+    /// When the device's resets of the last 24 h started (the agent's limit).
+    pub resets: std::collections::VecDeque<Time>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -223,6 +227,11 @@ pub(crate) enum Event<T> {
         node: u32,
         device: u8,
         token: u32,
+    },
+    /// Look again whether a device waiting for its reset is idle.
+    DeviceResetWait {
+        node: u32,
+        device: u8,
     },
     StragglerEnd {
         node: u32,
@@ -556,6 +565,7 @@ impl<'a, P: Policy> World<'a, P> {
                     self.repair_done(node);
                 }
             }
+            Event::DeviceResetWait { node, device } => self.reset_wait(node, device),
             Event::DeviceResetDone { node, device, token } => {
                 let i = self.dev(node, device);
                 if self.devices[i].reset_token == token && self.devices[i].resetting {

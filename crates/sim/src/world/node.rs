@@ -3,9 +3,14 @@
 
 use devheal_core::Duration;
 
-use super::{Event, ReplicaState, World, hours};
+use super::{Event, GangState, ReplicaState, World, hours};
 use crate::scenario::{Manifestation, Persistence, secs};
-use crate::strategy::{Policy, Repair, Signal};
+use crate::strategy::{AGENT_RESETS_PER_DAY, Policy, Repair, Signal};
+
+/// How often the agent looks again whether a device waiting for its reset is idle, and how long
+/// it waits before refusing (`--device-reset-busy-wait`, 300 s).
+const RESET_POLL: Duration = Duration::from_secs(5);
+const RESET_BUSY_WAIT: Duration = Duration::from_secs(300);
 
 impl Repair {
     /// The repair a fault of this persistence needs, if any.
@@ -218,31 +223,74 @@ impl<P: Policy> World<'_, P> {
         }
     }
 
-    /// Reset one device (the engine asked): whatever runs on it dies; the device is back after
-    /// the reset time, fixed if a reset fixes its fault.
+    /// Reset one device (a strategy asked), by the reset path: only once no process holds the
+    /// device (`nvidia-smi --gpu-reset` needs it idle; the agent looks again every 5 s for up to
+    /// 5 minutes, then refuses), and under devheal's agent at most 3 resets of a device in 24 h
+    /// (beyond, it refuses). The device is back after the reset time, fixed if a reset fixes its
+    /// fault; a reset that leaves it faulty has failed (devheal's agent reports it, and the
+    /// engine asks for a reboot of the node).
     pub(crate) fn reset_device(&mut self, node: u32, device: u8) {
+        let i = self.dev(node, device);
+        if self.devices[i].resetting || self.devices[i].reset_waiting.is_some() {
+            return;
+        }
+        if self.mechanics.agent_resets {
+            let day_ago = self.now - Duration::from_hours(24);
+            let resets = &mut self.devices[i].resets;
+            while resets.front().is_some_and(|&t| t <= day_ago) {
+                resets.pop_front();
+            }
+            if resets.len() >= AGENT_RESETS_PER_DAY {
+                self.counts.resets_refused += 1;
+                return;
+            }
+        }
+        self.devices[i].reset_waiting = Some(self.now);
+        self.reset_wait(node, device);
+    }
+
+    /// Whether a process holds the device: a gang member's pod on its node whose gang is not
+    /// waiting for capacity, or a serving replica up or starting on it.
+    fn device_held(&self, node: u32, device: u8) -> bool {
+        let member = self.nodes[node as usize]
+            .gang_member
+            .is_some_and(|(g, _)| !matches!(self.gangs[g as usize].state, GangState::WaitingCapacity { .. }));
+        let replica = self.devices[self.dev(node, device)].occupant.is_some_and(|(s, r)| {
+            matches!(
+                self.services[s as usize].replicas[r as usize].state,
+                ReplicaState::Up | ReplicaState::Starting { .. }
+            )
+        });
+        member || replica
+    }
+
+    /// A reset waiting for its device: start it if the device is idle, look again in 5 s, or
+    /// refuse after 5 minutes of waiting.
+    pub(super) fn reset_wait(&mut self, node: u32, device: u8) {
+        let i = self.dev(node, device);
+        let Some(since) = self.devices[i].reset_waiting else { return };
+        if !self.device_held(node, device) {
+            self.devices[i].reset_waiting = None;
+            self.start_reset(node, device);
+        } else if self.now.since(since) >= RESET_BUSY_WAIT {
+            self.devices[i].reset_waiting = None;
+            self.counts.resets_refused += 1;
+        } else {
+            self.queue.push(self.now + RESET_POLL, Event::DeviceResetWait { node, device });
+        }
+    }
+
+    /// The reset itself, on an idle device.
+    fn start_reset(&mut self, node: u32, device: u8) {
         let now = self.now;
         let i = self.dev(node, device);
-        if self.devices[i].resetting {
-            return;
+        if self.mechanics.agent_resets {
+            self.devices[i].resets.push_back(now);
         }
         self.counts.repairs_reset += 1;
         self.devices[i].resetting = true;
         self.devices[i].reset_token += 1;
         let token = self.devices[i].reset_token;
-        if let Some((g, m)) = self.nodes[node as usize].gang_member
-            && self.gang_is_active(g)
-        {
-            self.gang_fault(g, m, Manifestation::Crash, 0);
-        }
-        if let Some((s, r)) = self.devices[i].occupant {
-            let state = self.services[s as usize].replicas[r as usize].state;
-            if matches!(state, ReplicaState::Up | ReplicaState::Starting { .. }) {
-                self.replica_set_state(s, r, ReplicaState::Down { since: now, collateral: false });
-                let epoch = self.services[s as usize].replicas[r as usize].epoch;
-                self.queue.push(now, Event::ReplicaReschedule { service: s, replica: r, epoch });
-            }
-        }
         let at = now + secs(self.scenario.repair.reset_device_min * 60.0);
         self.queue.push(at, Event::DeviceResetDone { node, device, token });
     }
@@ -335,5 +383,73 @@ mod tests {
         w.release_device(breaks_later); // healthy 1 h → 4 h: 3 GPU-h
         let got = w.fleet_lost.collateral_quarantine;
         assert!((got - 11.0).abs() < 1e-9, "collateral {got} GPU-h, expected 11");
+    }
+
+    /// Run the world's own events up to `until`.
+    fn run_to(w: &mut World<'_, JobFailurePolicy>, until: Time) {
+        while w.queue.peek_time().is_some_and(|t| t <= until) {
+            let Some((at, ev)) = w.queue.pop() else { break };
+            w.now = at;
+            w.on_event(ev);
+        }
+        w.now = until;
+    }
+
+    /// The reset path: a reset waits while a process holds the device and starts once none
+    /// does; one still held after the agent's 5-minute wait is refused; under devheal's agent
+    /// a device gets at most 3 resets in 24 h, the fourth is refused and the next day's runs.
+    #[test]
+    fn a_reset_waits_for_an_idle_device_and_the_agent_resets_a_device_at_most_3_times_a_day() {
+        let scenario = small();
+        let trace = FaultTrace {
+            events: Vec::new(),
+            lemons: vec![false; scenario.total_nodes() as usize],
+            noise: Default::default(),
+            seed: 0,
+        };
+        let mut w = World::new(&scenario, JobFailurePolicy, &trace);
+        let at = |s: i64| Time::ZERO + Duration::from_secs(s);
+        // An inference node's device 0: the first embedder replica's (packed after the chat
+        // replicas, which take whole nodes).
+        let (node, device) = (0..scenario.total_nodes())
+            .flat_map(|n| (0..8u8).map(move |d| (n, d)))
+            .find(|&(n, d)| w.devices[w.dev(n, d)].occupant.is_some_and(|(s, _)| s == 1))
+            .expect("an embedder replica");
+        let i = w.dev(node, device);
+        let (s, r) = w.devices[i].occupant.expect("occupied");
+        w.now = at(100);
+        w.reset_device(node, device);
+        assert!(!w.devices[i].resetting && w.devices[i].reset_waiting.is_some(), "held: it waits");
+        run_to(&mut w, at(160));
+        assert!(!w.devices[i].resetting, "still held a minute later");
+        // The device quarantined, the replica moves away: the next look finds it idle.
+        w.quarantine_device(i);
+        w.replica_reschedule(s, r);
+        assert_ne!(w.devices[i].occupant, Some((s, r)));
+        run_to(&mut w, at(170));
+        assert!(w.devices[i].resetting, "idle: the reset runs");
+        assert_eq!((w.counts.repairs_reset, w.counts.resets_refused), (1, 0));
+        run_to(&mut w, at(3600));
+        assert!(!w.devices[i].resetting, "done after the reset time");
+        // A device held for the whole wait is refused.
+        let j = (0..8u8)
+            .map(|d| w.dev(node, d))
+            .find(|&j| j != i && w.devices[j].occupant.is_some())
+            .expect("another replica on the node");
+        let held = (j - w.dev(node, 0)) as u8;
+        w.reset_device(node, held);
+        run_to(&mut w, at(3600 + 301));
+        assert!(!w.devices[j].resetting && w.devices[j].reset_waiting.is_none());
+        assert_eq!((w.counts.repairs_reset, w.counts.resets_refused), (1, 1));
+        // devheal's agent: 3 resets of a device in 24 h, then refused until a day has passed.
+        w.mechanics.agent_resets = true;
+        for k in 0..4 {
+            w.reset_device(node, device);
+            run_to(&mut w, at(4000 + 600 * (k + 1)));
+        }
+        assert_eq!((w.counts.repairs_reset, w.counts.resets_refused), (4, 2), "the 4th is refused");
+        run_to(&mut w, at(4000 + 600 + 86_400));
+        w.reset_device(node, device);
+        assert!(w.devices[i].resetting, "a day after the first of the three, it runs again");
     }
 }
