@@ -133,6 +133,9 @@ impl<P: Policy> World<'_, P> {
                 let i = self.dev(node, device);
                 if self.devices[i].quarantined.is_none() {
                     self.counts.device_quarantines += 1;
+                    if !self.scenario.cluster.dra && !self.node_tainted(node) {
+                        self.counts.node_taints += 1;
+                    }
                     if self.devices[i].fault.is_none() && self.nodes[node as usize].host_fault.is_none() {
                         self.counts.false_quarantines += 1;
                     }

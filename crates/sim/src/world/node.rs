@@ -295,6 +295,11 @@ impl<P: Policy> World<'_, P> {
         self.queue.push(at, Event::DeviceResetDone { node, device, token });
     }
 
+    /// Without DRA, a node with a quarantined device is tainted: no new pod lands on it.
+    pub(crate) fn node_tainted(&self, node: u32) -> bool {
+        (0..self.gpn as u8).any(|d| self.devices[self.dev(node, d)].quarantined.is_some())
+    }
+
     /// Quarantine device `i` (the engine asked). Only the time it is healthy while quarantined
     /// is collateral.
     pub(crate) fn quarantine_device(&mut self, i: usize) {
@@ -334,6 +339,7 @@ mod tests {
     use super::super::ActiveFault;
     use super::*;
     use crate::scenario::Scenario;
+    use crate::strategy::Command;
     use crate::strategy::job_failure_policy::JobFailurePolicy;
     use crate::trace::{FaultTarget, FaultTrace};
     use devheal_core::Time;
@@ -451,5 +457,33 @@ mod tests {
         run_to(&mut w, at(4000 + 600 + 86_400));
         w.reset_device(node, device);
         assert!(w.devices[i].resetting, "a day after the first of the three, it runs again");
+    }
+
+    /// Without DRA a quarantined GPU taints its node: a replica looking for a slot skips the
+    /// node's free GPUs; with DRA only the quarantined GPU is kept from it.
+    #[test]
+    fn without_dra_a_quarantined_gpu_takes_its_node_out_of_scheduling() {
+        for dra in [false, true] {
+            let mut scenario = small();
+            scenario.cluster.dra = dra;
+            let trace = FaultTrace {
+                events: Vec::new(),
+                lemons: vec![false; scenario.total_nodes() as usize],
+                noise: Default::default(),
+                seed: 0,
+            };
+            let mut w = World::new(&scenario, JobFailurePolicy, &trace);
+            // The first slot a one-GPU replica would get, and another GPU of that node.
+            let (node, first) = w.find_replica_slot(1).expect("free capacity");
+            let other = (0..8u8).find(|&d| d != first).expect("eight GPUs");
+            w.apply(Command::QuarantineDevice { node, device: other });
+            assert_eq!(w.counts.node_taints, u64::from(!dra));
+            let slot = w.find_replica_slot(1);
+            if dra {
+                assert_eq!(slot, Some((node, first)), "only the quarantined GPU is kept off");
+            } else {
+                assert!(slot.is_none_or(|(n, _)| n != node), "the node is tainted: {slot:?}");
+            }
+        }
     }
 }

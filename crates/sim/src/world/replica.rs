@@ -169,6 +169,9 @@ impl<P: Policy> World<'_, P> {
             if !n.up || n.in_repair.is_some() || n.cordoned || u32::from(n.occupied) + gpus > self.gpn {
                 continue;
             }
+            if !self.scenario.cluster.dra && self.node_tainted(node) {
+                continue;
+            }
             let mut first = 0u32;
             while first + gpus <= self.gpn {
                 let ok = (first..first + gpus).all(|d| {
