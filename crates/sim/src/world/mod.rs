@@ -78,10 +78,6 @@ pub(crate) struct DeviceState {
     pub resetting: bool,
     pub reset_token: u32,
     pub occupant: Option<(u16, u32)>,
-    /// A reset waiting for the device to be idle: since when.
-    pub reset_waiting: Option<Time>,
-    /// When the device's resets of the last 24 h started (the agent's limit).
-    pub resets: std::collections::VecDeque<Time>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -275,6 +271,11 @@ pub(crate) struct World<'a, P: Policy> {
     pub(crate) interruptions_by_class: Vec<u64>,
     /// Nodes that are down, under repair, or carry an active fault: what a restart can trip on.
     pub(crate) broken: BTreeSet<u32>,
+    /// Resets waiting for their device to be idle, by device index: since when (kept beside
+    /// the devices, not in them: few devices ever have one, and every placement reads them).
+    pub(crate) reset_waiting: BTreeMap<usize, Time>,
+    /// When each device's resets of the last 24 h started (devheal's agent's limit).
+    pub(crate) agent_resets: BTreeMap<usize, std::collections::VecDeque<Time>>,
     /// devheal's detectors, scored (by [`crate::strategy::Detector`]).
     pub(crate) detectors: [detectors::Tally; 3],
 }
@@ -327,6 +328,8 @@ impl<'a, P: Policy> World<'a, P> {
             trace_events: 0,
             interruptions_by_class: vec![0; scenario.faults.len()],
             broken: BTreeSet::new(),
+            reset_waiting: BTreeMap::new(),
+            agent_resets: BTreeMap::new(),
             detectors: Default::default(),
         };
         let mut next_node = 0u32;

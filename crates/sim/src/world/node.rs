@@ -231,12 +231,12 @@ impl<P: Policy> World<'_, P> {
     /// engine asks for a reboot of the node).
     pub(crate) fn reset_device(&mut self, node: u32, device: u8) {
         let i = self.dev(node, device);
-        if self.devices[i].resetting || self.devices[i].reset_waiting.is_some() {
+        if self.devices[i].resetting || self.reset_waiting.contains_key(&i) {
             return;
         }
         if self.mechanics.agent_resets {
             let day_ago = self.now - Duration::from_hours(24);
-            let resets = &mut self.devices[i].resets;
+            let resets = self.agent_resets.entry(i).or_default();
             while resets.front().is_some_and(|&t| t <= day_ago) {
                 resets.pop_front();
             }
@@ -245,7 +245,7 @@ impl<P: Policy> World<'_, P> {
                 return;
             }
         }
-        self.devices[i].reset_waiting = Some(self.now);
+        self.reset_waiting.insert(i, self.now);
         self.reset_wait(node, device);
     }
 
@@ -268,12 +268,12 @@ impl<P: Policy> World<'_, P> {
     /// refuse after 5 minutes of waiting.
     pub(super) fn reset_wait(&mut self, node: u32, device: u8) {
         let i = self.dev(node, device);
-        let Some(since) = self.devices[i].reset_waiting else { return };
+        let Some(&since) = self.reset_waiting.get(&i) else { return };
         if !self.device_held(node, device) {
-            self.devices[i].reset_waiting = None;
+            self.reset_waiting.remove(&i);
             self.start_reset(node, device);
         } else if self.now.since(since) >= RESET_BUSY_WAIT {
-            self.devices[i].reset_waiting = None;
+            self.reset_waiting.remove(&i);
             self.counts.resets_refused += 1;
         } else {
             self.queue.push(self.now + RESET_POLL, Event::DeviceResetWait { node, device });
@@ -285,7 +285,7 @@ impl<P: Policy> World<'_, P> {
         let now = self.now;
         let i = self.dev(node, device);
         if self.mechanics.agent_resets {
-            self.devices[i].resets.push_back(now);
+            self.agent_resets.entry(i).or_default().push_back(now);
         }
         self.counts.repairs_reset += 1;
         self.devices[i].resetting = true;
@@ -425,7 +425,7 @@ mod tests {
         let (s, r) = w.devices[i].occupant.expect("occupied");
         w.now = at(100);
         w.reset_device(node, device);
-        assert!(!w.devices[i].resetting && w.devices[i].reset_waiting.is_some(), "held: it waits");
+        assert!(!w.devices[i].resetting && w.reset_waiting.contains_key(&i), "held: it waits");
         run_to(&mut w, at(160));
         assert!(!w.devices[i].resetting, "still held a minute later");
         // The device quarantined, the replica moves away: the next look finds it idle.
@@ -445,7 +445,7 @@ mod tests {
         let held = (j - w.dev(node, 0)) as u8;
         w.reset_device(node, held);
         run_to(&mut w, at(3600 + 301));
-        assert!(!w.devices[j].resetting && w.devices[j].reset_waiting.is_none());
+        assert!(!w.devices[j].resetting && !w.reset_waiting.contains_key(&j));
         assert_eq!((w.counts.repairs_reset, w.counts.resets_refused), (1, 1));
         // devheal's agent: 3 resets of a device in 24 h, then refused until a day has passed.
         w.mechanics.agent_resets = true;
