@@ -7,7 +7,9 @@
 //! - the default scenario (`llama3-16k`, every strategy) wall time, target ≤ 10 s;
 //! - the 100,000-GPU, 365-day scenario, target ≤ 60 s.
 //!
-//! Run: `cargo bench -p devheal-sim --bench sim` (add `-- quick` for one repetition).
+//! Run: `cargo bench -p devheal-sim --bench sim` (add `-- quick` for one repetition). Other
+//! arguments select sections by name: `-- quick fleet` runs only the 100,000-GPU year,
+//! `-- throughput llama3` the first two.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -134,9 +136,18 @@ fn event_throughput(reps: usize) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let quick = args.iter().any(|a| a == "quick");
+    let filters: Vec<&String> = args.iter().filter(|a| *a != "quick").collect();
+    let run = |section: &str| filters.is_empty() || filters.iter().any(|f| section.contains(f.as_str()));
     let reps = if quick { 1 } else { 3 };
-    event_throughput(reps);
-    run_scenario("llama3-16k", reps, 10.0);
-    run_scenario("fleet-100k-365d", if quick { 1 } else { 2 }, 60.0);
+    if run("event-throughput") {
+        event_throughput(reps);
+    }
+    if run("llama3-16k") {
+        run_scenario("llama3-16k", reps, 10.0);
+    }
+    if run("fleet-100k-365d") {
+        run_scenario("fleet-100k-365d", if quick { 1 } else { 2 }, 60.0);
+    }
 }

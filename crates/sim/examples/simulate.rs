@@ -1,5 +1,7 @@
 //! Run one bundled scenario and print the table and per-strategy wall times (for profiling
 //! without the CLI): `cargo run --release -p devheal-sim --example simulate -- llama3-16k 1 [STRATEGY] [DAYS]`.
+//! With `DEVHEAL_SIM_DUMP=DIR` set, each strategy's whole report is also written as JSON to
+//! `DIR/STRATEGY.json` (to check that a speed-up changed no result: compare the files).
 
 use std::time::Instant;
 
@@ -39,5 +41,12 @@ fn main() {
             r.ettr,
             r.gpu_hours_lost.total
         );
+        if let Ok(dir) = std::env::var("DEVHEAL_SIM_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("{}.json", s.name()));
+            let json = serde_json::to_string_pretty(&r).unwrap_or_default();
+            if let Err(e) = std::fs::write(&path, json) {
+                eprintln!("{}: {e}", path.display());
+            }
+        }
     }
 }

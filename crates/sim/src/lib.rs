@@ -213,6 +213,7 @@ pub fn simulate_trace_on(
         duration_days: scenario.duration_days,
         gpus: u64::from(scenario.total_nodes()) * u64::from(scenario.cluster.gpus_per_node),
         trace: summary,
+        repair_paths: report::repair_paths(scenario),
         checkpoint_advice: report::CheckpointAdvice::for_devheal(scenario, &reports),
         strategies: reports,
         straggler_detection,

@@ -66,9 +66,15 @@ pub struct Counts {
     pub pod_evictions: u64,
     pub node_drains: u64,
     pub device_quarantines: u64,
+    /// Of those, quarantines that tainted their node (no DRA: the node had no quarantined
+    /// device yet, and now takes no new pods).
+    pub node_taints: u64,
     /// Devices or nodes quarantined, drained or cordoned while their hardware was healthy.
     pub false_quarantines: u64,
     pub repairs_reset: u64,
+    /// Resets not carried out: the device stayed held by a process for the agent's whole wait,
+    /// or (devheal's agent) it had had its 3 resets in 24 h.
+    pub resets_refused: u64,
     pub repairs_reboot: u64,
     pub repairs_replace: u64,
     pub operator_interventions: u64,
@@ -197,6 +203,20 @@ pub struct TraceSummary {
     pub noise: crate::noise::NoiseSummary,
 }
 
+/// The scenario's quarantine and repair paths, as the report states them.
+pub fn repair_paths(scenario: &crate::Scenario) -> String {
+    let quarantine = if scenario.cluster.dra {
+        "a quarantined GPU is kept from the scheduler alone (DRA)"
+    } else {
+        "a quarantined GPU taints its node, which takes no new pods (no DRA: device-plugin GPUs)"
+    };
+    let r = &scenario.repair;
+    format!(
+        "repairs: {quarantine}; GPU reset ({} min, only once no process holds the GPU; devheal's agent: at most 3 a GPU in 24 h, a failed reset asks for a reboot), node reboot ({} min), hardware replacement ({} h)",
+        r.reset_device_min, r.reboot_node_min, r.replace_hardware_h
+    )
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
     pub scenario: String,
@@ -205,6 +225,9 @@ pub struct Report {
     pub duration_days: f64,
     pub gpus: u64,
     pub trace: TraceSummary,
+    /// How a quarantined device is kept from the scheduler in this scenario, and the repair
+    /// paths it has (one sentence, printed under the headline).
+    pub repair_paths: String,
     pub strategies: Vec<StrategyReport>,
     /// devheal with and without its straggler detection, on the same trace.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -509,6 +532,7 @@ impl Report {
         if let Some(line) = self.noise_line() {
             let _ = writeln!(out, "{line}");
         }
+        let _ = writeln!(out, "{}", self.repair_paths);
         let _ = writeln!(out);
         write_table(&mut out, &self.loss_rows());
         let _ = writeln!(out);

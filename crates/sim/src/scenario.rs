@@ -72,6 +72,11 @@ pub struct ClusterSpec {
     /// How many times more often a lemon node faults than an ordinary one.
     #[serde(default = "one")]
     pub lemon_rate_multiplier: f64,
+    /// GPUs are DRA devices (a `DeviceTaintRule` keeps one device from the scheduler). Without
+    /// DRA (the default: GPUs from a device plugin) a quarantined device taints its node, which
+    /// then takes no new pods on any of its GPUs (docs/actuator.md, "quarantine a device").
+    #[serde(default)]
+    pub dra: bool,
 }
 
 fn one() -> f64 {

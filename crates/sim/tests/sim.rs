@@ -411,10 +411,10 @@ fn the_default_report_matches_the_golden_file_and_the_readme() {
 /// The ranking of the strategies, checked over eight seeds with the 95 % intervals of the
 /// paired differences (not per seed): devheal's ETTR is above kubernetes-default's,
 /// node-health-controller's, job-failure-policy's and nvsentinel-jobset's (each interval above
-/// 0; measured +0.24 ± 0.13 points over nvsentinel-jobset) and below progress-watchdog's
-/// (interval below 0, measured −0.63 ± 0.15 points: with noise and transient bursts devheal's
-/// false quarantines and straggler replacements cost restarts that the watchdog, which only
-/// restarts hung gangs, does not make); the two strongest baselines are above
+/// 0; measured +0.84 ± 0.20 points over nvsentinel-jobset) and level with progress-watchdog's
+/// (measured −0.01 ± 0.10 points, not resolved; checked within ±1.5 points: it was −0.63 ±
+/// 0.15 while every noise Xid 74 quarantined a device and restarted its gang, before the
+/// engine held a lone NVLink error); the two strongest baselines are above
 /// job-failure-policy; among the simpler baselines job-failure-policy is above
 /// node-health-controller, which is now below kubernetes-default (−2.45 ± 0.71 points: with
 /// noise it drains a node for every tenant's Xid and NIC flap, about 1,290 false quarantines a
@@ -431,7 +431,7 @@ fn the_ranking_holds_over_seeds_with_its_intervals() {
         assert!(diff(name).above_zero(), "devheal − {name}: {:?}", diff(name));
     }
     let d = diff("progress-watchdog");
-    assert!(d.high < 0.0 && d.low > -0.015, "devheal − progress-watchdog: {d:?}");
+    assert!(d.high < 0.015 && d.low > -0.015, "devheal − progress-watchdog: {d:?}");
     let ettr =
         |name: &str| report.strategies.iter().find(|s| s.name == name).expect("ran").ettr_by_seed.clone();
     let paired = |a: &str, b: &str| {
@@ -614,4 +614,73 @@ fn the_detectors_accuracy_on_the_default_scenario_is_within_its_bounds() {
     assert!((120.0..=300.0).contains(&median), "{:?}", d.straggler);
     let (p, r) = (d.hang.precision.expect("findings"), d.hang.recall.expect("stalls"));
     assert!(p >= 0.7 && r >= 0.4, "{:?}", d.hang);
+}
+
+/// NVSentinel gives Xid 74 `CONTACT_SUPPORT`: cordon, drain, and a person takes the node. When
+/// the line was noise (an NVLink error that recovered) the person finds nothing to repair and
+/// the node goes back into service. Six such lines on six gang members within five hours of a
+/// cluster with four spare nodes: every node comes back and no gang ever waits for capacity.
+/// Before the person returned healthy nodes, each one stayed cordoned for the rest of the run,
+/// the spares ran out, and the 100k-GPU year fell to 25.7 % ETTR (held-out capacity).
+#[test]
+fn nvsentinel_gets_back_the_nodes_it_escalated_on_a_false_alarm() {
+    use devheal_sim::noise::{NoiseKindSpec, NoiseScope, NoiseSpec};
+    let (mut scenario, mut trace) = hand_made(&[]);
+    scenario.noise = Some(NoiseSpec {
+        kinds: vec![NoiseKindSpec {
+            name: "nvlink_retry".into(),
+            source: "test".into(),
+            rate_per_gpu_hour: 0.0,
+            scope: NoiseScope::Device,
+            pool: devheal_sim::noise::NoisePool::Training,
+            kernel_lines: vec![
+                "NVRM: Xid (PCI:{pci}): 74, pid={pid}, name=python3, NVLink: fatal error detected on link 6"
+                    .into(),
+            ],
+            recovery_lines: Vec::new(),
+            recover_median_s: 0.0,
+            recover_sigma: 0.0,
+        }],
+        lost_line_probability: 0.0,
+        late_line_probability: 0.0,
+        late_median_s: 1.0,
+        late_sigma: 0.0,
+        blind_episodes_per_node_hour: 0.0,
+        blind_median_min: 1.0,
+        blind_sigma: 0.0,
+    });
+    trace.events = (0..6u32)
+        .map(|i| TraceEvent {
+            at: Time::ZERO + secs(3600.0 + f64::from(i) * 2400.0),
+            kind: TraceKind::Noise {
+                kind: 0,
+                node: i * 2,
+                device: 3,
+                pid: 4242,
+                recovery: false,
+                lines: Default::default(),
+            },
+        })
+        .collect();
+    let r = simulate_strategy(&scenario, Strategy::NvsentinelJobset, &trace);
+    let c = &r.counts;
+    assert_eq!(c.false_quarantines, 6, "each line cordons a healthy node: {c:?}");
+    assert!(c.operator_interventions >= 6, "a person takes each node: {c:?}");
+    assert_eq!(r.gpu_hours_lost.by_cause.capacity_held_out, 0.0, "{:?}", r.gpu_hours_lost);
+    assert!(r.ettr > 0.85, "ETTR {}", r.ettr);
+}
+
+/// The reset path under devheal: an Xid 119 (GSP RPC timeout, `gpu_gsp`, which only a reboot
+/// cures in this model) on a gang member's GPU. The engine quarantines the GPU, restarts the gang
+/// away from it and asks for a reset; the agent resets it once the gang's pod has left (never
+/// under a running process), the GPU is still faulty, the agent reports the reset failed, and the
+/// engine asks for a reboot of the node: one reset, one reboot, no person needed.
+#[test]
+fn a_failed_reset_escalates_to_a_reboot_of_the_node() {
+    let (scenario, trace) = hand_made(&[(2, FaultTarget::GangMember { gang: 0, member: 5 }, 1.0)]);
+    assert_eq!(scenario.faults[2].name, "gpu_gsp");
+    let c = simulate_strategy(&scenario, Strategy::Devheal, &trace).counts;
+    assert_eq!((c.repairs_reset, c.resets_refused, c.repairs_reboot), (1, 0, 1), "{c:?}");
+    assert_eq!(c.operator_interventions, 0, "{c:?}");
+    assert_eq!(c.engine_actions_unmapped, 0, "{c:?}");
 }

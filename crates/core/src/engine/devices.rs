@@ -9,13 +9,46 @@ use crate::attribution::IncidentEvidence;
 use crate::device::{Device, DeviceKey, Health, HealthReason, HealthSource};
 use crate::incident::{Attribution, KernelIncident};
 use crate::pod::{FailureClass, PodPhase};
-use crate::time::Time;
+use crate::time::{Duration, Time};
 
 use super::Engine;
 use super::nodes::NodeState;
 
 /// Incidents kept per device as attribution evidence.
 const INCIDENTS_PER_DEVICE: usize = 4;
+
+/// How long a lone NVLink error (Xid 74) is held waiting for a second one or for an
+/// interruption of a job on its device (NVSentinel's repeated-Xid rule uses the same 24 h).
+pub(super) const NVLINK_HOLD: Duration = Duration::from_hours(24);
+
+/// How long before a job interruption began a held NVLink error may have come to be paired with
+/// it: a link failure that stops the job prints its Xid 74 as the job stalls, not hours before.
+pub(super) const NVLINK_PAIRING: Duration = Duration::from_mins(10);
+
+/// A lone NVLink error, not yet a failure of its device: NVIDIA's catalog sends Xid 74 to a
+/// register-decode workflow (`WORKFLOW_NVLINK_ERR`), not to a reset, and notes it may be
+/// sympathetic to a failing peer GPU; a link that retried and recovered prints it too.
+/// Held, it is no evidence against the device (a verdict does not see it) and fails nothing.
+#[derive(Clone, Debug)]
+pub(super) struct HeldNvlink {
+    pub(super) evidence: IncidentEvidence,
+    pub(super) action: RepairKind,
+    pub(super) reason: String,
+    pub(super) at: Time,
+}
+
+/// Keep `evidence` among the device's recent incidents.
+fn push_evidence(st: &mut DeviceState, evidence: IncidentEvidence) {
+    st.incidents.push(evidence);
+    if st.incidents.len() > INCIDENTS_PER_DEVICE {
+        st.incidents.remove(0);
+    }
+}
+
+/// A kernel incident that is an NVLink error (Xid 74) seen once.
+fn lone_nvlink(inc: &KernelIncident) -> bool {
+    inc.kind == "nvidia_xid" && inc.code == Some(74) && inc.count < 2
+}
 
 #[derive(Clone, Debug)]
 pub(super) struct DeviceState {
@@ -35,6 +68,8 @@ pub(super) struct DeviceState {
     pub(super) incident_times: VecDeque<Time>,
     /// When each recent Degraded episode began (its `since`).
     pub(super) degraded_episodes: VecDeque<Time>,
+    /// A lone NVLink error waiting for confirmation ([`HeldNvlink`]).
+    pub(super) held_nvlink: Option<HeldNvlink>,
 }
 
 impl DeviceState {
@@ -73,6 +108,7 @@ impl DeviceState {
             recovered_at: Time(i64::MIN),
             incident_times: VecDeque::new(),
             degraded_episodes: VecDeque::new(),
+            held_nvlink: None,
         }
     }
 }
@@ -265,8 +301,15 @@ impl Engine {
             if inc.pci_address.is_none() {
                 self.seen_incidents.insert(inc.id.clone(), now);
                 self.node_incident(inc, now, out);
+            } else if inc.kind == "nvidia_sxid" && inc.health == Health::Unhealthy {
+                // A fatal error of an NVSwitch (not in the GPU inventory) on the node: its GPUs'
+                // held NVLink errors were links failing, not retries.
+                self.seen_incidents.insert(inc.id.clone(), now);
+                let held: Vec<DeviceKey> =
+                    self.held_nvlink.iter().filter(|k| k.node == inc.node).cloned().collect();
+                self.confirm_nvlink(&held, now, now, out);
             }
-            // A PCI address the inventory does not know: nothing to act on.
+            // Otherwise a PCI address the inventory does not know: nothing to act on.
             return;
         };
         let Some(st) = self.devices.get_mut(&key) else { return };
@@ -274,17 +317,30 @@ impl Engine {
             return;
         }
         self.seen_incidents.insert(inc.id.clone(), now);
-        st.incidents.push(IncidentEvidence {
+        let evidence = IncidentEvidence {
             id: inc.id.clone(),
             code: inc.code,
             attribution: inc.attribution,
             health: inc.health,
             summary: inc.summary.clone(),
             last_seen: inc.last_seen,
-        });
-        if st.incidents.len() > INCIDENTS_PER_DEVICE {
-            st.incidents.remove(0);
+        };
+        let reason = format!("{}: {}", inc.kind, inc.summary);
+        if lone_nvlink(&inc) && inc.health == Health::Unhealthy && st.open_incident.is_none() {
+            // The first NVLink error is held: the device fails on a second one within
+            // NVLINK_HOLD, or when a job on it is interrupted (`confirm_nvlink`).
+            match st.held_nvlink.take() {
+                Some(held) if now.since(held.at) <= NVLINK_HOLD => push_evidence(st, held.evidence),
+                _ => {
+                    st.held_nvlink = Some(HeldNvlink { evidence, action: inc.action, reason, at: now });
+                    self.held_nvlink.insert(key);
+                    return;
+                }
+            }
+            self.held_nvlink.remove(&key);
         }
+        let Some(st) = self.devices.get_mut(&key) else { return };
+        push_evidence(st, evidence);
         let device_fault =
             matches!(inc.attribution, Attribution::Device | Attribution::Interconnect | Attribution::Host);
         if !device_fault {
@@ -300,7 +356,6 @@ impl Engine {
                 }
                 st.health = Health::Unhealthy;
                 self.unwell.insert(key.clone());
-                let reason = format!("{}: {}", inc.kind, inc.summary);
                 self.device_failed(&key, inc.id, inc.action, reason, now, out);
             }
             Health::Degraded if st.health == Health::Healthy => {
@@ -310,6 +365,39 @@ impl Engine {
                 self.device_degraded(&key, now, out);
             }
             _ => {}
+        }
+    }
+
+    /// A job on `keys` was interrupted at `began` (a pod failed on one of them, or its gang went
+    /// silent): a held NVLink error on any of them seen from [`NVLINK_PAIRING`] before that on
+    /// now fails its device as it would have at once without the hold. Older ones stay held.
+    pub(super) fn confirm_nvlink<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k DeviceKey>,
+        began: Time,
+        now: Time,
+        out: &mut Vec<PlannedAction>,
+    ) {
+        let keys: Vec<DeviceKey> =
+            keys.into_iter().filter(|k| self.held_nvlink.contains(*k)).cloned().collect();
+        for key in keys {
+            let Some(st) = self.devices.get_mut(&key) else { continue };
+            if st.held_nvlink.as_ref().is_none_or(|h| h.at < began - NVLINK_PAIRING) {
+                continue;
+            }
+            self.held_nvlink.remove(&key);
+            let Some(held) = st.held_nvlink.take() else { continue };
+            if st.open_incident.is_some() {
+                continue;
+            }
+            let incident = held.evidence.id.clone();
+            push_evidence(st, held.evidence);
+            if st.health != Health::Unhealthy {
+                st.since = now;
+            }
+            st.health = Health::Unhealthy;
+            self.unwell.insert(key.clone());
+            self.device_failed(&key, incident, held.action, held.reason, now, out);
         }
     }
 
@@ -401,6 +489,8 @@ impl Engine {
         st.open_incident = None;
         st.recovered_at = now;
         st.incidents.clear();
+        st.held_nvlink = None;
+        self.held_nvlink.remove(key);
         self.pending_devices.remove(key);
         if st.quarantined {
             st.probation_until = Some(now + probation);
@@ -535,6 +625,96 @@ mod tests {
             1
         );
         assert!(e.handle(Input::KernelIncident(inc), t(4)).is_empty(), "replayed incident");
+    }
+
+    /// Xid 74 (NVLink error) on node-0's GPU 0 at `at`, the `n`th on that device.
+    fn nvlink(n: u32, at: i64) -> Input {
+        Input::KernelIncident(KernelIncident {
+            id: format!("node-0/b1/0000:01:00.0/74/{n}"),
+            node: "node-0".into(),
+            boot_id: Some("b1".into()),
+            pci_address: Some("0000:01:00.0".into()),
+            kind: "nvidia_xid".into(),
+            code: Some(74),
+            attribution: Attribution::Interconnect,
+            health: Health::Unhealthy,
+            action: RepairKind::ResetDevice,
+            first_seen: t(at),
+            last_seen: t(at),
+            count: 1,
+            summary: "NVLink error (may be sympathetic to a failing peer GPU)".into(),
+        })
+    }
+
+    /// A lone Xid 74 fails nothing: no quarantine, no restart, and a running pod on the device
+    /// is not judged failing. The device fails, once, on a second Xid 74 within 24 h, on a fatal
+    /// SXid of the node's NVSwitch within 10 minutes, or when a job on it is interrupted within
+    /// 10 minutes (its pod fails, its gang goes silent); an interruption an hour later is not
+    /// paired with it, and a second one after 24 h is again a lone one.
+    #[test]
+    fn a_lone_nvlink_error_is_held_until_repeated_or_a_job_is_interrupted() {
+        let quarantines =
+            |acts: &[PlannedAction]| count(acts, |a| matches!(a, Action::QuarantineDevice { .. }));
+        let restarts = |acts: &[PlannedAction]| count(acts, |a| matches!(a, Action::RestartGang { .. }));
+        let fresh = || {
+            let mut e = engine_with(2);
+            e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+            e.handle(Input::PodUpsert(gang_pod(1, "node-1")), t(1));
+            assert!(e.handle(nvlink(1, 10), t(10)).is_empty(), "a lone Xid 74 fails nothing");
+            let acts = e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(20));
+            assert!(acts.is_empty(), "a running pod on it is not failing: {acts:#?}");
+            assert_eq!(e.verdict(&gang_pod(0, "node-0"), t(20)).class, FailureClass::None);
+            e
+        };
+        // Repeated within 24 h.
+        let mut e = fresh();
+        let acts = e.handle(nvlink(2, 3600), t(3600));
+        assert_eq!((quarantines(&acts), restarts(&acts)), (1, 1), "{acts:#?}");
+        assert!(e.handle(nvlink(3, 3700), t(3700)).is_empty(), "the device already failed");
+        // A fatal SXid of the node's switch.
+        let mut e = fresh();
+        let sxid = |node: &str, at: i64| {
+            Input::KernelIncident(KernelIncident {
+                id: format!("{node}/b1/0000:86:00.0/20034/1"),
+                node: node.into(),
+                boot_id: Some("b1".into()),
+                pci_address: Some("0000:86:00.0".into()),
+                kind: "nvidia_sxid".into(),
+                code: Some(20034),
+                attribution: Attribution::Interconnect,
+                health: Health::Unhealthy,
+                action: RepairKind::ResetDevice,
+                first_seen: t(at),
+                last_seen: t(at),
+                count: 1,
+                summary: "fatal NVSwitch error".into(),
+            })
+        };
+        assert!(e.handle(sxid("node-1", 11), t(11)).is_empty(), "another node's switch");
+        let acts = e.handle(sxid("node-0", 12), t(12));
+        assert_eq!((quarantines(&acts), restarts(&acts)), (1, 1), "{acts:#?}");
+        // Its pod fails.
+        let mut e = fresh();
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 1)), t(60));
+        assert_eq!((quarantines(&acts), restarts(&acts)), (1, 1), "{acts:#?}");
+        // Its gang hangs (a member on another node reported hung).
+        let mut e = fresh();
+        let acts = hung(&mut e, "uid-1", t(30), t(200));
+        assert_eq!((quarantines(&acts), restarts(&acts)), (1, 1), "{acts:#?}");
+        // Its pod fails an hour later: another failure, not the NVLink error's.
+        let mut e = fresh();
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 1)), t(3610));
+        assert_eq!(quarantines(&acts), 0, "{acts:#?}");
+        // Its gang went silent an hour later.
+        let mut e = fresh();
+        let acts = hung(&mut e, "uid-1", t(3610), t(3700));
+        assert_eq!((quarantines(&acts), restarts(&acts)), (0, 1), "{acts:#?}");
+        // A second one after 24 h is held again.
+        let mut e = fresh();
+        let day = 24 * 3600;
+        assert!(e.handle(nvlink(2, 11 + day), t(11 + day)).is_empty());
+        let acts = e.handle(nvlink(3, 12 + day), t(12 + day));
+        assert_eq!(quarantines(&acts), 1, "the third, a second within 24 h of the second: {acts:#?}");
     }
 
     #[test]

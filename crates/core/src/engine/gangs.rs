@@ -88,6 +88,19 @@ impl Engine {
         out: &mut Vec<PlannedAction>,
     ) {
         self.progressing.remove(g);
+        // The hang is the job interruption that confirms a held NVLink error on a member's
+        // device: it fails now, and its gang restart is this one.
+        let held: Vec<DeviceKey> = self
+            .held_nvlink
+            .iter()
+            .filter(|k| {
+                self.devices.get(*k).is_some_and(|d| {
+                    d.pods.iter().any(|uid| self.pods.get(uid).is_some_and(|p| p.gang.as_ref() == Some(g)))
+                })
+            })
+            .cloned()
+            .collect();
+        self.confirm_nvlink(&held, since, now, out);
         let (class, cause) = self.hang_blame(g);
         let reason = match self.gang_network_fault(g) {
             Some((_, _, why)) if class == FailureClass::Infrastructure => format!("{reason}; {why}"),

@@ -31,7 +31,10 @@
 //!
 //! This file holds the public types, the engine's state and the dispatch of each input; the
 //! rest is split by what it looks after:
-//! - `devices`: inventory, health reports, kernel incidents, a device failing or degrading;
+//! - `devices`: inventory, health reports, kernel incidents, a device failing or degrading (a
+//!   lone NVLink error, Xid 74, is held: the device fails on a second one within 24 h, on a
+//!   fatal NVSwitch SXid on its node, or when a job on it is interrupted within 10 minutes, its
+//!   pod failing or its gang going silent);
 //! - `nodes`: boots and versions, reboots, incidents of a whole node;
 //! - `network`: a node's network fault (dead or flapping NIC links): the node cordoned, gangs
 //!   with a hung or failed member there restarted away from it, the cordon lifted when the
@@ -230,6 +233,9 @@ pub struct Engine {
     /// Every device made Unhealthy or Degraded since the last prune (a superset of those that
     /// are now): a hang is blamed by looking at these, not at every device of a 2,560-pod gang.
     unwell: BTreeSet<DeviceKey>,
+    /// Devices holding a lone NVLink error (`devices::HeldNvlink`): an interrupted job on one
+    /// of them confirms it.
+    held_nvlink: BTreeSet<DeviceKey>,
     /// Quarantined devices that dropped out of their node's inventory (Xid 79, "fallen off the
     /// bus"), with when: they hold no budget while gone and come back quarantined.
     vanished: BTreeMap<DeviceKey, (Time, DeviceState)>,
@@ -299,6 +305,7 @@ impl Engine {
             acting_for: None,
             probation: BTreeSet::new(),
             unwell: BTreeSet::new(),
+            held_nvlink: BTreeSet::new(),
             vanished: BTreeMap::new(),
             departed: BTreeMap::new(),
             replacing: BTreeMap::new(),
@@ -449,7 +456,7 @@ impl Engine {
     }
 
     /// Once an hour: forget old idempotency keys, incidents, vanished devices, restarts outside
-    /// the budget's hour and gangs with nothing left.
+    /// the budget's hour, gangs with nothing left and lone NVLink errors past their hold.
     fn prune(&mut self, now: Time) {
         if now.since(self.last_prune) >= Duration::from_hours(1) {
             self.last_prune = now;
@@ -480,6 +487,17 @@ impl Engine {
             let devices = &self.devices;
             self.unwell.retain(|k| {
                 devices.get(k).is_some_and(|d| matches!(d.health, Health::Unhealthy | Health::Degraded))
+            });
+            // A lone NVLink error nothing confirmed within its hold was noise.
+            let held_horizon = now - devices::NVLINK_HOLD;
+            let devices = &mut self.devices;
+            self.held_nvlink.retain(|k| {
+                let Some(d) = devices.get_mut(k) else { return false };
+                if d.held_nvlink.as_ref().is_some_and(|h| h.at >= held_horizon) {
+                    return true;
+                }
+                d.held_nvlink = None;
+                false
             });
         }
     }

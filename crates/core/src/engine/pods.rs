@@ -245,7 +245,13 @@ impl Engine {
         if self.replaced_at_checkpoint(&uid, &pod, now, out) {
             return;
         }
-        let verdict = self.verdict(&pod, now);
+        let mut verdict = self.verdict(&pod, now);
+        if verdict.failing && !self.held_nvlink.is_empty() {
+            // The pod's failure is the job interruption that confirms a held NVLink error on
+            // one of its devices: that device fails now, and the verdict sees it.
+            self.confirm_nvlink(&pod.devices, now, now, out);
+            verdict = self.verdict(&pod, now);
+        }
         // (Not a device's failure, an OOM or a disruption: those are their own.)
         if verdict.failing
             && matches!(

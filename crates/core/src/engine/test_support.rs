@@ -5,7 +5,7 @@ pub(super) use crate::action::{Action, PlannedAction, RepairKind};
 pub(super) use crate::device::{Device, DeviceKey, Health, HealthReason};
 pub(super) use crate::pod::{ContainerInfo, ContainerState, NodeInfo, PodInfo, PodPhase};
 pub(super) use crate::policy::{FailurePolicy, PolicyRule, RuleAction, SafetySettings};
-pub(super) use crate::time::{Duration, Time};
+pub(super) use crate::time::Time;
 
 pub(super) use super::{Engine, EngineConfig, ISSUED_MEMORY, Input};
 

@@ -98,9 +98,15 @@ pub(crate) fn median_in_place(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() || values.iter().any(|v| v.is_nan()) {
         return None;
     }
-    values.sort_unstable_by(f64::total_cmp);
+    // A selection, not a sort: the value at n/2 is the same, and for an even count the one
+    // below it is the largest of the lower part.
     let n = values.len();
-    Some(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+    let (lower, &mut upper, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
+    if n % 2 == 1 {
+        return Some(upper);
+    }
+    let below = lower.iter().copied().max_by(f64::total_cmp)?;
+    Some((below + upper) / 2.0)
 }
 
 /// A robust window location: sorts `values`, drops the lowest and highest quarter (at least one

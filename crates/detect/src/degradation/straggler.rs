@@ -188,8 +188,10 @@ impl GangStragglerDetector {
             });
         }
         self.last_judged = Some(window);
-        let mut locations = vec![None; self.members.len()];
-        for (member, summary) in members {
+        // Only the members reporting this window, by slot (a gang can have thousands of members
+        // followed and a few dozen reporting): the last usable summary of a member counts.
+        let mut reports: Vec<(usize, usize, f64)> = Vec::with_capacity(members.len());
+        for (i, (member, summary)) in members.iter().enumerate() {
             if summary.index != window {
                 continue;
             }
@@ -197,10 +199,18 @@ impl GangStragglerDetector {
                 Some(slot) => slot,
                 None => self.members.add(member.clone().into(), MemberState::default()),
             };
-            locations.resize(self.members.len(), None);
             if summary.samples as usize >= self.config.min_samples && summary.location_secs.is_finite() {
-                locations[slot] = Some(summary.location_secs);
+                reports.push((slot, i, summary.location_secs));
             }
+        }
+        // By slot, and a member's summaries in their order: the last one is kept.
+        reports.sort_unstable_by_key(|&(slot, i, _)| (slot, i));
+        let mut locations: Vec<(usize, f64)> = Vec::with_capacity(reports.len());
+        for (slot, _, location) in reports {
+            if locations.last().is_some_and(|&(last, _)| last == slot) {
+                locations.pop();
+            }
+            locations.push((slot, location));
         }
         Ok(self.judge(window, &locations))
     }
@@ -247,27 +257,29 @@ impl GangStragglerDetector {
 
     fn close_window(&mut self, window: i64) -> Vec<DegradationFinding> {
         let min_samples = self.config.min_samples;
-        let mut medians: Vec<Option<f64>> = Vec::with_capacity(self.members.len());
-        for member in self.members.states_mut() {
+        let mut medians: Vec<(usize, f64)> = Vec::with_capacity(self.members.len());
+        for (slot, member) in self.members.states_mut().enumerate() {
             let m = if member.samples.len() >= min_samples {
                 interquartile_mean_in_place(&mut member.samples)
             } else {
                 None
             };
             member.samples.clear();
-            medians.push(m);
+            if let Some(m) = m {
+                medians.push((slot, m));
+            }
         }
         self.judge(window, &medians)
     }
 
-    /// The judgement of one window, given each member's location (by slot; `None`: no
-    /// evidence this window).
-    fn judge(&mut self, window: i64, medians: &[Option<f64>]) -> Vec<DegradationFinding> {
+    /// The judgement of one window, given the location of each member with evidence this
+    /// window, as (slot, location) in increasing slot order (a member not listed has no evidence).
+    fn judge(&mut self, window: i64, medians: &[(usize, f64)]) -> Vec<DegradationFinding> {
         let cfg = &self.config;
         let window_ns = cfg.window.as_nanos();
         let window_start = Time::from_nanos(window.saturating_mul(window_ns));
         let window_end = Time::from_nanos(window.saturating_add(1).saturating_mul(window_ns));
-        let mut present: Vec<f64> = medians.iter().flatten().copied().collect();
+        let mut present: Vec<f64> = medians.iter().map(|&(_, m)| m).collect();
         let mut findings = Vec::new();
         if present.len() < cfg.min_members {
             return findings;
@@ -282,11 +294,10 @@ impl GangStragglerDetector {
         let mad = median_in_place(&mut present).unwrap_or(0.0);
         let spread = (1.4826 * mad).max(cfg.spread_floor * gang_median);
         let mask = if cfg.of_windows >= 32 { u32::MAX } else { (1u32 << cfg.of_windows) - 1 };
-        for (slot, median) in medians.iter().enumerate() {
+        // A member with too few reports this window (a checkpoint pause, a restart) is not
+        // listed: no evidence either way, so its history is left as it was.
+        for &(slot, m) in medians {
             let (name, member) = self.members.named_mut(slot);
-            // Too few reports this window (a checkpoint pause, a restart): no evidence either
-            // way, so the member's history is left as it was.
-            let Some(m) = *median else { continue };
             let excess = m / gang_median - 1.0;
             let slow = excess >= cfg.relative_threshold && (m - gang_median) >= cfg.mad_k * spread;
             let before = member.history & mask;
@@ -327,7 +338,7 @@ impl GangStragglerDetector {
                         m,
                         gang_median,
                         spreads,
-                        medians.iter().flatten().count(),
+                        medians.len(),
                     ),
                 });
             }

@@ -550,6 +550,7 @@ impl Devheal<'_> {
         }
     }
 
+    /// A device a repair fixed is published Healthy (one still faulty keeps its health).
     fn device_repaired(&mut self, node: u32, device: u8, view: &dyn View, out: &mut Out) {
         if !view.device_faulty(node, device) {
             let key = self.device_key(node, device);
@@ -559,6 +560,19 @@ impl Devheal<'_> {
                 Input::DeviceHealth { device: key, health: Health::Healthy, reasons: Vec::new() },
             );
         }
+    }
+
+    /// A reset the agent carried out is over: a device it fixed is published Healthy; one still
+    /// faulty failed its reset, which the agent answers `Failed` (the controller's
+    /// `Input::DeviceResetFailed`), and the engine asks for a reboot of the node.
+    fn reset_done(&mut self, node: u32, device: u8, view: &dyn View, out: &mut Out) {
+        if !view.device_faulty(node, device) {
+            return self.device_repaired(node, device, view, out);
+        }
+        let device = self.device_key(node, device);
+        let request = format!("sim-reset/{device}/{}", view.now().as_nanos());
+        let message = "the device is still faulty after the reset".to_string();
+        Self::send(out, self.publish, Input::DeviceResetFailed { device, request, message });
     }
 
     /// The agents' hang detectors on rank 0: a gang silent past the timeout is reported to the
@@ -815,7 +829,7 @@ impl Policy for Devheal<'_> {
     }
 
     fn mechanics(&self) -> Mechanics {
-        Mechanics { recreates_pods: true, in_job_restart: false }
+        Mechanics { recreates_pods: true, in_job_restart: false, agent_resets: true }
     }
 
     /// The engine learns the cluster as the controller's first list would show it.
@@ -884,7 +898,7 @@ impl Policy for Devheal<'_> {
                 self.replica_moved(service, replica, old_generation, view, out)
             }
             Signal::NodeRepaired { node } => self.node_repaired(node, view, out),
-            Signal::DeviceRepaired { node, device } => self.device_repaired(node, device, view, out),
+            Signal::DeviceRepaired { node, device } => self.reset_done(node, device, view, out),
         }
     }
 

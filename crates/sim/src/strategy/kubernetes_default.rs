@@ -14,7 +14,7 @@ impl Policy for KubernetesDefault {
     }
 
     fn mechanics(&self) -> Mechanics {
-        Mechanics { recreates_pods: false, in_job_restart: false }
+        Mechanics { recreates_pods: false, in_job_restart: false, agent_resets: false }
     }
 
     fn signal(&mut self, _signal: Signal, _view: &dyn View, _out: &mut Commands<()>) {}

@@ -105,7 +105,14 @@ pub(crate) struct Mechanics {
     /// Restarts happen inside the running pods (the launcher respawns the ranks), so a restart
     /// costs no pod scheduling and start.
     pub in_job_restart: bool,
+    /// Device resets are carried out by devheal's node agent, under its limit: at most
+    /// [`AGENT_RESETS_PER_DAY`] resets of one device in 24 h, beyond which it refuses
+    /// (docs/agent.md, "Device resets"). Every strategy's resets wait for an idle device.
+    pub agent_resets: bool,
 }
+
+/// The node agent's limit on resets of one device within 24 h (`--device-reset-limit`).
+pub(crate) const AGENT_RESETS_PER_DAY: usize = 3;
 
 /// What happened in the world that a strategy may observe. A strategy reads only what the
 /// signal carries and what a real tool could see of it (a fault's kernel lines, NVML signal,

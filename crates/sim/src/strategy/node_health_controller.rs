@@ -30,7 +30,7 @@ impl Policy for NodeHealthController<'_> {
     }
 
     fn mechanics(&self) -> Mechanics {
-        Mechanics { recreates_pods: false, in_job_restart: false }
+        Mechanics { recreates_pods: false, in_job_restart: false, agent_resets: false }
     }
 
     fn signal(&mut self, signal: Signal, view: &dyn View, out: &mut Commands<u32>) {

@@ -246,7 +246,7 @@ impl Policy for NvsentinelJobset<'_> {
     }
 
     fn mechanics(&self) -> Mechanics {
-        Mechanics { recreates_pods: true, in_job_restart: false }
+        Mechanics { recreates_pods: true, in_job_restart: false, agent_resets: false }
     }
 
     fn signal(&mut self, signal: Signal, view: &dyn View, out: &mut Out) {

@@ -109,7 +109,7 @@ impl Policy for ProgressWatchdog<'_> {
     }
 
     fn mechanics(&self) -> Mechanics {
-        Mechanics { recreates_pods: false, in_job_restart: true }
+        Mechanics { recreates_pods: false, in_job_restart: true, agent_resets: false }
     }
 
     fn signal(&mut self, signal: Signal, view: &dyn View, out: &mut Commands<Restart>) {

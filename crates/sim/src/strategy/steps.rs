@@ -186,8 +186,18 @@ impl GangSteps {
             self.watch_until.insert(m, index + keep);
         }
         self.watch_until.retain(|m, until| *until >= index || self.reported.contains(m));
-        let mut watched: BTreeSet<u32> = self.panel.iter().copied().collect();
-        watched.extend(self.watch_until.keys().copied());
+        // The panel and the members watched off it, in increasing order, once each (both lists
+        // are sorted: a merge, not a set built every window).
+        let mut watched: Vec<u32> = Vec::with_capacity(self.panel.len() + self.watch_until.len());
+        let mut extra = self.watch_until.keys().copied().peekable();
+        for &p in &self.panel {
+            while let Some(e) = extra.next_if(|&e| e < p) {
+                watched.push(e);
+            }
+            extra.next_if_eq(&p);
+            watched.push(p);
+        }
+        watched.extend(extra);
         // The share of a window's steps a burst covers; an interquartile mean ignores a quarter
         // on each side, so a burst under a quarter of the window leaves it alone and one over
         // three quarters shows in full.

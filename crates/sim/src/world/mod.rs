@@ -63,6 +63,9 @@ pub(crate) struct NodeState {
     /// The node's latest straggler episode while it ran a gang member, as the detectors are
     /// scored on it.
     pub episode: Option<detectors::EpisodeMark>,
+    /// How many of its devices an inference replica occupies (kept by `set_occupant`), so a
+    /// search for a free slot skips full nodes without looking at their devices.
+    pub occupied: u8,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -221,6 +224,11 @@ pub(crate) enum Event<T> {
         device: u8,
         token: u32,
     },
+    /// Look again whether a device waiting for its reset is idle.
+    DeviceResetWait {
+        node: u32,
+        device: u8,
+    },
     StragglerEnd {
         node: u32,
         token: u32,
@@ -263,6 +271,11 @@ pub(crate) struct World<'a, P: Policy> {
     pub(crate) interruptions_by_class: Vec<u64>,
     /// Nodes that are down, under repair, or carry an active fault: what a restart can trip on.
     pub(crate) broken: BTreeSet<u32>,
+    /// Resets waiting for their device to be idle, by device index: since when (kept beside
+    /// the devices, not in them: few devices ever have one, and every placement reads them).
+    pub(crate) reset_waiting: BTreeMap<usize, Time>,
+    /// When each device's resets of the last 24 h started (devheal's agent's limit).
+    pub(crate) agent_resets: BTreeMap<usize, std::collections::VecDeque<Time>>,
     /// devheal's detectors, scored (by [`crate::strategy::Detector`]).
     pub(crate) detectors: [detectors::Tally; 3],
 }
@@ -292,6 +305,7 @@ impl<'a, P: Policy> World<'a, P> {
                 held_out_since: None,
                 ticket_open: false,
                 episode: None,
+                occupied: 0,
             })
             .collect();
         let devices = vec![DeviceState::default(); (total * gpn) as usize];
@@ -314,6 +328,8 @@ impl<'a, P: Policy> World<'a, P> {
             trace_events: 0,
             interruptions_by_class: vec![0; scenario.faults.len()],
             broken: BTreeSet::new(),
+            reset_waiting: BTreeMap::new(),
+            agent_resets: BTreeMap::new(),
             detectors: Default::default(),
         };
         let mut next_node = 0u32;
@@ -373,8 +389,8 @@ impl<'a, P: Policy> World<'a, P> {
                 let node = (slot / u64::from(gpn)) as u32;
                 let first = (slot % u64::from(gpn)) as u8;
                 for d in 0..spec.gpus_per_replica {
-                    world.devices[(slot + u64::from(d)) as usize].occupant =
-                        Some((world.services.len() as u16, r));
+                    world
+                        .set_occupant((slot + u64::from(d)) as usize, Some((world.services.len() as u16, r)));
                 }
                 slot += g;
                 replicas.push(Replica {
@@ -546,15 +562,13 @@ impl<'a, P: Policy> World<'a, P> {
                     }
                 }
             }
-            Event::NodeTicket { node } => {
-                self.nodes[node as usize].ticket_open = false;
-                self.ticket_now(node);
-            }
+            Event::NodeTicket { node } => self.ticket_due(node),
             Event::RepairDone { node, token } => {
                 if self.nodes[node as usize].repair_token == token {
                     self.repair_done(node);
                 }
             }
+            Event::DeviceResetWait { node, device } => self.reset_wait(node, device),
             Event::DeviceResetDone { node, device, token } => {
                 let i = self.dev(node, device);
                 if self.devices[i].reset_token == token && self.devices[i].resetting {

@@ -3,9 +3,14 @@
 
 use devheal_core::Duration;
 
-use super::{Event, ReplicaState, World, hours};
+use super::{Event, GangState, ReplicaState, World, hours};
 use crate::scenario::{Manifestation, Persistence, secs};
-use crate::strategy::{Policy, Repair, Signal};
+use crate::strategy::{AGENT_RESETS_PER_DAY, Policy, Repair, Signal};
+
+/// How often the agent looks again whether a device waiting for its reset is idle, and how long
+/// it waits before refusing (`--device-reset-busy-wait`, 300 s).
+const RESET_POLL: Duration = Duration::from_secs(5);
+const RESET_BUSY_WAIT: Duration = Duration::from_secs(300);
 
 impl Repair {
     /// The repair a fault of this persistence needs, if any.
@@ -178,6 +183,21 @@ impl<P: Policy> World<'_, P> {
         self.queue.push(self.now + delay, Event::NodeTicket { node });
     }
 
+    /// A person takes a node from the ticket queue (a strategy handed it over, or a repair did
+    /// not fix it) and sends it for the repair its fault needs. A node with nothing to repair (a
+    /// false alarm, or a fault gone by then) passes the person's checks and is uncordoned: it
+    /// would otherwise stay out of service for the rest of the run.
+    pub(super) fn ticket_due(&mut self, node: u32) {
+        self.nodes[node as usize].ticket_open = false;
+        self.ticket_now(node);
+        let n = &self.nodes[node as usize];
+        if n.cordoned && n.up && n.in_repair.is_none() && self.node_problem(node, None).is_none() {
+            self.counts.operator_interventions += 1;
+            self.nodes[node as usize].cordoned = false;
+            self.retry_waiting();
+        }
+    }
+
     /// A person handles a node: cordon it and send it for the repair its fault needs.
     pub(super) fn ticket_now(&mut self, node: u32) {
         if self.nodes[node as usize].in_repair.is_some() {
@@ -203,33 +223,81 @@ impl<P: Policy> World<'_, P> {
         }
     }
 
-    /// Reset one device (the engine asked): whatever runs on it dies; the device is back after
-    /// the reset time, fixed if a reset fixes its fault.
+    /// Reset one device (a strategy asked), by the reset path: only once no process holds the
+    /// device (`nvidia-smi --gpu-reset` needs it idle; the agent looks again every 5 s for up to
+    /// 5 minutes, then refuses), and under devheal's agent at most 3 resets of a device in 24 h
+    /// (beyond, it refuses). The device is back after the reset time, fixed if a reset fixes its
+    /// fault; a reset that leaves it faulty has failed (devheal's agent reports it, and the
+    /// engine asks for a reboot of the node).
     pub(crate) fn reset_device(&mut self, node: u32, device: u8) {
+        let i = self.dev(node, device);
+        if self.devices[i].resetting || self.reset_waiting.contains_key(&i) {
+            return;
+        }
+        if self.mechanics.agent_resets {
+            let day_ago = self.now - Duration::from_hours(24);
+            let resets = self.agent_resets.entry(i).or_default();
+            while resets.front().is_some_and(|&t| t <= day_ago) {
+                resets.pop_front();
+            }
+            if resets.len() >= AGENT_RESETS_PER_DAY {
+                self.counts.resets_refused += 1;
+                return;
+            }
+        }
+        self.reset_waiting.insert(i, self.now);
+        self.reset_wait(node, device);
+    }
+
+    /// Whether a process holds the device: a gang member's pod on its node whose gang is not
+    /// waiting for capacity, or a serving replica up or starting on it.
+    fn device_held(&self, node: u32, device: u8) -> bool {
+        let member = self.nodes[node as usize]
+            .gang_member
+            .is_some_and(|(g, _)| !matches!(self.gangs[g as usize].state, GangState::WaitingCapacity { .. }));
+        let replica = self.devices[self.dev(node, device)].occupant.is_some_and(|(s, r)| {
+            matches!(
+                self.services[s as usize].replicas[r as usize].state,
+                ReplicaState::Up | ReplicaState::Starting { .. }
+            )
+        });
+        member || replica
+    }
+
+    /// A reset waiting for its device: start it if the device is idle, look again in 5 s, or
+    /// refuse after 5 minutes of waiting.
+    pub(super) fn reset_wait(&mut self, node: u32, device: u8) {
+        let i = self.dev(node, device);
+        let Some(&since) = self.reset_waiting.get(&i) else { return };
+        if !self.device_held(node, device) {
+            self.reset_waiting.remove(&i);
+            self.start_reset(node, device);
+        } else if self.now.since(since) >= RESET_BUSY_WAIT {
+            self.reset_waiting.remove(&i);
+            self.counts.resets_refused += 1;
+        } else {
+            self.queue.push(self.now + RESET_POLL, Event::DeviceResetWait { node, device });
+        }
+    }
+
+    /// The reset itself, on an idle device.
+    fn start_reset(&mut self, node: u32, device: u8) {
         let now = self.now;
         let i = self.dev(node, device);
-        if self.devices[i].resetting {
-            return;
+        if self.mechanics.agent_resets {
+            self.agent_resets.entry(i).or_default().push_back(now);
         }
         self.counts.repairs_reset += 1;
         self.devices[i].resetting = true;
         self.devices[i].reset_token += 1;
         let token = self.devices[i].reset_token;
-        if let Some((g, m)) = self.nodes[node as usize].gang_member
-            && self.gang_is_active(g)
-        {
-            self.gang_fault(g, m, Manifestation::Crash, 0);
-        }
-        if let Some((s, r)) = self.devices[i].occupant {
-            let state = self.services[s as usize].replicas[r as usize].state;
-            if matches!(state, ReplicaState::Up | ReplicaState::Starting { .. }) {
-                self.replica_set_state(s, r, ReplicaState::Down { since: now, collateral: false });
-                let epoch = self.services[s as usize].replicas[r as usize].epoch;
-                self.queue.push(now, Event::ReplicaReschedule { service: s, replica: r, epoch });
-            }
-        }
         let at = now + secs(self.scenario.repair.reset_device_min * 60.0);
         self.queue.push(at, Event::DeviceResetDone { node, device, token });
+    }
+
+    /// Without DRA, a node with a quarantined device is tainted: no new pod lands on it.
+    pub(crate) fn node_tainted(&self, node: u32) -> bool {
+        (0..self.gpn as u8).any(|d| self.devices[self.dev(node, d)].quarantined.is_some())
     }
 
     /// Quarantine device `i` (the engine asked). Only the time it is healthy while quarantined
@@ -271,6 +339,7 @@ mod tests {
     use super::super::ActiveFault;
     use super::*;
     use crate::scenario::Scenario;
+    use crate::strategy::Command;
     use crate::strategy::job_failure_policy::JobFailurePolicy;
     use crate::trace::{FaultTarget, FaultTrace};
     use devheal_core::Time;
@@ -320,5 +389,101 @@ mod tests {
         w.release_device(breaks_later); // healthy 1 h → 4 h: 3 GPU-h
         let got = w.fleet_lost.collateral_quarantine;
         assert!((got - 11.0).abs() < 1e-9, "collateral {got} GPU-h, expected 11");
+    }
+
+    /// Run the world's own events up to `until`.
+    fn run_to(w: &mut World<'_, JobFailurePolicy>, until: Time) {
+        while w.queue.peek_time().is_some_and(|t| t <= until) {
+            let Some((at, ev)) = w.queue.pop() else { break };
+            w.now = at;
+            w.on_event(ev);
+        }
+        w.now = until;
+    }
+
+    /// The reset path: a reset waits while a process holds the device and starts once none
+    /// does; one still held after the agent's 5-minute wait is refused; under devheal's agent
+    /// a device gets at most 3 resets in 24 h, the fourth is refused and the next day's runs.
+    #[test]
+    fn a_reset_waits_for_an_idle_device_and_the_agent_resets_a_device_at_most_3_times_a_day() {
+        let scenario = small();
+        let trace = FaultTrace {
+            events: Vec::new(),
+            lemons: vec![false; scenario.total_nodes() as usize],
+            noise: Default::default(),
+            seed: 0,
+        };
+        let mut w = World::new(&scenario, JobFailurePolicy, &trace);
+        let at = |s: i64| Time::ZERO + Duration::from_secs(s);
+        // An inference node's device 0: the first embedder replica's (packed after the chat
+        // replicas, which take whole nodes).
+        let (node, device) = (0..scenario.total_nodes())
+            .flat_map(|n| (0..8u8).map(move |d| (n, d)))
+            .find(|&(n, d)| w.devices[w.dev(n, d)].occupant.is_some_and(|(s, _)| s == 1))
+            .expect("an embedder replica");
+        let i = w.dev(node, device);
+        let (s, r) = w.devices[i].occupant.expect("occupied");
+        w.now = at(100);
+        w.reset_device(node, device);
+        assert!(!w.devices[i].resetting && w.reset_waiting.contains_key(&i), "held: it waits");
+        run_to(&mut w, at(160));
+        assert!(!w.devices[i].resetting, "still held a minute later");
+        // The device quarantined, the replica moves away: the next look finds it idle.
+        w.quarantine_device(i);
+        w.replica_reschedule(s, r);
+        assert_ne!(w.devices[i].occupant, Some((s, r)));
+        run_to(&mut w, at(170));
+        assert!(w.devices[i].resetting, "idle: the reset runs");
+        assert_eq!((w.counts.repairs_reset, w.counts.resets_refused), (1, 0));
+        run_to(&mut w, at(3600));
+        assert!(!w.devices[i].resetting, "done after the reset time");
+        // A device held for the whole wait is refused.
+        let j = (0..8u8)
+            .map(|d| w.dev(node, d))
+            .find(|&j| j != i && w.devices[j].occupant.is_some())
+            .expect("another replica on the node");
+        let held = (j - w.dev(node, 0)) as u8;
+        w.reset_device(node, held);
+        run_to(&mut w, at(3600 + 301));
+        assert!(!w.devices[j].resetting && !w.reset_waiting.contains_key(&j));
+        assert_eq!((w.counts.repairs_reset, w.counts.resets_refused), (1, 1));
+        // devheal's agent: 3 resets of a device in 24 h, then refused until a day has passed.
+        w.mechanics.agent_resets = true;
+        for k in 0..4 {
+            w.reset_device(node, device);
+            run_to(&mut w, at(4000 + 600 * (k + 1)));
+        }
+        assert_eq!((w.counts.repairs_reset, w.counts.resets_refused), (4, 2), "the 4th is refused");
+        run_to(&mut w, at(4000 + 600 + 86_400));
+        w.reset_device(node, device);
+        assert!(w.devices[i].resetting, "a day after the first of the three, it runs again");
+    }
+
+    /// Without DRA a quarantined GPU taints its node: a replica looking for a slot skips the
+    /// node's free GPUs; with DRA only the quarantined GPU is kept from it.
+    #[test]
+    fn without_dra_a_quarantined_gpu_takes_its_node_out_of_scheduling() {
+        for dra in [false, true] {
+            let mut scenario = small();
+            scenario.cluster.dra = dra;
+            let trace = FaultTrace {
+                events: Vec::new(),
+                lemons: vec![false; scenario.total_nodes() as usize],
+                noise: Default::default(),
+                seed: 0,
+            };
+            let mut w = World::new(&scenario, JobFailurePolicy, &trace);
+            // The first slot a one-GPU replica would get, and another GPU of that node.
+            let (node, first) = w.find_replica_slot(1).expect("free capacity");
+            let other = (0..8u8).find(|&d| d != first).expect("eight GPUs");
+            w.apply(Command::QuarantineDevice { node, device: other });
+            assert_eq!(w.counts.node_taints, u64::from(!dra));
+            let slot = w.find_replica_slot(1);
+            if dra {
+                assert_eq!(slot, Some((node, first)), "only the quarantined GPU is kept off");
+            } else {
+                assert!(slot.is_none_or(|(n, _)| n != node), "the node is tainted: {slot:?}");
+            }
+        }
     }
 }

@@ -143,11 +143,22 @@ impl<P: Policy> World<'_, P> {
             for d in first..first + self.services[service as usize].gpus_per_replica as u8 {
                 let i = self.dev(node, d);
                 if self.devices[i].occupant == Some((service, replica)) {
-                    self.devices[i].occupant = None;
+                    self.set_occupant(i, None);
                 }
             }
         }
         self.services[service as usize].replicas[replica as usize].node = None;
+    }
+
+    /// Set device `i`'s occupant, keeping its node's count of occupied devices.
+    pub(super) fn set_occupant(&mut self, i: usize, occupant: Option<(u16, u32)>) {
+        let node = &mut self.nodes[i / self.gpn as usize];
+        match (self.devices[i].occupant.is_some(), occupant.is_some()) {
+            (false, true) => node.occupied += 1,
+            (true, false) => node.occupied -= 1,
+            _ => {}
+        }
+        self.devices[i].occupant = occupant;
     }
 
     pub(super) fn find_replica_slot(&self, gpus: u32) -> Option<(u32, u8)> {
@@ -155,7 +166,10 @@ impl<P: Policy> World<'_, P> {
         let end = self.scenario.total_nodes();
         for node in start..end {
             let n = &self.nodes[node as usize];
-            if !n.up || n.in_repair.is_some() || n.cordoned {
+            if !n.up || n.in_repair.is_some() || n.cordoned || u32::from(n.occupied) + gpus > self.gpn {
+                continue;
+            }
+            if !self.scenario.cluster.dra && self.node_tainted(node) {
                 continue;
             }
             let mut first = 0u32;
@@ -183,7 +197,7 @@ impl<P: Policy> World<'_, P> {
             Some((node, first)) => {
                 for d in first..first + gpus as u8 {
                     let i = self.dev(node, d);
-                    self.devices[i].occupant = Some((service, replica));
+                    self.set_occupant(i, Some((service, replica)));
                 }
                 let r = &mut self.services[service as usize].replicas[replica as usize];
                 r.node = Some(node);
