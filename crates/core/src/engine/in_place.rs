@@ -94,6 +94,7 @@ mod tests {
     use super::*;
     use crate::engine::test_support::*;
     use crate::pod::InPlaceRestart;
+    use crate::time::Duration;
 
     /// A member of the four-pod gang `llama` whose pod restarts in place on exit 76.
     fn member(i: usize) -> PodInfo {
