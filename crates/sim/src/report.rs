@@ -63,6 +63,9 @@ pub struct Counts {
     /// Faults that stopped a running training gang.
     pub training_interruptions: u64,
     pub gang_restarts: u64,
+    /// Of those, restarts in which every member restarted in place (no scheduling, no pod
+    /// start): devheal on a gang whose pods have the restart rule, no member moved.
+    pub in_place_restarts: u64,
     pub pod_evictions: u64,
     pub node_drains: u64,
     pub device_quarantines: u64,
@@ -211,8 +214,18 @@ pub fn repair_paths(scenario: &crate::Scenario) -> String {
         "a quarantined GPU taints its node, which takes no new pods (no DRA: device-plugin GPUs)"
     };
     let r = &scenario.repair;
+    let in_place: Vec<&str> =
+        scenario.training.iter().filter(|t| t.restart_rules).map(|t| t.name.as_str()).collect();
+    let restarts = if in_place.is_empty() {
+        "gang restarts re-create every member (no gang's pods restart in place on exit 76)".to_string()
+    } else {
+        format!(
+            "devheal restarts {} in place when no member moves (no scheduling and pod start)",
+            in_place.join(", ")
+        )
+    };
     format!(
-        "repairs: {quarantine}; GPU reset ({} min, only once no process holds the GPU; devheal's agent: at most 3 a GPU in 24 h, a failed reset asks for a reboot), node reboot ({} min), hardware replacement ({} h)",
+        "repairs: {quarantine}; GPU reset ({} min, only once no process holds the GPU; devheal's agent: at most 3 a GPU in 24 h, a failed reset asks for a reboot), node reboot ({} min), hardware replacement ({} h); {restarts}",
         r.reset_device_min, r.reboot_node_min, r.replace_hardware_h
     )
 }

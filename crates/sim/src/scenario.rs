@@ -96,6 +96,11 @@ pub struct TrainingSpec {
     pub step_time_s: f64,
     pub nccl_watchdog_s: f64,
     pub restart: RestartCostSpec,
+    /// The gang's pods restart in place on exit 76 (a container restart rule, KEP-5307/5532:
+    /// docs/policy.md, "Restarting a gang in place"): a devheal restart in which every member
+    /// stays on its node costs no scheduling and pod start (`scheduling_and_pod_start_s`).
+    #[serde(default)]
+    pub restart_rules: bool,
 }
 
 /// The parts of a gang restart, summed into its restart cost R.

@@ -247,6 +247,40 @@ fn a_second_hang_soon_after_a_restart_is_detected_by_the_engine() {
     assert_eq!(report.counts.engine_actions_unmapped, 0);
 }
 
+/// Restart in place (#14 item 4) at its measured cost: on a gang whose pods have the restart
+/// rule, a hang with no failed device restarts every member in place, without scheduling and
+/// pod start (10 s of R = 230 s here), and the engine sees each restarted (no fallback to
+/// re-creating the gang); a GPU that falls off the bus moves its member, so that restart is
+/// re-created at the full cost. The same trace without the rule restarts as before.
+#[test]
+fn a_gang_whose_pods_restart_in_place_is_restarted_in_place_when_no_member_moves() {
+    let rank = |member| FaultTarget::GangMember { gang: 0, member };
+    let (mut with_rules, trace) = hand_made(&[(8, rank(3), 1.0)]);
+    with_rules.training[0].restart_rules = true;
+    let (without, _) = hand_made(&[]);
+    let a = simulate_strategy(&with_rules, Strategy::Devheal, &trace);
+    let b = simulate_strategy(&without, Strategy::Devheal, &trace);
+    assert_eq!((a.training[0].restarts, b.training[0].restarts), (1, 1), "one restart each: {:?}", a.counts);
+    assert_eq!((a.counts.in_place_restarts, b.counts.in_place_restarts), (1, 0));
+    assert_eq!(a.counts.engine_actions_unmapped, 0);
+    let saved = b.training[0].gpu_hours_lost.restart - a.training[0].gpu_hours_lost.restart;
+    let expected =
+        with_rules.training[0].restart.scheduling_and_pod_start_s / 3600.0 * a.training[0].gpus as f64;
+    assert!((saved - expected).abs() < 1e-6, "saved {saved} GPU-h, expected {expected}");
+
+    // A device failure: the member on the dead GPU moves, so the gang is not restarted in place.
+    let xid79 = with_rules
+        .faults
+        .iter()
+        .position(|f| f.name == "gpu_fell_off_bus")
+        .expect("a fell-off-the-bus class") as u16;
+    let (mut dead, trace) = hand_made(&[(xid79, FaultTarget::GangMember { gang: 0, member: 2 }, 1.0)]);
+    dead.training[0].restart_rules = true;
+    let c = simulate_strategy(&dead, Strategy::Devheal, &trace);
+    assert!(c.training[0].restarts >= 1, "{:?}", c.counts);
+    assert_eq!(c.counts.in_place_restarts, 0, "{:?}", c.counts);
+}
+
 /// `resend_restarted_members: false` (the fleet scenario's shortcut: only rank 0 of a restarted
 /// gang is re-sent and its progress closes the restart) must not change what the report
 /// measures, only how many inputs the engine reads.

@@ -80,6 +80,9 @@ pub(crate) struct Devheal<'a> {
     straggler_reported: BTreeSet<u32>,
     /// Per gang: members to move elsewhere at the next checkpoint (slow ones).
     replace_at_checkpoint: BTreeMap<u16, BTreeSet<u32>>,
+    /// Per gang and member: the restarts in place of its current pod (its restart count, as the
+    /// kubelet reports it; only on gangs whose pods have the restart rule).
+    in_place_restarts: BTreeMap<(u16, u32), u32>,
 }
 
 impl<'a> Devheal<'a> {
@@ -116,6 +119,7 @@ impl<'a> Devheal<'a> {
             slow_members: vec![BTreeSet::new(); scenario.training.len()],
             straggler_reported: BTreeSet::new(),
             replace_at_checkpoint: BTreeMap::new(),
+            in_place_restarts: BTreeMap::new(),
         }
     }
 }
@@ -243,10 +247,14 @@ impl Devheal<'_> {
             containers: vec![ContainerInfo {
                 name: "trainer".to_string(),
                 state: container_state(now, failure),
+                restart_count: self.in_place_restarts.get(&(gang, member)).copied().unwrap_or(0),
                 ..ContainerInfo::default()
             }],
             devices: (0..self.gpn as u8).map(|d| self.device_key(node, d)).collect(),
             start_time: Some(now),
+            in_place: self.scenario.training[gang as usize]
+                .restart_rules
+                .then_some(devheal_core::InPlaceRestart::AllContainers),
             ..PodInfo::default()
         }
     }
@@ -480,6 +488,8 @@ impl Devheal<'_> {
     }
 
     fn member_moved(&mut self, gang: u16, member: u32, view: &dyn View, out: &mut Out) {
+        // A new pod: no restarts yet.
+        self.in_place_restarts.remove(&(gang, member));
         if let Some(Some(steps)) = self.steps.get_mut(gang as usize) {
             steps.forget(member);
         }
@@ -747,8 +757,24 @@ impl Devheal<'_> {
                     None
                 }
             },
-            Action::RestartGang { gang, .. } => match gang_index(&gang.name, &gang.namespace) {
-                Some(g) => Some(Command::RestartGang { gang: g }),
+            Action::RestartGang { gang, in_place, .. } => match gang_index(&gang.name, &gang.namespace) {
+                Some(g) => {
+                    // The members told to restart in place exit 76 and the kubelet restarts
+                    // them: their pods show one restart more after the publish latency.
+                    let mut told = 0;
+                    for r in &in_place {
+                        if let Some(&PodOwner::GangMember { gang: pg, member }) = self.pods.get(&r.uid)
+                            && pg == g
+                        {
+                            *self.in_place_restarts.entry((g, member)).or_insert(0) += 1;
+                            told += 1;
+                            let pod = self.member_pod(view, g, member, PodPhase::Running, None);
+                            Self::send(out, self.publish, Input::PodUpsert(pod));
+                        }
+                    }
+                    let all = told > 0 && told == view.gang(g).members.len();
+                    Some(Command::RestartGang { gang: g, in_place: all })
+                }
                 None => {
                     self.unmapped += 1;
                     None

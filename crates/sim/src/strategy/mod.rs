@@ -200,9 +200,12 @@ pub(crate) enum Command<T> {
         service: u16,
         replica: u32,
     },
-    /// Restart the gang now, unless it is already restarting or waiting for capacity.
+    /// Restart the gang now, unless it is already restarting or waiting for capacity. With
+    /// `in_place`, every member is told to restart in place: a restart in which no member has to
+    /// move costs no scheduling and pod start.
     RestartGang {
         gang: u16,
+        in_place: bool,
     },
     /// The same, placing these members on other nodes (hot spares) first.
     RestartGangWithout {

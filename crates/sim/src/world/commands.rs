@@ -101,11 +101,12 @@ impl<P: Policy> World<'_, P> {
                 let at = now + secs(self.scenario.kubernetes.termination_grace_s);
                 self.queue.push(at, Event::ReplicaReschedule { service, replica, epoch });
             }
-            Command::RestartGang { gang } => {
+            Command::RestartGang { gang, in_place } => {
                 if !matches!(
                     self.gangs[gang as usize].state,
                     GangState::Restarting { .. } | GangState::WaitingCapacity { .. }
                 ) {
+                    self.gangs[gang as usize].next_restart_in_place = in_place;
                     self.begin_restart(gang, false);
                 }
             }

@@ -216,12 +216,16 @@ impl<P: Policy> World<'_, P> {
         }
         // Place every member that cannot stay.
         let members = self.gangs[gang as usize].members.clone();
+        let in_place = std::mem::take(&mut self.gangs[gang as usize].next_restart_in_place);
         let mut moves: Vec<u32> = Vec::new();
         for (m, &node) in members.iter().enumerate() {
             if self.gangs[gang as usize].pending_moves.contains(&(m as u32)) || !self.member_stays(node) {
                 moves.push(m as u32);
             }
         }
+        // Every member restarts in place only when none has to move: the gang waits for its
+        // slowest member, and a re-created one pays scheduling and pod start.
+        let in_place = in_place && moves.is_empty();
         for m in moves {
             match self.find_spare() {
                 Some(spare) => self.move_member(gang, m, spare),
@@ -244,7 +248,10 @@ impl<P: Policy> World<'_, P> {
         g.restarts += 1;
         self.counts.gang_restarts += 1;
         let epoch = g.epoch;
-        let at = now + g.restart_cost;
+        let at = now + if in_place { g.in_place_cost } else { g.restart_cost };
+        if in_place {
+            self.counts.in_place_restarts += 1;
+        }
         self.queue.push(at, Event::RestartDone { gang, epoch });
     }
 

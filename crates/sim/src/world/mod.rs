@@ -108,6 +108,11 @@ pub(crate) struct Gang {
     pub interval: f64,
     pub blocking: Duration,
     pub restart_cost: Duration,
+    /// The cost of a restart in which every member restarts in place (its pods' container
+    /// restart rules): `restart_cost` without scheduling and pod start.
+    pub in_place_cost: Duration,
+    /// The restart about to begin was asked for in place (`Command::RestartGang`).
+    pub next_restart_in_place: bool,
     pub watchdog: Duration,
     /// Active slowdowns of member nodes, and the pace they set.
     pub slow: BTreeMap<u32, f64>,
@@ -339,6 +344,15 @@ impl<'a, P: Policy> World<'a, P> {
                 world.nodes[n as usize].gang_member = Some((gi as u16, m as u32));
             }
             next_node += spec.nodes;
+            // Ranks respawned inside their pods (in-job restart, or pods restarted in place by
+            // the kubelet): no scheduling, no pod start. At least 1 ms, as `validate` asks of a
+            // whole restart: a restart onto broken hardware is retried, and must not retry at
+            // the same instant.
+            let in_place_cost = {
+                let r = &spec.restart;
+                let cost = secs(r.framework_init_s + r.nccl_init_s + r.checkpoint_load_s);
+                Duration(cost.0.max(secs(crate::scenario::MIN_INTERVAL_S).0))
+            };
             world.gangs.push(Gang {
                 name: spec.name.clone(),
                 namespace: spec.namespace.clone(),
@@ -354,16 +368,9 @@ impl<'a, P: Policy> World<'a, P> {
                 committed_work: 0.0,
                 interval: spec.checkpoint_interval_min * 60.0,
                 blocking: secs(spec.checkpoint_blocking_s),
-                restart_cost: if mechanics.in_job_restart {
-                    // The launcher respawns the ranks inside their pods: no scheduling, no pod start.
-                    let r = &spec.restart;
-                    let cost = secs(r.framework_init_s + r.nccl_init_s + r.checkpoint_load_s);
-                    // At least 1 ms, as `validate` asks of a whole restart: a restart onto broken
-                    // hardware is retried, and must not retry at the same instant.
-                    Duration(cost.0.max(secs(crate::scenario::MIN_INTERVAL_S).0))
-                } else {
-                    spec.restart.total()
-                },
+                restart_cost: if mechanics.in_job_restart { in_place_cost } else { spec.restart.total() },
+                in_place_cost,
+                next_restart_in_place: false,
                 watchdog: secs(spec.nccl_watchdog_s),
                 slow: BTreeMap::new(),
                 pace: 1.0,
