@@ -50,6 +50,16 @@ fn lone_nvlink(inc: &KernelIncident) -> bool {
     inc.kind == "nvidia_xid" && inc.code == Some(74) && inc.count < 2
 }
 
+/// An agent's health report whose only reason is one NVLink error (Xid 74) from the kernel log,
+/// seen once: the report path's twin of [`lone_nvlink`] (on a cluster the agent turns the line
+/// into the device's health, and the controller sends the engine that health, not the incident).
+fn lone_nvlink_report(reasons: &[HealthReason]) -> Option<&HealthReason> {
+    match reasons {
+        [r] if r.source == HealthSource::KernelLog && r.code == Some(74) && r.count < 2 => Some(r),
+        _ => None,
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct DeviceState {
     /// PCI address, lower-case, from the inventory.
@@ -236,6 +246,31 @@ impl Engine {
             return;
         }
         let previous = st.health;
+        if health == Health::Unhealthy
+            && previous != Health::Unhealthy
+            && st.open_incident.is_none()
+            && let Some(r) = lone_nvlink_report(&reasons)
+        {
+            // Held as the incident path holds it: the device fails on a second Xid 74 (the
+            // agent's count of the reason goes up) within NVLINK_HOLD, or when a job on it is
+            // interrupted (`confirm_nvlink`). A republished report of the same line keeps the
+            // hold as it is.
+            if st.held_nvlink.as_ref().is_none_or(|h| now.since(h.at) > NVLINK_HOLD) {
+                let evidence = IncidentEvidence {
+                    id: format!("health/{key}/74/{}", r.first_seen.as_nanos()),
+                    code: Some(74),
+                    attribution: Attribution::Interconnect,
+                    health: Health::Unhealthy,
+                    summary: r.message.clone(),
+                    last_seen: r.last_seen,
+                };
+                let reason = format!("{:?} 74: {}", r.source, r.message);
+                st.held_nvlink =
+                    Some(HeldNvlink { evidence, action: RepairKind::ResetDevice, reason, at: now });
+                self.held_nvlink.insert(key);
+            }
+            return;
+        }
         if health == Health::Unknown {
             // The detector lost sight: record it, change nothing else (no remediation, no release).
             st.health = Health::Unknown;
@@ -715,6 +750,50 @@ mod tests {
         assert!(e.handle(nvlink(2, 11 + day), t(11 + day)).is_empty());
         let acts = e.handle(nvlink(3, 12 + day), t(12 + day));
         assert_eq!(quarantines(&acts), 1, "the third, a second within 24 h of the second: {acts:#?}");
+    }
+
+    /// On a cluster the agent publishes an Xid 74 as the device's health (reason `KernelLog` 74,
+    /// counted), not as an incident: the engine holds it the same way. A republished report of
+    /// the same line keeps the hold; the agent counting a second line fails the device, and so
+    /// does a pod on it failing.
+    #[test]
+    fn an_agent_report_of_a_lone_nvlink_error_is_held_like_the_incident() {
+        let quarantines =
+            |acts: &[PlannedAction]| count(acts, |a| matches!(a, Action::QuarantineDevice { .. }));
+        let report = |count: u64, at: i64| Input::DeviceHealth {
+            device: key("node-0", 0),
+            health: Health::Unhealthy,
+            reasons: vec![HealthReason {
+                source: HealthSource::KernelLog,
+                code: Some(74),
+                message: "Xid 74 (NVLINK_ERROR) on 0000:01:00.0".into(),
+                first_seen: t(10),
+                last_seen: t(at),
+                count,
+            }],
+        };
+        let fresh = || {
+            let mut e = engine_with(2);
+            e.handle(Input::PodUpsert(gang_pod(0, "node-0")), t(1));
+            e.handle(Input::PodUpsert(gang_pod(1, "node-1")), t(1));
+            assert!(e.handle(report(1, 10), t(10)).is_empty(), "a lone Xid 74 fails nothing");
+            assert!(e.handle(report(1, 10), t(40)).is_empty(), "republished: still held");
+            assert_ne!(e.device_health(&key("node-0", 0)), Some(Health::Unhealthy));
+            e
+        };
+        let mut e = fresh();
+        let acts = e.handle(report(2, 600), t(600));
+        assert_eq!(quarantines(&acts), 1, "a second line: {acts:#?}");
+        let mut e = fresh();
+        let acts = e.handle(Input::PodUpsert(failed(gang_pod(0, "node-0"), 1)), t(60));
+        assert_eq!(quarantines(&acts), 1, "its pod failed: {acts:#?}");
+        // Any other reason beside it is no lone NVLink error.
+        let mut e = engine_with(1);
+        let mut both = report(1, 10);
+        if let Input::DeviceHealth { reasons, .. } = &mut both {
+            reasons.push(HealthReason { code: Some(79), ..reasons[0].clone() });
+        }
+        assert_eq!(quarantines(&e.handle(both, t(10))), 1);
     }
 
     #[test]

@@ -32,7 +32,8 @@
 //! This file holds the public types, the engine's state and the dispatch of each input; the
 //! rest is split by what it looks after:
 //! - `devices`: inventory, health reports, kernel incidents, a device failing or degrading (a
-//!   lone NVLink error, Xid 74, is held: the device fails on a second one within 24 h, on a
+//!   lone NVLink error, Xid 74, whether a kernel incident or an agent's health report whose only
+//!   reason it is, is held: the device fails on a second one within 24 h, on a
 //!   fatal NVSwitch SXid on its node, or when a job on it is interrupted within 10 minutes, its
 //!   pod failing or its gang going silent);
 //! - `nodes`: boots and versions, reboots, incidents of a whole node;
