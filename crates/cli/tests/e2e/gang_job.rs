@@ -113,15 +113,7 @@ async fn gang_failure(scope: &Scope, limits: serde_json::Value) -> (Duration, Jo
     let k = kubelets.iter().position(|k| k.node == victim_node).unwrap();
     let device = kubelets[k].devices_of(&scope.ns, &victim_name)[0].clone();
     // Every member is published with its device before the fault.
-    for kubelet in &kubelets {
-        let bound: Vec<(String, Vec<String>)> = {
-            let st = kubelet.state.lock().unwrap();
-            st.bound.values().filter(|b| b.0 == scope.ns).map(|b| (b.1.clone(), b.3.clone())).collect()
-        };
-        for (pod, devices) in bound {
-            scope.await_published(&kubelet.node, &devices[0], &pod).await;
-        }
-    }
+    scope.await_bound_published(&kubelets).await;
 
     let (stop_count, writes) = count_pod_writes(&pods).await;
     let failed_at = Instant::now();

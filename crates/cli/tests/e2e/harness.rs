@@ -395,6 +395,20 @@ impl Scope {
     }
 
     /// Waits until the agent of `node` publishes `pod` on `device`.
+    /// Waits until every pod of this test bound by one of `kubelets` is published with its first
+    /// device in its node's NodeDeviceHealth.
+    pub async fn await_bound_published(&self, kubelets: &[FakeKubelet]) {
+        for kubelet in kubelets {
+            let bound: Vec<(String, Vec<String>)> = {
+                let st = kubelet.state.lock().unwrap();
+                st.bound.values().filter(|b| b.0 == self.ns).map(|b| (b.1.clone(), b.3.clone())).collect()
+            };
+            for (pod, devices) in bound {
+                self.await_published(&kubelet.node, &devices[0], &pod).await;
+            }
+        }
+    }
+
     pub async fn await_published(&self, node: &str, device: &str, pod: &str) {
         eventually(&format!("the agent publishes {pod} on {node}/{device}"), Duration::from_secs(30), || {
             let client = self.client.clone();

@@ -151,15 +151,7 @@ async fn a_device_failure_restarts_the_healthy_members_in_place_and_recreates_on
     let victim_node = victim.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();
     let k = kubelets.iter().position(|k| k.node == victim_node).unwrap();
     let device = kubelets[k].devices_of(&scope.ns, &victim_name)[0].clone();
-    for kubelet in &kubelets {
-        let bound: Vec<(String, Vec<String>)> = {
-            let st = kubelet.state.lock().unwrap();
-            st.bound.values().filter(|b| b.0 == scope.ns).map(|b| (b.1.clone(), b.3.clone())).collect()
-        };
-        for (pod, devices) in bound {
-            scope.await_published(&kubelet.node, &devices[0], &pod).await;
-        }
-    }
+    scope.await_bound_published(&kubelets).await;
     // Each healthy member's workload polls its node's agent.
     let mut workloads = Vec::new();
     let healthy: BTreeSet<String> = first
