@@ -1,5 +1,6 @@
 //! Property tests of the engine over arbitrary input sequences on a small cluster with tight
-//! budgets: budgets are never exceeded, a gang restarts at most once per incident, `Unknown`
+//! budgets: budgets are never exceeded, a gang restarts at most once per incident (and, when
+//! members told to restart in place do not, is re-created once more for it), `Unknown`
 //! health and stale input never cause an action, a network fault never quarantines a device,
 //! evicts a pod or requests a repair, and the same inputs give the same actions.
 
@@ -8,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use devheal_core::policy::SafetySettings;
 use devheal_core::{
     Action, Attribution, ContainerInfo, ContainerState, Device, DeviceKey, Duration, Engine, EngineConfig,
-    Health, HealthReason, HealthSource, Input, KernelIncident, NetworkFault, NodeInfo, PlannedAction,
-    PodInfo, PodPhase, RepairKind, Time, Vendor,
+    Health, HealthReason, HealthSource, IN_PLACE_FALLBACK_SUFFIX, InPlaceRestart, Input, KernelIncident,
+    NetworkFault, NodeInfo, PlannedAction, PodInfo, PodPhase, RepairKind, Time, Vendor,
 };
 use proptest::prelude::*;
 
@@ -28,6 +29,8 @@ enum Op {
     },
     PodFails(usize, i32),
     PodReplaced(usize),
+    /// The kubelet restarted the pod's container in place (its restart count goes up).
+    PodRestartedInPlace(usize),
     Progress(usize),
     Reboot(usize),
     /// The node's agent reports its network at fault (true) or not.
@@ -44,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..PODS, prop_oneof![Just(1), Just(137), Just(139), Just(143)])
             .prop_map(|(p, c)| Op::PodFails(p, c)),
         (0..PODS).prop_map(Op::PodReplaced),
+        (0..PODS).prop_map(Op::PodRestartedInPlace),
         (0..PODS).prop_map(Op::Progress),
         (0..NODES).prop_map(Op::Reboot),
         (0..NODES, any::<bool>()).prop_map(|(n, down)| Op::Network(n, down)),
@@ -73,7 +77,8 @@ fn pci(d: usize) -> String {
     format!("0000:{:02x}:00.0", d % DEVICES_PER_NODE + 1)
 }
 
-/// Pods 0..4 are gang a, 4..8 gang b, 8 and 9 are lone pods; pod p uses device p.
+/// Pods 0..4 are gang a, whose pods restart in place on exit 76; 4..8 gang b; 8 and 9 are lone
+/// pods; pod p uses device p.
 fn pod(p: usize, generation: u32, now: Time, phase: PodPhase, exit: Option<i32>) -> PodInfo {
     let mut labels = BTreeMap::new();
     if p < 8 {
@@ -100,6 +105,7 @@ fn pod(p: usize, generation: u32, now: Time, phase: PodPhase, exit: Option<i32>)
         containers: vec![ContainerInfo { name: "main".into(), state, ..ContainerInfo::default() }],
         devices: vec![device_key(p)],
         start_time: Some(now),
+        in_place: (p < 4).then_some(InPlaceRestart::AllContainers),
         ..PodInfo::default()
     }
 }
@@ -116,6 +122,7 @@ fn run(ops: &[Op]) -> Run {
     let mut now = Time::from_secs(1);
     let mut steps = Vec::new();
     let mut generation = [0u32; PODS];
+    let mut restarted = [0u32; PODS];
     let mut boots = [0u32; NODES];
     for n in 0..NODES {
         let name = format!("n{n}");
@@ -183,13 +190,29 @@ fn run(ops: &[Op]) -> Run {
                 })
             }
             Op::PodFails(p, code) => {
-                Input::PodUpsert(pod(*p, generation[*p], now, PodPhase::Failed, Some(*code)))
+                let mut failed = pod(*p, generation[*p], now, PodPhase::Failed, Some(*code));
+                failed.containers[0].restart_count = restarted[*p];
+                Input::PodUpsert(failed)
             }
             Op::PodReplaced(p) => {
                 let old = pod(*p, generation[*p], now, PodPhase::Running, None).uid;
                 steps.push((now, false, engine.handle(Input::PodDeleted { uid: old }, now)));
                 generation[*p] += 1;
+                restarted[*p] = 0;
                 Input::PodUpsert(pod(*p, generation[*p], now, PodPhase::Running, None))
+            }
+            Op::PodRestartedInPlace(p) => {
+                restarted[*p] += 1;
+                let mut running = pod(*p, generation[*p], now, PodPhase::Running, None);
+                running.containers[0].restart_count = restarted[*p];
+                running.containers[0].last_state = ContainerState::Terminated {
+                    exit_code: 76,
+                    signal: None,
+                    reason: Some("Error".into()),
+                    message: None,
+                    finished_at: Some(now),
+                };
+                Input::PodUpsert(running)
             }
             Op::Progress(p) => Input::Progress {
                 pod_uid: format!("pod-{p}-g{}", generation[*p]),
@@ -254,6 +277,9 @@ proptest! {
                         evictions.push_back(*now);
                         prop_assert!(evictions.len() <= s.max_evictions_per_minute as usize, "evictions at {now:?}");
                     }
+                    // The fallback of an in-place restart re-creates the gang for the same
+                    // incident: not another restart of the budget.
+                    Action::RestartGang { .. } if a.idempotency_key.ends_with(IN_PLACE_FALLBACK_SUFFIX) => {}
                     Action::RestartGang { gang, .. } => {
                         let q = restarts.entry(gang.to_string()).or_default();
                         while q.front().is_some_and(|t| *t <= *now - Duration::from_hours(1)) {
@@ -274,10 +300,20 @@ proptest! {
     fn a_gang_restarts_at_most_once_per_incident(ops in prop::collection::vec(op(), 1..80)) {
         let r = run(&ops);
         let mut seen = BTreeSet::new();
+        let mut fell_back = BTreeSet::new();
         for (_, _, actions) in &r.steps {
             for a in actions {
-                if let Action::RestartGang { gang, incident, .. } = &a.action {
-                    prop_assert!(seen.insert((gang.clone(), incident.clone())), "second restart of {gang} for {incident}");
+                if let Action::RestartGang { gang, incident, in_place, .. } = &a.action {
+                    if a.idempotency_key.ends_with(IN_PLACE_FALLBACK_SUFFIX) {
+                        // Once, after a restart of that incident, and re-creating every member.
+                        prop_assert!(seen.contains(&(gang.clone(), incident.clone())), "a fallback first for {incident}");
+                        prop_assert!(fell_back.insert((gang.clone(), incident.clone())), "second fallback for {incident}");
+                        prop_assert!(in_place.is_empty());
+                    } else {
+                        prop_assert!(seen.insert((gang.clone(), incident.clone())), "second restart of {gang} for {incident}");
+                        // Only gang a's pods restart in place.
+                        prop_assert!(in_place.iter().all(|p| ["pod-0", "pod-1", "pod-2", "pod-3"].contains(&p.name.as_str())));
+                    }
                 }
             }
             let keys: Vec<&str> = actions.iter().map(|a| a.idempotency_key.as_str()).collect();
@@ -346,4 +382,34 @@ fn the_harness_reaches_restarts_quarantines_and_budget_limits() {
     // The lone pod on device 8 is evicted (evictions have their own budget) although its device
     // could not be quarantined; pod 9 crashed on a healthy device: nothing.
     assert_eq!(count(&|a| matches!(a, Action::EvictPod { .. })), 1);
+}
+
+/// The harness reaches restarts in place and their fallback: gang a's device 0 fails, pods 1–3
+/// are told to restart in place; only pod 1 does, so after the deadline the gang is re-created
+/// once for the same incident.
+#[test]
+fn the_harness_reaches_in_place_restarts_and_their_fallback() {
+    let ops = [
+        Op::Health(0, 2),
+        Op::PodRestartedInPlace(1),
+        Op::Advance(121),
+        Op::Tick,
+        Op::Advance(300),
+        Op::Tick,
+    ];
+    let r = run(&ops);
+    let restarts: Vec<(&str, Vec<&str>)> = r
+        .steps
+        .iter()
+        .flat_map(|(_, _, a)| a.iter())
+        .filter_map(|p| match &p.action {
+            Action::RestartGang { in_place, .. } => {
+                Some((p.idempotency_key.as_str(), in_place.iter().map(|r| r.name.as_str()).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarts.len(), 2, "{restarts:#?}");
+    assert_eq!(restarts[0].1, ["pod-1", "pod-2", "pod-3"]);
+    assert!(restarts[1].0.ends_with(IN_PLACE_FALLBACK_SUFFIX) && restarts[1].1.is_empty(), "{restarts:#?}");
 }
