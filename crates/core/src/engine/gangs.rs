@@ -36,6 +36,14 @@ pub(super) struct GangState {
     pub(super) last_progress: Option<Time>,
 }
 
+/// The latest JobSet restart attempt among `members` (what a re-created member must exceed).
+pub(super) fn latest_attempt(
+    members: &BTreeSet<String>,
+    pods: &std::collections::HashMap<String, super::pods::PodState>,
+) -> Option<u64> {
+    members.iter().filter_map(|uid| pods.get(uid).and_then(|p| p.attempt)).max()
+}
+
 impl Engine {
     pub(super) fn on_progress(&mut self, uid: &str, now: Time) {
         let Some(gang) = self.pods.get(uid).and_then(|p| p.gang.clone()) else { return };
@@ -280,7 +288,7 @@ impl Engine {
         }
         let in_place = self.in_place_members(g);
         let Some(gs) = self.gangs.get_mut(g) else { return };
-        let attempt = gs.members.iter().filter_map(|uid| self.pods.get(uid).and_then(|p| p.attempt)).max();
+        let attempt = latest_attempt(&gs.members, &self.pods);
         let doomed =
             gs.members.iter().filter(|uid| !in_place.iter().any(|(r, _)| &r.uid == *uid)).cloned().collect();
         gs.open_restart = Some(OpenRestart {
@@ -304,22 +312,21 @@ impl Engine {
         }
     }
 
+    /// The restarting gangs whose open restart (none: already closed) `keep` picks.
+    pub(super) fn restarting_where(&self, keep: impl Fn(Option<&OpenRestart>) -> bool) -> Vec<GangId> {
+        self.restarting
+            .iter()
+            .filter(|g| keep(self.gangs.get(*g).and_then(|gs| gs.open_restart.as_ref())))
+            .cloned()
+            .collect()
+    }
+
     /// Open restarts settle (the gang made progress, or `RESTART_SETTLE` passed); gangs silent
     /// for `hang_timeout` are hung.
     pub(super) fn tick_gangs(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
         self.in_place_fallbacks(now, out);
         let hang_timeout = self.config.safety.hang_timeout;
-        let settled: Vec<GangId> = self
-            .restarting
-            .iter()
-            .filter(|g| {
-                self.gangs
-                    .get(*g)
-                    .and_then(|gs| gs.open_restart.as_ref())
-                    .is_none_or(|o| now.since(o.at) >= RESTART_SETTLE)
-            })
-            .cloned()
-            .collect();
+        let settled = self.restarting_where(|o| o.is_none_or(|o| now.since(o.at) >= RESTART_SETTLE));
         for g in settled {
             self.restarting.remove(&g);
             if let Some(gs) = self.gangs.get_mut(&g) {

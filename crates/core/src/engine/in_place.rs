@@ -48,17 +48,8 @@ impl Engine {
     /// workload did not follow the contract, or its pods do not restart as their spec says.
     pub(super) fn in_place_fallbacks(&mut self, now: Time, out: &mut Vec<PlannedAction>) {
         let deadline = self.config.safety.in_place_restart_deadline;
-        let late: Vec<GangId> = self
-            .restarting
-            .iter()
-            .filter(|g| {
-                self.gangs
-                    .get(*g)
-                    .and_then(|gs| gs.open_restart.as_ref())
-                    .is_some_and(|o| !o.in_place.is_empty() && now.since(o.at) >= deadline)
-            })
-            .cloned()
-            .collect();
+        let late = self
+            .restarting_where(|o| o.is_some_and(|o| !o.in_place.is_empty() && now.since(o.at) >= deadline));
         for g in late {
             let Some(gs) = self.gangs.get_mut(&g) else { continue };
             let Some(open) = gs.open_restart.as_mut() else { continue };
@@ -67,8 +58,7 @@ impl Engine {
             open.in_place.clear();
             open.doomed = gs.members.clone();
             open.at = now;
-            open.attempt =
-                gs.members.iter().filter_map(|uid| self.pods.get(uid).and_then(|p| p.attempt)).max();
+            open.attempt = super::gangs::latest_attempt(&gs.members, &self.pods);
             let names: Vec<String> = stuck.iter().filter_map(|uid| self.pod_name(uid)).collect();
             let reason = format!(
                 "{} member(s) told to restart in place did not within {:.0}s ({}): re-creating the gang",

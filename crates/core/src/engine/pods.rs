@@ -119,6 +119,7 @@ impl Engine {
             pod.devices.dedup();
         }
         let uid = pod.uid.clone();
+        let restarts: u32 = pod.containers.iter().map(|c| c.restart_count).sum();
         // An update of a known pod on the same node and devices changes no index (gang labels
         // do not change during a pod's life): update it in place.
         let unchanged =
@@ -128,7 +129,7 @@ impl Engine {
             p.info.phase = pod.phase;
             p.info.start_time = pod.start_time;
             p.info.in_place = pod.in_place;
-            p.restarts = pod.containers.iter().map(|c| c.restart_count).sum();
+            p.restarts = restarts;
             p.attempt = restart_attempt(&pod);
             prune_decided(&mut p.decided, &uid, p.restarts);
             (p.gang.clone(), None)
@@ -165,7 +166,6 @@ impl Engine {
             if !gs.members.contains(&uid) {
                 gs.members.insert(uid.clone());
             }
-            let restarts: u32 = pod.containers.iter().map(|c| c.restart_count).sum();
             if let Some(open) = &mut gs.open_restart
                 && let Some(before) = open.in_place.get(&uid).copied()
             {
@@ -219,7 +219,6 @@ impl Engine {
             })
             .collect();
         if let Some(mut decided) = decided {
-            let restarts = pod.containers.iter().map(|c| c.restart_count).sum();
             prune_decided(&mut decided, &uid, restarts);
             let state =
                 PodState { info: self.lean(&pod), restarts, attempt: restart_attempt(&pod), gang, decided };

@@ -139,9 +139,9 @@ impl KubeActuator {
             return Carried::quiet(ActionOutcome::Gone);
         }
         // Members the engine restarts in place, if their spec (as listed now) still allows it.
+        let told: std::collections::HashSet<&str> = in_place.iter().map(|r| r.uid.as_str()).collect();
         let (stay, go): (Vec<&Value>, Vec<&Value>) = members.iter().partition(|p| {
-            let uid = p["metadata"]["uid"].as_str().unwrap_or("");
-            in_place.iter().any(|r| r.uid == uid) && restarts_in_place(p)
+            p["metadata"]["uid"].as_str().is_some_and(|uid| told.contains(uid)) && restarts_in_place(p)
         });
         let leaders: Vec<&Value> = if gang.kind == "lws" && !go.is_empty() {
             members
