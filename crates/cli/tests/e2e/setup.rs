@@ -137,9 +137,37 @@ pub async fn token_request(
     answer.status.and_then(|s| s.token).context("a TokenRequest answered without a token")
 }
 
-/// A free port on loopback (bound, then released for the process that will use it).
+/// A free port on loopback for a process the test starts (bound, then released for it).
+///
+/// The port comes from below the kernel's ephemeral range (`ip_local_port_range`), never from a
+/// bind to port 0: a port the kernel chose is one it may hand, between the check and the process
+/// binding it, to one of the many outgoing connections the tests make to the API server (a CI run
+/// failed on exactly that: `cannot listen on 127.0.0.1:45849: Address already in use`). Ports
+/// below the range are taken only by listeners, which the bind check sees. Each test process
+/// walks the range from its own offset, so two processes (an e2e run and a bench) rarely meet.
 pub fn free_addr() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 20_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|low| low.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    if ephemeral <= LOWEST + 1_000 {
+        // No room below the ephemeral range: the kernel's choice is all there is.
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?);
+    }
+    let span = ephemeral - LOWEST;
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + (start + step) % span;
+        let port = u16::try_from(port).context("a port below the ephemeral range")?;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(listener.local_addr()?);
+        }
+    }
+    bail!("no free loopback port in {LOWEST}..{ephemeral}")
 }
 
 /// A plain HTTP/1.0 request with no body to a devheal process's metrics port on loopback: the
