@@ -95,6 +95,12 @@ impl AcceleratorInventory {
         self.available && !self.devices.iter().any(|d| d.vendor == Vendor::Amd) && self.partitions.is_empty()
     }
 
+    /// Whether sysfs was read and shows no Gaudi (no accel device bound to `habanalabs`): hlml's
+    /// absence then says nothing.
+    pub fn has_no_gaudi(&self) -> bool {
+        self.available && !self.devices.iter().any(|d| d.driver.as_deref() == Some("habanalabs"))
+    }
+
     /// Each partition whose GPU is known: partition id → the GPU's PCI address.
     pub fn partition_gpus(&self) -> BTreeMap<String, String> {
         self.partitions.iter().filter_map(|p| Some((p.id.clone(), p.gpu.clone()?))).collect()

@@ -3,8 +3,9 @@
 //!
 //! As with NVML ([`crate::nvml`]), a node without the library (or without an AMD GPU driver)
 //! reports the `amd_smi` source unavailable with the reason and the agent runs on; the thread
-//! tries again every [`RETRY`]. Everything goes through the small [`AmdTelemetry`] trait: the
-//! real library, or [`FakeAmdTelemetry`] in tests.
+//! ([`crate::library`]) tries again every [`crate::library::RETRY`]. Everything goes through
+//! the [`DeviceLibrary`] trait: the real library ([`AmdLibrary`]), or [`FakeAmdTelemetry`] in
+//! tests.
 //!
 //! Each GPU is tracked under its PCI address (the key the ROCm device plugin's ids and the
 //! kernel's `amdgpu 0000:c1:00.0:` lines give it). Evidence ([`evidence_from_ecc`]):
@@ -12,22 +13,17 @@
 //! uncorrectable error not yet consumed) Degraded; correctable ones are not evidence.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration as StdDuration;
 
 use devheal_amdsmi::{AmdGpu, AmdSmi, AmdSmiError, EccCounts};
 use devheal_core::{Health, HealthSource};
-use tokio::sync::mpsc;
 
 use crate::health::Evidence;
+use crate::library::{DeviceLibrary, LibraryDevice, Opener};
 
 /// The source's name in `status.sources`.
 pub const AMD_SMI_SOURCE: &str = "amd_smi";
 /// The resource AMD's device plugin registers.
 pub const AMD_GPU_RESOURCE: &str = "amd.com/gpu";
-/// How long the thread waits before loading the library again.
-pub const RETRY: StdDuration = StdDuration::from_secs(30);
 
 /// Reason codes of [`HealthSource::AmdSmi`] evidence.
 pub mod codes {
@@ -35,19 +31,34 @@ pub mod codes {
     pub const DEFERRED_ECC: u32 = 2;
 }
 
-/// What the agent needs from AMD's management library.
-pub trait AmdTelemetry {
-    fn gpus(&mut self) -> Result<Vec<AmdGpu>, AmdSmiError>;
-    fn ecc(&mut self, gpu: &AmdGpu) -> Result<EccCounts, AmdSmiError>;
+/// amdsmi as a [`DeviceLibrary`]: its GPUs of the last enumeration and their counts.
+pub struct AmdLibrary {
+    smi: AmdSmi,
+    gpus: Vec<AmdGpu>,
 }
 
-impl AmdTelemetry for AmdSmi {
-    fn gpus(&mut self) -> Result<Vec<AmdGpu>, AmdSmiError> {
-        AmdSmi::gpus(self)
+impl DeviceLibrary for AmdLibrary {
+    fn devices(&mut self) -> Result<Vec<LibraryDevice>, String> {
+        self.gpus = self.smi.gpus().map_err(|e| e.to_string())?;
+        Ok(self
+            .gpus
+            .iter()
+            .map(|g| LibraryDevice { pci_address: g.pci_address.clone(), serial: None })
+            .collect())
     }
 
-    fn ecc(&mut self, gpu: &AmdGpu) -> Result<EccCounts, AmdSmiError> {
-        AmdSmi::ecc(self, gpu)
+    fn sample(&mut self, index: usize) -> Result<Option<Vec<Evidence>>, String> {
+        let gpu = self.gpus.get(index).ok_or_else(|| format!("no AMD GPU #{index}"))?;
+        sample_result(self.smi.ecc(gpu))
+    }
+}
+
+/// Counts, or not supported (`None`), or a failure.
+fn sample_result(ecc: Result<EccCounts, AmdSmiError>) -> Result<Option<Vec<Evidence>>, String> {
+    match ecc {
+        Ok(ecc) => Ok(Some(evidence_from_ecc(&ecc))),
+        Err(AmdSmiError::NotSupported { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -59,21 +70,23 @@ pub struct FakeAmdTelemetry {
     pub ecc: std::collections::BTreeMap<String, EccCounts>,
 }
 
-impl AmdTelemetry for FakeAmdTelemetry {
-    fn gpus(&mut self) -> Result<Vec<AmdGpu>, AmdSmiError> {
-        Ok(self
-            .gpus
-            .iter()
-            .enumerate()
-            .map(|(index, pci)| AmdGpu { index, pci_address: pci.clone() })
-            .collect())
+impl FakeAmdTelemetry {
+    fn ecc(&self, pci_address: &str) -> Result<EccCounts, AmdSmiError> {
+        self.ecc.get(pci_address).copied().ok_or(AmdSmiError::NotSupported {
+            call: "amdsmi_get_gpu_total_ecc_count",
+            gpu: Some(pci_address.to_string()),
+        })
+    }
+}
+
+impl DeviceLibrary for FakeAmdTelemetry {
+    fn devices(&mut self) -> Result<Vec<LibraryDevice>, String> {
+        Ok(self.gpus.iter().map(|pci| LibraryDevice { pci_address: pci.clone(), serial: None }).collect())
     }
 
-    fn ecc(&mut self, gpu: &AmdGpu) -> Result<EccCounts, AmdSmiError> {
-        self.ecc.get(&gpu.pci_address).copied().ok_or(AmdSmiError::NotSupported {
-            call: "amdsmi_get_gpu_total_ecc_count",
-            gpu: Some(gpu.pci_address.clone()),
-        })
+    fn sample(&mut self, index: usize) -> Result<Option<Vec<Evidence>>, String> {
+        let pci = self.gpus.get(index).ok_or_else(|| format!("no AMD GPU #{index}"))?;
+        sample_result(self.ecc(pci))
     }
 }
 
@@ -89,26 +102,20 @@ pub enum AmdSource {
     Off,
 }
 
-/// What the amdsmi thread tells the loop.
-#[derive(Debug)]
-pub enum AmdEvent {
-    /// The GPUs amdsmi enumerates, by PCI address.
-    Inventory {
-        gpus: Vec<String>,
-    },
-    /// One GPU's evidence (empty: nothing wrong); `None` evidence: the counts are not
-    /// supported on it.
-    Sample {
-        pci_address: String,
-        evidence: Option<Vec<Evidence>>,
-    },
-    SampleFailed {
-        pci_address: String,
-        message: String,
-    },
-    Unavailable {
-        message: String,
-    },
+impl AmdSource {
+    /// How the library thread opens this source (`library`: amdsmi's path); `None`: off.
+    pub fn opener(&self, library: Option<PathBuf>) -> Option<Opener> {
+        match self.clone() {
+            AmdSource::Off => None,
+            AmdSource::Fake(fake) => {
+                Some(Box::new(move || Ok(Box::new(fake.clone()) as Box<dyn DeviceLibrary>)))
+            }
+            AmdSource::AmdSmi => Some(Box::new(move || {
+                let smi = AmdSmi::open(library.as_deref()).map_err(|e| e.to_string())?;
+                Ok(Box::new(AmdLibrary { smi, gpus: Vec::new() }) as Box<dyn DeviceLibrary>)
+            })),
+        }
+    }
 }
 
 /// Evidence from one GPU's counts.
@@ -133,77 +140,6 @@ pub fn evidence_from_ecc(ecc: &EccCounts) -> Vec<Evidence> {
     out
 }
 
-/// Start the amdsmi thread: inventory, then every GPU's counts each `interval`; when the
-/// library cannot be used, [`AmdEvent::Unavailable`] and a retry after [`RETRY`].
-pub fn spawn_amd_telemetry(
-    source: AmdSource,
-    library: Option<PathBuf>,
-    interval: StdDuration,
-    events: mpsc::Sender<AmdEvent>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("amdsmi".into()).spawn(move || {
-        let send = |e: AmdEvent| events.blocking_send(e).is_ok();
-        loop {
-            let ended = match &source {
-                AmdSource::Off => return,
-                AmdSource::Fake(fake) => follow(&mut fake.clone(), interval, &send, &stop),
-                AmdSource::AmdSmi => match AmdSmi::open(library.as_deref()) {
-                    Ok(mut smi) => follow(&mut smi, interval, &send, &stop),
-                    Err(e) => Some(e.to_string()),
-                },
-            };
-            let Some(message) = ended else { return };
-            if !send(AmdEvent::Unavailable { message }) || !sleep_unless_stopped(RETRY, &stop) {
-                return;
-            }
-        }
-    })
-}
-
-/// Returns why it stopped following (`None`: told to stop, or the loop is gone).
-fn follow(
-    smi: &mut dyn AmdTelemetry,
-    interval: StdDuration,
-    send: &dyn Fn(AmdEvent) -> bool,
-    stop: &AtomicBool,
-) -> Option<String> {
-    let gpus = match smi.gpus() {
-        Ok(gpus) => gpus,
-        Err(e) => return Some(e.to_string()),
-    };
-    if !send(AmdEvent::Inventory { gpus: gpus.iter().map(|g| g.pci_address.clone()).collect() }) {
-        return None;
-    }
-    loop {
-        for gpu in &gpus {
-            let pci_address = gpu.pci_address.clone();
-            let event = match smi.ecc(gpu) {
-                Ok(ecc) => AmdEvent::Sample { pci_address, evidence: Some(evidence_from_ecc(&ecc)) },
-                Err(AmdSmiError::NotSupported { .. }) => AmdEvent::Sample { pci_address, evidence: None },
-                Err(e) => AmdEvent::SampleFailed { pci_address, message: e.to_string() },
-            };
-            if !send(event) {
-                return None;
-            }
-        }
-        if !sleep_unless_stopped(interval, stop) {
-            return None;
-        }
-    }
-}
-
-fn sleep_unless_stopped(total: StdDuration, stop: &AtomicBool) -> bool {
-    let until = std::time::Instant::now() + total;
-    while std::time::Instant::now() < until {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        std::thread::sleep(StdDuration::from_millis(50).min(total));
-    }
-    !stop.load(Ordering::Relaxed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,29 +161,32 @@ mod tests {
 
     #[test]
     fn a_missing_library_is_reported_unavailable_and_the_thread_runs_on() {
-        let (tx, mut rx) = mpsc::channel(4);
+        use crate::library::{LibraryEvent, spawn_library_thread};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = spawn_amd_telemetry(
-            AmdSource::AmdSmi,
-            Some("/nonexistent/libamd_smi.so".into()),
-            StdDuration::from_secs(1),
-            tx,
-            Arc::clone(&stop),
-        )
-        .expect("thread");
-        let Some(AmdEvent::Unavailable { message }) = rx.blocking_recv() else { panic!("unavailable first") };
+        let open = AmdSource::AmdSmi.opener(Some("/nonexistent/libamd_smi.so".into())).expect("on");
+        let thread =
+            spawn_library_thread("amdsmi", open, std::time::Duration::from_secs(1), tx, Arc::clone(&stop))
+                .expect("thread");
+        let Some(LibraryEvent::Unavailable { message }) = rx.blocking_recv() else {
+            panic!("unavailable first")
+        };
         assert!(
             message.starts_with("amdsmi unavailable: cannot load /nonexistent/libamd_smi.so"),
             "{message}"
         );
         stop.store(true, Ordering::Relaxed);
         thread.join().expect("the thread ends when told");
+        assert!(AmdSource::Off.opener(None).is_none(), "off: no thread");
     }
 
     #[test]
     fn a_gpu_without_counts_is_not_supported_not_failed() {
         let mut fake = FakeAmdTelemetry { gpus: vec!["0000:c1:00.0".into()], ..FakeAmdTelemetry::default() };
-        let gpu = fake.gpus().expect("gpus").remove(0);
-        assert!(matches!(fake.ecc(&gpu), Err(AmdSmiError::NotSupported { .. })));
+        assert_eq!(fake.devices().expect("gpus").len(), 1);
+        assert_eq!(fake.sample(0), Ok(None));
+        assert!(fake.sample(1).is_err(), "no such GPU");
     }
 }

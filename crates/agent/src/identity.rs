@@ -99,6 +99,9 @@ pub struct NodeIdentity {
     sysfs_names: BTreeMap<String, String>,
     /// MI300 partitions by the ROCm plugin's id (`amdgpu_xcp_30`) → their GPU's PCI address.
     amd_partitions: BTreeMap<String, String>,
+    /// Gaudi devices by serial number (the id Intel's Gaudi plugin gives them) → PCI address
+    /// (hlml, [`crate::gaudi`]).
+    gaudi_serials: BTreeMap<String, String>,
 }
 
 impl NodeIdentity {
@@ -130,6 +133,14 @@ impl NodeIdentity {
     /// the GPU's PCI address ([`crate::accel`]).
     pub fn set_amd_partitions(&mut self, partitions: BTreeMap<String, String>) {
         self.amd_partitions = partitions;
+    }
+
+    /// Which PCI device each Gaudi serial number is (replacing the last enumeration); whether
+    /// anything changed.
+    pub fn set_gaudi_serials(&mut self, serials: BTreeMap<String, String>) -> bool {
+        let changed = serials != self.gaudi_serials;
+        self.gaudi_serials = serials;
+        changed
     }
 
     /// The PCI address of the device sysfs calls `name` (`card1`, `accel0`, `hl0`).
@@ -215,6 +226,11 @@ impl NodeIdentity {
             replica: parsed.replica,
             dra: None,
         };
+        // A device named through its PCI address: NVML's key there, else the address.
+        let at_pci = |pci: &str| {
+            let key = self.key_at_pci(pci).unwrap_or_else(|| pci.to_string());
+            Resolved { identified: true, ..plain(key, None) }
+        };
         match parsed.id {
             DeviceId::Dra(d) => self.resolve_dra(d),
             DeviceId::GpuUuid(u) => Resolved { identified: self.gpu_by_uuid(&u).is_some(), ..plain(u, None) },
@@ -243,10 +259,7 @@ impl NodeIdentity {
             // An Intel GPU by its DRM card: the device at the card's PCI address (its key is the
             // address, as an AMD GPU's; NVML's key if NVML knows it).
             DeviceId::DrmCard(n) => match self.pci_of_sysfs_name(&format!("card{n}")) {
-                Some(pci) => {
-                    let key = self.key_at_pci(pci).unwrap_or_else(|| pci.to_string());
-                    Resolved { identified: true, ..plain(key, None) }
-                }
+                Some(pci) => at_pci(pci),
                 None => plain(base.clone(), None),
             },
             // An MI300 partition: a device of its own whose parent is its GPU, when KFD said.
@@ -254,6 +267,14 @@ impl NodeIdentity {
                 let gpu = self.amd_partitions.get(&base);
                 let parent = gpu.map(|pci| self.key_at_pci(pci).unwrap_or_else(|| pci.clone()));
                 plain(base.clone(), parent)
+            }
+            // A Gaudi by its serial number (Intel's plugin): the device at the PCI address
+            // hlml gives that serial, keyed as an Intel GPU is.
+            DeviceId::Other(_) if resource.starts_with(GAUDI_RESOURCE_PREFIX) => {
+                match self.gaudi_serials.get(&base) {
+                    Some(pci) => at_pci(pci),
+                    None => plain(base.clone(), None),
+                }
             }
             DeviceId::Other(_) => plain(base.clone(), None),
         }
@@ -303,14 +324,19 @@ impl NodeIdentity {
     }
 }
 
-/// The vendor a resource (an extended resource or a DRA driver) belongs to.
+/// The resources of Intel's Gaudi device plugin (`habana.ai/gaudi`), whose ids are serial
+/// numbers.
+pub const GAUDI_RESOURCE_PREFIX: &str = "habana.ai/";
+
+/// The vendor a resource (an extended resource or a DRA driver) belongs to (Gaudi's
+/// `habana.ai` is Intel's).
 pub fn vendor_of(resource: &str) -> Vendor {
     let domain = resource.split('/').next().unwrap_or(resource);
     if domain == "nvidia.com" || domain.ends_with(".nvidia.com") {
         Vendor::Nvidia
     } else if domain == "amd.com" || domain.ends_with(".amd.com") {
         Vendor::Amd
-    } else if domain == "intel.com" || domain.ends_with(".intel.com") {
+    } else if domain == "intel.com" || domain.ends_with(".intel.com") || domain == "habana.ai" {
         Vendor::Intel
     } else {
         Vendor::Other
@@ -566,5 +592,20 @@ mod tests {
         assert_eq!((r.key.as_str(), r.identified), ("nic.example.com/pool/eth-0", false));
         // An index only for NVIDIA resources.
         assert_eq!(n.resolve("example.com/dev", "0").key, "0");
+    }
+
+    #[test]
+    fn a_gaudi_serial_resolves_through_hlml_to_its_pci_address_and_only_for_gaudi() {
+        let mut n = node();
+        let r = n.resolve("habana.ai/gaudi", "AM0000001");
+        assert_eq!((r.key.as_str(), r.identified), ("AM0000001", false), "hlml not read yet");
+        let serials = BTreeMap::from([("AM0000001".to_string(), "0000:19:00.0".to_string())]);
+        assert!(n.set_gaudi_serials(serials.clone()));
+        assert!(!n.set_gaudi_serials(serials), "the same serials again: no change");
+        let r = n.resolve("habana.ai/gaudi", "AM0000001");
+        assert_eq!((r.key.as_str(), r.identified), ("0000:19:00.0", true));
+        // Another plugin's id that happens to be the same text is not a Gaudi.
+        assert_eq!(n.resolve("example.com/dev", "AM0000001").key, "AM0000001");
+        assert_eq!(vendor_of("habana.ai/gaudi"), Vendor::Intel);
     }
 }

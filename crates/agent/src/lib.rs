@@ -27,11 +27,13 @@
 pub mod accel;
 pub mod amd;
 pub mod fake;
+pub mod gaudi;
 pub mod health;
 pub mod http;
 pub mod identity;
 pub mod kernel;
 pub mod kubelet_devices;
+pub mod library;
 pub mod metrics;
 pub mod nic;
 pub mod nvml;

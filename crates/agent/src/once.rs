@@ -5,7 +5,7 @@
 //! directory, no permission on `/dev/kmsg`) is reported in `status.sources` as unavailable with
 //! the reason, and the pass goes on: a node without a GPU or a kubelet still gets an answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
@@ -16,6 +16,7 @@ use devheal_kubelet::podresources::{DeviceBinding, PodResourcesClient};
 
 use crate::health::{DeviceHealthTracker, TrackerConfig};
 use crate::kernel::{KernelPipeline, Mapped};
+use crate::library::Library;
 use crate::nvml::{GpuTelemetry, NvmlTelemetry};
 use crate::nvml_evidence::evidence_from_sample;
 use crate::snapshot::{InventoryDevice, SnapshotInput, node_device_health};
@@ -44,6 +45,8 @@ pub struct SourcePaths {
     pub kfd_topology_dir: PathBuf,
     /// `libamd_smi.so` when it is not on the loader's path ([`crate::amd`]).
     pub amdsmi_library: Option<PathBuf>,
+    /// `libhlml.so` (Intel Gaudi) when it is not on the loader's path ([`crate::gaudi`]).
+    pub hlml_library: Option<PathBuf>,
 }
 
 impl Default for SourcePaths {
@@ -60,6 +63,7 @@ impl Default for SourcePaths {
             accel_class_dir: "/sys/class/accel".into(),
             kfd_topology_dir: "/sys/class/kfd/kfd/topology/nodes".into(),
             amdsmi_library: None,
+            hlml_library: None,
         }
     }
 }
@@ -129,10 +133,20 @@ pub async fn collect_once(
     identity.set_sysfs_names(accelerators.names());
     identity.set_amd_partitions(accelerators.partition_gpus());
     sources.push(source("sysfs_accelerators", accelerators.available, accelerators.message.clone(), None));
-    let amd = amd_once(paths, &identity, &mut inventory, &mut tracker, now);
-    // Without an AMD GPU in sysfs, amdsmi's absence says nothing (as in the running agent).
-    if amd.available || !accelerators.has_no_amd_gpu() {
-        sources.push(amd);
+    let libraries = [
+        (Library::Amd, crate::amd::AmdSource::AmdSmi.opener(paths.amdsmi_library.clone())),
+        (Library::Gaudi, crate::gaudi::GaudiSource::Hlml.opener(paths.hlml_library.clone())),
+    ];
+    for (library, open) in libraries {
+        sources.extend(library_once(
+            library,
+            open,
+            &accelerators,
+            &mut identity,
+            &mut inventory,
+            &mut tracker,
+            now,
+        ));
     }
 
     // PodResources: who holds which device, and the devices the kubelet offers (those it
@@ -237,44 +251,64 @@ pub async fn collect_once(
     })
 }
 
-/// amdsmi once: each AMD GPU into the inventory, with its ECC evidence; the source's status.
-fn amd_once(
-    paths: &SourcePaths,
-    identity: &crate::identity::NodeIdentity,
+/// A vendor library once (amdsmi, hlml): each device into the inventory under its key, with its
+/// evidence; the source's status (`None`: the library is off, or absent where sysfs shows none
+/// of its devices, as in the running agent). A Gaudi's serial number is handed to the identity
+/// resolver first, so that the kubelet's ids for it (read after this) resolve to its PCI
+/// address.
+fn library_once(
+    library: Library,
+    open: Option<crate::library::Opener>,
+    accelerators: &crate::accel::AcceleratorInventory,
+    identity: &mut crate::identity::NodeIdentity,
     inventory: &mut Vec<InventoryDevice>,
     tracker: &mut DeviceHealthTracker,
     now: Time,
-) -> SourceStatus {
-    let name = crate::amd::AMD_SMI_SOURCE;
-    let mut smi = match devheal_amdsmi::AmdSmi::open(paths.amdsmi_library.as_deref()) {
-        Ok(smi) => smi,
-        Err(e) => return source(name, false, e.to_string(), None),
+) -> Option<SourceStatus> {
+    let open = open?;
+    let name = library.source_name();
+    let unavailable =
+        |message: String| (!library.absent_from(accelerators)).then(|| source(name, false, message, None));
+    let mut lib = match open() {
+        Ok(lib) => lib,
+        Err(e) => return unavailable(e),
     };
-    let gpus = match smi.gpus() {
-        Ok(gpus) => gpus,
-        Err(e) => return source(name, false, e.to_string(), None),
+    let devices = match lib.devices() {
+        Ok(devices) => devices,
+        Err(e) => return unavailable(e),
     };
+    let serials: BTreeMap<String, String> = devices
+        .iter()
+        .filter_map(|d| {
+            let serial = d.serial.clone().filter(|s| !s.is_empty())?;
+            Some((serial, devheal_core::identity::normalise_pci_address(&d.pci_address)?))
+        })
+        .collect();
+    if !serials.is_empty() {
+        identity.set_gaudi_serials(serials);
+    }
     let mut seen = BTreeSet::new();
-    for gpu in &gpus {
-        if !seen.insert(gpu.pci_address.clone()) {
+    for (index, device) in devices.iter().enumerate() {
+        let Some(pci) = devheal_core::identity::normalise_pci_address(&device.pci_address) else { continue };
+        if !seen.insert(pci.clone()) {
             continue;
         }
-        let key = identity.key_at_pci(&gpu.pci_address).unwrap_or_else(|| gpu.pci_address.clone());
-        if let Ok(ecc) = smi.ecc(gpu) {
-            tracker.set_watch(&key, HealthSource::AmdSmi, true, now);
-            for e in crate::amd::evidence_from_ecc(&ecc) {
+        let key = identity.key_at_pci(&pci).unwrap_or_else(|| pci.clone());
+        if let Ok(Some(evidence)) = lib.sample(index) {
+            tracker.set_watch(&key, library.health_source(), true, now);
+            for e in evidence {
                 tracker.observe(&key, e, now);
             }
         }
         inventory.push(InventoryDevice {
             id: key,
-            resource: crate::amd::AMD_GPU_RESOURCE.into(),
-            vendor: devheal_k8s::crd::DeviceVendor::Amd,
-            pci_address: Some(gpu.pci_address.clone()),
+            resource: library.resource().into(),
+            vendor: library.vendor(),
+            pci_address: Some(pci),
             ..InventoryDevice::default()
         });
     }
-    source(name, true, format!("{} AMD GPU(s)", seen.len()), None)
+    Some(source(name, true, format!("{} {}", seen.len(), library.devices_noun()), None))
 }
 
 fn replay_kernel_log(

@@ -42,6 +42,7 @@ use crate::http::{ProgressControl, ProgressRefusal, ProgressRequest};
 use crate::identity::{NodeIdentity, SliceRead};
 use crate::kernel::{KernelEvent, KernelPipeline, Mapped, spawn_kmsg_reader};
 use crate::kubelet_devices::{KubeletDevices, KubeletView, NodeCounts, per_device};
+use crate::library::LibraryEvent;
 use crate::metrics::{AgentMetrics, DeviceLabels, HealthLabel, MAX_DEVICE_SERIES, SourceLabel, StateLabel};
 use crate::once::SourcePaths;
 use crate::progress::{PodRef, ProgressBook, ProgressConfig, ProgressError};
@@ -82,6 +83,9 @@ pub struct AgentConfig {
     pub gpus: GpuSource,
     /// AMD GPUs' ECC counts: amdsmi, loaded at run time ([`crate::amd`]).
     pub amd: crate::amd::AmdSource,
+    /// Intel Gaudi devices' serial numbers and health: hlml, loaded at run time
+    /// ([`crate::gaudi`]).
+    pub gaudi: crate::gaudi::GaudiSource,
     /// How often the DRM cards and accel devices are read from sysfs ([`crate::accel`]).
     pub accelerator_interval: StdDuration,
     /// Serve this many fake devices (`devheal.io/fake-gpu`) and accept fault injection.
@@ -157,6 +161,7 @@ impl AgentConfig {
             paths: SourcePaths::default(),
             gpus: GpuSource::Nvml,
             amd: crate::amd::AmdSource::AmdSmi,
+            gaudi: crate::gaudi::GaudiSource::Hlml,
             accelerator_interval: StdDuration::from_secs(30),
             fake_devices: 0,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9101))),
@@ -314,18 +319,17 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         .map_err(|source| AgentError::Thread { what: "NVML", source })?;
     }
 
-    // AMD GPUs through amdsmi.
-    if !matches!(config.amd, crate::amd::AmdSource::Off) {
-        let (amd_tx, amd_rx) = mpsc::channel::<crate::amd::AmdEvent>(256);
-        crate::amd::spawn_amd_telemetry(
-            config.amd.clone(),
-            config.paths.amdsmi_library.clone(),
-            config.nvml_interval,
-            amd_tx,
-            Arc::clone(&stop_threads),
-        )
-        .map_err(|source| AgentError::Thread { what: "amdsmi", source })?;
-        tasks.push(tokio::spawn(forward(amd_rx, events_tx.clone(), SourceEvent::Amd, shutdown.clone())));
+    // AMD GPUs through amdsmi, Intel Gaudi through hlml: each library on its own thread.
+    let libraries = [
+        ("amdsmi", config.amd.opener(config.paths.amdsmi_library.clone()), SourceEvent::Amd as fn(_) -> _),
+        ("hlml", config.gaudi.opener(config.paths.hlml_library.clone()), SourceEvent::Gaudi),
+    ];
+    for (what, open, wrap) in libraries {
+        let Some(open) = open else { continue };
+        let (tx, rx) = mpsc::channel::<LibraryEvent>(256);
+        crate::library::spawn_library_thread(what, open, config.nvml_interval, tx, Arc::clone(&stop_threads))
+            .map_err(|source| AgentError::Thread { what, source })?;
+        tasks.push(tokio::spawn(forward(rx, events_tx.clone(), wrap, shutdown.clone())));
     }
 
     // The Node's device counts, its ResourceSlices and its device-stack pods, as they change.
@@ -454,6 +458,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         static_devices,
         nvml_devices: Vec::new(),
         amd_devices: Vec::new(),
+        gaudi_devices: Vec::new(),
         accelerators: crate::accel::AcceleratorInventory::default(),
         drm_class_dir: config.paths.drm_class_dir.clone(),
         accel_class_dir: config.paths.accel_class_dir.clone(),
@@ -558,6 +563,8 @@ struct LoopState {
     nvml_devices: Vec<InventoryDevice>,
     /// amdsmi's GPUs.
     amd_devices: Vec<InventoryDevice>,
+    /// hlml's Gaudi devices.
+    gaudi_devices: Vec<InventoryDevice>,
     /// The DRM cards and accel devices last read from sysfs, where, how often and when
     /// ([`accelerators`]).
     accelerators: crate::accel::AcceleratorInventory,

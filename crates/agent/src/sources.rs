@@ -55,7 +55,8 @@ pub(crate) enum SourceEvent {
     Kernel(KernelEvent),
     Fake(FakeSignal),
     Nvml(NvmlEvent),
-    Amd(crate::amd::AmdEvent),
+    Amd(crate::library::LibraryEvent),
+    Gaudi(crate::library::LibraryEvent),
     PodResources(PodResourcesEvent),
     /// The Node's device counts changed (`None`: not known).
     NodeCounts(Option<NodeCounts>),

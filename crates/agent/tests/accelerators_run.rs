@@ -3,7 +3,9 @@
 //! DRM card and accel device is; the kubelet (an in-process PodResources server) names an AMD
 //! GPU by its PCI address (the ROCm plugin) and an Intel GPU by its card's shares (`card2-0`,
 //! `card2-1`: Intel's GPU plugin); the kernel log (a saved log file the test appends records
-//! to) names both by PCI address; amdsmi is played by scripted GPUs.
+//! to) names both by PCI address; amdsmi is played by scripted GPUs. A Gaudi is named by the
+//! kubelet by its serial number (Intel's Gaudi plugin) and by the kernel as `hl0`: hlml (scripted)
+//! ties the serial to the PCI address that sysfs ties `accel0` to.
 
 mod common;
 
@@ -14,6 +16,7 @@ use std::time::Duration;
 use common::{ChannelPublisher, kmsg_record, test_config, wait_for_status};
 use devheal_agent::accel::read_accelerators;
 use devheal_agent::amd::{AmdSource, FakeAmdTelemetry};
+use devheal_agent::gaudi::{FakeGaudiTelemetry, GaudiSource, GaudiState};
 use devheal_agent::run::start;
 use devheal_amdsmi::EccCounts;
 use devheal_core::{HealthSource, Vendor};
@@ -26,6 +29,10 @@ const WAIT: Duration = Duration::from_secs(20);
 const AMD_GPU: &str = "0000:c1:00.0";
 const INTEL_GPU: &str = "0000:03:00.0";
 const GAUDI: &str = "0000:19:00.0";
+/// The Gaudi's serial number: the id Intel's plugin gives it.
+const GAUDI_SERIAL: &str = "AM0000001";
+/// A second Gaudi, only hlml knows (no sysfs entry, no pod), with a critical-error event.
+const GAUDI_2: &str = "0000:1a:00.0";
 /// An MI300 partition of the AMD GPU (KFD says whose).
 const PARTITION: &str = "amdgpu_xcp_30";
 /// A GPU only amdsmi reports (no plugin names it here), with uncorrectable ECC errors.
@@ -138,6 +145,31 @@ fn scripted_amdsmi() -> AmdSource {
 
 /// The agent on the fixture's node, with sysfs' accelerators read or not (`mapped`).
 async fn start_node(mapped: bool, amd: AmdSource) -> Node {
+    start_node_with(mapped, amd, GaudiSource::Off).await
+}
+
+/// hlml played by scripted devices: the fixture's Gaudi, quiet, and a second one with a
+/// critical-error event.
+fn scripted_hlml() -> GaudiSource {
+    GaudiSource::Fake(FakeGaudiTelemetry {
+        devices: vec![
+            (GAUDI_SERIAL.into(), GAUDI.into(), GaudiState { uncorrected: Some(0), ..GaudiState::default() }),
+            ("AM0000002".into(), GAUDI_2.into(), GaudiState { critical_errors: 1, ..GaudiState::default() }),
+        ],
+    })
+}
+
+async fn start_node_with(mapped: bool, amd: AmdSource, gaudi: GaudiSource) -> Node {
+    start_node_at(mapped, amd, gaudi, None).await
+}
+
+/// [`start_node_with`] with hlml at `hlml` (default: a path where there is none).
+async fn start_node_at(
+    mapped: bool,
+    amd: AmdSource,
+    gaudi: GaudiSource,
+    hlml: Option<std::path::PathBuf>,
+) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path(), "node-amd");
     if mapped {
@@ -147,6 +179,8 @@ async fn start_node(mapped: bool, amd: AmdSource) -> Node {
         config.paths.kfd_topology_dir = dir.path().join("sys/class/kfd/kfd/topology/nodes");
     }
     config.amd = amd;
+    config.gaudi = gaudi;
+    config.paths.hlml_library = Some(hlml.unwrap_or_else(|| dir.path().join("no-habanalabs/libhlml.so")));
     config.paths.amdsmi_library = Some(dir.path().join("no-rocm/libamd_smi.so"));
     config.nvml_interval = Duration::from_millis(200);
 
@@ -156,6 +190,7 @@ async fn start_node(mapped: bool, amd: AmdSource) -> Node {
         common::pod_resources("ml", "xcp-a", "trainer", "amd.com/gpu", &[PARTITION]),
         common::pod_resources("media", "xe-a", "encoder", "gpu.intel.com/xe", &["card2-0"]),
         common::pod_resources("media", "xe-b", "encoder", "gpu.intel.com/xe", &["card2-1"]),
+        common::pod_resources("llm", "gaudi-a", "trainer", "habana.ai/gaudi", &[GAUDI_SERIAL]),
     ]);
     state.set_allocatable(vec![
         pr::ContainerDevices {
@@ -166,6 +201,11 @@ async fn start_node(mapped: bool, amd: AmdSource) -> Node {
         pr::ContainerDevices {
             resource_name: "gpu.intel.com/xe".into(),
             device_ids: vec!["card2-0".into(), "card2-1".into()],
+            topology: None,
+        },
+        pr::ContainerDevices {
+            resource_name: "habana.ai/gaudi".into(),
+            device_ids: vec![GAUDI_SERIAL.into()],
             topology: None,
         },
     ]);
@@ -180,6 +220,7 @@ async fn start_node(mapped: bool, amd: AmdSource) -> Node {
 
 const AMDGPU_LINE: &str =
     "amdgpu 0000:c1:00.0: amdgpu: uncorrectable hardware error(ERREVENT_ATHUB_INTERRUPT) detected!";
+const GAUDI_LINE: &str = "habanalabs hl0: Device heartbeat failed! PCI link is broken";
 const XE_LINE: &str =
     "xe 0000:03:00.0: [drm] *ERROR* CRITICAL: Xe has declared device 0000:03:00.0 as wedged.";
 
@@ -313,4 +354,113 @@ async fn without_amdsmi_the_agent_runs_on_and_says_why() {
     );
     assert!(!later.sources.iter().any(|s| s.name == "amd_smi"), "{:?}", later.sources);
     agent.stop().await;
+}
+
+/// A Gaudi the kubelet names by its serial number is, through hlml, the device at its PCI
+/// address, the one the kernel's `habanalabs hl0:` line names through sysfs' `accel0`: the
+/// heartbeat failure reaches the pod holding it. hlml's critical-error event makes the other
+/// Gaudi Unhealthy with hlml's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gaudi_named_by_its_serial_is_the_device_the_kernel_calls_hl0() {
+    let mut node = start_node_with(true, AmdSource::Off, scripted_hlml()).await;
+    let status = wait_for_status(&mut node.rx, WAIT, "the Gaudi at its PCI address with its pod", |s| {
+        pods(s, GAUDI) == ["gaudi-a"] && health(s, GAUDI_2) == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    let gaudi = device(&status, GAUDI).expect("the Gaudi");
+    assert_eq!(
+        (gaudi.resource.as_str(), gaudi.pci_address.as_deref(), gaudi.vendor),
+        ("habana.ai/gaudi", Some(GAUDI), Vendor::Intel)
+    );
+    assert!(
+        device(&status, GAUDI_SERIAL).is_none(),
+        "the serial is a name of the device, not one: {status:#?}"
+    );
+    let hlml = status.sources.iter().find(|s| s.name == "hlml").expect("the hlml source");
+    assert_eq!((hlml.available, hlml.message.as_deref()), (true, Some("2 Gaudi device(s)")));
+    let second = device(&status, GAUDI_2).expect("hlml's second Gaudi");
+    assert!(second.reasons.iter().any(|r| r.source == HealthSource::Hlml && r.code == Some(2)), "{second:?}");
+    assert_eq!(health(&status, GAUDI), Some(DeviceHealthState::Healthy));
+
+    append(&node.kmsg, &kmsg_record(1, 3, GAUDI_LINE)).await;
+    let status = wait_for_status(&mut node.rx, WAIT, "the Gaudi Unhealthy", |s| {
+        health(s, GAUDI) == Some(DeviceHealthState::Unhealthy)
+    })
+    .await;
+    let gaudi = device(&status, GAUDI).expect("the Gaudi");
+    assert_eq!(pods(&status, GAUDI), ["gaudi-a"]);
+    assert!(gaudi.reasons.iter().any(|r| r.source == HealthSource::KernelLog), "{gaudi:?}");
+    node.agent.stop().await;
+    node.kubelet.stop().await;
+}
+
+/// Without hlml the plugin's serial number is no PCI address: the `hl0` line names a PCI device
+/// no pod's device is, so it is unmapped and the pod's Gaudi stays Healthy, never told (the hole
+/// hlml closes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hlml_a_gaudi_fault_misses_the_pod_and_the_source_says_why() {
+    let mut node = start_node_with(true, AmdSource::Off, GaudiSource::Hlml).await;
+    let status = wait_for_status(&mut node.rx, WAIT, "the Gaudi by its serial, hlml unavailable", |s| {
+        pods(s, GAUDI_SERIAL) == ["gaudi-a"] && s.sources.iter().any(|s| s.name == "hlml" && !s.available)
+    })
+    .await;
+    let hlml = status.sources.iter().find(|s| s.name == "hlml").expect("the source");
+    let message = hlml.message.as_deref().unwrap_or_default();
+    assert!(message.starts_with("hlml unavailable: cannot load "), "{message}");
+    append(&node.kmsg, &kmsg_record(1, 3, GAUDI_LINE)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.agent.metrics.kmsg_unmapped.get() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the hl0 line was never read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut status = status;
+    while let Ok(object) = node.rx.try_recv() {
+        status = object.status.unwrap_or(status);
+    }
+    assert_eq!(health(&status, GAUDI_SERIAL), Some(DeviceHealthState::Healthy), "{status:#?}");
+    assert!(device(&status, GAUDI).is_none(), "{status:#?}");
+    node.agent.stop().await;
+    node.kubelet.stop().await;
+}
+
+/// The real hlml loader in the running agent, against `crates/hlml/tests/data/fake_hlml.c` (our
+/// stand-in for libhlml.so, written from the header, compiled here with `cc`): its first device
+/// is the fixture's Gaudi by serial `AM0000001`, its second has 2 uncorrected ECC errors and a
+/// critical-error event, its third no ECC counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hlml_loader_maps_serials_and_hears_events_from_a_c_library() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hlml/tests/data/fake_hlml.c");
+    let library = dir.path().join("libhlml.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&library)
+        .arg("-DEVENTS=\"1:2\"")
+        .arg(&source)
+        .status()
+        .unwrap_or_else(|e| panic!("this test needs a C compiler (`cc`) to build the hlml stand-in: {e}"));
+    assert!(built.success(), "cc failed on {}", source.display());
+    let mut node = start_node_at(true, AmdSource::Off, GaudiSource::Hlml, Some(library)).await;
+    let status = wait_for_status(&mut node.rx, WAIT, "the Gaudi by serial, the second Unhealthy", |s| {
+        pods(s, GAUDI) == ["gaudi-a"]
+            && device(s, "0000:b3:00.0").is_some_and(|d| {
+                d.health == DeviceHealthState::Unhealthy
+                    && d.reasons.iter().filter(|r| r.source == HealthSource::Hlml).count() == 2
+            })
+    })
+    .await;
+    let hlml = status.sources.iter().find(|s| s.name == "hlml").expect("the hlml source");
+    assert_eq!((hlml.available, hlml.message.as_deref()), (true, Some("3 Gaudi device(s)")));
+    let second = device(&status, "0000:b3:00.0").expect("the second Gaudi");
+    let codes: Vec<Option<u32>> =
+        second.reasons.iter().filter(|r| r.source == HealthSource::Hlml).map(|r| r.code).collect();
+    assert_eq!(codes, [Some(1), Some(2)], "uncorrected ECC, then the critical-error event: {second:?}");
+    assert_eq!(health(&status, GAUDI), Some(DeviceHealthState::Healthy));
+    assert_eq!(
+        health(&status, "0001:1a:1f.7"),
+        Some(DeviceHealthState::Healthy),
+        "no ECC counts is no evidence"
+    );
+    node.agent.stop().await;
+    node.kubelet.stop().await;
 }

@@ -65,6 +65,7 @@ async fn plugin_health_pod_map_and_kernel_log_come_together() {
         accel_class_dir: dir.path().join("no-sysfs-accel"),
         kfd_topology_dir: dir.path().join("no-sysfs-kfd"),
         amdsmi_library: None,
+        hlml_library: Some(dir.path().join("no-libhlml.so")),
     };
     // An operator's catalog (`--catalog`): the kernel log is classified with it, and says so.
     let catalog = Catalog::from_yaml_str(
@@ -134,6 +135,7 @@ async fn a_node_with_nothing_still_gets_an_answer() {
         accel_class_dir: missing("sys-class-accel"),
         kfd_topology_dir: missing("sys-class-kfd"),
         amdsmi_library: Some(missing("libamd_smi.so")),
+        hlml_library: Some(missing("libhlml.so")),
     };
     let object =
         collect_once("bare", &paths, &Catalog::builtin(), Duration::from_secs(1), Time::from_secs(0)).await;
@@ -142,7 +144,15 @@ async fn a_node_with_nothing_still_gets_an_answer() {
     let names: Vec<&str> = status.sources.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        vec!["nvml", "sysfs_accelerators", "amd_smi", "pod_resources", "device_plugins", "kernel_log"]
+        vec![
+            "nvml",
+            "sysfs_accelerators",
+            "amd_smi",
+            "hlml",
+            "pod_resources",
+            "device_plugins",
+            "kernel_log"
+        ]
     );
     assert!(
         status.sources.iter().all(|s| !s.available && s.message.as_deref().is_some_and(|m| !m.is_empty()))

@@ -93,6 +93,14 @@ pub struct AgentArgs {
     /// Do not load amdsmi at all.
     #[arg(long)]
     no_amdsmi: bool,
+    /// libhlml.so (Intel Gaudi's management library), when it is neither on the loader's path
+    /// nor in /usr/lib/habanalabs.
+    #[arg(long)]
+    hlml_library: Option<PathBuf>,
+    /// Do not load hlml at all (Gaudi devices then stay named by the serial numbers their
+    /// device plugin gives them).
+    #[arg(long)]
+    no_hlml: bool,
     /// How long to wait for each kubelet or plugin call.
     #[arg(long, default_value_t = 5)]
     source_timeout_secs: u64,
@@ -246,6 +254,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         accel_class_dir: args.accel_class_dir.clone(),
         kfd_topology_dir: args.kfd_topology_dir.clone(),
         amdsmi_library: args.amdsmi_library.clone(),
+        hlml_library: args.hlml_library.clone(),
         ..SourcePaths::default()
     };
     let catalog = match &args.catalog {
@@ -277,6 +286,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         devheal_agent::amd::AmdSource::Off
     } else {
         devheal_agent::amd::AmdSource::AmdSmi
+    };
+    config.gaudi = if args.no_hlml {
+        devheal_agent::gaudi::GaudiSource::Off
+    } else {
+        devheal_agent::gaudi::GaudiSource::Hlml
     };
     config.fake_devices = args.fake_devices;
     config.metrics_addr = Some(args.metrics_addr);

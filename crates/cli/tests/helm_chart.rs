@@ -351,6 +351,46 @@ controller:
 
 #[test]
 #[ignore = "needs helm (DEVHEAL_HELM): scripts/check-helm.sh"]
+fn vendor_library_directories_are_mounted_and_passed_only_when_set() {
+    let objects = helm_template(
+        "
+agent:
+  amdsmiLibraryDir: /opt/rocm/lib
+  hlmlLibraryDir: /usr/lib/habanalabs
+",
+    );
+    let agent = find(&objects, "DaemonSet", "devheal-agent");
+    let agent_args = args(agent);
+    for (flag, file) in [
+        ("--amdsmi-library", "/host/amdsmi-lib/libamd_smi.so"),
+        ("--hlml-library", "/host/hlml-lib/libhlml.so"),
+    ] {
+        let at =
+            agent_args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag}: {agent_args:?}"));
+        assert_eq!(agent_args[at + 1], file);
+    }
+    let pod = &agent["spec"]["template"]["spec"];
+    for (name, host, mount) in [
+        ("amdsmi-lib", "/opt/rocm/lib", "/host/amdsmi-lib"),
+        ("hlml-lib", "/usr/lib/habanalabs", "/host/hlml-lib"),
+    ] {
+        let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).expect(name);
+        assert_eq!(volume["hostPath"], json!({"path": host, "type": "Directory"}));
+        let mounted =
+            container(agent)["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned();
+        assert_eq!(mounted, Some(json!({"name": name, "mountPath": mount, "readOnly": true})));
+    }
+    // Unset (the default): neither flag nor volume.
+    let default = helm_template("");
+    let agent = find(&default, "DaemonSet", "devheal-agent");
+    let agent_args = args(agent);
+    assert!(!agent_args.iter().any(|a| a == "--amdsmi-library" || a == "--hlml-library"), "{agent_args:?}");
+    let volumes = agent["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    assert!(!volumes.iter().any(|v| v["name"] == "amdsmi-lib" || v["name"] == "hlml-lib"), "{volumes:?}");
+}
+
+#[test]
+#[ignore = "needs helm (DEVHEAL_HELM): scripts/check-helm.sh"]
 fn another_name_and_namespace_move_every_reference_together() {
     let objects = helm_template("name: gpuheal\nnamespace: {name: gpu-ops}\n");
     let k = by_key(&kustomize("deploy/base"), "kubectl kustomize");

@@ -85,6 +85,9 @@ pub enum HealthSource {
     Operator,
     /// AMD's management library (amdsmi, `libamd_smi.so`): ECC/RAS counts.
     AmdSmi,
+    /// Intel Gaudi's management library (hlml, `libhlml.so`): uncorrected ECC counts and
+    /// critical-error events.
+    Hlml,
     /// The agent's functional check of the device (`devheal gpu-check`: memory patterns and a
     /// kernel with a known answer), run before a device returns from a reset or a probation.
     FunctionalCheck,

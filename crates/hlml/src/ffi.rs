@@ -195,7 +195,7 @@ impl Library {
         Ok(Pci { bus_id: text(&info.bus_id), domain: info.domain, bus: info.bus, device: info.device })
     }
 
-    /// Uncorrected ECC errors since the driver loaded (`HLML_VOLATILE_ECC`).
+    /// Uncorrected ECC errors since the last reset or driver load (`HLML_VOLATILE_ECC`).
     pub(crate) fn uncorrected_ecc(&self, device: Handle) -> Result<u64, HlmlError> {
         let mut count = 0u64;
         // SAFETY: `device` came from hlml_device_get_handle_by_index; `count` is a writable

@@ -17,7 +17,7 @@
 //! - the devices: `hlml_device_get_count`, `hlml_device_get_handle_by_index`, each one's
 //!   `hlml_device_get_serial` (a `HL_FIELD_MAX_SIZE` = 32 byte buffer) and
 //!   `hlml_device_get_pci_info` (`hlml_pci_info_t`: `bus`, `bus_id[19]`, `device`, `domain`, …);
-//! - each device's uncorrected ECC errors since the driver loaded:
+//! - each device's uncorrected ECC errors since its last reset or the driver's load:
 //!   `hlml_device_get_total_ecc_errors(dev, HLML_MEMORY_ERROR_TYPE_UNCORRECTED,
 //!   HLML_VOLATILE_ECC, &count)`;
 //! - critical-error and double-bit ECC events, the signal Intel's device plugin marks a device
@@ -152,7 +152,7 @@ impl Hlml {
         self.events.is_some()
     }
 
-    /// Uncorrected ECC errors of `device` since the driver loaded.
+    /// Uncorrected ECC errors of `device` since its last reset or the driver's load.
     pub fn uncorrected_ecc(&self, device: &GaudiDevice) -> Result<u64, HlmlError> {
         let handle = *self.handles.get(device.index).ok_or(HlmlError::Call {
             call: "hlml_device_get_total_ecc_errors",
@@ -201,7 +201,9 @@ mod tests {
     #[test]
     fn a_node_without_hlml_reports_unavailable() {
         match Hlml::open(Some(Path::new("/nonexistent/libhlml.so"))) {
-            Err(HlmlError::Unavailable(message)) => assert!(message.contains("/nonexistent/libhlml.so"), "{message}"),
+            Err(HlmlError::Unavailable(message)) => {
+                assert!(message.contains("/nonexistent/libhlml.so"), "{message}")
+            }
             Err(other) => panic!("expected Unavailable, got {other}"),
             Ok(_) => panic!("a missing library cannot load"),
         }

@@ -45,7 +45,10 @@ impl Counters {
     fn get(&self) -> [i32; 4] {
         // SAFETY: `fake_hlml_counts` writes four ints to the array it is given.
         unsafe {
-            let f = self.0.get::<unsafe extern "C" fn(*mut i32)>(b"fake_hlml_counts\0").expect("fake_hlml_counts");
+            let f = self
+                .0
+                .get::<unsafe extern "C" fn(*mut i32)>(b"fake_hlml_counts\0")
+                .expect("fake_hlml_counts");
             let mut out = [0i32; 4];
             f(out.as_mut_ptr());
             out
@@ -65,7 +68,11 @@ fn devices_serials_addresses_ecc_and_events_read_as_the_header_declares() {
             devices.iter().map(|d| (d.index, d.serial.as_str(), d.pci_address.as_str())).collect();
         assert_eq!(
             found,
-            [(0, "AM0000001", "0000:19:00.0"), (1, "AM0000002", "0000:b3:00.0"), (2, "AM0000003", "0001:1a:1f.7")],
+            [
+                (0, "AM0000001", "0000:19:00.0"),
+                (1, "AM0000002", "0000:b3:00.0"),
+                (2, "AM0000003", "0001:1a:1f.7")
+            ],
             "serials cut at their NUL, bus ids in the kernel's form"
         );
         assert!(hlml.events_heard(), "every device took the registration");
@@ -111,7 +118,9 @@ fn an_hlml_without_a_function_devheal_calls_is_unavailable_and_names_it() {
     let path = build(dir.path(), "libhlml-nowait.so", &["-DOMIT_WAIT"]);
     let counts = Counters::load(&path);
     match Hlml::open(Some(&path)) {
-        Err(HlmlError::Unavailable(message)) => assert!(message.contains("has no hlml_event_set_wait"), "{message}"),
+        Err(HlmlError::Unavailable(message)) => {
+            assert!(message.contains("has no hlml_event_set_wait"), "{message}")
+        }
         Err(other) => panic!("expected Unavailable, got {other}"),
         Ok(_) => panic!("a library without hlml_event_set_wait cannot be used"),
     }

@@ -138,6 +138,7 @@ fn parse_source(s: &str) -> Option<HealthSource> {
         "progress" | "Progress" => HealthSource::Progress,
         "operator" | "Operator" => HealthSource::Operator,
         "amd_smi" | "AmdSmi" => HealthSource::AmdSmi,
+        "hlml" | "Hlml" => HealthSource::Hlml,
         "functional_check" | "FunctionalCheck" => HealthSource::FunctionalCheck,
         _ => return None,
     })

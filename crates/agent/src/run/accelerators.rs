@@ -1,10 +1,11 @@
 //! AMD and Intel accelerators in the loop: the DRM cards and accel devices read from sysfs
 //! every `accelerator_interval` give the identity resolver and the kernel pipeline their names
-//! (`card1` of Intel's plugin, Gaudi's `hl0`), and amdsmi's GPUs and ECC counts
-//! ([`crate::amd`]) are tracked under their PCI addresses.
+//! (`card1` of Intel's plugin, Gaudi's `hl0`); the vendor libraries' devices and evidence
+//! (amdsmi's AMD GPUs, [`crate::amd`]; hlml's Gaudi devices, [`crate::gaudi`], whose serial
+//! numbers the identity resolver takes the Gaudi plugin's ids through) are tracked under their
+//! PCI addresses.
 
-use crate::amd::{AMD_GPU_RESOURCE, AMD_SMI_SOURCE, AmdEvent};
-use devheal_k8s::crd::DeviceVendor;
+use crate::library::{Library, LibraryEvent};
 
 use super::*;
 
@@ -38,62 +39,87 @@ impl LoopState {
         self.accelerators = read;
     }
 
-    /// The key of the AMD GPU at `pci_address`: the device already known there, else the
-    /// address (the ROCm plugin's id for it).
-    fn amd_key(&self, pci_address: &str) -> String {
+    /// The key of the device at `pci_address`: the device already known there, else the
+    /// address (the ROCm plugin's id for an AMD GPU; the key a Gaudi's serial resolves to).
+    fn key_at(&self, pci_address: &str) -> String {
         self.identity.key_at_pci(pci_address).unwrap_or_else(|| pci_address.to_string())
     }
 
-    pub(super) fn handle_amd(&mut self, event: AmdEvent, now: Time) {
+    fn library_devices(&mut self, library: Library) -> &mut Vec<InventoryDevice> {
+        match library {
+            Library::Amd => &mut self.amd_devices,
+            Library::Gaudi => &mut self.gaudi_devices,
+        }
+    }
+
+    /// An event of a vendor library's thread ([`crate::library`]).
+    pub(super) fn handle_library(&mut self, library: Library, event: LibraryEvent, now: Time) {
+        let source = library.health_source();
         match event {
-            AmdEvent::Inventory { gpus } => {
-                let addresses: BTreeSet<String> =
-                    gpus.iter().filter_map(|g| devheal_core::identity::normalise_pci_address(g)).collect();
+            LibraryEvent::Inventory { devices: found } => {
+                let mut serials = BTreeMap::new();
+                let mut addresses = BTreeSet::new();
+                for d in &found {
+                    let Some(pci) = devheal_core::identity::normalise_pci_address(&d.pci_address) else {
+                        continue;
+                    };
+                    if let Some(serial) = d.serial.as_ref().filter(|s| !s.is_empty()) {
+                        serials.insert(serial.clone(), pci.clone());
+                    }
+                    addresses.insert(pci);
+                }
+                // Gaudi: the plugin's serial numbers resolve anew to PCI addresses.
+                if library == Library::Gaudi && self.identity.set_gaudi_serials(serials) {
+                    self.kubelet_last.clear();
+                    self.apply_kubelet(now);
+                }
                 let devices: Vec<InventoryDevice> = addresses
                     .iter()
                     .map(|pci| InventoryDevice {
-                        id: self.amd_key(pci),
-                        resource: AMD_GPU_RESOURCE.into(),
-                        vendor: DeviceVendor::Amd,
+                        id: self.key_at(pci),
+                        resource: library.resource().into(),
+                        vendor: library.vendor(),
                         pci_address: Some(pci.clone()),
                         ..InventoryDevice::default()
                     })
                     .collect();
-                for gpu in &devices {
-                    self.tracker.set_watch(&gpu.id, HealthSource::AmdSmi, true, now);
-                    self.kubelet.note(&gpu.resource, &gpu.id);
+                for d in &devices {
+                    self.tracker.set_watch(&d.id, source, true, now);
+                    self.kubelet.note(&d.resource, &d.id);
                 }
-                let message = format!("{} AMD GPU(s)", devices.len());
-                self.amd_devices = devices;
-                self.set_source(AMD_SMI_SOURCE, true, message, None, now);
+                let message = format!("{} {}", devices.len(), library.devices_noun());
+                *self.library_devices(library) = devices;
+                self.set_source(library.source_name(), true, message, None, now);
             }
-            AmdEvent::Sample { pci_address, evidence } => {
-                let key = self.amd_key(&pci_address);
+            LibraryEvent::Sample { pci_address, evidence } => {
+                let key = self.key_at(&pci_address);
                 let Some(evidence) = evidence else { return };
-                self.tracker.set_watch(&key, HealthSource::AmdSmi, true, now);
+                self.tracker.set_watch(&key, source, true, now);
                 let codes: Vec<Option<u32>> = evidence.iter().map(|e| e.code).collect();
                 for e in evidence {
                     self.tracker.observe(&key, e, now);
                 }
-                self.tracker.clear_source_except(&key, HealthSource::AmdSmi, &codes, now);
+                self.tracker.clear_source_except(&key, source, &codes, now);
             }
-            AmdEvent::SampleFailed { pci_address, message } => {
-                tracing::debug!(gpu = %pci_address, %message, "amdsmi sample failed");
-                let key = self.amd_key(&pci_address);
-                self.tracker.set_watch(&key, HealthSource::AmdSmi, false, now);
+            LibraryEvent::SampleFailed { pci_address, message } => {
+                tracing::debug!(device = %pci_address, %message, "{} sample failed", library.source_name());
+                let key = self.key_at(&pci_address);
+                self.tracker.set_watch(&key, source, false, now);
             }
-            AmdEvent::Unavailable { message } => {
-                for gpu in &self.amd_devices {
-                    self.tracker.set_watch(&gpu.id, HealthSource::AmdSmi, false, now);
+            LibraryEvent::Unavailable { message } => {
+                let ids: Vec<String> = self.library_devices(library).iter().map(|d| d.id.clone()).collect();
+                for id in &ids {
+                    self.tracker.set_watch(id, source, false, now);
                 }
-                // A node whose sysfs shows no AMD GPU does not need amdsmi: its absence is not
-                // a source down there (an NVIDIA node would otherwise always list one).
-                if self.amd_devices.is_empty() && self.accelerators.has_no_amd_gpu() {
-                    tracing::debug!(%message, "amdsmi not loaded; no AMD GPU in sysfs");
-                    self.sources.remove(AMD_SMI_SOURCE);
+                // A node whose sysfs shows none of the library's devices does not need it: its
+                // absence is not a source down there (an NVIDIA node would otherwise always list
+                // amdsmi and hlml as down).
+                if ids.is_empty() && library.absent_from(&self.accelerators) {
+                    tracing::debug!(%message, "{} not loaded; none of its devices in sysfs", library.source_name());
+                    self.sources.remove(library.source_name());
                     return;
                 }
-                self.set_source(AMD_SMI_SOURCE, false, message, None, now);
+                self.set_source(library.source_name(), false, message, None, now);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! inventory (kernel faults by PCI address, NVML, the kubelet's view, fake devices, progress).
 
 use super::*;
+use crate::library::Library;
 use devheal_k8s::crd::{DEVICE_PLUGIN_POD_SOURCE, NVML_SOURCE};
 
 impl LoopState {
@@ -50,7 +51,8 @@ impl LoopState {
                 );
             }
             SourceEvent::Nvml(event) => self.handle_nvml(event, now),
-            SourceEvent::Amd(event) => self.handle_amd(event, now),
+            SourceEvent::Amd(event) => self.handle_library(Library::Amd, event, now),
+            SourceEvent::Gaudi(event) => self.handle_library(Library::Gaudi, event, now),
             SourceEvent::PodResources(PodResourcesEvent::Listed { bindings, allocatable }) => {
                 let message = format!("{} device binding(s)", bindings.len());
                 self.bound = bindings.iter().map(|b| PodRef::new(&b.namespace, &b.pod)).collect();
@@ -343,7 +345,11 @@ impl LoopState {
     pub(super) fn inventory(&self) -> Vec<InventoryDevice> {
         let mut devices = fold_inventory(
             &self.identity,
-            self.static_devices.iter().chain(self.nvml_devices.iter()).chain(self.amd_devices.iter()),
+            self.static_devices
+                .iter()
+                .chain(self.nvml_devices.iter())
+                .chain(self.amd_devices.iter())
+                .chain(self.gaudi_devices.iter()),
             self.kubelet.devices(),
             &self.bindings,
         );

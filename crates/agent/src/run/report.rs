@@ -180,6 +180,7 @@ pub(super) fn source_word(source: HealthSource) -> &'static str {
         HealthSource::Progress => "progress",
         HealthSource::Operator => "agent",
         HealthSource::AmdSmi => "amdsmi",
+        HealthSource::Hlml => "hlml",
         HealthSource::FunctionalCheck => "functional check",
     }
 }

@@ -243,9 +243,11 @@ pub fn test_config(dir: &Path, node: &str) -> AgentConfig {
         accel_class_dir: dir.join("sys-class-accel"),
         kfd_topology_dir: dir.join("sys-class-kfd"),
         amdsmi_library: None,
+        hlml_library: None,
     };
     config.gpus = GpuSource::Off;
     config.amd = devheal_agent::amd::AmdSource::Off;
+    config.gaudi = devheal_agent::gaudi::GaudiSource::Off;
     config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.progress_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.publish = PublishConfig {

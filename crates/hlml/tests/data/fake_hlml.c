@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef enum {
     HLML_SUCCESS = 0,
@@ -188,7 +189,6 @@ hlml_return_t hlml_device_register_events(hlml_device_t device, unsigned long lo
 
 #ifndef OMIT_WAIT
 hlml_return_t hlml_event_set_wait(hlml_event_set_t set, hlml_event_data_t *data, unsigned int timeout) {
-    (void)timeout;
     if (!initialised) return HLML_ERROR_UNINITIALIZED;
     if (set != &event_set_token || !data) return HLML_ERROR_INVALID_ARGUMENT;
     while (events_left && *events_left) {
@@ -204,6 +204,7 @@ hlml_return_t hlml_event_set_wait(hlml_event_set_t set, hlml_event_data_t *data,
             return HLML_SUCCESS;
         }
     }
+    usleep(timeout * 1000u); /* as the library: no event within the timeout */
     return HLML_ERROR_TIMEOUT;
 }
 #endif
