@@ -109,6 +109,10 @@ impl DeviceLibrary for HlmlLibrary {
         Ok(self.devices.iter().map(library_device).collect())
     }
 
+    fn unreadable(&self) -> Vec<String> {
+        self.hlml.unreadable().iter().map(ToString::to_string).collect()
+    }
+
     fn sample(&mut self, index: usize) -> Result<Option<Vec<Evidence>>, String> {
         let device = self.devices.get(index).ok_or_else(|| format!("no Gaudi #{index}"))?;
         let uncorrected = match self.hlml.uncorrected_ecc(device) {

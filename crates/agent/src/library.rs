@@ -33,6 +33,10 @@ pub struct LibraryDevice {
 pub trait DeviceLibrary {
     /// Enumerate the devices (again).
     fn devices(&mut self) -> Result<Vec<LibraryDevice>, String>;
+    /// Why each device the last enumeration could not read was left out.
+    fn unreadable(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The evidence about device `index` of the last enumeration (empty: nothing wrong);
     /// `Ok(None)`: the library cannot tell on this device.
     fn sample(&mut self, index: usize) -> Result<Option<Vec<Evidence>>, String>;
@@ -46,9 +50,10 @@ pub trait DeviceLibrary {
 /// What a library's thread tells the loop.
 #[derive(Debug)]
 pub enum LibraryEvent {
-    /// The devices the library enumerates.
+    /// The devices the library enumerates, and why any it could not read were left out.
     Inventory {
         devices: Vec<LibraryDevice>,
+        unreadable: Vec<String>,
     },
     /// One device's evidence (empty: nothing wrong); `None` evidence: the library cannot tell.
     Sample {
@@ -102,7 +107,7 @@ fn follow(
         Ok(devices) => devices,
         Err(e) => return Some(e),
     };
-    if !send(LibraryEvent::Inventory { devices: devices.clone() }) {
+    if !send(LibraryEvent::Inventory { devices: devices.clone(), unreadable: library.unreadable() }) {
         return None;
     }
     loop {
@@ -179,11 +184,45 @@ impl Library {
         }
     }
 
+    /// The source's status line: how many devices, and any the library could not read (a lost
+    /// device is worth seeing there).
+    pub fn inventory_message(self, found: usize, unreadable: &[String]) -> String {
+        let mut message = format!("{found} {}", self.devices_noun());
+        if let Some(first) = unreadable.first() {
+            tracing::warn!(library = self.source_name(), "devices left out: {}", unreadable.join("; "));
+            message.push_str(&format!("; {} unreadable ({first}", unreadable.len()));
+            if unreadable.len() > 1 {
+                message.push_str(", …");
+            }
+            message.push(')');
+        }
+        message
+    }
+
     /// Whether sysfs was read and shows none of this library's devices.
     pub fn absent_from(self, accelerators: &crate::accel::AcceleratorInventory) -> bool {
         match self {
             Library::Amd => accelerators.has_no_amd_gpu(),
             Library::Gaudi => accelerators.has_no_gaudi(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_counts_the_devices_and_names_the_first_unreadable_one() {
+        assert_eq!(Library::Gaudi.inventory_message(8, &[]), "8 Gaudi device(s)");
+        let lost = "hlml call hlml_device_get_serial failed with status 15 on device #3".to_string();
+        assert_eq!(
+            Library::Gaudi.inventory_message(7, std::slice::from_ref(&lost)),
+            format!("7 Gaudi device(s); 1 unreadable ({lost})")
+        );
+        assert_eq!(
+            Library::Amd.inventory_message(6, &[lost.clone(), lost.clone()]),
+            format!("6 AMD GPU(s); 2 unreadable ({lost}, …)")
+        );
     }
 }

@@ -308,7 +308,8 @@ fn library_once(
             ..InventoryDevice::default()
         });
     }
-    Some(source(name, true, format!("{} {}", seen.len(), library.devices_noun()), None))
+    let message = library.inventory_message(seen.len(), &lib.unreadable());
+    Some(source(name, true, message, None))
 }
 
 fn replay_kernel_log(

@@ -83,6 +83,7 @@ pub struct Hlml {
     // Field order is drop order: the event set is freed before the library shuts down.
     events: Option<EventSet>,
     handles: Vec<ffi::Handle>,
+    unreadable: Vec<HlmlError>,
     lib: std::rc::Rc<ffi::Library>,
 }
 
@@ -115,21 +116,33 @@ impl Hlml {
                 })?,
             },
         };
-        Ok(Hlml { events: None, handles: Vec::new(), lib: std::rc::Rc::new(lib) })
+        Ok(Hlml { events: None, handles: Vec::new(), unreadable: Vec::new(), lib: std::rc::Rc::new(lib) })
     }
 
     /// Enumerate the devices again, and listen for their critical-error and double-bit ECC
     /// events (a device that refuses the registration is still listed; its events are not
-    /// heard, which [`Hlml::events_heard`] tells).
+    /// heard, which [`Hlml::events_heard`] tells). A device hlml cannot read (a lost one answers
+    /// `HLML_ERROR_AIP_IS_LOST`) is left out and its error kept ([`Hlml::unreadable`]): one
+    /// broken Gaudi does not blind the source to the other seven.
     pub fn devices(&mut self) -> Result<Vec<GaudiDevice>, HlmlError> {
         self.events = None;
         self.handles.clear();
+        self.unreadable.clear();
         let count = self.lib.count()?.min(MAX_DEVICES);
         let mut devices = Vec::new();
         for i in 0..count {
-            let handle = self.lib.handle(i).map_err(|e| on_device(e, &format!("#{i}")))?;
-            let serial = self.lib.serial(handle).map_err(|e| on_device(e, &format!("#{i}")))?;
-            let pci = self.lib.pci(handle).map_err(|e| on_device(e, &serial))?;
+            let read =
+                self.lib.handle(i).and_then(|h| Ok((h, self.lib.serial(h)?))).and_then(|(h, serial)| {
+                    let pci = self.lib.pci(h)?;
+                    Ok((h, serial, pci))
+                });
+            let (handle, serial, pci) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    self.unreadable.push(on_device(e, &format!("#{i}")));
+                    continue;
+                }
+            };
             let pci_address = pci_address(&pci.bus_id).unwrap_or_else(|| {
                 format!("{:04x}:{:02x}:{:02x}.0", pci.domain, pci.bus & 0xff, pci.device & 0x1f)
             });
@@ -145,6 +158,11 @@ impl Hlml {
         }
         self.events = (registered > 0).then_some(set);
         Ok(devices)
+    }
+
+    /// Why each device the last enumeration left out could not be read.
+    pub fn unreadable(&self) -> &[HlmlError] {
+        &self.unreadable
     }
 
     /// Whether events are heard for the devices of the last enumeration.

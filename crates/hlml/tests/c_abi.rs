@@ -126,3 +126,21 @@ fn an_hlml_without_a_function_devheal_calls_is_unavailable_and_names_it() {
     }
     assert_eq!(counts.get()[0], 0, "no function is called before all are found");
 }
+
+#[test]
+fn a_lost_device_is_left_out_with_its_error_and_the_others_are_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = build(dir.path(), "libhlml-lost.so", &["-DLOST=1", "-DEVENTS=\"2:2\""]);
+    let _counts = Counters::load(&path);
+    let mut hlml = Hlml::open(Some(&path)).expect("loads");
+    let devices = hlml.devices().expect("the readable devices");
+    let found: Vec<(usize, &str)> = devices.iter().map(|d| (d.index, d.serial.as_str())).collect();
+    assert_eq!(found, [(0, "AM0000001"), (1, "AM0000003")], "indexes are the readable devices'");
+    assert_eq!(
+        hlml.unreadable(),
+        [HlmlError::Call { call: "hlml_device_get_serial", status: 15, device: Some("#1".into()) }]
+    );
+    assert_eq!(hlml.uncorrected_ecc(&devices[0]), Ok(0));
+    // The third device's event reaches it under its index among the readable ones.
+    assert_eq!(hlml.next_event(0), Ok(Some(DeviceEvent { index: 1, event_type: EVENT_CRITICAL_ERR })));
+}

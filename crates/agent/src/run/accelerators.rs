@@ -56,7 +56,7 @@ impl LoopState {
     pub(super) fn handle_library(&mut self, library: Library, event: LibraryEvent, now: Time) {
         let source = library.health_source();
         match event {
-            LibraryEvent::Inventory { devices: found } => {
+            LibraryEvent::Inventory { devices: found, unreadable } => {
                 let mut serials = BTreeMap::new();
                 let mut addresses = BTreeSet::new();
                 for d in &found {
@@ -87,7 +87,7 @@ impl LoopState {
                     self.tracker.set_watch(&d.id, source, true, now);
                     self.kubelet.note(&d.resource, &d.id);
                 }
-                let message = format!("{} {}", devices.len(), library.devices_noun());
+                let message = library.inventory_message(devices.len(), &unreadable);
                 *self.library_devices(library) = devices;
                 self.set_source(library.source_name(), true, message, None, now);
             }

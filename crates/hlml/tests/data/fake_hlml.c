@@ -11,7 +11,8 @@
  *   #2 serial AM0000003, bus id "0001:1a:1f.7",      ECC not supported
  * Built with -DINIT_STATUS=n, hlml_init returns n; with -DEVENTS='"index:type,index:type"',
  * hlml_event_set_wait delivers those events in turn (then times out); with -DOMIT_WAIT, the
- * library has no hlml_event_set_wait.
+ * library has no hlml_event_set_wait; with -DLOST=n, device #n answers HLML_ERROR_AIP_IS_LOST
+ * for its serial (a lost device).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@ typedef enum {
     HLML_ERROR_INVALID_ARGUMENT = 2,
     HLML_ERROR_NOT_SUPPORTED = 3,
     HLML_ERROR_TIMEOUT = 10,
+    HLML_ERROR_AIP_IS_LOST = 15,
 } hlml_return_t;
 
 #define PCI_DOMAIN_LEN 9
@@ -75,6 +77,9 @@ static struct fake_device devices[3] = {
 
 #ifndef INIT_STATUS
 #define INIT_STATUS 0
+#endif
+#ifndef LOST
+#define LOST -1
 #endif
 #ifndef EVENTS
 #define EVENTS ""
@@ -131,6 +136,7 @@ hlml_return_t hlml_device_get_serial(hlml_device_t device, char *serial, unsigne
     if (!initialised) return HLML_ERROR_UNINITIALIZED;
     /* The caller must offer the header's HL_FIELD_MAX_SIZE. */
     if (!d || !serial || length != HL_FIELD_MAX_SIZE) return HLML_ERROR_INVALID_ARGUMENT;
+    if (d - devices == LOST) return HLML_ERROR_AIP_IS_LOST;
     memset(serial, 'x', length); /* what a NUL after the serial must end */
     snprintf(serial, length, "%s", d->serial);
     return HLML_SUCCESS;
