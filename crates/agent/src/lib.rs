@@ -52,3 +52,4 @@ pub mod snapshot;
 pub mod sources;
 pub mod stack;
 pub mod token;
+pub mod vendor;

@@ -1,5 +1,6 @@
 //! The thread every vendor management library loaded at run time runs on: amdsmi for AMD GPUs
-//! ([`crate::amd`]), hlml for Intel Gaudi ([`crate::gaudi`]).
+//! ([`crate::amd`]), hlml for Intel Gaudi ([`crate::gaudi`]); which library is which is
+//! [`crate::vendor`], above both.
 //!
 //! Each library is opened on its own thread (their handles belong to the thread that opened
 //! them), enumerates its devices, then samples each device every interval and tells the loop
@@ -7,11 +8,11 @@
 //! is reported [`LibraryEvent::Unavailable`] with the reason and opened again after [`RETRY`]:
 //! the agent runs on without it, as without NVML.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration as StdDuration;
 
-use devheal_core::{HealthSource, Vendor};
 use tokio::sync::mpsc;
 
 use crate::health::Evidence;
@@ -139,90 +140,21 @@ pub fn sleep_unless_stopped(total: StdDuration, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::Relaxed)
 }
 
-/// The vendor libraries the agent loads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Library {
-    /// amdsmi ([`crate::amd`]).
-    Amd,
-    /// hlml ([`crate::gaudi`]).
-    Gaudi,
-}
-
-impl Library {
-    pub fn source_name(self) -> &'static str {
-        match self {
-            Library::Amd => crate::amd::AMD_SMI_SOURCE,
-            Library::Gaudi => crate::gaudi::HLML_SOURCE,
+/// The devices an enumeration gave, by their PCI address in the kernel's form (a device without
+/// a readable address is dropped, a second device at one address is the first), with each
+/// one's index in the enumeration; and each serial number's address (Gaudi).
+pub fn by_address(devices: &[LibraryDevice]) -> (Vec<(usize, String)>, BTreeMap<String, String>) {
+    let mut seen = BTreeSet::new();
+    let mut found = Vec::new();
+    let mut serials = BTreeMap::new();
+    for (index, d) in devices.iter().enumerate() {
+        let Some(pci) = devheal_core::identity::normalise_pci_address(&d.pci_address) else { continue };
+        if let Some(serial) = d.serial.as_ref().filter(|s| !s.is_empty()) {
+            serials.insert(serial.clone(), pci.clone());
+        }
+        if seen.insert(pci.clone()) {
+            found.push((index, pci));
         }
     }
-
-    pub fn health_source(self) -> HealthSource {
-        match self {
-            Library::Amd => HealthSource::AmdSmi,
-            Library::Gaudi => HealthSource::Hlml,
-        }
-    }
-
-    pub fn resource(self) -> &'static str {
-        match self {
-            Library::Amd => crate::amd::AMD_GPU_RESOURCE,
-            Library::Gaudi => crate::gaudi::GAUDI_RESOURCE,
-        }
-    }
-
-    pub fn vendor(self) -> Vendor {
-        match self {
-            Library::Amd => Vendor::Amd,
-            Library::Gaudi => Vendor::Intel,
-        }
-    }
-
-    pub fn devices_noun(self) -> &'static str {
-        match self {
-            Library::Amd => "AMD GPU(s)",
-            Library::Gaudi => "Gaudi device(s)",
-        }
-    }
-
-    /// The source's status line: how many devices, and any the library could not read (a lost
-    /// device is worth seeing there).
-    pub fn inventory_message(self, found: usize, unreadable: &[String]) -> String {
-        let mut message = format!("{found} {}", self.devices_noun());
-        if let Some(first) = unreadable.first() {
-            tracing::warn!(library = self.source_name(), "devices left out: {}", unreadable.join("; "));
-            message.push_str(&format!("; {} unreadable ({first}", unreadable.len()));
-            if unreadable.len() > 1 {
-                message.push_str(", …");
-            }
-            message.push(')');
-        }
-        message
-    }
-
-    /// Whether sysfs was read and shows none of this library's devices.
-    pub fn absent_from(self, accelerators: &crate::accel::AcceleratorInventory) -> bool {
-        match self {
-            Library::Amd => accelerators.has_no_amd_gpu(),
-            Library::Gaudi => accelerators.has_no_gaudi(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_status_line_counts_the_devices_and_names_the_first_unreadable_one() {
-        assert_eq!(Library::Gaudi.inventory_message(8, &[]), "8 Gaudi device(s)");
-        let lost = "hlml call hlml_device_get_serial failed with status 15 on device #3".to_string();
-        assert_eq!(
-            Library::Gaudi.inventory_message(7, std::slice::from_ref(&lost)),
-            format!("7 Gaudi device(s); 1 unreadable ({lost})")
-        );
-        assert_eq!(
-            Library::Amd.inventory_message(6, &[lost.clone(), lost.clone()]),
-            format!("6 AMD GPU(s); 2 unreadable ({lost}, …)")
-        );
-    }
+    (found, serials)
 }

@@ -5,7 +5,7 @@
 //! directory, no permission on `/dev/kmsg`) is reported in `status.sources` as unavailable with
 //! the reason, and the pass goes on: a node without a GPU or a kubelet still gets an answer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration as StdDuration;
 
@@ -16,10 +16,10 @@ use devheal_kubelet::podresources::{DeviceBinding, PodResourcesClient};
 
 use crate::health::{DeviceHealthTracker, TrackerConfig};
 use crate::kernel::{KernelPipeline, Mapped};
-use crate::library::Library;
 use crate::nvml::{GpuTelemetry, NvmlTelemetry};
 use crate::nvml_evidence::evidence_from_sample;
 use crate::snapshot::{InventoryDevice, SnapshotInput, node_device_health};
+use crate::vendor::Library;
 
 /// Where the agent finds each source.
 #[derive(Clone, Debug)]
@@ -277,22 +277,12 @@ fn library_once(
         Ok(devices) => devices,
         Err(e) => return unavailable(e),
     };
-    let serials: BTreeMap<String, String> = devices
-        .iter()
-        .filter_map(|d| {
-            let serial = d.serial.clone().filter(|s| !s.is_empty())?;
-            Some((serial, devheal_core::identity::normalise_pci_address(&d.pci_address)?))
-        })
-        .collect();
-    if !serials.is_empty() {
+    let (found, serials) = crate::library::by_address(&devices);
+    if library == Library::Gaudi {
         identity.set_gaudi_serials(serials);
     }
-    let mut seen = BTreeSet::new();
-    for (index, device) in devices.iter().enumerate() {
-        let Some(pci) = devheal_core::identity::normalise_pci_address(&device.pci_address) else { continue };
-        if !seen.insert(pci.clone()) {
-            continue;
-        }
+    let count = found.len();
+    for (index, pci) in found {
         let key = identity.key_at_pci(&pci).unwrap_or_else(|| pci.clone());
         if let Ok(Some(evidence)) = lib.sample(index) {
             tracker.set_watch(&key, library.health_source(), true, now);
@@ -308,7 +298,7 @@ fn library_once(
             ..InventoryDevice::default()
         });
     }
-    let message = library.inventory_message(seen.len(), &lib.unreadable());
+    let message = library.inventory_message(count, &lib.unreadable());
     Some(source(name, true, message, None))
 }
 

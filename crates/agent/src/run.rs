@@ -457,8 +457,7 @@ pub async fn start<P: Publisher>(config: AgentConfig, mut publisher: P) -> Resul
         kernel: KernelPipeline::new(&config.node, boot_id, boot_time).with_catalog(config.catalog.clone()),
         static_devices,
         nvml_devices: Vec::new(),
-        amd_devices: Vec::new(),
-        gaudi_devices: Vec::new(),
+        library_devices: BTreeMap::new(),
         accelerators: crate::accel::AcceleratorInventory::default(),
         drm_class_dir: config.paths.drm_class_dir.clone(),
         accel_class_dir: config.paths.accel_class_dir.clone(),
@@ -561,10 +560,8 @@ struct LoopState {
     /// Fake devices.
     static_devices: Vec<InventoryDevice>,
     nvml_devices: Vec<InventoryDevice>,
-    /// amdsmi's GPUs.
-    amd_devices: Vec<InventoryDevice>,
-    /// hlml's Gaudi devices.
-    gaudi_devices: Vec<InventoryDevice>,
+    /// The vendor libraries' devices (amdsmi's AMD GPUs, hlml's Gaudi devices).
+    library_devices: BTreeMap<crate::vendor::Library, Vec<InventoryDevice>>,
     /// The DRM cards and accel devices last read from sysfs, where, how often and when
     /// ([`accelerators`]).
     accelerators: crate::accel::AcceleratorInventory,

@@ -315,7 +315,7 @@ pub(crate) fn spawn_gpu_telemetry(
                 }
                 None => return,
             }
-            if !sleep_unless_stopped(NVML_RETRY, &stop) {
+            if !crate::library::sleep_unless_stopped(NVML_RETRY, &stop) {
                 return;
             }
         }
@@ -378,16 +378,4 @@ fn follow_gpus(
             }
         }
     }
-}
-
-/// Sleep `total` in short steps; `false` when told to stop meanwhile.
-fn sleep_unless_stopped(total: StdDuration, stop: &AtomicBool) -> bool {
-    let until = std::time::Instant::now() + total;
-    while std::time::Instant::now() < until {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        std::thread::sleep(StdDuration::from_millis(200));
-    }
-    !stop.load(Ordering::Relaxed)
 }

@@ -5,7 +5,8 @@
 //! numbers the identity resolver takes the Gaudi plugin's ids through) are tracked under their
 //! PCI addresses.
 
-use crate::library::{Library, LibraryEvent};
+use crate::library::LibraryEvent;
+use crate::vendor::Library;
 
 use super::*;
 
@@ -45,29 +46,13 @@ impl LoopState {
         self.identity.key_at_pci(pci_address).unwrap_or_else(|| pci_address.to_string())
     }
 
-    fn library_devices(&mut self, library: Library) -> &mut Vec<InventoryDevice> {
-        match library {
-            Library::Amd => &mut self.amd_devices,
-            Library::Gaudi => &mut self.gaudi_devices,
-        }
-    }
-
     /// An event of a vendor library's thread ([`crate::library`]).
     pub(super) fn handle_library(&mut self, library: Library, event: LibraryEvent, now: Time) {
         let source = library.health_source();
         match event {
             LibraryEvent::Inventory { devices: found, unreadable } => {
-                let mut serials = BTreeMap::new();
-                let mut addresses = BTreeSet::new();
-                for d in &found {
-                    let Some(pci) = devheal_core::identity::normalise_pci_address(&d.pci_address) else {
-                        continue;
-                    };
-                    if let Some(serial) = d.serial.as_ref().filter(|s| !s.is_empty()) {
-                        serials.insert(serial.clone(), pci.clone());
-                    }
-                    addresses.insert(pci);
-                }
+                let (found, serials) = crate::library::by_address(&found);
+                let addresses: BTreeSet<String> = found.into_iter().map(|(_, pci)| pci).collect();
                 // Gaudi: the plugin's serial numbers resolve anew to PCI addresses.
                 if library == Library::Gaudi && self.identity.set_gaudi_serials(serials) {
                     self.kubelet_last.clear();
@@ -88,7 +73,7 @@ impl LoopState {
                     self.kubelet.note(&d.resource, &d.id);
                 }
                 let message = library.inventory_message(devices.len(), &unreadable);
-                *self.library_devices(library) = devices;
+                self.library_devices.insert(library, devices);
                 self.set_source(library.source_name(), true, message, None, now);
             }
             LibraryEvent::Sample { pci_address, evidence } => {
@@ -107,14 +92,14 @@ impl LoopState {
                 self.tracker.set_watch(&key, source, false, now);
             }
             LibraryEvent::Unavailable { message } => {
-                let ids: Vec<String> = self.library_devices(library).iter().map(|d| d.id.clone()).collect();
-                for id in &ids {
-                    self.tracker.set_watch(id, source, false, now);
+                let known = self.library_devices.get(&library).map_or(0, Vec::len);
+                for d in self.library_devices.get(&library).into_iter().flatten() {
+                    self.tracker.set_watch(&d.id, source, false, now);
                 }
                 // A node whose sysfs shows none of the library's devices does not need it: its
                 // absence is not a source down there (an NVIDIA node would otherwise always list
                 // amdsmi and hlml as down).
-                if ids.is_empty() && library.absent_from(&self.accelerators) {
+                if known == 0 && library.absent_from(&self.accelerators) {
                     tracing::debug!(%message, "{} not loaded; none of its devices in sysfs", library.source_name());
                     self.sources.remove(library.source_name());
                     return;

@@ -2,7 +2,7 @@
 //! inventory (kernel faults by PCI address, NVML, the kubelet's view, fake devices, progress).
 
 use super::*;
-use crate::library::Library;
+use crate::vendor::Library;
 use devheal_k8s::crd::{DEVICE_PLUGIN_POD_SOURCE, NVML_SOURCE};
 
 impl LoopState {
@@ -348,8 +348,7 @@ impl LoopState {
             self.static_devices
                 .iter()
                 .chain(self.nvml_devices.iter())
-                .chain(self.amd_devices.iter())
-                .chain(self.gaudi_devices.iter()),
+                .chain(self.library_devices.values().flatten()),
             self.kubelet.devices(),
             &self.bindings,
         );

@@ -349,17 +349,22 @@ mod tests {
             .expect("fixture parses")
     }
 
+    /// A trace without faults, lemons or noise: only what a test does happens.
+    fn quiet(scenario: &Scenario) -> FaultTrace {
+        FaultTrace {
+            events: Vec::new(),
+            lemons: vec![false; scenario.total_nodes() as usize],
+            noise: Default::default(),
+            seed: 0,
+        }
+    }
+
     /// Collateral from a device quarantine counts only the hours the device was healthy: not
     /// while it was really broken, and from the moment a repair fixed it.
     #[test]
     pub(super) fn quarantine_collateral_counts_only_healthy_time() {
         let scenario = small();
-        let trace = FaultTrace {
-            events: Vec::new(),
-            lemons: vec![false; scenario.total_nodes() as usize],
-            noise: Default::default(),
-            seed: 0,
-        };
+        let trace = quiet(&scenario);
         let mut w = World::new(&scenario, JobFailurePolicy, &trace);
         let at = |h: i64| Time::ZERO + Duration::from_hours(h);
         let (broken, healthy, breaks_later) = (w.dev(2, 1), w.dev(3, 0), w.dev(4, 5));
@@ -407,12 +412,7 @@ mod tests {
     #[test]
     fn a_reset_waits_for_an_idle_device_and_the_agent_resets_a_device_at_most_3_times_a_day() {
         let scenario = small();
-        let trace = FaultTrace {
-            events: Vec::new(),
-            lemons: vec![false; scenario.total_nodes() as usize],
-            noise: Default::default(),
-            seed: 0,
-        };
+        let trace = quiet(&scenario);
         let mut w = World::new(&scenario, JobFailurePolicy, &trace);
         let at = |s: i64| Time::ZERO + Duration::from_secs(s);
         // An inference node's device 0: the first embedder replica's (packed after the chat
@@ -466,12 +466,7 @@ mod tests {
         for dra in [false, true] {
             let mut scenario = small();
             scenario.cluster.dra = dra;
-            let trace = FaultTrace {
-                events: Vec::new(),
-                lemons: vec![false; scenario.total_nodes() as usize],
-                noise: Default::default(),
-                seed: 0,
-            };
+            let trace = quiet(&scenario);
             let mut w = World::new(&scenario, JobFailurePolicy, &trace);
             // The first slot a one-GPU replica would get, and another GPU of that node.
             let (node, first) = w.find_replica_slot(1).expect("free capacity");
