@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ChannelPublisher, MockApiServer, applied_status, http, pod_resources, test_config};
+use common::{ChannelPublisher, MockApiServer, applied_status, health_of, http, pod_resources, test_config};
 use devheal_agent::health::TrackerConfig;
 use devheal_agent::kubelet_devices::{NodeCounts, ResourceCounts};
 use devheal_agent::publish::KubePublisher;
@@ -46,10 +46,6 @@ async fn wait_for(
     ok: impl Fn(&NodeDeviceHealthStatus) -> bool,
 ) -> NodeDeviceHealthStatus {
     common::wait_for_status(rx, WAIT, what, ok).await
-}
-
-fn health_of(status: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceHealthState> {
-    status.devices.iter().find(|d| d.id == id).map(|d| d.health)
 }
 
 fn pods_of(status: &NodeDeviceHealthStatus, id: &str) -> Vec<String> {

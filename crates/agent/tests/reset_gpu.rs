@@ -23,7 +23,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ChannelPublisher, kmsg_record, test_config, wait_for_status};
+use common::{
+    ChannelPublisher, health_of, kmsg_record, reset_phase, reset_request, test_config, wait_for_status,
+};
 use devheal_agent::nvml::{GpuIdentity, GpuTelemetry, NvmlTelemetry};
 use devheal_agent::reset::{
     CheckMode, CheckOutcome, NvidiaReset, ResetBackend, ResetLimits, ResetMode, ResetTarget, carry_out,
@@ -32,9 +34,7 @@ use devheal_agent::reset::{
 use devheal_agent::run::start;
 use devheal_agent::sources::GpuSource;
 use devheal_core::HealthSource;
-use devheal_k8s::crd::{
-    DeviceHealthState, DeviceResetPhase, DeviceResetRequest, NodeDeviceHealthStatus, k8s_time,
-};
+use devheal_k8s::crd::{DeviceHealthState, DeviceResetPhase};
 use tokio::sync::{mpsc, watch};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -201,23 +201,6 @@ fn nvml_names_the_holder_a_held_gpu_is_refused_and_an_idle_one_goes_the_whole_wa
     println!("absent bus: {err}");
 }
 
-fn phase_of(s: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceResetPhase> {
-    s.resets.iter().find(|r| r.id == id).map(|r| r.phase)
-}
-
-fn health_of(s: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceHealthState> {
-    s.devices.iter().find(|d| d.id == id).map(|d| d.health)
-}
-
-fn request(id: &str, device: &str) -> DeviceResetRequest {
-    DeviceResetRequest {
-        device: device.into(),
-        id: id.into(),
-        requested_at: k8s_time(devheal_core::Time::from_secs(1_767_225_600)),
-        reason: "Xid 48: double-bit ECC error".into(),
-    }
-}
-
 /// `dddd:bb:dd` of `dddd:bb:dd.f`, as an Xid line prints a GPU.
 fn xid_address(pci: &str) -> &str {
     pci.rsplit_once('.').map_or(pci, |(a, _)| a)
@@ -245,9 +228,9 @@ async fn the_running_agent_answers_a_dry_run_and_then_resets_checks_and_returns_
     let health = health_of(&before, &uuid);
     println!("the GPU as the agent reports it: {health:?}");
     let started = Instant::now();
-    requests_tx.send_replace(vec![request("repair/dry-1", &uuid)]);
+    requests_tx.send_replace(vec![reset_request("repair/dry-1", &uuid)]);
     let status = wait_for_status(&mut rx, WAIT, "the dry run answered", |s| {
-        phase_of(s, "repair/dry-1") == Some(DeviceResetPhase::WouldReset)
+        reset_phase(s, "repair/dry-1") == Some(DeviceResetPhase::WouldReset)
     })
     .await;
     let answer = status.resets.iter().find(|r| r.id == "repair/dry-1").expect("answered");
@@ -307,9 +290,9 @@ async fn the_running_agent_answers_a_dry_run_and_then_resets_checks_and_returns_
     })
     .await;
     let started = Instant::now();
-    requests_tx.send_replace(vec![request("repair/ecc-1", &uuid)]);
+    requests_tx.send_replace(vec![reset_request("repair/ecc-1", &uuid)]);
     let status = wait_for_status(&mut rx, WAIT, "reset, observed, checked, returned", |s| {
-        phase_of(s, "repair/ecc-1") == Some(DeviceResetPhase::Succeeded)
+        reset_phase(s, "repair/ecc-1") == Some(DeviceResetPhase::Succeeded)
             && health_of(s, &uuid) != Some(DeviceHealthState::Unhealthy)
     })
     .await;

@@ -8,33 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ChannelPublisher, http, test_config, wait_for_status};
+use common::{ChannelPublisher, health_of, http, reset_phase, reset_request, test_config, wait_for_status};
 use devheal_agent::reset::{ResetLimits, ResetMode};
 use devheal_agent::run::start;
 use devheal_core::HealthSource;
-use devheal_k8s::crd::{
-    DeviceHealthState, DeviceResetPhase, DeviceResetRequest, NodeDeviceHealthStatus, k8s_time,
-};
+use devheal_k8s::crd::{DeviceHealthState, DeviceResetPhase};
 use tokio::sync::{mpsc, watch};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn request(id: &str, device: &str) -> DeviceResetRequest {
-    DeviceResetRequest {
-        device: device.into(),
-        id: id.into(),
-        requested_at: k8s_time(devheal_core::Time::from_secs(1_767_225_600)),
-        reason: "Xid 48: double-bit ECC error".into(),
-    }
-}
-
-fn phase_of(s: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceResetPhase> {
-    s.resets.iter().find(|r| r.id == id).map(|r| r.phase)
-}
-
-fn health_of(s: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceHealthState> {
-    s.devices.iter().find(|d| d.id == id).map(|d| d.health)
-}
 
 async fn post(addr: std::net::SocketAddr, path: &'static str) {
     let (code, body) = tokio::task::spawn_blocking(move || http(addr, "POST", path)).await.expect("join");
@@ -73,9 +54,9 @@ async fn a_requested_reset_waits_for_the_device_to_be_idle_and_clears_its_fault_
 
     // A process still holds it: the request is taken and waits.
     post(addr, "/fake/hold?device=fake-gpu-1").await;
-    requests_tx.send_replace(vec![request("repair/ecc-1", "fake-gpu-1")]);
+    requests_tx.send_replace(vec![reset_request("repair/ecc-1", "fake-gpu-1")]);
     let mut waiting = wait_for_status(&mut rx, WAIT, "the request taken, waiting", |s| {
-        phase_of(s, "repair/ecc-1") == Some(DeviceResetPhase::Pending)
+        reset_phase(s, "repair/ecc-1") == Some(DeviceResetPhase::Pending)
     })
     .await;
     // Ten looks at the holders later, the latest status still says so.
@@ -83,13 +64,17 @@ async fn a_requested_reset_waits_for_the_device_to_be_idle_and_clears_its_fault_
     while let Ok(object) = rx.try_recv() {
         waiting = object.status.expect("a status");
     }
-    assert_eq!(phase_of(&waiting, "repair/ecc-1"), Some(DeviceResetPhase::Pending), "not reset while held");
+    assert_eq!(
+        reset_phase(&waiting, "repair/ecc-1"),
+        Some(DeviceResetPhase::Pending),
+        "not reset while held"
+    );
     assert_eq!(health_of(&waiting, "fake-gpu-1"), Some(DeviceHealthState::Unhealthy));
 
     // The process exits: reset, seen back, its kernel-log reason gone (probation: Degraded).
     post(addr, "/fake/free?device=fake-gpu-1").await;
     let done = wait_for_status(&mut rx, WAIT, "the reset succeeded and the Xid cleared", |s| {
-        phase_of(s, "repair/ecc-1") == Some(DeviceResetPhase::Succeeded)
+        reset_phase(s, "repair/ecc-1") == Some(DeviceResetPhase::Succeeded)
             && health_of(s, "fake-gpu-1") != Some(DeviceHealthState::Unhealthy)
     })
     .await;
@@ -102,14 +87,16 @@ async fn a_requested_reset_waits_for_the_device_to_be_idle_and_clears_its_fault_
     // Unhealthy.
     post(addr, "/fake/wedge?device=fake-gpu-0").await;
     post(addr, "/fake/ecc?device=fake-gpu-0").await;
-    requests_tx
-        .send_replace(vec![request("repair/ecc-1", "fake-gpu-1"), request("repair/ecc-0", "fake-gpu-0")]);
+    requests_tx.send_replace(vec![
+        reset_request("repair/ecc-1", "fake-gpu-1"),
+        reset_request("repair/ecc-0", "fake-gpu-0"),
+    ]);
     let failed = wait_for_status(&mut rx, WAIT, "the wedged device's reset failed", |s| {
-        phase_of(s, "repair/ecc-0") == Some(DeviceResetPhase::Failed)
+        reset_phase(s, "repair/ecc-0") == Some(DeviceResetPhase::Failed)
     })
     .await;
     assert_eq!(health_of(&failed, "fake-gpu-0"), Some(DeviceHealthState::Unhealthy));
-    assert_eq!(phase_of(&failed, "repair/ecc-1"), Some(DeviceResetPhase::Succeeded), "answered once");
+    assert_eq!(reset_phase(&failed, "repair/ecc-1"), Some(DeviceResetPhase::Succeeded), "answered once");
     let answer = failed.resets.iter().find(|r| r.id == "repair/ecc-0").expect("answered");
     assert!(answer.message.contains("did not come back"), "{answer:?}");
 
@@ -117,12 +104,12 @@ async fn a_requested_reset_waits_for_the_device_to_be_idle_and_clears_its_fault_
     post(addr, "/fake/corrupt?device=fake-gpu-1").await;
     post(addr, "/fake/ecc?device=fake-gpu-1").await;
     requests_tx.send_replace(vec![
-        request("repair/ecc-1", "fake-gpu-1"),
-        request("repair/ecc-0", "fake-gpu-0"),
-        request("repair/ecc-1b", "fake-gpu-1"),
+        reset_request("repair/ecc-1", "fake-gpu-1"),
+        reset_request("repair/ecc-0", "fake-gpu-0"),
+        reset_request("repair/ecc-1b", "fake-gpu-1"),
     ]);
     let checked = wait_for_status(&mut rx, WAIT, "the corrupt device failed its check", |s| {
-        phase_of(s, "repair/ecc-1b") == Some(DeviceResetPhase::Failed)
+        reset_phase(s, "repair/ecc-1b") == Some(DeviceResetPhase::Failed)
             && health_of(s, "fake-gpu-1") == Some(DeviceHealthState::Unhealthy)
     })
     .await;
@@ -130,9 +117,9 @@ async fn a_requested_reset_waits_for_the_device_to_be_idle_and_clears_its_fault_
     assert!(answer.message.contains("failed the functional check"), "{answer:?}");
 
     // A request for a device the agent does not report is refused.
-    requests_tx.send_replace(vec![request("repair/x", "GPU-not-here")]);
+    requests_tx.send_replace(vec![reset_request("repair/x", "GPU-not-here")]);
     wait_for_status(&mut rx, WAIT, "an unknown device refused", |s| {
-        phase_of(s, "repair/x") == Some(DeviceResetPhase::Refused)
+        reset_phase(s, "repair/x") == Some(DeviceResetPhase::Refused)
     })
     .await;
 
@@ -173,9 +160,9 @@ async fn with_resets_off_a_request_is_refused_and_nothing_is_reset() {
     let agent = start(config, ChannelPublisher { statuses, events }).await.expect("agent starts");
     let addr = agent.metrics_addr.expect("served");
     post(addr, "/fake/ecc?device=fake-gpu-0").await;
-    requests_tx.send_replace(vec![request("repair/ecc-0", "fake-gpu-0")]);
+    requests_tx.send_replace(vec![reset_request("repair/ecc-0", "fake-gpu-0")]);
     let status = wait_for_status(&mut rx, WAIT, "the request refused", |s| {
-        phase_of(s, "repair/ecc-0") == Some(DeviceResetPhase::Refused)
+        reset_phase(s, "repair/ecc-0") == Some(DeviceResetPhase::Refused)
             && health_of(s, "fake-gpu-0") == Some(DeviceHealthState::Unhealthy)
     })
     .await;

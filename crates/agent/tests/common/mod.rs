@@ -17,7 +17,10 @@ use devheal_agent::publish::PublishConfig;
 use devheal_agent::publish::{DeviceTransition, DevicesCondition, PublishError, Publisher};
 use devheal_agent::run::{AgentConfig, GpuSource};
 use devheal_core::Time;
-use devheal_k8s::crd::{NodeDeviceHealth, NodeDeviceHealthStatus};
+use devheal_k8s::crd::{
+    DeviceHealthState, DeviceResetPhase, DeviceResetRequest, NodeDeviceHealth, NodeDeviceHealthStatus,
+    k8s_time,
+};
 use devheal_kubelet::api::podresources_v1 as pr;
 use std::path::Path;
 use tokio::sync::mpsc;
@@ -308,4 +311,24 @@ pub fn kmsg_record(seq: u64, level: u8, message: &str) -> String {
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(1000.0);
     format!("{level},{seq},{},-;{message}\n", (uptime * 1e6) as u64)
+}
+
+/// The health `status` gives device `id`, if it lists it.
+pub fn health_of(status: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceHealthState> {
+    status.devices.iter().find(|d| d.id == id).map(|d| d.health)
+}
+
+/// The phase of the answer to reset request `id` in `status.resets`, if answered.
+pub fn reset_phase(status: &NodeDeviceHealthStatus, id: &str) -> Option<DeviceResetPhase> {
+    status.resets.iter().find(|r| r.id == id).map(|r| r.phase)
+}
+
+/// A reset request as the controller writes it (for an Xid 48).
+pub fn reset_request(id: &str, device: &str) -> DeviceResetRequest {
+    DeviceResetRequest {
+        device: device.into(),
+        id: id.into(),
+        requested_at: k8s_time(Time::from_secs(1_767_225_600)),
+        reason: "Xid 48: double-bit ECC error".into(),
+    }
 }
