@@ -469,6 +469,24 @@ pub fn default_reset_command() -> Vec<String> {
     ["nvidia-smi", "--gpu-reset", "-i", "{pci}"].iter().map(|s| s.to_string()).collect()
 }
 
+/// The functional check as the agent runs it: `program gpu-check --pci {pci} --memory-mib M`,
+/// with the CUDA driver library when it is not on the loader's path (`program` is the agent's
+/// own `devheal` binary).
+pub fn gpu_check_command(
+    program: &str,
+    memory_mib: u64,
+    cuda_library: Option<&std::path::Path>,
+) -> Vec<String> {
+    let mut words: Vec<String> =
+        [program, "gpu-check", "--pci", "{pci}", "--memory-mib"].iter().map(|s| s.to_string()).collect();
+    words.push(memory_mib.to_string());
+    if let Some(library) = cuda_library {
+        words.push("--cuda-library".to_string());
+        words.push(library.to_string_lossy().into_owned());
+    }
+    words
+}
+
 /// `command` with `{pci}`, `{uuid}` and `{id}` filled in for `target`.
 pub fn fill_command(command: &[String], target: &ResetTarget) -> Vec<String> {
     command
@@ -878,6 +896,20 @@ mod tests {
         let off = ResetLimits { check: CheckMode::Off, ..quick() };
         b.check = CheckOutcome::Failed("never asked".into());
         assert_eq!(carry_out(&b, &off, "r", &dev).phase, DeviceResetPhase::Succeeded);
+    }
+
+    #[test]
+    fn the_check_command_names_the_bus_the_memory_and_the_cuda_library_when_given() {
+        let target = target("GPU-1").expect("known");
+        assert_eq!(
+            fill_command(&gpu_check_command("/bin/devheal", 256, None), &target).join(" "),
+            "/bin/devheal gpu-check --pci 0000:3b:00.0 --memory-mib 256"
+        );
+        let library = std::path::Path::new("/usr/lib/x/libcuda.so.1");
+        assert_eq!(
+            gpu_check_command("devheal", 1024, Some(library))[5..],
+            ["1024", "--cuda-library", "/usr/lib/x/libcuda.so.1"]
+        );
     }
 
     #[test]

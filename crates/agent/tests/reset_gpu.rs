@@ -29,7 +29,7 @@ use common::{
 use devheal_agent::nvml::{GpuIdentity, GpuTelemetry, NvmlTelemetry};
 use devheal_agent::reset::{
     CheckMode, CheckOutcome, NvidiaReset, ResetBackend, ResetLimits, ResetMode, ResetTarget, carry_out,
-    default_reset_command,
+    default_reset_command, gpu_check_command,
 };
 use devheal_agent::run::start;
 use devheal_agent::sources::GpuSource;
@@ -61,18 +61,11 @@ fn target_of(gpu: &GpuIdentity) -> ResetTarget {
     }
 }
 
-/// The real backend with the reset itself replaced by `true`.
-fn backend(check_mib: u32) -> NvidiaReset {
+/// The real backend with the reset itself replaced by `true`, checking 1 GiB.
+fn backend() -> NvidiaReset {
     NvidiaReset {
         command: vec!["true".into()],
-        check_command: Some(vec![
-            devheal_bin(),
-            "gpu-check".into(),
-            "--pci".into(),
-            "{pci}".into(),
-            "--memory-mib".into(),
-            check_mib.to_string(),
-        ]),
+        check_command: Some(gpu_check_command(&devheal_bin(), 1024, None)),
         nvml_library: None,
         timeout: Duration::from_secs(120),
     }
@@ -134,10 +127,10 @@ fn nvml_names_the_holder_a_held_gpu_is_refused_and_an_idle_one_goes_the_whole_wa
     let gpu = first_gpu();
     let target = target_of(&gpu);
     println!("gpu: {} {} at {}", gpu.name, gpu.uuid, gpu.pci_address);
-    let nvidia = backend(1024);
+    let nvidia = backend();
 
     // What a reset would run: NVIDIA's per-GPU reset, by bus id.
-    let real = NvidiaReset { command: default_reset_command(), ..backend(1024) };
+    let real = NvidiaReset { command: default_reset_command(), ..backend() };
     assert_eq!(real.describe(&target), format!("nvidia-smi --gpu-reset -i {}", gpu.pci_address));
 
     // Idle: nobody holds it.
@@ -159,7 +152,7 @@ fn nvml_names_the_holder_a_held_gpu_is_refused_and_an_idle_one_goes_the_whole_wa
         check: CheckMode::Required,
         ..ResetLimits::default()
     };
-    let wedge = NvidiaReset { command: vec!["false".into()], ..backend(1024) };
+    let wedge = NvidiaReset { command: vec!["false".into()], ..backend() };
     let started = Instant::now();
     let refused = carry_out(&wedge, &limits, "held-1", &target);
     println!("held: {:?} after {:?}: {}", refused.phase, started.elapsed(), refused.message);
@@ -261,8 +254,7 @@ async fn the_running_agent_answers_a_dry_run_and_then_resets_checks_and_returns_
     config.nvml_interval = Duration::from_secs(1);
     config.reset_mode = ResetMode::On;
     config.reset_command = vec!["true".into()];
-    config.reset_check_command =
-        Some(vec![devheal_bin(), "gpu-check".into(), "--pci".into(), "{pci}".into()]);
+    config.reset_check_command = Some(gpu_check_command(&devheal_bin(), 256, None));
     config.reset_limits = ResetLimits {
         busy_poll: Duration::from_millis(200),
         check: CheckMode::Required,

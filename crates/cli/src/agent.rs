@@ -343,19 +343,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // The check is this binary's own `gpu-check`, run as a child so that a hung GPU call can be
     // killed at the time limit.
     config.reset_check_command = std::env::current_exe().ok().map(|exe| {
-        let mut words = vec![
-            exe.to_string_lossy().into_owned(),
-            "gpu-check".to_string(),
-            "--pci".to_string(),
-            "{pci}".to_string(),
-            "--memory-mib".to_string(),
-            args.device_check_memory_mib.to_string(),
-        ];
-        if let Some(library) = &args.cuda_library {
-            words.push("--cuda-library".to_string());
-            words.push(library.to_string_lossy().into_owned());
-        }
-        words
+        devheal_agent::reset::gpu_check_command(
+            &exe.to_string_lossy(),
+            args.device_check_memory_mib,
+            args.cuda_library.as_deref(),
+        )
     });
     if let Some(command) = &args.device_reset_command {
         let words: Vec<String> = command.split_whitespace().map(str::to_string).collect();

@@ -131,11 +131,11 @@ impl Hlml {
         let count = self.lib.count()?.min(MAX_DEVICES);
         let mut devices = Vec::new();
         for i in 0..count {
-            let read =
-                self.lib.handle(i).and_then(|h| Ok((h, self.lib.serial(h)?))).and_then(|(h, serial)| {
-                    let pci = self.lib.pci(h)?;
-                    Ok((h, serial, pci))
-                });
+            let lib = &self.lib;
+            let read = (|| {
+                let handle = lib.handle(i)?;
+                Ok((handle, lib.serial(handle)?, lib.pci(handle)?))
+            })();
             let (handle, serial, pci) = match read {
                 Ok(read) => read,
                 Err(e) => {
